@@ -1,9 +1,10 @@
 //! llamagen: a LlamaGen inference engine.
 //!
 //! Layers point down only: `cli` (binary) -> `pipeline` -> `model` -> `runtime` -> `backend`.
+pub mod backend;
 pub mod error;
 pub mod io;
-pub mod weights;
 pub mod sample;
+pub mod weights;
 
 pub use error::{Error, Result};

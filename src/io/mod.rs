@@ -1,1 +1,3 @@
-//! (in progress)
+pub mod npy;
+pub mod npz;
+pub mod png;

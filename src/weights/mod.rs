@@ -1,1 +1,3 @@
-//! (in progress)
+pub mod safetensors;
+pub mod synth;
+pub mod torch_pt;

@@ -1,0 +1,2 @@
+//! Backends: every op of the runtime, implemented per device.
+pub mod cpu;
