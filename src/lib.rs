@@ -8,3 +8,5 @@ pub mod sample;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub mod model;
+pub mod runtime;

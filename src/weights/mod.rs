@@ -1,3 +1,318 @@
+//! Weight files: safetensors (memory-mapped), PyTorch `torch.save` archives (read without executing
+//! pickle code), the deterministic synthetic generator of the golden fixtures, and a safetensors writer.
+//!
+//! Every loader produces a [`StateDict`] of f32 tensors; consumers validate names and shapes through
+//! [`StateDict::take_checked`] / [`StateDict::expect`] so that a wrong checkpoint fails loudly at load
+//! time, not as garbage images later.
 pub mod safetensors;
 pub mod synth;
 pub mod torch_pt;
+
+use crate::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// An f32 weight, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n = numel(&shape).ok_or_else(|| Error::Invalid(format!("shape {shape:?} overflows")))?;
+        if n != data.len() {
+            return Err(Error::Invalid(format!(
+                "shape {shape:?} needs {n} values, got {}",
+                data.len()
+            )));
+        }
+        Ok(Tensor { shape, data })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Product of the dimensions, `None` on overflow (hostile headers can claim absurd shapes).
+pub(crate) fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+/// Named f32 tensors plus the file they came from (for error messages).
+#[derive(Clone, Debug, Default)]
+pub struct StateDict {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub source: PathBuf,
+}
+
+impl StateDict {
+    pub fn new(source: impl Into<PathBuf>) -> Self {
+        StateDict { tensors: BTreeMap::new(), source: source.into() }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
+        self.tensors.insert(name.into(), t);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+
+    /// Removes and returns `name` after checking its shape and that every value is finite.
+    /// On error the tensor stays in the dict.
+    pub fn take_checked(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.expect(name, shape)?;
+        self.tensors.remove(name).ok_or_else(|| self.missing(name))
+    }
+
+    /// Same checks as [`take_checked`](Self::take_checked), by reference.
+    pub fn expect(&self, name: &str, shape: &[usize]) -> Result<&Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
+        if t.shape != shape {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "expected shape {:?}, found {:?} (in {})",
+                    shape,
+                    t.shape,
+                    self.source.display()
+                ),
+            ));
+        }
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "non-finite value {} at flat index {} (in {})",
+                    t.data[i],
+                    i,
+                    self.source.display()
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::tensor(name, format!("missing from {}", self.source.display()))
+    }
+}
+
+/// Element types found in weight files. Only the floating ones become state-dict entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
+    }
+}
+
+/// Little-endian element `i` of `bytes` as f32; `None` for non-float types. Callers bound-check `i`.
+pub(crate) fn float_at(dtype: DType, bytes: &[u8], i: usize) -> Option<f32> {
+    let s = dtype.size();
+    let b = bytes.get(i * s..i * s + s)?;
+    Some(match dtype {
+        DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        DType::F64 => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+        _ => return None,
+    })
+}
+
+/// Converts a contiguous little-endian float buffer; `None` for non-float types or a ragged length.
+pub(crate) fn floats_to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
+    if bytes.len() % dtype.size() != 0 {
+        return None;
+    }
+    // Whole-slice loops (not float_at per element) so the compiler can vectorise the hot f32 path.
+    Some(match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
+enum Kind {
+    SafeTensors,
+    TorchZip,
+}
+
+fn sniff(path: &Path) -> Result<Kind> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = [0u8; 9];
+    let mut got = 0;
+    while got < head.len() {
+        match f.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    let head = &head[..got];
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Ok(Kind::TorchZip);
+    }
+    // A safetensors header is a JSON object right after its 8-byte length.
+    if head.len() == 9 && head[8] == b'{' {
+        return Ok(Kind::SafeTensors);
+    }
+    if head.starts_with(&[0x80, 0x02]) {
+        return Err(Error::format(
+            path,
+            "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a newer \
+             torch or convert it to safetensors",
+        ));
+    }
+    Err(Error::format(
+        path,
+        format!(
+            "unrecognised weight file ({} bytes read): neither safetensors nor a torch.save zip",
+            head.len()
+        ),
+    ))
+}
+
+/// Loads every floating-point tensor of a safetensors file or `torch.save` archive as f32.
+/// The format is detected by magic bytes, not by extension.
+pub fn load_state_dict(path: &Path) -> Result<StateDict> {
+    load_state_dict_prefixed(path, "")
+}
+
+/// Like [`load_state_dict`], keeping only tensors whose name starts with `prefix`, with the prefix
+/// stripped (the golden fixtures store weights under `weights/<official name>`).
+pub fn load_state_dict_prefixed(path: &Path, prefix: &str) -> Result<StateDict> {
+    match sniff(path)? {
+        Kind::TorchZip => torch_pt::load_pt_prefixed(path, prefix),
+        Kind::SafeTensors => {
+            let file = safetensors::SafeTensorsFile::open(path)?;
+            let mut sd = StateDict::new(path);
+            for name in file.names() {
+                let Some(short) = name.strip_prefix(prefix) else { continue };
+                // Integer/bool buffers (token fixtures, counters) are not weights.
+                if !file.dtype(&name)?.is_float() {
+                    continue;
+                }
+                let (shape, data) = file.f32(&name)?;
+                sd.insert(short, Tensor { shape, data });
+            }
+            Ok(sd)
+        }
+    }
+}
+
+/// Writes `sd` as an f32 safetensors file, atomically: a temporary file in the same directory is
+/// renamed over `path` only once fully written and synced, so readers never see a partial file.
+pub fn save_safetensors(
+    path: &Path,
+    sd: &StateDict,
+    metadata: Option<&HashMap<String, String>>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        // Sorted so that equal inputs give byte-identical files.
+        let sorted: BTreeMap<_, _> = m.iter().collect();
+        header.insert("__metadata__".into(), serde_json::json!(sorted));
+    }
+    let mut offset = 0usize;
+    for (name, t) in &sd.tensors {
+        if numel(&t.shape) != Some(t.data.len()) {
+            return Err(Error::tensor(
+                name,
+                format!("shape {:?} does not match {} values", t.shape, t.data.len()),
+            ));
+        }
+        let end = offset + 4 * t.data.len();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut hbytes = serde_json::to_vec(&header).map_err(|e| Error::format(path, e.to_string()))?;
+    // Pad with spaces so the data section starts 8-byte aligned (lets readers cast in place).
+    while hbytes.len() % 8 != 0 {
+        hbytes.push(b' ');
+    }
+
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let fname = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp{}", fname.to_string_lossy(), std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
+        w.write_all(&hbytes)?;
+        for t in sd.tensors.values() {
+            for chunk in t.data.chunks(1 << 16) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+                w.write_all(&bytes)?;
+            }
+        }
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}

@@ -1,5 +1,182 @@
 //! The CPU backend: the reference every kernel is checked against, and the engine for users without a GPU.
+//! One file per op (same names as the kernels); this file owns memory (weights, KV cache, arena) and dispatch.
+pub mod attention;
 pub mod codebook;
 pub mod conv;
+pub mod embed;
 pub mod groupnorm;
+pub mod kv_cache;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod sampling;
+pub mod swiglu;
 pub mod vq_attention;
+
+use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
+use crate::runtime::{Graph, Plan, StepParams, TensorId};
+use crate::{Error, Result};
+use half::bf16;
+pub use kv_cache::KvCache;
+use matmul::WeightRef;
+
+#[inline]
+pub fn round_bf16(x: f32) -> f32 {
+    bf16::from_f32(x).to_f32()
+}
+
+pub enum WeightData {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+}
+
+pub struct CpuWeight {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: WeightData,
+}
+
+impl CpuWeight {
+    fn as_ref(&self) -> WeightRef<'_> {
+        match &self.data {
+            WeightData::F32(v) => WeightRef::F32(v),
+            WeightData::Bf16(v) => WeightRef::Bf16(v),
+        }
+    }
+
+    /// f32 view; only small f32-stored weights (norms, biases, conv weights) are read this way.
+    fn f32(&self) -> &[f32] {
+        match &self.data {
+            WeightData::F32(v) => v,
+            WeightData::Bf16(_) => &[],
+        }
+    }
+
+    pub fn copy_row(&self, r: usize, out: &mut [f32]) {
+        let d = out.len();
+        match &self.data {
+            WeightData::F32(v) => out.copy_from_slice(&v[r * d..(r + 1) * d]),
+            WeightData::Bf16(v) => out.iter_mut().zip(&v[r * d..(r + 1) * d]).for_each(|(o, x)| *o = x.to_f32()),
+        }
+    }
+}
+
+/// 64-byte aligned arena blocks.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+pub struct CpuBackend {
+    weights: Vec<CpuWeight>,
+    kv: Option<KvCache>,
+    arena: Vec<Line>,
+    scores: Vec<f32>,
+    sampling: sampling::SamplingScratch,
+    /// Activations rounded to bf16 where the reference stores bf16 (the `--dtype bf16` GPT).
+    round: bool,
+}
+
+impl CpuBackend {
+    pub fn new(round_bf16: bool) -> Self {
+        CpuBackend { weights: Vec::new(), kv: None, arena: Vec::new(), scores: Vec::new(), sampling: Default::default(), round: round_bf16 }
+    }
+
+    fn w(&self, id: crate::runtime::WeightId) -> &CpuWeight {
+        &self.weights[id.0 as usize]
+    }
+}
+
+fn slot(g: &Graph, plan: &Plan, t: TensorId) -> (usize, usize) {
+    (plan.offsets[t.0 as usize], g.info(t).numel())
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn load_weights(&mut self, weights: Vec<Weight>) -> Result<()> {
+        self.weights = weights
+            .into_iter()
+            .map(|w| {
+                let data = match (w.layout, w.storage) {
+                    (Layout::UpsamplePhases, _) => WeightData::F32(w.data),
+                    (Layout::Plain, Storage::F32) => WeightData::F32(w.data),
+                    (Layout::Plain, Storage::Bf16) => WeightData::Bf16(w.data.iter().map(|&v| bf16::from_f32(v)).collect()),
+                };
+                CpuWeight { name: w.name, shape: w.shape, data }
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn alloc_kv(&mut self, spec: KvSpec) -> Result<()> {
+        self.scores = vec![0.0; spec.batch * spec.heads * spec.seq];
+        self.kv = Some(KvCache::new(spec));
+        Ok(())
+    }
+
+    fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
+        let lines = bytes.div_ceil(64);
+        if self.arena.len() < lines {
+            self.arena = vec![Line([0; 64]); lines];
+        }
+        Ok(())
+    }
+
+    fn write_f32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[f32]) -> Result<()> {
+        let (off, n) = slot(g, plan, t);
+        check_len(g, t, data.len())?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena);
+        bytes[off..off + 4 * n].copy_from_slice(bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    fn write_i32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[i32]) -> Result<()> {
+        let (off, n) = slot(g, plan, t);
+        check_len(g, t, data.len())?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena);
+        bytes[off..off + 4 * n].copy_from_slice(bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    fn read_f32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<f32>> {
+        let (off, n) = slot(g, plan, t);
+        let bytes: &[u8] = bytemuck::cast_slice(&self.arena);
+        Ok(bytemuck::pod_collect_to_vec(&bytes[off..off + 4 * n]))
+    }
+
+    fn read_i32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<i32>> {
+        let (off, n) = slot(g, plan, t);
+        let bytes: &[u8] = bytemuck::cast_slice(&self.arena);
+        Ok(bytemuck::pod_collect_to_vec(&bytes[off..off + 4 * n]))
+    }
+
+    fn copy(&mut self, gs: &Graph, ps: &Plan, src: TensorId, gd: &Graph, pd: &Plan, dst: TensorId) -> Result<()> {
+        let (so, n) = slot(gs, ps, src);
+        let (d_o, m) = slot(gd, pd, dst);
+        if n != m {
+            return Err(Error::Invalid(format!("copy {} -> {}: {n} vs {m} elements", gs.info(src).name, gd.info(dst).name)));
+        }
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena);
+        bytes.copy_within(so..so + 4 * n, d_o);
+        Ok(())
+    }
+
+    fn run(&mut self, g: &Graph, plan: &Plan, step: &StepParams) -> Result<()> {
+        for node in &g.nodes {
+            self.exec(g, plan, node, step)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_len(g: &Graph, t: TensorId, len: usize) -> Result<()> {
+    let info = g.info(t);
+    if info.numel() != len {
+        return Err(Error::Invalid(format!("tensor `{}` {:?} needs {} values, got {len}", info.name, info.shape, info.numel())));
+    }
+    Ok(())
+}
+
+mod dispatch;

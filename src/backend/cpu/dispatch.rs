@@ -1,0 +1,110 @@
+//! Node dispatch: resolves a node's tensors to arena slices and calls the op's CPU implementation.
+use super::{attention, embed, matmul, rmsnorm, rope, sampling, swiglu};
+use super::{CpuBackend, CpuWeight};
+use crate::runtime::{Graph, Node, Op, Plan, StepParams, TensorId};
+use crate::{Error, Result};
+
+/// Arena views for one node. The planner guarantees that a node's output never shares bytes with a tensor that is
+/// live at the same node (its inputs included), which is what makes handing out `&mut` next to `&` sound.
+struct Views<'a> {
+    base: *mut u8,
+    g: &'a Graph,
+    plan: &'a Plan,
+}
+
+impl Views<'_> {
+    fn f32(&self, t: TensorId) -> &[f32] {
+        // SAFETY: offset + numel·4 lies inside the arena (reserve_arena sized it to the plan), aligned to 64 bytes.
+        unsafe { std::slice::from_raw_parts(self.base.add(self.plan.offsets[t.0 as usize]) as *const f32, self.g.info(t).numel()) }
+    }
+    fn i32(&self, t: TensorId) -> &[i32] {
+        // SAFETY: as above; I32 tensors have the same size and alignment.
+        unsafe { std::slice::from_raw_parts(self.base.add(self.plan.offsets[t.0 as usize]) as *const i32, self.g.info(t).numel()) }
+    }
+    #[allow(clippy::mut_from_ref)]
+    fn f32_mut(&self, t: TensorId) -> &mut [f32] {
+        // SAFETY: see the struct comment: the output is disjoint from every other live view.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(self.plan.offsets[t.0 as usize]) as *mut f32, self.g.info(t).numel()) }
+    }
+    #[allow(clippy::mut_from_ref)]
+    fn i32_mut(&self, t: TensorId) -> &mut [i32] {
+        // SAFETY: as for f32_mut.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(self.plan.offsets[t.0 as usize]) as *mut i32, self.g.info(t).numel()) }
+    }
+}
+
+fn weight_f32<'a>(w: &'a CpuWeight, what: &str) -> Result<&'a [f32]> {
+    let v = w.f32();
+    if v.is_empty() && w.shape.iter().product::<usize>() > 0 {
+        return Err(Error::tensor(&w.name, format!("{what} needs f32 storage")));
+    }
+    Ok(v)
+}
+
+impl CpuBackend {
+    pub(super) fn exec(&mut self, g: &Graph, plan: &Plan, node: &Node, step: &StepParams) -> Result<()> {
+        let v = Views { base: self.arena.as_mut_ptr() as *mut u8, g, plan };
+        let ins = &node.inputs;
+        let out = node.output;
+        let oshape = g.shape(out);
+        let round = self.round;
+        match &node.op {
+            Op::Embed { table } => {
+                let d = *oshape.last().unwrap_or(&0);
+                embed::embed(v.i32(ins[0]), self.w(*table), d, v.f32_mut(out)).map_err(|id| {
+                    Error::Invalid(format!("id {id} is outside `{}` ({} rows)", self.w(*table).name, self.w(*table).shape[0]))
+                })?;
+            }
+            Op::Matmul { w } | Op::MatmulAdd { w } => {
+                let wt = self.w(*w);
+                let (n, k) = (wt.shape[0], wt.shape[1]);
+                let m = g.info(ins[0]).numel() / k;
+                let residual = if matches!(node.op, Op::MatmulAdd { .. }) { Some(v.f32(ins[1])) } else { None };
+                matmul::matmul(v.f32(ins[0]), m, k, wt.as_ref(), n, residual, round, v.f32_mut(out));
+            }
+            Op::GeluTanh => swiglu::gelu_tanh(v.f32(ins[0]), round, v.f32_mut(out)),
+            Op::Rmsnorm { w, eps } => {
+                let d = *oshape.last().unwrap_or(&1);
+                rmsnorm::rmsnorm(v.f32(ins[0]), d, weight_f32(self.w(*w), "rmsnorm")?, *eps, round, v.f32_mut(out));
+            }
+            Op::Rope { layer, table } => {
+                let s = g.shape(ins[0]);
+                let (b, l) = (s[0], s[1]);
+                let tab = weight_f32(&self.weights[table.0 as usize], "rope table")?;
+                let kv = self.kv.as_mut().ok_or_else(|| Error::Invalid("rope: no KV cache allocated".into()))?;
+                let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
+                rope::rope(v.f32(ins[0]), b, l, h, hd, step.pos, tab, kv, *layer, round, v.f32_mut(out));
+            }
+            Op::Attention { layer } => {
+                let s = g.shape(ins[0]);
+                let (b, l) = (s[0], s[1]);
+                let kv = self.kv.as_ref().ok_or_else(|| Error::Invalid("attention: no KV cache allocated".into()))?;
+                let mask = ins.get(1).map(|&m| (v.f32(m), g.shape(m)[1]));
+                let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
+                attention::attention(v.f32(ins[0]), b, l, h, hd, step.pos, mask, kv, *layer, round, &mut self.scores, v.f32_mut(out));
+            }
+            Op::Swiglu => {
+                let f = *oshape.last().unwrap_or(&0);
+                swiglu::swiglu(v.f32(ins[0]), f, round, v.f32_mut(out));
+            }
+            Op::TakeLast => {
+                let s = g.shape(ins[0]);
+                let (b, l, d) = (s[0], s[1], s[2]);
+                let (x, o) = (v.f32(ins[0]), v.f32_mut(out));
+                for i in 0..b {
+                    o[i * d..(i + 1) * d].copy_from_slice(&x[(i * l + l - 1) * d..(i * l + l) * d]);
+                }
+            }
+            Op::Sampling { cfg_scale, params } => {
+                let s = g.shape(ins[0]);
+                sampling::sampling(v.f32(ins[0]), s[0], s[1], v.i32(ins[1]), *cfg_scale, params, step, &mut self.sampling, v.i32_mut(out));
+            }
+            Op::Add => {
+                let (a, b, o) = (v.f32(ins[0]), v.f32(ins[1]), v.f32_mut(out));
+                o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a + b);
+            }
+            _ => return Err(Error::Invalid(format!("op {} not wired yet", node.op.name()))),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! The static KV cache, `[layer][k|v][batch][head][seq][head_dim]`, allocated once and written in place.
+use super::matmul::dot_bf16;
+use crate::backend::{KvSpec, Storage};
+use half::bf16;
+
+pub enum KvData {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+}
+
+pub struct KvCache {
+    pub spec: KvSpec,
+    pub data: KvData,
+}
+
+/// One cached head vector.
+pub enum Row<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl Row<'_> {
+    #[inline]
+    pub fn dot(&self, x: &[f32]) -> f32 {
+        match self {
+            Row::F32(r) => r.iter().zip(x).map(|(a, b)| a * b).sum(),
+            Row::Bf16(r) => dot_bf16(x, r),
+        }
+    }
+
+    /// dst += alpha · row
+    #[inline]
+    pub fn axpy(&self, alpha: f32, dst: &mut [f32]) {
+        match self {
+            Row::F32(r) => dst.iter_mut().zip(r.iter()).for_each(|(d, v)| *d += alpha * v),
+            Row::Bf16(r) => dst.iter_mut().zip(r.iter()).for_each(|(d, v)| *d += alpha * v.to_f32()),
+        }
+    }
+}
+
+impl KvCache {
+    pub fn new(spec: KvSpec) -> Self {
+        let n = spec.elems();
+        let data = match spec.storage {
+            Storage::F32 => KvData::F32(vec![0.0; n]),
+            Storage::Bf16 => KvData::Bf16(vec![bf16::ZERO; n]),
+        };
+        KvCache { spec, data }
+    }
+
+    #[inline]
+    fn index(&self, layer: usize, kv: usize, b: usize, h: usize, p: usize) -> usize {
+        let s = &self.spec;
+        ((((layer * 2 + kv) * s.batch + b) * s.heads + h) * s.seq + p) * s.head_dim
+    }
+
+    #[inline]
+    pub fn write(&mut self, layer: usize, kv: usize, b: usize, h: usize, p: usize, v: &[f32]) {
+        let i = self.index(layer, kv, b, h, p);
+        let hd = self.spec.head_dim;
+        match &mut self.data {
+            KvData::F32(d) => d[i..i + hd].copy_from_slice(v),
+            KvData::Bf16(d) => d[i..i + hd].iter_mut().zip(v).for_each(|(o, &x)| *o = bf16::from_f32(x)),
+        }
+    }
+
+    #[inline]
+    pub fn row(&self, layer: usize, kv: usize, b: usize, h: usize, p: usize) -> Row<'_> {
+        let i = self.index(layer, kv, b, h, p);
+        let hd = self.spec.head_dim;
+        match &self.data {
+            KvData::F32(d) => Row::F32(&d[i..i + hd]),
+            KvData::Bf16(d) => Row::Bf16(&d[i..i + hd]),
+        }
+    }
+}

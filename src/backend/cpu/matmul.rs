@@ -1,0 +1,162 @@
+//! `matmul`: y[M, N] = x[M, K] · Wᵀ (+ residual), W stored `[N, K]` row-major like `nn.Linear`.
+//!
+//! f32 weights go through the `gemm` crate. bf16 weights are read directly (never widened into a full f32 copy):
+//! small M (the decode step: 2·batch rows) streams each weight row once and dots it with every x row, so the
+//! step is bound by one pass over the weights; large M (t2i prefill) widens 64-row tiles and uses `gemm` on them.
+use super::round_bf16;
+use half::bf16;
+use rayon::prelude::*;
+
+pub enum WeightRef<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+/// Rows of W per parallel task in the bf16 paths: 64 rows × K = 768 × 2 B = 96 KiB, an L2-sized slab.
+const TILE_N: usize = 64;
+/// Above this many x rows the widened-tile GEMM beats the dot-product loop.
+const DOT_MAX_M: usize = 32;
+
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, residual: Option<&[f32]>, round: bool, y: &mut [f32]) {
+    debug_assert_eq!(x.len(), m * k);
+    debug_assert_eq!(y.len(), m * n);
+    match w {
+        WeightRef::F32(w) => gemm_f32(x, m, k, w, n, y),
+        WeightRef::Bf16(w) if m <= DOT_MAX_M => matvec_bf16(x, m, k, w, n, y),
+        WeightRef::Bf16(w) => tiled_bf16(x, m, k, w, n, y),
+    }
+    // The reference rounds the linear output to bf16 before the residual add (itself rounded): two roundings.
+    match (residual, round) {
+        (Some(r), true) => y.iter_mut().zip(r).for_each(|(y, r)| *y = round_bf16(*r + round_bf16(*y))),
+        (Some(r), false) => y.iter_mut().zip(r).for_each(|(y, r)| *y += *r),
+        (None, true) => y.iter_mut().for_each(|y| *y = round_bf16(*y)),
+        (None, false) => {}
+    }
+}
+
+fn gemm_f32(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+    let par = if m * n * k >= 1 << 16 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the strides describe x as M×K row-major, Wᵀ as K×N (column stride K), y as M×N row-major, all in bounds.
+    unsafe {
+        gemm::gemm(
+            m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1,
+            0.0f32, 1.0f32, false, false, false, par,
+        );
+    }
+}
+
+#[inline]
+fn widen(w: bf16) -> f32 {
+    f32::from_bits((w.to_bits() as u32) << 16)
+}
+
+/// Dot product with 16 independent accumulators, so the loop vectorises into one AVX-512 register of partial sums.
+#[inline]
+pub fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut xc = x.chunks_exact(16);
+    let mut wc = w.chunks_exact(16);
+    for (xs, ws) in (&mut xc).zip(&mut wc) {
+        for i in 0..16 {
+            acc[i] += xs[i] * widen(ws[i]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (a, b) in xc.remainder().iter().zip(wc.remainder()) {
+        s += a * widen(*b);
+    }
+    s
+}
+
+/// Shares the output pointer across tasks that write disjoint column ranges of y.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only the columns n0..n1 of its own tile; no two tasks touch the same element.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+fn matvec_bf16(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, y: &mut [f32]) {
+    let out = OutPtr(y.as_mut_ptr());
+    (0..n.div_ceil(TILE_N)).into_par_iter().for_each(|t| {
+        let out = out;
+        for nn in t * TILE_N..((t + 1) * TILE_N).min(n) {
+            let wr = &w[nn * k..(nn + 1) * k];
+            for r in 0..m {
+                let v = dot_bf16(&x[r * k..(r + 1) * k], wr);
+                // SAFETY: r < m and nn < n, so r·n + nn is inside y; column nn belongs to this task only.
+                unsafe { *out.0.add(r * n + nn) = v };
+            }
+        }
+    });
+}
+
+fn tiled_bf16(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, y: &mut [f32]) {
+    let out = OutPtr(y.as_mut_ptr());
+    (0..n.div_ceil(TILE_N)).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(wt, tile), t| {
+            let out = out;
+            let (n0, n1) = (t * TILE_N, ((t + 1) * TILE_N).min(n));
+            let cols = n1 - n0;
+            wt.clear();
+            wt.extend(w[n0 * k..n1 * k].iter().map(|&v| widen(v)));
+            tile.resize(m * cols, 0f32);
+            gemm_f32_serial(x, m, k, wt, cols, tile);
+            for r in 0..m {
+                // SAFETY: row r, columns n0..n1 of y belong to this task only.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * n + n0), cols) };
+                dst.copy_from_slice(&tile[r * cols..(r + 1) * cols]);
+            }
+        },
+    );
+}
+
+fn gemm_f32_serial(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+    // SAFETY: as in gemm_f32.
+    unsafe {
+        gemm::gemm(
+            m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1,
+            0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                y[r * n + c] = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64).sum();
+            }
+        }
+        y
+    }
+
+    fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
+        let den: f64 = b.iter().map(|b| b * b).sum();
+        (num / den).sqrt()
+    }
+
+    #[test]
+    fn f32_and_bf16_paths_match_a_naive_product() {
+        for &(m, k, n) in &[(1, 5, 3), (2, 64, 130), (7, 100, 65), (33, 96, 200), (64, 17, 129)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 64.0).collect();
+            let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
+            let mut want = naive(&x, m, k, &w, n);
+            want.iter_mut().zip(&res).for_each(|(a, r)| *a += *r as f64);
+            let mut y = vec![0f32; m * n];
+            matmul(&x, m, k, WeightRef::F32(&w), n, Some(&res), false, &mut y);
+            assert!(rel_l2(&y, &want) < 1e-6, "f32 {m}x{k}x{n}: {}", rel_l2(&y, &want));
+            // These weights are exact in bf16 (multiples of 1/64 in [-0.75, 0.75]), so both paths are exact-ish too.
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            matmul(&x, m, k, WeightRef::Bf16(&wb), n, Some(&res), false, &mut y);
+            assert!(rel_l2(&y, &want) < 1e-6, "bf16 {m}x{k}x{n}: {}", rel_l2(&y, &want));
+        }
+    }
+}

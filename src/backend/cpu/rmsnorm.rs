@@ -1,0 +1,44 @@
+//! `rmsnorm`: y = x / sqrt(mean(x²) + eps) ⊙ w, row by row.
+//! In bf16 mode the normalised value is rounded to bf16 before the weight multiply, which is rounded again
+//! (the reference's `self._norm(x.float()).type_as(x) * self.weight`).
+use super::round_bf16;
+use rayon::prelude::*;
+
+pub fn rmsnorm(x: &[f32], d: usize, w: &[f32], eps: f32, round: bool, y: &mut [f32]) {
+    let rows = x.len() / d;
+    let work = |(xr, yr): (&[f32], &mut [f32])| {
+        // f64 accumulation keeps the mean independent of the summation order (the reference sums in f32 pairwise).
+        let ms = xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() as f32 / d as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        if round {
+            for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+                *o = round_bf16(round_bf16(v * r) * g);
+            }
+        } else {
+            for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+                *o = (v * r) * g;
+            }
+        }
+    };
+    if rows * d >= 1 << 15 {
+        x.par_chunks(d).zip(y.par_chunks_mut(d)).for_each(work);
+    } else {
+        x.chunks(d).zip(y.chunks_mut(d)).for_each(work);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unit_rows_and_weight() {
+        let x = [3.0f32, 4.0, 0.0, 0.0, -2.0, 2.0, 2.0, -2.0];
+        let w = [1.0f32, 2.0, 3.0, 4.0];
+        let mut y = [0f32; 8];
+        super::rmsnorm(&x, 4, &w, 0.0, false, &mut y);
+        // Row 0: mean square 25/4, so 1/rms = 0.4.
+        let want = [1.2f32, 3.2, 0.0, 0.0, -1.0, 2.0, 3.0, -4.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `sampling`: CFG mix, temperature, top-k, top-p and the categorical draw for every image of the batch, each from
+//! its own counter-based RNG stream (seed, image index, step). Both CFG halves receive the same token.
+use crate::runtime::StepParams;
+use crate::sample::rng;
+use crate::sample::sampler::{self, SamplerScratch, SamplingParams};
+use rayon::prelude::*;
+
+/// Per-image workspace, allocated on the first step and reused.
+pub struct SamplingScratch {
+    mixed: Vec<f32>,
+    per_image: Vec<SamplerScratch>,
+}
+
+impl SamplingScratch {
+    pub fn new() -> Self {
+        SamplingScratch { mixed: Vec::new(), per_image: Vec::new() }
+    }
+}
+
+impl Default for SamplingScratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// logits `[rows, V]` with rows = 2B when CFG is on (cond rows first) else B; tokens `[rows]`.
+#[allow(clippy::too_many_arguments)]
+pub fn sampling(logits: &[f32], rows: usize, vocab: usize, image_index: &[i32], cfg_scale: f32, params: &SamplingParams, step: &StepParams, scratch: &mut SamplingScratch, tokens: &mut [i32]) {
+    let b = image_index.len();
+    let cfg = rows == 2 * b;
+    if scratch.per_image.len() < b {
+        scratch.per_image.resize_with(b, || SamplerScratch::new(vocab));
+        scratch.mixed.resize(b * vocab, 0.0);
+    }
+    let mixed = &mut scratch.mixed[..b * vocab];
+    let picked: Vec<u32> = {
+        let work = |(i, (mix, sc)): (usize, (&mut [f32], &mut SamplerScratch))| {
+            let cond = &logits[i * vocab..(i + 1) * vocab];
+            let row: &[f32] = if cfg && step.cfg_active {
+                sampler::cfg_mix(cond, &logits[(b + i) * vocab..(b + i + 1) * vocab], cfg_scale, mix);
+                mix
+            } else {
+                cond
+            };
+            let u = rng::uniform(step.seed, image_index[i] as u64, step.step);
+            sampler::sample(row, params, u, sc)
+        };
+        mixed
+            .par_chunks_mut(vocab)
+            .zip(scratch.per_image[..b].par_iter_mut())
+            .enumerate()
+            .map(work)
+            .collect()
+    };
+    for (i, t) in picked.into_iter().enumerate() {
+        tokens[i] = t as i32;
+        if cfg {
+            tokens[b + i] = t as i32;
+        }
+    }
+}

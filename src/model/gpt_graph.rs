@@ -1,0 +1,104 @@
+//! The GPT as runtime graphs: prefill (condition positions) and one decode step. Reads like spec §3.4.
+use super::config::{GptConfig, ModelType};
+use crate::runtime::{DType, Graph, Op, Phase, TensorId, WeightId};
+use crate::sample::sampler::SamplingParams;
+
+/// Weight ids of the GPT's table (see `gpt::bind_weights`).
+#[derive(Clone, Debug)]
+pub struct GptWeightIds {
+    pub cls_table: Option<WeightId>,
+    pub cap_fc: Option<(WeightId, WeightId)>,
+    pub tok: WeightId,
+    pub rope: WeightId,
+    pub layers: Vec<LayerIds>,
+    pub norm: WeightId,
+    pub output: WeightId,
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerIds {
+    pub attention_norm: WeightId,
+    pub wqkv: WeightId,
+    pub wo: WeightId,
+    pub ffn_norm: WeightId,
+    /// w1 and w3 stacked: `[2F, D]`.
+    pub w13: WeightId,
+    pub w2: WeightId,
+}
+
+/// Everything a GPT graph depends on besides weights.
+#[derive(Clone, Debug)]
+pub struct GptGraphSpec {
+    /// Images in the batch.
+    pub images: usize,
+    pub cfg_scale: f32,
+    pub sampling: SamplingParams,
+}
+
+impl GptGraphSpec {
+    /// Rows run through the transformer: `[cond; uncond]` when guidance is on (scale > 1 strictly).
+    pub fn rows(&self) -> usize {
+        if self.cfg_scale > 1.0 { 2 * self.images } else { self.images }
+    }
+}
+
+/// Graph inputs: `cond_ids` I32 [B'] (c2i) or `caption` F32 [B', T, caption_dim] (t2i), plus `cond_mask` F32 [B', T]
+/// for t2i and `image_index` I32 [B]. Outputs: `logits` [B', V] and `tokens` I32 [B'].
+pub fn prefill(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph {
+    let mut g = Graph::new(Phase::Prefill);
+    let (rows, t, d) = (spec.rows(), cfg.cls_token_num, cfg.dim);
+    let x = match cfg.model_type {
+        ModelType::C2i => {
+            let ids = g.input("cond_ids", &[rows], DType::I32);
+            g.push(Op::Embed { table: w.cls_table.expect("c2i table") }, &[ids], "cond_emb", &[rows, 1, d], DType::F32)
+        }
+        ModelType::T2i => {
+            let (fc1, fc2) = w.cap_fc.expect("t2i caption MLP");
+            let cap = g.input("caption", &[rows, t, cfg.caption_dim], DType::F32);
+            let h = g.push(Op::Matmul { w: fc1 }, &[cap], "cap_fc1", &[rows, t, d], DType::F32);
+            let h = g.push(Op::GeluTanh, &[h], "cap_gelu", &[rows, t, d], DType::F32);
+            g.push(Op::Matmul { w: fc2 }, &[h], "cond_emb", &[rows, t, d], DType::F32)
+        }
+    };
+    finish(&mut g, cfg, w, spec, x, t);
+    g
+}
+
+/// Graph inputs: `ids` I32 [B'] (the token fed at this step, same for both CFG halves), `cond_mask` (t2i),
+/// `image_index`. Outputs as for the prefill.
+pub fn decode(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph {
+    let mut g = Graph::new(Phase::Decode);
+    let rows = spec.rows();
+    let ids = g.input("ids", &[rows], DType::I32);
+    let x = g.push(Op::Embed { table: w.tok }, &[ids], "tok_emb", &[rows, 1, cfg.dim], DType::F32);
+    finish(&mut g, cfg, w, spec, x, 1);
+    g
+}
+
+fn finish(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, mut x: TensorId, len: usize) {
+    let (rows, d, f) = (spec.rows(), cfg.dim, cfg.ffn_hidden());
+    let mask = (cfg.model_type == ModelType::T2i).then(|| g.input("cond_mask", &[rows, cfg.cls_token_num], DType::F32));
+    let index = g.input("image_index", &[spec.images], DType::I32);
+    let act = [rows, len, d];
+    for (i, l) in w.layers.iter().enumerate() {
+        let eps = cfg.norm_eps as f32;
+        let hn = g.push(Op::Rmsnorm { w: l.attention_norm, eps }, &[x], format!("l{i}.attn_norm"), &act, DType::F32);
+        let qkv = g.push(Op::Matmul { w: l.wqkv }, &[hn], format!("l{i}.qkv"), &[rows, len, 3 * d], DType::F32);
+        let q = g.push(Op::Rope { layer: i, table: w.rope }, &[qkv], format!("l{i}.q"), &act, DType::F32);
+        let mut att_in = vec![q];
+        att_in.extend(mask);
+        let att = g.push(Op::Attention { layer: i }, &att_in, format!("l{i}.att"), &act, DType::F32);
+        let h = g.push(Op::MatmulAdd { w: l.wo }, &[att, x], format!("l{i}.h"), &act, DType::F32);
+        let fnorm = g.push(Op::Rmsnorm { w: l.ffn_norm, eps }, &[h], format!("l{i}.ffn_norm"), &act, DType::F32);
+        let ab = g.push(Op::Matmul { w: l.w13 }, &[fnorm], format!("l{i}.w13"), &[rows, len, 2 * f], DType::F32);
+        let s = g.push(Op::Swiglu, &[ab], format!("l{i}.swiglu"), &[rows, len, f], DType::F32);
+        x = g.push(Op::MatmulAdd { w: l.w2 }, &[s, h], format!("l{i}.out"), &act, DType::F32);
+    }
+    // Only the last position's logits are used: take it before the (row-wise) final norm and the LM head.
+    let last = if len > 1 { g.push(Op::TakeLast, &[x], "last", &[rows, d], DType::F32) } else { x };
+    let xn = g.push(Op::Rmsnorm { w: w.norm, eps: cfg.norm_eps as f32 }, &[last], "final_norm", &[rows, d], DType::F32);
+    let logits = g.push(Op::Matmul { w: w.output }, &[xn], "logits", &[rows, cfg.vocab_size], DType::F32);
+    g.mark_output(logits);
+    let tokens = g.push(Op::Sampling { cfg_scale: spec.cfg_scale, params: spec.sampling }, &[logits, index], "tokens", &[rows], DType::I32);
+    g.mark_output(tokens);
+}

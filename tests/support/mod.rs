@@ -1,0 +1,36 @@
+//! Shared test helpers: fixture paths and error metrics.
+#![allow(dead_code)]
+use llamagen::weights::safetensors::SafeTensorsFile;
+use std::path::PathBuf;
+
+pub fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+pub fn fixture(name: &str) -> SafeTensorsFile {
+    SafeTensorsFile::open(&data(name)).expect("fixture present")
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ in f64.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+pub fn assert_finite(x: &[f32], what: &str) {
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        panic!("{what}: non-finite value {} at {i}", x[i]);
+    }
+}
+
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
