@@ -9,4 +9,5 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub mod model;
+pub mod pipeline;
 pub mod runtime;

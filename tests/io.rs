@@ -124,6 +124,25 @@ fn le_i64(vals: &[i64]) -> Vec<u8> {
 }
 
 #[test]
+fn npy_switches_to_version_2_only_when_the_header_needs_it() {
+    // "1, " per dimension: 21_800 dims pad to just under 64 KiB, 21_830 to just over.
+    for (dims, version) in [(21_800, 1u8), (21_830, 2)] {
+        let shape = vec![1usize; dims];
+        let b = npy::npy_bytes_u8(&shape, &[42]);
+        assert_eq!(b[6], version, "{dims} dims");
+        let prefix = if version == 1 { 10 } else { 12 };
+        let hlen = if version == 1 {
+            u16::from_le_bytes([b[8], b[9]]) as usize
+        } else {
+            u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize
+        };
+        assert_eq!(((prefix + hlen) % 64, b.len()), (0, prefix + hlen + 1));
+        let a = parse_npy(&b, Path::new("big")).unwrap();
+        assert_eq!((a.shape.len(), a.data), (dims, NpyData::U8(vec![42])));
+    }
+}
+
+#[test]
 fn npy_parses_handwritten_numpy_header_all_versions() {
     let dict = "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3), }";
     let body = le_i64(&[1, -2, 3, i64::MAX, i64::MIN, 0]);
@@ -414,6 +433,9 @@ fn write_atomic_replaces_and_leaves_no_temporary() {
     assert_eq!(listing(dir.path()), vec!["f.bin"]);
     write_atomic(&p, b"").unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), b"");
+    let long = dir.path().join("n".repeat(250));
+    write_atomic(&long, b"long name").unwrap();
+    assert_eq!(std::fs::read(&long).unwrap(), b"long name");
 }
 
 #[test]
@@ -464,24 +486,27 @@ fn write_atomic_read_only_directory() {
 
 #[test]
 fn to_u8_edge_values() {
-    let vals = [
-        -1.0f32,
-        1.0,
-        0.0,
-        0.996,
-        -5.0,
-        7.0,
-        f32::NAN,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        -0.9961,
-        0.5,
+    // (x, 127.5x + 128 truncated)
+    let cases = [
+        (-1.0f32, 0u8), // 0.5
+        (1.0, 255),
+        (0.0, 128),
+        (0.996, 254), // 254.99
+        (-0.9961, 0), // 0.997
+        (-0.992, 1),  // 1.52
+        (0.5, 191),   // 191.75
+        (-5.0, 0),
+        (7.0, 255),
+        (f32::NAN, 0),
+        (f32::INFINITY, 255),
+        (f32::NEG_INFINITY, 0),
     ];
-    let want = [0u8, 255, 128, 254, 0, 255, 0, 255, 0, 1, 191];
+    let (vals, want): (Vec<f32>, Vec<u8>) = cases.into_iter().unzip();
     // One pixel per value, all three channels equal.
     let n = vals.len();
-    let x: Vec<f32> = (0..3).flat_map(|_| vals).collect();
+    let x: Vec<f32> = (0..3).flat_map(|_| vals.iter().copied()).collect();
     let u = to_u8_hwc(&x, 1, 1, n);
+    assert!(to_u8_hwc(&[], 2, 0, 5).is_empty());
     for (i, &w) in want.iter().enumerate() {
         assert_eq!(&u[i * 3..i * 3 + 3], &[w, w, w], "value {}", vals[i]);
     }
@@ -689,7 +714,7 @@ fn bicubic_resize_reference_values() {
     let x: Vec<f32> = (0..4).map(|v| v as f32).collect();
     let up = resize_bicubic_nchw(&x, 1, 1, 4, 1, 8);
     let want = [
-        -0.10546875f32,
+        -0.10546875f64,
         0.19140625,
         0.66796875,
         1.296875,
@@ -698,8 +723,8 @@ fn bicubic_resize_reference_values() {
         2.80859375,
         3.10546875,
     ];
-    for (a, b) in up.iter().zip(want) {
-        assert!((a - b).abs() < 1e-6, "{up:?}");
+    for (&a, b) in up.iter().zip(want) {
+        assert!((a as f64 - b).abs() < 1e-6, "{up:?}");
     }
     // Downscaling 9 -> 5 (no antialiasing in torch), applied along H of a 2-channel batch.
     let col: Vec<f32> = (0..2)

@@ -8,7 +8,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn fixture_weights(case: &str) -> StateDict {
@@ -25,20 +27,37 @@ fn assert_same(a: &StateDict, b: &StateDict) {
     for (name, ta) in &a.tensors {
         let tb = &b.tensors[name];
         assert_eq!(ta.shape, tb.shape, "{name}");
-        let same = ta.data.iter().zip(&tb.data).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same && ta.data.len() == tb.data.len(), "{name}: values differ");
+        let same = ta
+            .data
+            .iter()
+            .zip(&tb.data)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same && ta.data.len() == tb.data.len(),
+            "{name}: values differ"
+        );
     }
 }
 
 #[test]
 fn pt_files_hold_the_safetensors_weights() {
-    for (case, has_raw) in [("gpt_tiny_c2i", true), ("gpt_tiny_t2i", true), ("vq_tiny", false)] {
+    for (case, has_raw) in [
+        ("gpt_tiny_c2i", true),
+        ("gpt_tiny_t2i", true),
+        ("vq_tiny", false),
+    ] {
         let st = fixture_weights(case);
         let pt = load_state_dict(&data(&format!("{case}.pt"))).unwrap();
         assert_same(&st, &pt);
-        assert_same(&st, &torch_pt::load_pt(&data(&format!("{case}.pt"))).unwrap());
+        assert_same(
+            &st,
+            &torch_pt::load_pt(&data(&format!("{case}.pt"))).unwrap(),
+        );
         if has_raw {
-            assert_same(&st, &load_state_dict(&data(&format!("{case}.raw.pt"))).unwrap());
+            assert_same(
+                &st,
+                &load_state_dict(&data(&format!("{case}.raw.pt"))).unwrap(),
+            );
         }
     }
     // Prefix filtering applies to .pt files too.
@@ -69,9 +88,18 @@ fn synth_regenerates_fixture_weights() {
 
 #[test]
 fn synth_matches_python_reference() {
-    // Printed by `python3 tests/data/weights.py`.
-    let want: [(&str, &[usize], &[f32]); 3] = [
-        ("norm.weight", &[4], &[0.9051790833473206, 1.1666514873504639, 1.0121514797210693, 1.162405014038086]),
+    // Printed by `python3 tests/data/weights.py`: the f32 results widened to f64, so exact.
+    let want: [(&str, &[usize], &[f64]); 3] = [
+        (
+            "norm.weight",
+            &[4],
+            &[
+                0.9051790833473206,
+                1.1666514873504639,
+                1.0121514797210693,
+                1.162405014038086,
+            ],
+        ),
         (
             "output.weight",
             &[2, 3],
@@ -87,11 +115,19 @@ fn synth_matches_python_reference() {
         (
             "tok_embeddings.weight",
             &[2, 2],
-            &[-0.6601250171661377, 0.6379330158233643, -0.9701348543167114, -0.11080849170684814],
+            &[
+                -0.6601250171661377,
+                0.6379330158233643,
+                -0.9701348543167114,
+                -0.11080849170684814,
+            ],
         ),
     ];
     for (name, shape, values) in want {
-        let got = synth::value_f32(name, shape);
+        let got: Vec<f64> = synth::value_f32(name, shape)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         assert_eq!(got, values, "{name}");
     }
 }
@@ -136,13 +172,34 @@ impl Pickle {
         self.global("collections", "OrderedDict").op(b')').op(b'R')
     }
     /// Pushes the argument tuple of `_rebuild_tensor_v2`.
-    fn tensor_args(&mut self, storage: (&str, &str, u16), offset: u16, size: &[u16], stride: &[u16]) -> &mut Self {
+    fn tensor_args(
+        &mut self,
+        storage: (&str, &str, u16),
+        offset: u16,
+        size: &[u16],
+        stride: &[u16],
+    ) -> &mut Self {
         self.op(b'(');
-        self.op(b'(').str("storage").global("torch", storage.0).str(storage.1).str("cpu");
+        self.op(b'(')
+            .str("storage")
+            .global("torch", storage.0)
+            .str(storage.1)
+            .str("cpu");
         self.int(storage.2).op(b't').op(b'Q');
-        self.int(offset).tuple(size).tuple(stride).op(0x89).empty_ordered_dict().op(b't')
+        self.int(offset)
+            .tuple(size)
+            .tuple(stride)
+            .op(0x89)
+            .empty_ordered_dict()
+            .op(b't')
     }
-    fn tensor(&mut self, storage: (&str, &str, u16), offset: u16, size: &[u16], stride: &[u16]) -> &mut Self {
+    fn tensor(
+        &mut self,
+        storage: (&str, &str, u16),
+        offset: u16,
+        size: &[u16],
+        stride: &[u16],
+    ) -> &mut Self {
         self.global("torch._utils", "_rebuild_tensor_v2");
         self.tensor_args(storage, offset, size, stride).op(b'R')
     }
@@ -167,13 +224,31 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 ///  "epoch": 3}
 fn crafted_pickle() -> Vec<u8> {
     let mut p = Pickle::new();
-    p.op(b'}').str("model").empty_ordered_dict().op(b'q').op(0).op(b'(');
-    p.str("a.weight").tensor(("FloatStorage", "0", 6), 0, &[3, 2], &[1, 3]);
-    p.str("b.bias").global("torch._utils", "_rebuild_parameter").op(b'(');
-    p.tensor(("HalfStorage", "1", 4), 1, &[3], &[1]).op(0x88).empty_ordered_dict().op(b't').op(b'R');
-    p.str("c.weight").global("torch._tensor", "_rebuild_from_type_v2").op(b'(');
-    p.global("torch._utils", "_rebuild_tensor_v2").global("torch._tensor", "Tensor");
-    p.tensor_args(("FloatStorage", "0", 6), 2, &[2, 2], &[2, 1]).op(b'}').op(b't').op(b'R');
+    p.op(b'}')
+        .str("model")
+        .empty_ordered_dict()
+        .op(b'q')
+        .op(0)
+        .op(b'(');
+    p.str("a.weight")
+        .tensor(("FloatStorage", "0", 6), 0, &[3, 2], &[1, 3]);
+    p.str("b.bias")
+        .global("torch._utils", "_rebuild_parameter")
+        .op(b'(');
+    p.tensor(("HalfStorage", "1", 4), 1, &[3], &[1])
+        .op(0x88)
+        .empty_ordered_dict()
+        .op(b't')
+        .op(b'R');
+    p.str("c.weight")
+        .global("torch._tensor", "_rebuild_from_type_v2")
+        .op(b'(');
+    p.global("torch._utils", "_rebuild_tensor_v2")
+        .global("torch._tensor", "Tensor");
+    p.tensor_args(("FloatStorage", "0", 6), 2, &[2, 2], &[2, 1])
+        .op(b'}')
+        .op(b't')
+        .op(b'R');
     p.str("step").tensor(("LongStorage", "2", 1), 0, &[], &[]);
     p.str("note").str("not a tensor");
     p.op(b'u');
@@ -189,7 +264,10 @@ fn crafted_storages() -> Vec<(String, Vec<u8>)> {
         .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
         .collect();
     vec![
-        ("arch/data/0".into(), f32_bytes(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])),
+        (
+            "arch/data/0".into(),
+            f32_bytes(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]),
+        ),
         ("arch/data/1".into(), half),
         ("arch/data/2".into(), 42i64.to_le_bytes().to_vec()),
     ]
@@ -197,7 +275,8 @@ fn crafted_storages() -> Vec<(String, Vec<u8>)> {
 
 fn write_crafted(path: &Path, pickle: &[u8], skip: Option<&str>, method: zip::CompressionMethod) {
     let storages = crafted_storages();
-    let mut entries: Vec<(&str, &[u8])> = vec![("arch/data.pkl", pickle), ("arch/byteorder", b"little")];
+    let mut entries: Vec<(&str, &[u8])> =
+        vec![("arch/data.pkl", pickle), ("arch/byteorder", b"little")];
     for (n, b) in &storages {
         if Some(n.as_str()) != skip {
             entries.push((n, b));
@@ -209,14 +288,26 @@ fn write_crafted(path: &Path, pickle: &[u8], skip: Option<&str>, method: zip::Co
 #[test]
 fn crafted_pt_views_dtypes_and_wrappers() {
     let dir = tempfile::tempdir().unwrap();
-    for method in [zip::CompressionMethod::Stored, zip::CompressionMethod::Deflated] {
+    for method in [
+        zip::CompressionMethod::Stored,
+        zip::CompressionMethod::Deflated,
+    ] {
         let path = dir.path().join("crafted.bin"); // extension must not matter
         write_crafted(&path, &crafted_pickle(), None, method);
         let sd = load_state_dict(&path).unwrap();
-        assert_eq!(sd.names().collect::<Vec<_>>(), ["a.weight", "b.bias", "c.weight"]);
-        assert_eq!(sd.expect("a.weight", &[3, 2]).unwrap().data, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(
+            sd.names().collect::<Vec<_>>(),
+            ["a.weight", "b.bias", "c.weight"]
+        );
+        assert_eq!(
+            sd.expect("a.weight", &[3, 2]).unwrap().data,
+            [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+        );
         assert_eq!(sd.expect("b.bias", &[3]).unwrap().data, [0.5, -2.0, 7.0]);
-        assert_eq!(sd.expect("c.weight", &[2, 2]).unwrap().data, [2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(
+            sd.expect("c.weight", &[2, 2]).unwrap().data,
+            [2.0, 3.0, 4.0, 5.0]
+        );
     }
 }
 
@@ -228,9 +319,17 @@ fn err_of<T: std::fmt::Debug>(r: llamagen::Result<T>) -> String {
 fn crafted_pt_missing_storage_and_bad_pickles() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nostorage.pt");
-    write_crafted(&path, &crafted_pickle(), Some("arch/data/1"), zip::CompressionMethod::Stored);
+    write_crafted(
+        &path,
+        &crafted_pickle(),
+        Some("arch/data/1"),
+        zip::CompressionMethod::Stored,
+    );
     let msg = err_of(load_state_dict(&path));
-    assert!(msg.contains("nostorage.pt") && msg.contains("arch/data/1"), "{msg}");
+    assert!(
+        msg.contains("nostorage.pt") && msg.contains("arch/data/1"),
+        "{msg}"
+    );
 
     let bad: [(&[u8], &str); 4] = [
         (b"\x80\x02\xff", "opcode 0xff"),
@@ -247,11 +346,18 @@ fn crafted_pt_missing_storage_and_bad_pickles() {
 
     // A view reaching past the end of its storage.
     let mut p = Pickle::new();
-    p.op(b'}').str("w").tensor(("FloatStorage", "0", 6), 4, &[3], &[1]).op(b's').op(b'.');
+    p.op(b'}')
+        .str("w")
+        .tensor(("FloatStorage", "0", 6), 4, &[3], &[1])
+        .op(b's')
+        .op(b'.');
     let path = dir.path().join("overrun.pt");
     write_crafted(&path, &p.0, None, zip::CompressionMethod::Stored);
     let msg = err_of(load_state_dict(&path));
-    assert!(msg.contains("overrun.pt") && msg.contains("`w`") && msg.contains("exceeds"), "{msg}");
+    assert!(
+        msg.contains("overrun.pt") && msg.contains("`w`") && msg.contains("exceeds"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -259,16 +365,38 @@ fn disallowed_globals_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("evil.pt");
     let mut p = Pickle::new();
-    p.global("os", "system").str("echo pwned").op(0x85).op(b'R').op(b'.');
-    write_zip(&path, &[("evil/data.pkl", &p.0)], zip::CompressionMethod::Stored);
+    p.global("os", "system")
+        .str("echo pwned")
+        .op(0x85)
+        .op(b'R')
+        .op(b'.');
+    write_zip(
+        &path,
+        &[("evil/data.pkl", &p.0)],
+        zip::CompressionMethod::Stored,
+    );
     let msg = err_of(load_state_dict(&path));
-    assert!(msg.contains("disallowed pickle global `os.system`") && msg.contains("evil.pt"), "{msg}");
+    assert!(
+        msg.contains("disallowed pickle global `os.system`") && msg.contains("evil.pt"),
+        "{msg}"
+    );
 
     // Hidden inside an otherwise ordinary state dict.
     let mut p = Pickle::new();
-    p.op(b'}').str("model").op(b'}').str("w").global("builtins", "eval").str("1").op(0x85).op(b'R');
+    p.op(b'}')
+        .str("model")
+        .op(b'}')
+        .str("w")
+        .global("builtins", "eval")
+        .str("1")
+        .op(0x85)
+        .op(b'R');
     p.op(b's').op(b's').op(b'.');
-    write_zip(&path, &[("evil/data.pkl", &p.0)], zip::CompressionMethod::Stored);
+    write_zip(
+        &path,
+        &[("evil/data.pkl", &p.0)],
+        zip::CompressionMethod::Stored,
+    );
     let msg = err_of(load_state_dict(&path));
     assert!(msg.contains("`builtins.eval`"), "{msg}");
 }
@@ -285,11 +413,16 @@ fn truncated_copy(dir: &Path, name: &str, keep: usize) -> PathBuf {
 #[test]
 fn truncated_and_corrupt_files_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let len = std::fs::metadata(data("gpt_tiny_c2i.safetensors")).unwrap().len() as usize;
+    let len = std::fs::metadata(data("gpt_tiny_c2i.safetensors"))
+        .unwrap()
+        .len() as usize;
     for keep in [0, 4, 8, 100, len / 2, len - 1] {
         let path = truncated_copy(dir.path(), "gpt_tiny_c2i.safetensors", keep);
         let msg = err_of(load_state_dict(&path));
-        assert!(msg.contains("cut_gpt_tiny_c2i.safetensors"), "keep {keep}: {msg}");
+        assert!(
+            msg.contains("cut_gpt_tiny_c2i.safetensors"),
+            "keep {keep}: {msg}"
+        );
         if keep > 100 {
             assert!(msg.contains("truncated"), "{msg}");
             assert!(SafeTensorsFile::open(&path).is_err());
@@ -300,7 +433,13 @@ fn truncated_and_corrupt_files_name_the_file() {
         let path = truncated_copy(dir.path(), "gpt_tiny_c2i.pt", keep);
         let msg = err_of(load_state_dict(&path));
         assert!(msg.contains("cut_gpt_tiny_c2i.pt"), "keep {keep}: {msg}");
+        // The .pt reader on its own (no magic-byte sniffing in front) must fail as cleanly.
+        let msg = err_of(torch_pt::load_pt(&path));
+        assert!(msg.contains("cut_gpt_tiny_c2i.pt"), "keep {keep}: {msg}");
     }
+    let empty = truncated_copy(dir.path(), "vq_tiny.pt", 0);
+    assert!(err_of(torch_pt::load_pt(&empty)).contains("cut_vq_tiny.pt"));
+    assert!(err_of(SafeTensorsFile::open(&empty)).contains("cut_vq_tiny.pt"));
 
     // Corrupt header JSON.
     let mut bytes = std::fs::read(data("vq_tiny.safetensors")).unwrap();
@@ -308,10 +447,16 @@ fn truncated_and_corrupt_files_name_the_file() {
     let path = dir.path().join("corrupt.safetensors");
     std::fs::write(&path, &bytes).unwrap();
     let msg = err_of(load_state_dict(&path));
-    assert!(msg.contains("corrupt.safetensors") && msg.contains("header"), "{msg}");
+    assert!(
+        msg.contains("corrupt.safetensors") && msg.contains("header"),
+        "{msg}"
+    );
 
     let missing = dir.path().join("does_not_exist.pt");
-    assert!(matches!(load_state_dict(&missing), Err(llamagen::Error::Io { .. })));
+    assert!(matches!(
+        load_state_dict(&missing),
+        Err(llamagen::Error::Io { .. })
+    ));
     assert!(err_of(load_state_dict(&missing)).contains("does_not_exist.pt"));
 }
 
@@ -321,14 +466,29 @@ fn truncated_and_corrupt_files_name_the_file() {
 fn take_checked_reports_shape_nan_and_missing() {
     let mut sd = StateDict::new("model.safetensors");
     sd.insert("w", Tensor::new(vec![2, 3], vec![1.0; 6]).unwrap());
-    sd.insert("n", Tensor { shape: vec![4], data: vec![0.0, 1.0, f32::NAN, 2.0] });
+    sd.insert(
+        "n",
+        Tensor {
+            shape: vec![4],
+            data: vec![0.0, 1.0, f32::NAN, 2.0],
+        },
+    );
 
     let msg = err_of(sd.take_checked("w", &[3, 2]));
-    assert!(msg.contains("`w`") && msg.contains("[3, 2]") && msg.contains("[2, 3]"), "{msg}");
+    assert!(
+        msg.contains("`w`") && msg.contains("[3, 2]") && msg.contains("[2, 3]"),
+        "{msg}"
+    );
     let msg = err_of(sd.expect("n", &[4]));
-    assert!(msg.contains("`n`") && msg.contains("NaN") && msg.contains("index 2"), "{msg}");
+    assert!(
+        msg.contains("`n`") && msg.contains("NaN") && msg.contains("index 2"),
+        "{msg}"
+    );
     let msg = err_of(sd.take_checked("absent", &[1]));
-    assert!(msg.contains("`absent`") && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains("`absent`") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
 
     assert_eq!(sd.take_checked("w", &[2, 3]).unwrap().data, vec![1.0; 6]);
     assert!(sd.get("w").is_none() && sd.get("n").is_some());

@@ -12,22 +12,35 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Self {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sampling.safetensors");
-        Fixture { bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}")) }
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/sampling.safetensors"
+        );
+        Fixture {
+            bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}")),
+        }
     }
 
     fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        let data = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let data = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         (t.shape().to_vec(), data)
     }
 
     /// (key, params) per `probs{i}`, from the metadata written by the fixture generator.
     fn combos(&self) -> Vec<(String, SamplingParams)> {
         let (_, meta) = SafeTensors::read_metadata(&self.bytes).unwrap();
-        let json = meta.metadata().as_ref().and_then(|m| m.get("combos")).expect("metadata `combos`");
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("combos"))
+            .expect("metadata `combos`");
         let list: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
         list.iter()
             .map(|c| {
@@ -39,6 +52,14 @@ impl Fixture {
                 (c["key"].as_str().unwrap().to_string(), p)
             })
             .collect()
+    }
+}
+
+fn sp(temperature: f32, top_k: usize, top_p: f32) -> SamplingParams {
+    SamplingParams {
+        temperature,
+        top_k,
+        top_p,
     }
 }
 
@@ -70,11 +91,20 @@ fn probabilities_match_official() {
             let want = &want[r * V..(r + 1) * V];
             probabilities(row, p, &mut scratch, &mut probs);
             let (max, rel) = max_abs_and_rel_l2(&probs, want);
-            assert!(max <= 1e-5 && rel <= 1e-5, "{key} {p:?} row {r}: max abs {max:e}, rel L2 {rel:e}");
+            assert!(
+                max <= 1e-5 && rel <= 1e-5,
+                "{key} {p:?} row {r}: max abs {max:e}, rel L2 {rel:e}"
+            );
             // Ties at the top-k boundary, the top-p cut and the underflow of temperature 1e-5 all show up
             // only in which entries are exactly zero.
             for v in 0..V {
-                assert_eq!(probs[v] == 0.0, want[v] == 0.0, "{key} row {r} token {v}: {} vs {}", probs[v], want[v]);
+                assert_eq!(
+                    probs[v] == 0.0,
+                    want[v] == 0.0,
+                    "{key} row {r} token {v}: {} vs {}",
+                    probs[v],
+                    want[v]
+                );
             }
         }
     }
@@ -84,7 +114,7 @@ fn probabilities_match_official() {
 fn top_k_keeps_ties_at_the_boundary() {
     let fx = Fixture::load();
     let (_, logits) = fx.tensor("logits");
-    let p = SamplingParams { temperature: 1.0, top_k: 51, top_p: 1.0 };
+    let p = sp(1.0, 51, 1.0);
     let mut probs = vec![0.0f32; V];
     probabilities(&logits[..V], &p, &mut SamplerScratch::new(V), &mut probs);
     // Row 0 has three equal values at rank 50..52, so 53 tokens survive a top-51 filter.
@@ -104,7 +134,11 @@ fn cfg_mix_matches_official() {
         cfg_mix(cond, uncond, 4.0, &mut out);
         // Same expression order as the reference, so the result is bit-exact.
         for v in 0..V {
-            assert_eq!(out[v].to_bits(), want[r * V + v].to_bits(), "row {r} token {v}");
+            assert_eq!(
+                out[v].to_bits(),
+                want[r * V + v].to_bits(),
+                "row {r} token {v}"
+            );
         }
     }
 }
@@ -117,15 +151,49 @@ fn philox_known_answers() {
     let pi_ctr = [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344];
     let pi_key = [0xa4093822, 0x299f31d0];
     let kats: [Kat; 6] = [
-        (7, [0; 4], [0; 2], [0x5f6fb709, 0x0d893f64, 0x4f121f81, 0x4f730a48]),
-        (7, [u32::MAX; 4], [u32::MAX; 2], [0x5207ddc2, 0x45165e59, 0x4d8ee751, 0x8c52f662]),
-        (7, pi_ctr, pi_key, [0x4dfccaba, 0x190a87f0, 0xc47362ba, 0xb6b5242a]),
-        (10, [0; 4], [0; 2], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),
-        (10, [u32::MAX; 4], [u32::MAX; 2], [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]),
-        (10, pi_ctr, pi_key, [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]),
+        (
+            7,
+            [0; 4],
+            [0; 2],
+            [0x5f6fb709, 0x0d893f64, 0x4f121f81, 0x4f730a48],
+        ),
+        (
+            7,
+            [u32::MAX; 4],
+            [u32::MAX; 2],
+            [0x5207ddc2, 0x45165e59, 0x4d8ee751, 0x8c52f662],
+        ),
+        (
+            7,
+            pi_ctr,
+            pi_key,
+            [0x4dfccaba, 0x190a87f0, 0xc47362ba, 0xb6b5242a],
+        ),
+        (
+            10,
+            [0; 4],
+            [0; 2],
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8],
+        ),
+        (
+            10,
+            [u32::MAX; 4],
+            [u32::MAX; 2],
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd],
+        ),
+        (
+            10,
+            pi_ctr,
+            pi_key,
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1],
+        ),
     ];
     for (rounds, ctr, key, want) in kats {
-        assert_eq!(philox4x32(ctr, key, rounds), want, "rounds {rounds} ctr {ctr:08x?} key {key:08x?}");
+        assert_eq!(
+            philox4x32(ctr, key, rounds),
+            want,
+            "rounds {rounds} ctr {ctr:08x?} key {key:08x?}"
+        );
         if rounds == 10 {
             assert_eq!(philox4x32_10(ctr, key), want);
         }
@@ -142,7 +210,10 @@ fn uniform_stream_layout() {
     // A pure function: recomputing (in any order) gives the same bits.
     let a: Vec<f32> = (0..64).map(|t| uniform(9, 3, t)).collect();
     let b: Vec<f32> = (0..64).rev().map(|t| uniform(9, 3, t)).collect();
-    assert!(a.iter().zip(b.iter().rev()).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(a
+        .iter()
+        .zip(b.iter().rev())
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
 
     let mut by_step = Vec::new();
     let mut by_index = Vec::new();
@@ -167,8 +238,12 @@ fn chi2_sf(x: f64, df: usize) -> f64 {
     let a = df as f64 / 2.0;
     let half_x = x / 2.0;
     // ln Γ(a + 1) by recursion down to Γ(1) = 1 or Γ(1/2) = √π.
-    let mut ln_gamma = if df % 2 == 0 { 0.0 } else { 0.5 * std::f64::consts::PI.ln() };
-    let mut s = if df % 2 == 0 { 1.0 } else { 0.5 };
+    let mut ln_gamma = if df.is_multiple_of(2) {
+        0.0
+    } else {
+        0.5 * std::f64::consts::PI.ln()
+    };
+    let mut s = if df.is_multiple_of(2) { 1.0 } else { 0.5 };
     while s <= a + 0.25 {
         ln_gamma += s.ln();
         s += 1.0;
@@ -199,7 +274,9 @@ fn lcg_logits(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut st = seed;
     (0..n)
         .map(|_| {
-            st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            st = st
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((st >> 40) as f32 / 16_777_216.0 - 0.5) * scale
         })
         .collect()
@@ -207,7 +284,7 @@ fn lcg_logits(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 
 /// Draws `n` tokens the way a run does (image index x step grid, fixed seed) and checks them against the exact
 /// probabilities: filtered-out tokens never appear, and the counts pass a chi-square test at p = 1e-6.
-fn goodness_of_fit(logits: &[f32], p: SamplingParams, seed: u64, n: usize) -> f64 {
+fn goodness_of_fit(logits: &[f32], p: SamplingParams, seed: u64, n: usize) {
     let v = logits.len();
     let mut scratch = SamplerScratch::new(v);
     let mut probs = vec![0.0f32; v];
@@ -220,7 +297,10 @@ fn goodness_of_fit(logits: &[f32], p: SamplingParams, seed: u64, n: usize) -> f6
     let (mut chi2, mut bins) = (0.0f64, 0usize);
     for (t, (&c, &q)) in counts.iter().zip(&probs).enumerate() {
         if q == 0.0 {
-            assert_eq!(c, 0, "token {t} has zero probability but was drawn {c} times ({p:?})");
+            assert_eq!(
+                c, 0,
+                "token {t} has zero probability but was drawn {c} times ({p:?})"
+            );
             continue;
         }
         let e = n as f64 * f64::from(q);
@@ -228,19 +308,21 @@ fn goodness_of_fit(logits: &[f32], p: SamplingParams, seed: u64, n: usize) -> f6
         bins += 1;
     }
     let pval = chi2_sf(chi2, bins - 1);
-    assert!(pval > 1e-6, "{p:?}: chi2 {chi2:.1} over {bins} bins, p = {pval:e}");
-    pval
+    assert!(
+        pval > 1e-6,
+        "{p:?}: chi2 {chi2:.1} over {bins} bins, p = {pval:e}"
+    );
 }
 
 #[test]
 fn draws_follow_the_probabilities() {
     let small = [0.3f32, -1.2, 2.0, 0.0, 1.1, -0.4, 0.9, -2.5, 1.7, 0.2];
-    goodness_of_fit(&small, SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, 11, 200_000);
-    goodness_of_fit(&small, SamplingParams { temperature: 0.6, top_k: 4, top_p: 1.0 }, 12, 200_000);
+    goodness_of_fit(&small, sp(1.0, 0, 1.0), 11, 200_000);
+    goodness_of_fit(&small, sp(0.6, 4, 1.0), 12, 200_000);
 
     let wide = lcg_logits(2048, 5, 8.0);
-    goodness_of_fit(&wide, SamplingParams { temperature: 1.0, top_k: 40, top_p: 1.0 }, 13, 200_000);
-    goodness_of_fit(&wide, SamplingParams { temperature: 1.3, top_k: 100, top_p: 0.7 }, 14, 200_000);
+    goodness_of_fit(&wide, sp(1.0, 40, 1.0), 13, 100_000);
+    goodness_of_fit(&wide, sp(1.3, 100, 0.7), 14, 100_000);
 }
 
 #[test]
@@ -248,15 +330,23 @@ fn a_wrong_sampler_would_fail() {
     // Guard against a test that passes anything: the same draws scored against a slightly different
     // distribution (temperature 1.05 instead of 1.0) must be rejected.
     let logits = [0.3f32, -1.2, 2.0, 0.0, 1.1, -0.4, 0.9, -2.5, 1.7, 0.2];
-    let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 };
-    let q = SamplingParams { temperature: 1.05, ..p };
+    let p = sp(1.0, 0, 1.0);
+    let q = SamplingParams {
+        temperature: 1.05,
+        ..p
+    };
     let mut scratch = SamplerScratch::new(10);
     let mut probs = [0.0f32; 10];
     probabilities(&logits, &q, &mut scratch, &mut probs);
     let n = 200_000;
     let mut counts = [0u64; 10];
     for i in 0..n {
-        counts[sample(&logits, &p, uniform(11, (i / 256) as u64, (i % 256) as u32), &mut scratch) as usize] += 1;
+        counts[sample(
+            &logits,
+            &p,
+            uniform(11, (i / 256) as u64, (i % 256) as u32),
+            &mut scratch,
+        ) as usize] += 1;
     }
     let chi2: f64 = counts
         .iter()
@@ -285,7 +375,10 @@ fn sample_is_the_inverse_cdf_of_probabilities() {
             for j in 0..200 {
                 let u = (j as f32 + 0.5) / 200.0;
                 let t = sample(row, &p, u, &mut scratch) as usize;
-                assert!(probs[t] > 0.0, "{key} row {r} u {u}: drew filtered token {t}");
+                assert!(
+                    probs[t] > 0.0,
+                    "{key} row {r} u {u}: drew filtered token {t}"
+                );
                 let target = f64::from(u) * c;
                 // Skip draws that land within float noise of an interval boundary.
                 let near = |x: f64| (x - target).abs() < 1e-5;
@@ -293,7 +386,11 @@ fn sample_is_the_inverse_cdf_of_probabilities() {
                     continue;
                 }
                 let lo = if t == 0 { 0.0 } else { cdf[t - 1] };
-                assert!(lo <= target && target < cdf[t], "{key} row {r} u {u}: token {t} [{lo}, {})", cdf[t]);
+                assert!(
+                    lo <= target && target < cdf[t],
+                    "{key} row {r} u {u}: token {t} [{lo}, {})",
+                    cdf[t]
+                );
             }
         }
     }
@@ -307,22 +404,22 @@ fn edge_cases() {
     logits[argmax as usize] = 4.0;
     let mut s = SamplerScratch::new(V);
     for u in [0.0, 0.5, 1.0 - f32::EPSILON / 2.0] {
-        let greedy = SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0 };
+        let greedy = sp(1.0, 1, 1.0);
         assert_eq!(sample(&logits, &greedy, u, &mut s), argmax);
-        let cold = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 };
+        let cold = sp(0.0, 0, 1.0);
         assert_eq!(sample(&logits, &cold, u, &mut s), argmax);
-        let nucleus = SamplingParams { temperature: 0.01, top_k: 0, top_p: 0.01 };
+        let nucleus = sp(0.01, 0, 0.01);
         assert_eq!(sample(&logits, &nucleus, u, &mut s), argmax);
     }
     // u just below 1 must still land on a token that can be drawn: the last survivor in id order.
-    let p = SamplingParams { temperature: 1.0, top_k: 7, top_p: 1.0 };
+    let p = sp(1.0, 7, 1.0);
     let mut probs = vec![0.0f32; V];
     probabilities(&logits, &p, &mut s, &mut probs);
     let last = probs.iter().rposition(|&q| q > 0.0).unwrap() as u32;
     assert_eq!(sample(&logits, &p, 1.0 - f32::EPSILON / 2.0, &mut s), last);
     // k beyond the vocabulary keeps everything; a scratch sized for a smaller vocabulary grows.
     let mut tiny = SamplerScratch::new(4);
-    let all = SamplingParams { temperature: 1.0, top_k: 10 * V, top_p: 1.0 };
+    let all = sp(1.0, 10 * V, 1.0);
     probabilities(&logits, &all, &mut tiny, &mut probs);
     assert!(probs.iter().all(|&q| q > 0.0));
 }
@@ -339,10 +436,11 @@ fn bench_sample() {
     let logits = lcg_logits(V, 17, 6.0);
     let mut s = SamplerScratch::new(V);
     for (name, p) in [
-        ("top_k 2000", SamplingParams { temperature: 1.0, top_k: 2000, top_p: 1.0 }),
-        ("top_k 0", SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }),
-        ("top_k 1000 top_p 0.9", SamplingParams { temperature: 1.0, top_k: 1000, top_p: 0.9 }),
-        ("top_k 0 top_p 0.9", SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9 }),
+        ("top_k 2000", sp(1.0, 2000, 1.0)),
+        ("top_k 2000 temperature 0.9", sp(0.9, 2000, 1.0)),
+        ("top_k 0", sp(1.0, 0, 1.0)),
+        ("top_k 1000 top_p 0.9", sp(1.0, 1000, 0.9)),
+        ("top_k 0 top_p 0.9", sp(1.0, 0, 0.9)),
     ] {
         if std::env::var("BENCH_CASE").is_ok_and(|c| c != name) {
             continue;

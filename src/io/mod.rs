@@ -30,9 +30,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Shortened so that a target name near the 255-byte limit still leaves room for the decorations.
+    let stem: String = name.to_string_lossy().chars().take(100).collect();
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
-        name.to_string_lossy(),
+        stem,
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));

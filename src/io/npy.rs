@@ -167,13 +167,14 @@ fn encode(shape: &[usize], descr: &str, len: usize, body: &[u8]) -> Vec<u8> {
     };
     let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_repr}, }}");
     // numpy aligns the data to 64 bytes so that it can be memory-mapped with any element type.
-    let (version, len_bytes) = if dict.len() + 1 + 10 <= 65535 {
-        (1u8, 2)
+    let padded = |prefix: usize| (prefix + dict.len() + 1).div_ceil(64) * 64 - prefix;
+    // Version 1 stores the (padded) header length in a u16; only absurd shapes need version 2.
+    let (version, prefix) = if padded(10) <= u16::MAX as usize {
+        (1u8, 10)
     } else {
-        (2u8, 4)
+        (2u8, 12)
     };
-    let prefix = MAGIC.len() + 2 + len_bytes;
-    let header_len = (prefix + dict.len() + 1).div_ceil(64) * 64 - prefix;
+    let header_len = padded(prefix);
     let mut out = Vec::with_capacity(prefix + header_len + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[version, 0]);
@@ -217,8 +218,11 @@ pub fn parse_npy(bytes: &[u8], what: &Path) -> Result<NpyArray> {
     // v1/v2 headers are latin-1, v3 utf-8; the keys and values we accept are plain ASCII either way.
     let header =
         std::str::from_utf8(header).map_err(|_| bad("header is not ASCII/UTF-8 text".into()))?;
-    let h =
-        parse_header(header).map_err(|m| bad(format!("header {:?}: {m}", header.trim_end())))?;
+    let h = parse_header(header).map_err(|m| {
+        // A corrupt length can make the "header" most of the file; quote only its start.
+        let shown: String = header.trim_end().chars().take(160).collect();
+        bad(format!("header {shown:?}: {m}"))
+    })?;
     if h.fortran_order {
         return Err(Error::format(
             what,
@@ -258,7 +262,7 @@ pub fn parse_npy(bytes: &[u8], what: &Path) -> Result<NpyArray> {
     })
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Dtype {
     Bool,
     I1,
@@ -555,7 +559,7 @@ mod tests {
             parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': ()}")
                 .unwrap()
                 .shape,
-            vec![]
+            Vec::<usize>::new()
         );
         assert!(
             parse_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': ()}").is_err()

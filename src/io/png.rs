@@ -20,6 +20,9 @@ pub fn to_u8_hwc(x: &[f32], n: usize, h: usize, w: usize) -> Vec<u8> {
     );
     let plane = h * w;
     let mut out = vec![0u8; n * plane * 3];
+    if plane == 0 {
+        return out; // `chunks_exact(0)` would panic
+    }
     for (img, dst) in x
         .chunks_exact(3 * plane)
         .zip(out.chunks_exact_mut(3 * plane))
@@ -39,7 +42,6 @@ fn f32_to_u8(v: f32) -> u8 {
     if u.is_nan() {
         0
     } else {
-        // `as` truncates toward zero and saturates, but the explicit clamp documents the rule.
         u.clamp(0.0, 255.0) as u8
     }
 }

@@ -22,7 +22,8 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n = numel(&shape).ok_or_else(|| Error::Invalid(format!("shape {shape:?} overflows")))?;
+        let n =
+            numel(&shape).ok_or_else(|| Error::Invalid(format!("shape {shape:?} overflows")))?;
         if n != data.len() {
             return Err(Error::Invalid(format!(
                 "shape {shape:?} needs {n} values, got {}",
@@ -51,7 +52,10 @@ pub struct StateDict {
 
 impl StateDict {
     pub fn new(source: impl Into<PathBuf>) -> Self {
-        StateDict { tensors: BTreeMap::new(), source: source.into() }
+        StateDict {
+            tensors: BTreeMap::new(),
+            source: source.into(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Tensor> {
@@ -159,7 +163,7 @@ pub(crate) fn float_at(dtype: DType, bytes: &[u8], i: usize) -> Option<f32> {
 
 /// Converts a contiguous little-endian float buffer; `None` for non-float types or a ragged length.
 pub(crate) fn floats_to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % dtype.size() != 0 {
+    if !bytes.len().is_multiple_of(dtype.size()) {
         return None;
     }
     // Whole-slice loops (not float_at per element) so the compiler can vectorise the hot f32 path.
@@ -216,12 +220,18 @@ fn sniff(path: &Path) -> Result<Kind> {
              torch or convert it to safetensors",
         ));
     }
+    if head.len() < 9 {
+        return Err(Error::format(
+            path,
+            format!(
+                "only {} bytes: too short for a weight file (truncated?)",
+                head.len()
+            ),
+        ));
+    }
     Err(Error::format(
         path,
-        format!(
-            "unrecognised weight file ({} bytes read): neither safetensors nor a torch.save zip",
-            head.len()
-        ),
+        "unrecognised weight file: neither safetensors nor a torch.save zip",
     ))
 }
 
@@ -240,7 +250,9 @@ pub fn load_state_dict_prefixed(path: &Path, prefix: &str) -> Result<StateDict> 
             let file = safetensors::SafeTensorsFile::open(path)?;
             let mut sd = StateDict::new(path);
             for name in file.names() {
-                let Some(short) = name.strip_prefix(prefix) else { continue };
+                let Some(short) = name.strip_prefix(prefix) else {
+                    continue;
+                };
                 // Integer/bool buffers (token fixtures, counters) are not weights.
                 if !file.dtype(&name)?.is_float() {
                     continue;
@@ -294,7 +306,11 @@ pub fn save_safetensors(
     let fname = path
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", fname.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        fname.to_string_lossy(),
+        std::process::id()
+    ));
     let write = || -> std::io::Result<()> {
         let f = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);

@@ -26,6 +26,15 @@ pub struct SafeTensorsFile {
     metadata: Option<HashMap<String, String>>,
 }
 
+impl std::fmt::Debug for SafeTensorsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafeTensorsFile")
+            .field("path", &self.path)
+            .field("tensors", &self.entries.len())
+            .finish()
+    }
+}
+
 fn parse_dtype(s: &str) -> Option<DType> {
     Some(match s {
         "F64" => DType::F64,
@@ -48,7 +57,9 @@ impl SafeTensorsFile {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let bad = |msg: String| Error::format(path, msg);
         if len < 8 {
-            return Err(bad(format!("truncated safetensors file: {len} bytes, no header")));
+            return Err(bad(format!(
+                "truncated safetensors file: {len} bytes, no header"
+            )));
         }
         // SAFETY: the map is read-only; like every mmap-based reader we rely on the file not being
         // truncated by another process while it is open.
@@ -57,7 +68,9 @@ impl SafeTensorsFile {
         n8.copy_from_slice(&map[..8]);
         let n = u64::from_le_bytes(n8);
         if n > MAX_HEADER {
-            return Err(bad(format!("safetensors header length {n} is implausible (corrupt file?)")));
+            return Err(bad(format!(
+                "safetensors header length {n} is implausible (corrupt file?)"
+            )));
         }
         if 8 + n > len {
             return Err(bad(format!(
@@ -83,7 +96,12 @@ impl SafeTensorsFile {
                 .map_err(|msg| bad(format!("tensor `{name}`: {msg}")))?;
             entries.insert(name, e);
         }
-        Ok(SafeTensorsFile { path: path.to_path_buf(), map, entries, metadata })
+        Ok(SafeTensorsFile {
+            path: path.to_path_buf(),
+            map,
+            entries,
+            metadata,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -159,7 +177,10 @@ impl SafeTensorsFile {
     fn wrong_type(&self, name: &str, found: DType, want: &str) -> Error {
         Error::tensor(
             name,
-            format!("has dtype {found:?} in {}, expected {want}", self.path.display()),
+            format!(
+                "has dtype {found:?} in {}, expected {want}",
+                self.path.display()
+            ),
         )
     }
 }
@@ -179,7 +200,10 @@ fn parse_entry(
         .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
         .collect::<Option<_>>()
         .ok_or("shape is not a list of sizes")?;
-    let offs = v.get("data_offsets").and_then(|o| o.as_array()).ok_or("no data_offsets")?;
+    let offs = v
+        .get("data_offsets")
+        .and_then(|o| o.as_array())
+        .ok_or("no data_offsets")?;
     let (b, e) = match offs.as_slice() {
         [b, e] => (
             b.as_u64().ok_or("bad data_offsets")?,
@@ -195,12 +219,21 @@ fn parse_entry(
             "data_offsets [{b}, {e}] do not match shape {shape:?} of {dtype_s}"
         ));
     }
-    let start = (data_start as u64).checked_add(b).ok_or("offset overflows")?;
-    let end = (data_start as u64).checked_add(e).ok_or("offset overflows")?;
+    let start = (data_start as u64)
+        .checked_add(b)
+        .ok_or("offset overflows")?;
+    let end = (data_start as u64)
+        .checked_add(e)
+        .ok_or("offset overflows")?;
     if end > file_len as u64 {
         return Err(format!(
             "truncated file: data ends at byte {end}, file has {file_len} bytes"
         ));
     }
-    Ok(Entry { dtype, shape, start: start as usize, end: end as usize })
+    Ok(Entry {
+        dtype,
+        shape,
+        start: start as usize,
+        end: end as usize,
+    })
 }

@@ -30,7 +30,7 @@ fn resolve_global(module: &str, name: &str) -> std::result::Result<Global, Strin
     Ok(match (module, name) {
         ("collections", "OrderedDict") => Global::OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
-        ("torch._tensor" | "torch._utils", "_rebuild_from_type_v2") => Global::RebuildFromTypeV2,
+        ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromTypeV2,
         ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
         ("torch._tensor" | "torch", "Tensor") | ("torch.nn.parameter", "Parameter") => {
             Global::TensorClass
@@ -130,7 +130,10 @@ fn call(g: Global, args: &[Obj]) -> Res<Obj> {
             [t @ Obj::Tensor(_), ..] => Ok(t.clone()),
             _ => Err("_rebuild_parameter: unexpected arguments".into()),
         },
-        other => Err(format!("cannot call {other:?} with {} arguments", args.len())),
+        other => Err(format!(
+            "cannot call {other:?} with {} arguments",
+            args.len()
+        )),
     }
 }
 
@@ -163,7 +166,10 @@ impl<'a> Vm<'a> {
     }
     fn line(&mut self) -> Res<&'a str> {
         let rest = &self.b[self.pos..];
-        let n = rest.iter().position(|&c| c == b'\n').ok_or("pickle truncated")?;
+        let n = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .ok_or("pickle truncated")?;
         let s = std::str::from_utf8(&rest[..n]).map_err(|_| "non-UTF-8 global name")?;
         self.pos += n + 1;
         Ok(s)
@@ -173,7 +179,9 @@ impl<'a> Vm<'a> {
         Ok(Obj::Str(s.to_owned()))
     }
     fn pop(&mut self) -> Res<Obj> {
-        self.stack.pop().ok_or_else(|| "pickle stack underflow".into())
+        self.stack
+            .pop()
+            .ok_or_else(|| "pickle stack underflow".into())
     }
     fn pop_mark(&mut self) -> Res<Vec<Obj>> {
         let m = self.marks.pop().ok_or("pickle MARK missing")?;
@@ -183,10 +191,15 @@ impl<'a> Vm<'a> {
         Ok(self.stack.split_off(m))
     }
     fn top(&mut self) -> Res<&mut Obj> {
-        self.stack.last_mut().ok_or_else(|| "pickle stack underflow".into())
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "pickle stack underflow".into())
     }
     fn memo_get(&self, i: u32) -> Res<Obj> {
-        self.memo.get(&i).cloned().ok_or_else(|| format!("memo key {i} unset"))
+        self.memo
+            .get(&i)
+            .cloned()
+            .ok_or_else(|| format!("memo key {i} unset"))
     }
     fn push_global(&mut self, module: &str, name: &str) -> Res<()> {
         let g = resolve_global(module, name)?;
@@ -194,7 +207,9 @@ impl<'a> Vm<'a> {
         Ok(())
     }
     fn set_items(&mut self, items: Vec<Obj>) -> Res<()> {
-        let Obj::Dict(d) = self.top()? else { return Err("SETITEM on a non-dict".into()) };
+        let Obj::Dict(d) = self.top()? else {
+            return Err("SETITEM on a non-dict".into());
+        };
         let mut d = d.borrow_mut();
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -203,7 +218,9 @@ impl<'a> Vm<'a> {
         Ok(())
     }
     fn append(&mut self, items: Vec<Obj>) -> Res<()> {
-        let Obj::List(l) = self.top()? else { return Err("APPEND on a non-list".into()) };
+        let Obj::List(l) = self.top()? else {
+            return Err("APPEND on a non-list".into());
+        };
         l.borrow_mut().extend(items);
         Ok(())
     }
@@ -253,7 +270,11 @@ impl<'a> Vm<'a> {
                     if n > 8 {
                         return Err(format!("integer of {n} bytes is too large"));
                     }
-                    let fill = if b.last().is_some_and(|&x| x & 0x80 != 0) { 0xff } else { 0 };
+                    let fill = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                        0xff
+                    } else {
+                        0
+                    };
                     let mut a = [fill; 8];
                     a[..n].copy_from_slice(b);
                     self.stack.push(Obj::Int(i64::from_le_bytes(a)))
@@ -274,7 +295,11 @@ impl<'a> Vm<'a> {
                 }
                 b'C' | b'B' => {
                     // SHORT_BINBYTES / BINBYTES
-                    let n = if op == b'C' { self.u8()? as usize } else { self.u32()? as usize };
+                    let n = if op == b'C' {
+                        self.u8()? as usize
+                    } else {
+                        self.u32()? as usize
+                    };
                     let b = self.take(n)?.to_vec();
                     self.stack.push(Obj::Bytes(Rc::new(b)))
                 }
@@ -309,7 +334,11 @@ impl<'a> Vm<'a> {
                     self.memo.insert(i, t);
                 }
                 b'h' | b'j' => {
-                    let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
+                    let i = if op == b'h' {
+                        self.u8()? as u32
+                    } else {
+                        self.u32()?
+                    };
                     let v = self.memo_get(i)?;
                     self.stack.push(v)
                 }
@@ -365,7 +394,9 @@ impl<'a> Vm<'a> {
 
 fn persistent_load(pid: &Obj) -> Res<Obj> {
     // ('storage', <StorageType>, key, location, numel)
-    let Obj::Tuple(t) = pid else { return Err("persistent id is not a tuple".into()) };
+    let Obj::Tuple(t) = pid else {
+        return Err("persistent id is not a tuple".into());
+    };
     match t.as_slice() {
         [Obj::Str(tag), Obj::Global(Global::Storage(dtype)), key, _loc, n] if tag == "storage" => {
             let key = match key {
@@ -373,7 +404,11 @@ fn persistent_load(pid: &Obj) -> Res<Obj> {
                 Obj::Int(i) => i.to_string(),
                 _ => return Err("storage key is not a string".into()),
             };
-            Ok(Obj::Storage(Rc::new(StorageRef { key, dtype: *dtype, numel: to_usize(n, "numel")? })))
+            Ok(Obj::Storage(Rc::new(StorageRef {
+                key,
+                dtype: *dtype,
+                numel: to_usize(n, "numel")?,
+            })))
         }
         _ => Err("unsupported persistent id (expected a torch storage)".into()),
     }
@@ -407,13 +442,19 @@ pub fn load_pt_prefixed(path: &Path, prefix: &str) -> Result<StateDict> {
         .map(str::to_owned)
         .ok_or_else(|| bad("no data.pkl in the archive (not a torch.save file?)".into()))?;
     let dir = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_owned();
-    if let Ok(order) = read_entry(&mut zip, &map, &format!("{dir}byteorder")) {
+    if let Ok(order) = read_entry(&mut zip, &map, &format!("{dir}byteorder"), true) {
         if order.as_ref() != b"little" {
             return Err(bad("big-endian torch archives are not supported".into()));
         }
     }
-    let pkl = read_entry(&mut zip, &map, &pkl_name).map_err(bad)?;
-    let vm = Vm { b: &pkl, pos: 0, stack: vec![], marks: vec![], memo: HashMap::new() };
+    let pkl = read_entry(&mut zip, &map, &pkl_name, true).map_err(bad)?;
+    let vm = Vm {
+        b: &pkl,
+        pos: 0,
+        stack: vec![],
+        marks: vec![],
+        memo: HashMap::new(),
+    };
     let top = vm.run().map_err(|m| bad(format!("{pkl_name}: {m}")))?;
     let Obj::Dict(top) = top else {
         return Err(bad("top-level object is not a dict".into()));
@@ -428,48 +469,73 @@ pub fn load_pt_prefixed(path: &Path, prefix: &str) -> Result<StateDict> {
         .unwrap_or_else(|| top.clone());
     let sd_items = sd_items.borrow();
 
-    // Group tensors by storage so each storage is read once and released before the next.
-    let mut by_storage: BTreeMap<String, Vec<(String, Rc<TensorRef>)>> = BTreeMap::new();
+    // Later duplicates win, as in Python, before grouping can reorder them.
+    let mut wanted: BTreeMap<&str, &Rc<TensorRef>> = BTreeMap::new();
     for (k, v) in sd_items.iter() {
-        let (Obj::Str(name), Obj::Tensor(t)) = (k, v) else { continue };
-        let Some(short) = name.strip_prefix(prefix) else { continue };
+        let (Obj::Str(name), Obj::Tensor(t)) = (k, v) else {
+            continue;
+        };
+        let Some(short) = name.strip_prefix(prefix) else {
+            continue;
+        };
         if !t.storage.dtype.is_float() {
             continue;
         }
-        by_storage.entry(t.storage.key.clone()).or_default().push((short.to_owned(), t.clone()));
+        wanted.insert(short, t);
+    }
+    // Group tensors by storage so each storage is read once and released before the next.
+    let mut by_storage: BTreeMap<&str, Vec<(&str, &Rc<TensorRef>)>> = BTreeMap::new();
+    for (name, t) in wanted {
+        by_storage
+            .entry(&t.storage.key)
+            .or_default()
+            .push((name, t));
     }
     let mut sd = StateDict::new(path);
     for (key, tensors) in by_storage {
         let entry = format!("{dir}data/{key}");
-        let bytes = read_entry(&mut zip, &map, &entry).map_err(bad)?;
+        let bytes = read_entry(&mut zip, &map, &entry, false).map_err(bad)?;
         for (name, t) in tensors {
-            let data = gather(&t, &bytes)
+            let data = gather(t, &bytes)
                 .map_err(|m| bad(format!("tensor `{name}` (storage {entry}): {m}")))?;
-            sd.insert(name, Tensor { shape: t.size.clone(), data });
+            sd.insert(
+                name,
+                Tensor {
+                    shape: t.size.clone(),
+                    data,
+                },
+            );
         }
     }
     Ok(sd)
 }
 
-/// The bytes of a zip entry: borrowed straight from the map when stored uncompressed (as torch
-/// writes them), so multi-gigabyte checkpoints are not copied twice.
+/// The bytes of a zip entry. Unless `checked`, an uncompressed entry (as torch writes storages) is
+/// borrowed straight from the map, skipping the copy and the CRC pass over multi-gigabyte data;
+/// the small pickle is always CRC-checked so corruption there is caught rather than misparsed.
 fn read_entry<'m>(
     zip: &mut zip::ZipArchive<Cursor<&'m [u8]>>,
     map: &'m [u8],
     name: &str,
+    checked: bool,
 ) -> Res<Cow<'m, [u8]>> {
-    let mut f = zip.by_name(name).map_err(|e| format!("missing or unreadable `{name}`: {e}"))?;
+    let mut f = zip
+        .by_name(name)
+        .map_err(|e| format!("missing or unreadable `{name}`: {e}"))?;
     let size = f.size();
-    if f.compression() == zip::CompressionMethod::Stored {
+    if !checked && f.compression() == zip::CompressionMethod::Stored {
         let start = f.data_start();
         let slice = usize::try_from(start)
             .ok()
             .zip(usize::try_from(size).ok())
             .and_then(|(s, n)| map.get(s..s.checked_add(n)?));
-        return slice.map(Cow::Borrowed).ok_or_else(|| format!("`{name}` is truncated"));
+        return slice
+            .map(Cow::Borrowed)
+            .ok_or_else(|| format!("`{name}` is truncated"));
     }
     let mut buf = Vec::with_capacity(size.min(1 << 30) as usize);
-    f.read_to_end(&mut buf).map_err(|e| format!("cannot read `{name}`: {e}"))?;
+    f.read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read `{name}`: {e}"))?;
     Ok(Cow::Owned(buf))
 }
 
@@ -479,15 +545,22 @@ fn gather(t: &TensorRef, bytes: &[u8]) -> Res<Vec<f32>> {
     let es = s.dtype.size();
     let have = bytes.len() / es;
     if have < s.numel {
-        return Err(format!("storage holds {have} elements, pickle says {}", s.numel));
+        return Err(format!(
+            "storage holds {have} elements, pickle says {}",
+            s.numel
+        ));
     }
     let n = numel(&t.size).ok_or("size overflows")?;
     if n == 0 {
         return Ok(vec![]);
     }
-    let last = t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&d, &st)| {
-        acc.checked_add((d - 1).checked_mul(st)?)
-    });
+    let last = t
+        .size
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |acc, (&d, &st)| {
+            acc.checked_add((d - 1).checked_mul(st)?)
+        });
     match last {
         Some(l) if l < s.numel => {}
         _ => return Err(format!("view exceeds its storage of {} elements", s.numel)),
@@ -505,7 +578,12 @@ fn gather(t: &TensorRef, bytes: &[u8]) -> Res<Vec<f32>> {
     let mut out = Vec::with_capacity(n);
     let mut idx = vec![0usize; t.size.len()];
     for _ in 0..n {
-        let e = t.offset + idx.iter().zip(&t.stride).map(|(i, st)| i * st).sum::<usize>();
+        let e = t.offset
+            + idx
+                .iter()
+                .zip(&t.stride)
+                .map(|(i, st)| i * st)
+                .sum::<usize>();
         out.push(super::float_at(s.dtype, bytes, e).ok_or("not a float storage")?);
         for (i, &d) in idx.iter_mut().zip(&t.size).rev() {
             *i += 1;

@@ -194,7 +194,7 @@ struct Tiling {
 }
 
 fn tiling(n: usize, oh: usize, wq: usize, c_out: usize) -> Tiling {
-    let want = 2 * rayon::current_num_threads();
+    let want = std::env::var("WANT").ok().and_then(|v| v.parse().ok()).unwrap_or(2) * rayon::current_num_threads();
     let mut row_tiles = oh.div_ceil((TILE_COLS / wq.max(1)).max(1));
     let co_blocks = want.div_ceil(n * row_tiles).min((c_out / 64).max(1));
     let co_block = c_out.div_ceil(co_blocks).next_multiple_of(16).min(c_out);
@@ -894,15 +894,48 @@ mod tests {
         }
     }
 
-    fn time(f: &mut dyn FnMut()) -> f64 {
+    /// Process CPU seconds (user + system) from /proc; the dev box is shared, so wall time alone misleads.
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (tick(11) + tick(12)) / 100.0
+    }
+
+    /// (wall seconds, CPU seconds) per call.
+    pub(crate) fn time(f: &mut dyn FnMut()) -> (f64, f64) {
         f();
-        let t = std::time::Instant::now();
+        let (t, c) = (std::time::Instant::now(), cpu_seconds());
         let mut reps = 0;
-        while reps < 3 || t.elapsed().as_secs_f64() < 1.0 {
+        while reps < 3 || t.elapsed().as_secs_f64() < 1.5 {
             f();
             reps += 1;
         }
-        t.elapsed().as_secs_f64() / reps as f64
+        (
+            t.elapsed().as_secs_f64() / reps as f64,
+            (cpu_seconds() - c) / reps as f64,
+        )
+    }
+
+    /// GFLOP/s on the wall clock, and what the CPU time implies for an otherwise idle machine.
+    pub(crate) fn report(name: &str, flops: f64, (wall, cpu): (f64, f64)) {
+        let threads = rayon::current_num_threads() as f64;
+        let idle = flops * threads / cpu.max(1e-9) / 1e9;
+        println!(
+            "{name}: {:.2} ms, {:.1} GFLOP/s wall, ~{idle:.1} if idle",
+            wall * 1e3,
+            flops / wall / 1e9
+        );
     }
 
     /// `cargo test --release --lib conv::tests::bench -- --ignored --nocapture`
@@ -911,65 +944,63 @@ mod tests {
     fn bench() {
         let (m, k, nn) = (512, 4608, 1024);
         let (a, b, mut d) = (rand_vec(m * k, 1), rand_vec(k * nn, 2), vec![0.0; m * nn]);
-        let par = Parallelism::Rayon(0);
-        let t = time(&mut || {
-            sgemm(
-                (m, nn, k),
-                &mut d,
-                nn,
-                false,
-                mat(&a, k, 1),
-                mat(&b, nn, 1),
-                1.0,
-                par,
-            )
-        });
-        println!(
-            "plain gemm {m}x{k}x{nn} (ceiling): {:.1} GFLOP/s",
-            2.0 * (m * nn * k) as f64 / t / 1e9
+        let (a, b, par) = (mat(&a, k, 1), mat(&b, nn, 1), Parallelism::Rayon(0));
+        let t = time(&mut || sgemm((m, nn, k), &mut d, nn, false, a, b, 1.0, par));
+        report(
+            &format!("plain gemm {m}x{k}x{nn}"),
+            2.0 * (m * nn * k) as f64,
+            t,
         );
-        let cases = [
-            (128, 128, 256, 3, 1, [1; 4]),
-            (256, 256, 64, 3, 1, [1; 4]),
-            (512, 512, 16, 3, 1, [1; 4]),
-        ];
-        let more = [
-            (512, 512, 32, 3, 1, [1; 4]),
-            (3, 128, 256, 3, 1, [1; 4]),
-            (128, 3, 256, 3, 1, [1; 4]),
-        ];
-        let ds = [
-            (128, 128, 256, 3, 2, [0, 1, 0, 1]),
-            (256, 256, 32, 3, 2, [0, 1, 0, 1]),
-        ];
-        let pw = [
+        let (s1, s2) = ([1; 4], [0, 1, 0, 1]);
+        for (ci, co, hw, k, s, pad) in [
+            (128, 128, 256, 3, 1, s1),
+            (256, 256, 64, 3, 1, s1),
+            (512, 512, 16, 3, 1, s1),
+            (512, 512, 32, 3, 1, s1),
+            (3, 128, 256, 3, 1, s1),
+            (128, 3, 256, 3, 1, s1),
+            (128, 128, 256, 3, 2, s2),
+            (256, 256, 32, 3, 2, s2),
             (256, 128, 256, 1, 1, [0; 4]),
             (512, 512, 16, 1, 1, [0; 4]),
-            (8, 256, 16, 1, 1, [0; 4]),
-        ];
-        for (ci, co, hw, k, s, pad) in cases.into_iter().chain(more).chain(ds).chain(pw) {
+        ] {
             let x = rand_vec(ci * hw * hw, 1);
             let wt = ConvWeights::new(&rand_vec(co * ci * k * k, 2), co, ci, k, k);
             let bias = rand_vec(co, 3);
             let o = (hw + pad[0] + pad[1] - k) / s + 1;
             let mut out = vec![0.0; co * o * o];
+            let ep = Epilogue::Set;
+            let t =
+                time(&mut || conv2d_with(&x, (1, hw, hw), &wt, Some(&bias), s, pad, ep, &mut out));
+            let name = format!("conv{k}x{k}/s{s} {ci}->{co} {hw}x{hw}");
+            report(&name, 2.0 * (ci * co * k * k * o * o) as f64, t);
+        }
+        for (c, hw) in [(512, 16), (128, 256)] {
+            let (x, wt, b) = (
+                rand_vec(c * hw * hw, 1),
+                rand_vec(c * c * 9, 2),
+                rand_vec(c, 3),
+            );
+            let mut out = vec![0.0; c * hw * hw];
             let t = time(&mut || {
-                conv2d_with(
+                conv2d(
                     &x,
-                    (1, hw, hw),
+                    1,
+                    c,
+                    hw,
+                    hw,
                     &wt,
-                    Some(&bias),
-                    s,
-                    pad,
-                    Epilogue::Set,
+                    Some(&b),
+                    c,
+                    3,
+                    3,
+                    1,
+                    [1; 4],
                     &mut out,
                 )
             });
-            let gf = 2.0 * (ci * co * k * k * o * o) as f64 / t / 1e9;
-            println!(
-                "conv{k}x{k}/s{s} {ci}->{co} {hw}x{hw}: {:.2} ms, {gf:.1} GFLOP/s",
-                t * 1e3
-            );
+            let name = format!("conv2d (weights rearranged per call) {c} {hw}x{hw}");
+            report(&name, 2.0 * (c * c * 9 * hw * hw) as f64, t);
         }
         for (c, hw) in [(128, 128), (256, 64), (512, 16)] {
             let x = rand_vec(c * hw * hw, 1);
@@ -977,12 +1008,8 @@ mod tests {
             let b = rand_vec(c, 3);
             let mut out = vec![0.0; c * 4 * hw * hw];
             let t = time(&mut || upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out));
-            let gf = 2.0 * (c * c * 9 * 4 * hw * hw) as f64 / t / 1e9;
-            println!(
-                "upsample+conv3x3 {c} {hw}->{}: {:.2} ms, {gf:.1} GFLOP/s as 3x3 conv",
-                2 * hw,
-                t * 1e3
-            );
+            let name = format!("upsample+conv3x3 {c} {hw}->{} (as 3x3 conv flops)", 2 * hw);
+            report(&name, 2.0 * (c * c * 9 * 4 * hw * hw) as f64, t);
         }
     }
 }

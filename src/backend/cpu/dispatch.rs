@@ -1,5 +1,5 @@
 //! Node dispatch: resolves a node's tensors to arena slices and calls the op's CPU implementation.
-use super::{attention, embed, matmul, rmsnorm, rope, sampling, swiglu};
+use super::{attention, codebook, conv, embed, groupnorm, matmul, rmsnorm, rope, sampling, swiglu, vq_attention};
 use super::{CpuBackend, CpuWeight};
 use crate::runtime::{Graph, Node, Op, Plan, StepParams, TensorId};
 use crate::{Error, Result};
@@ -99,11 +99,52 @@ impl CpuBackend {
                 let s = g.shape(ins[0]);
                 sampling::sampling(v.f32(ins[0]), s[0], s[1], v.i32(ins[1]), *cfg_scale, params, step, &mut self.sampling, v.i32_mut(out));
             }
+            Op::Codebook { codebook: cb } => {
+                let (n, dim, h, w) = (oshape[0], oshape[1], oshape[2], oshape[3]);
+                let cbw = self.w(*cb);
+                let codes: Vec<u32> = v.i32(ins[0]).iter().map(|&c| c as u32).collect();
+                codebook::codebook_lookup(&codes, weight_f32(cbw, "codebook")?, cbw.shape[0], dim, n, h, w, v.f32_mut(out))
+                    .map_err(|i| Error::Invalid(format!("token id {} is outside the codebook ({} codes)", v.i32(ins[0])[i], cbw.shape[0])))?;
+            }
+            Op::Quantize { codebook: cb } => {
+                let s = g.shape(ins[0]);
+                let (n, dim, h, w) = (s[0], s[1], s[2], s[3]);
+                let cbw = self.w(*cb);
+                let mut idx = vec![0u32; n * h * w];
+                let mut zq = vec![0f32; n * dim * h * w];
+                codebook::quantize(v.f32(ins[0]), n, dim, h, w, weight_f32(cbw, "codebook")?, cbw.shape[0], &mut idx, &mut zq);
+                v.i32_mut(out).iter_mut().zip(&idx).for_each(|(o, &i)| *o = i as i32);
+            }
+            Op::Conv { w, b, k, stride, pad } => {
+                let s = g.shape(ins[0]);
+                let (n, ci, h, wd) = (s[0], s[1], s[2], s[3]);
+                let wt = self.w(*w);
+                let (wv, bv) = (weight_f32(wt, "conv")?, Some(weight_f32(self.w(*b), "conv bias")?));
+                match ins.get(1) {
+                    Some(&r) => conv::conv2d_add(v.f32(ins[0]), n, ci, h, wd, wv, bv, wt.shape[0], *k, *k, *stride, *pad, v.f32(r), v.f32_mut(out)),
+                    None => conv::conv2d(v.f32(ins[0]), n, ci, h, wd, wv, bv, wt.shape[0], *k, *k, *stride, *pad, v.f32_mut(out)),
+                }
+            }
+            Op::UpsampleConv { w, b } => {
+                let s = g.shape(ins[0]);
+                let (n, ci, h, wd) = (s[0], s[1], s[2], s[3]);
+                conv::upsample_conv3x3(v.f32(ins[0]), n, ci, h, wd, weight_f32(self.w(*w), "upsample conv")?, weight_f32(self.w(*b), "upsample bias")?, oshape[1], v.f32_mut(out));
+            }
+            Op::Groupnorm { gamma, beta, groups, eps, silu } => {
+                let s = g.shape(ins[0]);
+                let hw = s[2..].iter().product();
+                groupnorm::groupnorm(v.f32(ins[0]), s[0], s[1], hw, *groups, *eps, weight_f32(self.w(*gamma), "groupnorm")?, weight_f32(self.w(*beta), "groupnorm")?, *silu, v.f32_mut(out));
+            }
+            Op::VqAttention { q, k, v: vv, proj } => {
+                let s = g.shape(ins[0]);
+                let hw = s[2..].iter().product();
+                let f = |id| weight_f32(self.w(id), "vq attention");
+                vq_attention::vq_attention(v.f32(ins[0]), v.f32(ins[1]), s[0], s[1], hw, f(q[0])?, f(q[1])?, f(k[0])?, f(k[1])?, f(vv[0])?, f(vv[1])?, f(proj[0])?, f(proj[1])?, v.f32_mut(out));
+            }
             Op::Add => {
                 let (a, b, o) = (v.f32(ins[0]), v.f32(ins[1]), v.f32_mut(out));
                 o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a + b);
             }
-            _ => return Err(Error::Invalid(format!("op {} not wired yet", node.op.name()))),
         }
         Ok(())
     }

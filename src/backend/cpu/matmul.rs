@@ -1,8 +1,8 @@
 //! `matmul`: y[M, N] = x[M, K] · Wᵀ (+ residual), W stored `[N, K]` row-major like `nn.Linear`.
 //!
-//! f32 weights go through the `gemm` crate. bf16 weights are read directly (never widened into a full f32 copy):
-//! small M (the decode step: 2·batch rows) streams each weight row once and dots it with every x row, so the
-//! step is bound by one pass over the weights; large M (t2i prefill) widens 64-row tiles and uses `gemm` on them.
+//! Small M (the decode step: 2·batch rows) streams each weight row once and dots it with every x row, so the step
+//! is bound by one pass over the weights. Large M goes through the `gemm` crate: f32 directly, bf16 (never widened
+//! into a full f32 copy) by widening 64-row tiles.
 use super::round_bf16;
 use half::bf16;
 use rayon::prelude::*;
@@ -22,8 +22,9 @@ pub fn matmul(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, residual: O
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
     match w {
+        WeightRef::F32(w) if m <= DOT_MAX_M => matvec(x, m, k, w, n, y),
         WeightRef::F32(w) => gemm_f32(x, m, k, w, n, y),
-        WeightRef::Bf16(w) if m <= DOT_MAX_M => matvec_bf16(x, m, k, w, n, y),
+        WeightRef::Bf16(w) if m <= DOT_MAX_M => matvec(x, m, k, w, n, y),
         WeightRef::Bf16(w) => tiled_bf16(x, m, k, w, n, y),
     }
     // The reference rounds the linear output to bf16 before the residual add (itself rounded): two roundings.
@@ -76,19 +77,55 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-fn matvec_bf16(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, y: &mut [f32]) {
+/// f32 twin of `dot_bf16`.
+#[inline]
+pub fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut xc = x.chunks_exact(16);
+    let mut wc = w.chunks_exact(16);
+    for (xs, ws) in (&mut xc).zip(&mut wc) {
+        for i in 0..16 {
+            acc[i] += xs[i] * ws[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (a, b) in xc.remainder().iter().zip(wc.remainder()) {
+        s += a * b;
+    }
+    s
+}
+
+/// Few rows (a decode step): one pass over the weights, every row of x dotted with each weight row while it is hot.
+fn matvec<W: Sync>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, y: &mut [f32])
+where
+    [W]: Dot,
+{
     let out = OutPtr(y.as_mut_ptr());
     (0..n.div_ceil(TILE_N)).into_par_iter().for_each(|t| {
         let out = out;
         for nn in t * TILE_N..((t + 1) * TILE_N).min(n) {
             let wr = &w[nn * k..(nn + 1) * k];
             for r in 0..m {
-                let v = dot_bf16(&x[r * k..(r + 1) * k], wr);
+                let v = wr.dot(&x[r * k..(r + 1) * k]);
                 // SAFETY: r < m and nn < n, so r·n + nn is inside y; column nn belongs to this task only.
                 unsafe { *out.0.add(r * n + nn) = v };
             }
         }
     });
+}
+
+pub trait Dot {
+    fn dot(&self, x: &[f32]) -> f32;
+}
+impl Dot for [f32] {
+    fn dot(&self, x: &[f32]) -> f32 {
+        dot_f32(x, self)
+    }
+}
+impl Dot for [bf16] {
+    fn dot(&self, x: &[f32]) -> f32 {
+        dot_bf16(x, self)
+    }
 }
 
 fn tiled_bf16(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, y: &mut [f32]) {

@@ -100,7 +100,10 @@ impl Backend for CpuBackend {
             .into_iter()
             .map(|w| {
                 let data = match (w.layout, w.storage) {
-                    (Layout::UpsamplePhases, _) => WeightData::F32(w.data),
+                    (Layout::UpsamplePhases, _) => {
+                        let (co, ci) = (w.shape[0], w.shape[1]);
+                        WeightData::F32(conv::upsample_phase_weights(&w.data, co, ci))
+                    }
                     (Layout::Plain, Storage::F32) => WeightData::F32(w.data),
                     (Layout::Plain, Storage::Bf16) => WeightData::Bf16(w.data.iter().map(|&v| bf16::from_f32(v)).collect()),
                 };

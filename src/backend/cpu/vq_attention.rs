@@ -1,1 +1,274 @@
-//! (in progress)
+//! The VQ AttnBlock core (after its GroupNorm): single-head attention over the HW positions of an NCHW map.
+//!
+//! Everything is GEMMs on the channel-major layout, so no transposed copy of q, k or v is made: scores for a block
+//! of queries are `q[:, blk]^T k`, and `o[:, blk] = v A_blk^T` reads the score block through swapped strides.
+//! Query blocks bound the score buffer to a few MiB for large latents (the HW x HW matrix is 64 MiB at 64x64).
+use super::conv::{mat, sgemm};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Score rows per block: at most about this many floats in flight.
+const SCORE_BLOCK_FLOATS: usize = 1 << 20;
+
+/// `dst (c_out x hw) = w (c_out x c_in) * src (c_in x hw) + bias`, each row of dst starting from `init` + bias.
+fn pointwise(
+    dst: &mut [f32],
+    init: Option<&[f32]>,
+    w: &[f32],
+    bias: &[f32],
+    src: &[f32],
+    c: usize,
+    hw: usize,
+) {
+    dst.par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(ch, row)| match init {
+            Some(init) => row
+                .iter_mut()
+                .zip(&init[ch * hw..][..hw])
+                .for_each(|(d, &x)| *d = x + bias[ch]),
+            None => row.fill(bias[ch]),
+        });
+    sgemm(
+        (c, hw, c),
+        dst,
+        hw,
+        true,
+        mat(w, c, 1),
+        mat(src, hw, 1),
+        1.0,
+        Parallelism::Rayon(0),
+    );
+}
+
+/// In-place softmax of each row, max-subtracted as torch does.
+fn softmax_rows(s: &mut [f32], len: usize) {
+    s.par_chunks_mut(len).for_each(|row| {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f64;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        row.iter_mut().for_each(|v| *v *= inv);
+    });
+}
+
+/// AttnBlock after its norm: q, k, v = 1x1 convs (with bias) of `normed`, A = softmax_j(q_i . k_j / sqrt(c)),
+/// o[:, i] = sum_j A[i, j] v[:, j], out = x + proj_out(o). x, normed, out: (n, c, hw); weights (c, c) row-major
+/// (the [c, c, 1, 1] tensors); biases (c).
+#[allow(clippy::too_many_arguments)]
+pub fn vq_attention(
+    x: &[f32],
+    normed: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    wq: &[f32],
+    bq: &[f32],
+    wk: &[f32],
+    bk: &[f32],
+    wv: &[f32],
+    bv: &[f32],
+    wo: &[f32],
+    bo: &[f32],
+    out: &mut [f32],
+) {
+    let img = c * hw;
+    assert!(
+        x.len() == n * img && normed.len() == n * img,
+        "vq_attention: input length"
+    );
+    assert_eq!(out.len(), n * img, "vq_attention: output length");
+    for w in [wq, wk, wv, wo] {
+        assert_eq!(w.len(), c * c, "vq_attention: weight length");
+    }
+    for b in [bq, bk, bv, bo] {
+        assert_eq!(b.len(), c, "vq_attention: bias length");
+    }
+    if out.is_empty() {
+        return;
+    }
+    // torch scales the q.k products by int(c) ** -0.5 after the matmul; the GEMM's output scale does the same
+    let scale = (c as f64).powf(-0.5) as f32;
+    let blk = (SCORE_BLOCK_FLOATS / hw).clamp(1, hw);
+    let mut buf = vec![0f32; 4 * img + blk * hw];
+    let (q, rest) = buf.split_at_mut(img);
+    let (k, rest) = rest.split_at_mut(img);
+    let (v, rest) = rest.split_at_mut(img);
+    let (o, scores) = rest.split_at_mut(img);
+    for b in 0..n {
+        let (xb, nb) = (&x[b * img..][..img], &normed[b * img..][..img]);
+        pointwise(q, None, wq, bq, nb, c, hw);
+        pointwise(k, None, wk, bk, nb, c, hw);
+        pointwise(v, None, wv, bv, nb, c, hw);
+        for i0 in (0..hw).step_by(blk) {
+            let rows = blk.min(hw - i0);
+            let s = &mut scores[..rows * hw];
+            // s[i, j] = sum_ch q[ch, i0 + i] k[ch, j]: q read transposed through its strides
+            let qt = mat(&q[i0..], 1, hw);
+            sgemm(
+                (rows, hw, c),
+                s,
+                hw,
+                false,
+                qt,
+                mat(k, hw, 1),
+                scale,
+                Parallelism::Rayon(0),
+            );
+            softmax_rows(s, hw);
+            // o[ch, i0 + i] = sum_j v[ch, j] s[i, j]: the score block read transposed
+            let (at, par) = (mat(s, 1, hw), Parallelism::Rayon(0));
+            sgemm(
+                (c, rows, hw),
+                &mut o[i0..],
+                hw,
+                false,
+                mat(v, hw, 1),
+                at,
+                1.0,
+                par,
+            );
+        }
+        pointwise(&mut out[b * img..][..img], Some(xb), wo, bo, o, c, hw);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Direct f64 loops over the AttnBlock definition (after the norm).
+    fn naive(x: &[f32], nrm: &[f32], n: usize, c: usize, hw: usize, p: &[Vec<f32>]) -> Vec<f64> {
+        let conv = |w: &[f32], b: &[f32], src: &[f64]| -> Vec<f64> {
+            let mut d = vec![0f64; c * hw];
+            for o in 0..c {
+                for i in 0..hw {
+                    d[o * hw + i] = b[o] as f64
+                        + (0..c)
+                            .map(|ci| w[o * c + ci] as f64 * src[ci * hw + i])
+                            .sum::<f64>();
+                }
+            }
+            d
+        };
+        let mut out = vec![0f64; n * c * hw];
+        for b in 0..n {
+            let nb: Vec<f64> = nrm[b * c * hw..][..c * hw]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let (q, k, v) = (
+                conv(&p[0], &p[1], &nb),
+                conv(&p[2], &p[3], &nb),
+                conv(&p[4], &p[5], &nb),
+            );
+            let mut o = vec![0f64; c * hw];
+            for i in 0..hw {
+                let s: Vec<f64> = (0..hw)
+                    .map(|j| {
+                        (0..c)
+                            .map(|ch| q[ch * hw + i] * k[ch * hw + j])
+                            .sum::<f64>()
+                            / (c as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for ch in 0..c {
+                    o[ch * hw + i] = (0..hw).map(|j| e[j] / z * v[ch * hw + j]).sum();
+                }
+            }
+            let proj = conv(&p[6], &p[7], &o);
+            for (i, pv) in proj.iter().enumerate() {
+                out[b * c * hw + i] = x[b * c * hw + i] as f64 + pv;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive() {
+        for (si, &(n, c, hw)) in [
+            (1, 1, 1),
+            (1, 3, 15),
+            (3, 5, 60),
+            (1, 33, 49),
+            (2, 8, 7),
+            (1, 16, 300),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let seed = 10 * si as u64;
+            let x = rand_vec(n * c * hw, seed);
+            let nrm: Vec<f32> = rand_vec(n * c * hw, seed + 1)
+                .iter()
+                .map(|v| 2.0 * v)
+                .collect();
+            let p: Vec<Vec<f32>> = (0..8)
+                .map(|i| rand_vec(if i % 2 == 0 { c * c } else { c }, seed + 2 + i))
+                .collect();
+            let want = naive(&x, &nrm, n, c, hw, &p);
+            let mut out = vec![f32::NAN; x.len()];
+            vq_attention(
+                &x, &nrm, n, c, hw, &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7],
+                &mut out,
+            );
+            let num: f64 = out
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (g as f64 - w).powi(2))
+                .sum();
+            let den: f64 = want.iter().map(|w| w * w).sum();
+            let e = (num / den).sqrt();
+            assert!(e < 1e-6, "attention n{n} c{c} hw{hw}: rel {e}");
+        }
+    }
+
+    /// `cargo test --release --lib vq_attention::tests::bench -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bench() {
+        for (c, hw) in [(512, 256), (512, 1024)] {
+            let x = rand_vec(c * hw, 1);
+            let p: Vec<Vec<f32>> = (0..8)
+                .map(|i| rand_vec(if i % 2 == 0 { c * c } else { c }, 2 + i))
+                .collect();
+            let mut out = vec![0.0; x.len()];
+            let mut run = || {
+                vq_attention(
+                    &x, &x, 1, c, hw, &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7],
+                    &mut out,
+                )
+            };
+            run();
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                run();
+            }
+            let s = t.elapsed().as_secs_f64() / 5.0;
+            let flops = 2.0 * (4 * c * c * hw + 2 * hw * hw * c) as f64;
+            println!(
+                "vq_attention c{c} hw{hw}: {:.2} ms, {:.1} GFLOP/s",
+                s * 1e3,
+                flops / s / 1e9
+            );
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Flags shared by several subcommands, and model loading from them.
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use llamagen::backend::cpu::CpuBackend;
+use llamagen::backend::Backend;
+use llamagen::model::vq::VqRunner;
+use llamagen::model::{Dtype, GptConfig, VqConfig};
+use llamagen::weights::{self, StateDict};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug, Clone)]
+pub struct GptArgs {
+    /// GPT weights: safetensors, or an official .pt release ({"model": state_dict} or a bare FSDP state dict).
+    #[arg(long)]
+    pub gpt: Option<PathBuf>,
+    /// GPT config JSON with the official ModelArgs field names (default: the `config` metadata of a safetensors
+    /// file, or <weights>.config.json beside it).
+    #[arg(long)]
+    pub gpt_config: Option<PathBuf>,
+    /// GPT preset instead of a config file: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-3B (c2i).
+    #[arg(long)]
+    pub gpt_model: Option<String>,
+    /// Image size in pixels for a preset (256, 384 or 512); sets block_size = (size / downsampling)².
+    #[arg(long)]
+    pub image_size: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VqArgs {
+    /// VQ tokenizer weights: safetensors or an official .pt release.
+    #[arg(long)]
+    pub vq: Option<PathBuf>,
+    /// VQ config JSON (codebook_size, codebook_embed_dim, codebook_l2_norm, encoder_ch_mult, decoder_ch_mult,
+    /// z_channels, and optionally ch, num_res_blocks).
+    #[arg(long)]
+    pub vq_config: Option<PathBuf>,
+    /// VQ preset instead of a config file: VQ-16 or VQ-8.
+    #[arg(long)]
+    pub vq_model: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda,
+    CudaEmu,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+impl From<DtypeArg> for Dtype {
+    fn from(d: DtypeArg) -> Dtype {
+        match d {
+            DtypeArg::F32 => Dtype::F32,
+            DtypeArg::Bf16 => Dtype::Bf16,
+        }
+    }
+}
+
+/// The backend for `--device`. The CUDA backend and its CPU emulation come with the kernels issue.
+pub fn backend(device: Device, dtype: Dtype) -> Result<Box<dyn Backend>> {
+    match device {
+        Device::Cpu => Ok(Box::new(CpuBackend::new(dtype == Dtype::Bf16))),
+        Device::Cuda | Device::CudaEmu => {
+            bail!("--device {device:?}: the CUDA backend is not available in this build yet; use --device cpu")
+        }
+    }
+}
+
+pub fn load_weights(path: &Path) -> Result<StateDict> {
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    Ok(weights::load_state_dict(path)?)
+}
+
+/// A config embedded as safetensors metadata `config`, or `<stem>.config.json` beside the weights.
+fn config_beside(weights: &Path) -> Result<Option<(String, PathBuf)>> {
+    if let Ok(f) = weights::safetensors::SafeTensorsFile::open(weights) {
+        if let Some(c) = f.metadata().and_then(|m| m.get("config")) {
+            return Ok(Some((c.clone(), weights.to_path_buf())));
+        }
+    }
+    let stem = weights.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = stem.split('.').next().unwrap_or_default().to_string();
+    let side = weights.with_file_name(format!("{stem}.config.json"));
+    if side.exists() {
+        let s = std::fs::read_to_string(&side).with_context(|| format!("{}", side.display()))?;
+        return Ok(Some((s, side)));
+    }
+    Ok(None)
+}
+
+/// The GPT config from (in order) `--gpt-config`, `--gpt-model` + `--image-size`, or the weights file.
+pub fn gpt_config(a: &GptArgs, downsample: usize) -> Result<GptConfig> {
+    if let Some(p) = &a.gpt_config {
+        if a.gpt_model.is_some() {
+            bail!("give either --gpt-config or --gpt-model, not both");
+        }
+        return Ok(GptConfig::from_json_file(p)?);
+    }
+    if let Some(name) = &a.gpt_model {
+        let size = a.image_size.unwrap_or(256);
+        return Ok(GptConfig::preset(name, size, downsample)?);
+    }
+    if let Some(w) = &a.gpt {
+        if let Some((json, from)) = config_beside(w)? {
+            let cfg = GptConfig::from_json_str(&json, &from)?;
+            if let Some(size) = a.image_size {
+                let g = size / downsample.max(1);
+                if size % downsample.max(1) != 0 || g * g != cfg.block_size {
+                    bail!("--image-size {size} does not match the model's block_size {} (downsampling {downsample})", cfg.block_size);
+                }
+            }
+            return Ok(cfg);
+        }
+        bail!("{}: no GPT config found (give --gpt-config or --gpt-model)", w.display());
+    }
+    bail!("no GPT model given: pass --gpt WEIGHTS (with --gpt-config or --gpt-model if the file carries no config)")
+}
+
+/// The VQ config from `--vq-config`, `--vq-model`, or the weights file.
+pub fn vq_config(a: &VqArgs) -> Result<VqConfig> {
+    if let Some(p) = &a.vq_config {
+        if a.vq_model.is_some() {
+            bail!("give either --vq-config or --vq-model, not both");
+        }
+        return Ok(VqConfig::from_json_file(p)?);
+    }
+    if let Some(name) = &a.vq_model {
+        return Ok(VqConfig::preset(name)?);
+    }
+    if let Some(w) = &a.vq {
+        if let Some((json, from)) = config_beside(w)? {
+            return Ok(VqConfig::from_json_str(&json, &from)?);
+        }
+        bail!("{}: no VQ config found (give --vq-config or --vq-model)", w.display());
+    }
+    bail!("no VQ tokenizer given: pass --vq WEIGHTS (with --vq-config or --vq-model if the file carries no config)")
+}
+
+pub fn vq_runner(a: &VqArgs, with_encoder: bool) -> Result<VqRunner> {
+    let cfg = vq_config(a)?;
+    let path = a.vq.as_ref().context("no VQ weights given: pass --vq WEIGHTS")?;
+    let mut sd = load_weights(path)?;
+    Ok(VqRunner::new(cfg, &mut sd, with_encoder, Box::new(CpuBackend::new(false)))?)
+}

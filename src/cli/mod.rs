@@ -1,0 +1,55 @@
+//! Subcommands, one file each.
+mod args;
+mod convert;
+mod generate;
+mod info;
+mod tokenizer;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "llamagen", version, about = "LlamaGen inference engine: class- and text-conditional autoregressive image generation")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (or set RUST_LOG).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate images (class-conditional, or text-conditional from precomputed T5 embeddings).
+    Generate(generate::GenerateArgs),
+    /// Decode image tokens (.npy) into PNG images with the VQ decoder.
+    Decode(tokenizer::DecodeArgs),
+    /// Encode images into VQ tokens (tokens.npy).
+    Encode(tokenizer::EncodeArgs),
+    /// Encode then decode images (tokenizer reconstruction).
+    Reconstruct(tokenizer::ReconstructArgs),
+    /// Show a model's config, parameter count and a memory estimate.
+    Info(info::InfoArgs),
+    /// Convert an official .pt checkpoint into safetensors (never executes pickle code).
+    Convert(convert::ConvertArgs),
+    /// Merge the manifests (and npz / tokens files) of `--shard` runs into the unsharded result.
+    Merge(convert::MergeArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(t) = cli.threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+    }
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Decode(a) => tokenizer::decode(a),
+        Command::Encode(a) => tokenizer::encode(a),
+        Command::Reconstruct(a) => tokenizer::reconstruct(a),
+        Command::Info(a) => info::run(a),
+        Command::Convert(a) => convert::convert(a),
+        Command::Merge(a) => convert::merge(a),
+    }
+}
