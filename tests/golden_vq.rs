@@ -14,7 +14,8 @@ fn runner(case: &str) -> VqRunner {
     let mut sd: StateDict = if case == "vq_tiny" {
         weights::load_state_dict_prefixed(&data("vq_tiny.safetensors"), "weights/").unwrap()
     } else {
-        let shapes = weights::synth::shapes_from_json(&f.metadata().unwrap()["state_dict_shapes"]).unwrap();
+        let shapes =
+            weights::synth::shapes_from_json(&f.metadata().unwrap()["state_dict_shapes"]).unwrap();
         weights::synth::state_dict(&shapes)
     };
     VqRunner::new(cfg, &mut sd, true, Box::new(CpuBackend::new(false))).unwrap()
@@ -34,12 +35,22 @@ fn check_decode(case: &str, r: &mut VqRunner, i: usize) {
     let (ih, iw) = (h * r.cfg.downsample(), w * r.cfg.downsample());
     let u8s = to_u8_hwc(&got, n, ih, iw);
     let want_u8 = f.u8(&format!("image{i}_u8")).unwrap().1;
-    let off: Vec<i32> = u8s.iter().zip(&want_u8).map(|(a, b)| (*a as i32 - *b as i32).abs()).collect();
+    let off: Vec<i32> = u8s
+        .iter()
+        .zip(&want_u8)
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .collect();
     let max = off.iter().copied().max().unwrap_or(0);
     let count = off.iter().filter(|&&d| d > 0).count();
     assert!(max <= 1, "{case} image{i}_u8: a pixel is {max} levels off");
-    assert!(count as f64 <= 0.001 * off.len() as f64, "{case} image{i}_u8: {count} of {} values differ", off.len());
-    eprintln!("{case} image{i} ({n}×{h}×{w} codes): rel L2 {err:.2e}, {count} uint8 values one level off");
+    assert!(
+        count as f64 <= 0.001 * off.len() as f64,
+        "{case} image{i}_u8: {count} of {} values differ",
+        off.len()
+    );
+    eprintln!(
+        "{case} image{i} ({n}×{h}×{w} codes): rel L2 {err:.2e}, {count} uint8 values one level off"
+    );
 }
 
 fn check_encode(case: &str, r: &mut VqRunner) {
@@ -47,13 +58,22 @@ fn check_encode(case: &str, r: &mut VqRunner) {
     let (shape, x) = f.f32("input_image").unwrap();
     let (n, s) = (shape[0], shape[2]);
     let codes = r.encode(&x, n, s, s).unwrap();
-    let want: Vec<u32> = f.i64("encoded_codes").unwrap().1.iter().map(|&c| c as u32).collect();
+    let want: Vec<u32> = f
+        .i64("encoded_codes")
+        .unwrap()
+        .1
+        .iter()
+        .map(|&c| c as u32)
+        .collect();
     assert_eq!(codes, want, "{case}: encoded codes");
     let g = s / r.cfg.downsample();
     let rec = r.decode(&codes, n, g, g).unwrap();
     let err = rel_l2(&rec, &f.f32("reconstruction").unwrap().1);
     assert!(err <= 1e-5, "{case}: reconstruction rel L2 {err:e}");
-    eprintln!("{case}: {} codes equal, reconstruction rel L2 {err:.2e}", codes.len());
+    eprintln!(
+        "{case}: {} codes equal, reconstruction rel L2 {err:.2e}",
+        codes.len()
+    );
 }
 
 #[test]

@@ -85,7 +85,10 @@ fn config_beside(weights: &Path) -> Result<Option<(String, PathBuf)>> {
             return Ok(Some((c.clone(), weights.to_path_buf())));
         }
     }
-    let stem = weights.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = weights
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = stem.split('.').next().unwrap_or_default().to_string();
     let side = weights.with_file_name(format!("{stem}.config.json"));
     if side.exists() {
@@ -118,7 +121,10 @@ pub fn gpt_config(a: &GptArgs, downsample: usize) -> Result<GptConfig> {
             }
             return Ok(cfg);
         }
-        bail!("{}: no GPT config found (give --gpt-config or --gpt-model)", w.display());
+        bail!(
+            "{}: no GPT config found (give --gpt-config or --gpt-model)",
+            w.display()
+        );
     }
     bail!("no GPT model given: pass --gpt WEIGHTS (with --gpt-config or --gpt-model if the file carries no config)")
 }
@@ -138,14 +144,24 @@ pub fn vq_config(a: &VqArgs) -> Result<VqConfig> {
         if let Some((json, from)) = config_beside(w)? {
             return Ok(VqConfig::from_json_str(&json, &from)?);
         }
-        bail!("{}: no VQ config found (give --vq-config or --vq-model)", w.display());
+        bail!(
+            "{}: no VQ config found (give --vq-config or --vq-model)",
+            w.display()
+        );
     }
     bail!("no VQ tokenizer given: pass --vq WEIGHTS (with --vq-config or --vq-model if the file carries no config)")
 }
 
 pub fn vq_runner(a: &VqArgs, with_encoder: bool) -> Result<VqRunner> {
     let cfg = vq_config(a)?;
-    let path = a.vq.as_ref().context("no VQ weights given: pass --vq WEIGHTS")?;
+    let path =
+        a.vq.as_ref()
+            .context("no VQ weights given: pass --vq WEIGHTS")?;
     let mut sd = load_weights(path)?;
-    Ok(VqRunner::new(cfg, &mut sd, with_encoder, Box::new(CpuBackend::new(false)))?)
+    Ok(VqRunner::new(
+        cfg,
+        &mut sd,
+        with_encoder,
+        Box::new(CpuBackend::new(false)),
+    )?)
 }

@@ -21,8 +21,10 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     let sd = weights::load_state_dict(&a.input)?;
     let mut meta = HashMap::new();
     if let Some(c) = &a.config {
-        let text = std::fs::read_to_string(c).map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", c.display()))?;
+        let text =
+            std::fs::read_to_string(c).map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", c.display()))?;
         meta.insert("config".to_string(), v.to_string());
     }
     weights::save_safetensors(&a.output, &sd, Some(&meta))?;
@@ -56,7 +58,14 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     if a.npz.is_some() != !a.npz_in.is_empty() || a.tokens.is_some() != !a.tokens_in.is_empty() {
         bail!("--npz goes with --npz-in files and --tokens with --tokens-in files");
     }
-    let n = outputs::merge(&a.manifests, &a.npz_in, &a.tokens_in, &a.out, a.npz.as_deref(), a.tokens.as_deref())?;
+    let n = outputs::merge(
+        &a.manifests,
+        &a.npz_in,
+        &a.tokens_in,
+        &a.out,
+        a.npz.as_deref(),
+        a.tokens.as_deref(),
+    )?;
     tracing::info!("merged {n} images into {}", a.out.display());
     Ok(())
 }

@@ -85,16 +85,29 @@ fn read_captions(a: &GenerateArgs, t: usize, dim: usize) -> Result<Option<(Vec<f
     let e = npy::read_npy(ep)?;
     let m = npy::read_npy(mp)?;
     if e.shape.len() != 3 || e.shape[1] != t || e.shape[2] != dim {
-        bail!("{}: shape {:?}, expected B×{t}×{dim}", ep.display(), e.shape);
+        bail!(
+            "{}: shape {:?}, expected B×{t}×{dim}",
+            ep.display(),
+            e.shape
+        );
     }
     if m.shape != [e.shape[0], t] {
-        bail!("{}: shape {:?}, expected {}×{t}", mp.display(), m.shape, e.shape[0]);
+        bail!(
+            "{}: shape {:?}, expected {}×{t}",
+            mp.display(),
+            m.shape,
+            e.shape[0]
+        );
     }
-    let embs = e.to_f32().with_context(|| format!("{}: not a float array", ep.display()))?;
+    let embs = e
+        .to_f32()
+        .with_context(|| format!("{}: not a float array", ep.display()))?;
     if let Some(i) = embs.iter().position(|v| !v.is_finite()) {
         bail!("{}: non-finite value at flat index {i}", ep.display());
     }
-    let mask = m.to_f32().with_context(|| format!("{}: not a numeric array", mp.display()))?;
+    let mask = m
+        .to_f32()
+        .with_context(|| format!("{}: not a numeric array", mp.display()))?;
     if mask.iter().any(|&v| v != 0.0 && v != 1.0) {
         bail!("{}: mask values must be 0 or 1", mp.display());
     }
@@ -112,11 +125,19 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let sampling = SamplingParams { temperature: a.temperature, top_k: a.top_k as usize, top_p: a.top_p };
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k as usize,
+        top_p: a.top_p,
+    };
     sampling.validate()?;
     let dtype: Dtype = a.dtype.into();
     // The VQ config first: its downsampling fixes the token grid of a preset GPT.
-    let vq_cfg = if a.no_images { None } else { Some(args::vq_config(&a.vq)?) };
+    let vq_cfg = if a.no_images {
+        None
+    } else {
+        Some(args::vq_config(&a.vq)?)
+    };
     let downsample = vq_cfg.as_ref().map(|c| c.downsample()).unwrap_or(16);
     let cfg = args::gpt_config(&a.gpt, downsample)?;
     let captions = read_captions(&a, cfg.cls_token_num, cfg.caption_dim)?;
@@ -125,13 +146,23 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             if captions.is_some() {
                 bail!("--caption-embs given, but the GPT is class-conditional (c2i)");
             }
-            if let Some(&c) = a.classes.iter().find(|&&c| c < 0 || c as usize >= cfg.num_classes) {
-                bail!("--class {c} is outside 0..{} (the model has {} classes)", cfg.num_classes, cfg.num_classes);
+            if let Some(&c) = a
+                .classes
+                .iter()
+                .find(|&&c| c < 0 || c as usize >= cfg.num_classes)
+            {
+                bail!(
+                    "--class {c} is outside 0..{} (the model has {} classes)",
+                    cfg.num_classes,
+                    cfg.num_classes
+                );
             }
         }
         ModelType::T2i => {
             if captions.is_none() {
-                bail!("a t2i GPT needs --caption-embs and --caption-mask (precomputed T5 features)");
+                bail!(
+                    "a t2i GPT needs --caption-embs and --caption-mask (precomputed T5 features)"
+                );
             }
             if !a.classes.is_empty() {
                 bail!("--class is for class-conditional models; this GPT is t2i");
@@ -144,7 +175,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None if a.classes.is_empty() => cfg.num_classes,
         None => a.classes.len(),
     });
-    let gpt_path = a.gpt.gpt.as_ref().context("no GPT weights given: pass --gpt WEIGHTS")?;
+    let gpt_path = a
+        .gpt
+        .gpt
+        .as_ref()
+        .context("no GPT weights given: pass --gpt WEIGHTS")?;
     let backend = args::backend(a.device, dtype)?;
     let mut vq = match &vq_cfg {
         Some(_) => Some(args::vq_runner(&a.vq, false)?),
@@ -152,12 +187,23 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let mut sd = args::load_weights(gpt_path)?;
     let batch = a.batch_size.min(num_images.max(1));
-    let opts = GptOptions { dtype, batch, cfg_scale: a.cfg_scale, cfg_interval: a.cfg_interval, sampling };
+    let opts = GptOptions {
+        dtype,
+        batch,
+        cfg_scale: a.cfg_scale,
+        cfg_interval: a.cfg_interval,
+        sampling,
+    };
     let mut gpt = GptRunner::new(cfg.clone(), &mut sd, opts, backend)?;
     drop(sd);
     let job = GenerateJob {
         out: a.out.clone(),
-        plan: ImagePlan { num_images, classes: a.classes.iter().map(|&c| c as usize).collect(), num_classes: cfg.num_classes, num_captions },
+        plan: ImagePlan {
+            num_images,
+            classes: a.classes.iter().map(|&c| c as usize).collect(),
+            num_classes: cfg.num_classes,
+            num_captions,
+        },
         shard,
         batch,
         seed: a.seed,

@@ -8,7 +8,11 @@ mod tokenizer;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "llamagen", version, about = "LlamaGen inference engine: class- and text-conditional autoregressive image generation")]
+#[command(
+    name = "llamagen",
+    version,
+    about = "LlamaGen inference engine: class- and text-conditional autoregressive image generation"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,7 +45,9 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = cli.threads {
         anyhow::ensure!(t > 0, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()?;
     }
     match cli.command {
         Command::Generate(a) => generate::run(a),

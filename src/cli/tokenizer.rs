@@ -52,9 +52,11 @@ pub struct ReconstructArgs {
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let probe = dir.join(".write-probe");
-    io::write_atomic(&probe, b"ok").with_context(|| format!("output directory {} is not writable", dir.display()))?;
+    io::write_atomic(&probe, b"ok")
+        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
     std::fs::remove_file(&probe).ok();
     Ok(())
 }
@@ -62,13 +64,18 @@ fn ensure_dir(dir: &Path) -> Result<()> {
 /// Reads a token file into (images, h, w, ids).
 fn read_tokens(path: &Path) -> Result<(usize, usize, usize, Vec<u32>)> {
     let arr = npy::read_npy(path)?;
-    let ids = arr.to_i64().with_context(|| format!("{}: tokens must be an integer array", path.display()))?;
+    let ids = arr
+        .to_i64()
+        .with_context(|| format!("{}: tokens must be an integer array", path.display()))?;
     let (b, h, w) = match arr.shape.as_slice() {
         [b, h, w] => (*b, *h, *w),
         [b, n] => {
             let g = (*n as f64).sqrt().round() as usize;
             if g * g != *n {
-                bail!("{}: {n} tokens per image is not a square grid; give B×h×w", path.display());
+                bail!(
+                    "{}: {n} tokens per image is not a square grid; give B×h×w",
+                    path.display()
+                );
             }
             (*b, g, g)
         }
@@ -77,7 +84,14 @@ fn read_tokens(path: &Path) -> Result<(usize, usize, usize, Vec<u32>)> {
     let ids = ids
         .iter()
         .enumerate()
-        .map(|(i, &t)| u32::try_from(t).map_err(|_| anyhow::anyhow!("{}: token {t} at flat index {i} is negative or too large", path.display())))
+        .map(|(i, &t)| {
+            u32::try_from(t).map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: token {t} at flat index {i} is negative or too large",
+                    path.display()
+                )
+            })
+        })
         .collect::<Result<Vec<u32>>>()?;
     Ok((b, h, w, ids))
 }
@@ -85,8 +99,16 @@ fn read_tokens(path: &Path) -> Result<(usize, usize, usize, Vec<u32>)> {
 pub fn decode(a: DecodeArgs) -> Result<()> {
     let (b, h, w, ids) = read_tokens(&a.tokens)?;
     let mut vq = args::vq_runner(&a.vq, false)?;
-    if let Some((i, t)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vq.cfg.codebook_size) {
-        bail!("{}: token {t} at flat index {i} is outside the codebook (0..{})", a.tokens.display(), vq.cfg.codebook_size);
+    if let Some((i, t)) = ids
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= vq.cfg.codebook_size)
+    {
+        bail!(
+            "{}: token {t} at flat index {i} is outside the codebook (0..{})",
+            a.tokens.display(),
+            vq.cfg.codebook_size
+        );
     }
     ensure_dir(&a.out)?;
     let f = vq.cfg.downsample();
@@ -97,7 +119,12 @@ pub fn decode(a: DecodeArgs) -> Result<()> {
         let px = png::to_u8_hwc(&img, n, h * f, w * f);
         let sz = h * f * w * f * 3;
         for k in 0..n {
-            png::write_png_rgb(&a.out.join(image_name(start + k)), &px[k * sz..(k + 1) * sz], h * f, w * f)?;
+            png::write_png_rgb(
+                &a.out.join(image_name(start + k)),
+                &px[k * sz..(k + 1) * sz],
+                h * f,
+                w * f,
+            )?;
         }
     }
     tracing::info!("decoded {b} images to {}", a.out.display());
@@ -139,8 +166,17 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     for (k, img) in x.chunks(3 * s * s).enumerate() {
         let codes = vq.encode(img, 1, s, s)?;
         let rec = vq.decode(&codes, 1, g, g)?;
-        png::write_png_rgb(&a.out.join(image_name(k)), &png::to_u8_hwc(&rec, 1, s, s), s, s)?;
+        png::write_png_rgb(
+            &a.out.join(image_name(k)),
+            &png::to_u8_hwc(&rec, 1, s, s),
+            s,
+            s,
+        )?;
     }
-    tracing::info!("reconstructed {} images into {}", a.images.len(), a.out.display());
+    tracing::info!(
+        "reconstructed {} images into {}",
+        a.images.len(),
+        a.out.display()
+    );
     Ok(())
 }

@@ -143,7 +143,10 @@ impl GptConfig {
             return bad("dim, n_layer and n_head must be positive".into());
         }
         if self.dim % self.n_head != 0 {
-            return bad(format!("dim {} is not divisible by n_head {}", self.dim, self.n_head));
+            return bad(format!(
+                "dim {} is not divisible by n_head {}",
+                self.dim, self.n_head
+            ));
         }
         if let Some(kv) = self.n_kv_head {
             if kv != self.n_head {
@@ -154,17 +157,26 @@ impl GptConfig {
             }
         }
         if self.head_dim() % 4 != 0 {
-            return bad(format!("head dim {} must be a multiple of 4 for 2D RoPE", self.head_dim()));
+            return bad(format!(
+                "head dim {} must be a multiple of 4 for 2D RoPE",
+                self.head_dim()
+            ));
         }
         let g = self.grid();
         if g * g != self.block_size || g == 0 {
-            return bad(format!("block_size {} is not a square grid", self.block_size));
+            return bad(format!(
+                "block_size {} is not a square grid",
+                self.block_size
+            ));
         }
         if self.vocab_size == 0 || self.cls_token_num == 0 {
             return bad("vocab_size and cls_token_num must be positive".into());
         }
         if self.model_type == ModelType::C2i && self.cls_token_num != 1 {
-            return bad(format!("c2i models use cls_token_num 1, got {}", self.cls_token_num));
+            return bad(format!(
+                "c2i models use cls_token_num 1, got {}",
+                self.cls_token_num
+            ));
         }
         if !(self.norm_eps > 0.0) || !(self.rope_base > 0.0) {
             return bad("norm_eps and rope_base must be positive".into());
@@ -206,8 +218,14 @@ impl GptConfig {
                 vec![self.num_classes + 1, d],
             )),
             ModelType::T2i => {
-                v.push(("cls_embedding.uncond_embedding".into(), vec![self.cls_token_num, self.caption_dim]));
-                v.push(("cls_embedding.cap_proj.fc1.weight".into(), vec![d, self.caption_dim]));
+                v.push((
+                    "cls_embedding.uncond_embedding".into(),
+                    vec![self.cls_token_num, self.caption_dim],
+                ));
+                v.push((
+                    "cls_embedding.cap_proj.fc1.weight".into(),
+                    vec![d, self.caption_dim],
+                ));
                 v.push(("cls_embedding.cap_proj.fc2.weight".into(), vec![d, d]));
             }
         }
@@ -281,7 +299,11 @@ impl VqConfig {
         let mult = match name.to_ascii_uppercase().as_str() {
             "VQ-16" => vec![1, 1, 2, 2, 4],
             "VQ-8" => vec![1, 2, 2, 4],
-            _ => return Err(Error::Config(format!("unknown VQ model `{name}` (known: VQ-16, VQ-8)"))),
+            _ => {
+                return Err(Error::Config(format!(
+                    "unknown VQ model `{name}` (known: VQ-16, VQ-8)"
+                )))
+            }
         };
         Ok(VqConfig {
             codebook_size: 16384,
@@ -317,9 +339,17 @@ impl VqConfig {
             return bad("codebook_size, codebook_embed_dim and z_channels must be positive".into());
         }
         if self.ch == 0 || self.ch % 32 != 0 {
-            return bad(format!("ch {} must be a positive multiple of 32 (GroupNorm uses 32 groups)", self.ch));
+            return bad(format!(
+                "ch {} must be a positive multiple of 32 (GroupNorm uses 32 groups)",
+                self.ch
+            ));
         }
-        if self.decoder_ch_mult.iter().chain(&self.encoder_ch_mult).any(|&m| m == 0) {
+        if self
+            .decoder_ch_mult
+            .iter()
+            .chain(&self.encoder_ch_mult)
+            .any(|&m| m == 0)
+        {
             return bad("ch_mult entries must be positive".into());
         }
         if self.encoder_ch_mult.len() != self.decoder_ch_mult.len() {

@@ -3,8 +3,8 @@
 use super::config::{GptConfig, ModelType};
 use super::gpt_graph::{self, GptGraphSpec, GptWeightIds, LayerIds};
 use super::Dtype;
-use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
 use crate::backend::cpu::rope::rope_table;
+use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
 use crate::runtime::{GraphId, Session, StepParams, WeightId};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::StateDict;
@@ -33,7 +33,8 @@ impl Condition {
 
 fn round_vec(v: &mut [f32], dtype: Dtype) {
     if dtype == Dtype::Bf16 {
-        v.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+        v.iter_mut()
+            .for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
     }
 }
 
@@ -43,7 +44,13 @@ struct Table {
 
 impl Table {
     fn add(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>, storage: Storage) -> WeightId {
-        self.weights.push(Weight { name: name.into(), shape, data, storage, layout: Layout::Plain });
+        self.weights.push(Weight {
+            name: name.into(),
+            shape,
+            data,
+            storage,
+            layout: Layout::Plain,
+        });
         WeightId(self.weights.len() as u32 - 1)
     }
 }
@@ -52,15 +59,26 @@ impl Table {
 /// weights and embedding tables in the chosen storage, norm weights as f32 holding values of the chosen precision,
 /// w1|w3 stacked so the FFN input is read once, and the rotary table (computed, never read from the checkpoint).
 /// Returns the table, its ids, and the host-side t2i `uncond_embedding`.
-pub fn bind_weights(cfg: &GptConfig, sd: &mut StateDict, dtype: Dtype) -> Result<(Vec<Weight>, GptWeightIds, Option<Vec<f32>>)> {
-    let big = if dtype == Dtype::Bf16 { Storage::Bf16 } else { Storage::F32 };
-    let shapes: std::collections::HashMap<String, Vec<usize>> = cfg.weight_shapes().into_iter().collect();
+pub fn bind_weights(
+    cfg: &GptConfig,
+    sd: &mut StateDict,
+    dtype: Dtype,
+) -> Result<(Vec<Weight>, GptWeightIds, Option<Vec<f32>>)> {
+    let big = if dtype == Dtype::Bf16 {
+        Storage::Bf16
+    } else {
+        Storage::F32
+    };
+    let shapes: std::collections::HashMap<String, Vec<usize>> =
+        cfg.weight_shapes().into_iter().collect();
     let mut take = |name: &str| -> Result<Vec<f32>> {
         let shape = &shapes[name];
         let t = sd.take_checked(name, shape)?;
         Ok(t.data)
     };
-    let mut t = Table { weights: Vec::new() };
+    let mut t = Table {
+        weights: Vec::new(),
+    };
     let (d, f) = (cfg.dim, cfg.ffn_hidden());
     let small = |t: &mut Table, name: &str, data: Vec<f32>| {
         let mut data = data;
@@ -75,12 +93,27 @@ pub fn bind_weights(cfg: &GptConfig, sd: &mut StateDict, dtype: Dtype) -> Result
         ModelType::T2i => {
             let mut unc = take("cls_embedding.uncond_embedding")?;
             round_vec(&mut unc, dtype);
-            let fc1 = t.add("cls_embedding.cap_proj.fc1.weight", vec![d, cfg.caption_dim], take("cls_embedding.cap_proj.fc1.weight")?, big);
-            let fc2 = t.add("cls_embedding.cap_proj.fc2.weight", vec![d, d], take("cls_embedding.cap_proj.fc2.weight")?, big);
+            let fc1 = t.add(
+                "cls_embedding.cap_proj.fc1.weight",
+                vec![d, cfg.caption_dim],
+                take("cls_embedding.cap_proj.fc1.weight")?,
+                big,
+            );
+            let fc2 = t.add(
+                "cls_embedding.cap_proj.fc2.weight",
+                vec![d, d],
+                take("cls_embedding.cap_proj.fc2.weight")?,
+                big,
+            );
             (None, Some((fc1, fc2)), Some(unc))
         }
     };
-    let tok = t.add("tok_embeddings.weight", vec![cfg.vocab_size, d], take("tok_embeddings.weight")?, big);
+    let tok = t.add(
+        "tok_embeddings.weight",
+        vec![cfg.vocab_size, d],
+        take("tok_embeddings.weight")?,
+        big,
+    );
     let rope = {
         let tab = rope_table(cfg.cls_token_num, cfg.grid(), cfg.head_dim(), cfg.rope_base);
         t.add("rope.table", vec![tab.len()], tab, Storage::F32)
@@ -88,19 +121,62 @@ pub fn bind_weights(cfg: &GptConfig, sd: &mut StateDict, dtype: Dtype) -> Result
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
         let p = format!("layers.{i}");
-        let attention_norm = small(&mut t, &format!("{p}.attention_norm.weight"), take(&format!("{p}.attention_norm.weight"))?);
-        let wqkv = t.add(&format!("{p}.attention.wqkv.weight"), vec![3 * d, d], take(&format!("{p}.attention.wqkv.weight"))?, big);
-        let wo = t.add(&format!("{p}.attention.wo.weight"), vec![d, d], take(&format!("{p}.attention.wo.weight"))?, big);
-        let ffn_norm = small(&mut t, &format!("{p}.ffn_norm.weight"), take(&format!("{p}.ffn_norm.weight"))?);
+        let attention_norm = small(
+            &mut t,
+            &format!("{p}.attention_norm.weight"),
+            take(&format!("{p}.attention_norm.weight"))?,
+        );
+        let wqkv = t.add(
+            &format!("{p}.attention.wqkv.weight"),
+            vec![3 * d, d],
+            take(&format!("{p}.attention.wqkv.weight"))?,
+            big,
+        );
+        let wo = t.add(
+            &format!("{p}.attention.wo.weight"),
+            vec![d, d],
+            take(&format!("{p}.attention.wo.weight"))?,
+            big,
+        );
+        let ffn_norm = small(
+            &mut t,
+            &format!("{p}.ffn_norm.weight"),
+            take(&format!("{p}.ffn_norm.weight"))?,
+        );
         let mut w13 = take(&format!("{p}.feed_forward.w1.weight"))?;
         w13.extend(take(&format!("{p}.feed_forward.w3.weight"))?);
         let w13 = t.add(&format!("{p}.feed_forward.w1|w3"), vec![2 * f, d], w13, big);
-        let w2 = t.add(&format!("{p}.feed_forward.w2.weight"), vec![d, f], take(&format!("{p}.feed_forward.w2.weight"))?, big);
-        layers.push(LayerIds { attention_norm, wqkv, wo, ffn_norm, w13, w2 });
+        let w2 = t.add(
+            &format!("{p}.feed_forward.w2.weight"),
+            vec![d, f],
+            take(&format!("{p}.feed_forward.w2.weight"))?,
+            big,
+        );
+        layers.push(LayerIds {
+            attention_norm,
+            wqkv,
+            wo,
+            ffn_norm,
+            w13,
+            w2,
+        });
     }
     let norm = small(&mut t, "norm.weight", take("norm.weight")?);
-    let output = t.add("output.weight", vec![cfg.vocab_size, d], take("output.weight")?, big);
-    let ids = GptWeightIds { cls_table, cap_fc, tok, rope, layers, norm, output };
+    let output = t.add(
+        "output.weight",
+        vec![cfg.vocab_size, d],
+        take("output.weight")?,
+        big,
+    );
+    let ids = GptWeightIds {
+        cls_table,
+        cap_fc,
+        tok,
+        rope,
+        layers,
+        norm,
+        output,
+    };
     Ok((t.weights, ids, uncond))
 }
 
@@ -126,27 +202,53 @@ pub struct GptRunner {
 }
 
 impl GptRunner {
-    pub fn new(cfg: GptConfig, sd: &mut StateDict, opts: GptOptions, backend: Box<dyn Backend>) -> Result<Self> {
+    pub fn new(
+        cfg: GptConfig,
+        sd: &mut StateDict,
+        opts: GptOptions,
+        backend: Box<dyn Backend>,
+    ) -> Result<Self> {
         if opts.batch == 0 {
             return Err(Error::Invalid("--batch-size must be at least 1".into()));
         }
         opts.sampling.validate()?;
         if !(opts.cfg_scale >= 0.0) || !opts.cfg_scale.is_finite() {
-            return Err(Error::Invalid(format!("--cfg-scale {} must be a finite number >= 0", opts.cfg_scale)));
+            return Err(Error::Invalid(format!(
+                "--cfg-scale {} must be a finite number >= 0",
+                opts.cfg_scale
+            )));
         }
         let (weights, ids, uncond) = bind_weights(&cfg, sd, opts.dtype)?;
-        let spec = GptGraphSpec { images: opts.batch, cfg_scale: opts.cfg_scale, sampling: opts.sampling };
+        let spec = GptGraphSpec {
+            images: opts.batch,
+            cfg_scale: opts.cfg_scale,
+            sampling: opts.sampling,
+        };
         let kv = KvSpec {
             layers: cfg.n_layer,
             batch: spec.rows(),
             heads: cfg.n_head,
             seq: cfg.cache_len(),
             head_dim: cfg.head_dim(),
-            storage: if opts.dtype == Dtype::Bf16 { Storage::Bf16 } else { Storage::F32 },
+            storage: if opts.dtype == Dtype::Bf16 {
+                Storage::Bf16
+            } else {
+                Storage::F32
+            },
         };
-        let graphs = vec![gpt_graph::prefill(&cfg, &ids, &spec), gpt_graph::decode(&cfg, &ids, &spec)];
+        let graphs = vec![
+            gpt_graph::prefill(&cfg, &ids, &spec),
+            gpt_graph::decode(&cfg, &ids, &spec),
+        ];
         let session = Session::new(backend, weights, Some(kv), graphs)?;
-        Ok(GptRunner { cfg, opts, session, ids, uncond, graphs: vec![(spec.images, GraphId(0), GraphId(1))] })
+        Ok(GptRunner {
+            cfg,
+            opts,
+            session,
+            ids,
+            uncond,
+            graphs: vec![(spec.images, GraphId(0), GraphId(1))],
+        })
     }
 
     pub fn options(&self) -> &GptOptions {
@@ -159,14 +261,25 @@ impl GptRunner {
 
     fn graphs_for(&mut self, images: usize) -> Result<(GraphId, GraphId)> {
         if images == 0 || images > self.opts.batch {
-            return Err(Error::Invalid(format!("batch of {images} images (1..={} allowed)", self.opts.batch)));
+            return Err(Error::Invalid(format!(
+                "batch of {images} images (1..={} allowed)",
+                self.opts.batch
+            )));
         }
         if let Some(&(_, p, d)) = self.graphs.iter().find(|g| g.0 == images) {
             return Ok((p, d));
         }
-        let spec = GptGraphSpec { images, cfg_scale: self.opts.cfg_scale, sampling: self.opts.sampling };
-        let p = self.session.add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec))?;
-        let d = self.session.add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec))?;
+        let spec = GptGraphSpec {
+            images,
+            cfg_scale: self.opts.cfg_scale,
+            sampling: self.opts.sampling,
+        };
+        let p = self
+            .session
+            .add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec))?;
+        let d = self
+            .session
+            .add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec))?;
         self.graphs.push((images, p, d));
         Ok((p, d))
     }
@@ -199,13 +312,19 @@ impl GptRunner {
             Condition::Captions { embs, mask } => {
                 let (t, cd) = (self.cfg.cls_token_num, self.cfg.caption_dim);
                 if embs.len() != b * t * cd {
-                    return Err(Error::Invalid(format!("caption embeddings: expected {b}×{t}×{cd} values, got {}", embs.len())));
+                    return Err(Error::Invalid(format!(
+                        "caption embeddings: expected {b}×{t}×{cd} values, got {}",
+                        embs.len()
+                    )));
                 }
                 let mut x = embs.clone();
                 round_vec(&mut x, self.opts.dtype);
                 let mut m = mask.clone();
                 if cfg_on {
-                    let unc = self.uncond.as_ref().ok_or_else(|| Error::Invalid("a c2i model takes no captions".into()))?;
+                    let unc = self
+                        .uncond
+                        .as_ref()
+                        .ok_or_else(|| Error::Invalid("a c2i model takes no captions".into()))?;
                     for _ in 0..b {
                         x.extend_from_slice(unc);
                     }
@@ -219,7 +338,14 @@ impl GptRunner {
     }
 
     /// Runs the prefill, then writes the decode graph's persistent inputs.
-    fn start(&mut self, cond: &Condition, idx: &[i32], prefill: GraphId, decode: GraphId, step: &StepParams) -> Result<()> {
+    fn start(
+        &mut self,
+        cond: &Condition,
+        idx: &[i32],
+        prefill: GraphId,
+        decode: GraphId,
+        step: &StepParams,
+    ) -> Result<()> {
         let mask = self.write_condition(cond, prefill)?;
         self.session.write_i32(prefill, "image_index", idx)?;
         self.session.run(prefill, step)?;
@@ -230,20 +356,35 @@ impl GptRunner {
     }
 
     /// Runs the whole generation for one batch; returns `g²` tokens per image. `on_token` is called after each step.
-    pub fn generate(&mut self, cond: &Condition, image_index: &[u64], seed: u64, mut on_token: impl FnMut(usize)) -> Result<Vec<Vec<u32>>> {
+    pub fn generate(
+        &mut self,
+        cond: &Condition,
+        image_index: &[u64],
+        seed: u64,
+        mut on_token: impl FnMut(usize),
+    ) -> Result<Vec<Vec<u32>>> {
         let b = cond.len(&self.cfg);
         if image_index.len() != b {
-            return Err(Error::Invalid("one image index per condition needed".into()));
+            return Err(Error::Invalid(
+                "one image index per condition needed".into(),
+            ));
         }
         let (prefill, decode) = self.graphs_for(b)?;
         let idx: Vec<i32> = image_index.iter().map(|&i| i as i32).collect();
         let n = self.cfg.block_size;
         let t = self.cfg.cls_token_num;
         let mut out = vec![Vec::with_capacity(n); b];
-        let mut step = StepParams { pos: 0, step: 0, cfg_active: true, seed };
+        let mut step = StepParams {
+            pos: 0,
+            step: 0,
+            cfg_active: true,
+            seed,
+        };
         self.start(cond, &idx, prefill, decode, &step)?;
         let toks = self.session.read_i32(prefill, "tokens")?;
-        out.iter_mut().zip(&toks).for_each(|(o, &tk)| o.push(tk as u32));
+        out.iter_mut()
+            .zip(&toks)
+            .for_each(|(o, &tk)| o.push(tk as u32));
         on_token(0);
         self.session.copy(prefill, "tokens", decode, "ids")?;
         for i in 0..n.saturating_sub(1) {
@@ -252,11 +393,56 @@ impl GptRunner {
             step.cfg_active = !(self.opts.cfg_interval > -1 && i as i64 > self.opts.cfg_interval);
             self.session.run(decode, &step)?;
             let toks = self.session.read_i32(decode, "tokens")?;
-            out.iter_mut().zip(&toks).for_each(|(o, &tk)| o.push(tk as u32));
+            out.iter_mut()
+                .zip(&toks)
+                .for_each(|(o, &tk)| o.push(tk as u32));
             on_token(i + 1);
             self.session.copy(decode, "tokens", decode, "ids")?;
         }
         Ok(out)
+    }
+
+    /// Full recomputation (no cache reuse): logits `[B', T + fed, V]` of one pass over the condition and the first
+    /// `fed` tokens of each image. Used to check the KV-cache path.
+    pub fn full_logits(
+        &mut self,
+        cond: &Condition,
+        tokens: &[Vec<u32>],
+        fed: usize,
+    ) -> Result<Vec<f32>> {
+        let b = cond.len(&self.cfg);
+        if b != self.opts.batch {
+            return Err(Error::Invalid(format!(
+                "full recomputation runs the full batch of {}",
+                self.opts.batch
+            )));
+        }
+        let spec = GptGraphSpec {
+            images: b,
+            cfg_scale: self.opts.cfg_scale,
+            sampling: self.opts.sampling,
+        };
+        let id = self
+            .session
+            .add_graph(gpt_graph::full(&self.cfg, &self.ids, &spec, fed))?;
+        self.write_condition(cond, id)?;
+        if let Condition::Captions { mask, .. } = cond {
+            let mut m = mask.clone();
+            if self.cfg_on() {
+                m.extend_from_slice(mask);
+            }
+            self.session.write_f32(id, "cond_mask", &m)?;
+        }
+        let mut ids: Vec<i32> = tokens
+            .iter()
+            .flat_map(|tk| tk[..fed].iter().map(|&t| t as i32))
+            .collect();
+        if self.cfg_on() {
+            ids.extend_from_within(..);
+        }
+        self.session.write_i32(id, "ids", &ids)?;
+        self.session.run(id, &StepParams::default())?;
+        self.session.read_f32(id, "logits_all")
     }
 
     /// Teacher forcing: prefill, then feed `tokens[img][0..N-1]`; returns logits `[B', N, V]` where column j predicts
@@ -265,15 +451,25 @@ impl GptRunner {
         let b = cond.len(&self.cfg);
         let (prefill, decode) = self.graphs_for(b)?;
         let idx: Vec<i32> = (0..b as i32).collect();
-        let (n, v, t) = (self.cfg.block_size, self.cfg.vocab_size, self.cfg.cls_token_num);
+        let (n, v, t) = (
+            self.cfg.block_size,
+            self.cfg.vocab_size,
+            self.cfg.cls_token_num,
+        );
         let rows = if self.cfg_on() { 2 * b } else { b };
         let mut logits = vec![0f32; rows * n * v];
         let mut put = |col: usize, l: &[f32]| {
             for r in 0..rows {
-                logits[(r * n + col) * v..(r * n + col + 1) * v].copy_from_slice(&l[r * v..(r + 1) * v]);
+                logits[(r * n + col) * v..(r * n + col + 1) * v]
+                    .copy_from_slice(&l[r * v..(r + 1) * v]);
             }
         };
-        let mut step = StepParams { pos: 0, step: 0, cfg_active: true, seed: 0 };
+        let mut step = StepParams {
+            pos: 0,
+            step: 0,
+            cfg_active: true,
+            seed: 0,
+        };
         self.start(cond, &idx, prefill, decode, &step)?;
         put(0, &self.session.read_f32(prefill, "logits")?);
         for i in 0..n - 1 {

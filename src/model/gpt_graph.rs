@@ -38,7 +38,11 @@ pub struct GptGraphSpec {
 impl GptGraphSpec {
     /// Rows run through the transformer: `[cond; uncond]` when guidance is on (scale > 1 strictly).
     pub fn rows(&self) -> usize {
-        if self.cfg_scale > 1.0 { 2 * self.images } else { self.images }
+        if self.cfg_scale > 1.0 {
+            2 * self.images
+        } else {
+            self.images
+        }
     }
 }
 
@@ -50,17 +54,38 @@ pub fn prefill(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph 
     let x = match cfg.model_type {
         ModelType::C2i => {
             let ids = g.input("cond_ids", &[rows], DType::I32);
-            g.push(Op::Embed { table: w.cls_table.expect("c2i table") }, &[ids], "cond_emb", &[rows, 1, d], DType::F32)
+            g.push(
+                Op::Embed {
+                    table: w.cls_table.expect("c2i table"),
+                },
+                &[ids],
+                "cond_emb",
+                &[rows, 1, d],
+                DType::F32,
+            )
         }
         ModelType::T2i => {
             let (fc1, fc2) = w.cap_fc.expect("t2i caption MLP");
             let cap = g.input("caption", &[rows, t, cfg.caption_dim], DType::F32);
-            let h = g.push(Op::Matmul { w: fc1 }, &[cap], "cap_fc1", &[rows, t, d], DType::F32);
+            let h = g.push(
+                Op::Matmul { w: fc1 },
+                &[cap],
+                "cap_fc1",
+                &[rows, t, d],
+                DType::F32,
+            );
             let h = g.push(Op::GeluTanh, &[h], "cap_gelu", &[rows, t, d], DType::F32);
-            g.push(Op::Matmul { w: fc2 }, &[h], "cond_emb", &[rows, t, d], DType::F32)
+            g.push(
+                Op::Matmul { w: fc2 },
+                &[h],
+                "cond_emb",
+                &[rows, t, d],
+                DType::F32,
+            )
         }
     };
-    finish(&mut g, cfg, w, spec, x, t);
+    let x = blocks(&mut g, cfg, w, spec, x, t);
+    head(&mut g, cfg, w, spec, x, t);
     g
 }
 
@@ -70,35 +95,206 @@ pub fn decode(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph {
     let mut g = Graph::new(Phase::Decode);
     let rows = spec.rows();
     let ids = g.input("ids", &[rows], DType::I32);
-    let x = g.push(Op::Embed { table: w.tok }, &[ids], "tok_emb", &[rows, 1, cfg.dim], DType::F32);
-    finish(&mut g, cfg, w, spec, x, 1);
+    let x = g.push(
+        Op::Embed { table: w.tok },
+        &[ids],
+        "tok_emb",
+        &[rows, 1, cfg.dim],
+        DType::F32,
+    );
+    let x = blocks(&mut g, cfg, w, spec, x, 1);
+    head(&mut g, cfg, w, spec, x, 1);
     g
 }
 
-fn finish(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, mut x: TensorId, len: usize) {
+/// Full recomputation without reusing the cache: the condition and `fed` image tokens (input `ids` I32 [B', fed])
+/// in one pass over positions 0..T+fed. Output `logits_all` [B', T+fed, V]. A check of the KV-cache path.
+pub fn full(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, fed: usize) -> Graph {
+    let mut g = prefill(cfg, w, spec);
+    // Keep only the prefill's embedding prologue: cut everything after the condition embedding.
+    let cond = g.find("cond_emb").expect("prefill defines cond_emb");
+    let keep = g
+        .nodes
+        .iter()
+        .position(|n| n.output == cond)
+        .expect("cond_emb node")
+        + 1;
+    g.nodes.truncate(keep);
+    let (rows, t, d) = (spec.rows(), cfg.cls_token_num, cfg.dim);
+    let ids = g.input("ids", &[rows, fed], DType::I32);
+    let tok = g.push(
+        Op::Embed { table: w.tok },
+        &[ids],
+        "tok_emb",
+        &[rows, fed, d],
+        DType::F32,
+    );
+    let x = g.push(
+        Op::Concat,
+        &[cond, tok],
+        "seq",
+        &[rows, t + fed, d],
+        DType::F32,
+    );
+    let x = blocks(&mut g, cfg, w, spec, x, t + fed);
+    let xn = g.push(
+        Op::Rmsnorm {
+            w: w.norm,
+            eps: cfg.norm_eps as f32,
+        },
+        &[x],
+        "final_norm_all",
+        &[rows, t + fed, d],
+        DType::F32,
+    );
+    let logits = g.push(
+        Op::Matmul { w: w.output },
+        &[xn],
+        "logits_all",
+        &[rows, t + fed, cfg.vocab_size],
+        DType::F32,
+    );
+    g.mark_output(logits);
+    g
+}
+
+/// The transformer blocks over `len` positions per row (spec §3.4 step 2).
+fn blocks(
+    g: &mut Graph,
+    cfg: &GptConfig,
+    w: &GptWeightIds,
+    spec: &GptGraphSpec,
+    mut x: TensorId,
+    len: usize,
+) -> TensorId {
     let (rows, d, f) = (spec.rows(), cfg.dim, cfg.ffn_hidden());
-    let mask = (cfg.model_type == ModelType::T2i).then(|| g.input("cond_mask", &[rows, cfg.cls_token_num], DType::F32));
-    let index = g.input("image_index", &[spec.images], DType::I32);
+    let mask = match g.find("cond_mask") {
+        Some(m) => Some(m),
+        None => (cfg.model_type == ModelType::T2i)
+            .then(|| g.input("cond_mask", &[rows, cfg.cls_token_num], DType::F32)),
+    };
     let act = [rows, len, d];
     for (i, l) in w.layers.iter().enumerate() {
         let eps = cfg.norm_eps as f32;
-        let hn = g.push(Op::Rmsnorm { w: l.attention_norm, eps }, &[x], format!("l{i}.attn_norm"), &act, DType::F32);
-        let qkv = g.push(Op::Matmul { w: l.wqkv }, &[hn], format!("l{i}.qkv"), &[rows, len, 3 * d], DType::F32);
-        let q = g.push(Op::Rope { layer: i, table: w.rope }, &[qkv], format!("l{i}.q"), &act, DType::F32);
+        let hn = g.push(
+            Op::Rmsnorm {
+                w: l.attention_norm,
+                eps,
+            },
+            &[x],
+            format!("l{i}.attn_norm"),
+            &act,
+            DType::F32,
+        );
+        let qkv = g.push(
+            Op::Matmul { w: l.wqkv },
+            &[hn],
+            format!("l{i}.qkv"),
+            &[rows, len, 3 * d],
+            DType::F32,
+        );
+        let q = g.push(
+            Op::Rope {
+                layer: i,
+                table: w.rope,
+            },
+            &[qkv],
+            format!("l{i}.q"),
+            &act,
+            DType::F32,
+        );
         let mut att_in = vec![q];
         att_in.extend(mask);
-        let att = g.push(Op::Attention { layer: i }, &att_in, format!("l{i}.att"), &act, DType::F32);
-        let h = g.push(Op::MatmulAdd { w: l.wo }, &[att, x], format!("l{i}.h"), &act, DType::F32);
-        let fnorm = g.push(Op::Rmsnorm { w: l.ffn_norm, eps }, &[h], format!("l{i}.ffn_norm"), &act, DType::F32);
-        let ab = g.push(Op::Matmul { w: l.w13 }, &[fnorm], format!("l{i}.w13"), &[rows, len, 2 * f], DType::F32);
-        let s = g.push(Op::Swiglu, &[ab], format!("l{i}.swiglu"), &[rows, len, f], DType::F32);
-        x = g.push(Op::MatmulAdd { w: l.w2 }, &[s, h], format!("l{i}.out"), &act, DType::F32);
+        let att = g.push(
+            Op::Attention { layer: i },
+            &att_in,
+            format!("l{i}.att"),
+            &act,
+            DType::F32,
+        );
+        let h = g.push(
+            Op::MatmulAdd { w: l.wo },
+            &[att, x],
+            format!("l{i}.h"),
+            &act,
+            DType::F32,
+        );
+        let fnorm = g.push(
+            Op::Rmsnorm { w: l.ffn_norm, eps },
+            &[h],
+            format!("l{i}.ffn_norm"),
+            &act,
+            DType::F32,
+        );
+        let ab = g.push(
+            Op::Matmul { w: l.w13 },
+            &[fnorm],
+            format!("l{i}.w13"),
+            &[rows, len, 2 * f],
+            DType::F32,
+        );
+        let s = g.push(
+            Op::Swiglu,
+            &[ab],
+            format!("l{i}.swiglu"),
+            &[rows, len, f],
+            DType::F32,
+        );
+        x = g.push(
+            Op::MatmulAdd { w: l.w2 },
+            &[s, h],
+            format!("l{i}.out"),
+            &act,
+            DType::F32,
+        );
     }
+    x
+}
+
+/// Final norm, LM head on the last position, CFG + sampling (spec §3.4 step 3, §5.2-5.3).
+fn head(
+    g: &mut Graph,
+    cfg: &GptConfig,
+    w: &GptWeightIds,
+    spec: &GptGraphSpec,
+    x: TensorId,
+    len: usize,
+) {
+    let (rows, d) = (spec.rows(), cfg.dim);
+    let index = g.input("image_index", &[spec.images], DType::I32);
     // Only the last position's logits are used: take it before the (row-wise) final norm and the LM head.
-    let last = if len > 1 { g.push(Op::TakeLast, &[x], "last", &[rows, d], DType::F32) } else { x };
-    let xn = g.push(Op::Rmsnorm { w: w.norm, eps: cfg.norm_eps as f32 }, &[last], "final_norm", &[rows, d], DType::F32);
-    let logits = g.push(Op::Matmul { w: w.output }, &[xn], "logits", &[rows, cfg.vocab_size], DType::F32);
+    let last = if len > 1 {
+        g.push(Op::TakeLast, &[x], "last", &[rows, d], DType::F32)
+    } else {
+        x
+    };
+    let xn = g.push(
+        Op::Rmsnorm {
+            w: w.norm,
+            eps: cfg.norm_eps as f32,
+        },
+        &[last],
+        "final_norm",
+        &[rows, d],
+        DType::F32,
+    );
+    let logits = g.push(
+        Op::Matmul { w: w.output },
+        &[xn],
+        "logits",
+        &[rows, cfg.vocab_size],
+        DType::F32,
+    );
     g.mark_output(logits);
-    let tokens = g.push(Op::Sampling { cfg_scale: spec.cfg_scale, params: spec.sampling }, &[logits, index], "tokens", &[rows], DType::I32);
+    let tokens = g.push(
+        Op::Sampling {
+            cfg_scale: spec.cfg_scale,
+            params: spec.sampling,
+        },
+        &[logits, index],
+        "tokens",
+        &[rows],
+        DType::I32,
+    );
     g.mark_output(tokens);
 }

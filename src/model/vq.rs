@@ -1,8 +1,8 @@
 //! The VQ tokenizer as runtime graphs: decode (codes -> image) and encode (image -> codes), spec §6-§9.
 //! Always f32, as in the reference.
 use super::config::VqConfig;
-use crate::backend::{Backend, Layout, Storage, Weight};
 use crate::backend::cpu::codebook::l2_normalize_rows;
+use crate::backend::{Backend, Layout, Storage, Weight};
 use crate::runtime::{DType, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
 use crate::weights::StateDict;
 use crate::{Error, Result};
@@ -24,13 +24,22 @@ impl Binder<'_> {
             return Ok(id);
         }
         let t = self.sd.take_checked(name, shape)?;
-        self.weights.push(Weight { name: name.into(), shape: shape.to_vec(), data: t.data, storage: Storage::F32, layout });
+        self.weights.push(Weight {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data: t.data,
+            storage: Storage::F32,
+            layout,
+        });
         let id = WeightId(self.weights.len() as u32 - 1);
         self.ids.insert(name.into(), id);
         Ok(id)
     }
     fn conv_w(&mut self, p: &str, co: usize, ci: usize, k: usize) -> Result<(WeightId, WeightId)> {
-        Ok((self.get(&format!("{p}.weight"), &[co, ci, k, k], Layout::Plain)?, self.get(&format!("{p}.bias"), &[co], Layout::Plain)?))
+        Ok((
+            self.get(&format!("{p}.weight"), &[co, ci, k, k], Layout::Plain)?,
+            self.get(&format!("{p}.bias"), &[co], Layout::Plain)?,
+        ))
     }
 }
 
@@ -46,21 +55,54 @@ impl Builder<'_, '_> {
         [s[0], s[1], s[2], s[3]]
     }
 
-    fn conv(&mut self, x: TensorId, p: &str, co: usize, k: usize, stride: usize, pad: [usize; 4], residual: Option<TensorId>) -> Result<TensorId> {
+    fn conv(
+        &mut self,
+        x: TensorId,
+        p: &str,
+        co: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        residual: Option<TensorId>,
+    ) -> Result<TensorId> {
         let [n, ci, h, w] = self.dims(x);
         let (wt, bs) = self.b.conv_w(p, co, ci, k)?;
         let oh = (h + pad[0] + pad[1] - k) / stride + 1;
         let ow = (w + pad[2] + pad[3] - k) / stride + 1;
         let mut ins = vec![x];
         ins.extend(residual);
-        Ok(self.g.push(Op::Conv { w: wt, b: bs, k, stride, pad }, &ins, p, &[n, co, oh, ow], DType::F32))
+        Ok(self.g.push(
+            Op::Conv {
+                w: wt,
+                b: bs,
+                k,
+                stride,
+                pad,
+            },
+            &ins,
+            p,
+            &[n, co, oh, ow],
+            DType::F32,
+        ))
     }
 
     fn norm(&mut self, x: TensorId, p: &str, silu: bool) -> Result<TensorId> {
         let [n, c, h, w] = self.dims(x);
         let gamma = self.b.get(&format!("{p}.weight"), &[c], Layout::Plain)?;
         let beta = self.b.get(&format!("{p}.bias"), &[c], Layout::Plain)?;
-        Ok(self.g.push(Op::Groupnorm { gamma, beta, groups: GROUPS, eps: EPS, silu }, &[x], p, &[n, c, h, w], DType::F32))
+        Ok(self.g.push(
+            Op::Groupnorm {
+                gamma,
+                beta,
+                groups: GROUPS,
+                eps: EPS,
+                silu,
+            },
+            &[x],
+            p,
+            &[n, c, h, w],
+            DType::F32,
+        ))
     }
 
     /// ResnetBlock: conv2(swish(norm2(conv1(swish(norm1(x)))))) + shortcut(x).
@@ -69,7 +111,11 @@ impl Builder<'_, '_> {
         let h = self.norm(x, &format!("{p}.norm1"), true)?;
         let h = self.conv(h, &format!("{p}.conv1"), co, 3, 1, [1; 4], None)?;
         let h = self.norm(h, &format!("{p}.norm2"), true)?;
-        let shortcut = if ci != co { self.conv(x, &format!("{p}.nin_shortcut"), co, 1, 1, [0; 4], None)? } else { x };
+        let shortcut = if ci != co {
+            self.conv(x, &format!("{p}.nin_shortcut"), co, 1, 1, [0; 4], None)?
+        } else {
+            x
+        };
         self.conv(h, &format!("{p}.conv2"), co, 3, 1, [1; 4], Some(shortcut))
     }
 
@@ -79,28 +125,58 @@ impl Builder<'_, '_> {
         let normed = self.norm(x, &format!("{p}.norm"), false)?;
         let mut lin = |name: &str| -> Result<[WeightId; 2]> {
             Ok([
-                self.b.get(&format!("{p}.{name}.weight"), &[c, c, 1, 1], Layout::Plain)?,
-                self.b.get(&format!("{p}.{name}.bias"), &[c], Layout::Plain)?,
+                self.b
+                    .get(&format!("{p}.{name}.weight"), &[c, c, 1, 1], Layout::Plain)?,
+                self.b
+                    .get(&format!("{p}.{name}.bias"), &[c], Layout::Plain)?,
             ])
         };
-        let op = Op::VqAttention { q: lin("q")?, k: lin("k")?, v: lin("v")?, proj: lin("proj_out")? };
+        let op = Op::VqAttention {
+            q: lin("q")?,
+            k: lin("k")?,
+            v: lin("v")?,
+            proj: lin("proj_out")?,
+        };
         Ok(self.g.push(op, &[x, normed], p, &[n, c, h, w], DType::F32))
     }
 
     fn upsample(&mut self, x: TensorId, p: &str) -> Result<TensorId> {
         let [n, c, h, w] = self.dims(x);
-        let wt = self.b.get(&format!("{p}.weight"), &[c, c, 3, 3], Layout::UpsamplePhases)?;
+        let wt = self.b.get(
+            &format!("{p}.weight"),
+            &[c, c, 3, 3],
+            Layout::UpsamplePhases,
+        )?;
         let bs = self.b.get(&format!("{p}.bias"), &[c], Layout::Plain)?;
-        Ok(self.g.push(Op::UpsampleConv { w: wt, b: bs }, &[x], p, &[n, c, 2 * h, 2 * w], DType::F32))
+        Ok(self.g.push(
+            Op::UpsampleConv { w: wt, b: bs },
+            &[x],
+            p,
+            &[n, c, 2 * h, 2 * w],
+            DType::F32,
+        ))
     }
 }
 
 fn decoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, h: usize, w: usize) -> Result<Graph> {
     let dim = cfg.codebook_embed_dim;
-    let cb = b.get("quantize.embedding.weight", &[cfg.codebook_size, dim], Layout::Plain)?;
-    let mut x = Builder { g: Graph::new(Phase::VqDecode), b };
+    let cb = b.get(
+        "quantize.embedding.weight",
+        &[cfg.codebook_size, dim],
+        Layout::Plain,
+    )?;
+    let mut x = Builder {
+        g: Graph::new(Phase::VqDecode),
+        b,
+    };
     let codes = x.g.input("codes", &[n * h * w], DType::I32);
-    let z = x.g.push(Op::Codebook { codebook: cb }, &[codes], "latent", &[n, dim, h, w], DType::F32);
+    let z = x.g.push(
+        Op::Codebook { codebook: cb },
+        &[codes],
+        "latent",
+        &[n, dim, h, w],
+        DType::F32,
+    );
     let z = x.conv(z, "post_quant_conv", cfg.z_channels, 1, 1, [0; 4], None)?;
     let mult = &cfg.decoder_ch_mult;
     let levels = mult.len();
@@ -131,10 +207,23 @@ fn decoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, h: usize, w: usize) -
     Ok(x.g)
 }
 
-fn encoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, size_h: usize, size_w: usize) -> Result<Graph> {
+fn encoder_graph(
+    cfg: &VqConfig,
+    b: &mut Binder,
+    n: usize,
+    size_h: usize,
+    size_w: usize,
+) -> Result<Graph> {
     let dim = cfg.codebook_embed_dim;
-    let cb = b.get("quantize.embedding.weight", &[cfg.codebook_size, dim], Layout::Plain)?;
-    let mut x = Builder { g: Graph::new(Phase::VqEncode), b };
+    let cb = b.get(
+        "quantize.embedding.weight",
+        &[cfg.codebook_size, dim],
+        Layout::Plain,
+    )?;
+    let mut x = Builder {
+        g: Graph::new(Phase::VqEncode),
+        b,
+    };
     let img = x.g.input("image", &[n, 3, size_h, size_w], DType::F32);
     let mult = &cfg.encoder_ch_mult;
     let levels = mult.len();
@@ -149,7 +238,15 @@ fn encoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, size_h: usize, size_w
         }
         if l != levels - 1 {
             // Asymmetric padding: one zero column on the right and one row at the bottom, then stride 2.
-            t = x.conv(t, &format!("encoder.conv_blocks.{l}.downsample.conv"), out, 3, 2, [0, 1, 0, 1], None)?;
+            t = x.conv(
+                t,
+                &format!("encoder.conv_blocks.{l}.downsample.conv"),
+                out,
+                3,
+                2,
+                [0, 1, 0, 1],
+                None,
+            )?;
         }
     }
     let c = cfg.ch * mult[levels - 1];
@@ -160,7 +257,13 @@ fn encoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, size_h: usize, size_w
     t = x.conv(t, "encoder.conv_out", cfg.z_channels, 3, 1, [1; 4], None)?;
     let z = x.conv(t, "quant_conv", dim, 1, 1, [0; 4], None)?;
     let [_, _, h, w] = x.dims(z);
-    let codes = x.g.push(Op::Quantize { codebook: cb }, &[z], "codes", &[n * h * w], DType::I32);
+    let codes = x.g.push(
+        Op::Quantize { codebook: cb },
+        &[z],
+        "codes",
+        &[n * h * w],
+        DType::I32,
+    );
     x.g.mark_output(codes);
     Ok(x.g)
 }
@@ -177,9 +280,18 @@ pub struct VqRunner {
 impl VqRunner {
     /// Binds the decoder (and the encoder when `with_encoder`) now, so every missing or misshapen tensor is reported
     /// before any work; `encoder.*` is ignored when only decoding.
-    pub fn new(cfg: VqConfig, sd: &mut StateDict, with_encoder: bool, backend: Box<dyn Backend>) -> Result<Self> {
+    pub fn new(
+        cfg: VqConfig,
+        sd: &mut StateDict,
+        with_encoder: bool,
+        backend: Box<dyn Backend>,
+    ) -> Result<Self> {
         cfg.validate()?;
-        let mut b = Binder { sd, weights: Vec::new(), ids: HashMap::new() };
+        let mut b = Binder {
+            sd,
+            weights: Vec::new(),
+            ids: HashMap::new(),
+        };
         // Build once at a 1×1 grid to bind every weight in a fixed order; real shapes reuse the same ids.
         decoder_graph(&cfg, &mut b, 1, 1, 1)?;
         if with_encoder {
@@ -189,32 +301,53 @@ impl VqRunner {
         let mut weights = b.weights;
         // Codebook rows are normalised at use time in the reference; doing it once at load gives the same values.
         if cfg.codebook_l2_norm {
-            if let Some(w) = weights.iter_mut().find(|w| w.name == "quantize.embedding.weight") {
+            if let Some(w) = weights
+                .iter_mut()
+                .find(|w| w.name == "quantize.embedding.weight")
+            {
                 l2_normalize_rows(&mut w.data, cfg.codebook_embed_dim);
             }
         }
-        Ok(VqRunner { cfg, session: None, backend: Some(backend), weights, shapes: Vec::new() })
+        Ok(VqRunner {
+            cfg,
+            session: None,
+            backend: Some(backend),
+            weights,
+            shapes: Vec::new(),
+        })
     }
 
     fn graph(&mut self, phase: Phase, n: usize, h: usize, w: usize) -> Result<GraphId> {
-        if let Some(&(_, _, id)) = self.shapes.iter().find(|s| s.0 == phase && s.1 == [n, h, w]) {
+        if let Some(&(_, _, id)) = self
+            .shapes
+            .iter()
+            .find(|s| s.0 == phase && s.1 == [n, h, w])
+        {
             return Ok(id);
         }
         // Rebind against an empty state dict: every name is already known, so only ids are looked up.
         let mut empty = StateDict::new("(bound)");
-        let mut b = Binder { sd: &mut empty, weights: Vec::new(), ids: HashMap::new() };
+        let mut b = Binder {
+            sd: &mut empty,
+            weights: Vec::new(),
+            ids: HashMap::new(),
+        };
         for (i, w) in self.weights.iter().enumerate() {
             b.ids.insert(w.name.clone(), WeightId(i as u32));
         }
         let g = match phase {
             Phase::VqDecode => decoder_graph(&self.cfg, &mut b, n, h, w)?,
-            _ => encoder_graph(&self.cfg, &mut b, n, h, w)
-                .map_err(|_| Error::Invalid("this VQ model was loaded without its encoder".into()))?,
+            _ => encoder_graph(&self.cfg, &mut b, n, h, w).map_err(|_| {
+                Error::Invalid("this VQ model was loaded without its encoder".into())
+            })?,
         };
         let id = match &mut self.session {
             Some(s) => s.add_graph(g)?,
             None => {
-                let backend = self.backend.take().ok_or_else(|| Error::Invalid("VQ backend already consumed".into()))?;
+                let backend = self
+                    .backend
+                    .take()
+                    .ok_or_else(|| Error::Invalid("VQ backend already consumed".into()))?;
                 let weights = self.weights_for_upload();
                 self.session = Some(Session::new(backend, weights, None, vec![g])?);
                 GraphId(0)
@@ -228,20 +361,38 @@ impl VqRunner {
         // The names stay behind for graph rebinding; the data moves to the device.
         self.weights
             .iter_mut()
-            .map(|w| Weight { name: w.name.clone(), shape: w.shape.clone(), data: std::mem::take(&mut w.data), storage: w.storage, layout: w.layout })
+            .map(|w| Weight {
+                name: w.name.clone(),
+                shape: w.shape.clone(),
+                data: std::mem::take(&mut w.data),
+                storage: w.storage,
+                layout: w.layout,
+            })
             .collect()
     }
 
     /// codes: `n·h·w` ids in raster order per image -> images `[n, 3, f·h, f·w]` in roughly [-1, 1].
     pub fn decode(&mut self, codes: &[u32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
         if codes.len() != n * h * w {
-            return Err(Error::Invalid(format!("{} codes for a {n}×{h}×{w} grid", codes.len())));
+            return Err(Error::Invalid(format!(
+                "{} codes for a {n}×{h}×{w} grid",
+                codes.len()
+            )));
         }
-        if let Some(&c) = codes.iter().find(|&&c| c as usize >= self.cfg.codebook_size) {
-            return Err(Error::Invalid(format!("token id {c} is outside the codebook (0..{})", self.cfg.codebook_size)));
+        if let Some(&c) = codes
+            .iter()
+            .find(|&&c| c as usize >= self.cfg.codebook_size)
+        {
+            return Err(Error::Invalid(format!(
+                "token id {c} is outside the codebook (0..{})",
+                self.cfg.codebook_size
+            )));
         }
         let id = self.graph(Phase::VqDecode, n, h, w)?;
-        let s = self.session.as_mut().ok_or_else(|| Error::Invalid("no VQ session".into()))?;
+        let s = self
+            .session
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("no VQ session".into()))?;
         let ids: Vec<i32> = codes.iter().map(|&c| c as i32).collect();
         s.write_i32(id, "codes", &ids)?;
         s.run(id, &StepParams::default())?;
@@ -249,15 +400,27 @@ impl VqRunner {
     }
 
     /// images `[n, 3, H, W]` in [-1, 1] -> codes `n·(H/f)·(W/f)`.
-    pub fn encode(&mut self, images: &[f32], n: usize, height: usize, width: usize) -> Result<Vec<u32>> {
+    pub fn encode(
+        &mut self,
+        images: &[f32],
+        n: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Vec<u32>> {
         let f = self.cfg.downsample();
         if height % f != 0 || width % f != 0 || height == 0 || width == 0 {
             return Err(Error::Invalid(format!("image size {height}×{width} is not a positive multiple of the tokenizer's downsampling {f}")));
         }
         let id = self.graph(Phase::VqEncode, n, height, width)?;
-        let s = self.session.as_mut().ok_or_else(|| Error::Invalid("no VQ session".into()))?;
+        let s = self
+            .session
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("no VQ session".into()))?;
         s.write_f32(id, "image", images)?;
         s.run(id, &StepParams::default())?;
-        Ok(s.read_i32(id, "codes")?.into_iter().map(|c| c as u32).collect())
+        Ok(s.read_i32(id, "codes")?
+            .into_iter()
+            .map(|c| c as u32)
+            .collect())
     }
 }

@@ -50,7 +50,11 @@ fn condition(job: &GenerateJob, gpt: &GptRunner, chunk: &[usize]) -> Condition {
 
 /// Generates every image of the shard that has no record yet, then rebuilds the aggregates. With `vq` = None
 /// (`--no-images`) only tokens and the manifest are written.
-pub fn generate(job: &GenerateJob, gpt: &mut GptRunner, mut vq: Option<&mut VqRunner>) -> Result<Summary> {
+pub fn generate(
+    job: &GenerateJob,
+    gpt: &mut GptRunner,
+    mut vq: Option<&mut VqRunner>,
+) -> Result<Summary> {
     outputs::prepare_dir(&job.out)?;
     let indices: Vec<usize> = job.plan.indices(job.shard).collect();
     let mut pending = Vec::new();
@@ -61,7 +65,11 @@ pub fn generate(job: &GenerateJob, gpt: &mut GptRunner, mut vq: Option<&mut VqRu
     }
     let n_tok = gpt.cfg.block_size;
     let g = gpt.cfg.grid();
-    let bar = if job.progress { ProgressBar::new((pending.len() * n_tok) as u64) } else { ProgressBar::hidden() };
+    let bar = if job.progress {
+        ProgressBar::new((pending.len() * n_tok) as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {msg} [{elapsed_precise} < {eta_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -88,7 +96,11 @@ pub fn generate(job: &GenerateJob, gpt: &mut GptRunner, mut vq: Option<&mut VqRu
                 file: pixels.as_ref().map(|_| outputs::image_name(i)),
                 index: i,
                 class: (!is_t2i).then_some(c),
-                class_name: if is_t2i { None } else { job.class_names.as_ref().and_then(|n| n.get(c).cloned()) },
+                class_name: if is_t2i {
+                    None
+                } else {
+                    job.class_names.as_ref().and_then(|n| n.get(c).cloned())
+                },
                 caption: is_t2i.then_some(c),
                 seed: job.seed,
                 settings: job.settings.clone(),
@@ -97,10 +109,21 @@ pub fn generate(job: &GenerateJob, gpt: &mut GptRunner, mut vq: Option<&mut VqRu
                 let sz = side * side * 3;
                 (&px[k * sz..(k + 1) * sz], *side, *side)
             });
-            outputs::write_image(&job.out, &Part { record, tokens: toks }, rgb)?;
+            outputs::write_image(
+                &job.out,
+                &Part {
+                    record,
+                    tokens: toks,
+                },
+                rgb,
+            )?;
         }
         done += chunk.len();
-        bar.set_message(format!("{done}/{} images, {:.2} img/s", pending.len(), done as f64 / start.elapsed().as_secs_f64()));
+        bar.set_message(format!(
+            "{done}/{} images, {:.2} img/s",
+            pending.len(),
+            done as f64 / start.elapsed().as_secs_f64()
+        ));
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
@@ -112,5 +135,9 @@ pub fn generate(job: &GenerateJob, gpt: &mut GptRunner, mut vq: Option<&mut VqRu
         grid_side: g,
     };
     outputs::finalize(&job.out, &indices, &agg)?;
-    Ok(Summary { generated: pending.len(), skipped: indices.len() - pending.len(), seconds })
+    Ok(Summary {
+        generated: pending.len(),
+        skipped: indices.len() - pending.len(),
+        seconds,
+    })
 }

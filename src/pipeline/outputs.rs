@@ -65,7 +65,9 @@ pub fn prepare_dir(dir: &Path) -> Result<()> {
 pub fn load_part(dir: &Path, index: usize) -> Result<Option<Part>> {
     let p = part_path(dir, index);
     match std::fs::read(&p) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::format(&p, format!("corrupt record: {e}"))),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::format(&p, format!("corrupt record: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(&p, e)),
     }
@@ -76,7 +78,8 @@ pub fn write_image(dir: &Path, part: &Part, rgb: Option<(&[u8], usize, usize)>) 
     if let (Some((px, h, w)), Some(file)) = (rgb, &part.record.file) {
         png::write_png_rgb(&dir.join(file), px, h, w)?;
     }
-    let json = serde_json::to_vec(part).map_err(|e| Error::Invalid(format!("record {}: {e}", part.record.index)))?;
+    let json = serde_json::to_vec(part)
+        .map_err(|e| Error::Invalid(format!("record {}: {e}", part.record.index)))?;
     io::write_atomic(&part_path(dir, part.record.index), &json)
 }
 
@@ -94,7 +97,10 @@ pub fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     if suffix.is_empty() {
         return p.to_path_buf();
     }
-    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = match p.extension() {
         Some(ext) => format!("{stem}{suffix}.{}", ext.to_string_lossy()),
         None => format!("{stem}{suffix}"),
@@ -109,28 +115,49 @@ pub const GRID_MAX: usize = 64;
 pub fn finalize(dir: &Path, indices: &[usize], agg: &Aggregates) -> Result<()> {
     let mut parts = Vec::with_capacity(indices.len());
     for &i in indices {
-        parts.push(load_part(dir, i)?.ok_or_else(|| Error::Invalid(format!("image {i} has no record in {}", dir.display())))?);
+        parts.push(load_part(dir, i)?.ok_or_else(|| {
+            Error::Invalid(format!("image {i} has no record in {}", dir.display()))
+        })?);
     }
     let mut manifest = Vec::new();
     for p in &parts {
-        serde_json::to_writer(&mut manifest, &p.record).map_err(|e| Error::Invalid(e.to_string()))?;
+        serde_json::to_writer(&mut manifest, &p.record)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         manifest.push(b'\n');
     }
-    io::write_atomic(&with_suffix(&dir.join("manifest.jsonl"), &agg.suffix), &manifest)?;
+    io::write_atomic(
+        &with_suffix(&dir.join("manifest.jsonl"), &agg.suffix),
+        &manifest,
+    )?;
     if agg.save_tokens {
         let g = agg.grid_side;
-        let toks: Vec<i64> = parts.iter().flat_map(|p| p.tokens.iter().map(|&t| t as i64)).collect();
+        let toks: Vec<i64> = parts
+            .iter()
+            .flat_map(|p| p.tokens.iter().map(|&t| t as i64))
+            .collect();
         let bytes = npy::npy_bytes_i64(&[parts.len(), g, g], &toks);
         io::write_atomic(&with_suffix(&dir.join("tokens.npy"), &agg.suffix), &bytes)?;
     }
-    let files: Vec<PathBuf> = parts.iter().filter_map(|p| p.record.file.as_ref().map(|f| dir.join(f))).collect();
+    let files: Vec<PathBuf> = parts
+        .iter()
+        .filter_map(|p| p.record.file.as_ref().map(|f| dir.join(f)))
+        .collect();
     if agg.grid && !files.is_empty() {
-        let imgs = files.iter().take(GRID_MAX).map(|f| png::read_rgb(f)).collect::<Result<Vec<_>>>()?;
+        let imgs = files
+            .iter()
+            .take(GRID_MAX)
+            .map(|f| png::read_rgb(f))
+            .collect::<Result<Vec<_>>>()?;
         let (h, w) = (imgs[0].1, imgs[0].2);
         let refs: Vec<&[u8]> = imgs.iter().map(|i| i.0.as_slice()).collect();
         let cols = (refs.len() as f64).sqrt().ceil() as usize;
         let (px, gh, gw) = png::grid(&refs, h, w, cols);
-        png::write_png_rgb(&with_suffix(&dir.join("grid.png"), &agg.suffix), &px, gh, gw)?;
+        png::write_png_rgb(
+            &with_suffix(&dir.join("grid.png"), &agg.suffix),
+            &px,
+            gh,
+            gw,
+        )?;
     }
     if let Some(npz_path) = agg.npz {
         write_npz_from_pngs(&with_suffix(npz_path, &agg.suffix), &files)?;
@@ -147,11 +174,17 @@ fn write_npz_from_pngs(path: &Path, files: &[PathBuf]) -> Result<()> {
         if all.is_empty() {
             (h, w) = (ih, iw);
         } else if (ih, iw) != (h, w) {
-            return Err(Error::format(f, format!("{ih}×{iw} differs from the first image's {h}×{w}")));
+            return Err(Error::format(
+                f,
+                format!("{ih}×{iw} differs from the first image's {h}×{w}"),
+            ));
         }
         all.extend_from_slice(&px);
     }
-    npz::write_npz(path, &[("arr_0", npy::npy_bytes_u8(&[files.len(), h, w, 3], &all))])
+    npz::write_npz(
+        path,
+        &[("arr_0", npy::npy_bytes_u8(&[files.len(), h, w, 3], &all))],
+    )
 }
 
 fn read_manifest(path: &Path) -> Result<Vec<Record>> {
@@ -159,25 +192,41 @@ fn read_manifest(path: &Path) -> Result<Vec<Record>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(n, l)| serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", n + 1))))
+        .map(|(n, l)| {
+            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))
+        })
         .collect()
 }
 
 /// Merges shard outputs into the unsharded result: manifests by index, and optionally the npz (and tokens) files
 /// given in the same order as the manifests.
-pub fn merge(manifests: &[PathBuf], npzs: &[PathBuf], tokens: &[PathBuf], out_manifest: &Path, out_npz: Option<&Path>, out_tokens: Option<&Path>) -> Result<usize> {
-    let per_shard: Vec<Vec<Record>> = manifests.iter().map(|m| read_manifest(m)).collect::<Result<_>>()?;
+pub fn merge(
+    manifests: &[PathBuf],
+    npzs: &[PathBuf],
+    tokens: &[PathBuf],
+    out_manifest: &Path,
+    out_npz: Option<&Path>,
+    out_tokens: Option<&Path>,
+) -> Result<usize> {
+    let per_shard: Vec<Vec<Record>> = manifests
+        .iter()
+        .map(|m| read_manifest(m))
+        .collect::<Result<_>>()?;
     let mut order: Vec<(usize, usize, usize)> = Vec::new(); // (index, shard, row)
     for (s, recs) in per_shard.iter().enumerate() {
         order.extend(recs.iter().enumerate().map(|(r, rec)| (rec.index, s, r)));
     }
     order.sort_unstable();
     if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(Error::Invalid(format!("image {} appears in more than one manifest", w[0].0)));
+        return Err(Error::Invalid(format!(
+            "image {} appears in more than one manifest",
+            w[0].0
+        )));
     }
     let mut text = Vec::new();
     for &(_, s, r) in &order {
-        serde_json::to_writer(&mut text, &per_shard[s][r]).map_err(|e| Error::Invalid(e.to_string()))?;
+        serde_json::to_writer(&mut text, &per_shard[s][r])
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         text.push(b'\n');
     }
     io::write_atomic(out_manifest, &text)?;
@@ -195,12 +244,21 @@ pub fn merge(manifests: &[PathBuf], npzs: &[PathBuf], tokens: &[PathBuf], out_ma
             .map(|(p, recs)| {
                 let arr = if npz_member {
                     let members = npz::read_npz(p)?;
-                    npz::npz_member(&members, "arr_0").cloned().ok_or_else(|| Error::format(p, "no arr_0 array"))?
+                    npz::npz_member(&members, "arr_0")
+                        .cloned()
+                        .ok_or_else(|| Error::format(p, "no arr_0 array"))?
                 } else {
                     npy::read_npy(p)?
                 };
                 if arr.shape.first() != Some(&recs.len()) {
-                    return Err(Error::format(p, format!("shape {:?}, but its manifest lists {} images", arr.shape, recs.len())));
+                    return Err(Error::format(
+                        p,
+                        format!(
+                            "shape {:?}, but its manifest lists {} images",
+                            arr.shape,
+                            recs.len()
+                        ),
+                    ));
                 }
                 Ok(arr)
             })
@@ -224,7 +282,10 @@ pub fn merge(manifests: &[PathBuf], npzs: &[PathBuf], tokens: &[PathBuf], out_ma
         let rows: Vec<Vec<i64>> = arrs
             .iter()
             .zip(tokens)
-            .map(|(a, p)| a.to_i64().ok_or_else(|| Error::format(p, "tokens are not integers")))
+            .map(|(a, p)| {
+                a.to_i64()
+                    .ok_or_else(|| Error::format(p, "tokens are not integers"))
+            })
             .collect::<Result<_>>()?;
         let (shape, data) = interleave(&order, &arrs, &rows);
         io::write_atomic(out, &npy::npy_bytes_i64(&shape, &data))?;
@@ -233,7 +294,11 @@ pub fn merge(manifests: &[PathBuf], npzs: &[PathBuf], tokens: &[PathBuf], out_ma
 }
 
 /// Copies rows of the shards' arrays into global index order; returns the merged shape and data.
-fn interleave<T: Clone>(order: &[(usize, usize, usize)], arrs: &[npy::NpyArray], data: &[Vec<T>]) -> (Vec<usize>, Vec<T>) {
+fn interleave<T: Clone>(
+    order: &[(usize, usize, usize)],
+    arrs: &[npy::NpyArray],
+    data: &[Vec<T>],
+) -> (Vec<usize>, Vec<T>) {
     let mut shape = arrs.first().map(|a| a.shape.clone()).unwrap_or_default();
     let row = shape.iter().skip(1).product::<usize>();
     let mut out = Vec::with_capacity(order.len() * row);

@@ -17,9 +17,16 @@ impl Default for Shard {
 impl std::str::FromStr for Shard {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Invalid(format!("--shard `{s}`: expected I/N with 0 <= I < N, e.g. 3/8"));
+        let bad = || {
+            Error::Invalid(format!(
+                "--shard `{s}`: expected I/N with 0 <= I < N, e.g. 3/8"
+            ))
+        };
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
         if count == 0 || index >= count {
             return Err(bad());
         }
@@ -33,7 +40,11 @@ impl Shard {
     }
     /// Suffix for this shard's aggregate files, so shards can share one output directory.
     pub fn suffix(&self) -> String {
-        if self.is_sharded() { format!(".shard-{}-of-{}", self.index, self.count) } else { String::new() }
+        if self.is_sharded() {
+            format!(".shard-{}-of-{}", self.index, self.count)
+        } else {
+            String::new()
+        }
     }
 }
 

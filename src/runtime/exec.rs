@@ -31,7 +31,12 @@ pub struct Session {
 pub struct GraphId(pub usize);
 
 impl Session {
-    pub fn new(mut backend: Box<dyn Backend>, weights: Vec<Weight>, kv: Option<KvSpec>, graphs: Vec<Graph>) -> Result<Self> {
+    pub fn new(
+        mut backend: Box<dyn Backend>,
+        weights: Vec<Weight>,
+        kv: Option<KvSpec>,
+        graphs: Vec<Graph>,
+    ) -> Result<Self> {
         backend.load_weights(weights)?;
         if let Some(kv) = kv {
             backend.alloc_kv(kv)?;
@@ -45,7 +50,11 @@ impl Session {
             .collect();
         let arena = graphs.iter().map(|(_, p)| p.size).max().unwrap_or(0);
         backend.reserve_arena(arena)?;
-        tracing::debug!(backend = backend.name(), arena_bytes = arena, "session ready");
+        tracing::debug!(
+            backend = backend.name(),
+            arena_bytes = arena,
+            "session ready"
+        );
         Ok(Session { backend, graphs })
     }
 

@@ -68,11 +68,20 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(phase: Phase) -> Self {
-        Graph { phase, tensors: Vec::new(), nodes: Vec::new() }
+        Graph {
+            phase,
+            tensors: Vec::new(),
+            nodes: Vec::new(),
+        }
     }
 
     fn add(&mut self, name: String, shape: Vec<usize>, dtype: DType, role: Role) -> TensorId {
-        self.tensors.push(TensorInfo { name, shape, dtype, role });
+        self.tensors.push(TensorInfo {
+            name,
+            shape,
+            dtype,
+            role,
+        });
         TensorId(self.tensors.len() as u32 - 1)
     }
 
@@ -81,9 +90,20 @@ impl Graph {
     }
 
     /// Appends a node producing a new tensor.
-    pub fn push(&mut self, op: Op, inputs: &[TensorId], name: impl Into<String>, shape: &[usize], dtype: DType) -> TensorId {
+    pub fn push(
+        &mut self,
+        op: Op,
+        inputs: &[TensorId],
+        name: impl Into<String>,
+        shape: &[usize],
+        dtype: DType,
+    ) -> TensorId {
         let out = self.add(name.into(), shape.to_vec(), dtype, Role::Intermediate);
-        self.nodes.push(Node { op, inputs: inputs.to_vec(), output: out });
+        self.nodes.push(Node {
+            op,
+            inputs: inputs.to_vec(),
+            output: out,
+        });
         out
     }
 
@@ -100,6 +120,9 @@ impl Graph {
     }
 
     pub fn find(&self, name: &str) -> Option<TensorId> {
-        self.tensors.iter().position(|t| t.name == name).map(|i| TensorId(i as u32))
+        self.tensors
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| TensorId(i as u32))
     }
 }

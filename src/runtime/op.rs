@@ -23,23 +23,45 @@ pub enum Op {
     Attention { layer: usize },
     /// `[M, 2F]` (w1|w3 outputs side by side) -> `silu(a) · b`, `[M, F]`.
     Swiglu,
+    /// `[B, La, D]` ++ `[B, Lb, D]` -> `[B, La + Lb, D]` along the sequence axis.
+    Concat,
     /// `[B', L, D]` -> `[B', D]`: the last position only (the LM head runs on one row per sequence).
     TakeLast,
     /// logits `[B', V]` (+ image index per image I32 `[B]`) -> tokens I32 `[B']`: CFG mix, temperature, top-k, top-p,
     /// draw from the per-image counter RNG; both CFG halves receive the same token.
-    Sampling { cfg_scale: f32, params: SamplingParams },
+    Sampling {
+        cfg_scale: f32,
+        params: SamplingParams,
+    },
     /// Codes I32 `[n·h·w]` -> latent `[n, dim, h, w]` from the L2-normalised codebook.
     Codebook { codebook: WeightId },
     /// Nearest normalised code per position of z `[n, dim, h, w]` -> I32 `[n·h·w]`.
     Quantize { codebook: WeightId },
     /// Conv2d with bias; optional input 1 is a residual added in the epilogue.
-    Conv { w: WeightId, b: WeightId, k: usize, stride: usize, pad: [usize; 4] },
+    Conv {
+        w: WeightId,
+        b: WeightId,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+    },
     /// Nearest ×2 upsample then 3×3 conv, computed per output phase (weights pre-folded by the backend).
     UpsampleConv { w: WeightId, b: WeightId },
     /// GroupNorm (+ swish).
-    Groupnorm { gamma: WeightId, beta: WeightId, groups: usize, eps: f32, silu: bool },
+    Groupnorm {
+        gamma: WeightId,
+        beta: WeightId,
+        groups: usize,
+        eps: f32,
+        silu: bool,
+    },
     /// The VQ AttnBlock after its GroupNorm: inputs x, normed.
-    VqAttention { q: [WeightId; 2], k: [WeightId; 2], v: [WeightId; 2], proj: [WeightId; 2] },
+    VqAttention {
+        q: [WeightId; 2],
+        k: [WeightId; 2],
+        v: [WeightId; 2],
+        proj: [WeightId; 2],
+    },
     /// Elementwise a + b.
     Add,
 }
@@ -55,6 +77,7 @@ impl Op {
             Op::Attention { .. } => "attention",
             Op::Swiglu => "swiglu",
             Op::TakeLast => "take_last",
+            Op::Concat => "concat",
             Op::Sampling { .. } => "sampling",
             Op::Codebook { .. } => "codebook",
             Op::Quantize { .. } => "quantize",

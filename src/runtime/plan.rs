@@ -82,8 +82,16 @@ mod tests {
         let live = |t: usize, at: usize| {
             let info = &g.tensors[t];
             let def = g.nodes.iter().position(|x| x.output.0 as usize == t);
-            let start = if info.role == Role::Input { 0 } else { def.unwrap_or(usize::MAX) };
-            let uses = g.nodes.iter().enumerate().filter(|(_, x)| x.inputs.iter().any(|i| i.0 as usize == t));
+            let start = if info.role == Role::Input {
+                0
+            } else {
+                def.unwrap_or(usize::MAX)
+            };
+            let uses = g
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.inputs.iter().any(|i| i.0 as usize == t));
             let mut end = uses.map(|(k, _)| k).max().unwrap_or(start).max(start);
             if info.role != Role::Intermediate {
                 end = n;
@@ -96,7 +104,10 @@ mod tests {
                 for &y in &ls[a + 1..] {
                     let (xs, xe) = (p.offsets[x], p.offsets[x] + g.tensors[x].numel() * 4);
                     let (ys, ye) = (p.offsets[y], p.offsets[y] + g.tensors[y].numel() * 4);
-                    assert!(xe <= ys || ye <= xs, "tensors {x} and {y} overlap at node {at}");
+                    assert!(
+                        xe <= ys || ye <= xs,
+                        "tensors {x} and {y} overlap at node {at}"
+                    );
                 }
             }
         }
@@ -108,15 +119,30 @@ mod tests {
         let x = g.input("x", &[10, 7], DType::F32);
         let mut cur = x;
         for i in 0..6 {
-            cur = g.push(Op::GeluTanh, &[cur], format!("t{i}"), &[10, 7 + i], DType::F32);
+            cur = g.push(
+                Op::GeluTanh,
+                &[cur],
+                format!("t{i}"),
+                &[10, 7 + i],
+                DType::F32,
+            );
         }
         let s = g.push(Op::Add, &[x, cur], "sum", &[10, 7], DType::F32);
         g.mark_output(s);
         let p = Plan::new(&g);
         assert_disjoint(&g, &p);
         // A chain needs x, two alternating temporaries and the output: far less than the sum of all tensors.
-        let total: usize = g.tensors.iter().map(|t| (t.numel() * 4).div_ceil(ALIGN) * ALIGN).sum();
-        assert!(p.size <= 4 * 512, "arena {} bytes, sum of tensors {}", p.size, total);
+        let total: usize = g
+            .tensors
+            .iter()
+            .map(|t| (t.numel() * 4).div_ceil(ALIGN) * ALIGN)
+            .sum();
+        assert!(
+            p.size <= 4 * 512,
+            "arena {} bytes, sum of tensors {}",
+            p.size,
+            total
+        );
         assert!(p.size < total);
     }
 }

@@ -194,7 +194,7 @@ struct Tiling {
 }
 
 fn tiling(n: usize, oh: usize, wq: usize, c_out: usize) -> Tiling {
-    let want = std::env::var("WANT").ok().and_then(|v| v.parse().ok()).unwrap_or(2) * rayon::current_num_threads();
+    let want = 2 * rayon::current_num_threads();
     let mut row_tiles = oh.div_ceil((TILE_COLS / wq.max(1)).max(1));
     let co_blocks = want.div_ceil(n * row_tiles).min((c_out / 64).max(1));
     let co_block = c_out.div_ceil(co_blocks).next_multiple_of(16).min(c_out);

@@ -1,5 +1,8 @@
 //! Node dispatch: resolves a node's tensors to arena slices and calls the op's CPU implementation.
-use super::{attention, codebook, conv, embed, groupnorm, matmul, rmsnorm, rope, sampling, swiglu, vq_attention};
+use super::{
+    attention, codebook, conv, embed, groupnorm, matmul, rmsnorm, rope, sampling, swiglu,
+    vq_attention,
+};
 use super::{CpuBackend, CpuWeight};
 use crate::runtime::{Graph, Node, Op, Plan, StepParams, TensorId};
 use crate::{Error, Result};
@@ -15,21 +18,41 @@ struct Views<'a> {
 impl Views<'_> {
     fn f32(&self, t: TensorId) -> &[f32] {
         // SAFETY: offset + numel·4 lies inside the arena (reserve_arena sized it to the plan), aligned to 64 bytes.
-        unsafe { std::slice::from_raw_parts(self.base.add(self.plan.offsets[t.0 as usize]) as *const f32, self.g.info(t).numel()) }
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.add(self.plan.offsets[t.0 as usize]) as *const f32,
+                self.g.info(t).numel(),
+            )
+        }
     }
     fn i32(&self, t: TensorId) -> &[i32] {
         // SAFETY: as above; I32 tensors have the same size and alignment.
-        unsafe { std::slice::from_raw_parts(self.base.add(self.plan.offsets[t.0 as usize]) as *const i32, self.g.info(t).numel()) }
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.add(self.plan.offsets[t.0 as usize]) as *const i32,
+                self.g.info(t).numel(),
+            )
+        }
     }
     #[allow(clippy::mut_from_ref)]
     fn f32_mut(&self, t: TensorId) -> &mut [f32] {
         // SAFETY: see the struct comment: the output is disjoint from every other live view.
-        unsafe { std::slice::from_raw_parts_mut(self.base.add(self.plan.offsets[t.0 as usize]) as *mut f32, self.g.info(t).numel()) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.add(self.plan.offsets[t.0 as usize]) as *mut f32,
+                self.g.info(t).numel(),
+            )
+        }
     }
     #[allow(clippy::mut_from_ref)]
     fn i32_mut(&self, t: TensorId) -> &mut [i32] {
         // SAFETY: as for f32_mut.
-        unsafe { std::slice::from_raw_parts_mut(self.base.add(self.plan.offsets[t.0 as usize]) as *mut i32, self.g.info(t).numel()) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.add(self.plan.offsets[t.0 as usize]) as *mut i32,
+                self.g.info(t).numel(),
+            )
+        }
     }
 }
 
@@ -42,8 +65,18 @@ fn weight_f32<'a>(w: &'a CpuWeight, what: &str) -> Result<&'a [f32]> {
 }
 
 impl CpuBackend {
-    pub(super) fn exec(&mut self, g: &Graph, plan: &Plan, node: &Node, step: &StepParams) -> Result<()> {
-        let v = Views { base: self.arena.as_mut_ptr() as *mut u8, g, plan };
+    pub(super) fn exec(
+        &mut self,
+        g: &Graph,
+        plan: &Plan,
+        node: &Node,
+        step: &StepParams,
+    ) -> Result<()> {
+        let v = Views {
+            base: self.arena.as_mut_ptr() as *mut u8,
+            g,
+            plan,
+        };
         let ins = &node.inputs;
         let out = node.output;
         let oshape = g.shape(out);
@@ -52,36 +85,91 @@ impl CpuBackend {
             Op::Embed { table } => {
                 let d = *oshape.last().unwrap_or(&0);
                 embed::embed(v.i32(ins[0]), self.w(*table), d, v.f32_mut(out)).map_err(|id| {
-                    Error::Invalid(format!("id {id} is outside `{}` ({} rows)", self.w(*table).name, self.w(*table).shape[0]))
+                    Error::Invalid(format!(
+                        "id {id} is outside `{}` ({} rows)",
+                        self.w(*table).name,
+                        self.w(*table).shape[0]
+                    ))
                 })?;
             }
             Op::Matmul { w } | Op::MatmulAdd { w } => {
                 let wt = self.w(*w);
                 let (n, k) = (wt.shape[0], wt.shape[1]);
                 let m = g.info(ins[0]).numel() / k;
-                let residual = if matches!(node.op, Op::MatmulAdd { .. }) { Some(v.f32(ins[1])) } else { None };
-                matmul::matmul(v.f32(ins[0]), m, k, wt.as_ref(), n, residual, round, v.f32_mut(out));
+                let residual = if matches!(node.op, Op::MatmulAdd { .. }) {
+                    Some(v.f32(ins[1]))
+                } else {
+                    None
+                };
+                matmul::matmul(
+                    v.f32(ins[0]),
+                    m,
+                    k,
+                    wt.as_ref(),
+                    n,
+                    residual,
+                    round,
+                    v.f32_mut(out),
+                );
             }
             Op::GeluTanh => swiglu::gelu_tanh(v.f32(ins[0]), round, v.f32_mut(out)),
             Op::Rmsnorm { w, eps } => {
                 let d = *oshape.last().unwrap_or(&1);
-                rmsnorm::rmsnorm(v.f32(ins[0]), d, weight_f32(self.w(*w), "rmsnorm")?, *eps, round, v.f32_mut(out));
+                rmsnorm::rmsnorm(
+                    v.f32(ins[0]),
+                    d,
+                    weight_f32(self.w(*w), "rmsnorm")?,
+                    *eps,
+                    round,
+                    v.f32_mut(out),
+                );
             }
             Op::Rope { layer, table } => {
                 let s = g.shape(ins[0]);
                 let (b, l) = (s[0], s[1]);
                 let tab = weight_f32(&self.weights[table.0 as usize], "rope table")?;
-                let kv = self.kv.as_mut().ok_or_else(|| Error::Invalid("rope: no KV cache allocated".into()))?;
+                let kv = self
+                    .kv
+                    .as_mut()
+                    .ok_or_else(|| Error::Invalid("rope: no KV cache allocated".into()))?;
                 let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
-                rope::rope(v.f32(ins[0]), b, l, h, hd, step.pos, tab, kv, *layer, round, v.f32_mut(out));
+                rope::rope(
+                    v.f32(ins[0]),
+                    b,
+                    l,
+                    h,
+                    hd,
+                    step.pos,
+                    tab,
+                    kv,
+                    *layer,
+                    round,
+                    v.f32_mut(out),
+                );
             }
             Op::Attention { layer } => {
                 let s = g.shape(ins[0]);
                 let (b, l) = (s[0], s[1]);
-                let kv = self.kv.as_ref().ok_or_else(|| Error::Invalid("attention: no KV cache allocated".into()))?;
+                let kv = self
+                    .kv
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("attention: no KV cache allocated".into()))?;
                 let mask = ins.get(1).map(|&m| (v.f32(m), g.shape(m)[1]));
                 let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
-                attention::attention(v.f32(ins[0]), b, l, h, hd, step.pos, mask, kv, *layer, round, &mut self.scores, v.f32_mut(out));
+                attention::attention(
+                    v.f32(ins[0]),
+                    b,
+                    l,
+                    h,
+                    hd,
+                    step.pos,
+                    mask,
+                    kv,
+                    *layer,
+                    round,
+                    &mut self.scores,
+                    v.f32_mut(out),
+                );
             }
             Op::Swiglu => {
                 let f = *oshape.last().unwrap_or(&0);
@@ -95,16 +183,52 @@ impl CpuBackend {
                     o[i * d..(i + 1) * d].copy_from_slice(&x[(i * l + l - 1) * d..(i * l + l) * d]);
                 }
             }
+            Op::Concat => {
+                let (sa, sb) = (g.shape(ins[0]), g.shape(ins[1]));
+                let (b, la, lb, d) = (sa[0], sa[1], sb[1], sa[2]);
+                let (x, y, o) = (v.f32(ins[0]), v.f32(ins[1]), v.f32_mut(out));
+                for i in 0..b {
+                    o[i * (la + lb) * d..][..la * d]
+                        .copy_from_slice(&x[i * la * d..(i + 1) * la * d]);
+                    o[(i * (la + lb) + la) * d..][..lb * d]
+                        .copy_from_slice(&y[i * lb * d..(i + 1) * lb * d]);
+                }
+            }
             Op::Sampling { cfg_scale, params } => {
                 let s = g.shape(ins[0]);
-                sampling::sampling(v.f32(ins[0]), s[0], s[1], v.i32(ins[1]), *cfg_scale, params, step, &mut self.sampling, v.i32_mut(out));
+                sampling::sampling(
+                    v.f32(ins[0]),
+                    s[0],
+                    s[1],
+                    v.i32(ins[1]),
+                    *cfg_scale,
+                    params,
+                    step,
+                    &mut self.sampling,
+                    v.i32_mut(out),
+                );
             }
             Op::Codebook { codebook: cb } => {
                 let (n, dim, h, w) = (oshape[0], oshape[1], oshape[2], oshape[3]);
                 let cbw = self.w(*cb);
                 let codes: Vec<u32> = v.i32(ins[0]).iter().map(|&c| c as u32).collect();
-                codebook::codebook_lookup(&codes, weight_f32(cbw, "codebook")?, cbw.shape[0], dim, n, h, w, v.f32_mut(out))
-                    .map_err(|i| Error::Invalid(format!("token id {} is outside the codebook ({} codes)", v.i32(ins[0])[i], cbw.shape[0])))?;
+                codebook::codebook_lookup(
+                    &codes,
+                    weight_f32(cbw, "codebook")?,
+                    cbw.shape[0],
+                    dim,
+                    n,
+                    h,
+                    w,
+                    v.f32_mut(out),
+                )
+                .map_err(|i| {
+                    Error::Invalid(format!(
+                        "token id {} is outside the codebook ({} codes)",
+                        v.i32(ins[0])[i],
+                        cbw.shape[0]
+                    ))
+                })?;
             }
             Op::Quantize { codebook: cb } => {
                 let s = g.shape(ins[0]);
@@ -112,38 +236,133 @@ impl CpuBackend {
                 let cbw = self.w(*cb);
                 let mut idx = vec![0u32; n * h * w];
                 let mut zq = vec![0f32; n * dim * h * w];
-                codebook::quantize(v.f32(ins[0]), n, dim, h, w, weight_f32(cbw, "codebook")?, cbw.shape[0], &mut idx, &mut zq);
-                v.i32_mut(out).iter_mut().zip(&idx).for_each(|(o, &i)| *o = i as i32);
+                codebook::quantize(
+                    v.f32(ins[0]),
+                    n,
+                    dim,
+                    h,
+                    w,
+                    weight_f32(cbw, "codebook")?,
+                    cbw.shape[0],
+                    &mut idx,
+                    &mut zq,
+                );
+                v.i32_mut(out)
+                    .iter_mut()
+                    .zip(&idx)
+                    .for_each(|(o, &i)| *o = i as i32);
             }
-            Op::Conv { w, b, k, stride, pad } => {
+            Op::Conv {
+                w,
+                b,
+                k,
+                stride,
+                pad,
+            } => {
                 let s = g.shape(ins[0]);
                 let (n, ci, h, wd) = (s[0], s[1], s[2], s[3]);
                 let wt = self.w(*w);
-                let (wv, bv) = (weight_f32(wt, "conv")?, Some(weight_f32(self.w(*b), "conv bias")?));
+                let (wv, bv) = (
+                    weight_f32(wt, "conv")?,
+                    Some(weight_f32(self.w(*b), "conv bias")?),
+                );
                 match ins.get(1) {
-                    Some(&r) => conv::conv2d_add(v.f32(ins[0]), n, ci, h, wd, wv, bv, wt.shape[0], *k, *k, *stride, *pad, v.f32(r), v.f32_mut(out)),
-                    None => conv::conv2d(v.f32(ins[0]), n, ci, h, wd, wv, bv, wt.shape[0], *k, *k, *stride, *pad, v.f32_mut(out)),
+                    Some(&r) => conv::conv2d_add(
+                        v.f32(ins[0]),
+                        n,
+                        ci,
+                        h,
+                        wd,
+                        wv,
+                        bv,
+                        wt.shape[0],
+                        *k,
+                        *k,
+                        *stride,
+                        *pad,
+                        v.f32(r),
+                        v.f32_mut(out),
+                    ),
+                    None => conv::conv2d(
+                        v.f32(ins[0]),
+                        n,
+                        ci,
+                        h,
+                        wd,
+                        wv,
+                        bv,
+                        wt.shape[0],
+                        *k,
+                        *k,
+                        *stride,
+                        *pad,
+                        v.f32_mut(out),
+                    ),
                 }
             }
             Op::UpsampleConv { w, b } => {
                 let s = g.shape(ins[0]);
                 let (n, ci, h, wd) = (s[0], s[1], s[2], s[3]);
-                conv::upsample_conv3x3(v.f32(ins[0]), n, ci, h, wd, weight_f32(self.w(*w), "upsample conv")?, weight_f32(self.w(*b), "upsample bias")?, oshape[1], v.f32_mut(out));
+                conv::upsample_conv3x3(
+                    v.f32(ins[0]),
+                    n,
+                    ci,
+                    h,
+                    wd,
+                    weight_f32(self.w(*w), "upsample conv")?,
+                    weight_f32(self.w(*b), "upsample bias")?,
+                    oshape[1],
+                    v.f32_mut(out),
+                );
             }
-            Op::Groupnorm { gamma, beta, groups, eps, silu } => {
+            Op::Groupnorm {
+                gamma,
+                beta,
+                groups,
+                eps,
+                silu,
+            } => {
                 let s = g.shape(ins[0]);
                 let hw = s[2..].iter().product();
-                groupnorm::groupnorm(v.f32(ins[0]), s[0], s[1], hw, *groups, *eps, weight_f32(self.w(*gamma), "groupnorm")?, weight_f32(self.w(*beta), "groupnorm")?, *silu, v.f32_mut(out));
+                groupnorm::groupnorm(
+                    v.f32(ins[0]),
+                    s[0],
+                    s[1],
+                    hw,
+                    *groups,
+                    *eps,
+                    weight_f32(self.w(*gamma), "groupnorm")?,
+                    weight_f32(self.w(*beta), "groupnorm")?,
+                    *silu,
+                    v.f32_mut(out),
+                );
             }
             Op::VqAttention { q, k, v: vv, proj } => {
                 let s = g.shape(ins[0]);
                 let hw = s[2..].iter().product();
                 let f = |id| weight_f32(self.w(id), "vq attention");
-                vq_attention::vq_attention(v.f32(ins[0]), v.f32(ins[1]), s[0], s[1], hw, f(q[0])?, f(q[1])?, f(k[0])?, f(k[1])?, f(vv[0])?, f(vv[1])?, f(proj[0])?, f(proj[1])?, v.f32_mut(out));
+                vq_attention::vq_attention(
+                    v.f32(ins[0]),
+                    v.f32(ins[1]),
+                    s[0],
+                    s[1],
+                    hw,
+                    f(q[0])?,
+                    f(q[1])?,
+                    f(k[0])?,
+                    f(k[1])?,
+                    f(vv[0])?,
+                    f(vv[1])?,
+                    f(proj[0])?,
+                    f(proj[1])?,
+                    v.f32_mut(out),
+                );
             }
             Op::Add => {
                 let (a, b, o) = (v.f32(ins[0]), v.f32(ins[1]), v.f32_mut(out));
-                o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a + b);
+                o.iter_mut()
+                    .zip(a.iter().zip(b))
+                    .for_each(|(o, (a, b))| *o = a + b);
             }
         }
         Ok(())

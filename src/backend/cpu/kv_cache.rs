@@ -32,8 +32,14 @@ impl Row<'_> {
     #[inline]
     pub fn axpy(&self, alpha: f32, dst: &mut [f32]) {
         match self {
-            Row::F32(r) => dst.iter_mut().zip(r.iter()).for_each(|(d, v)| *d += alpha * v),
-            Row::Bf16(r) => dst.iter_mut().zip(r.iter()).for_each(|(d, v)| *d += alpha * v.to_f32()),
+            Row::F32(r) => dst
+                .iter_mut()
+                .zip(r.iter())
+                .for_each(|(d, v)| *d += alpha * v),
+            Row::Bf16(r) => dst
+                .iter_mut()
+                .zip(r.iter())
+                .for_each(|(d, v)| *d += alpha * v.to_f32()),
         }
     }
 }
@@ -60,7 +66,10 @@ impl KvCache {
         let hd = self.spec.head_dim;
         match &mut self.data {
             KvData::F32(d) => d[i..i + hd].copy_from_slice(v),
-            KvData::Bf16(d) => d[i..i + hd].iter_mut().zip(v).for_each(|(o, &x)| *o = bf16::from_f32(x)),
+            KvData::Bf16(d) => d[i..i + hd]
+                .iter_mut()
+                .zip(v)
+                .for_each(|(o, &x)| *o = bf16::from_f32(x)),
         }
     }
 

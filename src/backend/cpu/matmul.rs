@@ -18,7 +18,16 @@ const TILE_N: usize = 64;
 const DOT_MAX_M: usize = 32;
 
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, residual: Option<&[f32]>, round: bool, y: &mut [f32]) {
+pub fn matmul(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRef,
+    n: usize,
+    residual: Option<&[f32]>,
+    round: bool,
+    y: &mut [f32],
+) {
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
     match w {
@@ -29,7 +38,10 @@ pub fn matmul(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, residual: O
     }
     // The reference rounds the linear output to bf16 before the residual add (itself rounded): two roundings.
     match (residual, round) {
-        (Some(r), true) => y.iter_mut().zip(r).for_each(|(y, r)| *y = round_bf16(*r + round_bf16(*y))),
+        (Some(r), true) => y
+            .iter_mut()
+            .zip(r)
+            .for_each(|(y, r)| *y = round_bf16(*r + round_bf16(*y))),
         (Some(r), false) => y.iter_mut().zip(r).for_each(|(y, r)| *y += *r),
         (None, true) => y.iter_mut().for_each(|y| *y = round_bf16(*y)),
         (None, false) => {}
@@ -37,12 +49,33 @@ pub fn matmul(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, residual: O
 }
 
 fn gemm_f32(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
-    let par = if m * n * k >= 1 << 16 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let par = if m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the strides describe x as M×K row-major, Wᵀ as K×N (column stride K), y as M×N row-major, all in bounds.
     unsafe {
         gemm::gemm(
-            m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1,
-            0.0f32, 1.0f32, false, false, false, par,
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }
@@ -153,8 +186,25 @@ fn gemm_f32_serial(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [
     // SAFETY: as in gemm_f32.
     unsafe {
         gemm::gemm(
-            m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1,
-            0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
 }
@@ -167,7 +217,9 @@ mod tests {
         let mut y = vec![0f64; m * n];
         for r in 0..m {
             for c in 0..n {
-                y[r * n + c] = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64).sum();
+                y[r * n + c] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
+                    .sum();
             }
         }
         y
@@ -181,19 +233,37 @@ mod tests {
 
     #[test]
     fn f32_and_bf16_paths_match_a_naive_product() {
-        for &(m, k, n) in &[(1, 5, 3), (2, 64, 130), (7, 100, 65), (33, 96, 200), (64, 17, 129)] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 64.0).collect();
+        for &(m, k, n) in &[
+            (1, 5, 3),
+            (2, 64, 130),
+            (7, 100, 65),
+            (33, 96, 200),
+            (64, 17, 129),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 64.0)
+                .collect();
             let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
             let mut want = naive(&x, m, k, &w, n);
             want.iter_mut().zip(&res).for_each(|(a, r)| *a += *r as f64);
             let mut y = vec![0f32; m * n];
             matmul(&x, m, k, WeightRef::F32(&w), n, Some(&res), false, &mut y);
-            assert!(rel_l2(&y, &want) < 1e-6, "f32 {m}x{k}x{n}: {}", rel_l2(&y, &want));
+            assert!(
+                rel_l2(&y, &want) < 1e-6,
+                "f32 {m}x{k}x{n}: {}",
+                rel_l2(&y, &want)
+            );
             // These weights are exact in bf16 (multiples of 1/64 in [-0.75, 0.75]), so both paths are exact-ish too.
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             matmul(&x, m, k, WeightRef::Bf16(&wb), n, Some(&res), false, &mut y);
-            assert!(rel_l2(&y, &want) < 1e-6, "bf16 {m}x{k}x{n}: {}", rel_l2(&y, &want));
+            assert!(
+                rel_l2(&y, &want) < 1e-6,
+                "bf16 {m}x{k}x{n}: {}",
+                rel_l2(&y, &want)
+            );
         }
     }
 }

@@ -56,7 +56,10 @@ impl CpuWeight {
         let d = out.len();
         match &self.data {
             WeightData::F32(v) => out.copy_from_slice(&v[r * d..(r + 1) * d]),
-            WeightData::Bf16(v) => out.iter_mut().zip(&v[r * d..(r + 1) * d]).for_each(|(o, x)| *o = x.to_f32()),
+            WeightData::Bf16(v) => out
+                .iter_mut()
+                .zip(&v[r * d..(r + 1) * d])
+                .for_each(|(o, x)| *o = x.to_f32()),
         }
     }
 }
@@ -78,7 +81,14 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(round_bf16: bool) -> Self {
-        CpuBackend { weights: Vec::new(), kv: None, arena: Vec::new(), scores: Vec::new(), sampling: Default::default(), round: round_bf16 }
+        CpuBackend {
+            weights: Vec::new(),
+            kv: None,
+            arena: Vec::new(),
+            scores: Vec::new(),
+            sampling: Default::default(),
+            round: round_bf16,
+        }
     }
 
     fn w(&self, id: crate::runtime::WeightId) -> &CpuWeight {
@@ -105,9 +115,15 @@ impl Backend for CpuBackend {
                         WeightData::F32(conv::upsample_phase_weights(&w.data, co, ci))
                     }
                     (Layout::Plain, Storage::F32) => WeightData::F32(w.data),
-                    (Layout::Plain, Storage::Bf16) => WeightData::Bf16(w.data.iter().map(|&v| bf16::from_f32(v)).collect()),
+                    (Layout::Plain, Storage::Bf16) => {
+                        WeightData::Bf16(w.data.iter().map(|&v| bf16::from_f32(v)).collect())
+                    }
                 };
-                CpuWeight { name: w.name, shape: w.shape, data }
+                CpuWeight {
+                    name: w.name,
+                    shape: w.shape,
+                    data,
+                }
             })
             .collect();
         Ok(())
@@ -155,11 +171,23 @@ impl Backend for CpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes[off..off + 4 * n]))
     }
 
-    fn copy(&mut self, gs: &Graph, ps: &Plan, src: TensorId, gd: &Graph, pd: &Plan, dst: TensorId) -> Result<()> {
+    fn copy(
+        &mut self,
+        gs: &Graph,
+        ps: &Plan,
+        src: TensorId,
+        gd: &Graph,
+        pd: &Plan,
+        dst: TensorId,
+    ) -> Result<()> {
         let (so, n) = slot(gs, ps, src);
         let (d_o, m) = slot(gd, pd, dst);
         if n != m {
-            return Err(Error::Invalid(format!("copy {} -> {}: {n} vs {m} elements", gs.info(src).name, gd.info(dst).name)));
+            return Err(Error::Invalid(format!(
+                "copy {} -> {}: {n} vs {m} elements",
+                gs.info(src).name,
+                gd.info(dst).name
+            )));
         }
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena);
         bytes.copy_within(so..so + 4 * n, d_o);
@@ -177,7 +205,12 @@ impl Backend for CpuBackend {
 fn check_len(g: &Graph, t: TensorId, len: usize) -> Result<()> {
     let info = g.info(t);
     if info.numel() != len {
-        return Err(Error::Invalid(format!("tensor `{}` {:?} needs {} values, got {len}", info.name, info.shape, info.numel())));
+        return Err(Error::Invalid(format!(
+            "tensor `{}` {:?} needs {} values, got {len}",
+            info.name,
+            info.shape,
+            info.numel()
+        )));
     }
     Ok(())
 }

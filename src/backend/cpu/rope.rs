@@ -16,7 +16,11 @@ pub fn rope_table(cls_token_num: usize, grid: usize, head_dim: usize, base: f64)
         for c in 0..grid {
             let row = &mut t[(cls_token_num + r * grid + c) * half * 2..][..half * 2];
             for j in 0..half {
-                let angle = if j < quarter { r as f32 * freqs[j] } else { c as f32 * freqs[j - quarter] };
+                let angle = if j < quarter {
+                    r as f32 * freqs[j]
+                } else {
+                    c as f32 * freqs[j - quarter]
+                };
                 row[2 * j] = angle.cos();
                 row[2 * j + 1] = angle.sin();
             }
@@ -38,7 +42,19 @@ fn rotate(x: &[f32], cs: &[f32], out: &mut [f32], round: bool) {
 
 /// qkv `[B', L, 3D]` at positions `pos..pos+L` -> rotated q `[B', L, D]`; k (rotated) and v go into `cache`.
 #[allow(clippy::too_many_arguments)]
-pub fn rope(qkv: &[f32], batch: usize, len: usize, heads: usize, head_dim: usize, pos: usize, table: &[f32], cache: &mut KvCache, layer: usize, round: bool, q: &mut [f32]) {
+pub fn rope(
+    qkv: &[f32],
+    batch: usize,
+    len: usize,
+    heads: usize,
+    head_dim: usize,
+    pos: usize,
+    table: &[f32],
+    cache: &mut KvCache,
+    layer: usize,
+    round: bool,
+    q: &mut [f32],
+) {
     let d = heads * head_dim;
     let mut krot = vec![0f32; head_dim];
     for b in 0..batch {
@@ -48,7 +64,12 @@ pub fn rope(qkv: &[f32], batch: usize, len: usize, heads: usize, head_dim: usize
             let cs = &table[p * head_dim..][..head_dim];
             for h in 0..heads {
                 let hs = h * head_dim;
-                rotate(&row[hs..hs + head_dim], cs, &mut q[(b * len + l) * d + hs..][..head_dim], round);
+                rotate(
+                    &row[hs..hs + head_dim],
+                    cs,
+                    &mut q[(b * len + l) * d + hs..][..head_dim],
+                    round,
+                );
                 rotate(&row[d + hs..d + hs + head_dim], cs, &mut krot, round);
                 cache.write(layer, 0, b, h, p, &krot);
                 cache.write(layer, 1, b, h, p, &row[2 * d + hs..2 * d + hs + head_dim]);

@@ -13,7 +13,10 @@ pub struct SamplingScratch {
 
 impl SamplingScratch {
     pub fn new() -> Self {
-        SamplingScratch { mixed: Vec::new(), per_image: Vec::new() }
+        SamplingScratch {
+            mixed: Vec::new(),
+            per_image: Vec::new(),
+        }
     }
 }
 
@@ -25,11 +28,23 @@ impl Default for SamplingScratch {
 
 /// logits `[rows, V]` with rows = 2B when CFG is on (cond rows first) else B; tokens `[rows]`.
 #[allow(clippy::too_many_arguments)]
-pub fn sampling(logits: &[f32], rows: usize, vocab: usize, image_index: &[i32], cfg_scale: f32, params: &SamplingParams, step: &StepParams, scratch: &mut SamplingScratch, tokens: &mut [i32]) {
+pub fn sampling(
+    logits: &[f32],
+    rows: usize,
+    vocab: usize,
+    image_index: &[i32],
+    cfg_scale: f32,
+    params: &SamplingParams,
+    step: &StepParams,
+    scratch: &mut SamplingScratch,
+    tokens: &mut [i32],
+) {
     let b = image_index.len();
     let cfg = rows == 2 * b;
     if scratch.per_image.len() < b {
-        scratch.per_image.resize_with(b, || SamplerScratch::new(vocab));
+        scratch
+            .per_image
+            .resize_with(b, || SamplerScratch::new(vocab));
         scratch.mixed.resize(b * vocab, 0.0);
     }
     let mixed = &mut scratch.mixed[..b * vocab];
@@ -37,7 +52,12 @@ pub fn sampling(logits: &[f32], rows: usize, vocab: usize, image_index: &[i32], 
         let work = |(i, (mix, sc)): (usize, (&mut [f32], &mut SamplerScratch))| {
             let cond = &logits[i * vocab..(i + 1) * vocab];
             let row: &[f32] = if cfg && step.cfg_active {
-                sampler::cfg_mix(cond, &logits[(b + i) * vocab..(b + i + 1) * vocab], cfg_scale, mix);
+                sampler::cfg_mix(
+                    cond,
+                    &logits[(b + i) * vocab..(b + i + 1) * vocab],
+                    cfg_scale,
+                    mix,
+                );
                 mix
             } else {
                 cond

@@ -11,7 +11,11 @@ pub fn swiglu(ab: &[f32], f: usize, round: bool, out: &mut [f32]) {
     for (row, o) in ab.chunks(2 * f).zip(out.chunks_mut(f)) {
         let (a, b) = row.split_at(f);
         for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = if round { round_bf16(round_bf16(silu(a)) * b) } else { silu(a) * b };
+            *o = if round {
+                round_bf16(round_bf16(silu(a)) * b)
+            } else {
+                silu(a) * b
+            };
         }
     }
 }
