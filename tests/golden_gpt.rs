@@ -268,3 +268,44 @@ fn bf16_mode_stays_within_its_measured_bound() {
 
 /// Measured on these fixtures: see the eprintln output; the bound leaves ~2× headroom.
 const BF16_LOGIT_BOUND: f64 = 2e-2;
+
+/// `--cfg-interval k`: tokens 0..=k+1 follow the guided logits, later tokens the cond logits alone (both halves
+/// still computed and fed). Checked on a greedy run against teacher-forced cond/uncond logits of its own tokens.
+#[test]
+fn cfg_interval_switches_guidance_off_after_iteration_k() {
+    let case = "gpt_tiny_c2i";
+    let cfg = config(case);
+    let cond = condition(case, &cfg);
+    let b = cond.len(&cfg);
+    let (k, scale) = (3i64, 4.0f32);
+    let opts = GptOptions {
+        dtype: Dtype::F32,
+        batch: b,
+        cfg_scale: scale,
+        cfg_interval: k,
+        sampling: SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0 },
+    };
+    let mut sd = tiny_weights(case);
+    let mut r = GptRunner::new(cfg.clone(), &mut sd, opts, Box::new(CpuBackend::new(false))).unwrap();
+    let index: Vec<u64> = (0..b as u64).collect();
+    let toks = r.generate(&cond, &index, 0, |_| {}).unwrap();
+    let logits = r.teacher_force(&cond, &toks).unwrap();
+    let (n, v) = (cfg.block_size, cfg.vocab_size);
+    let (mut guided, mut unguided) = (0, 0);
+    for i in 0..b {
+        for j in 0..n {
+            let c = &logits[(i * n + j) * v..(i * n + j + 1) * v];
+            let u = &logits[((b + i) * n + j) * v..((b + i) * n + j + 1) * v];
+            // Token j comes from the prefill (j = 0) or decode iteration j - 1.
+            let on = j == 0 || (j as i64 - 1) <= k;
+            let row: Vec<f32> = if on { c.iter().zip(u).map(|(c, u)| u + scale * (c - u)).collect() } else { c.to_vec() };
+            let mut sorted = row.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            if sorted[0] - sorted[1] >= 1e-4 {
+                assert_eq!(toks[i][j] as usize, argmax(&row), "image {i} token {j} (guidance {on})");
+                if on { guided += 1 } else { unguided += 1 }
+            }
+        }
+    }
+    assert!(guided >= 2 * b && unguided >= 4 * b, "too few confident tokens: {guided} guided, {unguided} unguided");
+}

@@ -156,6 +156,9 @@ impl GptConfig {
                 ));
             }
         }
+        if self.head_dim() > 256 {
+            return bad(format!("head dim {} is larger than the supported 256", self.head_dim()));
+        }
         if self.head_dim() % 4 != 0 {
             return bad(format!(
                 "head dim {} must be a multiple of 4 for 2D RoPE",

@@ -11,7 +11,7 @@ fn normalize(v: &mut [f32]) {
 /// Normalises every row of `x` (rows of `dim` values) to unit L2 norm, in place: `row / max(||row||_2, 1e-12)`.
 pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
     assert!(
-        dim > 0 && x.len() % dim == 0,
+        dim > 0 && x.len().is_multiple_of(dim),
         "l2_normalize_rows: {} values are not rows of {dim}",
         x.len()
     );
@@ -200,8 +200,8 @@ mod tests {
             let (mut idx, mut zq) = (vec![u32::MAX; n * h * w], vec![f32::NAN; z.len()]);
             quantize(&z, n, dim, h, w, &cb, size, &mut idx, &mut zq);
             let hw = h * w;
-            for pos in 0..n * hw {
-                let (img, p) = (pos / hw, pos % hw);
+            for (pos, &got) in idx.iter().enumerate() {
+                let (img, p, got) = (pos / hw, pos % hw, got as usize);
                 let v: Vec<f64> = (0..dim)
                     .map(|d| z[(img * dim + d) * hw + p] as f64)
                     .collect();
@@ -214,7 +214,6 @@ mod tests {
                 let best = (0..size)
                     .min_by(|&a, &b| dist(a).total_cmp(&dist(b)))
                     .unwrap_or(0);
-                let got = idx[pos] as usize;
                 // f32 evaluation may pick a different code only on a near tie
                 assert!(
                     dist(got) <= dist(best) + 1e-5,

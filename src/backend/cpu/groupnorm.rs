@@ -82,7 +82,7 @@ pub fn groupnorm(
     out: &mut [f32],
 ) {
     assert!(
-        groups > 0 && c % groups == 0,
+        groups > 0 && c.is_multiple_of(groups),
         "groupnorm: {c} channels not divisible into {groups} groups"
     );
     assert_eq!(x.len(), n * c * hw, "groupnorm: input length");

@@ -56,7 +56,9 @@ pub fn rope(
     q: &mut [f32],
 ) {
     let d = heads * head_dim;
-    let mut krot = vec![0f32; head_dim];
+    // A stack buffer: the decode step allocates nothing (head_dim ≤ 256 covers every LlamaGen size).
+    let mut kbuf = [0f32; 256];
+    let krot = &mut kbuf[..head_dim];
     for b in 0..batch {
         for l in 0..len {
             let p = pos + l;
@@ -70,8 +72,8 @@ pub fn rope(
                     &mut q[(b * len + l) * d + hs..][..head_dim],
                     round,
                 );
-                rotate(&row[d + hs..d + hs + head_dim], cs, &mut krot, round);
-                cache.write(layer, 0, b, h, p, &krot);
+                rotate(&row[d + hs..d + hs + head_dim], cs, krot, round);
+                cache.write(layer, 0, b, h, p, krot);
                 cache.write(layer, 1, b, h, p, &row[2 * d + hs..2 * d + hs + head_dim]);
             }
         }

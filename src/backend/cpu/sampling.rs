@@ -9,6 +9,7 @@ use rayon::prelude::*;
 pub struct SamplingScratch {
     mixed: Vec<f32>,
     per_image: Vec<SamplerScratch>,
+    picked: Vec<u32>,
 }
 
 impl SamplingScratch {
@@ -16,6 +17,7 @@ impl SamplingScratch {
         SamplingScratch {
             mixed: Vec::new(),
             per_image: Vec::new(),
+            picked: Vec::new(),
         }
     }
 }
@@ -46,33 +48,35 @@ pub fn sampling(
             .per_image
             .resize_with(b, || SamplerScratch::new(vocab));
         scratch.mixed.resize(b * vocab, 0.0);
+        scratch.picked.resize(b, 0);
     }
     let mixed = &mut scratch.mixed[..b * vocab];
-    let picked: Vec<u32> = {
-        let work = |(i, (mix, sc)): (usize, (&mut [f32], &mut SamplerScratch))| {
-            let cond = &logits[i * vocab..(i + 1) * vocab];
-            let row: &[f32] = if cfg && step.cfg_active {
-                sampler::cfg_mix(
-                    cond,
-                    &logits[(b + i) * vocab..(b + i + 1) * vocab],
-                    cfg_scale,
-                    mix,
-                );
-                mix
-            } else {
-                cond
+    {
+        let work =
+            |(i, ((mix, sc), out)): (usize, ((&mut [f32], &mut SamplerScratch), &mut u32))| {
+                let cond = &logits[i * vocab..(i + 1) * vocab];
+                let row: &[f32] = if cfg && step.cfg_active {
+                    sampler::cfg_mix(
+                        cond,
+                        &logits[(b + i) * vocab..(b + i + 1) * vocab],
+                        cfg_scale,
+                        mix,
+                    );
+                    mix
+                } else {
+                    cond
+                };
+                let u = rng::uniform(step.seed, image_index[i] as u64, step.step);
+                *out = sampler::sample(row, params, u, sc);
             };
-            let u = rng::uniform(step.seed, image_index[i] as u64, step.step);
-            sampler::sample(row, params, u, sc)
-        };
         mixed
             .par_chunks_mut(vocab)
             .zip(scratch.per_image[..b].par_iter_mut())
+            .zip(scratch.picked[..b].par_iter_mut())
             .enumerate()
-            .map(work)
-            .collect()
-    };
-    for (i, t) in picked.into_iter().enumerate() {
+            .for_each(work);
+    }
+    for (i, &t) in scratch.picked[..b].iter().enumerate() {
         tokens[i] = t as i32;
         if cfg {
             tokens[b + i] = t as i32;
