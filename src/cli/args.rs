@@ -152,7 +152,7 @@ pub fn vq_config(a: &VqArgs) -> Result<VqConfig> {
     bail!("no VQ tokenizer given: pass --vq WEIGHTS (with --vq-config or --vq-model if the file carries no config)")
 }
 
-pub fn vq_runner(a: &VqArgs, with_encoder: bool) -> Result<VqRunner> {
+pub fn vq_runner(a: &VqArgs, with_encoder: bool, device: Device) -> Result<VqRunner> {
     let cfg = vq_config(a)?;
     let path =
         a.vq.as_ref()
@@ -162,6 +162,6 @@ pub fn vq_runner(a: &VqArgs, with_encoder: bool) -> Result<VqRunner> {
         cfg,
         &mut sd,
         with_encoder,
-        Box::new(CpuBackend::new(false)),
+        backend(device, Dtype::F32)?,
     )?)
 }

@@ -73,6 +73,10 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Use deterministic synthetic weights (the golden fixtures' generator) instead of weight files: for speed
+    /// measurements of any preset size without a download. Images are noise.
+    #[arg(long)]
+    pub synthetic_weights: bool,
 }
 
 fn read_captions(a: &GenerateArgs, t: usize, dim: usize) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
@@ -175,17 +179,19 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None if a.classes.is_empty() => cfg.num_classes,
         None => a.classes.len(),
     });
-    let gpt_path = a
-        .gpt
-        .gpt
-        .as_ref()
-        .context("no GPT weights given: pass --gpt WEIGHTS")?;
     let backend = args::backend(a.device, dtype)?;
     let mut vq = match &vq_cfg {
-        Some(_) => Some(args::vq_runner(&a.vq, false)?),
+        Some(c) if a.synthetic_weights => {
+            Some(llamagen::model::vq::VqRunner::synthetic(c.clone(), false, args::backend(a.device, Dtype::F32)?)?)
+        }
+        Some(_) => Some(args::vq_runner(&a.vq, false, a.device)?),
         None => None,
     };
-    let mut sd = args::load_weights(gpt_path)?;
+    let mut sd = if a.synthetic_weights {
+        llamagen::weights::synth::state_dict(&cfg.weight_shapes())
+    } else {
+        args::load_weights(a.gpt.gpt.as_ref().context("no GPT weights given: pass --gpt WEIGHTS")?)?
+    };
     let batch = a.batch_size.min(num_images.max(1));
     let opts = GptOptions {
         dtype,
@@ -214,7 +220,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             top_k: a.top_k as usize,
             top_p: a.top_p,
             dtype: format!("{dtype:?}").to_lowercase(),
-            image_size: cfg.grid() * downsample,
+            image_size: vq_cfg.as_ref().map(|_| cfg.grid() * downsample),
         },
         save_tokens: a.save_tokens || a.no_images,
         npz: a.npz.clone(),

@@ -98,7 +98,7 @@ fn read_tokens(path: &Path) -> Result<(usize, usize, usize, Vec<u32>)> {
 
 pub fn decode(a: DecodeArgs) -> Result<()> {
     let (b, h, w, ids) = read_tokens(&a.tokens)?;
-    let mut vq = args::vq_runner(&a.vq, false)?;
+    let mut vq = args::vq_runner(&a.vq, false, args::Device::Cpu)?;
     if let Some((i, t)) = ids
         .iter()
         .enumerate()
@@ -144,7 +144,7 @@ fn load_images(paths: &[PathBuf], size: usize, f: usize) -> Result<Vec<f32>> {
 }
 
 pub fn encode(a: EncodeArgs) -> Result<()> {
-    let mut vq = args::vq_runner(&a.vq, true)?;
+    let mut vq = args::vq_runner(&a.vq, true, args::Device::Cpu)?;
     let f = vq.cfg.downsample();
     let x = load_images(&a.images, a.image_size, f)?;
     let n = a.images.len();
@@ -157,7 +157,7 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
 }
 
 pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
-    let mut vq = args::vq_runner(&a.vq, true)?;
+    let mut vq = args::vq_runner(&a.vq, true, args::Device::Cpu)?;
     let f = vq.cfg.downsample();
     let x = load_images(&a.images, a.image_size, f)?;
     ensure_dir(&a.out)?;

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 const GROUPS: usize = 32;
 const EPS: f32 = 1e-6;
 
-/// Binds weights lazily by official name, checking shape and finiteness, and remembers their ids.
+/// Binds weights lazily by official name, checking shape and finiteness, and remembers their ids. Without a state
+/// dict the deterministic synthetic generator supplies the values (benchmarks of preset sizes).
 struct Binder<'a> {
-    sd: &'a mut StateDict,
+    sd: Option<&'a mut StateDict>,
     weights: Vec<Weight>,
     ids: HashMap<String, WeightId>,
 }
@@ -23,11 +24,14 @@ impl Binder<'_> {
         if let Some(&id) = self.ids.get(name) {
             return Ok(id);
         }
-        let t = self.sd.take_checked(name, shape)?;
+        let data = match self.sd.as_deref_mut() {
+            Some(sd) => sd.take_checked(name, shape)?.data,
+            None => crate::weights::synth::value_f32(name, shape),
+        };
         self.weights.push(Weight {
             name: name.into(),
             shape: shape.to_vec(),
-            data: t.data,
+            data,
             storage: Storage::F32,
             layout,
         });
@@ -280,12 +284,16 @@ pub struct VqRunner {
 impl VqRunner {
     /// Binds the decoder (and the encoder when `with_encoder`) now, so every missing or misshapen tensor is reported
     /// before any work; `encoder.*` is ignored when only decoding.
-    pub fn new(
-        cfg: VqConfig,
-        sd: &mut StateDict,
-        with_encoder: bool,
-        backend: Box<dyn Backend>,
-    ) -> Result<Self> {
+    pub fn new(cfg: VqConfig, sd: &mut StateDict, with_encoder: bool, backend: Box<dyn Backend>) -> Result<Self> {
+        Self::bind(cfg, Some(sd), with_encoder, backend)
+    }
+
+    /// A tokenizer with deterministic synthetic weights (for speed measurements; its images are noise).
+    pub fn synthetic(cfg: VqConfig, with_encoder: bool, backend: Box<dyn Backend>) -> Result<Self> {
+        Self::bind(cfg, None, with_encoder, backend)
+    }
+
+    fn bind(cfg: VqConfig, sd: Option<&mut StateDict>, with_encoder: bool, backend: Box<dyn Backend>) -> Result<Self> {
         cfg.validate()?;
         let mut b = Binder {
             sd,
@@ -328,7 +336,7 @@ impl VqRunner {
         // Rebind against an empty state dict: every name is already known, so only ids are looked up.
         let mut empty = StateDict::new("(bound)");
         let mut b = Binder {
-            sd: &mut empty,
+            sd: Some(&mut empty),
             weights: Vec::new(),
             ids: HashMap::new(),
         };

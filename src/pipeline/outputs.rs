@@ -16,7 +16,9 @@ pub struct Settings {
     pub top_k: usize,
     pub top_p: f32,
     pub dtype: String,
-    pub image_size: usize,
+    /// Pixels per side (absent with `--no-images`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_size: Option<usize>,
 }
 
 /// One manifest line.

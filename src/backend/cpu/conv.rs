@@ -1,23 +1,24 @@
 //! 2-D convolutions of the VQ tokenizer (NCHW, f32), as implicit GEMMs.
 //!
-//! Every convolution is reduced to "stride-1 convolution over phase planes": the zero-padded input is split into
-//! `s x s` polyphase planes (s = stride), so tap `(ky, kx)` reads plane `(ky % s, kx % s)` at offset
-//! `(ky / s, kx / s)`. Within a plane of row width `wq`, output position `q = row * wq + col` reads plane element
-//! `q + (ky / s) * wq + kx / s`, so each tap is one plain GEMM `acc[co, q] += W_tap[co, ci] * plane[ci, q + off]`
-//! with `K = c_in`; the `wq - ow` junk columns per row are dropped when the tile is written out. Planes are built per
-//! tile of output rows into thread-local scratch (about 1 MiB), so neither a padded copy of the image nor a 9x im2col
-//! buffer ever exists. Tiles (and, for small images, blocks of output channels) run in parallel on rayon; each GEMM
-//! is single-threaded. Weights are rearranged tap-major (`ConvWeights`) so the GEMM reads them without repacking.
+//! Every convolution becomes a stride-1 convolution over polyphase planes: the zero-padded input
+//! is split into `s x s` planes (s = stride), so tap `(ky, kx)` reads plane `(ky % s, kx % s)` at
+//! offset `(ky / s, kx / s)`. In a plane of row width `wq`, output position `q = row * wq + col`
+//! reads element `q + (ky / s) * wq + kx / s`, so each tap is one plain GEMM
+//! `acc[co, q] += W_tap[co, ci] * plane[ci, q + off]` with `K = c_in`, and the `wq - ow` junk
+//! columns of each row are dropped when the tile is written out. Planes are built per tile of
+//! output rows in thread-local scratch (~1 MiB), so neither a padded copy of the image nor a 9x
+//! im2col buffer exists. Tiles (and, for small images, blocks of output channels) run in parallel
+//! on rayon, each GEMM single-threaded.
 //!
-//! Measured on the 2-core AVX-512 dev box (release; `cargo test --release --lib conv::tests::bench -- --ignored
-//! --nocapture`), n = 1, 3x3 stride-1 pad-1, prepared weights:
+//! Measured on the shared 2-core AVX-512 dev box, n = 1, 3x3 stride 1 pad 1, tap-major weights
+//! (`cargo test --release --lib conv::tests::bench -- --ignored --nocapture`; best of 3 runs):
 //!   MEASURED
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 thread_local! {
-    // Grows to the largest tile this thread has seen and is then reused; tiles are sized to stay near L2.
+    // Grows to the largest tile this thread has run, then is reused.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -52,7 +53,7 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
-/// `dst[m x n] = (acc ? dst : 0) + scale * a[m x k] * b[k x n]`; `dst` has row stride `dst_rs`, unit column stride.
+/// `dst[m x n] = (acc ? dst : 0) + scale * a[m x k] * b[k x n]`, `dst` with row stride `dst_rs`.
 /// The views are bounds-checked here, which is what makes the unsafe GEMM call sound.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm(
@@ -68,51 +69,44 @@ pub(crate) fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        span(m, n, dst_rs, 1) <= dst.len(),
-        "sgemm: dst view out of bounds"
-    );
+    assert!(span(m, n, dst_rs, 1) <= dst.len(), "sgemm: dst out of bounds");
     if k == 0 {
         if !acc {
             (0..m).for_each(|r| dst[r * dst_rs..r * dst_rs + n].fill(0.0));
         }
         return;
     }
-    assert!(
-        span(m, k, a.rs, a.cs) <= a.data.len(),
-        "sgemm: lhs view out of bounds"
-    );
-    assert!(
-        span(k, n, b.rs, b.cs) <= b.data.len(),
-        "sgemm: rhs view out of bounds"
-    );
-    // SAFETY: all three views lie inside their slices (checked above) and `dst` is a unique borrow.
+    assert!(span(m, k, a.rs, a.cs) <= a.data.len(), "sgemm: lhs out of bounds");
+    assert!(span(k, n, b.rs, b.cs) <= b.data.len(), "sgemm: rhs out of bounds");
+    let (d, ap, bp) = (dst.as_mut_ptr(), a.data.as_ptr(), b.data.as_ptr());
+    let (ars, acs, brs, bcs) = (a.rs as isize, a.cs as isize, b.rs as isize, b.cs as isize);
+    // SAFETY: all three views lie inside their slices (checked above); `dst` is a unique borrow.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            d,
             1,
             dst_rs as isize,
             acc,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
+            ap,
+            acs,
+            ars,
+            bp,
+            bcs,
+            brs,
             1.0,
             scale,
             false,
             false,
             false,
             par,
-        );
-    }
+        )
+    };
 }
 
-/// Raw pointer so rayon tasks can write disjoint parts of one output slice.
+/// Raw pointer so rayon tasks can write disjoint parts of one slice.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
@@ -125,27 +119,18 @@ impl SendPtr {
     }
 }
 
-/// Copies a torch `(c_out, c_in, kh, kw)` weight into tap-major `(kh * kw, c_out, c_in)` order (do it once, at load):
-/// every tap is then a contiguous row-major matrix that the GEMM streams without repacking it on every call.
-pub fn tap_major_weights(
-    weight: &[f32],
-    c_out: usize,
-    c_in: usize,
-    kh: usize,
-    kw: usize,
-) -> Vec<f32> {
+/// Copies a torch `(c_out, c_in, kh, kw)` weight to tap-major `(kh * kw, c_out, c_in)` order
+/// (once, at load): every tap is then a contiguous row-major matrix that the GEMM streams as it
+/// is, instead of repacking a strided one on every call.
+pub fn tap_major_weights(w: &[f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Vec<f32> {
     let taps = kh * kw;
-    assert_eq!(
-        weight.len(),
-        c_out * c_in * taps,
-        "tap_major_weights: weight length"
-    );
-    let mut t = vec![0.0f32; weight.len()];
+    assert_eq!(w.len(), c_out * c_in * taps, "tap_major_weights: weight length");
+    let mut t = vec![0.0f32; w.len()];
     let ptr = SendPtr(t.as_mut_ptr());
     (0..c_out).into_par_iter().for_each(|co| {
         for ci in 0..c_in {
-            for (tap, &v) in weight[(co * c_in + ci) * taps..][..taps].iter().enumerate() {
-                // SAFETY: index < taps * c_out * c_in = t.len(); each (tap, co, ci) is written by one task.
+            for (tap, &v) in w[(co * c_in + ci) * taps..][..taps].iter().enumerate() {
+                // SAFETY: in bounds (< taps * c_out * c_in); each index is written by one task.
                 unsafe { *ptr.get().add((tap * c_out + co) * c_in + ci) = v };
             }
         }
@@ -153,8 +138,8 @@ pub fn tap_major_weights(
     t
 }
 
-/// A conv weight as the GEMM reads it: tap `t` is the (c_out x c_in) matrix at `data[t * tap_stride..]` with row
-/// stride `rs` and column stride `cs`.
+/// A conv weight as the GEMM reads it: tap `t` is the (c_out x c_in) matrix at
+/// `data[t * tap_stride..]` with row stride `rs` and column stride `cs`.
 #[derive(Clone, Copy)]
 pub struct ConvWeights<'a> {
     data: &'a [f32],
@@ -168,16 +153,17 @@ pub struct ConvWeights<'a> {
 }
 
 impl<'a> ConvWeights<'a> {
-    /// The torch `(c_out, c_in, kh, kw)` layout read in place. Its taps are strided, so every GEMM call repacks them:
-    /// measured 5% slower than `tap_major` at 256x256 and 30% slower at 16x16 (identical for 1x1 kernels).
-    pub fn torch(weight: &'a [f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Self {
+    /// The torch `(c_out, c_in, kh, kw)` layout in place. Its taps are strided, so every GEMM
+    /// call repacks them: slower than `tap_major` by ~5% at 256x256 and ~30% at 16x16.
+    pub fn torch(data: &'a [f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Self {
         let taps = kh * kw;
-        assert_eq!(weight.len(), c_out * c_in * taps, "conv weight length");
+        assert_eq!(data.len(), c_out * c_in * taps, "conv weight length");
+        let (tap_stride, rs, cs) = (1, c_in * taps, taps);
         ConvWeights {
-            data: weight,
-            tap_stride: 1,
-            rs: c_in * taps,
-            cs: taps,
+            data,
+            tap_stride,
+            rs,
+            cs,
             c_out,
             c_in,
             kh,
@@ -188,11 +174,12 @@ impl<'a> ConvWeights<'a> {
     /// Data from `tap_major_weights`.
     pub fn tap_major(data: &'a [f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Self {
         assert_eq!(data.len(), c_out * c_in * kh * kw, "conv weight length");
+        let (tap_stride, rs, cs) = (c_out * c_in, c_in, 1);
         ConvWeights {
             data,
-            tap_stride: c_out * c_in,
-            rs: c_in,
-            cs: 1,
+            tap_stride,
+            rs,
+            cs,
             c_out,
             c_in,
             kh,
@@ -202,11 +189,8 @@ impl<'a> ConvWeights<'a> {
 
     /// Rows `co0 ..` of tap `tap` as a GEMM operand.
     fn tap(&self, tap: usize, co0: usize) -> Mat<'a> {
-        mat(
-            &self.data[tap * self.tap_stride + co0 * self.rs..],
-            self.rs,
-            self.cs,
-        )
+        let start = tap * self.tap_stride + co0 * self.rs;
+        mat(&self.data[start..], self.rs, self.cs)
     }
 }
 
@@ -221,12 +205,13 @@ pub enum Epilogue<'a> {
     Accumulate,
 }
 
-// GEMM columns per tile: enough to amortise the microkernel's edges, small enough that planes and accumulator of a
-// 128-channel tile stay within the 1 MiB L2 of one core.
+// GEMM columns per tile: enough to amortise the microkernel's edges, few enough that the planes
+// and accumulator of a 128-channel tile stay within one core's 1 MiB L2.
 const TILE_COLS: usize = 1024;
 
-/// Work split of one conv: `row_tiles` tiles of `rows` output rows per image, times `co_blocks` blocks of output
-/// channels. Channels are split only when rows alone cannot feed every thread, as splitting repeats plane building.
+/// Work split: `row_tiles` tiles of `rows` output rows per image, times `co_blocks` blocks of
+/// output channels. Channels are split only when row tiles alone cannot feed the threads, since
+/// every block rebuilds the tile's planes.
 #[derive(Clone, Copy, Debug)]
 struct Tiling {
     rows: usize,
@@ -253,6 +238,52 @@ fn tiling(n: usize, oh: usize, wq: usize, c_out: usize) -> Tiling {
     }
 }
 
+/// One unit of parallel work: output rows `oy0 .. oy0 + rows`, channels `co0 .. co0 + cos`.
+#[derive(Clone, Copy)]
+struct Tile {
+    img: usize,
+    oy0: usize,
+    rows: usize,
+    co0: usize,
+    cos: usize,
+}
+
+/// Runs `f(tile, output image of that tile, scratch)` over all tiles in parallel; `oh` counts the
+/// tiling's rows, `img_out` the elements of one output image.
+fn par_tiles(
+    t: Tiling,
+    (n, oh, c_out): (usize, usize, usize),
+    out: &mut [f32],
+    scratch: usize,
+    f: impl Fn(Tile, &mut [f32], &mut [f32]) + Sync,
+) {
+    let img_out = out.len() / n;
+    let (out_ptr, out_len) = (SendPtr(out.as_mut_ptr()), out.len());
+    let per_img = t.row_tiles * t.co_blocks;
+    (0..n * per_img).into_par_iter().for_each(|item| {
+        let (img, rest) = (item / per_img, item % per_img);
+        let (oy0, co0) = ((rest / t.co_blocks) * t.rows, (rest % t.co_blocks) * t.co_block);
+        let (rows, cos) = (t.rows.min(oh - oy0), t.co_block.min(c_out - co0));
+        // SAFETY: `out` stays mutably borrowed for the whole loop, and the callers write only
+        // the rows and channels of their own tile, which no other task touches.
+        let all = unsafe { std::slice::from_raw_parts_mut(out_ptr.get(), out_len) };
+        let oi = &mut all[img * img_out..][..img_out];
+        with_scratch(scratch, |buf| {
+            f(
+                Tile {
+                    img,
+                    oy0,
+                    rows,
+                    co0,
+                    cos,
+                },
+                oi,
+                buf,
+            )
+        });
+    });
+}
+
 struct Geom {
     c_in: usize,
     h: usize,
@@ -260,28 +291,22 @@ struct Geom {
     s: usize,
     top: usize,
     left: usize,
-    /// phases per axis actually read by some tap
+    /// phases per axis that some tap reads
     ny: usize,
     nx: usize,
     /// plane row width: output columns plus what the widest tap reaches beyond them
     wq: usize,
 }
 
-/// Fills the polyphase planes for output rows `oy0 ..` of one image:
-/// `planes[py][px][ci][r][j] = xpad[ci][(oy0 + r) * s + py][j * s + px]`, `plane_rows` rows each.
+/// Fills the polyphase planes for output rows `oy0 ..` of one image, `plane_rows` rows each:
+/// `planes[py][px][ci][r][j] = xpad[ci][(oy0 + r) * s + py][j * s + px]`.
 fn fill_planes(g: &Geom, x: &[f32], oy0: usize, plane_rows: usize, planes: &mut [f32]) {
     let (s, wq) = (g.s, g.wq);
     let plane = plane_rows * wq;
     for py in 0..g.ny {
         for px in 0..g.nx {
             // plane columns [j0, j1) land inside the unpadded image
-            let first_in = |edge: usize| {
-                if px >= edge {
-                    0
-                } else {
-                    (edge - px).div_ceil(s)
-                }
-            };
+            let first_in = |edge: usize| if px >= edge { 0 } else { (edge - px).div_ceil(s) };
             let j0 = first_in(g.left).min(wq);
             let j1 = first_in(g.left + g.w).clamp(j0, wq);
             let base = (py * g.nx + px) * g.c_in * plane;
@@ -290,7 +315,7 @@ fn fill_planes(g: &Geom, x: &[f32], oy0: usize, plane_rows: usize, planes: &mut 
                 for r in 0..plane_rows {
                     let row = &mut planes[base + ci * plane + r * wq..][..wq];
                     let yy = (oy0 + r) * s + py;
-                    if yy < g.top || yy - g.top >= g.h {
+                    if yy < g.top || yy - g.top >= g.h || j0 == j1 {
                         row.fill(0.0);
                         continue;
                     }
@@ -298,15 +323,11 @@ fn fill_planes(g: &Geom, x: &[f32], oy0: usize, plane_rows: usize, planes: &mut 
                     row[..j0].fill(0.0);
                     row[j1..].fill(0.0);
                     let x0 = j0 * s + px - g.left;
-                    if j0 == j1 {
-                        continue;
-                    } else if s == 1 {
+                    if s == 1 {
                         row[j0..j1].copy_from_slice(&src[x0..x0 + (j1 - j0)]);
                     } else {
-                        row[j0..j1]
-                            .iter_mut()
-                            .zip(src[x0..].iter().step_by(s))
-                            .for_each(|(d, &v)| *d = v);
+                        let src = src[x0..].iter().step_by(s);
+                        row[j0..j1].iter_mut().zip(src).for_each(|(d, &v)| *d = v);
                     }
                 }
             }
@@ -314,47 +335,13 @@ fn fill_planes(g: &Geom, x: &[f32], oy0: usize, plane_rows: usize, planes: &mut 
     }
 }
 
-/// Writes `rows` rows (width `ow`, stride `wq` in `acc`) of channels `co0 ..` into the image `oi` at row `oy0`.
-#[allow(clippy::too_many_arguments)]
-fn write_rows(
-    acc: &[f32],
-    acc_rs: usize,
-    wq: usize,
-    (co0, cos): (usize, usize),
-    (oy0, rows): (usize, usize),
-    (oh, ow): (usize, usize),
-    bias: Option<&[f32]>,
-    ep: Epilogue,
-    oi: &mut [f32],
-) {
-    for c in 0..cos {
-        let b = bias.map_or(0.0, |b| b[co0 + c]);
-        for ry in 0..rows {
-            let src = &acc[c * acc_rs + ry * wq..][..ow];
-            let o = (co0 + c) * oh * ow + (oy0 + ry) * ow;
-            let dst = &mut oi[o..o + ow];
-            match ep {
-                Epilogue::Set => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b),
-                Epilogue::Accumulate => dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v + b),
-                Epilogue::Residual(r) => {
-                    let r = &r[o..o + ow];
-                    dst.iter_mut()
-                        .zip(src)
-                        .zip(r)
-                        .for_each(|((d, &v), &r)| *d = v + b + r)
-                }
-            }
-        }
-    }
-}
-
-/// Convolution with prepared weights and an explicit epilogue; the general entry point behind `conv2d*`.
-/// x: (n, c_in, h, w) with c_in = weights.c_in; pad = [top, bottom, left, right]; out: (n, c_out, oh, ow).
+/// Convolution with prepared weights and an explicit epilogue; the entry point behind `conv2d*`.
+/// x: (n, c_in, h, w); pad = [top, bottom, left, right]; out: (n, c_out, oh, ow).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_with(
     x: &[f32],
     (n, h, w): (usize, usize, usize),
-    weights: ConvWeights,
+    wt: ConvWeights,
     bias: Option<&[f32]>,
     stride: usize,
     pad: [usize; 4],
@@ -362,21 +349,13 @@ pub fn conv2d_with(
     out: &mut [f32],
 ) {
     let ConvWeights {
-        c_out,
-        c_in,
-        kh,
-        kw,
-        ..
-    } = weights;
-    let [top, bottom, left, right] = pad;
-    let s = stride;
-    assert!(
-        s >= 1 && kh >= 1 && kw >= 1,
-        "conv2d: kernel and stride must be positive"
-    );
+        c_out, c_in, kh, kw, ..
+    } = wt;
+    let ([top, bottom, left, right], s) = (pad, stride);
+    assert!(s >= 1 && kh >= 1 && kw >= 1, "conv2d: zero kernel or stride");
     assert!(
         h + top + bottom >= kh && w + left + right >= kw,
-        "conv2d: kernel larger than padded input"
+        "conv2d: kernel exceeds input"
     );
     let oh = (h + top + bottom - kh) / s + 1;
     let ow = (w + left + right - kw) / s + 1;
@@ -389,6 +368,7 @@ pub fn conv2d_with(
     if out.is_empty() {
         return;
     }
+    let (ny, nx, wq) = (s.min(kh), s.min(kw), ow + (kw - 1) / s);
     let g = Geom {
         c_in,
         h,
@@ -396,83 +376,58 @@ pub fn conv2d_with(
         s,
         top,
         left,
-        ny: s.min(kh),
-        nx: s.min(kw),
-        wq: ow + (kw - 1) / s,
+        ny,
+        nx,
+        wq,
     };
-    let wq = g.wq;
     let t = tiling(n, oh, wq, c_out);
     let plane_rows = t.rows + (kh - 1) / s;
     let plane = plane_rows * wq;
-    let planes_len = g.ny * g.nx * c_in * plane;
-    let acc_rs = t.rows * wq;
-    let (img_in, img_out) = (c_in * h * w, c_out * oh * ow);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let out_len = out.len();
+    let planes_len = ny * nx * c_in * plane;
+    let (acc_rs, img_in, img_out) = (t.rows * wq, c_in * h * w, c_out * oh * ow);
+    let scratch = planes_len + t.co_block * acc_rs;
 
-    (0..n * t.row_tiles * t.co_blocks)
-        .into_par_iter()
-        .for_each(|item| {
-            let (img, rest) = (
-                item / (t.row_tiles * t.co_blocks),
-                item % (t.row_tiles * t.co_blocks),
-            );
-            let oy0 = (rest / t.co_blocks) * t.rows;
-            let co0 = (rest % t.co_blocks) * t.co_block;
-            let (rows, cos) = (t.rows.min(oh - oy0), t.co_block.min(c_out - co0));
-            let xi = &x[img * img_in..][..img_in];
-            // SAFETY: this task writes only rows oy0..oy0+rows of channels co0..co0+cos of image `img`, which no other
-            // task touches, and `out` stays mutably borrowed for the whole parallel loop.
-            let oi = unsafe {
-                &mut std::slice::from_raw_parts_mut(out_ptr.get(), out_len)[img * img_out..]
-                    [..img_out]
-            };
-            let ep = match ep {
-                Epilogue::Residual(r) => Epilogue::Residual(&r[img * img_out..][..img_out]),
-                other => other,
-            };
-            let ncols = (rows - 1) * wq + ow;
-            with_scratch(planes_len + cos * acc_rs, |buf| {
-                let (planes, acc) = buf.split_at_mut(planes_len);
-                fill_planes(&g, xi, oy0, plane_rows, planes);
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let tap = ky * kw + kx;
-                        let a = weights.tap(tap, co0);
-                        let ph = ((ky % s) * g.nx + kx % s) * c_in * plane;
-                        let b = &planes[ph + (ky / s) * wq + kx / s..];
-                        let b = mat(b, plane, 1);
-                        sgemm(
-                            (cos, ncols, c_in),
-                            acc,
-                            acc_rs,
-                            tap > 0,
-                            a,
-                            b,
-                            1.0,
-                            Parallelism::None,
-                        );
+    par_tiles(t, (n, oh, c_out), out, scratch, |tile, oi, buf| {
+        let Tile {
+            img,
+            oy0,
+            rows,
+            co0,
+            cos,
+        } = tile;
+        let (planes, acc) = buf.split_at_mut(planes_len);
+        fill_planes(&g, &x[img * img_in..][..img_in], oy0, plane_rows, planes);
+        let ncols = (rows - 1) * wq + ow;
+        for tap in 0..kh * kw {
+            let (ky, kx) = (tap / kw, tap % kw);
+            let ph = ((ky % s) * nx + kx % s) * c_in * plane;
+            let b = mat(&planes[ph + (ky / s) * wq + kx / s..], plane, 1);
+            let (a, first) = (wt.tap(tap, co0), tap == 0);
+            sgemm((cos, ncols, c_in), acc, acc_rs, !first, a, b, 1.0, Parallelism::None);
+        }
+        for c in 0..cos {
+            let b = bias.map_or(0.0, |b| b[co0 + c]);
+            for ry in 0..rows {
+                let src = &acc[c * acc_rs + ry * wq..][..ow];
+                let o = (co0 + c) * oh * ow + (oy0 + ry) * ow;
+                let dst = oi[o..o + ow].iter_mut().zip(src);
+                match ep {
+                    Epilogue::Set => dst.for_each(|(d, &v)| *d = v + b),
+                    Epilogue::Accumulate => dst.for_each(|(d, &v)| *d += v + b),
+                    Epilogue::Residual(r) => {
+                        let r = &r[img * img_out + o..][..ow];
+                        dst.zip(r).for_each(|((d, &v), &r)| *d = v + b + r)
                     }
                 }
-                write_rows(
-                    acc,
-                    acc_rs,
-                    wq,
-                    (co0, cos),
-                    (oy0, rows),
-                    (oh, ow),
-                    bias,
-                    ep,
-                    oi,
-                );
-            });
-        });
+            }
+        }
+    });
 }
 
-/// Cross-correlation like `torch.nn.Conv2d`. x: (n, c_in, h, w); weight: (c_out, c_in, kh, kw); bias: (c_out).
-/// `pad` = [top, bottom, left, right] zeros. Output (n, c_out, oh, ow), oh = (h + top + bottom - kh) / stride + 1.
-/// Reads the torch-layout weight in place; layers run repeatedly are faster with weights prepared once by
-/// `tap_major_weights` and passed to `conv2d_with` as `ConvWeights::tap_major`.
+/// Cross-correlation like `torch.nn.Conv2d`. x: (n, c_in, h, w); weight: (c_out, c_in, kh, kw);
+/// bias: (c_out). pad = [top, bottom, left, right] zeros. Output (n, c_out, oh, ow) with
+/// oh = (h + top + bottom - kh) / stride + 1. Reads the torch-layout weight in place; repeated
+/// layers are faster with `tap_major_weights` prepared once, through `conv2d_with`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     x: &[f32],
@@ -490,10 +445,10 @@ pub fn conv2d(
     out: &mut [f32],
 ) {
     let wt = ConvWeights::torch(weight, c_out, c_in, kh, kw);
-    conv2d_with(x, (n, h, w), &wt, bias, stride, pad, Epilogue::Set, out);
+    conv2d_with(x, (n, h, w), wt, bias, stride, pad, Epilogue::Set, out);
 }
 
-/// `out = conv2d(x) + residual` (the ResnetBlock's skip connection fused into its second conv).
+/// `out = conv2d(x) + residual`: the ResnetBlock's skip connection fused into its second conv.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_add(
     x: &[f32],
@@ -511,53 +466,45 @@ pub fn conv2d_add(
     residual: &[f32],
     out: &mut [f32],
 ) {
-    let wt = ConvWeights::torch(weight, c_out, c_in, kh, kw);
-    conv2d_with(
-        x,
-        (n, h, w),
-        &wt,
-        bias,
-        stride,
-        pad,
+    let (wt, ep) = (
+        ConvWeights::torch(weight, c_out, c_in, kh, kw),
         Epilogue::Residual(residual),
-        out,
     );
+    conv2d_with(x, (n, h, w), wt, bias, stride, pad, ep, out);
 }
 
-// Decoder Upsample = nearest x2 then 3x3 pad-1 conv, folded into four 2x2 convs of the low-resolution input.
+// Decoder Upsample = nearest x2 then 3x3 pad-1 conv, folded into four 2x2 convs of the input.
 //
-// With u(Y, X) = x(Y / 2, X / 2) (integer division) and out(Y, X) = sum_{ky,kx} W[ky][kx] * u(Y + ky - 1, X + kx - 1),
-// an even output row Y = 2y reads u rows 2y-1, 2y, 2y+1, i.e. x rows y-1, y, y: only two distinct input rows, with
-// row weights W[0] and W[1] + W[2]. An odd row Y = 2y+1 reads u rows 2y, 2y+1, 2y+2 = x rows y, y, y+1, giving
-// W[0] + W[1] and W[2]. Zero padding agrees too: u row -1 or 2h is x row -1 or h. Columns fold the same way, so
-// output phase (a, b) = (Y % 2, X % 2) is a 2x2 convolution of x padded by one pixel on every side, whose tap
-// (dy, dx) reads padded pixel (y + a + dy, x + b + dx) with weight sum over FOLD[a][dy] x FOLD[b][dx] of the 3x3
-// taps: 16 instead of 36 MACs per input pixel and channel pair.
+// With u(Y, X) = x(Y / 2, X / 2) (integer division) and
+// out(Y, X) = sum_{ky,kx} W[ky][kx] u(Y + ky - 1, X + kx - 1), an even output row Y = 2y reads
+// u rows 2y-1, 2y, 2y+1 = x rows y-1, y, y: only two distinct input rows, weighted W[0] and
+// W[1] + W[2]. An odd row Y = 2y+1 reads u rows 2y, 2y+1, 2y+2 = x rows y, y, y+1, weighted
+// W[0] + W[1] and W[2]. The zero padding agrees: u row -1 or 2h is x row -1 or h. Columns fold
+// the same way, so output phase (a, b) = (Y % 2, X % 2) is a 2x2 conv of x padded by one pixel
+// on every side: tap (dy, dx) reads padded pixel (y + a + dy, x + b + dx) with the sum of the
+// 3x3 taps in FOLD[a][dy] x FOLD[b][dx]. 16 MACs per input pixel and channel pair instead of 36.
 const FOLD: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
 
 /// Folds a 3x3 weight (c_out, c_in, 3, 3) into the phase kernels of `upsample_conv3x3`.
 /// Layout (a, b, dy, dx, c_out, c_in): 16 contiguous row-major (c_out, c_in) matrices.
 pub fn upsample_phase_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    assert_eq!(
-        weight.len(),
-        c_out * c_in * 9,
-        "upsample_phase_weights: weight length"
-    );
+    assert_eq!(weight.len(), c_out * c_in * 9, "upsample_phase_weights: weight length");
     let mut pw = vec![0.0f32; 16 * c_out * c_in];
     for (m, dstm) in pw.chunks_exact_mut(c_out * c_in).enumerate() {
         let (a, b, dy, dx) = (m >> 3, (m >> 2) & 1, (m >> 1) & 1, m & 1);
         for (d, wk) in dstm.iter_mut().zip(weight.chunks_exact(9)) {
-            *d = FOLD[a][dy]
+            let taps = FOLD[a][dy]
                 .iter()
-                .flat_map(|&ky| FOLD[b][dx].iter().map(move |&kx| wk[ky * 3 + kx]))
-                .sum();
+                .flat_map(|&ky| FOLD[b][dx].iter().map(move |&kx| (ky, kx)));
+            *d = taps.map(|(ky, kx)| wk[ky * 3 + kx]).sum();
         }
     }
     pw
 }
 
-/// Nearest-neighbour x2 upsample followed by a 3x3 stride-1 pad-1 conv, without materialising the upsampled image.
-/// x: (n, c_in, h, w); `phase_weights` from `upsample_phase_weights`; out: (n, c_out, 2h, 2w).
+/// Nearest-neighbour x2 upsample then a 3x3 stride-1 pad-1 conv, without materialising the
+/// upsampled image. x: (n, c_in, h, w); `phase_weights` from `upsample_phase_weights`;
+/// out: (n, c_out, 2h, 2w).
 #[allow(clippy::too_many_arguments)]
 pub fn upsample_conv3x3(
     x: &[f32],
@@ -570,22 +517,19 @@ pub fn upsample_conv3x3(
     c_out: usize,
     out: &mut [f32],
 ) {
+    let mat_len = c_out * c_in;
     assert_eq!(x.len(), n * c_in * h * w, "upsample_conv3x3: input length");
     assert_eq!(
         phase_weights.len(),
-        16 * c_out * c_in,
+        16 * mat_len,
         "upsample_conv3x3: phase weight length"
     );
     assert_eq!(bias.len(), c_out, "upsample_conv3x3: bias length");
-    assert_eq!(
-        out.len(),
-        n * c_out * 4 * h * w,
-        "upsample_conv3x3: output length"
-    );
+    assert_eq!(out.len(), n * c_out * 4 * h * w, "upsample_conv3x3: output length");
     if out.is_empty() {
         return;
     }
-    // the planes are exactly those of a 3x3 pad-1 conv over the low-resolution input
+    // the planes are those of a 3x3 pad-1 conv over the low-resolution input
     let g = Geom {
         c_in,
         h,
@@ -597,68 +541,62 @@ pub fn upsample_conv3x3(
         nx: 1,
         wq: w + 2,
     };
-    let wq = g.wq;
+    let (wq, ow) = (w + 2, 2 * w);
     let t = tiling(n, h, wq, c_out);
     let plane = (t.rows + 2) * wq;
-    let planes_len = c_in * plane;
-    let acc_rs = t.rows * wq;
-    let mat_len = c_out * c_in;
-    let (ow, img_out) = (2 * w, c_out * 4 * h * w);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let out_len = out.len();
+    let (planes_len, acc_rs) = (c_in * plane, t.rows * wq);
 
-    (0..n * t.row_tiles * t.co_blocks)
-        .into_par_iter()
-        .for_each(|item| {
-            let (img, rest) = (
-                item / (t.row_tiles * t.co_blocks),
-                item % (t.row_tiles * t.co_blocks),
-            );
-            let oy0 = (rest / t.co_blocks) * t.rows;
-            let co0 = (rest % t.co_blocks) * t.co_block;
-            let (rows, cos) = (t.rows.min(h - oy0), t.co_block.min(c_out - co0));
-            let xi = &x[img * c_in * h * w..][..c_in * h * w];
-            // SAFETY: this task writes only output rows 2*oy0 .. 2*(oy0+rows) of channels co0..co0+cos of image `img`.
-            let oi = unsafe {
-                &mut std::slice::from_raw_parts_mut(out_ptr.get(), out_len)[img * img_out..]
-                    [..img_out]
-            };
+    par_tiles(
+        t,
+        (n, h, c_out),
+        out,
+        planes_len + t.co_block * acc_rs,
+        |tile, oi, buf| {
+            let Tile {
+                img,
+                oy0,
+                rows,
+                co0,
+                cos,
+            } = tile;
+            let (planes, acc) = buf.split_at_mut(planes_len);
+            fill_planes(&g, &x[img * c_in * h * w..][..c_in * h * w], oy0, t.rows + 2, planes);
             let ncols = (rows - 1) * wq + w;
-            with_scratch(planes_len + cos * acc_rs, |buf| {
-                let (planes, acc) = buf.split_at_mut(planes_len);
-                fill_planes(&g, xi, oy0, t.rows + 2, planes);
-                for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                    for tap in 0..4 {
-                        let (dy, dx) = (tap >> 1, tap & 1);
-                        let wm = &phase_weights[((a * 2 + b) * 4 + tap) * mat_len + co0 * c_in..];
-                        let rhs = mat(&planes[(a + dy) * wq + b + dx..], plane, 1);
-                        sgemm(
-                            (cos, ncols, c_in),
-                            acc,
-                            acc_rs,
-                            tap > 0,
-                            mat(wm, c_in, 1),
-                            rhs,
-                            1.0,
-                            Parallelism::None,
-                        );
-                    }
-                    for c in 0..cos {
-                        let bias = bias[co0 + c];
-                        for ry in 0..rows {
-                            let src = &acc[c * acc_rs + ry * wq..][..w];
-                            let row =
-                                &mut oi[((co0 + c) * 2 * h + 2 * (oy0 + ry) + a) * ow..][..ow];
-                            row[b..]
-                                .iter_mut()
-                                .step_by(2)
-                                .zip(src)
-                                .for_each(|(d, &v)| *d = v + bias);
-                        }
+            for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                for tap in 0..4 {
+                    let (dy, dx) = (tap >> 1, tap & 1);
+                    let wm = mat(
+                        &phase_weights[((a * 2 + b) * 4 + tap) * mat_len + co0 * c_in..],
+                        c_in,
+                        1,
+                    );
+                    let rhs = mat(&planes[(a + dy) * wq + b + dx..], plane, 1);
+                    sgemm(
+                        (cos, ncols, c_in),
+                        acc,
+                        acc_rs,
+                        tap > 0,
+                        wm,
+                        rhs,
+                        1.0,
+                        Parallelism::None,
+                    );
+                }
+                for c in 0..cos {
+                    let bias = bias[co0 + c];
+                    for ry in 0..rows {
+                        let src = &acc[c * acc_rs + ry * wq..][..w];
+                        let row = &mut oi[((co0 + c) * 2 * h + 2 * (oy0 + ry) + a) * ow..][..ow];
+                        row[b..]
+                            .iter_mut()
+                            .step_by(2)
+                            .zip(src)
+                            .for_each(|(d, &v)| *d = v + bias);
                     }
                 }
-            });
-        });
+            }
+        },
+    );
 }
 
 #[cfg(test)]
@@ -666,30 +604,25 @@ mod tests {
     use super::*;
 
     /// Deterministic pseudo-random values in [-1, 1).
-    pub(crate) fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        (0..len).map(|_| next()).collect()
     }
 
-    pub(crate) fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
+    fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
         assert_eq!(got.len(), want.len());
-        let num: f64 = got
-            .iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).powi(2))
-            .sum();
+        let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
         let den: f64 = want.iter().map(|w| w * w).sum();
         (num / den.max(1e-300)).sqrt()
     }
 
-    /// One conv problem: (n, c_in, c_out, h, w, kh, kw, stride, pad).
+    /// One conv problem.
     #[derive(Clone, Copy, Debug)]
     struct Case {
         n: usize,
@@ -706,10 +639,8 @@ mod tests {
     impl Case {
         fn out_hw(&self) -> (usize, usize) {
             let p = self.pad;
-            (
-                (self.h + p[0] + p[1] - self.kh) / self.s + 1,
-                (self.w + p[2] + p[3] - self.kw) / self.s + 1,
-            )
+            let oh = (self.h + p[0] + p[1] - self.kh) / self.s + 1;
+            (oh, (self.w + p[2] + p[3] - self.kw) / self.s + 1)
         }
 
         /// Direct f64 loops over the definition of torch's Conv2d.
@@ -727,28 +658,19 @@ mod tests {
             } = *self;
             let (oh, ow) = self.out_hw();
             let mut out = vec![0f64; n * co * oh * ow];
-            for b in 0..n {
-                for o in 0..co {
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            let mut acc = bias.map_or(0.0, |bb| bb[o] as f64);
-                            for i in 0..ci {
-                                for ky in 0..kh {
-                                    for kx in 0..kw {
-                                        let iy = (oy * s + ky) as isize - pad[0] as isize;
-                                        let ix = (ox * s + kx) as isize - pad[2] as isize;
-                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
-                                        {
-                                            continue;
-                                        }
-                                        let xv = x
-                                            [((b * ci + i) * h + iy as usize) * w + ix as usize]
-                                            as f64;
-                                        acc += xv * wt[((o * ci + i) * kh + ky) * kw + kx] as f64;
-                                    }
-                                }
+            for (idx, o) in out.iter_mut().enumerate() {
+                let (b, oc, oy, ox) = (idx / (co * oh * ow), idx / (oh * ow) % co, idx / ow % oh, idx % ow);
+                *o = bias.map_or(0.0, |bb| bb[oc] as f64);
+                for i in 0..ci {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * s + ky) as isize - pad[0] as isize;
+                            let ix = (ox * s + kx) as isize - pad[2] as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
                             }
-                            out[((b * co + o) * oh + oy) * ow + ox] = acc;
+                            let xv = x[((b * ci + i) * h + iy as usize) * w + ix as usize];
+                            *o += xv as f64 * wt[((oc * ci + i) * kh + ky) * kw + kx] as f64;
                         }
                     }
                 }
@@ -757,8 +679,8 @@ mod tests {
         }
     }
 
+    /// (n, c_in, c_out, h, w)
     const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
-        // (n, c_in, c_out, h, w)
         (1, 1, 1, 1, 1),
         (1, 3, 5, 3, 5),
         (3, 5, 3, 6, 10),
@@ -772,7 +694,7 @@ mod tests {
 
     #[test]
     fn conv2d_matches_naive() {
-        let kernels: &[(usize, usize, usize, [usize; 4])] = &[
+        let kernels = [
             (3, 3, 1, [1, 1, 1, 1]),
             (1, 1, 1, [0; 4]),
             (3, 3, 2, [0, 1, 0, 1]),
@@ -781,7 +703,7 @@ mod tests {
             (3, 3, 3, [2, 2, 2, 2]),
         ];
         for (si, &(n, ci, co, h, w)) in SHAPES.iter().enumerate() {
-            for &(kh, kw, s, pad) in kernels {
+            for (kh, kw, s, pad) in kernels {
                 let c = Case {
                     n,
                     ci,
@@ -797,11 +719,8 @@ mod tests {
                     continue;
                 }
                 let seed = 10 * si as u64;
-                let (x, wt, b) = (
-                    rand_vec(n * ci * h * w, seed),
-                    rand_vec(co * ci * kh * kw, seed + 1),
-                    rand_vec(co, seed + 2),
-                );
+                let x = rand_vec(n * ci * h * w, seed);
+                let (wt, b) = (rand_vec(co * ci * kh * kw, seed + 1), rand_vec(co, seed + 2));
                 let want = c.naive(&x, &wt, Some(&b));
                 let mut out = vec![f32::NAN; want.len()];
                 conv2d(&x, n, ci, h, w, &wt, Some(&b), co, kh, kw, s, pad, &mut out);
@@ -810,41 +729,15 @@ mod tests {
 
                 let r = rand_vec(out.len(), seed + 3);
                 let want_r: Vec<f64> = want.iter().zip(&r).map(|(&a, &b)| a + b as f64).collect();
-                conv2d_add(
-                    &x,
-                    n,
-                    ci,
-                    h,
-                    w,
-                    &wt,
-                    Some(&b),
-                    co,
-                    kh,
-                    kw,
-                    s,
-                    pad,
-                    &r,
-                    &mut out,
-                );
+                conv2d_add(&x, n, ci, h, w, &wt, Some(&b), co, kh, kw, s, pad, &r, &mut out);
                 assert!(rel_l2(&out, &want_r) < 1e-6, "conv2d_add {c:?}");
-                let mut acc = r.clone();
-                let tm = tap_major_weights(&wt, co, ci, kh, kw);
+                let (tm, mut acc) = (tap_major_weights(&wt, co, ci, kh, kw), r.clone());
                 let cw = ConvWeights::tap_major(&tm, co, ci, kh, kw);
-                conv2d_with(
-                    &x,
-                    (n, h, w),
-                    cw,
-                    Some(&b),
-                    s,
-                    pad,
-                    Epilogue::Accumulate,
-                    &mut acc,
-                );
+                conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Accumulate, &mut acc);
                 assert!(rel_l2(&acc, &want_r) < 1e-6, "accumulate {c:?}");
 
-                let want_nb = c.naive(&x, &wt, None);
                 conv2d(&x, n, ci, h, w, &wt, None, co, kh, kw, s, pad, &mut out);
-                assert!(rel_l2(&out, &want_nb) < 1e-6, "no bias {c:?}");
+                assert!(rel_l2(&out, &c.naive(&x, &wt, None)) < 1e-6, "no bias {c:?}");
             }
         }
     }
@@ -865,38 +758,22 @@ mod tests {
         assert_eq!(c.out_hw(), (4, 3));
         let (x, wt) = (rand_vec(2 * 8 * 6, 7), rand_vec(2 * 2 * 9, 8));
         let mut out = vec![0.0; 2 * 4 * 3];
-        conv2d(
-            &x,
-            1,
-            2,
-            8,
-            6,
-            &wt,
-            None,
-            2,
-            3,
-            3,
-            2,
-            [0, 1, 0, 1],
-            &mut out,
-        );
+        conv2d(&x, 1, 2, 8, 6, &wt, None, 2, 3, 3, 2, [0, 1, 0, 1], &mut out);
         assert!(rel_l2(&out, &c.naive(&x, &wt, None)) < 1e-6);
     }
 
     #[test]
     fn tiling_covers_everything() {
-        for &(n, oh, wq, co) in &[
+        let cases = [
             (1, 256, 258, 128),
             (1, 16, 18, 512),
             (3, 7, 9, 33),
             (1, 1, 3, 1),
             (2, 32, 34, 256),
-        ] {
+        ];
+        for (n, oh, wq, co) in cases {
             let t = tiling(n, oh, wq, co);
-            assert!(
-                t.rows * t.row_tiles >= oh && (t.row_tiles - 1) * t.rows < oh,
-                "{t:?}"
-            );
+            assert!(t.rows * t.row_tiles >= oh && (t.row_tiles - 1) * t.rows < oh, "{t:?}");
             assert!(
                 t.co_block * t.co_blocks >= co && (t.co_blocks - 1) * t.co_block < co,
                 "{t:?}"
@@ -908,17 +785,12 @@ mod tests {
     fn upsample_conv_matches_naive() {
         for (si, &(n, ci, co, h, w)) in SHAPES.iter().enumerate() {
             let seed = 100 + 10 * si as u64;
-            let (x, wt, b) = (
-                rand_vec(n * ci * h * w, seed),
-                rand_vec(co * ci * 9, seed + 1),
-                rand_vec(co, seed + 2),
-            );
+            let x = rand_vec(n * ci * h * w, seed);
+            let (wt, b) = (rand_vec(co * ci * 9, seed + 1), rand_vec(co, seed + 2));
             let (uh, uw) = (2 * h, 2 * w);
-            let mut up = vec![0f32; n * ci * uh * uw];
-            for (i, u) in up.iter_mut().enumerate() {
-                let (p, y, xx) = (i / (uh * uw), i / uw % uh, i % uw);
-                *u = x[(p * h + y / 2) * w + xx / 2];
-            }
+            let up: Vec<f32> = (0..n * ci * uh * uw)
+                .map(|i| x[(i / (uh * uw) * h + i / uw % uh / 2) * w + i % uw / 2])
+                .collect();
             let c = Case {
                 n,
                 ci,
@@ -939,26 +811,16 @@ mod tests {
         }
     }
 
-    /// Process CPU seconds (user + system) from /proc; the dev box is shared, so wall time alone misleads.
+    /// Process CPU seconds from /proc: on the shared dev box wall time alone misleads.
     fn cpu_seconds() -> f64 {
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let tick = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (tick(11) + tick(12)) / 100.0
+        let tail = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<f64> = tail.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+        (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
     }
 
-    /// (wall seconds, CPU seconds) per call.
-    pub(crate) fn time(f: &mut dyn FnMut()) -> (f64, f64) {
+    /// Prints wall-clock GFLOP/s of `f`, and what its CPU time implies for an idle machine.
+    fn bench_one(name: &str, flops: f64, f: &mut dyn FnMut()) {
         f();
         let (t, c) = (std::time::Instant::now(), cpu_seconds());
         let mut reps = 0;
@@ -966,21 +828,11 @@ mod tests {
             f();
             reps += 1;
         }
-        (
-            t.elapsed().as_secs_f64() / reps as f64,
-            (cpu_seconds() - c) / reps as f64,
-        )
-    }
-
-    /// GFLOP/s on the wall clock, and what the CPU time implies for an otherwise idle machine.
-    pub(crate) fn report(name: &str, flops: f64, (wall, cpu): (f64, f64)) {
-        let threads = rayon::current_num_threads() as f64;
-        let idle = flops * threads / cpu.max(1e-9) / 1e9;
-        println!(
-            "{name}: {:.2} ms, {:.1} GFLOP/s wall, ~{idle:.1} if idle",
-            wall * 1e3,
-            flops / wall / 1e9
-        );
+        let wall = t.elapsed().as_secs_f64() / reps as f64;
+        let cpu = (cpu_seconds() - c) / reps as f64;
+        let idle = flops * rayon::current_num_threads() as f64 / cpu.max(1e-9) / 1e9;
+        let gf = flops / wall / 1e9;
+        println!("{name}: {:.2} ms, {gf:.1} GFLOP/s wall, ~{idle:.1} if idle", wall * 1e3);
     }
 
     /// `cargo test --release --lib conv::tests::bench -- --ignored --nocapture`
@@ -990,72 +842,47 @@ mod tests {
         let (m, k, nn) = (512, 4608, 1024);
         let (a, b, mut d) = (rand_vec(m * k, 1), rand_vec(k * nn, 2), vec![0.0; m * nn]);
         let (a, b, par) = (mat(&a, k, 1), mat(&b, nn, 1), Parallelism::Rayon(0));
-        let t = time(&mut || sgemm((m, nn, k), &mut d, nn, false, a, b, 1.0, par));
-        report(
-            &format!("plain gemm {m}x{k}x{nn}"),
-            2.0 * (m * nn * k) as f64,
-            t,
-        );
-        let (s1, s2) = ([1; 4], [0, 1, 0, 1]);
-        for (ci, co, hw, k, s, pad) in [
-            (128, 128, 256, 3, 1, s1),
-            (256, 256, 64, 3, 1, s1),
-            (512, 512, 16, 3, 1, s1),
-            (512, 512, 32, 3, 1, s1),
-            (3, 128, 256, 3, 1, s1),
-            (128, 3, 256, 3, 1, s1),
-            (128, 128, 256, 3, 2, s2),
-            (256, 256, 32, 3, 2, s2),
-            (256, 128, 256, 1, 1, [0; 4]),
-            (512, 512, 16, 1, 1, [0; 4]),
+        let flops = 2.0 * (m * nn * k) as f64;
+        bench_one("plain gemm 512x4608x1024", flops, &mut || {
+            sgemm((m, nn, k), &mut d, nn, false, a, b, 1.0, par)
+        });
+        let (p1, p2, p0) = ([1; 4], [0, 1, 0, 1], [0; 4]);
+        for (ci, co, hw, k, s, pad, torch) in [
+            (128, 128, 256, 3, 1, p1, false),
+            (256, 256, 64, 3, 1, p1, false),
+            (512, 512, 16, 3, 1, p1, false),
+            (512, 512, 32, 3, 1, p1, false),
+            (128, 128, 256, 3, 1, p1, true),
+            (512, 512, 16, 3, 1, p1, true),
+            (3, 128, 256, 3, 1, p1, false),
+            (128, 3, 256, 3, 1, p1, false),
+            (128, 128, 256, 3, 2, p2, false),
+            (256, 128, 128, 1, 1, p0, false),
         ] {
-            let x = rand_vec(ci * hw * hw, 1);
-            let tm = tap_major_weights(&rand_vec(co * ci * k * k, 2), co, ci, k, k);
-            let wt = ConvWeights::tap_major(&tm, co, ci, k, k);
+            let (x, w) = (rand_vec(ci * hw * hw, 1), rand_vec(co * ci * k * k, 2));
+            let tm = tap_major_weights(&w, co, ci, k, k);
+            let wt = match torch {
+                true => ConvWeights::torch(&w, co, ci, k, k),
+                false => ConvWeights::tap_major(&tm, co, ci, k, k),
+            };
             let bias = rand_vec(co, 3);
             let o = (hw + pad[0] + pad[1] - k) / s + 1;
             let mut out = vec![0.0; co * o * o];
-            let ep = Epilogue::Set;
-            let t =
-                time(&mut || conv2d_with(&x, (1, hw, hw), wt, Some(&bias), s, pad, ep, &mut out));
-            let name = format!("conv{k}x{k}/s{s} {ci}->{co} {hw}x{hw}");
-            report(&name, 2.0 * (ci * co * k * k * o * o) as f64, t);
-        }
-        for (c, hw) in [(512, 16), (128, 256)] {
-            let (x, wt, b) = (
-                rand_vec(c * hw * hw, 1),
-                rand_vec(c * c * 9, 2),
-                rand_vec(c, 3),
-            );
-            let mut out = vec![0.0; c * hw * hw];
-            let t = time(&mut || {
-                conv2d(
-                    &x,
-                    1,
-                    c,
-                    hw,
-                    hw,
-                    &wt,
-                    Some(&b),
-                    c,
-                    3,
-                    3,
-                    1,
-                    [1; 4],
-                    &mut out,
-                )
+            let layout = if torch { "torch layout" } else { "tap-major" };
+            let name = format!("conv{k}x{k}/s{s} {ci}->{co} {hw}x{hw} ({layout})");
+            let flops = 2.0 * (ci * co * k * k * o * o) as f64;
+            bench_one(&name, flops, &mut || {
+                conv2d_with(&x, (1, hw, hw), wt, Some(&bias), s, pad, Epilogue::Set, &mut out)
             });
-            let name = format!("conv2d (torch layout weights) {c} {hw}x{hw}");
-            report(&name, 2.0 * (c * c * 9 * hw * hw) as f64, t);
         }
         for (c, hw) in [(128, 128), (256, 64), (512, 16)] {
-            let x = rand_vec(c * hw * hw, 1);
+            let (x, b) = (rand_vec(c * hw * hw, 1), rand_vec(c, 3));
             let pw = upsample_phase_weights(&rand_vec(c * c * 9, 2), c, c);
-            let b = rand_vec(c, 3);
             let mut out = vec![0.0; c * 4 * hw * hw];
-            let t = time(&mut || upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out));
             let name = format!("upsample+conv3x3 {c} {hw}->{} (as 3x3 conv flops)", 2 * hw);
-            report(&name, 2.0 * (c * c * 9 * 4 * hw * hw) as f64, t);
+            bench_one(&name, 2.0 * (c * c * 9 * 4 * hw * hw) as f64, &mut || {
+                upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out)
+            });
         }
     }
 }
