@@ -17,7 +17,7 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub vq: VqArgs,
     /// Class id to generate (repeatable); images cycle through the given classes, or through all classes if none.
-    #[arg(long = "class")]
+    #[arg(long = "class", allow_negative_numbers = true)]
     pub classes: Vec<i64>,
     /// Number of images.
     #[arg(long)]
@@ -29,19 +29,19 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub caption_mask: Option<PathBuf>,
     /// Classifier-free guidance scale (guidance is on only when > 1).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
     pub cfg_scale: f32,
     /// Turn guidance off for decode iterations i > this value (-1: always on).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub cfg_interval: i64,
     /// Sampling temperature (0 is clamped to 1e-5, i.e. near-greedy).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep the k most likely tokens (ties with the k-th kept); 0 = all.
     #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
     pub top_k: i64,
     /// Nucleus sampling threshold in (0, 1]; 1 = off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Run seed; image i draws from its own stream (seed, i), independent of batch size and sharding.
     #[arg(long, default_value_t = 0)]
@@ -144,6 +144,21 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let downsample = vq_cfg.as_ref().map(|c| c.downsample()).unwrap_or(16);
     let cfg = args::gpt_config(&a.gpt, downsample)?;
+    if let Some(v) = &vq_cfg {
+        if cfg.vocab_size > v.codebook_size {
+            let vq_name = match (&a.vq.vq_config, &a.vq.vq_model, &a.vq.vq) {
+                (Some(p), _, _) | (None, None, Some(p)) => p.display().to_string(),
+                (None, Some(m), _) => m.clone(),
+                _ => "--vq".into(),
+            };
+            bail!(
+                "the GPT's vocab_size {} is larger than the VQ tokenizer's codebook_size {} ({vq_name}): \
+                 they must belong together",
+                cfg.vocab_size,
+                v.codebook_size
+            );
+        }
+    }
     let captions = read_captions(&a, cfg.cls_token_num, cfg.caption_dim)?;
     match cfg.model_type {
         ModelType::C2i => {

@@ -97,6 +97,9 @@ fn read_tokens(path: &Path) -> Result<(usize, usize, usize, Vec<u32>)> {
 }
 
 pub fn decode(a: DecodeArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     let (b, h, w, ids) = read_tokens(&a.tokens)?;
     let mut vq = args::vq_runner(&a.vq, false, args::Device::Cpu)?;
     if let Some((i, t)) = ids

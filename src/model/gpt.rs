@@ -361,7 +361,19 @@ impl GptRunner {
         cond: &Condition,
         image_index: &[u64],
         seed: u64,
-        mut on_token: impl FnMut(usize),
+        on_token: impl FnMut(usize) + Send,
+    ) -> Result<Vec<Vec<u32>>> {
+        // Drive the loop from a pool worker: the ops' parallel jobs then go to its own deque instead of the global
+        // injector, which costs a wake-up per op and a heap block per ~60 jobs.
+        rayon::scope(|_| self.generate_in_pool(cond, image_index, seed, on_token))
+    }
+
+    fn generate_in_pool(
+        &mut self,
+        cond: &Condition,
+        image_index: &[u64],
+        seed: u64,
+        mut on_token: impl FnMut(usize) + Send,
     ) -> Result<Vec<Vec<u32>>> {
         let b = cond.len(&self.cfg);
         if image_index.len() != b {

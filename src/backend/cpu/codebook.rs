@@ -33,11 +33,7 @@ pub fn codebook_lookup(
 ) -> Result<(), usize> {
     let hw = h * w;
     assert_eq!(codes.len(), n * hw, "codebook_lookup: code count");
-    assert_eq!(
-        codebook.len(),
-        size * dim,
-        "codebook_lookup: codebook length"
-    );
+    assert_eq!(codebook.len(), size * dim, "codebook_lookup: codebook length");
     assert_eq!(out.len(), n * dim * hw, "codebook_lookup: output length");
     if let Some(pos) = codes.iter().position(|&c| c as usize >= size) {
         return Err(pos);
@@ -108,10 +104,7 @@ pub fn quantize(
     );
     // the gather is the decode lookup of the chosen indices
     if let Err(pos) = codebook_lookup(indices, codebook, size, dim, n, h, w, zq) {
-        unreachable!(
-            "quantize chose index {} of a {size}-row codebook",
-            indices[pos]
-        );
+        unreachable!("quantize chose index {} of a {size}-row codebook", indices[pos]);
     }
 }
 
@@ -151,21 +144,11 @@ mod tests {
 
     #[test]
     fn lookup_layout_and_errors() {
-        for &(n, dim, h, w, size) in &[
-            (1, 1, 1, 1, 1),
-            (1, 8, 3, 5, 17),
-            (3, 5, 7, 7, 4),
-            (2, 33, 2, 3, 9),
-        ] {
+        for &(n, dim, h, w, size) in &[(1, 1, 1, 1, 1), (1, 8, 3, 5, 17), (3, 5, 7, 7, 4), (2, 33, 2, 3, 9)] {
             let cb = rand_vec(size * dim, 1);
-            let codes: Vec<u32> = (0..n * h * w)
-                .map(|i| ((i * 7 + 3) % size) as u32)
-                .collect();
+            let codes: Vec<u32> = (0..n * h * w).map(|i| ((i * 7 + 3) % size) as u32).collect();
             let mut out = vec![f32::NAN; n * dim * h * w];
-            assert_eq!(
-                codebook_lookup(&codes, &cb, size, dim, n, h, w, &mut out),
-                Ok(())
-            );
+            assert_eq!(codebook_lookup(&codes, &cb, size, dim, n, h, w, &mut out), Ok(()));
             for img in 0..n {
                 for y in 0..h {
                     for x in 0..w {
@@ -179,21 +162,13 @@ mod tests {
             let mut bad = codes.clone();
             let last = bad.len() - 1;
             bad[last] = size as u32;
-            assert_eq!(
-                codebook_lookup(&bad, &cb, size, dim, n, h, w, &mut out),
-                Err(last)
-            );
+            assert_eq!(codebook_lookup(&bad, &cb, size, dim, n, h, w, &mut out), Err(last));
         }
     }
 
     #[test]
     fn quantize_matches_naive() {
-        for &(n, dim, h, w, size) in &[
-            (1, 1, 1, 1, 3),
-            (1, 8, 3, 5, 100),
-            (3, 5, 7, 7, 33),
-            (2, 8, 6, 10, 1),
-        ] {
+        for &(n, dim, h, w, size) in &[(1, 1, 1, 1, 3), (1, 8, 3, 5, 100), (3, 5, 7, 7, 33), (2, 8, 6, 10, 1)] {
             let mut cb = rand_vec(size * dim, 2);
             l2_normalize_rows(&mut cb, dim);
             let z = rand_vec(n * dim * h * w, 3);
@@ -202,23 +177,12 @@ mod tests {
             let hw = h * w;
             for (pos, &got) in idx.iter().enumerate() {
                 let (img, p, got) = (pos / hw, pos % hw, got as usize);
-                let v: Vec<f64> = (0..dim)
-                    .map(|d| z[(img * dim + d) * hw + p] as f64)
-                    .collect();
+                let v: Vec<f64> = (0..dim).map(|d| z[(img * dim + d) * hw + p] as f64).collect();
                 let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
-                let dist = |j: usize| -> f64 {
-                    (0..dim)
-                        .map(|d| (v[d] / norm - cb[j * dim + d] as f64).powi(2))
-                        .sum()
-                };
-                let best = (0..size)
-                    .min_by(|&a, &b| dist(a).total_cmp(&dist(b)))
-                    .unwrap_or(0);
+                let dist = |j: usize| -> f64 { (0..dim).map(|d| (v[d] / norm - cb[j * dim + d] as f64).powi(2)).sum() };
+                let best = (0..size).min_by(|&a, &b| dist(a).total_cmp(&dist(b))).unwrap_or(0);
                 // f32 evaluation may pick a different code only on a near tie
-                assert!(
-                    dist(got) <= dist(best) + 1e-5,
-                    "pos {pos}: got {got}, best {best}"
-                );
+                assert!(dist(got) <= dist(best) + 1e-5, "pos {pos}: got {got}, best {best}");
                 for d in 0..dim {
                     assert_eq!(zq[(img * dim + d) * hw + p], cb[got * dim + d]);
                 }

@@ -10,9 +10,13 @@
 //! im2col buffer exists. Tiles (and, for small images, blocks of output channels) run in parallel
 //! on rayon, each GEMM single-threaded.
 //!
-//! Measured on the shared 2-core AVX-512 dev box, n = 1, 3x3 stride 1 pad 1, tap-major weights
-//! (`cargo test --release --lib conv::tests::bench -- --ignored --nocapture`; best of 3 runs):
-//!   MEASURED
+//! Measured on the shared 2-core AVX-512 dev box, n = 1, best of several runs (`cargo test
+//! --release --lib conv::tests::bench -- --ignored --nocapture`); a plain 512x4608x1024 gemm
+//! reaches ~189 GFLOP/s there:
+//!   3x3 s1 128->128 at 256x256: 183 GFLOP/s (107 ms); 256 at 64x64: 162; 512 at 16x16: 152;
+//!   512 at 32x32: 181; 3x3 s2 (Downsample) 128 at 256x256: 153; 1x1 256->128 at 128x128: 141;
+//!   upsample+conv 128 at 128->256: 388 counted as the 3x3 conv it replaces (~172 actual).
+//!   conv_in 3->128 and conv_out 128->3 at 256x256: 50 and 66 (K or M of 3 starves the GEMM).
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -154,7 +158,7 @@ pub struct ConvWeights<'a> {
 
 impl<'a> ConvWeights<'a> {
     /// The torch `(c_out, c_in, kh, kw)` layout in place. Its taps are strided, so every GEMM
-    /// call repacks them: slower than `tap_major` by ~5% at 256x256 and ~30% at 16x16.
+    /// call repacks them: measured 0-5% slower than `tap_major`.
     pub fn torch(data: &'a [f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Self {
         let taps = kh * kw;
         assert_eq!(data.len(), c_out * c_in * taps, "conv weight length");

@@ -2,6 +2,9 @@
 //!
 //! Statistics are two-pass with f64 accumulators: one group of the 256x256 decoder stage holds 4 * 65536 values, and
 //! a single-pass f32 E[x^2] - E[x]^2 loses the variance to cancellation whenever |mean| >> std.
+//!
+//! 128 channels x 256x256 on the 2-core dev box: 3.4 ms, 8.8 ms with swish (`cargo test --release
+//! --lib groupnorm::tests::bench -- --ignored --nocapture`).
 use rayon::prelude::*;
 
 /// Sum of a slice in f64, with independent accumulators so the adds pipeline (and vectorise).
@@ -26,11 +29,7 @@ fn group_stats(x: &[f32], group_len: usize, eps: f32) -> Vec<(f32, f32, f32)> {
             let mean = sum_f64(g, |v| v as f64) / len;
             let var = sum_f64(g, |v| (v as f64 - mean) * (v as f64 - mean)) / len;
             let hi = mean as f32;
-            (
-                hi,
-                (mean - hi as f64) as f32,
-                (1.0 / (var + eps as f64).sqrt()) as f32,
-            )
+            (hi, (mean - hi as f64) as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
         })
         .collect()
 }
@@ -153,14 +152,10 @@ mod tests {
                 let idx = |i: usize| s * c * hw + gr * cg * hw + i;
                 let len = (cg * hw) as f64;
                 let mean = (0..cg * hw).map(|i| x[idx(i)] as f64).sum::<f64>() / len;
-                let var = (0..cg * hw)
-                    .map(|i| (x[idx(i)] as f64 - mean).powi(2))
-                    .sum::<f64>()
-                    / len;
+                let var = (0..cg * hw).map(|i| (x[idx(i)] as f64 - mean).powi(2)).sum::<f64>() / len;
                 for i in 0..cg * hw {
                     let ch = gr * cg + i / hw;
-                    let y = (x[idx(i)] as f64 - mean) / (var + eps as f64).sqrt() * g[ch] as f64
-                        + b[ch] as f64;
+                    let y = (x[idx(i)] as f64 - mean) / (var + eps as f64).sqrt() * g[ch] as f64 + b[ch] as f64;
                     out[idx(i)] = if silu { y / (1.0 + (-y).exp()) } else { y };
                 }
             }
@@ -169,11 +164,7 @@ mod tests {
     }
 
     fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
-        let num: f64 = got
-            .iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).powi(2))
-            .sum();
+        let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
         let den: f64 = want.iter().map(|w| w * w).sum();
         (num / den.max(1e-300)).sqrt()
     }
@@ -192,20 +183,14 @@ mod tests {
             (1, 128, 64, 32),
         ];
         for (i, &(n, c, hw, groups)) in shapes.iter().enumerate() {
-            let x: Vec<f32> = rand_vec(n * c * hw, i as u64)
-                .iter()
-                .map(|v| 3.0 * v + 0.5)
-                .collect();
+            let x: Vec<f32> = rand_vec(n * c * hw, i as u64).iter().map(|v| 3.0 * v + 0.5).collect();
             let (g, b) = (rand_vec(c, 50 + i as u64), rand_vec(c, 100 + i as u64));
             for silu in [false, true] {
                 let want = naive(&x, n, c, hw, groups, 1e-6, &g, &b, silu);
                 let mut out = vec![f32::NAN; x.len()];
                 groupnorm(&x, n, c, hw, groups, 1e-6, &g, &b, silu, &mut out);
                 let e = rel_l2(&out, &want);
-                assert!(
-                    e < 1e-6,
-                    "groupnorm n{n} c{c} hw{hw} g{groups} silu {silu}: rel {e}"
-                );
+                assert!(e < 1e-6, "groupnorm n{n} c{c} hw{hw} g{groups} silu {silu}: rel {e}");
             }
         }
     }
@@ -247,11 +232,7 @@ mod tests {
         }
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert_eq!(fast_exp(0.0), 1.0);
-        assert!(
-            fast_exp(1e6).is_finite()
-                && fast_exp(-1e6) >= 0.0
-                && fast_exp(f32::NEG_INFINITY) < 1e-37
-        );
+        assert!(fast_exp(1e6).is_finite() && fast_exp(-1e6) >= 0.0 && fast_exp(f32::NEG_INFINITY) < 1e-37);
     }
 
     #[test]
