@@ -2,6 +2,7 @@
 //!
 //! Layers point down only: `cli` (binary) -> `pipeline` -> `model` -> `runtime` -> `backend`.
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod io;
 pub mod sample;

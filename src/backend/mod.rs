@@ -2,7 +2,7 @@
 //! without a GPU.
 pub mod cpu;
 
-use crate::runtime::{Graph, Plan, StepParams, TensorId};
+use crate::runtime::{Graph, Node, Plan, StepParams, TensorId};
 use crate::Result;
 
 /// How a weight is stored on the device.
@@ -73,4 +73,12 @@ pub trait Backend: Send {
     ) -> Result<()>;
     /// Runs every node of the graph in order.
     fn run(&mut self, g: &Graph, plan: &Plan, step: &StepParams) -> Result<()>;
+    /// Runs one node of the graph and returns when its result is complete (the profiled path of `Session::run`).
+    fn run_node(&mut self, g: &Graph, plan: &Plan, node: &Node, step: &StepParams) -> Result<()> {
+        let _ = (g, plan, node, step);
+        Err(crate::Error::Invalid(format!(
+            "the {} backend cannot time single nodes (profiling)",
+            self.name()
+        )))
+    }
 }

@@ -80,6 +80,10 @@ pub fn load_weights(path: &Path) -> Result<StateDict> {
 
 /// A config embedded as safetensors metadata `config`, or `<stem>.config.json` beside the weights.
 fn config_beside(weights: &Path) -> Result<Option<(String, PathBuf)>> {
+    // Otherwise a missing file would be reported as "no config found".
+    if !weights.exists() {
+        bail!("{}: no such file", weights.display());
+    }
     if let Ok(f) = weights::safetensors::SafeTensorsFile::open(weights) {
         if let Some(c) = f.metadata().and_then(|m| m.get("config")) {
             return Ok(Some((c.clone(), weights.to_path_buf())));

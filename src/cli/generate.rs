@@ -20,7 +20,7 @@ pub struct GenerateArgs {
     #[arg(long = "class", allow_negative_numbers = true)]
     pub classes: Vec<i64>,
     /// Number of images.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub num_images: Option<usize>,
     /// t2i: precomputed T5 features, B×120×caption_dim float .npy (left-padded, padded rows zero).
     #[arg(long)]
@@ -44,10 +44,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Run seed; image i draws from its own stream (seed, i), independent of batch size and sharding.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Images per batch (the GPT runs 2× rows with guidance).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// f32: the bit-faithful reference; bf16: GPT weights and KV cache in bf16 (the official GPU setting).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]

@@ -17,7 +17,7 @@ pub struct DecodeArgs {
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
     /// Images per VQ batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true)]
     pub batch_size: usize,
 }
 

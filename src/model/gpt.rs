@@ -259,6 +259,15 @@ impl GptRunner {
         self.session.arena_bytes()
     }
 
+    /// The session (benchmarks: profiling and the graphs' shapes).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
     fn graphs_for(&mut self, images: usize) -> Result<(GraphId, GraphId)> {
         if images == 0 || images > self.opts.batch {
             return Err(Error::Invalid(format!(

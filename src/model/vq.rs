@@ -365,6 +365,15 @@ impl VqRunner {
         Ok(id)
     }
 
+    /// The session, once the first graph has been built (benchmarks: profiling and the graphs' shapes).
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    pub fn session_mut(&mut self) -> Option<&mut Session> {
+        self.session.as_mut()
+    }
+
     fn weights_for_upload(&mut self) -> Vec<Weight> {
         // The names stay behind for graph rebinding; the data moves to the device.
         self.weights

@@ -231,7 +231,6 @@ pub fn merge(
             .map_err(|e| Error::Invalid(e.to_string()))?;
         text.push(b'\n');
     }
-    io::write_atomic(out_manifest, &text)?;
     let load = |inputs: &[PathBuf], npz_member: bool| -> Result<Vec<npy::NpyArray>> {
         if inputs.len() != manifests.len() {
             return Err(Error::Invalid(format!(
@@ -266,6 +265,7 @@ pub fn merge(
             })
             .collect()
     };
+    let (mut npz_out, mut tokens_out) = (None, None);
     if let Some(out) = out_npz {
         let arrs = load(npzs, true)?;
         let rows: Vec<Vec<u8>> = arrs
@@ -277,7 +277,7 @@ pub fn merge(
             })
             .collect::<Result<_>>()?;
         let (shape, data) = interleave(&order, &arrs, &rows);
-        npz::write_npz(out, &[("arr_0", npy::npy_bytes_u8(&shape, &data))])?;
+        npz_out = Some((out, npy::npy_bytes_u8(&shape, &data)));
     }
     if let Some(out) = out_tokens {
         let arrs = load(tokens, false)?;
@@ -290,8 +290,16 @@ pub fn merge(
             })
             .collect::<Result<_>>()?;
         let (shape, data) = interleave(&order, &arrs, &rows);
-        io::write_atomic(out, &npy::npy_bytes_i64(&shape, &data))?;
+        tokens_out = Some((out, npy::npy_bytes_i64(&shape, &data)));
     }
+    // Every input is read and checked before anything is written: a failed merge leaves no partial result.
+    if let Some((out, bytes)) = npz_out {
+        npz::write_npz(out, &[("arr_0", bytes)])?;
+    }
+    if let Some((out, bytes)) = tokens_out {
+        io::write_atomic(out, &bytes)?;
+    }
+    io::write_atomic(out_manifest, &text)?;
     Ok(order.len())
 }
 

@@ -1,9 +1,10 @@
 //! The executor: owns a backend and the planned graphs of one model, and runs them. The arena is sized once for the
 //! largest plan, so running a graph allocates nothing.
-use super::graph::{Graph, TensorId};
+use super::graph::{Graph, Phase, TensorId};
 use super::plan::Plan;
 use crate::backend::{Backend, KvSpec, Weight};
 use crate::{Error, Result};
+use std::time::Instant;
 
 /// What changes from one run of the same graph to the next (in device memory on the GPU, so a captured graph can
 /// replay without re-recording).
@@ -24,6 +25,80 @@ pub struct StepParams {
 pub struct Session {
     backend: Box<dyn Backend>,
     graphs: Vec<(Graph, Plan)>,
+    /// Opt-in per-node timing (`set_profiling`); off, `run` goes straight to `Backend::run`.
+    profiling: bool,
+    /// Per graph: accumulated (seconds, runs) of whole runs, and (seconds, calls) per node. Sized when a graph is
+    /// added, so a profiled run allocates nothing either.
+    timings: Vec<GraphTimings>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct GraphTimings {
+    run: (f64, u64),
+    nodes: Vec<(f64, u64)>,
+}
+
+/// Accumulated time of one op name inside one graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpStat {
+    pub graph: GraphId,
+    pub phase: Phase,
+    /// `Op::name()`: the kernel's name.
+    pub op: &'static str,
+    pub seconds: f64,
+    /// Node executions (a graph with 12 `rope` nodes run once counts 12).
+    pub calls: u64,
+}
+
+/// Accumulated time of whole runs of one graph (wall time of `Session::run`, nodes and dispatch together).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphStat {
+    pub graph: GraphId,
+    pub phase: Phase,
+    pub seconds: f64,
+    pub runs: u64,
+}
+
+/// What `Session::profile` returns: only graphs that ran since the last reset appear.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    pub graphs: Vec<GraphStat>,
+    /// Per (graph, op name), in first-appearance order within each graph.
+    pub ops: Vec<OpStat>,
+}
+
+impl Profile {
+    /// Seconds and calls of `op` summed over graphs (of `phase` only, if given).
+    pub fn op(&self, phase: Option<Phase>, op: &str) -> (f64, u64) {
+        self.ops
+            .iter()
+            .filter(|s| s.op == op && phase.is_none_or(|p| s.phase == p))
+            .fold((0.0, 0), |(t, n), s| (t + s.seconds, n + s.calls))
+    }
+
+    /// Seconds and runs of all graphs of `phase`.
+    pub fn phase(&self, phase: Phase) -> (f64, u64) {
+        self.graphs
+            .iter()
+            .filter(|s| s.phase == phase)
+            .fold((0.0, 0), |(t, n), s| (t + s.seconds, n + s.runs))
+    }
+
+    /// Per op name over all graphs: (name, seconds, calls), slowest first.
+    pub fn by_op(&self) -> Vec<(&'static str, f64, u64)> {
+        let mut v: Vec<(&'static str, f64, u64)> = Vec::new();
+        for s in &self.ops {
+            match v.iter_mut().find(|e| e.0 == s.op) {
+                Some(e) => {
+                    e.1 += s.seconds;
+                    e.2 += s.calls;
+                }
+                None => v.push((s.op, s.seconds, s.calls)),
+            }
+        }
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
 }
 
 /// Handle of a graph inside a session.
@@ -55,13 +130,20 @@ impl Session {
             arena_bytes = arena,
             "session ready"
         );
-        Ok(Session { backend, graphs })
+        let timings = graphs.iter().map(|(g, _)| GraphTimings::new(g)).collect();
+        Ok(Session {
+            backend,
+            graphs,
+            profiling: false,
+            timings,
+        })
     }
 
     /// Adds a graph (e.g. a smaller last batch) to a running session; the arena grows if the new plan needs more.
     pub fn add_graph(&mut self, g: Graph) -> Result<GraphId> {
         let p = Plan::new(&g);
         self.backend.reserve_arena(p.size)?;
+        self.timings.push(GraphTimings::new(&g));
         self.graphs.push((g, p));
         Ok(GraphId(self.graphs.len() - 1))
     }
@@ -120,6 +202,90 @@ impl Session {
 
     pub fn run(&mut self, id: GraphId, step: &StepParams) -> Result<()> {
         let (g, p) = &self.graphs[id.0];
-        self.backend.run(g, p, step)
+        if !self.profiling {
+            return self.backend.run(g, p, step);
+        }
+        // One clock read per node boundary (a vDSO call, ~20 ns): the end of node i is the start of node i + 1.
+        let t = &mut self.timings[id.0];
+        let start = Instant::now();
+        let mut last = start;
+        for (i, node) in g.nodes.iter().enumerate() {
+            self.backend.run_node(g, p, node, step)?;
+            let now = Instant::now();
+            let slot = &mut t.nodes[i];
+            slot.0 += (now - last).as_secs_f64();
+            slot.1 += 1;
+            last = now;
+        }
+        t.run.0 += (last - start).as_secs_f64();
+        t.run.1 += 1;
+        Ok(())
+    }
+
+    /// Turns per-node timing on or off (off by default: then `run` costs one branch more than the backend's own
+    /// loop). Timing a node waits for it: on an asynchronous device each node is synchronised.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+    }
+
+    pub fn profiling(&self) -> bool {
+        self.profiling
+    }
+
+    /// Clears the accumulated timings.
+    pub fn reset_profile(&mut self) {
+        for t in &mut self.timings {
+            t.run = (0.0, 0);
+            t.nodes.iter_mut().for_each(|n| *n = (0.0, 0));
+        }
+    }
+
+    /// Accumulated timings since the last reset, per graph and per (graph, op name).
+    pub fn profile(&self) -> Profile {
+        let mut prof = Profile::default();
+        for (i, ((g, _), t)) in self.graphs.iter().zip(&self.timings).enumerate() {
+            if t.run.1 == 0 {
+                continue;
+            }
+            let id = GraphId(i);
+            prof.graphs.push(GraphStat {
+                graph: id,
+                phase: g.phase,
+                seconds: t.run.0,
+                runs: t.run.1,
+            });
+            let first = prof.ops.len();
+            for (node, &(secs, calls)) in g.nodes.iter().zip(&t.nodes) {
+                let name = node.op.name();
+                match prof.ops[first..].iter_mut().find(|s| s.op == name) {
+                    Some(s) => {
+                        s.seconds += secs;
+                        s.calls += calls;
+                    }
+                    None => prof.ops.push(OpStat {
+                        graph: id,
+                        phase: g.phase,
+                        op: name,
+                        seconds: secs,
+                        calls,
+                    }),
+                }
+            }
+        }
+        prof
+    }
+
+    /// Ids of all graphs of the session, in the order they were added.
+    pub fn graph_ids(&self) -> impl Iterator<Item = GraphId> + '_ {
+        (0..self.graphs.len()).map(GraphId)
+    }
+}
+
+impl GraphTimings {
+    fn new(g: &Graph) -> Self {
+        GraphTimings {
+            run: (0.0, 0),
+            nodes: vec![(0.0, 0); g.nodes.len()],
+        }
     }
 }

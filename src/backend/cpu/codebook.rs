@@ -1,4 +1,5 @@
-//! The VQ quantizer's codebook operations (spec §9): row normalisation, decode lookup and encode (nearest code).
+//! The VQ quantizer's codebook operations (spec §9): row normalisation, decode lookup and encode
+//! (nearest code).
 use rayon::prelude::*;
 
 /// `v / max(||v||_2, 1e-12)` like `F.normalize`; the norm is accumulated in f64 and rounded once.
@@ -8,7 +9,8 @@ fn normalize(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= d);
 }
 
-/// Normalises every row of `x` (rows of `dim` values) to unit L2 norm, in place: `row / max(||row||_2, 1e-12)`.
+/// Normalises every row of `x` (rows of `dim` values) in place:
+/// `row / max(||row||_2, 1e-12)`.
 pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
     assert!(
         dim > 0 && x.len().is_multiple_of(dim),
@@ -18,8 +20,9 @@ pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
     x.par_chunks_mut(dim).for_each(normalize);
 }
 
-/// Decode lookup: `codes` (n * h * w, raster order per image) -> latent (n, dim, h, w) from the already normalised
-/// codebook (size, dim). On a code `>= size` nothing is written and `Err(position of that code in codes)` returns.
+/// Decode lookup: `codes` (n * h * w, raster order per image) -> latent (n, dim, h, w) from the
+/// already normalised codebook (size, dim). On a code `>= size` nothing is written and
+/// `Err(position of that code in codes)` returns.
 #[allow(clippy::too_many_arguments)]
 pub fn codebook_lookup(
     codes: &[u32],
@@ -41,7 +44,8 @@ pub fn codebook_lookup(
     if out.is_empty() {
         return Ok(());
     }
-    // one output plane (image, channel) per task: each writes contiguously and gathers from the small codebook
+    // one output plane (image, channel) per task: each writes contiguously and gathers from the
+    // small codebook
     out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
         let (img, d) = (plane / dim, plane % dim);
         for (v, &code) in o.iter_mut().zip(&codes[img * hw..][..hw]) {
@@ -51,11 +55,12 @@ pub fn codebook_lookup(
     Ok(())
 }
 
-/// Encode: z (n, dim, h, w) -> `indices` (n * h * w, raster order per image). Each position's vector is normalised,
-/// then `d_j = |z|^2 + |e_j|^2 - 2 z.e_j` (the reference's formula, in f32) is minimised with the lowest index winning
-/// ties. `codebook` (size, dim) must already be normalised (`l2_normalize_rows`), as for `codebook_lookup`.
-/// The chosen normalised codes are written to `zq` (n, dim, h, w); the reference's straight-through `z + (zq - z)`
-/// equals them up to one rounding.
+/// Encode: z (n, dim, h, w) -> `indices` (n * h * w, raster order per image). Each position's
+/// vector is normalised, then `d_j = |z|^2 + |e_j|^2 - 2 z.e_j` (the reference's formula, in f32)
+/// is minimised with the lowest index winning ties. `codebook` (size, dim) must already be
+/// normalised (`l2_normalize_rows`), as for `codebook_lookup`. The chosen normalised codes are
+/// written to `zq` (n, dim, h, w); the reference's straight-through `z + (zq - z)` equals them up
+/// to one rounding.
 #[allow(clippy::too_many_arguments)]
 pub fn quantize(
     z: &[f32],
@@ -144,7 +149,8 @@ mod tests {
 
     #[test]
     fn lookup_layout_and_errors() {
-        for &(n, dim, h, w, size) in &[(1, 1, 1, 1, 1), (1, 8, 3, 5, 17), (3, 5, 7, 7, 4), (2, 33, 2, 3, 9)] {
+        let cases = [(1, 1, 1, 1, 1), (1, 8, 3, 5, 17), (3, 5, 7, 7, 4), (2, 33, 2, 3, 9)];
+        for (n, dim, h, w, size) in cases {
             let cb = rand_vec(size * dim, 1);
             let codes: Vec<u32> = (0..n * h * w).map(|i| ((i * 7 + 3) % size) as u32).collect();
             let mut out = vec![f32::NAN; n * dim * h * w];
@@ -168,7 +174,8 @@ mod tests {
 
     #[test]
     fn quantize_matches_naive() {
-        for &(n, dim, h, w, size) in &[(1, 1, 1, 1, 3), (1, 8, 3, 5, 100), (3, 5, 7, 7, 33), (2, 8, 6, 10, 1)] {
+        let cases = [(1, 1, 1, 1, 3), (1, 8, 3, 5, 100), (3, 5, 7, 7, 33), (2, 8, 6, 10, 1)];
+        for (n, dim, h, w, size) in cases {
             let mut cb = rand_vec(size * dim, 2);
             l2_normalize_rows(&mut cb, dim);
             let z = rand_vec(n * dim * h * w, 3);
@@ -179,7 +186,10 @@ mod tests {
                 let (img, p, got) = (pos / hw, pos % hw, got as usize);
                 let v: Vec<f64> = (0..dim).map(|d| z[(img * dim + d) * hw + p] as f64).collect();
                 let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
-                let dist = |j: usize| -> f64 { (0..dim).map(|d| (v[d] / norm - cb[j * dim + d] as f64).powi(2)).sum() };
+                let dist = |j: usize| -> f64 {
+                    let e = &cb[j * dim..][..dim];
+                    v.iter().zip(e).map(|(a, &b)| (a / norm - b as f64).powi(2)).sum()
+                };
                 let best = (0..size).min_by(|&a, &b| dist(a).total_cmp(&dist(b))).unwrap_or(0);
                 // f32 evaluation may pick a different code only on a near tie
                 assert!(dist(got) <= dist(best) + 1e-5, "pos {pos}: got {got}, best {best}");

@@ -663,7 +663,8 @@ mod tests {
             let (oh, ow) = self.out_hw();
             let mut out = vec![0f64; n * co * oh * ow];
             for (idx, o) in out.iter_mut().enumerate() {
-                let (b, oc, oy, ox) = (idx / (co * oh * ow), idx / (oh * ow) % co, idx / ow % oh, idx % ow);
+                let (b, oc) = (idx / (co * oh * ow), idx / (oh * ow) % co);
+                let (oy, ox) = (idx / ow % oh, idx % ow);
                 *o = bias.map_or(0.0, |bb| bb[oc] as f64);
                 for i in 0..ci {
                     for ky in 0..kh {

@@ -93,7 +93,7 @@ impl CpuBackend {
                 })?;
             }
             Op::Matmul { w } | Op::MatmulAdd { w } => {
-                let wt = self.w(*w);
+                let wt = &self.weights[w.0 as usize];
                 let (n, k) = (wt.shape[0], wt.shape[1]);
                 let m = g.info(ins[0]).numel() / k;
                 let residual = if matches!(node.op, Op::MatmulAdd { .. }) {
@@ -109,6 +109,7 @@ impl CpuBackend {
                     n,
                     residual,
                     round,
+                    &mut self.xb,
                     v.f32_mut(out),
                 );
             }

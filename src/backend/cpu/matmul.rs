@@ -1,9 +1,11 @@
 //! `matmul`: y[M, N] = x[M, K] · Wᵀ (+ residual), W stored `[N, K]` row-major like `nn.Linear`.
 //!
-//! Small M (the decode step: 2·batch rows) streams each weight row once and dots it with every x row, so the step
-//! is bound by one pass over the weights. Large M goes through the `gemm` crate: f32 directly, bf16 (never widened
-//! into a full f32 copy) by widening 64-row tiles.
-use super::round_bf16;
+//! The GPT's products have few rows per step (2·batch in a decode step), so they are bound by one pass over the
+//! weights: each weight row is streamed once and dotted with every x row while it is hot. Rows are processed in
+//! chunks of `CHUNK_M` and every row's dot products have a fixed summation order, so a row's result never depends
+//! on how many other rows (images) share the batch: the same seed gives the same image at any batch size.
+//! bf16 weights are read as bf16 (never widened into a full copy); with AVX-512 BF16 they go through `vdpbf16ps`.
+use super::{matmul_avx512, round_bf16, OutPtr};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -12,10 +14,10 @@ pub enum WeightRef<'a> {
     Bf16(&'a [bf16]),
 }
 
-/// Rows of W per parallel task in the bf16 paths: 64 rows × K = 768 × 2 B = 96 KiB, an L2-sized slab.
+/// Weight rows per parallel task: 64 rows × K = 768 × 2 B = 96 KiB, an L2-sized slab.
 const TILE_N: usize = 64;
-/// Above this many x rows the widened-tile GEMM beats the dot-product loop.
-const DOT_MAX_M: usize = 32;
+/// x rows per pass over the weights: 32 rows × K = 768 × 4 B = 96 KiB of activations stay in L2.
+const CHUNK_M: usize = 32;
 
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -26,57 +28,26 @@ pub fn matmul(
     n: usize,
     residual: Option<&[f32]>,
     round: bool,
+    xb: &mut Vec<u16>,
     y: &mut [f32],
 ) {
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
-    match w {
-        WeightRef::F32(w) if m <= DOT_MAX_M => matvec(x, m, k, w, n, y),
-        WeightRef::F32(w) => gemm_f32(x, m, k, w, n, y),
-        WeightRef::Bf16(w) if m <= DOT_MAX_M => matvec(x, m, k, w, n, y),
-        WeightRef::Bf16(w) => tiled_bf16(x, m, k, w, n, y),
+    let avx512 = matches!(w, WeightRef::Bf16(_)) && matmul_avx512::available();
+    for (xc, yc) in x.chunks(CHUNK_M * k).zip(y.chunks_mut(CHUNK_M * n)) {
+        let mc = xc.len() / k.max(1);
+        match w {
+            WeightRef::F32(w) => matvec(xc, mc, k, w, n, yc),
+            WeightRef::Bf16(w) if avx512 => matmul_avx512::matvec(xc, mc, k, w, n, TILE_N, xb, yc),
+            WeightRef::Bf16(w) => matvec(xc, mc, k, w, n, yc),
+        }
     }
     // The reference rounds the linear output to bf16 before the residual add (itself rounded): two roundings.
     match (residual, round) {
-        (Some(r), true) => y
-            .iter_mut()
-            .zip(r)
-            .for_each(|(y, r)| *y = round_bf16(*r + round_bf16(*y))),
+        (Some(r), true) => y.iter_mut().zip(r).for_each(|(y, r)| *y = round_bf16(*r + round_bf16(*y))),
         (Some(r), false) => y.iter_mut().zip(r).for_each(|(y, r)| *y += *r),
         (None, true) => y.iter_mut().for_each(|y| *y = round_bf16(*y)),
         (None, false) => {}
-    }
-}
-
-fn gemm_f32(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
-    let par = if m * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the strides describe x as M×K row-major, Wᵀ as K×N (column stride K), y as M×N row-major, all in bounds.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        );
     }
 }
 
@@ -103,12 +74,6 @@ pub fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
     s
 }
 
-/// Shares the output pointer across tasks that write disjoint column ranges of y.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only the columns n0..n1 of its own tile; no two tasks touch the same element.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// f32 twin of `dot_bf16`.
 #[inline]
@@ -161,54 +126,6 @@ impl Dot for [bf16] {
     }
 }
 
-fn tiled_bf16(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, y: &mut [f32]) {
-    let out = OutPtr(y.as_mut_ptr());
-    (0..n.div_ceil(TILE_N)).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(wt, tile), t| {
-            let out = out;
-            let (n0, n1) = (t * TILE_N, ((t + 1) * TILE_N).min(n));
-            let cols = n1 - n0;
-            wt.clear();
-            wt.extend(w[n0 * k..n1 * k].iter().map(|&v| widen(v)));
-            tile.resize(m * cols, 0f32);
-            gemm_f32_serial(x, m, k, wt, cols, tile);
-            for r in 0..m {
-                // SAFETY: row r, columns n0..n1 of y belong to this task only.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * n + n0), cols) };
-                dst.copy_from_slice(&tile[r * cols..(r + 1) * cols]);
-            }
-        },
-    );
-}
-
-fn gemm_f32_serial(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
-    // SAFETY: as in gemm_f32.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,9 +157,8 @@ mod tests {
             (33, 96, 200),
             (64, 17, 129),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
+            // Multiples of 1/64 below 1 in magnitude: exact in bf16, as every bf16-mode activation is.
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) / 64.0)
                 .collect();
@@ -250,15 +166,15 @@ mod tests {
             let mut want = naive(&x, m, k, &w, n);
             want.iter_mut().zip(&res).for_each(|(a, r)| *a += *r as f64);
             let mut y = vec![0f32; m * n];
-            matmul(&x, m, k, WeightRef::F32(&w), n, Some(&res), false, &mut y);
+            matmul(&x, m, k, WeightRef::F32(&w), n, Some(&res), false, &mut Vec::new(), &mut y);
             assert!(
                 rel_l2(&y, &want) < 1e-6,
                 "f32 {m}x{k}x{n}: {}",
                 rel_l2(&y, &want)
             );
-            // These weights are exact in bf16 (multiples of 1/64 in [-0.75, 0.75]), so both paths are exact-ish too.
+            // The weights are exact in bf16 too, so the bf16 paths (AVX-512 BF16 or not) are as exact as f32.
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            matmul(&x, m, k, WeightRef::Bf16(&wb), n, Some(&res), false, &mut y);
+            matmul(&x, m, k, WeightRef::Bf16(&wb), n, Some(&res), false, &mut Vec::new(), &mut y);
             assert!(
                 rel_l2(&y, &want) < 1e-6,
                 "bf16 {m}x{k}x{n}: {}",

@@ -7,6 +7,7 @@ pub mod embed;
 pub mod groupnorm;
 pub mod kv_cache;
 pub mod matmul;
+pub mod matmul_avx512;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
@@ -64,6 +65,13 @@ impl CpuWeight {
     }
 }
 
+/// Shares an output pointer across parallel tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub *mut f32);
+// SAFETY: users guarantee that no two tasks write the same element (each documents its partition).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
 /// 64-byte aligned arena blocks.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
@@ -74,6 +82,8 @@ pub struct CpuBackend {
     kv: Option<KvCache>,
     arena: Vec<Line>,
     scores: Vec<f32>,
+    /// Activations rounded to bf16 for the AVX-512 BF16 products.
+    xb: Vec<u16>,
     sampling: sampling::SamplingScratch,
     /// Activations rounded to bf16 where the reference stores bf16 (the `--dtype bf16` GPT).
     round: bool,
@@ -86,6 +96,7 @@ impl CpuBackend {
             kv: None,
             arena: Vec::new(),
             scores: Vec::new(),
+            xb: Vec::new(),
             sampling: Default::default(),
             round: round_bf16,
         }
@@ -199,6 +210,10 @@ impl Backend for CpuBackend {
             self.exec(g, plan, node, step)?;
         }
         Ok(())
+    }
+
+    fn run_node(&mut self, g: &Graph, plan: &Plan, node: &crate::runtime::Node, step: &StepParams) -> Result<()> {
+        self.exec(g, plan, node, step)
     }
 }
 

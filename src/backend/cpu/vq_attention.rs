@@ -1,8 +1,10 @@
-//! The VQ AttnBlock core (after its GroupNorm): single-head attention over the HW positions of an NCHW map.
+//! The VQ AttnBlock core (after its GroupNorm): single-head attention over the HW positions of an
+//! NCHW map.
 //!
-//! Everything is GEMMs on the channel-major layout, so no transposed copy of q, k or v is made: scores for a block
-//! of queries are `q[:, blk]^T k`, and `o[:, blk] = v A_blk^T` reads the score block through swapped strides.
-//! Query blocks bound the score buffer to a few MiB for large latents (the HW x HW matrix is 64 MiB at 64x64).
+//! Everything is GEMMs on the channel-major layout, so no transposed copy of q, k or v is made:
+//! scores for a block of queries are `q[:, blk]^T k`, and `o[:, blk] = v A_blk^T` reads the score
+//! block through swapped strides. Query blocks bound the score buffer to a few MiB for large
+//! latents (the HW x HW matrix is 64 MiB at 64x64).
 //!
 //! On the 2-core dev box: c 512 at 16x16 in 3.9 ms (171 GFLOP/s), at 32x32 in 29 ms (148).
 use super::conv::{mat, sgemm};
@@ -12,8 +14,10 @@ use rayon::prelude::*;
 /// Score rows per block: at most about this many floats in flight.
 const SCORE_BLOCK_FLOATS: usize = 1 << 20;
 
-/// `dst (c_out x hw) = w (c_out x c_in) * src (c_in x hw) + bias`, each row of dst starting from `init` + bias.
-fn pointwise(dst: &mut [f32], init: Option<&[f32]>, w: &[f32], bias: &[f32], src: &[f32], c: usize, hw: usize) {
+/// `dst (c_out x hw) = w (c_out x c_in) * src (c_in x hw) + bias`, each row of dst starting from
+/// `init` + bias.
+fn pointwise(dst: &mut [f32], init: Option<&[f32]>, w: &[f32], bias: &[f32], src: &[f32], hw: usize) {
+    let c = bias.len();
     dst.par_chunks_mut(hw).enumerate().for_each(|(ch, row)| match init {
         Some(init) => row
             .iter_mut()
@@ -47,9 +51,9 @@ fn softmax_rows(s: &mut [f32], len: usize) {
     });
 }
 
-/// AttnBlock after its norm: q, k, v = 1x1 convs (with bias) of `normed`, A = softmax_j(q_i . k_j / sqrt(c)),
-/// o[:, i] = sum_j A[i, j] v[:, j], out = x + proj_out(o). x, normed, out: (n, c, hw); weights (c, c) row-major
-/// (the [c, c, 1, 1] tensors); biases (c).
+/// AttnBlock after its norm: q, k, v = 1x1 convs (with bias) of `normed`,
+/// A = softmax_j(q_i . k_j / sqrt(c)), o[:, i] = sum_j A[i, j] v[:, j], out = x + proj_out(o).
+/// x, normed, out: (n, c, hw); weights (c, c) row-major (the [c, c, 1, 1] tensors); biases (c).
 #[allow(clippy::too_many_arguments)]
 pub fn vq_attention(
     x: &[f32],
@@ -82,7 +86,8 @@ pub fn vq_attention(
     if out.is_empty() {
         return;
     }
-    // torch scales the q.k products by int(c) ** -0.5 after the matmul; the GEMM's output scale does the same
+    // torch scales the q.k products by int(c) ** -0.5 after the matmul; the GEMM's output scale
+    // does the same
     let scale = (c as f64).powf(-0.5) as f32;
     let blk = (SCORE_BLOCK_FLOATS / hw).clamp(1, hw);
     let mut buf = vec![0f32; 4 * img + blk * hw];
@@ -92,9 +97,9 @@ pub fn vq_attention(
     let (o, scores) = rest.split_at_mut(img);
     for b in 0..n {
         let (xb, nb) = (&x[b * img..][..img], &normed[b * img..][..img]);
-        pointwise(q, None, wq, bq, nb, c, hw);
-        pointwise(k, None, wk, bk, nb, c, hw);
-        pointwise(v, None, wv, bv, nb, c, hw);
+        pointwise(q, None, wq, bq, nb, hw);
+        pointwise(k, None, wk, bk, nb, hw);
+        pointwise(v, None, wv, bv, nb, hw);
         for i0 in (0..hw).step_by(blk) {
             let rows = blk.min(hw - i0);
             let s = &mut scores[..rows * hw];
@@ -115,7 +120,7 @@ pub fn vq_attention(
             let (at, par) = (mat(s, 1, hw), Parallelism::Rayon(0));
             sgemm((c, rows, hw), &mut o[i0..], hw, false, mat(v, hw, 1), at, 1.0, par);
         }
-        pointwise(&mut out[b * img..][..img], Some(xb), wo, bo, o, c, hw);
+        pointwise(&mut out[b * img..][..img], Some(xb), wo, bo, o, hw);
     }
 }
 
@@ -141,7 +146,8 @@ mod tests {
             let mut d = vec![0f64; c * hw];
             for o in 0..c {
                 for i in 0..hw {
-                    d[o * hw + i] = b[o] as f64 + (0..c).map(|ci| w[o * c + ci] as f64 * src[ci * hw + i]).sum::<f64>();
+                    let dot = (0..c).map(|ci| w[o * c + ci] as f64 * src[ci * hw + i]);
+                    d[o * hw + i] = b[o] as f64 + dot.sum::<f64>();
                 }
             }
             d
@@ -157,7 +163,8 @@ mod tests {
             let mut o = vec![0f64; c * hw];
             for i in 0..hw {
                 let s: Vec<f64> = (0..hw)
-                    .map(|j| (0..c).map(|ch| q[ch * hw + i] * k[ch * hw + j]).sum::<f64>() / (c as f64).sqrt())
+                    .map(|j| (0..c).map(|ch| q[ch * hw + i] * k[ch * hw + j]).sum::<f64>())
+                    .map(|s| s / (c as f64).sqrt())
                     .collect();
                 let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
@@ -174,12 +181,17 @@ mod tests {
         out
     }
 
+    /// `vq_attention` with the eight parameters in a list (wq, bq, wk, bk, wv, bv, wo, bo).
+    fn attend(x: &[f32], nrm: &[f32], (n, c, hw): (usize, usize, usize), p: &[Vec<f32>], out: &mut [f32]) {
+        let (wq, bq, wk, bk) = (&p[0], &p[1], &p[2], &p[3]);
+        let (wv, bv, wo, bo) = (&p[4], &p[5], &p[6], &p[7]);
+        vq_attention(x, nrm, n, c, hw, wq, bq, wk, bk, wv, bv, wo, bo, out);
+    }
+
     #[test]
     fn matches_naive() {
-        for (si, &(n, c, hw)) in [(1, 1, 1), (1, 3, 15), (3, 5, 60), (1, 33, 49), (2, 8, 7), (1, 16, 300)]
-            .iter()
-            .enumerate()
-        {
+        let shapes = [(1, 1, 1), (1, 3, 15), (3, 5, 60), (1, 33, 49), (2, 8, 7), (1, 16, 300)];
+        for (si, &(n, c, hw)) in shapes.iter().enumerate() {
             let seed = 10 * si as u64;
             let x = rand_vec(n * c * hw, seed);
             let nrm: Vec<f32> = rand_vec(n * c * hw, seed + 1).iter().map(|v| 2.0 * v).collect();
@@ -188,9 +200,7 @@ mod tests {
                 .collect();
             let want = naive(&x, &nrm, n, c, hw, &p);
             let mut out = vec![f32::NAN; x.len()];
-            vq_attention(
-                &x, &nrm, n, c, hw, &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7], &mut out,
-            );
+            attend(&x, &nrm, (n, c, hw), &p, &mut out);
             let num: f64 = out.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
             let den: f64 = want.iter().map(|w| w * w).sum();
             let e = (num / den).sqrt();
@@ -208,11 +218,7 @@ mod tests {
                 .map(|i| rand_vec(if i % 2 == 0 { c * c } else { c }, 2 + i))
                 .collect();
             let mut out = vec![0.0; x.len()];
-            let mut run = || {
-                vq_attention(
-                    &x, &x, 1, c, hw, &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7], &mut out,
-                )
-            };
+            let mut run = || attend(&x, &x, (1, c, hw), &p, &mut out);
             run();
             let t = std::time::Instant::now();
             for _ in 0..5 {
