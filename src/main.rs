@@ -21,17 +21,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` would repeat a cause that the message already ends with (the library's I/O errors display
-            // their source): "x.pt: Is a directory (os error 21): Is a directory (os error 21)".
-            let mut msg = e.to_string();
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                if !msg.ends_with(&c) {
-                    msg.push_str(": ");
-                    msg.push_str(&c);
-                }
-            }
-            eprintln!("error: {msg}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -2,8 +2,7 @@
 //! nothing on the heap.
 mod support;
 use llamagen::backend::cpu::CpuBackend;
-use llamagen::backend::{KvSpec, Storage};
-use llamagen::model::gpt::bind_weights;
+use llamagen::model::gpt::{bind_weights, kv_spec};
 use llamagen::model::gpt_graph::{self, GptGraphSpec};
 use llamagen::model::{Dtype, GptConfig};
 use llamagen::runtime::{Graph, Plan, Role, Session, StepParams};
@@ -33,14 +32,7 @@ fn setup(case: &str, dtype: Dtype) -> (GptConfig, Vec<Graph>, Session) {
     let (w, ids, _) = bind_weights(&cfg, &mut sd, dtype).unwrap();
     let spec = GptGraphSpec { images: 3, cfg_scale: 4.0, sampling: SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.9 } };
     let graphs = vec![gpt_graph::prefill(&cfg, &ids, &spec), gpt_graph::decode(&cfg, &ids, &spec)];
-    let kv = KvSpec {
-        layers: cfg.n_layer,
-        batch: spec.rows(),
-        heads: cfg.n_head,
-        seq: cfg.cache_len(),
-        head_dim: cfg.head_dim(),
-        storage: if dtype == Dtype::Bf16 { Storage::Bf16 } else { Storage::F32 },
-    };
+    let kv = kv_spec(&cfg, spec.rows(), dtype);
     let session = Session::new(Box::new(CpuBackend::new(dtype == Dtype::Bf16)), w, Some(kv), graphs.clone()).unwrap();
     (cfg, graphs, session)
 }

@@ -245,14 +245,19 @@ mod kernel {
                 // SAFETY: p < KP, so the two 16-lane loads stay inside b (32·KP u32).
                 let (b0, b1): (__m512bh, __m512bh) = unsafe {
                     (
-                        std::mem::transmute(_mm512_loadu_si512(b.as_ptr().add(p * 32) as *const _)),
-                        std::mem::transmute(_mm512_loadu_si512(b.as_ptr().add(p * 32 + 16) as *const _)),
+                        std::mem::transmute::<__m512i, __m512bh>(
+                            _mm512_loadu_si512(b.as_ptr().add(p * 32) as *const _),
+                        ),
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            b.as_ptr().add(p * 32 + 16) as *const _
+                        )),
                     )
                 };
                 for i in 0..8 {
                     // SAFETY: p·8 + i < 8·KP; __m512i and __m512bh are both 64 plain bytes.
-                    let av: __m512bh =
-                        unsafe { std::mem::transmute(_mm512_set1_epi32(*a.get_unchecked(p * 8 + i) as i32)) };
+                    let av: __m512bh = unsafe {
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.get_unchecked(p * 8 + i) as i32))
+                    };
                     c[2 * i] = _mm512_dpbf16_ps(c[2 * i], av, b0);
                     c[2 * i + 1] = _mm512_dpbf16_ps(c[2 * i + 1], av, b1);
                 }

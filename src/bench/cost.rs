@@ -120,10 +120,7 @@ pub fn node_cost(g: &Graph, node: &Node, pos: usize, w: Widths) -> Cost {
             flops: 0.0,
             bytes: 8.0 * out,
         },
-        Op::Add => Cost {
-            flops: out,
-            bytes: act,
-        },
+        Op::Add => Cost { flops: out, bytes: act },
         Op::Sampling { .. } => Cost {
             // One pass over the logits: CFG mix, then the top-k threshold and the softmax on the same rows.
             flops: 4.0 * ins,

@@ -137,7 +137,9 @@ impl One {
                 }
                 Input::I32(t, range) => {
                     let info = g.info(t);
-                    let v: Vec<i32> = (0..info.numel()).map(|i| ((i * 7919) % range as usize) as i32).collect();
+                    let v: Vec<i32> = (0..info.numel())
+                        .map(|i| ((i * 7919) % range as usize) as i32)
+                        .collect();
                     session.write_i32(id, &info.name, &v)?;
                 }
             }
@@ -258,10 +260,7 @@ fn sampling(images: usize, top_k: usize) -> Result<OpBench> {
         top_k,
         top_p: 1.0,
     };
-    let op = Op::Sampling {
-        cfg_scale: 4.0,
-        params,
-    };
+    let op = Op::Sampling { cfg_scale: 4.0, params };
     o.node(op, &[logits, index], &[2 * images], DType::I32)
 }
 
@@ -381,7 +380,12 @@ pub fn cases() -> Vec<OpCase> {
         case!("matmul", "w13_b8_bf16", matmul(16, D, 2 * F, true, false)),
         case!("matmul", "w2_add_b8_bf16", matmul(16, F, D, true, true)),
         case!("matmul", "lm_head_b8_bf16", matmul(16, D, V, true, false)),
-        case!("matmul", "t2i_cap_fc1_b1_f32", matmul(240, 2048, D, false, false), flops),
+        case!(
+            "matmul",
+            "t2i_cap_fc1_b1_f32",
+            matmul(240, 2048, D, false, false),
+            flops
+        ),
         case!("gelu", "t2i_cap_b1", gelu(240)),
         case!("rmsnorm", "decode_b8", rmsnorm(16)),
         case!("rope", "decode_b8_pos128_f32", rope(16, 128, false)),

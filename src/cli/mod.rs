@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 mod args;
+mod bench;
 mod convert;
 mod generate;
 mod info;
@@ -40,6 +41,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Merge the manifests (and npz / tokens files) of `--shard` runs into the unsharded result.
     Merge(convert::MergeArgs),
+    /// Measure speed (llama-bench style): stages, images/s, tokens/s and % of the machine's ceilings over a sweep.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,5 +60,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Convert(a) => convert::convert(a),
         Command::Merge(a) => convert::merge(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

@@ -69,6 +69,17 @@ fn default_class_dropout() -> f64 {
     0.1
 }
 
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Parses and validates a config; every error names the file.
+fn parse_json<T: serde::de::DeserializeOwned>(s: &str, what: &Path, kind: &str, validate: fn(&T) -> Result<()>) -> Result<T> {
+    let cfg: T = serde_json::from_str(s).map_err(|e| Error::format(what, format!("not a {kind} config: {e}")))?;
+    validate(&cfg).map_err(|e| Error::format(what, e.to_string()))?;
+    Ok(cfg)
+}
+
 /// (name, n_layer, n_head, dim) of the official `GPT_models` table.
 const GPT_PRESETS: &[(&str, usize, usize, usize)] = &[
     ("GPT-B", 12, 12, 768),
@@ -125,16 +136,11 @@ impl GptConfig {
     }
 
     pub fn from_json_str(s: &str, what: &Path) -> Result<Self> {
-        let cfg: GptConfig = serde_json::from_str(s)
-            .map_err(|e| Error::format(what, format!("not a GPT config: {e}")))?;
-        cfg.validate()
-            .map_err(|e| Error::format(what, e.to_string()))?;
-        Ok(cfg)
+        parse_json(s, what, "GPT", Self::validate)
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&s, path)
+        Self::from_json_str(&read_text(path)?, path)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -321,16 +327,11 @@ impl VqConfig {
     }
 
     pub fn from_json_str(s: &str, what: &Path) -> Result<Self> {
-        let cfg: VqConfig = serde_json::from_str(s)
-            .map_err(|e| Error::format(what, format!("not a VQ config: {e}")))?;
-        cfg.validate()
-            .map_err(|e| Error::format(what, e.to_string()))?;
-        Ok(cfg)
+        parse_json(s, what, "VQ", Self::validate)
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&s, path)
+        Self::from_json_str(&read_text(path)?, path)
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -180,6 +180,18 @@ pub fn bind_weights(
     Ok((t.weights, ids, uncond))
 }
 
+/// The static KV cache for `rows` sequences of this GPT (bf16 in bf16 mode, like the reference).
+pub fn kv_spec(cfg: &GptConfig, rows: usize, dtype: Dtype) -> KvSpec {
+    KvSpec {
+        layers: cfg.n_layer,
+        batch: rows,
+        heads: cfg.n_head,
+        seq: cfg.cache_len(),
+        head_dim: cfg.head_dim(),
+        storage: if dtype == Dtype::Bf16 { Storage::Bf16 } else { Storage::F32 },
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct GptOptions {
     pub dtype: Dtype,
@@ -224,18 +236,7 @@ impl GptRunner {
             cfg_scale: opts.cfg_scale,
             sampling: opts.sampling,
         };
-        let kv = KvSpec {
-            layers: cfg.n_layer,
-            batch: spec.rows(),
-            heads: cfg.n_head,
-            seq: cfg.cache_len(),
-            head_dim: cfg.head_dim(),
-            storage: if opts.dtype == Dtype::Bf16 {
-                Storage::Bf16
-            } else {
-                Storage::F32
-            },
-        };
+        let kv = kv_spec(&cfg, spec.rows(), opts.dtype);
         let graphs = vec![
             gpt_graph::prefill(&cfg, &ids, &spec),
             gpt_graph::decode(&cfg, &ids, &spec),

@@ -53,7 +53,13 @@ struct Builder<'a, 'b> {
     b: &'a mut Binder<'b>,
 }
 
-impl Builder<'_, '_> {
+impl<'a, 'b> Builder<'a, 'b> {
+    /// A new graph, with the (normalised) codebook bound.
+    fn start(cfg: &VqConfig, b: &'a mut Binder<'b>, phase: Phase) -> Result<(Self, WeightId)> {
+        let cb = b.get("quantize.embedding.weight", &[cfg.codebook_size, cfg.codebook_embed_dim], Layout::Plain)?;
+        Ok((Builder { g: Graph::new(phase), b }, cb))
+    }
+
     fn dims(&self, x: TensorId) -> [usize; 4] {
         let s = self.g.shape(x);
         [s[0], s[1], s[2], s[3]]
@@ -164,15 +170,7 @@ impl Builder<'_, '_> {
 
 fn decoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, h: usize, w: usize) -> Result<Graph> {
     let dim = cfg.codebook_embed_dim;
-    let cb = b.get(
-        "quantize.embedding.weight",
-        &[cfg.codebook_size, dim],
-        Layout::Plain,
-    )?;
-    let mut x = Builder {
-        g: Graph::new(Phase::VqDecode),
-        b,
-    };
+    let (mut x, cb) = Builder::start(cfg, b, Phase::VqDecode)?;
     let codes = x.g.input("codes", &[n * h * w], DType::I32);
     let z = x.g.push(
         Op::Codebook { codebook: cb },
@@ -219,15 +217,7 @@ fn encoder_graph(
     size_w: usize,
 ) -> Result<Graph> {
     let dim = cfg.codebook_embed_dim;
-    let cb = b.get(
-        "quantize.embedding.weight",
-        &[cfg.codebook_size, dim],
-        Layout::Plain,
-    )?;
-    let mut x = Builder {
-        g: Graph::new(Phase::VqEncode),
-        b,
-    };
+    let (mut x, cb) = Builder::start(cfg, b, Phase::VqEncode)?;
     let img = x.g.input("image", &[n, 3, size_h, size_w], DType::F32);
     let mult = &cfg.encoder_ch_mult;
     let levels = mult.len();

@@ -125,11 +125,7 @@ impl Session {
             .collect();
         let arena = graphs.iter().map(|(_, p)| p.size).max().unwrap_or(0);
         backend.reserve_arena(arena)?;
-        tracing::debug!(
-            backend = backend.name(),
-            arena_bytes = arena,
-            "session ready"
-        );
+        tracing::debug!(backend = backend.name(), arena_bytes = arena, "session ready");
         let timings = graphs.iter().map(|(g, _)| GraphTimings::new(g)).collect();
         Ok(Session {
             backend,

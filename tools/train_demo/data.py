@@ -22,10 +22,10 @@ def _read_idx(path):
 def load_u8(split):
     """split 'train' (60k) or 'test' (10k) -> (uint8 images (n, 28, 28), int64 labels (n,))."""
     prefix = "train" if split == "train" else "t10k"
-    x = _read_idx(os.path.join(DATA_DIR, f"{prefix}-images-idx3-ubyte.gz"))
-    y = _read_idx(os.path.join(DATA_DIR, f"{prefix}-labels-idx1-ubyte.gz")).astype(np.int64)
     if not os.path.exists(os.path.join(DATA_DIR, f"{prefix}-images-idx3-ubyte.gz")):
         raise SystemExit(f"{DATA_DIR}: Fashion-MNIST not found (apt-get install dataset-fashion-mnist)")
+    x = _read_idx(os.path.join(DATA_DIR, f"{prefix}-images-idx3-ubyte.gz"))
+    y = _read_idx(os.path.join(DATA_DIR, f"{prefix}-labels-idx1-ubyte.gz")).astype(np.int64)
     return x, y
 
 

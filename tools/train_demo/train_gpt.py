@@ -7,6 +7,7 @@ import argparse
 import math
 import os
 
+import common  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 import torch.nn.functional as F
 
@@ -22,9 +23,9 @@ def tokenize(vq, x, batch=500):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--epochs", type=float, default=1.5)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--min-lr", type=float, default=1e-4)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--wd", type=float, default=0.05)

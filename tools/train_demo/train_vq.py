@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 
+import common  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 import torch.nn.functional as F
 
@@ -18,9 +19,9 @@ from models import VQModel
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--epochs", type=float, default=0.6)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--reinit-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)

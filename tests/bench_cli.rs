@@ -1,0 +1,180 @@
+//! `llamagen bench` end to end on the tiny synthetic configs: every output format has the promised columns, one row
+//! per stage and configuration, and positive timings, rates and ceiling shares.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+fn bench(extra: &[&str]) -> String {
+    let gpt = data("gpt_tiny_c2i.config.json");
+    let vq = data("vq_tiny.config.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
+        .arg("bench")
+        .arg("--gpt-config")
+        .arg(&gpt)
+        .arg("--vq-config")
+        .arg(&vq)
+        .arg("--synthetic-weights")
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("cannot start the llamagen binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench {extra:?} failed: {stderr}");
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("cannot start the llamagen binary");
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const STAGES: [&str; 6] = [
+    "prefill",
+    "decode_step",
+    "sampling",
+    "gpt_generate",
+    "vq_decode",
+    "total",
+];
+
+#[test]
+fn csv_has_every_stage_with_positive_numbers() {
+    let out = bench(&["--format", "csv", "-r", "2", "-b", "1,2", "--top-k", "0,2000"]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    for col in [
+        "commit",
+        "device",
+        "threads",
+        "dtype",
+        "model",
+        "image_size",
+        "batch",
+        "cfg",
+        "top_k",
+        "stage",
+        "time_ms",
+        "time_ms_std",
+        "images_per_s",
+        "tokens_per_s",
+        "floor_ms",
+        "pct_of_ceiling",
+        "bound",
+    ] {
+        assert!(header.contains(&col), "no column {col} in {header:?}");
+    }
+    let idx = |c: &str| header.iter().position(|h| *h == c).expect("column");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2 * 2 * STAGES.len(), "{out}");
+    let num = |r: &[&str], c: &str| -> f64 {
+        r[idx(c)]
+            .parse()
+            .unwrap_or_else(|_| panic!("{c} = `{}` is not a number", r[idx(c)]))
+    };
+    for r in &rows {
+        assert_eq!(r.len(), header.len(), "{r:?}");
+        assert!(!r[idx("commit")].is_empty());
+        assert!(r[idx("device")].starts_with("cpu"), "{r:?}");
+        assert!(num(r, "threads") >= 1.0);
+        assert_eq!(r[idx("dtype")], "f32");
+        assert_eq!(r[idx("model")], "gpt_tiny_c2i");
+        assert!(STAGES.contains(&r[idx("stage")]), "{r:?}");
+        assert!(num(r, "time_ms") > 0.0, "{r:?}");
+        assert!(num(r, "tokens_per_s") > 0.0, "{r:?}");
+        assert!(num(r, "floor_ms") > 0.0 && num(r, "pct_of_ceiling") > 0.0, "{r:?}");
+        assert!(["mem", "gemm-f32", "gemm-bf16"].contains(&r[idx("bound")]), "{r:?}");
+        if ["gpt_generate", "vq_decode", "total"].contains(&r[idx("stage")]) {
+            assert!(num(r, "images_per_s") > 0.0, "{r:?}");
+        }
+    }
+    // The total is the GPT and the VQ stage together.
+    for chunk in rows.chunks(STAGES.len()) {
+        let t = |s: &str| num(chunk.iter().find(|r| r[idx("stage")] == s).expect("stage"), "time_ms");
+        let (g, v, tot) = (t("gpt_generate"), t("vq_decode"), t("total"));
+        assert!((g + v - tot).abs() <= 1e-6 * tot.max(1.0) + 1e-9, "{g} + {v} != {tot}");
+    }
+}
+
+#[test]
+fn markdown_and_json_sweep_dtypes_with_ops() {
+    let md = bench(&[
+        "--no-ceilings",
+        "--ops",
+        "-r",
+        "1",
+        "--warmup",
+        "1",
+        "--dtype",
+        "f32,bf16",
+        "--cfg-scale",
+        "1.0",
+    ]);
+    let header = md.lines().find(|l| l.starts_with("| commit")).expect("table header");
+    for col in [
+        "commit",
+        "device",
+        "threads",
+        "dtype",
+        "stage",
+        "time (ms)",
+        "images/s",
+        "tokens/s",
+        "% of ceiling",
+    ] {
+        assert!(header.contains(col), "no column {col} in {header}");
+    }
+    for dtype in ["f32", "bf16"] {
+        for stage in STAGES {
+            let row = format!("| {dtype} | gpt_tiny_c2i | vq_tiny | 8 | 1 | 1 | 2000 | {stage} |");
+            assert!(md.contains(&row), "no row `{row}` in\n{md}");
+        }
+        for op in ["decode/matmul", "decode/sampling", "vq_decode/conv"] {
+            assert!(md.contains(&format!("| {op} |")), "no op row {op} in\n{md}");
+        }
+    }
+    let js = bench(&["--no-ceilings", "--no-profile", "-r", "1", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&js).expect("valid JSON");
+    let rows = v["rows"].as_array().expect("rows");
+    // Without profiling there is no split: the GPT total, the VQ stage and the sum.
+    let stages: Vec<&str> = rows.iter().map(|r| r["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["gpt_generate", "vq_decode", "total"]);
+    for r in rows {
+        assert!(r["time_ms"].as_f64().unwrap() > 0.0 && r["images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["threads"].as_u64().unwrap() >= 1 && r["commit"].as_str().is_some());
+    }
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let gpt = data("gpt_tiny_c2i.config.json");
+    let gpt = gpt.to_str().unwrap();
+    let e = fails(&[
+        "bench",
+        "--gpt-config",
+        gpt,
+        "--no-vq",
+        "--synthetic-weights",
+        "--reps",
+        "0",
+    ]);
+    assert!(e.contains("--reps"), "{e}");
+    let e = fails(&["bench", "--gpt-model", "GPT-B", "--no-vq"]);
+    assert!(e.contains("--synthetic-weights"), "{e}");
+    let e = fails(&[
+        "bench",
+        "--gpt-model",
+        "GPT-B",
+        "--gpt-config",
+        gpt,
+        "--synthetic-weights",
+    ]);
+    assert!(e.contains("not both"), "{e}");
+}
