@@ -2,6 +2,22 @@
 # One-command set-up: builds the release binary and the test executables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# CUDA toolchain for the GPU kernels: nvcc 13.0 from PyPI, all pinned together, in .toolchain/cuda (git-ignored),
+# where build.rs looks for .toolchain/cuda/nvidia/cu13/bin/nvcc. Skipped when that exact nvcc is already there.
+# Without it the crate still builds and tests (CPU backend and CUDA emulator), with a cargo warning.
+NVCC_LOCAL=.toolchain/cuda/nvidia/cu13/bin/nvcc
+if [ -x "$NVCC_LOCAL" ] && "$NVCC_LOCAL" --version 2>/dev/null | grep -q "V13.0.88"; then
+    echo "nvcc 13.0.88 already installed in .toolchain/cuda"
+elif python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-input --upgrade --target .toolchain/cuda \
+    nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
+    nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85; then
+    echo "installed nvcc: $("$NVCC_LOCAL" --version | grep release)"
+    touch build.rs # a build script that already ran without nvcc runs again and finds it
+else
+    echo "warning: installing nvcc from PyPI failed; the GPU kernels will not be built" >&2
+fi
+
 cargo build --release --locked
 cargo test --release --locked --no-run
 echo "set-up done: target/release/llamagen"

@@ -1,6 +1,7 @@
 //! Backends: one implementation of every runtime op per device. `cpu` is the reference and the engine for machines
 //! without a GPU.
 pub mod cpu;
+pub mod cuda;
 
 use crate::runtime::{Graph, Node, Plan, StepParams, TensorId};
 use crate::Result;
@@ -19,6 +20,10 @@ pub enum Layout {
     Plain,
     /// A 3×3 conv weight feeding `UpsampleConv`: the backend may fold it into its four 2×2 phase kernels.
     UpsamplePhases,
+    /// A conv weight `(c_out, c_in, kh, kw)` of an `Op::Conv`: the backend may pack it for its GEMM.
+    Conv,
+    /// The weight of a 3×3 stride-1 pad-1 `Op::Conv`: the backend may also pre-transform it (Winograd).
+    Winograd,
 }
 
 /// One weight: the official name (for messages), its shape, its f32 values, and how to store it.

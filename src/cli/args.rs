@@ -169,3 +169,59 @@ pub fn vq_runner(a: &VqArgs, with_encoder: bool, device: Device) -> Result<VqRun
         backend(device, Dtype::F32)?,
     )?)
 }
+
+/// The bundled demo model (issue: a trained model so the main job runs offline).
+pub struct Demo {
+    pub dir: PathBuf,
+    pub gpt: PathBuf,
+    pub vq: PathBuf,
+    pub class_names: Vec<String>,
+    pub cfg_scale: f32,
+    pub top_k: i64,
+}
+
+/// Tuned sampling defaults shipped beside the demo weights.
+#[derive(serde::Deserialize)]
+struct DemoDefaults {
+    cfg_scale: f32,
+    top_k: i64,
+}
+
+/// Finds `models/demo`: `$LLAMAGEN_DEMO_DIR`, then beside the binary (`target/release/llamagen` -> `models/demo`,
+/// or an installed `bin/` with `share/llamagen/demo`), then the source tree it was built from.
+pub fn demo_model() -> Result<Demo> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("LLAMAGEN_DEMO_DIR") {
+        candidates.push(PathBuf::from(d));
+    }
+    if let Some(bin) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        candidates.push(bin.join("../../models/demo"));
+        candidates.push(bin.join("../share/llamagen/demo"));
+        candidates.push(bin.join("models/demo"));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo"));
+    let dir = candidates
+        .iter()
+        .find(|d| d.join("gpt.safetensors").is_file() && d.join("vq.safetensors").is_file())
+        .with_context(|| {
+            let looked: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+            format!("no model given and the demo model was not found (looked in {}); pass --gpt and --vq", looked.join(", "))
+        })?
+        .clone();
+    let read = |name: &str| -> Result<String> {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))
+    };
+    let class_names: Vec<String> =
+        serde_json::from_str(&read("classes.json")?).with_context(|| format!("{}/classes.json", dir.display()))?;
+    let defaults: DemoDefaults =
+        serde_json::from_str(&read("defaults.json")?).with_context(|| format!("{}/defaults.json", dir.display()))?;
+    Ok(Demo {
+        gpt: dir.join("gpt.safetensors"),
+        vq: dir.join("vq.safetensors"),
+        dir,
+        class_names,
+        cfg_scale: defaults.cfg_scale,
+        top_k: defaults.top_k,
+    })
+}

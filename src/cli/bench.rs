@@ -49,11 +49,13 @@ pub struct BenchArgs {
     /// Images per batch, comma-separated.
     #[arg(long, short = 'b', value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
-    /// Guidance scales, comma-separated (guidance doubles the GPT rows when > 1).
-    #[arg(long, value_delimiter = ',', default_value = "4.0", allow_negative_numbers = true)]
+    /// Guidance scales, comma-separated (guidance doubles the GPT rows when > 1) [default: 4.0; the demo model's
+    /// tuned value for the demo model].
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     pub cfg_scale: Vec<f32>,
-    /// top-k values, comma-separated (0 = all tokens).
-    #[arg(long, value_delimiter = ',', default_value = "2000")]
+    /// top-k values, comma-separated (0 = all tokens) [default: 2000; the demo model's tuned value for the demo
+    /// model].
+    #[arg(long, value_delimiter = ',')]
     pub top_k: Vec<usize>,
     /// GPT dtypes, comma-separated: f32, bf16 (the VQ decoder always runs in f32).
     #[arg(long, value_delimiter = ',', value_enum, default_value = "f32")]
@@ -615,7 +617,35 @@ impl Job<'_> {
     }
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+/// With no model flags at all (and real weights), the bundled demo model is measured, with its tuned sampling
+/// defaults. Returns the labels of its GPT and VQ.
+fn use_demo(a: &mut BenchArgs) -> Result<Option<(String, String)>> {
+    if a.gpt.is_some() || a.gpt_config.is_some() || !a.gpt_model.is_empty() || a.synthetic_weights {
+        return Ok(None);
+    }
+    let demo = args::demo_model()?;
+    a.gpt = Some(demo.gpt);
+    if a.vq.vq.is_none() && a.vq.vq_config.is_none() && a.vq.vq_model.is_none() {
+        a.vq.vq = Some(demo.vq);
+    }
+    if a.cfg_scale.is_empty() {
+        a.cfg_scale.push(demo.cfg_scale);
+    }
+    if a.top_k.is_empty() {
+        a.top_k.push(demo.top_k.max(0) as usize);
+    }
+    tracing::info!("no model given: measuring the bundled demo model from {}", demo.dir.display());
+    Ok(Some(("demo".into(), "demo".into())))
+}
+
+pub fn run(mut a: BenchArgs) -> Result<()> {
+    let demo = use_demo(&mut a)?;
+    if a.cfg_scale.is_empty() {
+        a.cfg_scale.push(4.0);
+    }
+    if a.top_k.is_empty() {
+        a.top_k.push(2000);
+    }
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
@@ -626,9 +656,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--cfg-scale {c} must be a finite number >= 0");
     }
     let dtypes: Vec<Dtype> = a.dtype.iter().map(|&d| d.into()).collect();
-    let vq = vq_config(&a, !a.gpt_model.is_empty())?;
+    let mut vq = vq_config(&a, !a.gpt_model.is_empty())?;
     let downsample = vq.as_ref().map_or(16, |(v, _)| v.downsample());
-    let models = gpt_configs(&a, downsample)?;
+    let mut models = gpt_configs(&a, downsample)?;
+    if let Some((g, v)) = demo {
+        models.iter_mut().for_each(|m| m.0 = g.clone());
+        if let Some(q) = vq.as_mut() {
+            q.1 = v;
+        }
+    }
     for (label, cfg) in &models {
         if let Some((v, vl)) = &vq {
             if cfg.vocab_size > v.codebook_size {

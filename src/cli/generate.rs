@@ -28,18 +28,20 @@ pub struct GenerateArgs {
     /// t2i: the matching B×120 mask .npy (1 = valid token; ones at the end).
     #[arg(long)]
     pub caption_mask: Option<PathBuf>,
-    /// Classifier-free guidance scale (guidance is on only when > 1).
-    #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
-    pub cfg_scale: f32,
+    /// Classifier-free guidance scale (guidance is on only when > 1) [default: 4.0, the official demo sampler's;
+    /// the demo model's tuned value when it runs].
+    #[arg(long, allow_negative_numbers = true)]
+    pub cfg_scale: Option<f32>,
     /// Turn guidance off for decode iterations i > this value (-1: always on).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub cfg_interval: i64,
     /// Sampling temperature (0 is clamped to 1e-5, i.e. near-greedy).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f32,
-    /// Keep the k most likely tokens (ties with the k-th kept); 0 = all.
-    #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
-    pub top_k: i64,
+    /// Keep the k most likely tokens (ties with the k-th kept); 0 = all [default: 2000, the official demo
+    /// sampler's; the demo model's tuned value when it runs].
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_k: Option<i64>,
     /// Nucleus sampling threshold in (0, 1]; 1 = off.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
@@ -118,20 +120,39 @@ fn read_captions(a: &GenerateArgs, t: usize, dim: usize) -> Result<Option<(Vec<f
     Ok(Some((embs, mask)))
 }
 
-pub fn run(a: GenerateArgs) -> Result<()> {
-    let shard: Shard = a.shard.parse()?;
-    if a.top_k < 0 {
-        bail!("--top-k {} must be >= 0 (0 = all tokens)", a.top_k);
+/// With no model flags at all, the bundled demo model runs, with its tuned sampling defaults and class names.
+fn use_demo(a: &mut GenerateArgs) -> Result<Option<Vec<String>>> {
+    let g = &a.gpt;
+    if g.gpt.is_some() || g.gpt_config.is_some() || g.gpt_model.is_some() || a.synthetic_weights {
+        return Ok(None);
     }
-    if !(a.cfg_scale >= 0.0) || !a.cfg_scale.is_finite() {
-        bail!("--cfg-scale {} must be a finite number >= 0", a.cfg_scale);
+    let demo = args::demo_model()?;
+    a.gpt.gpt = Some(demo.gpt);
+    if a.vq.vq.is_none() && a.vq.vq_config.is_none() && a.vq.vq_model.is_none() {
+        a.vq.vq = Some(demo.vq);
+    }
+    a.cfg_scale = a.cfg_scale.or(Some(demo.cfg_scale));
+    a.top_k = a.top_k.or(Some(demo.top_k));
+    tracing::info!("no model given: running the bundled demo model from {}", demo.dir.display());
+    Ok(Some(demo.class_names))
+}
+
+pub fn run(mut a: GenerateArgs) -> Result<()> {
+    let class_names = use_demo(&mut a)?;
+    let (cfg_scale, top_k) = (a.cfg_scale.unwrap_or(4.0), a.top_k.unwrap_or(2000));
+    let shard: Shard = a.shard.parse()?;
+    if top_k < 0 {
+        bail!("--top-k {top_k} must be >= 0 (0 = all tokens)");
+    }
+    if !(cfg_scale >= 0.0) || !cfg_scale.is_finite() {
+        bail!("--cfg-scale {cfg_scale} must be a finite number >= 0");
     }
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     let sampling = SamplingParams {
         temperature: a.temperature,
-        top_k: a.top_k as usize,
+        top_k: top_k as usize,
         top_p: a.top_p,
     };
     sampling.validate()?;
@@ -211,7 +232,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let opts = GptOptions {
         dtype,
         batch,
-        cfg_scale: a.cfg_scale,
+        cfg_scale,
         cfg_interval: a.cfg_interval,
         sampling,
     };
@@ -229,17 +250,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         batch,
         seed: a.seed,
         settings: Settings {
-            cfg_scale: a.cfg_scale,
+            cfg_scale,
             cfg_interval: a.cfg_interval,
             temperature: a.temperature,
-            top_k: a.top_k as usize,
+            top_k: top_k as usize,
             top_p: a.top_p,
             dtype: format!("{dtype:?}").to_lowercase(),
             image_size: vq_cfg.as_ref().map(|_| cfg.grid() * downsample),
         },
         save_tokens: a.save_tokens || a.no_images,
         npz: a.npz.clone(),
-        class_names: None,
+        class_names,
         captions,
         progress: !a.quiet,
     };

@@ -39,9 +39,9 @@ impl Binder<'_> {
         self.ids.insert(name.into(), id);
         Ok(id)
     }
-    fn conv_w(&mut self, p: &str, co: usize, ci: usize, k: usize) -> Result<(WeightId, WeightId)> {
+    fn conv_w(&mut self, p: &str, co: usize, ci: usize, k: usize, layout: Layout) -> Result<(WeightId, WeightId)> {
         Ok((
-            self.get(&format!("{p}.weight"), &[co, ci, k, k], Layout::Plain)?,
+            self.get(&format!("{p}.weight"), &[co, ci, k, k], layout)?,
             self.get(&format!("{p}.bias"), &[co], Layout::Plain)?,
         ))
     }
@@ -76,7 +76,13 @@ impl<'a, 'b> Builder<'a, 'b> {
         residual: Option<TensorId>,
     ) -> Result<TensorId> {
         let [n, ci, h, w] = self.dims(x);
-        let (wt, bs) = self.b.conv_w(p, co, ci, k)?;
+        // each conv weight feeds exactly this one conv, so its layout can depend on the geometry
+        let layout = if k == 3 && stride == 1 && pad == [1; 4] {
+            Layout::Winograd
+        } else {
+            Layout::Conv
+        };
+        let (wt, bs) = self.b.conv_w(p, co, ci, k, layout)?;
         let oh = (h + pad[0] + pad[1] - k) / stride + 1;
         let ow = (w + pad[2] + pad[3] - k) / stride + 1;
         let mut ins = vec![x];

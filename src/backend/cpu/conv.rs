@@ -17,9 +17,13 @@
 //!   512 at 32x32: 181; 3x3 s2 (Downsample) 128 at 256x256: 153; 1x1 256->128 at 128x128: 141;
 //!   upsample+conv 128 at 128->256: 388 counted as the 3x3 conv it replaces (~172 actual).
 //!   conv_in 3->128 and conv_out 128->3 at 256x256: 50 and 66 (K or M of 3 starves the GEMM).
+use crate::backend::Layout;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
+
+pub mod kernel;
+pub mod winograd;
 
 thread_local! {
     // Grows to the largest tile this thread has run, then is reused.
@@ -142,14 +146,32 @@ pub fn tap_major_weights(w: &[f32], c_out: usize, c_in: usize, kh: usize, kw: us
     t
 }
 
-/// A conv weight as the GEMM reads it: tap `t` is the (c_out x c_in) matrix at
-/// `data[t * tap_stride..]` with row stride `rs` and column stride `cs`.
+/// Tap-major weights packed for `kernel::gemm` (once, at load): tap `t` is the packed
+/// `(c_out x c_in)` matrix at `t * kernel::packed_len(c_out, c_in)`.
+pub fn packed_weights(w: &[f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Vec<f32> {
+    let taps = kh * kw;
+    assert_eq!(w.len(), c_out * c_in * taps, "packed_weights: weight length");
+    let len = kernel::packed_len(c_out, c_in);
+    let mut p = vec![0.0f32; taps * len];
+    p.par_chunks_mut(len).enumerate().for_each(|(tap, dst)| {
+        kernel::pack_a(c_out, c_in, |co, ci| w[(co * c_in + ci) * taps + tap], dst)
+    });
+    p
+}
+
+#[derive(Clone, Copy)]
+enum WeightKind {
+    /// tap `t` is the (c_out x c_in) matrix at `data[t * tap_stride..]`, strides `rs`, `cs`
+    Strided { tap_stride: usize, rs: usize, cs: usize },
+    /// from `packed_weights`
+    Packed,
+}
+
+/// A conv weight as the GEMM reads it.
 #[derive(Clone, Copy)]
 pub struct ConvWeights<'a> {
     data: &'a [f32],
-    tap_stride: usize,
-    rs: usize,
-    cs: usize,
+    kind: WeightKind,
     pub c_out: usize,
     pub c_in: usize,
     pub kh: usize,
@@ -162,12 +184,14 @@ impl<'a> ConvWeights<'a> {
     pub fn torch(data: &'a [f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Self {
         let taps = kh * kw;
         assert_eq!(data.len(), c_out * c_in * taps, "conv weight length");
-        let (tap_stride, rs, cs) = (1, c_in * taps, taps);
+        let kind = WeightKind::Strided {
+            tap_stride: 1,
+            rs: c_in * taps,
+            cs: taps,
+        };
         ConvWeights {
             data,
-            tap_stride,
-            rs,
-            cs,
+            kind,
             c_out,
             c_in,
             kh,
@@ -178,12 +202,14 @@ impl<'a> ConvWeights<'a> {
     /// Data from `tap_major_weights`.
     pub fn tap_major(data: &'a [f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Self {
         assert_eq!(data.len(), c_out * c_in * kh * kw, "conv weight length");
-        let (tap_stride, rs, cs) = (c_out * c_in, c_in, 1);
+        let kind = WeightKind::Strided {
+            tap_stride: c_out * c_in,
+            rs: c_in,
+            cs: 1,
+        };
         ConvWeights {
             data,
-            tap_stride,
-            rs,
-            cs,
+            kind,
             c_out,
             c_in,
             kh,
@@ -191,10 +217,38 @@ impl<'a> ConvWeights<'a> {
         }
     }
 
-    /// Rows `co0 ..` of tap `tap` as a GEMM operand.
+    /// Data from `packed_weights`; only valid where `kernel::available()`.
+    pub fn packed(data: &'a [f32], c_out: usize, c_in: usize, kh: usize, kw: usize) -> Self {
+        assert!(kernel::available(), "packed conv weights need AVX-512");
+        assert_eq!(
+            data.len(),
+            kh * kw * kernel::packed_len(c_out, c_in),
+            "packed conv weight length"
+        );
+        ConvWeights {
+            data,
+            kind: WeightKind::Packed,
+            c_out,
+            c_in,
+            kh,
+            kw,
+        }
+    }
+
+    /// Rows `co0 ..` of tap `tap` as a GEMM operand (strided kinds only).
     fn tap(&self, tap: usize, co0: usize) -> Mat<'a> {
-        let start = tap * self.tap_stride + co0 * self.rs;
-        mat(&self.data[start..], self.rs, self.cs)
+        match self.kind {
+            WeightKind::Strided { tap_stride, rs, cs } => {
+                mat(&self.data[tap * tap_stride + co0 * rs..], rs, cs)
+            }
+            WeightKind::Packed => unreachable!("packed weights go through the kernel"),
+        }
+    }
+
+    /// Panels of tap `tap` from output channel `co0` (a multiple of `kernel::MR`; packed only).
+    fn packed_tap(&self, tap: usize, co0: usize) -> &'a [f32] {
+        let len = kernel::packed_len(self.c_out, self.c_in);
+        &self.data[tap * len + co0 * self.c_in..(tap + 1) * len]
     }
 }
 
@@ -402,12 +456,27 @@ pub fn conv2d_with(
         let (planes, acc) = buf.split_at_mut(planes_len);
         fill_planes(&g, &x[img * img_in..][..img_in], oy0, plane_rows, planes);
         let ncols = (rows - 1) * wq + ow;
-        for tap in 0..kh * kw {
+        let tap_off = |tap: usize| {
             let (ky, kx) = (tap / kw, tap % kw);
-            let ph = ((ky % s) * nx + kx % s) * c_in * plane;
-            let b = mat(&planes[ph + (ky / s) * wq + kx / s..], plane, 1);
-            let (a, first) = (wt.tap(tap, co0), tap == 0);
-            sgemm((cos, ncols, c_in), acc, acc_rs, !first, a, b, 1.0, Parallelism::None);
+            ((ky % s) * nx + kx % s) * c_in * plane + (ky / s) * wq + kx / s
+        };
+        if let WeightKind::Packed = wt.kind {
+            let segs: Vec<kernel::Seg> = (0..kh * kw)
+                .map(|tap| kernel::Seg {
+                    a: wt.packed_tap(tap, co0).as_ptr(),
+                    b: planes[tap_off(tap)..].as_ptr(),
+                })
+                .collect();
+            // SAFETY: packed weights exist only where AVX-512 is available; each A holds the
+            // panels from co0 on (co0 is a multiple of MR), each B lies inside the planes for
+            // c_in rows of `plane` and ncols columns, and acc holds cos rows of acc_rs >= ncols.
+            unsafe { kernel::gemm(cos, ncols, c_in, &segs, plane, acc.as_mut_ptr(), acc_rs, kernel::Mode::Set, usize::MAX) };
+        } else {
+            for tap in 0..kh * kw {
+                let b = mat(&planes[tap_off(tap)..], plane, 1);
+                let (a, first) = (wt.tap(tap, co0), tap == 0);
+                sgemm((cos, ncols, c_in), acc, acc_rs, !first, a, b, 1.0, Parallelism::None);
+            }
         }
         for c in 0..cos {
             let b = bias.map_or(0.0, |b| b[co0 + c]);
@@ -477,6 +546,100 @@ pub fn conv2d_add(
     conv2d_with(x, (n, h, w), wt, bias, stride, pad, ep, out);
 }
 
+/// How `prepare` laid a conv weight out for this machine (chosen once, at load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prep {
+    /// torch `(c_out, c_in, kh, kw)`, as given
+    Torch,
+    /// `packed_weights` (AVX-512)
+    Packed,
+    /// `winograd::weights` (AVX-512; 3x3 stride 1 pad 1 only)
+    Winograd,
+    /// `upsample_phase_weights`
+    UpsamplePhases,
+    /// `winograd::upsample_weights` (AVX-512)
+    UpsampleWinograd,
+}
+
+/// Lays out a conv weight of `shape` (c_out, c_in, kh, kw) as its `layout` allows.
+pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>) -> (Prep, Vec<f32>) {
+    let (co, ci, kh, kw) = match *shape {
+        [co, ci, kh, kw] => (co, ci, kh, kw),
+        _ => return (Prep::Torch, w),
+    };
+    let fast = kernel::available();
+    let maxc: usize = std::env::var("WINO_MAXC").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+    let upmaxc: usize = std::env::var("WINO_UPMAXC").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+    let layout = match layout {
+        Layout::Winograd if ci.max(co) > maxc => Layout::Conv,
+        Layout::UpsamplePhases if ci > upmaxc => Layout::Plain,
+        l => l,
+    };
+    match layout {
+        Layout::Plain => (Prep::UpsamplePhases, upsample_phase_weights(&w, co, ci)),
+        Layout::UpsamplePhases if fast && kh == 3 && kw == 3 => {
+            (Prep::UpsampleWinograd, winograd::upsample_weights(&w, co, ci))
+        }
+        Layout::UpsamplePhases => (Prep::UpsamplePhases, upsample_phase_weights(&w, co, ci)),
+        Layout::Winograd if fast && kh == 3 && kw == 3 && ci >= WINOGRAD_MIN_C_IN => {
+            (Prep::Winograd, winograd::weights(&w, co, ci))
+        }
+        Layout::Winograd | Layout::Conv if fast => (Prep::Packed, packed_weights(&w, co, ci, kh, kw)),
+        _ => (Prep::Torch, w),
+    }
+}
+
+/// Below this many input channels a 3x3 conv stays direct (the transforms outweigh a K this short).
+const WINOGRAD_MIN_C_IN: usize = 8;
+
+/// `Op::Conv` on a weight from `prepare`: out = conv(x) + bias (+ residual). x: (n, c_in, h, w).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_prepared(
+    prep: Prep,
+    w: &[f32],
+    x: &[f32],
+    (n, c_in, h, wd): (usize, usize, usize, usize),
+    (c_out, k, stride, pad): (usize, usize, usize, [usize; 4]),
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let ep = residual.map_or(Epilogue::Set, Epilogue::Residual);
+    let wt = match prep {
+        Prep::Torch => ConvWeights::torch(w, c_out, c_in, k, k),
+        Prep::Packed => ConvWeights::packed(w, c_out, c_in, k, k),
+        Prep::Winograd => {
+            if k != 3 || stride != 1 || pad != [1; 4] {
+                return Err(format!("a Winograd weight needs a 3x3 stride-1 pad-1 conv, not k {k} stride {stride} pad {pad:?}"));
+            }
+            winograd::conv3x3(x, (n, h, wd), w, c_out, c_in, bias, ep, out);
+            return Ok(());
+        }
+        Prep::UpsamplePhases | Prep::UpsampleWinograd => return Err("an upsample weight in a plain conv".into()),
+    };
+    conv2d_with(x, (n, h, wd), wt, bias, stride, pad, ep, out);
+    Ok(())
+}
+
+/// `Op::UpsampleConv` on a weight from `prepare`. x: (n, c_in, h, w); out: (n, c_out, 2h, 2w).
+#[allow(clippy::too_many_arguments)]
+pub fn upsample_prepared(
+    prep: Prep,
+    w: &[f32],
+    x: &[f32],
+    (n, c_in, h, wd): (usize, usize, usize, usize),
+    c_out: usize,
+    bias: &[f32],
+    out: &mut [f32],
+) -> Result<(), String> {
+    match prep {
+        Prep::UpsampleWinograd => winograd::upsample_conv3x3(x, (n, h, wd), w, c_out, c_in, bias, out),
+        Prep::UpsamplePhases => upsample_conv3x3(x, n, c_in, h, wd, w, bias, c_out, out),
+        _ => return Err("an upsample conv needs an UpsamplePhases weight".into()),
+    }
+    Ok(())
+}
+
 // Decoder Upsample = nearest x2 then 3x3 pad-1 conv, folded into four 2x2 convs of the input.
 //
 // With u(Y, X) = x(Y / 2, X / 2) (integer division) and
@@ -487,7 +650,7 @@ pub fn conv2d_add(
 // the same way, so output phase (a, b) = (Y % 2, X % 2) is a 2x2 conv of x padded by one pixel
 // on every side: tap (dy, dx) reads padded pixel (y + a + dy, x + b + dx) with the sum of the
 // 3x3 taps in FOLD[a][dy] x FOLD[b][dx]. 16 MACs per input pixel and channel pair instead of 36.
-const FOLD: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+pub(crate) const FOLD: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
 
 /// Folds a 3x3 weight (c_out, c_in, 3, 3) into the phase kernels of `upsample_conv3x3`.
 /// Layout (a, b, dy, dx, c_out, c_in): 16 contiguous row-major (c_out, c_in) matrices.
@@ -740,6 +903,16 @@ mod tests {
                 let cw = ConvWeights::tap_major(&tm, co, ci, kh, kw);
                 conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Accumulate, &mut acc);
                 assert!(rel_l2(&acc, &want_r) < 1e-6, "accumulate {c:?}");
+                if kernel::available() {
+                    let pk = packed_weights(&wt, co, ci, kh, kw);
+                    let cw = ConvWeights::packed(&pk, co, ci, kh, kw);
+                    conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Set, &mut out);
+                    let e = rel_l2(&out, &want);
+                    assert!(e < 1e-6, "packed {c:?}: rel {e}");
+                    let mut acc = r.clone();
+                    conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Accumulate, &mut acc);
+                    assert!(rel_l2(&acc, &want_r) < 1e-6, "packed accumulate {c:?}");
+                }
 
                 conv2d(&x, n, ci, h, w, &wt, None, co, kh, kw, s, pad, &mut out);
                 assert!(rel_l2(&out, &c.naive(&x, &wt, None)) < 1e-6, "no bias {c:?}");
@@ -840,54 +1013,146 @@ mod tests {
         println!("{name}: {:.2} ms, {gf:.1} GFLOP/s wall, ~{idle:.1} if idle", wall * 1e3);
     }
 
+    /// Relative L2 error vs f64 of the direct conv and of Winograd F(4,3) at the decoder's shapes, on
+    /// uniform [-1, 1) data and on post-swish-like data (x >= -0.28, mean > 0), for 4 output channels.
+    /// `cargo test --release --lib conv::tests::winograd_error -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn winograd_error() {
+        if !kernel::available() {
+            return;
+        }
+        for (ci, co, hw) in [(128, 128, 256), (256, 128, 128), (256, 256, 64), (512, 512, 32), (512, 512, 16)] {
+            for swishy in [false, true] {
+                let mut x = rand_vec(ci * hw * hw, 11);
+                if swishy {
+                    x.iter_mut().for_each(|v| {
+                        let y = 2.0 * *v + 0.5;
+                        *v = y / (1.0 + (-y).exp())
+                    });
+                }
+                // torch's default init scale: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+                let s = 1.0 / ((ci * 9) as f32).sqrt();
+                let w: Vec<f32> = rand_vec(co * ci * 9, 12).iter().map(|v| v * s).collect();
+                let b = rand_vec(co, 13);
+                let mut direct = vec![0.0; co * hw * hw];
+                let pk = tap_major_weights(&w, co, ci, 3, 3);
+                let cw = ConvWeights::tap_major(&pk, co, ci, 3, 3);
+                conv2d_with(&x, (1, hw, hw), cw, Some(&b), 1, [1; 4], Epilogue::Set, &mut direct);
+                let mut wino = vec![0.0; co * hw * hw];
+                let u = winograd::weights(&w, co, ci);
+                winograd::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&b), Epilogue::Set, &mut wino);
+                let sub = 4;
+                let c = Case {
+                    n: 1,
+                    ci,
+                    co: sub,
+                    h: hw,
+                    w: hw,
+                    kh: 3,
+                    kw: 3,
+                    s: 1,
+                    pad: [1; 4],
+                };
+                let want = c.naive(&x, &w[..sub * ci * 9], Some(&b[..sub]));
+                let n = sub * hw * hw;
+                println!(
+                    "{ci}->{co} at {hw}x{hw} ({}): direct {:.2e}, winograd F(4,3) {:.2e}",
+                    if swishy { "swish-like input" } else { "uniform input" },
+                    rel_l2(&direct[..n], &want),
+                    rel_l2(&wino[..n], &want)
+                );
+            }
+        }
+    }
+
     /// `cargo test --release --lib conv::tests::bench -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn bench() {
+        let filter = std::env::var("CONV_BENCH").unwrap_or_default();
         let (m, k, nn) = (512, 4608, 1024);
         let (a, b, mut d) = (rand_vec(m * k, 1), rand_vec(k * nn, 2), vec![0.0; m * nn]);
         let (a, b, par) = (mat(&a, k, 1), mat(&b, nn, 1), Parallelism::Rayon(0));
         let flops = 2.0 * (m * nn * k) as f64;
-        bench_one("plain gemm 512x4608x1024", flops, &mut || {
-            sgemm((m, nn, k), &mut d, nn, false, a, b, 1.0, par)
-        });
+        if filter.is_empty() {
+            bench_one("plain gemm 512x4608x1024", flops, &mut || {
+                sgemm((m, nn, k), &mut d, nn, false, a, b, 1.0, par)
+            });
+        }
         let (p1, p2, p0) = ([1; 4], [0, 1, 0, 1], [0; 4]);
-        for (ci, co, hw, k, s, pad, torch) in [
-            (128, 128, 256, 3, 1, p1, false),
-            (256, 256, 64, 3, 1, p1, false),
-            (512, 512, 16, 3, 1, p1, false),
-            (512, 512, 32, 3, 1, p1, false),
-            (128, 128, 256, 3, 1, p1, true),
-            (512, 512, 16, 3, 1, p1, true),
-            (3, 128, 256, 3, 1, p1, false),
-            (128, 3, 256, 3, 1, p1, false),
-            (128, 128, 256, 3, 2, p2, false),
-            (256, 128, 128, 1, 1, p0, false),
+        for (ci, co, hw, k, s, pad, layout) in [
+            (128, 128, 256, 3, 1, p1, 2),
+            (128, 128, 256, 3, 1, p1, 1),
+            (256, 256, 64, 3, 1, p1, 2),
+            (256, 256, 64, 3, 1, p1, 1),
+            (512, 512, 16, 3, 1, p1, 2),
+            (512, 512, 16, 3, 1, p1, 1),
+            (512, 512, 32, 3, 1, p1, 2),
+            (512, 512, 32, 3, 1, p1, 1),
+            (128, 128, 256, 3, 1, p1, 0),
+            (3, 128, 256, 3, 1, p1, 2),
+            (128, 3, 256, 3, 1, p1, 2),
+            (128, 3, 256, 3, 1, p1, 1),
+            (128, 128, 256, 3, 2, p2, 2),
+            (256, 128, 128, 1, 1, p0, 2),
+            (256, 128, 128, 1, 1, p0, 1),
         ] {
+            if layout == 2 && !kernel::available() {
+                continue;
+            }
             let (x, w) = (rand_vec(ci * hw * hw, 1), rand_vec(co * ci * k * k, 2));
             let tm = tap_major_weights(&w, co, ci, k, k);
-            let wt = match torch {
-                true => ConvWeights::torch(&w, co, ci, k, k),
-                false => ConvWeights::tap_major(&tm, co, ci, k, k),
+            let pk = packed_weights(&w, co, ci, k, k);
+            let wt = match layout {
+                0 => ConvWeights::torch(&w, co, ci, k, k),
+                1 => ConvWeights::tap_major(&tm, co, ci, k, k),
+                _ => ConvWeights::packed(&pk, co, ci, k, k),
             };
             let bias = rand_vec(co, 3);
             let o = (hw + pad[0] + pad[1] - k) / s + 1;
             let mut out = vec![0.0; co * o * o];
-            let layout = if torch { "torch layout" } else { "tap-major" };
+            let layout = ["torch layout", "tap-major gemm crate", "packed avx512"][layout];
             let name = format!("conv{k}x{k}/s{s} {ci}->{co} {hw}x{hw} ({layout})");
+            if !name.contains(&filter) {
+                continue;
+            }
             let flops = 2.0 * (ci * co * k * k * o * o) as f64;
             bench_one(&name, flops, &mut || {
                 conv2d_with(&x, (1, hw, hw), wt, Some(&bias), s, pad, Epilogue::Set, &mut out)
             });
         }
-        for (c, hw) in [(128, 128), (256, 64), (512, 16)] {
+        if kernel::available() {
+            for (ci, co, hw) in [(128, 128, 256), (256, 128, 128), (128, 128, 128), (256, 256, 64), (512, 512, 32), (512, 256, 32), (256, 256, 32), (512, 512, 16), (256, 512, 16)] {
+                let (x, w) = (rand_vec(ci * hw * hw, 1), rand_vec(co * ci * 9, 2));
+                let (u, bias, r) = (winograd::weights(&w, co, ci), rand_vec(co, 3), rand_vec(co * hw * hw, 4));
+                let mut out = vec![0.0; co * hw * hw];
+                let name = format!("conv3x3/s1 {ci}->{co} {hw}x{hw} (winograd F(4,3), residual; as direct flops)");
+                if !name.contains(&filter) {
+                    continue;
+                }
+                let flops = 2.0 * (ci * co * 9 * hw * hw) as f64;
+                let ep = Epilogue::Residual(&r);
+                bench_one(&name, flops, &mut || winograd::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&bias), ep, &mut out));
+            }
+        }
+        for (c, hw) in [(128, 128), (256, 64), (256, 32), (512, 16)] {
             let (x, b) = (rand_vec(c * hw * hw, 1), rand_vec(c, 3));
-            let pw = upsample_phase_weights(&rand_vec(c * c * 9, 2), c, c);
+            let w = rand_vec(c * c * 9, 2);
+            let pw = upsample_phase_weights(&w, c, c);
             let mut out = vec![0.0; c * 4 * hw * hw];
             let name = format!("upsample+conv3x3 {c} {hw}->{} (as 3x3 conv flops)", 2 * hw);
-            bench_one(&name, 2.0 * (c * c * 9 * 4 * hw * hw) as f64, &mut || {
-                upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out)
-            });
+            if !name.contains(&filter) {
+                continue;
+            }
+            let flops = 2.0 * (c * c * 9 * 4 * hw * hw) as f64;
+            bench_one(&name, flops, &mut || upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out));
+            if kernel::available() {
+                let u = winograd::upsample_weights(&w, c, c);
+                bench_one(&format!("{name} winograd"), flops, &mut || {
+                    winograd::upsample_conv3x3(&x, (1, hw, hw), &u, c, c, &b, &mut out)
+                });
+            }
         }
     }
 }

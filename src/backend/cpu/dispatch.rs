@@ -16,43 +16,36 @@ struct Views<'a> {
 }
 
 impl Views<'_> {
+    /// The tensor's bytes as `T` (f32 or i32: both 4 bytes, the arena is 64-byte aligned).
+    fn ptr<T: bytemuck::Pod>(&self, t: TensorId) -> (*mut T, usize) {
+        debug_assert_eq!(std::mem::size_of::<T>(), 4);
+        // SAFETY: offset + numel·4 lies inside the arena (reserve_arena sized it to the plan).
+        (unsafe { self.base.add(self.plan.offsets[t.0 as usize]) } as *mut T, self.g.info(t).numel())
+    }
+    fn get<T: bytemuck::Pod>(&self, t: TensorId) -> &[T] {
+        let (p, n) = self.ptr::<T>(t);
+        // SAFETY: see `ptr`; shared views of live tensors never overlap the node's output.
+        unsafe { std::slice::from_raw_parts(p, n) }
+    }
+    #[allow(clippy::mut_from_ref)]
+    fn get_mut<T: bytemuck::Pod>(&self, t: TensorId) -> &mut [T] {
+        let (p, n) = self.ptr::<T>(t);
+        // SAFETY: see the struct comment: the output is disjoint from every other live view.
+        unsafe { std::slice::from_raw_parts_mut(p, n) }
+    }
     fn f32(&self, t: TensorId) -> &[f32] {
-        // SAFETY: offset + numel·4 lies inside the arena (reserve_arena sized it to the plan), aligned to 64 bytes.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.base.add(self.plan.offsets[t.0 as usize]) as *const f32,
-                self.g.info(t).numel(),
-            )
-        }
+        self.get(t)
     }
     fn i32(&self, t: TensorId) -> &[i32] {
-        // SAFETY: as above; I32 tensors have the same size and alignment.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.base.add(self.plan.offsets[t.0 as usize]) as *const i32,
-                self.g.info(t).numel(),
-            )
-        }
+        self.get(t)
     }
     #[allow(clippy::mut_from_ref)]
     fn f32_mut(&self, t: TensorId) -> &mut [f32] {
-        // SAFETY: see the struct comment: the output is disjoint from every other live view.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.base.add(self.plan.offsets[t.0 as usize]) as *mut f32,
-                self.g.info(t).numel(),
-            )
-        }
+        self.get_mut(t)
     }
     #[allow(clippy::mut_from_ref)]
     fn i32_mut(&self, t: TensorId) -> &mut [i32] {
-        // SAFETY: as for f32_mut.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.base.add(self.plan.offsets[t.0 as usize]) as *mut i32,
-                self.g.info(t).numel(),
-            )
-        }
+        self.get_mut(t)
     }
 }
 
@@ -261,60 +254,34 @@ impl CpuBackend {
                 pad,
             } => {
                 let s = g.shape(ins[0]);
-                let (n, ci, h, wd) = (s[0], s[1], s[2], s[3]);
                 let wt = self.w(*w);
-                let (wv, bv) = (
+                let bias = Some(weight_f32(self.w(*b), "conv bias")?);
+                let residual = ins.get(1).map(|&r| v.f32(r));
+                conv::conv_prepared(
+                    wt.conv,
                     weight_f32(wt, "conv")?,
-                    Some(weight_f32(self.w(*b), "conv bias")?),
-                );
-                match ins.get(1) {
-                    Some(&r) => conv::conv2d_add(
-                        v.f32(ins[0]),
-                        n,
-                        ci,
-                        h,
-                        wd,
-                        wv,
-                        bv,
-                        wt.shape[0],
-                        *k,
-                        *k,
-                        *stride,
-                        *pad,
-                        v.f32(r),
-                        v.f32_mut(out),
-                    ),
-                    None => conv::conv2d(
-                        v.f32(ins[0]),
-                        n,
-                        ci,
-                        h,
-                        wd,
-                        wv,
-                        bv,
-                        wt.shape[0],
-                        *k,
-                        *k,
-                        *stride,
-                        *pad,
-                        v.f32_mut(out),
-                    ),
-                }
+                    v.f32(ins[0]),
+                    (s[0], s[1], s[2], s[3]),
+                    (wt.shape[0], *k, *stride, *pad),
+                    bias,
+                    residual,
+                    v.f32_mut(out),
+                )
+                .map_err(|e| Error::tensor(&wt.name, e))?;
             }
             Op::UpsampleConv { w, b } => {
                 let s = g.shape(ins[0]);
-                let (n, ci, h, wd) = (s[0], s[1], s[2], s[3]);
-                conv::upsample_conv3x3(
+                let wt = self.w(*w);
+                conv::upsample_prepared(
+                    wt.conv,
+                    weight_f32(wt, "upsample conv")?,
                     v.f32(ins[0]),
-                    n,
-                    ci,
-                    h,
-                    wd,
-                    weight_f32(self.w(*w), "upsample conv")?,
-                    weight_f32(self.w(*b), "upsample bias")?,
+                    (s[0], s[1], s[2], s[3]),
                     oshape[1],
+                    weight_f32(self.w(*b), "upsample bias")?,
                     v.f32_mut(out),
-                );
+                )
+                .map_err(|e| Error::tensor(&wt.name, e))?;
             }
             Op::Groupnorm {
                 gamma,

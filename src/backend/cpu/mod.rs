@@ -35,6 +35,8 @@ pub struct CpuWeight {
     pub name: String,
     pub shape: Vec<usize>,
     pub data: WeightData,
+    /// How a conv weight's data is laid out (`Torch` for every other weight).
+    pub conv: conv::Prep,
 }
 
 impl CpuWeight {
@@ -120,20 +122,22 @@ impl Backend for CpuBackend {
         self.weights = weights
             .into_iter()
             .map(|w| {
-                let data = match (w.layout, w.storage) {
-                    (Layout::UpsamplePhases, _) => {
-                        let (co, ci) = (w.shape[0], w.shape[1]);
-                        WeightData::F32(conv::upsample_phase_weights(&w.data, co, ci))
+                let (data, prep) = match (w.layout, w.storage) {
+                    (Layout::UpsamplePhases | Layout::Conv | Layout::Winograd, _) => {
+                        let (prep, data) = conv::prepare(w.layout, &w.shape, w.data);
+                        (WeightData::F32(data), prep)
                     }
-                    (Layout::Plain, Storage::F32) => WeightData::F32(w.data),
-                    (Layout::Plain, Storage::Bf16) => {
-                        WeightData::Bf16(w.data.iter().map(|&v| bf16::from_f32(v)).collect())
-                    }
+                    (Layout::Plain, Storage::F32) => (WeightData::F32(w.data), conv::Prep::Torch),
+                    (Layout::Plain, Storage::Bf16) => (
+                        WeightData::Bf16(w.data.iter().map(|&v| bf16::from_f32(v)).collect()),
+                        conv::Prep::Torch,
+                    ),
                 };
                 CpuWeight {
                     name: w.name,
                     shape: w.shape,
                     data,
+                    conv: prep,
                 }
             })
             .collect();

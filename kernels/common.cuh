@@ -1,0 +1,137 @@
+/*
+ * common.cuh: device helpers shared by every kernel (nvcc and the CPU emulator compile the same code).
+ *
+ *   - DYNAMIC_SHARED(T, name): `extern __shared__ T name[]` under nvcc, a pointer into the block's dynamic shared
+ *     buffer under the emulator (the one place besides PTX wrappers where kernels test __CUEMU__);
+ *   - dtype helpers: to_float / from_float<T> (bf16 rounds to nearest even) and quantize<T>;
+ *   - Pack16<T>: 16-byte vector loads and stores (LDG.128 / STG.128);
+ *   - warp and block reductions (sum, max) built from shuffles and per-warp partials, correct for any block size
+ *     1..1024 (a halving loop from blockDim/2 silently drops elements when blockDim is not a power of two);
+ *   - mma_m16n8k16_bf16: the tensor-core MMA wrapper (inline PTX on the GPU, the emulator's warp collective here).
+ */
+#ifndef LLAMAGEN_COMMON_CUH
+#define LLAMAGEN_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#ifdef __CUEMU__
+#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::cuemu::dynamic_smem())
+#else
+#define DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
+#define FULL_MASK 0xffffffffu
+
+static __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+/* ---- dtypes ---------------------------------------------------------------------------------------------------- */
+
+static __device__ __forceinline__ float to_float(float x) { return x; }
+static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> struct FromFloat;
+template <> struct FromFloat<float> {
+    static __device__ __forceinline__ float conv(float x) { return x; }
+};
+template <> struct FromFloat<__nv_bfloat16> {
+    static __device__ __forceinline__ __nv_bfloat16 conv(float x) { return __float2bfloat16_rn(x); }
+};
+/* Stores x in T (bf16: round to nearest even). */
+template <typename T> static __device__ __forceinline__ T from_float(float x) { return FromFloat<T>::conv(x); }
+/* x rounded to T's precision, back in f32: the reference's intermediate `.type_as(x)` roundings. */
+template <typename T> static __device__ __forceinline__ float quantize(float x) { return to_float(from_float<T>(x)); }
+
+/* ---- 16-byte vectors ------------------------------------------------------------------------------------------- */
+
+template <typename T> struct __align__(16) Pack16 {
+    static constexpr int N = 16 / sizeof(T);
+    T v[N];
+};
+static __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+template <typename T> static __device__ __forceinline__ Pack16<T> load16(const T* p) {
+    Pack16<T> r;
+    *reinterpret_cast<int4*>(&r) = *reinterpret_cast<const int4*>(p);
+    return r;
+}
+template <typename T> static __device__ __forceinline__ void store16(T* p, const Pack16<T>& v) {
+    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&v);
+}
+
+/* ---- reductions ------------------------------------------------------------------------------------------------ */
+
+struct SumOp {
+    static __device__ __forceinline__ float apply(float a, float b) { return a + b; }
+    static __device__ __forceinline__ float identity() { return 0.0f; }
+};
+struct MaxOp {
+    static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); }
+    static __device__ __forceinline__ float identity() { return -INFINITY; }
+};
+
+/* Butterfly over a full warp: every lane gets the result. All 32 lanes must exist and call it. */
+template <typename Op> static __device__ __forceinline__ float warp_reduce(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+static __device__ __forceinline__ float warp_reduce_sum(float v) { return warp_reduce<SumOp>(v); }
+static __device__ __forceinline__ float warp_reduce_max(float v) { return warp_reduce<MaxOp>(v); }
+
+/* Reduction over the first n lanes (1 <= n <= 32) of the calling warp, which are exactly the lanes that call it;
+ * the result is valid in lane 0. Serves partial last warps (blockDim not a multiple of 32). */
+template <typename Op> static __device__ __forceinline__ float warp_reduce_first(float v, int lane, int n) {
+    const unsigned mask = n >= 32 ? FULL_MASK : ((1u << n) - 1u);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float other = __shfl_down_sync(mask, v, o);
+        if (lane + o < n) v = Op::apply(v, other);
+    }
+    return v;
+}
+
+/* Reduction over the whole block (any shape, 1..1024 threads); every thread gets the result. Every thread of the
+ * block must call it (it holds two __syncthreads). Back-to-back calls are safe: the partials and the broadcast
+ * slot are distinct, and each is rewritten only after a barrier that every reader has passed. */
+template <typename Op> static __device__ __forceinline__ float block_reduce(float v) {
+    __shared__ float partial[33];
+    const int tid = (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+    const int nthreads = (int)(blockDim.x * blockDim.y * blockDim.z);
+    const int lane = tid & 31, warp = tid >> 5, nwarps = (nthreads + 31) >> 5;
+    const int lanes = min(32, nthreads - warp * 32);
+    v = warp_reduce_first<Op>(v, lane, lanes);
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float p = lane < nwarps ? partial[lane] : Op::identity();
+        p = warp_reduce_first<Op>(p, lane, lanes);
+        if (lane == 0) partial[32] = p;
+    }
+    __syncthreads();
+    return partial[32];
+}
+static __device__ __forceinline__ float block_reduce_sum(float v) { return block_reduce<SumOp>(v); }
+static __device__ __forceinline__ float block_reduce_max(float v) { return block_reduce<MaxOp>(v); }
+
+/* ---- tensor cores ---------------------------------------------------------------------------------------------- */
+
+/* D = A·B + C on one 16x8x16 tile, A row-major bf16, B column-major bf16, C and D f32; all 32 lanes of the warp.
+ * Fragments (g = lane >> 2, t = lane & 3; the lower-indexed element in the low half of each register):
+ *   a[0] = A[g][2t..2t+1]   a[1] = A[g+8][2t..2t+1]   a[2] = A[g][2t+8..2t+9]   a[3] = A[g+8][2t+8..2t+9]
+ *   b[0] = B[2t..2t+1][g]   b[1] = B[2t+8..2t+9][g]
+ *   c/d[0..1] = C[g][2t..2t+1]   c/d[2..3] = C[g+8][2t..2t+1]
+ * Status: the emulator and kernels/selftest.cu share this reading of the PTX ISA; confirm on a GPU. */
+static __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                                         const float c[4]) {
+#ifdef __CUEMU__
+    ::cuemu::mma_m16n8k16_bf16(d, a, b, c);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%11,%12,%13};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+                   "f"(c[3]));
+#endif
+}
+
+#endif /* LLAMAGEN_COMMON_CUH */

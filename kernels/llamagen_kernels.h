@@ -1,0 +1,130 @@
+/*
+ * llamagen_kernels.h: the one header that CUDA, the CPU emulator and Rust agree on.
+ *
+ *   - kernel parameter structs (plain C, 4-byte scalars only);
+ *   - the kernel table: every `extern "C"` kernel with its full parameter list, X(name, (params));
+ *   - the emulator's cuLaunchKernel-shaped launch API (kernels/emu/runtime.cpp implements it).
+ *
+ * Who reads it:
+ *   - nvcc and the emulator's g++ (every .cu file in kernels/ includes it): the table expands to the kernel prototypes, so a
+ *     definition whose parameters differ from its table entry fails to compile ("conflicting declaration of C
+ *     function") on both compilers;
+ *   - kernels/emu/registry.cpp: the table expands to the launch registry (name -> trampoline + argument signature);
+ *   - build.rs: parses the structs and the table (the restricted syntax below) and generates the Rust mirrors
+ *     (#[repr(C)] structs, one typed launcher per kernel) plus a C++ file of sizeof/offsetof values that a test
+ *     compares with the Rust layouts. bindgen is not used (it needs libclang); this parser is the hand-checked
+ *     equivalent, and the layout test is the check.
+ *
+ * Restricted syntax (build.rs panics with the offending line otherwise):
+ *   - structs: `typedef struct Name { <scalar> field; ... } Name;` with <scalar> one of int32_t, uint32_t, float;
+ *   - table entries: `X(name, (type arg, ...))`, types: [const] T* [__restrict__] with T one of float,
+ *     __nv_bfloat16, int32_t, uint32_t, or a scalar type above, or a struct defined here (passed by value).
+ */
+#ifndef LLAMAGEN_KERNELS_H
+#define LLAMAGEN_KERNELS_H
+
+#include <stdint.h>
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Kernel parameter structs (passed by value as one kernel argument)
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* rmsnorm_*: rows of length d, one block per row. */
+typedef struct RmsnormParams {
+    int32_t rows;
+    int32_t d;
+    float eps;
+} RmsnormParams;
+
+/* swiglu_*: input rows [2f] = a | b, output rows [f]. */
+typedef struct SwigluParams {
+    int32_t rows;
+    int32_t f;
+} SwigluParams;
+
+/* Emulator launch options (cuemu_launch_ex). */
+typedef struct CuemuLaunchOptions {
+    /* Fiber order between sync points: -1 = CUEMU_SCHED from the environment (default forward),
+     * 0 = forward, 1 = reverse, 2 = shuffle (seeded by block index and `seed`). */
+    int32_t sched;
+    uint32_t seed;
+} CuemuLaunchOptions;
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * The kernel table
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* Model kernels: one entry per dtype, activations f32 or bf16, accumulation always f32. Norm weights are f32 arrays
+ * holding values of the model precision (see model::gpt::bind_weights). */
+#define LLAMAGEN_KERNELS(X)                                                                                            \
+    X(rmsnorm_f32, (const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, RmsnormParams p)) \
+    X(rmsnorm_bf16, (const __nv_bfloat16* __restrict__ x, const float* __restrict__ w, __nv_bfloat16* __restrict__ y, \
+                     RmsnormParams p))                                                                                 \
+    X(swiglu_f32, (const float* __restrict__ ab, float* __restrict__ out, SwigluParams p))                            \
+    X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))
+
+/* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
+ * by nvcc too, so the same probes can run on a GPU. */
+#define LLAMAGEN_SELFTEST_KERNELS(X)                                                                                   \
+    X(selftest_partial_barrier, (float* out))                                                                          \
+    X(selftest_half_warp_shuffle, (float* out))                                                                        \
+    X(selftest_exit_before_barrier, (float* out, int32_t n))                                                           \
+    X(selftest_neighbour, (const float* in, float* out, int32_t with_barrier))                                         \
+    X(selftest_block_reduce, (const float* in, float* out, int32_t n))                                                 \
+    X(selftest_warp_ops, (const int32_t* in, int32_t* out))                                                            \
+    X(selftest_atomics, (int32_t* counter, float* fsum, uint32_t* umax, int32_t* slots, int32_t* claims,               \
+                         int32_t* xchg, int32_t* xchg_old))                                                            \
+    X(selftest_indices, (uint32_t* out))                                                                               \
+    X(selftest_dynamic_shared, (const float* in, float* out, int32_t n))                                               \
+    X(selftest_bf16_convert, (const float* f, __nv_bfloat16* to_bf16, const __nv_bfloat16* b, float* to_f32,          \
+                              int32_t n))                                                                              \
+    X(selftest_mma_bf16, (const __nv_bfloat16* a, const __nv_bfloat16* bt, const float* c, float* d))                 \
+    X(selftest_sync_count, (int32_t* out))
+
+/* Prototypes, for nvcc and the emulator only. */
+#if defined(__CUDACC__) || defined(__CUEMU__)
+#include <cuda_bf16.h>
+#define LLAMAGEN_DECLARE_KERNEL(name, params) extern "C" __global__ void name params;
+LLAMAGEN_KERNELS(LLAMAGEN_DECLARE_KERNEL)
+LLAMAGEN_SELFTEST_KERNELS(LLAMAGEN_DECLARE_KERNEL)
+#undef LLAMAGEN_DECLARE_KERNEL
+#endif
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Emulator launch API (host side; implemented by kernels/emu/runtime.cpp and registry.cpp)
+ * ------------------------------------------------------------------------------------------------------------- */
+#if !defined(__CUDACC__)
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    CUEMU_OK = 0,
+    CUEMU_ERR_UNKNOWN_KERNEL = 1,
+    CUEMU_ERR_INVALID_CONFIG = 2,
+    CUEMU_ERR_INVALID_ARGS = 3
+};
+
+/* cuLaunchKernel's shape: runs the whole grid and returns when it is complete. `args[i]` points at the i-th kernel
+ * argument (a device pointer value, a scalar, or a parameter struct). Returns a CUEMU_* code; on error
+ * cuemu_last_error() describes it. A kernel bug (partial barrier, deadlock, misused warp collective) prints a
+ * message naming the kernel, block and thread, then aborts the process, as a GPU fault would end the context. */
+int cuemu_launch(const char* name, const uint32_t grid[3], const uint32_t block[3], uint32_t shared_bytes,
+                 void** args);
+int cuemu_launch_ex(const char* name, const uint32_t grid[3], const uint32_t block[3], uint32_t shared_bytes,
+                    void** args, const CuemuLaunchOptions* opts);
+/* The message of the last failed call on this OS thread ("" if none). */
+const char* cuemu_last_error(void);
+/* Argument signature of a kernel, e.g. "P,P,P,S12" (P pointer, i int32, u uint32, f float, S<n> struct of n bytes).
+ * Returns 0 and NUL-terminates into buf, or CUEMU_ERR_UNKNOWN_KERNEL. */
+int cuemu_kernel_signature(const char* name, char* buf, uint32_t len);
+/* Number of registered kernels and the i-th name (NULL past the end). */
+int cuemu_kernel_count(void);
+const char* cuemu_kernel_name(int i);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* !__CUDACC__ */
+
+#endif /* LLAMAGEN_KERNELS_H */
