@@ -1255,3 +1255,65 @@ fn info_gpt_b_parameter_count() {
     assert!(r.stdout.contains("110888448"), "{}", r.stdout);
     assert!(r.stdout.contains("110.9M"), "{}", r.stdout);
 }
+
+/// Text-to-image end to end: T5 features and mask from .npy files, greedy decoding, guided and unguided; the tokens
+/// equal the official implementation's up to the first position whose margin is below 1e-3.
+#[test]
+fn t2i_from_caption_npy_files_matches_the_official_greedy_tokens() {
+    let d = tmp();
+    let f = llamagen::weights::safetensors::SafeTensorsFile::open(&data("gpt_tiny_t2i.safetensors")).unwrap();
+    let (es, embs) = f.f32("caption_embs").unwrap();
+    let (ms, mask) = f.i64("emb_masks").unwrap();
+    let (embs_p, mask_p) = (d.path().join("embs.npy"), d.path().join("mask.npy"));
+    std::fs::write(&embs_p, npy::npy_bytes_f32(&es, &embs)).unwrap();
+    std::fs::write(&mask_p, npy::npy_bytes_i64(&ms, &mask)).unwrap();
+    for (key, scale) in [("greedy_cfg", "7.5"), ("greedy_nocfg", "1.0")] {
+        let out = d.path().join(key);
+        let a = args![
+            "generate", "--gpt", data("gpt_tiny_t2i.pt"), "--gpt-config", data("gpt_tiny_t2i.config.json"),
+            "--caption-embs", &embs_p, "--caption-mask", &mask_p, "--no-images", "--top-k", "1",
+            "--cfg-scale", scale, "--out", &out, "--quiet"
+        ];
+        ok(d.path(), &a);
+        let (shape, got) = read_tokens(&out.join("tokens.npy"));
+        assert_eq!(shape, [2, 4, 4]);
+        let want = f.i64(key).unwrap().1;
+        let margin = f.f32(&format!("{key}_margin")).unwrap().1;
+        for i in 0..2 {
+            for j in 0..16 {
+                if margin[i * 16 + j] < 1e-3 {
+                    break;
+                }
+                assert_eq!(got[i * 16 + j], want[i * 16 + j], "{key}: caption {i} token {j}");
+            }
+        }
+        let lines = manifest(&out.join("manifest.jsonl"));
+        let captions: Vec<u64> = lines.iter().map(|l| l["caption"].as_u64().unwrap()).collect();
+        assert_eq!(captions, [0, 1]);
+    }
+}
+
+/// `encode` then `decode` equals `reconstruct` (both through the engine), and encode names its input images' grid.
+#[test]
+fn reconstruct_equals_encode_then_decode() {
+    let d = tmp();
+    let vq = vq512(d.path());
+    // Two 8×8 test pictures written as PNG.
+    let imgs: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let px: Vec<u8> = (0..8 * 8 * 3).map(|i| ((i * (7 + k) * 13) % 256) as u8).collect();
+            let p = d.path().join(format!("in{k}.png"));
+            llamagen::io::png::write_png_rgb(&p, &px, 8, 8).unwrap();
+            p
+        })
+        .collect();
+    let tokens = d.path().join("t.npy");
+    ok(d.path(), &args!["encode", "--vq", &vq, "--image-size", "8", "--out", &tokens, &imgs[0], &imgs[1]]);
+    assert_eq!(read_tokens(&tokens).0, [2, 4, 4]);
+    let (dec, rec) = (d.path().join("dec"), d.path().join("rec"));
+    ok(d.path(), &args!["decode", "--vq", &vq, "--tokens", &tokens, "--out", &dec]);
+    ok(d.path(), &args!["reconstruct", "--vq", &vq, "--image-size", "8", "--out", &rec, &imgs[0], &imgs[1]]);
+    for name in ["000000.png", "000001.png"] {
+        assert_eq!(std::fs::read(dec.join(name)).unwrap(), std::fs::read(rec.join(name)).unwrap(), "{name}");
+    }
+}
