@@ -449,8 +449,9 @@ fn compile_with_nvcc(root: &Path, out: &Path, cu_files: &[PathBuf]) -> Nvcc {
                     match c.output() {
                         Err(e) => Err(format!("cannot run {}: {e}", nvcc.display())),
                         Ok(o) if !o.status.success() => Err(format!(
-                            "{} ({target}) failed: {}{}",
+                            "{} ({target}) failed ({}): {}{}",
                             src.display(),
+                            o.status,
                             String::from_utf8_lossy(&o.stdout),
                             String::from_utf8_lossy(&o.stderr)
                         )),
@@ -691,6 +692,7 @@ fn rust_source(api: &Api, modules: &BTreeMap<String, String>, nvcc: &Nvcc, out: 
     }
     s.push_str("];\n\n");
     let report = out.join("gpu/ptxas.txt");
+    fs::create_dir_all(out.join("gpu")).unwrap();
     fs::write(&report, &nvcc.report).unwrap();
     writeln!(
         s,

@@ -342,7 +342,6 @@ fn launch_rejects_bad_names_arguments_and_configs() {
         assert!(e.contains(want), "{e}");
     }
     dev.launch("rmsnorm_f32", cfg, &[&xp, &xp, &yp, &p]).unwrap();
-    drop(yp);
     assert!(
         y.as_slice().iter().all(|&v| (v - 1.0).abs() < 1e-3),
         "{:?}",
@@ -490,7 +489,7 @@ fn missing_barrier_shows_under_other_schedules() {
 fn block_reduce_is_exact_at_odd_block_sizes() {
     let dev = EmuDevice::new();
     let mut rng = Rng(3);
-    let n = 1000;
+    let n = 1000usize;
     let input: Vec<f32> = (0..n).map(|_| rng.below(101) as f32 - 50.0).collect();
     let sum: f32 = input.iter().map(|&v| v as f64).sum::<f64>() as f32;
     let max = input.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

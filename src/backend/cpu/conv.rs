@@ -589,6 +589,20 @@ pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>) -> (Prep, Vec<f32>)
     }
 }
 
+pub struct Trace(String, std::time::Instant);
+impl Trace {
+    pub fn new(s: String) -> Self {
+        Trace(s, std::time::Instant::now())
+    }
+}
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if std::env::var_os("CONV_TRACE").is_some() {
+            eprintln!("TRACE {:8.2} ms {}", self.1.elapsed().as_secs_f64() * 1e3, self.0);
+        }
+    }
+}
+
 /// Below this many input channels a 3x3 conv stays direct (the transforms outweigh a K this short).
 const WINOGRAD_MIN_C_IN: usize = 8;
 
@@ -604,6 +618,7 @@ pub fn conv_prepared(
     residual: Option<&[f32]>,
     out: &mut [f32],
 ) -> Result<(), String> {
+    let _t = Trace::new(format!("conv {prep:?} {c_in}->{c_out} k{k} s{stride} {h}x{wd}"));
     let ep = residual.map_or(Epilogue::Set, Epilogue::Residual);
     let wt = match prep {
         Prep::Torch => ConvWeights::torch(w, c_out, c_in, k, k),
@@ -632,6 +647,7 @@ pub fn upsample_prepared(
     bias: &[f32],
     out: &mut [f32],
 ) -> Result<(), String> {
+    let _t = Trace::new(format!("upsample {prep:?} {c_in}->{c_out} {h}x{wd}"));
     match prep {
         Prep::UpsampleWinograd => winograd::upsample_conv3x3(x, (n, h, wd), w, c_out, c_in, bias, out),
         Prep::UpsamplePhases => upsample_conv3x3(x, n, c_in, h, wd, w, bias, c_out, out),

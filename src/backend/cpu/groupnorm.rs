@@ -97,6 +97,7 @@ pub fn groupnorm(
     if x.is_empty() {
         return;
     }
+    let _t = super::conv::Trace::new(format!("groupnorm {c} {hw} silu {silu}"));
     let cg = c / groups;
     let stats = group_stats(x, cg * hw, eps);
     out.par_chunks_mut(hw)

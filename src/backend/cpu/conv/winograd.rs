@@ -301,73 +301,120 @@ fn perms() -> Perms {
 }
 
 /// Lane masks of a 16-float window starting at element `start` of a row of `w` (valid: 0 <= e < w).
+#[inline]
 fn window_mask(start: isize, w: usize) -> __mmask16 {
-    let mut m = 0u16;
-    for l in 0..16 {
-        let e = start + l;
-        if e >= 0 && (e as usize) < w {
-            m |= 1 << l;
-        }
-    }
-    m
+    let lo = (-start).clamp(0, 16) as u32;
+    let hi = (w as isize - start).clamp(0, 16) as u32;
+    let upto = |n: u32| if n >= 16 { 0xffff } else { (1u32 << n) - 1 };
+    (upto(hi) & !upto(lo)) as __mmask16
 }
 
-/// V for one group of 16 tiles, all input channels: `v[pos][ci][0..16]`, `pos_stride` floats between
-/// positions, `ci_stride` between channels.
+/// Prefetches the cache lines of `len` floats from `p` (any address: prefetches do not fault).
 #[target_feature(enable = "avx512f")]
-unsafe fn input_group(x: &[f32], g: &Geom, c_in: usize, group: usize, pr: &Perms, v: *mut f32, pos_stride: usize, ci_stride: usize) {
+#[inline]
+fn prefetch(p: *const f32, len: usize) {
+    let mut off = 0;
+    while off < len + 16 {
+        // a prefetch is a hint and never faults
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+        off += 16;
+    }
+}
+
+/// Contiguous-path data of one group: patch origin and the load masks of its 5 row vectors.
+#[derive(Clone, Copy)]
+struct RowGroup {
+    y0: isize,
+    x0: isize,
+    masks: [__mmask16; 5],
+}
+
+/// V for groups `g0 .. g0 + ng` (16 tiles each), all input channels: `v[pos][ci][gi * 16 + lane]`,
+/// `pos_stride` floats between positions, `ci_stride` between channels. Channels run outermost so
+/// that one channel's rows are read together, and the next channel's are prefetched meanwhile.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_block(
+    x: &[f32],
+    g: &Geom,
+    c_in: usize,
+    (g0, ng): (usize, usize),
+    pr: &Perms,
+    v: *mut f32,
+    pos_stride: usize,
+    ci_stride: usize,
+) {
     let plane = g.h * g.w;
     let mut d = [[_mm512_setzero_ps(); 6]; 6];
     if g.rows_fit {
         // 16 tiles of one row: patch row i of lane l is elements 4 l .. 4 l + 6 of image row y0 + i,
         // counted from column x0 = 4 tx0 - 1
-        let t0 = group * 16;
-        let (ty, tx0) = (t0 / g.tw, t0 % g.tw);
-        let (y0, x0) = (4 * ty as isize - 1, 4 * tx0 as isize - 1);
-        let masks: [__mmask16; 5] = std::array::from_fn(|k| window_mask(x0 + 16 * k as isize, g.w) & if k == 4 { 3 } else { 0xffff });
-        let rows_in: [bool; 6] = std::array::from_fn(|i| y0 + (i as isize) >= 0 && ((y0 + i as isize) as usize) < g.h);
+        let rg: Vec<RowGroup> = (g0..g0 + ng)
+            .map(|group| {
+                let t0 = group * 16;
+                let (ty, tx0) = (t0 / g.tw, t0 % g.tw);
+                let x0 = 4 * tx0 as isize - 1;
+                RowGroup {
+                    y0: 4 * ty as isize - 1,
+                    x0,
+                    masks: std::array::from_fn(|k| {
+                        window_mask(x0 + 16 * k as isize, g.w) & if k == 4 { 3 } else { 0xffff }
+                    }),
+                }
+            })
+            .collect();
         for ci in 0..c_in {
             let xc = x[ci * plane..].as_ptr();
-            for i in 0..6 {
-                if !rows_in[i] {
-                    d[i] = [_mm512_setzero_ps(); 6];
-                    continue;
+            for (gi, r) in rg.iter().enumerate() {
+                let row_ptr = |c: *const f32, i: usize| c.wrapping_offset((r.y0 + i as isize) * g.w as isize + r.x0);
+                for i in 0..6 {
+                    prefetch(row_ptr(xc.wrapping_add(plane), i), 66);
                 }
-                let p = xc.wrapping_offset((y0 + i as isize) * g.w as isize + x0);
-                // SAFETY: masked loads touch only elements inside row y0 + i of this channel.
-                let r: [__m512; 5] =
-                    std::array::from_fn(|k| unsafe { _mm512_maskz_loadu_ps(masks[k], p.wrapping_add(16 * k)) });
-                let a01 = _mm512_permutex2var_ps(r[0], pr.de01, r[1]);
-                let a23 = _mm512_permutex2var_ps(r[0], pr.de23, r[1]);
-                let b01 = _mm512_permutex2var_ps(r[2], pr.de01, r[3]);
-                let b23 = _mm512_permutex2var_ps(r[2], pr.de23, r[3]);
-                let d0 = _mm512_shuffle_f32x4::<0x44>(a01, b01);
-                let d1 = _mm512_shuffle_f32x4::<0xEE>(a01, b01);
-                let d2 = _mm512_shuffle_f32x4::<0x44>(a23, b23);
-                let d3 = _mm512_shuffle_f32x4::<0xEE>(a23, b23);
-                // columns 4 and 5: columns 0 and 1 one tile on, the last lane from the fifth load
-                let d4 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(_mm512_castps_si512(r[4]), _mm512_castps_si512(d0)));
-                let r4s = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(_mm512_castps_si512(r[4]), _mm512_castps_si512(r[4])));
-                let d5 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(_mm512_castps_si512(r4s), _mm512_castps_si512(d1)));
-                d[i] = [d0, d1, d2, d3, d4, d5];
+                for (i, di) in d.iter_mut().enumerate() {
+                    let y = r.y0 + i as isize;
+                    if y < 0 || y as usize >= g.h {
+                        *di = [_mm512_setzero_ps(); 6];
+                        continue;
+                    }
+                    let p = row_ptr(xc, i);
+                    // SAFETY: masked loads touch only elements inside row y of this channel.
+                    let rv: [__m512; 5] =
+                        std::array::from_fn(|k| unsafe { _mm512_maskz_loadu_ps(r.masks[k], p.wrapping_add(16 * k)) });
+                    let a01 = _mm512_permutex2var_ps(rv[0], pr.de01, rv[1]);
+                    let a23 = _mm512_permutex2var_ps(rv[0], pr.de23, rv[1]);
+                    let b01 = _mm512_permutex2var_ps(rv[2], pr.de01, rv[3]);
+                    let b23 = _mm512_permutex2var_ps(rv[2], pr.de23, rv[3]);
+                    let d0 = _mm512_shuffle_f32x4::<0x44>(a01, b01);
+                    let d1 = _mm512_shuffle_f32x4::<0xEE>(a01, b01);
+                    let d2 = _mm512_shuffle_f32x4::<0x44>(a23, b23);
+                    let d3 = _mm512_shuffle_f32x4::<0xEE>(a23, b23);
+                    // columns 4 and 5: columns 0 and 1 one tile on, the last lane from the fifth load
+                    let (r4, d0i, d1i) = (_mm512_castps_si512(rv[4]), _mm512_castps_si512(d0), _mm512_castps_si512(d1));
+                    let d4 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(r4, d0i));
+                    let r4s = _mm512_alignr_epi32::<1>(r4, r4);
+                    let d5 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(r4s, d1i));
+                    *di = [d0, d1, d2, d3, d4, d5];
+                }
+                // SAFETY: the caller's V holds this block's columns for c_in channels.
+                unsafe { store_v(&d, v.add(ci * ci_stride + gi * 16), pos_stride) };
             }
-            // SAFETY: the caller's V holds this group's columns for c_in channels.
-            unsafe { store_v(&d, v.add(ci * ci_stride), pos_stride) };
         }
     } else {
-        let ln = lanes(g, group);
+        let ln: Vec<Lanes> = (g0..g0 + ng).map(|group| lanes(g, group)).collect();
         for ci in 0..c_in {
             let xc = x[ci * plane..].as_ptr();
-            for i in 0..6 {
-                for j in 0..6 {
-                    let m = ln.row[i] & ln.col[j] & ln.valid;
-                    let idx = _mm512_add_epi32(ln.base, _mm512_set1_epi32((i * g.w + j) as i32));
-                    // SAFETY: only lanes whose pixel is inside this channel's plane are read.
-                    d[i][j] = unsafe { _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, xc) };
+            for (gi, ln) in ln.iter().enumerate() {
+                for i in 0..6 {
+                    for j in 0..6 {
+                        let m = ln.row[i] & ln.col[j] & ln.valid;
+                        let idx = _mm512_add_epi32(ln.base, _mm512_set1_epi32((i * g.w + j) as i32));
+                        // SAFETY: only lanes whose pixel is inside this channel's plane are read.
+                        d[i][j] = unsafe { _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, xc) };
+                    }
                 }
+                // SAFETY: as above.
+                unsafe { store_v(&d, v.add(ci * ci_stride + gi * 16), pos_stride) };
             }
-            // SAFETY: as above.
-            unsafe { store_v(&d, v.add(ci * ci_stride), pos_stride) };
         }
     }
 }
@@ -424,7 +471,8 @@ unsafe fn epilogue(p: *mut f32, res: *const f32, mask: __mmask16, v: __m512, ep:
     }
 }
 
-/// Writes the output of one (image, channel, phase, group).
+/// Writes the output of one (image, channel, phase, group), and prefetches what the same group
+/// of the next channel will read and write.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn write_group(y: [__m512; 16], d: &Dest, g: &Geom, img: usize, co: usize, phase: (usize, usize), group: usize, pr: &Perms) {
@@ -434,16 +482,16 @@ unsafe fn write_group(y: [__m512; 16], d: &Dest, g: &Geom, img: usize, co: usize
         Epilogue::Residual(r) => r.as_ptr(),
         _ => std::ptr::null(),
     };
-    if g.rows_fit && d.s == 1 {
+    if g.rows_fit {
+        let (a, b) = phase;
         let t0 = group * 16;
         let (ty, tx0) = (t0 / g.tw, t0 % g.tw);
-        let masks: [__mmask16; 4] = std::array::from_fn(|k| window_mask((4 * tx0 + 16 * k) as isize, g.w));
         for r in 0..4 {
-            let oy = 4 * ty + r;
-            if oy >= g.h {
+            let oy = (4 * ty + r) * d.s + a;
+            if 4 * ty + r >= g.h {
                 break;
             }
-            // interleave y[r][0..4] (lanes = tiles) into 64 consecutive pixels
+            // interleave y[r][0..4] (lanes = tiles) into 64 consecutive pixels of the phase grid
             let p01 = _mm512_shuffle_f32x4::<0x44>(y[r * 4], y[r * 4 + 1]); // c0 lo | c1 lo
             let p23 = _mm512_shuffle_f32x4::<0x44>(y[r * 4 + 2], y[r * 4 + 3]);
             let q01 = _mm512_shuffle_f32x4::<0xEE>(y[r * 4], y[r * 4 + 1]); // c0 hi | c1 hi
@@ -454,15 +502,34 @@ unsafe fn write_group(y: [__m512; 16], d: &Dest, g: &Geom, img: usize, co: usize
                 _mm512_permutex2var_ps(q01, pr.in_lo, q23),
                 _mm512_permutex2var_ps(q01, pr.in_hi, q23),
             ];
-            let off = base + oy * d.ow + 4 * tx0;
+            let row = base + oy * d.ow;
+            let next = row + d.plane;
+            prefetch(d.out.get().wrapping_add(next + 4 * tx0 * d.s), 64 * d.s);
+            if !res.is_null() {
+                prefetch(res.wrapping_add(next + 4 * tx0), 64);
+            }
             for (k, &v) in o.iter().enumerate() {
-                if masks[k] == 0 {
+                let x0 = 4 * tx0 + 16 * k;
+                if x0 >= g.w {
                     break;
                 }
-                // SAFETY: row oy < h and the masked columns < w of this image and channel.
-                unsafe {
-                    epilogue(d.out.get().add(off + 16 * k), res.wrapping_add(off + 16 * k), masks[k], _mm512_add_ps(v, bias), d.ep)
-                };
+                let v = _mm512_add_ps(v, bias);
+                if d.s == 1 {
+                    let mask = window_mask(x0 as isize, g.w);
+                    let off = row + x0;
+                    // SAFETY: row oy < h and the masked columns < w of this image and channel.
+                    unsafe { epilogue(d.out.get().add(off), res.wrapping_add(off), mask, v, d.ep) };
+                } else {
+                    // phase b of output columns 2 x0 .. 2 x0 + 32: every other lane (Set only)
+                    let halves = [v, _mm512_shuffle_f32x4::<0xEE>(v, v)];
+                    for (hf, &hv) in halves.iter().enumerate() {
+                        let start = 2 * x0 + 16 * hf;
+                        let mask = window_mask(start as isize, 2 * g.w) & (0x5555 << b);
+                        let e = _mm512_maskz_expand_ps(0x5555 << b, hv);
+                        // SAFETY: the masked lanes are output columns < 2w of row oy < 2h.
+                        unsafe { _mm512_mask_storeu_ps(d.out.get().add(row + start), mask, e) };
+                    }
+                }
             }
         }
         return;
@@ -511,14 +578,16 @@ unsafe fn write_group(y: [__m512; 16], d: &Dest, g: &Geom, img: usize, co: usize
 /// rounding error of one run at c_in = 512.
 const KC: usize = 32;
 
-/// Tiles per block: 6 vectors (two 48-column micro-tiles of the GEMM).
-const BLOCK_GROUPS: usize = 6;
+/// At most this many vectors of tiles per block (6: two 48-column micro-tiles of the GEMM).
+const MAX_BLOCK_GROUPS: usize = 6;
 
 #[allow(clippy::too_many_arguments)]
 fn run(x: &[f32], (n, h, w): (usize, usize, usize), u: &[f32], c_out: usize, c_in: usize, phases: usize, d: Dest) {
     let g = Geom::new(h, w);
     let groups = g.groups();
-    let block_groups = env_usize("WINO_GROUPS").unwrap_or(BLOCK_GROUPS).min(groups);
+    // tiles per block: V (36 x c_in x tiles) within about 640 KiB
+    let fit = (160 << 10) / (POS * c_in * 16);
+    let block_groups = env_usize("WINO_GROUPS").unwrap_or(fit.clamp(1, MAX_BLOCK_GROUPS)).min(groups);
     let blocks = groups.div_ceil(block_groups);
     // split output channels only when blocks alone cannot feed the threads
     let want = 2 * rayon::current_num_threads();
@@ -526,15 +595,15 @@ fn run(x: &[f32], (n, h, w): (usize, usize, usize), u: &[f32], c_out: usize, c_i
     let co_part = c_out.div_ceil(co_parts).next_multiple_of(MR);
     let co_parts = c_out.div_ceil(co_part);
     let cols = block_groups * 16;
-    // channels per GEMM pass: bounds M to about 1 MiB
+    // channels per GEMM pass: bounds M to about 256 KiB, so that V and M stay in L2
     let cb = env_usize("WINO_CB")
-        .unwrap_or((1 << 18) / (phases * POS * cols))
+        .unwrap_or((1 << 16) / (POS * cols))
         .clamp(MR, co_part)
         / MR
         * MR;
     let kc = env_usize("WINO_KC").unwrap_or(KC);
     let v_len = POS * c_in * cols;
-    let m_len = phases * POS * cb * cols;
+    let m_len = POS * cb * cols;
     let plen = kernel::packed_len(c_out, c_in);
     (0..n * blocks * co_parts).into_par_iter().for_each(|task| {
         let (img, rest) = (task / (blocks * co_parts), task % (blocks * co_parts));
@@ -549,9 +618,7 @@ fn run(x: &[f32], (n, h, w): (usize, usize, usize), u: &[f32], c_out: usize, c_i
             // SAFETY: AVX-512 is checked by the callers; V is POS x c_in x cols, this group's columns.
             unsafe {
                 let pr = perms();
-                for gi in 0..ng {
-                    input_group(xi, &g, c_in, g0 + gi, &pr, v.as_mut_ptr().add(gi * 16), c_in * cols, cols);
-                }
+                input_block(xi, &g, c_in, (g0, ng), &pr, v.as_mut_ptr(), c_in * cols, cols);
                 let mut cb0 = co_range.0;
                 while cb0 < co_range.1 {
                     let rows = cb.min(co_range.1 - cb0);
@@ -561,15 +628,13 @@ fn run(x: &[f32], (n, h, w): (usize, usize, usize), u: &[f32], c_out: usize, c_i
                                 a: u[(ph * POS + pos) * plen + cb0 * c_in..].as_ptr(),
                                 b: v[pos * c_in * cols..].as_ptr(),
                             };
-                            let mo = m[(ph * POS + pos) * cb * cols..].as_mut_ptr();
+                            let mo = m[pos * cb * cols..].as_mut_ptr();
                             kernel::gemm(rows, ncols, c_in, &[seg], cols, mo, cols, Mode::Set, kc);
                         }
-                    }
-                    for ph in 0..phases {
                         let phase = (ph >> 1, ph & 1);
                         for r in 0..rows {
                             for gi in 0..ng {
-                                let y = output_tile(m[(ph * POS * cb + r) * cols + gi * 16..].as_ptr(), cb * cols);
+                                let y = output_tile(m[r * cols + gi * 16..].as_ptr(), cb * cols);
                                 write_group(y, &d, &g, img, cb0 + r, phase, g0 + gi, &pr);
                             }
                         }
@@ -749,7 +814,7 @@ mod tests {
         if !kernel::available() {
             return;
         }
-        for (si, &(n, c, h, w)) in [(1, 1, 1, 1), (1, 5, 3, 5), (2, 16, 4, 32), (1, 9, 6, 7)].iter().enumerate() {
+        for (si, &(n, c, h, w)) in [(1, 1, 1, 1), (1, 5, 3, 5), (2, 16, 4, 32), (1, 9, 6, 7), (2, 8, 5, 64), (1, 3, 3, 130)].iter().enumerate() {
             let seed = 50 + 7 * si as u64;
             let x = rand_vec(n * c * h * w, seed);
             let (wt, b) = (rand_vec(c * c * 9, seed + 1), rand_vec(c, seed + 2));
