@@ -959,9 +959,10 @@ fn generate_resume_and_regenerate() {
         assert_eq!((h, w), (8, 8));
         assert_eq!(&px[i * 192..(i + 1) * 192], &rgb[..], "image {i}");
     }
-    // grid.png: 3 columns × 2 rows of 8×8 cells with 2-pixel padding.
+    // grid.png: one column per class (5 images of the first 5 classes: 5 columns × 1 row of 8×8 cells with
+    // 2-pixel padding).
     let (_, gh, gw) = png::read_rgb(&out.join("grid.png")).unwrap();
-    assert_eq!((gh, gw), (2 * 10 + 2, 3 * 10 + 2));
+    assert_eq!((gh, gw), (10 + 2, 5 * 10 + 2));
 
     // Rerun: everything is skipped, every file identical, no PNG rewritten.
     let before = snapshot(&out);

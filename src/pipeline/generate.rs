@@ -133,6 +133,7 @@ pub fn generate(
         grid: vq.is_some(),
         npz: job.npz.as_deref(),
         grid_side: g,
+        grid_cols: job.plan.period().filter(|&p| p <= 16 && !job.shard.is_sharded()),
     };
     outputs::finalize(&job.out, &indices, &agg)?;
     Ok(Summary {

@@ -92,6 +92,8 @@ pub struct Aggregates<'a> {
     pub grid: bool,
     pub npz: Option<&'a Path>,
     pub grid_side: usize,
+    /// Grid columns; None = a square-ish grid. Class-cycling runs use one column per condition.
+    pub grid_cols: Option<usize>,
 }
 
 /// Inserts `suffix` before the extension: `manifest.jsonl` -> `manifest.shard-0-of-4.jsonl`.
@@ -111,7 +113,7 @@ pub fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Grids show at most this many images (a 50 000-image FID run still gets a readable preview).
-pub const GRID_MAX: usize = 64;
+pub const GRID_MAX: usize = 100;
 
 /// Rebuilds the manifest (index order) and the requested aggregates from the records of `indices`.
 pub fn finalize(dir: &Path, indices: &[usize], agg: &Aggregates) -> Result<()> {
@@ -152,7 +154,7 @@ pub fn finalize(dir: &Path, indices: &[usize], agg: &Aggregates) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         let (h, w) = (imgs[0].1, imgs[0].2);
         let refs: Vec<&[u8]> = imgs.iter().map(|i| i.0.as_slice()).collect();
-        let cols = (refs.len() as f64).sqrt().ceil() as usize;
+        let cols = agg.grid_cols.unwrap_or_else(|| (refs.len() as f64).sqrt().ceil() as usize);
         let (px, gh, gw) = png::grid(&refs, h, w, cols);
         png::write_png_rgb(
             &with_suffix(&dir.join("grid.png"), &agg.suffix),

@@ -67,6 +67,16 @@ impl ImagePlan {
         }
     }
 
+    /// How many images until the conditions repeat (the number of classes or captions cycled through).
+    pub fn period(&self) -> Option<usize> {
+        let p = match self.num_captions {
+            Some(n) => n,
+            None if self.classes.is_empty() => self.num_classes,
+            None => self.classes.len(),
+        };
+        (p > 0 && p < self.num_images).then_some(p).or(Some(self.num_images.max(1)))
+    }
+
     pub fn indices(&self, shard: Shard) -> impl Iterator<Item = usize> + '_ {
         (0..self.num_images).filter(move |i| i % shard.count == shard.index)
     }
