@@ -104,7 +104,9 @@ fn out_of_range_codes_are_an_error_not_a_panic() {
 #[test]
 #[ignore]
 fn vq16_decode_timing() {
+    let t = std::time::Instant::now();
     let mut r = runner("vq16");
+    eprintln!("vq16 runner (synthetic state dict + weight upload): {:.2} s", t.elapsed().as_secs_f64());
     let f = fixture("vq16.safetensors");
     let codes: Vec<u32> = f.i64("codes1").unwrap().1.iter().map(|&c| c as u32).collect();
     let cpu = || {
@@ -112,7 +114,9 @@ fn vq16_decode_timing() {
         let f: Vec<f64> = stat.rsplit(')').next().unwrap_or("").split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
         (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
     };
+    let t = std::time::Instant::now();
     r.decode(&codes, 1, 16, 16).unwrap();
+    eprintln!("first decode (weight layouts prepared, graph planned): {:.2} s", t.elapsed().as_secs_f64());
     let runs: usize = std::env::var("VQ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let (mut best, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..runs {

@@ -14,7 +14,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 WORK = os.environ.get("TRAIN_DEMO_WORK", os.path.join(HERE, "work"))  # checkpoints, codes (git-ignored)
-MODELS = os.path.join(REPO, "models", "demo")
+MODELS = os.environ.get("TRAIN_DEMO_MODELS", os.path.join(REPO, "models", "demo"))
 THREADS = int(os.environ.get("TRAIN_DEMO_THREADS", "2"))
 
 # The official VQModel config fields (+ the Encoder/Decoder constructor arguments ch, num_res_blocks).

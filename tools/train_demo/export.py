@@ -22,6 +22,7 @@ def export(sd, cfg, path, extra=None):
     meta = {"config": json.dumps(cfg), "format": "pt"}
     meta.update(extra or {})
     save_file(tensors, path, metadata=meta)
+    os.chmod(path, 0o644)
     n = sum(t.numel() for t in tensors.values())
     print(f"{path}: {len(tensors)} tensors, {n} values, {os.path.getsize(path)} bytes")
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-/work/venv/bin/python}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-mkdir -p work
+mkdir -p "${TRAIN_DEMO_WORK:-work}"
 time "$PY" train_vq.py
 time "$PY" train_gpt.py
 "$PY" export.py

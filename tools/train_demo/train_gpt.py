@@ -64,7 +64,7 @@ def main():
     steps_per_epoch = z.shape[0] // a.batch
     total = int(round(a.epochs * steps_per_epoch))
     g = torch.Generator().manual_seed(a.seed)
-    perm, pos, run = torch.randperm(z.shape[0], generator=g), 0, []
+    perm, pos, run, hist = torch.randperm(z.shape[0], generator=g), 0, [], []
     model.train()
     for step in range(total):
         if pos + a.batch > z.shape[0]:
@@ -83,10 +83,12 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         run.append(loss.item())
+        hist.append(loss.item())
         if (step + 1) % 100 == 0 or step + 1 == total:
             log(f"step {step + 1}/{total} lr {lr * warm:.2e} loss {sum(run) / len(run):.4f}")
-            last_loss, run = sum(run) / len(run), []
+            run = []
     train_s = log.elapsed() - tok_s
+    last_loss = sum(hist[-100:]) / len(hist[-100:])
     model.eval()
     with torch.no_grad():
         tl = 0.0

@@ -27,16 +27,68 @@ pub mod winograd;
 
 thread_local! {
     // Grows to the largest tile this thread has run, then is reused.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { ptr: std::ptr::null_mut(), len: 0 }) };
+}
+
+/// A zeroed f32 buffer aligned to 2 MiB and advised to use transparent huge pages: the Winograd
+/// blocks stride through ~1.3 MiB of scratch 36 rows at a time, which with 4 KiB pages misses the
+/// first-level TLB on nearly every access.
+struct Scratch {
+    ptr: *mut f32,
+    len: usize,
+}
+
+const HUGE: usize = 2 << 20;
+
+impl Scratch {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align((4 * len).next_multiple_of(HUGE), HUGE).expect("scratch layout")
+    }
+
+    fn grow(&mut self, len: usize) {
+        self.free();
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            extern "C" {
+                fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+            }
+            const MADV_HUGEPAGE: i32 = 14;
+            // SAFETY: the range is this allocation; the advice is a hint (failure is harmless).
+            unsafe { madvise(ptr as *mut _, layout.size(), MADV_HUGEPAGE) };
+        }
+        (self.ptr, self.len) = (ptr, layout.size() / 4);
+    }
+
+    fn free(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated in `grow` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr as *mut u8, Self::layout(self.len)) };
+            (self.ptr, self.len) = (std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.free();
+    }
 }
 
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| {
         let mut buf = cell.borrow_mut();
-        if buf.len() < len {
-            buf.resize(len, 0.0);
+        if buf.len < len {
+            buf.grow(len);
         }
-        f(&mut buf[..len])
+        // SAFETY: `len` floats of this thread's buffer, initialised (zeroed at allocation), and
+        // borrowed mutably through the RefCell for the duration of `f` only.
+        f(unsafe { std::slice::from_raw_parts_mut(buf.ptr, len) })
     })
 }
 
@@ -568,15 +620,7 @@ pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>) -> (Prep, Vec<f32>)
         _ => return (Prep::Torch, w),
     };
     let fast = kernel::available();
-    let maxc: usize = std::env::var("WINO_MAXC").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-    let upmaxc: usize = std::env::var("WINO_UPMAXC").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-    let layout = match layout {
-        Layout::Winograd if ci.max(co) > maxc => Layout::Conv,
-        Layout::UpsamplePhases if ci > upmaxc => Layout::Plain,
-        l => l,
-    };
     match layout {
-        Layout::Plain => (Prep::UpsamplePhases, upsample_phase_weights(&w, co, ci)),
         Layout::UpsamplePhases if fast && kh == 3 && kw == 3 => {
             (Prep::UpsampleWinograd, winograd::upsample_weights(&w, co, ci))
         }
@@ -632,8 +676,77 @@ pub fn conv_prepared(
         }
         Prep::UpsamplePhases | Prep::UpsampleWinograd => return Err("an upsample weight in a plain conv".into()),
     };
-    conv2d_with(x, (n, h, wd), wt, bias, stride, pad, ep, out);
+    if prep == Prep::Packed && k == 1 && stride == 1 && pad == [0; 4] {
+        conv1x1_packed(x, (n, h * wd), wt, bias, ep, out);
+    } else {
+        conv2d_with(x, (n, h, wd), wt, bias, stride, pad, ep, out);
+    }
     Ok(())
+}
+
+/// 1x1 conv straight from the input (no plane copy): per block of pixels, the output rows start
+/// as bias (+ residual) and the GEMM adds `W x` with B = the input rows in place.
+fn conv1x1_packed(x: &[f32], (n, hw): (usize, usize), wt: ConvWeights, bias: Option<&[f32]>, ep: Epilogue, out: &mut [f32]) {
+    let (c_out, c_in) = (wt.c_out, wt.c_in);
+    assert!(matches!(wt.kind, WeightKind::Packed) && wt.kh == 1 && wt.kw == 1);
+    assert_eq!(x.len(), n * c_in * hw, "conv1x1: input length");
+    assert_eq!(out.len(), n * c_out * hw, "conv1x1: output length");
+    if let Epilogue::Residual(r) = ep {
+        assert_eq!(r.len(), out.len(), "conv1x1: residual length");
+    }
+    if out.is_empty() {
+        return;
+    }
+    let want = 2 * rayon::current_num_threads();
+    let col_blocks = hw.div_ceil(TILE_COLS.next_multiple_of(kernel::NR));
+    let co_blocks = want.div_ceil(n * col_blocks).min(c_out.div_ceil(kernel::MR)).max(1);
+    let co_block = c_out.div_ceil(co_blocks).next_multiple_of(kernel::MR);
+    let co_blocks = c_out.div_ceil(co_block);
+    let cols = hw.div_ceil(col_blocks).next_multiple_of(kernel::NR).min(hw);
+    let col_blocks = hw.div_ceil(cols);
+    let optr = SendPtr(out.as_mut_ptr());
+    (0..n * col_blocks * co_blocks).into_par_iter().for_each(|task| {
+        let (img, rest) = (task / (col_blocks * co_blocks), task % (col_blocks * co_blocks));
+        let (cb, co_b) = (rest / co_blocks, rest % co_blocks);
+        let (j0, co0) = (cb * cols, co_b * co_block);
+        let (ncols, rows) = (cols.min(hw - j0), co_block.min(c_out - co0));
+        let base = img * c_out * hw + co0 * hw + j0;
+        // B in panels of NR columns copied contiguous (read in place, every k of a micro-tile would
+        // be a row and a page of its own), C into a contiguous block, then bias and epilogue
+        let xi = &x[img * c_in * hw..][..c_in * hw];
+        let nr = kernel::NR;
+        with_scratch(c_in * nr + rows * nr, |buf| {
+            let (panel, acc) = buf.split_at_mut(c_in * nr);
+            for js in (0..ncols).step_by(nr) {
+                let w = nr.min(ncols - js);
+                for (ci, dst) in panel.chunks_exact_mut(nr).enumerate() {
+                    dst[..w].copy_from_slice(&xi[ci * hw + j0 + js..][..w]);
+                }
+                let seg = kernel::Seg {
+                    a: wt.packed_tap(0, co0).as_ptr(),
+                    b: panel.as_ptr(),
+                };
+                // SAFETY: packed weights imply AVX-512; the panel holds c_in rows of nr >= w
+                // columns and acc rows x nr floats.
+                unsafe { kernel::gemm(rows, w, c_in, &[seg], nr, acc.as_mut_ptr(), nr, kernel::Mode::Set, usize::MAX) };
+                for (r, src) in acc.chunks_exact(nr).enumerate() {
+                    let o = base + r * hw + js;
+                    // SAFETY: this task alone writes rows co0.. and columns j0.. of this image.
+                    let row = unsafe { std::slice::from_raw_parts_mut(optr.get().add(o), w) };
+                    let b = bias.map_or(0.0, |b| b[co0 + r]);
+                    let src = &src[..w];
+                    match ep {
+                        Epilogue::Set => row.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b),
+                        Epilogue::Accumulate => row.iter_mut().zip(src).for_each(|(d, &v)| *d += v + b),
+                        Epilogue::Residual(res) => {
+                            let res = &res[o..][..w];
+                            row.iter_mut().zip(src).zip(res).for_each(|((d, &v), &q)| *d = v + b + q)
+                        }
+                    }
+                }
+            }
+        });
+    });
 }
 
 /// `Op::UpsampleConv` on a weight from `prepare`. x: (n, c_in, h, w); out: (n, c_out, 2h, 2w).
@@ -936,6 +1049,50 @@ mod tests {
         }
     }
 
+    /// Every layout `prepare` can choose, through `conv_prepared`, with and without a residual.
+    #[test]
+    fn prepared_matches_naive() {
+        let kernels = [(3, 1, [1; 4]), (1, 1, [0; 4]), (3, 2, [0, 1, 0, 1])];
+        for (si, &(n, ci, co, h, w)) in SHAPES.iter().chain(&[(2, 24, 40, 7, 100), (1, 16, 8, 3, 64)]).enumerate() {
+            for (k, s, pad) in kernels {
+                let c = Case {
+                    n,
+                    ci,
+                    co,
+                    h,
+                    w,
+                    kh: k,
+                    kw: k,
+                    s,
+                    pad,
+                };
+                if h + pad[0] + pad[1] < k || w + pad[2] + pad[3] < k {
+                    continue;
+                }
+                let seed = 500 + 10 * si as u64;
+                let x = rand_vec(n * ci * h * w, seed);
+                let (wt, b) = (rand_vec(co * ci * k * k, seed + 1), rand_vec(co, seed + 2));
+                let want = c.naive(&x, &wt, Some(&b));
+                let r = rand_vec(want.len(), seed + 3);
+                let want_r: Vec<f64> = want.iter().zip(&r).map(|(&a, &b)| a + b as f64).collect();
+                for layout in [Layout::Plain, Layout::Conv, Layout::Winograd] {
+                    if layout == Layout::Winograd && (k, s, pad) != (3, 1, [1; 4]) {
+                        continue;
+                    }
+                    let (prep, pw) = prepare(layout, &[co, ci, k, k], wt.clone());
+                    let mut out = vec![f32::NAN; want.len()];
+                    let geo = (co, k, s, pad);
+                    conv_prepared(prep, &pw, &x, (n, ci, h, w), geo, Some(&b), None, &mut out).unwrap();
+                    let e = rel_l2(&out, &want);
+                    assert!(e < 2e-6, "{prep:?} {c:?}: rel {e}");
+                    conv_prepared(prep, &pw, &x, (n, ci, h, w), geo, Some(&b), Some(&r), &mut out).unwrap();
+                    let e = rel_l2(&out, &want_r);
+                    assert!(e < 2e-6, "{prep:?} residual {c:?}: rel {e}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn downsample_halves_even_sizes() {
         let c = Case {
@@ -1137,6 +1294,12 @@ mod tests {
             bench_one(&name, flops, &mut || {
                 conv2d_with(&x, (1, hw, hw), wt, Some(&bias), s, pad, Epilogue::Set, &mut out)
             });
+            if k == 1 && layout == "packed avx512" {
+                bench_one(&format!("{name} in place"), flops, &mut || {
+                    let geo = (co, k, s, pad);
+                    conv_prepared(Prep::Packed, &pk, &x, (1, ci, hw, hw), geo, Some(&bias), None, &mut out).unwrap()
+                });
+            }
         }
         if kernel::available() {
             for (ci, co, hw) in [(128, 128, 256), (256, 128, 128), (128, 128, 128), (256, 256, 64), (512, 512, 32), (512, 256, 32), (256, 256, 32), (512, 512, 16), (256, 512, 16)] {

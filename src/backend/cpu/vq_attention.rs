@@ -6,7 +6,8 @@
 //! block through swapped strides. Query blocks bound the score buffer to a few MiB for large
 //! latents (the HW x HW matrix is 64 MiB at 64x64).
 //!
-//! On the 2-core dev box: c 512 at 16x16 in 3.9 ms (171 GFLOP/s), at 32x32 in 29 ms (148).
+//! On the 2-core dev box: c 512 at 16x16 in 3.9 ms (171 GFLOP/s), at 32x32 in 29 ms (148). The
+//! q, k, v, o and score buffers live in a per-thread scratch that is reused across calls.
 use super::conv::{mat, sgemm};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -90,7 +91,26 @@ pub fn vq_attention(
     // does the same
     let scale = (c as f64).powf(-0.5) as f32;
     let blk = (SCORE_BLOCK_FLOATS / hw).clamp(1, hw);
-    let mut buf = vec![0f32; 4 * img + blk * hw];
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let len = 4 * img + blk * hw;
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        attend(&mut buf[..len], (x, normed, out), (n, c, hw, blk), [wq, bq, wk, bk, wv, bv, wo, bo], scale);
+    });
+}
+
+thread_local! {
+    // q, k, v, o and a score block; grows to the largest call on this thread, then is reused
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+type Io<'a> = (&'a [f32], &'a [f32], &'a mut [f32]);
+
+fn attend(buf: &mut [f32], (x, normed, out): Io, (n, c, hw, blk): (usize, usize, usize, usize), p: [&[f32]; 8], scale: f32) {
+    let [wq, bq, wk, bk, wv, bv, wo, bo] = p;
+    let img = c * hw;
     let (q, rest) = buf.split_at_mut(img);
     let (k, rest) = rest.split_at_mut(img);
     let (v, rest) = rest.split_at_mut(img);
