@@ -1053,7 +1053,10 @@ fn batch_size_does_not_change_results() {
     }
     assert!(results[0].keys().any(|p| p.ends_with("tokens.npy")));
     assert_eq!(results[0], results[1], "batch size 1 vs 3");
-    assert_eq!(results[0], results[2], "batch size 1 vs 8 (the last batch holds one image)");
+    assert_eq!(
+        results[0], results[2],
+        "batch size 1 vs 8 (the last batch holds one image)"
+    );
 }
 
 #[test]
@@ -1271,9 +1274,23 @@ fn t2i_from_caption_npy_files_matches_the_official_greedy_tokens() {
     for (key, scale) in [("greedy_cfg", "7.5"), ("greedy_nocfg", "1.0")] {
         let out = d.path().join(key);
         let a = args![
-            "generate", "--gpt", data("gpt_tiny_t2i.pt"), "--gpt-config", data("gpt_tiny_t2i.config.json"),
-            "--caption-embs", &embs_p, "--caption-mask", &mask_p, "--no-images", "--top-k", "1",
-            "--cfg-scale", scale, "--out", &out, "--quiet"
+            "generate",
+            "--gpt",
+            data("gpt_tiny_t2i.pt"),
+            "--gpt-config",
+            data("gpt_tiny_t2i.config.json"),
+            "--caption-embs",
+            &embs_p,
+            "--caption-mask",
+            &mask_p,
+            "--no-images",
+            "--top-k",
+            "1",
+            "--cfg-scale",
+            scale,
+            "--out",
+            &out,
+            "--quiet"
         ];
         ok(d.path(), &a);
         let (shape, got) = read_tokens(&out.join("tokens.npy"));
@@ -1309,12 +1326,45 @@ fn reconstruct_equals_encode_then_decode() {
         })
         .collect();
     let tokens = d.path().join("t.npy");
-    ok(d.path(), &args!["encode", "--vq", &vq, "--image-size", "8", "--out", &tokens, &imgs[0], &imgs[1]]);
+    ok(
+        d.path(),
+        &args![
+            "encode",
+            "--vq",
+            &vq,
+            "--image-size",
+            "8",
+            "--out",
+            &tokens,
+            &imgs[0],
+            &imgs[1]
+        ],
+    );
     assert_eq!(read_tokens(&tokens).0, [2, 4, 4]);
     let (dec, rec) = (d.path().join("dec"), d.path().join("rec"));
-    ok(d.path(), &args!["decode", "--vq", &vq, "--tokens", &tokens, "--out", &dec]);
-    ok(d.path(), &args!["reconstruct", "--vq", &vq, "--image-size", "8", "--out", &rec, &imgs[0], &imgs[1]]);
+    ok(
+        d.path(),
+        &args!["decode", "--vq", &vq, "--tokens", &tokens, "--out", &dec],
+    );
+    ok(
+        d.path(),
+        &args![
+            "reconstruct",
+            "--vq",
+            &vq,
+            "--image-size",
+            "8",
+            "--out",
+            &rec,
+            &imgs[0],
+            &imgs[1]
+        ],
+    );
     for name in ["000000.png", "000001.png"] {
-        assert_eq!(std::fs::read(dec.join(name)).unwrap(), std::fs::read(rec.join(name)).unwrap(), "{name}");
+        assert_eq!(
+            std::fs::read(dec.join(name)).unwrap(),
+            std::fs::read(rec.join(name)).unwrap(),
+            "{name}"
+        );
     }
 }

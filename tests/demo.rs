@@ -23,7 +23,10 @@ fn generate(out: &Path, extra: &[&str]) -> String {
 fn grey(path: &Path) -> (Vec<f64>, f64) {
     let (rgb, w, h) = png::read_rgb(path).expect("a PNG");
     assert_eq!((w, h), (32, 32), "{}: demo images are 32×32", path.display());
-    let g: Vec<f64> = rgb.chunks(3).map(|p| p.iter().map(|&v| v as f64).sum::<f64>() / 3.0).collect();
+    let g: Vec<f64> = rgb
+        .chunks(3)
+        .map(|p| p.iter().map(|&v| v as f64).sum::<f64>() / 3.0)
+        .collect();
     let mean = g.iter().sum::<f64>() / g.len() as f64;
     let var = g.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / g.len() as f64;
     (g, var.sqrt())
@@ -34,12 +37,16 @@ fn default_command_writes_every_class_reproducibly() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
     let log = generate(&a, &[]);
-    assert!(log.contains("demo model"), "the default run says it uses the demo model:\n{log}");
+    assert!(
+        log.contains("demo model"),
+        "the default run says it uses the demo model:\n{log}"
+    );
 
     let manifest = std::fs::read_to_string(a.join("manifest.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = manifest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 10, "one image per class");
-    let names: Vec<String> = serde_json::from_str(&std::fs::read_to_string("models/demo/classes.json").unwrap()).unwrap();
+    let names: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string("models/demo/classes.json").unwrap()).unwrap();
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r["class"], i as u64, "image {i} is of class {i}");
         assert_eq!(r["class_name"], names[i].as_str());
@@ -50,12 +57,21 @@ fn default_command_writes_every_class_reproducibly() {
     let imgs: Vec<(Vec<f64>, f64)> = (0..10).map(|i| grey(&a.join(format!("{i:06}.png")))).collect();
     for (i, (_, sd)) in imgs.iter().enumerate() {
         // Fashion-MNIST items on a black background: a constant or near-constant image is a broken pipeline.
-        assert!(*sd > 20.0, "image {i}: grey standard deviation {sd:.1} (constant image?)");
+        assert!(
+            *sd > 20.0,
+            "image {i}: grey standard deviation {sd:.1} (constant image?)"
+        );
     }
     // Classes differ: mean absolute difference between every pair of images.
     for i in 0..10 {
         for j in i + 1..10 {
-            let d: f64 = imgs[i].0.iter().zip(&imgs[j].0).map(|(x, y)| (x - y).abs()).sum::<f64>() / 1024.0;
+            let d: f64 = imgs[i]
+                .0
+                .iter()
+                .zip(&imgs[j].0)
+                .map(|(x, y)| (x - y).abs())
+                .sum::<f64>()
+                / 1024.0;
             assert!(d > 5.0, "images {i} and {j} are nearly identical (mean |diff| {d:.2})");
         }
     }
@@ -65,7 +81,11 @@ fn default_command_writes_every_class_reproducibly() {
     let mut differ = 0;
     for i in 0..10 {
         let f = format!("{i:06}.png");
-        let (pa, pb, pc) = (std::fs::read(a.join(&f)).unwrap(), std::fs::read(b.join(&f)).unwrap(), std::fs::read(c.join(&f)).unwrap());
+        let (pa, pb, pc) = (
+            std::fs::read(a.join(&f)).unwrap(),
+            std::fs::read(b.join(&f)).unwrap(),
+            std::fs::read(c.join(&f)).unwrap(),
+        );
         assert_eq!(pa, pb, "{f}: the same seed gives the same bytes");
         differ += usize::from(pa != pc);
     }
@@ -80,12 +100,23 @@ fn demo_vq_reconstructs_a_generated_image() {
     let (gen, rec) = (tmp.path().join("gen"), tmp.path().join("rec"));
     generate(&gen, &["--num-images", "2"]);
     let o = Command::new(env!("CARGO_BIN_EXE_llamagen"))
-        .args(["reconstruct", "--vq", "models/demo/vq.safetensors", "--image-size", "32", "--out"])
+        .args([
+            "reconstruct",
+            "--vq",
+            "models/demo/vq.safetensors",
+            "--image-size",
+            "32",
+            "--out",
+        ])
         .arg(&rec)
         .arg(gen.join("000001.png"))
         .output()
         .expect("start llamagen");
-    assert!(o.status.success(), "reconstruct failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "reconstruct failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let (a, _) = grey(&gen.join("000001.png"));
     let (b, _) = grey(&rec.join("000000.png"));
     let mse = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / a.len() as f64;

@@ -15,14 +15,7 @@ fn tiny_weights(case: &str) -> StateDict {
     weights::load_state_dict_prefixed(&data(&format!("{case}.safetensors")), "weights/").unwrap()
 }
 
-fn runner(
-    cfg: &GptConfig,
-    mut sd: StateDict,
-    batch: usize,
-    cfg_scale: f32,
-    top_k: usize,
-    dtype: Dtype,
-) -> GptRunner {
+fn runner(cfg: &GptConfig, mut sd: StateDict, batch: usize, cfg_scale: f32, top_k: usize, dtype: Dtype) -> GptRunner {
     let opts = GptOptions {
         dtype,
         batch,
@@ -46,23 +39,12 @@ fn runner(
 fn condition(case: &str, cfg: &GptConfig) -> Condition {
     let f = fixture(&format!("{case}.safetensors"));
     match cfg.model_type {
-        llamagen::model::ModelType::C2i => Condition::Classes(
-            f.i64("labels")
-                .unwrap()
-                .1
-                .iter()
-                .map(|&c| c as usize)
-                .collect(),
-        ),
+        llamagen::model::ModelType::C2i => {
+            Condition::Classes(f.i64("labels").unwrap().1.iter().map(|&c| c as usize).collect())
+        }
         llamagen::model::ModelType::T2i => Condition::Captions {
             embs: f.f32("caption_embs").unwrap().1,
-            mask: f
-                .i64("emb_masks")
-                .unwrap()
-                .1
-                .iter()
-                .map(|&m| m as f32)
-                .collect(),
+            mask: f.i64("emb_masks").unwrap().1.iter().map(|&m| m as f32).collect(),
         },
     }
 }
@@ -82,17 +64,12 @@ fn teacher_forced(case: &str) {
     let cond = condition(case, &cfg);
     let b = cond.len(&cfg);
     let mut r = runner(&cfg, tiny_weights(case), b, 4.0, 1, Dtype::F32);
-    let got = r
-        .teacher_force(&cond, &tokens(case, "image_tokens"))
-        .unwrap();
+    let got = r.teacher_force(&cond, &tokens(case, "image_tokens")).unwrap();
     let want = f.f32("logits_teacher").unwrap().1;
     assert_finite(&got, "logits");
     let err = rel_l2(&got, &want);
     assert!(err <= 1e-5, "{case}: teacher-forced logits rel L2 {err:e}");
-    let (margin, argmax_want) = (
-        f.f32("margin_teacher").unwrap().1,
-        f.i64("argmax_teacher").unwrap().1,
-    );
+    let (margin, argmax_want) = (f.f32("margin_teacher").unwrap().1, f.i64("argmax_teacher").unwrap().1);
     let v = cfg.vocab_size;
     for (i, (m, a)) in margin.iter().zip(&argmax_want).enumerate() {
         if *m >= 1e-3 {
@@ -167,9 +144,7 @@ fn gpt_b_teacher_forced_logits() {
     let cond = condition(case, &cfg);
     let b = cond.len(&cfg);
     let mut r = runner(&cfg, sd, b, 4.0, 1, Dtype::F32);
-    let got = r
-        .teacher_force(&cond, &tokens(case, "image_tokens"))
-        .unwrap();
+    let got = r.teacher_force(&cond, &tokens(case, "image_tokens")).unwrap();
     let positions = f.i64("logit_positions").unwrap().1;
     let want = f.f32("logits_teacher_at").unwrap().1;
     let (n, v) = (cfg.block_size, cfg.vocab_size);
@@ -181,10 +156,7 @@ fn gpt_b_teacher_forced_logits() {
     }
     let err = rel_l2(&sel, &want);
     assert!(err <= 1e-5, "GPT-B teacher-forced logits rel L2 {err:e}");
-    let (margin, argmax_want) = (
-        f.f32("margin_teacher").unwrap().1,
-        f.i64("argmax_teacher").unwrap().1,
-    );
+    let (margin, argmax_want) = (f.f32("margin_teacher").unwrap().1, f.i64("argmax_teacher").unwrap().1);
     for (i, (m, a)) in margin.iter().zip(&argmax_want).enumerate() {
         if *m >= 1e-3 {
             assert_eq!(
@@ -211,15 +183,10 @@ fn kv_cache_equals_full(case: &str) {
     // Column j of the cached run is position T - 1 + j of the full run.
     let mut sel = Vec::with_capacity(cached.len());
     for row in 0..2 * b {
-        sel.extend_from_slice(
-            &full[(row * (t + n - 1) + t - 1) * v..(row * (t + n - 1) + t - 1 + n) * v],
-        );
+        sel.extend_from_slice(&full[(row * (t + n - 1) + t - 1) * v..(row * (t + n - 1) + t - 1 + n) * v]);
     }
     let err = rel_l2(&cached, &sel);
-    assert!(
-        err <= 1e-6,
-        "{case}: KV-cache vs full recomputation rel L2 {err:e}"
-    );
+    assert!(err <= 1e-6, "{case}: KV-cache vs full recomputation rel L2 {err:e}");
 }
 
 #[test]
@@ -238,9 +205,7 @@ fn bf16_mode_stays_within_its_measured_bound() {
         let cond = condition(case, &cfg);
         let b = cond.len(&cfg);
         let mut r = runner(&cfg, tiny_weights(case), b, 4.0, 1, Dtype::Bf16);
-        let got = r
-            .teacher_force(&cond, &tokens(case, "image_tokens"))
-            .unwrap();
+        let got = r.teacher_force(&cond, &tokens(case, "image_tokens")).unwrap();
         let want = f.f32("logits_teacher").unwrap().1;
         let err = rel_l2(&got, &want);
         eprintln!("{case}: bf16 teacher-forced logits rel L2 {err:.3e}");
@@ -249,10 +214,7 @@ fn bf16_mode_stays_within_its_measured_bound() {
             "{case}: bf16 logits rel L2 {err:e} > {BF16_LOGIT_BOUND}"
         );
         // Where the reference's top-1 margin is large against bf16 resolution, bf16 picks the same token.
-        let (margin, am) = (
-            f.f32("margin_teacher").unwrap().1,
-            f.i64("argmax_teacher").unwrap().1,
-        );
+        let (margin, am) = (f.f32("margin_teacher").unwrap().1, f.i64("argmax_teacher").unwrap().1);
         let v = cfg.vocab_size;
         for (i, (m, a)) in margin.iter().zip(&am).enumerate() {
             if *m >= 0.25 {
@@ -283,7 +245,11 @@ fn cfg_interval_switches_guidance_off_after_iteration_k() {
         batch: b,
         cfg_scale: scale,
         cfg_interval: k,
-        sampling: SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0 },
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+        },
     };
     let mut sd = tiny_weights(case);
     let mut r = GptRunner::new(cfg.clone(), &mut sd, opts, Box::new(CpuBackend::new(false))).unwrap();
@@ -298,14 +264,25 @@ fn cfg_interval_switches_guidance_off_after_iteration_k() {
             let u = &logits[((b + i) * n + j) * v..((b + i) * n + j + 1) * v];
             // Token j comes from the prefill (j = 0) or decode iteration j - 1.
             let on = j == 0 || (j as i64 - 1) <= k;
-            let row: Vec<f32> = if on { c.iter().zip(u).map(|(c, u)| u + scale * (c - u)).collect() } else { c.to_vec() };
+            let row: Vec<f32> = if on {
+                c.iter().zip(u).map(|(c, u)| u + scale * (c - u)).collect()
+            } else {
+                c.to_vec()
+            };
             let mut sorted = row.clone();
             sorted.sort_by(|a, b| b.total_cmp(a));
             if sorted[0] - sorted[1] >= 1e-4 {
                 assert_eq!(toks[i][j] as usize, argmax(&row), "image {i} token {j} (guidance {on})");
-                if on { guided += 1 } else { unguided += 1 }
+                if on {
+                    guided += 1
+                } else {
+                    unguided += 1
+                }
             }
         }
     }
-    assert!(guided >= 2 * b && unguided >= 4 * b, "too few confident tokens: {guided} guided, {unguided} unguided");
+    assert!(
+        guided >= 2 * b && unguided >= 4 * b,
+        "too few confident tokens: {guided} guided, {unguided} unguided"
+    );
 }

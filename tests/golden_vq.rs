@@ -14,8 +14,7 @@ fn runner(case: &str) -> VqRunner {
     let mut sd: StateDict = if case == "vq_tiny" {
         weights::load_state_dict_prefixed(&data("vq_tiny.safetensors"), "weights/").unwrap()
     } else {
-        let shapes =
-            weights::synth::shapes_from_json(&f.metadata().unwrap()["state_dict_shapes"]).unwrap();
+        let shapes = weights::synth::shapes_from_json(&f.metadata().unwrap()["state_dict_shapes"]).unwrap();
         weights::synth::state_dict(&shapes)
     };
     VqRunner::new(cfg, &mut sd, true, Box::new(CpuBackend::new(false))).unwrap()
@@ -48,9 +47,7 @@ fn check_decode(case: &str, r: &mut VqRunner, i: usize) {
         "{case} image{i}_u8: {count} of {} values differ",
         off.len()
     );
-    eprintln!(
-        "{case} image{i} ({n}×{h}×{w} codes): rel L2 {err:.2e}, {count} uint8 values one level off"
-    );
+    eprintln!("{case} image{i} ({n}×{h}×{w} codes): rel L2 {err:.2e}, {count} uint8 values one level off");
 }
 
 fn check_encode(case: &str, r: &mut VqRunner) {
@@ -58,22 +55,13 @@ fn check_encode(case: &str, r: &mut VqRunner) {
     let (shape, x) = f.f32("input_image").unwrap();
     let (n, s) = (shape[0], shape[2]);
     let codes = r.encode(&x, n, s, s).unwrap();
-    let want: Vec<u32> = f
-        .i64("encoded_codes")
-        .unwrap()
-        .1
-        .iter()
-        .map(|&c| c as u32)
-        .collect();
+    let want: Vec<u32> = f.i64("encoded_codes").unwrap().1.iter().map(|&c| c as u32).collect();
     assert_eq!(codes, want, "{case}: encoded codes");
     let g = s / r.cfg.downsample();
     let rec = r.decode(&codes, n, g, g).unwrap();
     let err = rel_l2(&rec, &f.f32("reconstruction").unwrap().1);
     assert!(err <= 1e-5, "{case}: reconstruction rel L2 {err:e}");
-    eprintln!(
-        "{case}: {} codes equal, reconstruction rel L2 {err:.2e}",
-        codes.len()
-    );
+    eprintln!("{case}: {} codes equal, reconstruction rel L2 {err:.2e}", codes.len());
 }
 
 #[test]
@@ -106,17 +94,29 @@ fn out_of_range_codes_are_an_error_not_a_panic() {
 fn vq16_decode_timing() {
     let t = std::time::Instant::now();
     let mut r = runner("vq16");
-    eprintln!("vq16 runner (synthetic state dict + weight upload): {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "vq16 runner (synthetic state dict + weight upload): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let f = fixture("vq16.safetensors");
     let codes: Vec<u32> = f.i64("codes1").unwrap().1.iter().map(|&c| c as u32).collect();
     let cpu = || {
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let f: Vec<f64> = stat.rsplit(')').next().unwrap_or("").split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+        let f: Vec<f64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
         (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
     };
     let t = std::time::Instant::now();
     r.decode(&codes, 1, 16, 16).unwrap();
-    eprintln!("first decode (weight layouts prepared, graph planned): {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "first decode (weight layouts prepared, graph planned): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let runs: usize = std::env::var("VQ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let (mut best, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..runs {
@@ -126,7 +126,11 @@ fn vq16_decode_timing() {
         best_cpu = best_cpu.min(cpu() - c);
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!("vq16 256² decode: best of {runs} {:.3} s wall, {best_cpu:.3} s CPU (loadavg {})", best, load.trim());
+    eprintln!(
+        "vq16 256² decode: best of {runs} {:.3} s wall, {best_cpu:.3} s CPU (loadavg {})",
+        best,
+        load.trim()
+    );
     let s = r.session_mut().unwrap();
     s.set_profiling(true);
     s.reset_profile();

@@ -4,15 +4,11 @@ use std::path::{Path, PathBuf};
 
 use llamagen::io::npy::{self, parse_npy, read_npy, NpyArray, NpyData};
 use llamagen::io::npz::{npz_member, read_npz, write_npz};
-use llamagen::io::png::{
-    grid, preprocess_for_encoder, read_rgb, resize_bicubic_nchw, to_u8_hwc, write_png_rgb,
-};
+use llamagen::io::png::{grid, preprocess_for_encoder, read_rgb, resize_bicubic_nchw, to_u8_hwc, write_png_rgb};
 use llamagen::io::write_atomic;
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/io")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/io").join(name)
 }
 
 fn err_text<T: std::fmt::Debug>(r: llamagen::Result<T>) -> String {
@@ -37,11 +33,7 @@ fn all_dtypes(shape: &[usize]) -> Vec<NpyArray> {
         NpyData::I32((0..n as i32).map(|i| -i * 3).collect()),
         NpyData::U8((0..n).map(|i| (i * 37 % 256) as u8).collect()),
         NpyData::F32((0..n).map(|i| i as f32 * -0.375 + 1e-7).collect()),
-        NpyData::F64(
-            (0..n)
-                .map(|i| (i as f64).sqrt() * std::f64::consts::PI)
-                .collect(),
-        ),
+        NpyData::F64((0..n).map(|i| (i as f64).sqrt() * std::f64::consts::PI).collect()),
         NpyData::Bool((0..n).map(|i| i % 3 == 1).collect()),
     ];
     datas
@@ -56,14 +48,7 @@ fn all_dtypes(shape: &[usize]) -> Vec<NpyArray> {
 #[test]
 fn npy_round_trip_every_dtype_and_shape() {
     let dir = tempfile::tempdir().unwrap();
-    for shape in [
-        vec![],
-        vec![0],
-        vec![5],
-        vec![2, 3],
-        vec![3, 0, 2],
-        vec![1, 2, 3, 4],
-    ] {
+    for shape in [vec![], vec![0], vec![5], vec![2, 3], vec![3, 0, 2], vec![1, 2, 3, 4]] {
         for arr in all_dtypes(&shape) {
             let bytes = arr.to_npy_bytes();
             let header_end = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
@@ -94,10 +79,7 @@ fn npy_scalar_and_empty_headers() {
         .unwrap()
         .starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (0,), }"));
     assert_eq!(e.len(), 128);
-    assert_eq!(
-        parse_npy(&e, Path::new("e")).unwrap().data,
-        NpyData::U8(vec![])
-    );
+    assert_eq!(parse_npy(&e, Path::new("e")).unwrap().data, NpyData::U8(vec![]));
 }
 
 /// Header exactly as numpy 1.x writes it: dict, spaces to a 64-byte boundary, '\n'.
@@ -171,28 +153,20 @@ fn npy_reads_files_written_by_numpy() {
     let h = read_npy(&data("np_f16_3.npy")).unwrap();
     assert_eq!(h.data, NpyData::F32(vec![0.5, -2.0, 65504.0]));
     let s = read_npy(&data("np_u8_scalar.npy")).unwrap();
-    assert_eq!(
-        (s.shape.clone(), s.data.clone()),
-        (vec![], NpyData::U8(vec![7]))
-    );
+    assert_eq!((s.shape.clone(), s.data.clone()), (vec![], NpyData::U8(vec![7])));
 }
 
 #[test]
 fn npy_narrow_dtypes_widen() {
     let p = Path::new("w.npy");
-    let d =
-        |descr: &str| format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2,), }}");
+    let d = |descr: &str| format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2,), }}");
     let a = parse_npy(&handmade(1, &d("|i1"), &[0xff, 0x7f]), p).unwrap();
     assert_eq!(a.data, NpyData::I32(vec![-1, 127]));
     let a = parse_npy(&handmade(1, &d("<i2"), &[0x00, 0x80, 0xff, 0xff]), p).unwrap();
     assert_eq!(a.data, NpyData::I32(vec![-32768, -1]));
     let a = parse_npy(&handmade(1, &d("<u2"), &[0xff, 0xff, 1, 0]), p).unwrap();
     assert_eq!(a.data, NpyData::I32(vec![65535, 1]));
-    let a = parse_npy(
-        &handmade(1, &d("<u4"), &[0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0]),
-        p,
-    )
-    .unwrap();
+    let a = parse_npy(&handmade(1, &d("<u4"), &[0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0]), p).unwrap();
     assert_eq!(a.data, NpyData::I64(vec![4294967295, 2]));
     let ok = [5u64.to_le_bytes(), 6u64.to_le_bytes()].concat();
     assert_eq!(
@@ -207,22 +181,10 @@ fn npy_narrow_dtypes_widen() {
 
 #[test]
 fn npy_conversions() {
-    let mk = |data| NpyArray {
-        shape: vec![3],
-        data,
-    };
-    assert_eq!(
-        mk(NpyData::I32(vec![-1, 0, 7])).to_i64(),
-        Some(vec![-1, 0, 7])
-    );
-    assert_eq!(
-        mk(NpyData::U8(vec![0, 200, 255])).to_i64(),
-        Some(vec![0, 200, 255])
-    );
-    assert_eq!(
-        mk(NpyData::Bool(vec![true, false, true])).to_i64(),
-        Some(vec![1, 0, 1])
-    );
+    let mk = |data| NpyArray { shape: vec![3], data };
+    assert_eq!(mk(NpyData::I32(vec![-1, 0, 7])).to_i64(), Some(vec![-1, 0, 7]));
+    assert_eq!(mk(NpyData::U8(vec![0, 200, 255])).to_i64(), Some(vec![0, 200, 255]));
+    assert_eq!(mk(NpyData::Bool(vec![true, false, true])).to_i64(), Some(vec![1, 0, 1]));
     assert_eq!(mk(NpyData::F32(vec![1.0, 2.0, 3.0])).to_i64(), None);
     assert_eq!(mk(NpyData::F64(vec![1.0, 2.0, 3.0])).to_i64(), None);
     assert_eq!(
@@ -275,10 +237,7 @@ fn npy_bad_inputs_name_the_source() {
         &le_i64(&[0; 6]),
     );
     let e = err_text(parse_npy(&b, p));
-    assert!(
-        e.contains("big-endian") && e.contains("bad/file.npy"),
-        "{e}"
-    );
+    assert!(e.contains("big-endian") && e.contains("bad/file.npy"), "{e}");
     let c = handmade(
         1,
         &dict("{'descr': '<c8', 'fortran_order': False, 'shape': (6,), }"),
@@ -376,16 +335,10 @@ fn npz_reads_numpy_savez_and_savez_compressed() {
         vec![1, 2, 3, 4, 5, 6]
     );
     assert_eq!(npz_member(&m, "tokens").unwrap().shape, vec![2, 3]);
-    assert_eq!(
-        npz_member(&m, "probs").unwrap().data,
-        NpyData::F32(vec![0.25, 0.5])
-    );
+    assert_eq!(npz_member(&m, "probs").unwrap().data, NpyData::F32(vec![0.25, 0.5]));
 
     let c = read_npz(&data("np_savez_compressed.npz")).unwrap();
-    assert_eq!(
-        npz_member(&c, "a").unwrap().data,
-        NpyData::I32((0..100).collect())
-    );
+    assert_eq!(npz_member(&c, "a").unwrap().data, NpyData::I32((0..100).collect()));
     assert_eq!(
         npz_member(&c, "b").unwrap().data,
         NpyData::Bool(vec![true, false, true])
@@ -408,10 +361,7 @@ fn npz_bad_inputs() {
 
     write_npz(&p, &[("junk", b"not npy".to_vec())]).unwrap();
     let e = err_text(read_npz(&p));
-    assert!(
-        e.contains("bad.npz[junk.npy]") && e.contains("magic"),
-        "{e}"
-    );
+    assert!(e.contains("bad.npz[junk.npy]") && e.contains("magic"), "{e}");
 
     let dup = [
         ("a", npy::npy_bytes_u8(&[1], &[1])),
@@ -472,10 +422,7 @@ fn write_atomic_read_only_directory() {
     let privileged = std::fs::write(&probe, b"").is_ok();
     let _ = std::fs::remove_file(&probe);
     if !privileged {
-        let e = err_text(npy::write_npy(
-            &ro.join("a.npy"),
-            &all_dtypes(&[1]).remove(0),
-        ));
+        let e = err_text(npy::write_npy(&ro.join("a.npy"), &all_dtypes(&[1]).remove(0)));
         assert!(e.contains("ro/a.npy"), "{e}");
         assert!(listing(&ro).is_empty());
     }
@@ -525,18 +472,13 @@ fn to_u8_layout_is_nchw_to_hwc() {
     }
     let u = to_u8_hwc(&x, 2, 1, 2);
     // 128 + k for value k/127.5 (exactly representable steps).
-    let want: Vec<u8> = [0, 2, 4, 1, 3, 5, 6, 8, 10, 7, 9, 11]
-        .iter()
-        .map(|k| 128 + k)
-        .collect();
+    let want: Vec<u8> = [0, 2, 4, 1, 3, 5, 6, 8, 10, 7, 9, 11].iter().map(|k| 128 + k).collect();
     assert_eq!(u, want);
 }
 
 #[test]
 fn to_u8_matches_golden_decoder_bytes() {
-    let bytes =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vq_tiny.safetensors"))
-            .unwrap();
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vq_tiny.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for (img, u8s) in [("image0", "image0_u8"), ("image1", "image1_u8")] {
         let t = st.tensor(img).unwrap();
@@ -546,11 +488,7 @@ fn to_u8_matches_golden_decoder_bytes() {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        assert_eq!(
-            to_u8_hwc(&x, s[0], s[2], s[3]),
-            st.tensor(u8s).unwrap().data(),
-            "{img}"
-        );
+        assert_eq!(to_u8_hwc(&x, s[0], s[2], s[3]), st.tensor(u8s).unwrap().data(), "{img}");
     }
 }
 
@@ -612,10 +550,7 @@ fn read_rgb_converts_grey_alpha_and_jpeg() {
         .unwrap()
         .save(&grey)
         .unwrap();
-    assert_eq!(
-        read_rgb(&grey).unwrap(),
-        (vec![9, 9, 9, 200, 200, 200], 1, 2)
-    );
+    assert_eq!(read_rgb(&grey).unwrap(), (vec![9, 9, 9, 200, 200, 200], 1, 2));
     let rgba = dir.path().join("a.png");
     image::RgbaImage::from_raw(1, 1, vec![1, 2, 3, 0])
         .unwrap()
@@ -635,9 +570,7 @@ fn read_rgb_converts_grey_alpha_and_jpeg() {
     assert_eq!((h, w), (8, 16));
     for c in px.chunks_exact(3) {
         assert!(
-            c.iter()
-                .zip([200i32, 100, 50])
-                .all(|(&a, b)| (a as i32 - b).abs() <= 3),
+            c.iter().zip([200i32, 100, 50]).all(|(&a, b)| (a as i32 - b).abs() <= 3),
             "{c:?}"
         );
     }
@@ -727,9 +660,7 @@ fn bicubic_resize_reference_values() {
         assert!((a as f64 - b).abs() < 1e-6, "{up:?}");
     }
     // Downscaling 9 -> 5 (no antialiasing in torch), applied along H of a 2-channel batch.
-    let col: Vec<f32> = (0..2)
-        .flat_map(|c| (0..9).map(move |v| (v + c * 10) as f32))
-        .collect();
+    let col: Vec<f32> = (0..2).flat_map(|c| (0..9).map(move |v| (v + c * 10) as f32)).collect();
     let down = resize_bicubic_nchw(&col, 2, 9, 1, 5, 1);
     let want = [0.316f32, 2.248, 4.0, 5.752, 7.684];
     for c in 0..2 {

@@ -8,9 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
 fn fixture_weights(case: &str) -> StateDict {
@@ -27,37 +25,20 @@ fn assert_same(a: &StateDict, b: &StateDict) {
     for (name, ta) in &a.tensors {
         let tb = &b.tensors[name];
         assert_eq!(ta.shape, tb.shape, "{name}");
-        let same = ta
-            .data
-            .iter()
-            .zip(&tb.data)
-            .all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(
-            same && ta.data.len() == tb.data.len(),
-            "{name}: values differ"
-        );
+        let same = ta.data.iter().zip(&tb.data).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same && ta.data.len() == tb.data.len(), "{name}: values differ");
     }
 }
 
 #[test]
 fn pt_files_hold_the_safetensors_weights() {
-    for (case, has_raw) in [
-        ("gpt_tiny_c2i", true),
-        ("gpt_tiny_t2i", true),
-        ("vq_tiny", false),
-    ] {
+    for (case, has_raw) in [("gpt_tiny_c2i", true), ("gpt_tiny_t2i", true), ("vq_tiny", false)] {
         let st = fixture_weights(case);
         let pt = load_state_dict(&data(&format!("{case}.pt"))).unwrap();
         assert_same(&st, &pt);
-        assert_same(
-            &st,
-            &torch_pt::load_pt(&data(&format!("{case}.pt"))).unwrap(),
-        );
+        assert_same(&st, &torch_pt::load_pt(&data(&format!("{case}.pt"))).unwrap());
         if has_raw {
-            assert_same(
-                &st,
-                &load_state_dict(&data(&format!("{case}.raw.pt"))).unwrap(),
-            );
+            assert_same(&st, &load_state_dict(&data(&format!("{case}.raw.pt"))).unwrap());
         }
     }
     // Prefix filtering applies to .pt files too.
@@ -124,10 +105,7 @@ fn synth_matches_python_reference() {
         ),
     ];
     for (name, shape, values) in want {
-        let got: Vec<f64> = synth::value_f32(name, shape)
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
+        let got: Vec<f64> = synth::value_f32(name, shape).iter().map(|&v| v as f64).collect();
         assert_eq!(got, values, "{name}");
     }
 }
@@ -172,13 +150,7 @@ impl Pickle {
         self.global("collections", "OrderedDict").op(b')').op(b'R')
     }
     /// Pushes the argument tuple of `_rebuild_tensor_v2`.
-    fn tensor_args(
-        &mut self,
-        storage: (&str, &str, u16),
-        offset: u16,
-        size: &[u16],
-        stride: &[u16],
-    ) -> &mut Self {
+    fn tensor_args(&mut self, storage: (&str, &str, u16), offset: u16, size: &[u16], stride: &[u16]) -> &mut Self {
         self.op(b'(');
         self.op(b'(')
             .str("storage")
@@ -193,13 +165,7 @@ impl Pickle {
             .empty_ordered_dict()
             .op(b't')
     }
-    fn tensor(
-        &mut self,
-        storage: (&str, &str, u16),
-        offset: u16,
-        size: &[u16],
-        stride: &[u16],
-    ) -> &mut Self {
+    fn tensor(&mut self, storage: (&str, &str, u16), offset: u16, size: &[u16], stride: &[u16]) -> &mut Self {
         self.global("torch._utils", "_rebuild_tensor_v2");
         self.tensor_args(storage, offset, size, stride).op(b'R')
     }
@@ -224,17 +190,9 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 ///  "epoch": 3}
 fn crafted_pickle() -> Vec<u8> {
     let mut p = Pickle::new();
-    p.op(b'}')
-        .str("model")
-        .empty_ordered_dict()
-        .op(b'q')
-        .op(0)
-        .op(b'(');
-    p.str("a.weight")
-        .tensor(("FloatStorage", "0", 6), 0, &[3, 2], &[1, 3]);
-    p.str("b.bias")
-        .global("torch._utils", "_rebuild_parameter")
-        .op(b'(');
+    p.op(b'}').str("model").empty_ordered_dict().op(b'q').op(0).op(b'(');
+    p.str("a.weight").tensor(("FloatStorage", "0", 6), 0, &[3, 2], &[1, 3]);
+    p.str("b.bias").global("torch._utils", "_rebuild_parameter").op(b'(');
     p.tensor(("HalfStorage", "1", 4), 1, &[3], &[1])
         .op(0x88)
         .empty_ordered_dict()
@@ -264,10 +222,7 @@ fn crafted_storages() -> Vec<(String, Vec<u8>)> {
         .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
         .collect();
     vec![
-        (
-            "arch/data/0".into(),
-            f32_bytes(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]),
-        ),
+        ("arch/data/0".into(), f32_bytes(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])),
         ("arch/data/1".into(), half),
         ("arch/data/2".into(), 42i64.to_le_bytes().to_vec()),
     ]
@@ -275,8 +230,7 @@ fn crafted_storages() -> Vec<(String, Vec<u8>)> {
 
 fn write_crafted(path: &Path, pickle: &[u8], skip: Option<&str>, method: zip::CompressionMethod) {
     let storages = crafted_storages();
-    let mut entries: Vec<(&str, &[u8])> =
-        vec![("arch/data.pkl", pickle), ("arch/byteorder", b"little")];
+    let mut entries: Vec<(&str, &[u8])> = vec![("arch/data.pkl", pickle), ("arch/byteorder", b"little")];
     for (n, b) in &storages {
         if Some(n.as_str()) != skip {
             entries.push((n, b));
@@ -288,26 +242,17 @@ fn write_crafted(path: &Path, pickle: &[u8], skip: Option<&str>, method: zip::Co
 #[test]
 fn crafted_pt_views_dtypes_and_wrappers() {
     let dir = tempfile::tempdir().unwrap();
-    for method in [
-        zip::CompressionMethod::Stored,
-        zip::CompressionMethod::Deflated,
-    ] {
+    for method in [zip::CompressionMethod::Stored, zip::CompressionMethod::Deflated] {
         let path = dir.path().join("crafted.bin"); // extension must not matter
         write_crafted(&path, &crafted_pickle(), None, method);
         let sd = load_state_dict(&path).unwrap();
-        assert_eq!(
-            sd.names().collect::<Vec<_>>(),
-            ["a.weight", "b.bias", "c.weight"]
-        );
+        assert_eq!(sd.names().collect::<Vec<_>>(), ["a.weight", "b.bias", "c.weight"]);
         assert_eq!(
             sd.expect("a.weight", &[3, 2]).unwrap().data,
             [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
         );
         assert_eq!(sd.expect("b.bias", &[3]).unwrap().data, [0.5, -2.0, 7.0]);
-        assert_eq!(
-            sd.expect("c.weight", &[2, 2]).unwrap().data,
-            [2.0, 3.0, 4.0, 5.0]
-        );
+        assert_eq!(sd.expect("c.weight", &[2, 2]).unwrap().data, [2.0, 3.0, 4.0, 5.0]);
     }
 }
 
@@ -326,10 +271,7 @@ fn crafted_pt_missing_storage_and_bad_pickles() {
         zip::CompressionMethod::Stored,
     );
     let msg = err_of(load_state_dict(&path));
-    assert!(
-        msg.contains("nostorage.pt") && msg.contains("arch/data/1"),
-        "{msg}"
-    );
+    assert!(msg.contains("nostorage.pt") && msg.contains("arch/data/1"), "{msg}");
 
     let bad: [(&[u8], &str); 4] = [
         (b"\x80\x02\xff", "opcode 0xff"),
@@ -365,16 +307,8 @@ fn disallowed_globals_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("evil.pt");
     let mut p = Pickle::new();
-    p.global("os", "system")
-        .str("echo pwned")
-        .op(0x85)
-        .op(b'R')
-        .op(b'.');
-    write_zip(
-        &path,
-        &[("evil/data.pkl", &p.0)],
-        zip::CompressionMethod::Stored,
-    );
+    p.global("os", "system").str("echo pwned").op(0x85).op(b'R').op(b'.');
+    write_zip(&path, &[("evil/data.pkl", &p.0)], zip::CompressionMethod::Stored);
     let msg = err_of(load_state_dict(&path));
     assert!(
         msg.contains("disallowed pickle global `os.system`") && msg.contains("evil.pt"),
@@ -392,11 +326,7 @@ fn disallowed_globals_are_refused() {
         .op(0x85)
         .op(b'R');
     p.op(b's').op(b's').op(b'.');
-    write_zip(
-        &path,
-        &[("evil/data.pkl", &p.0)],
-        zip::CompressionMethod::Stored,
-    );
+    write_zip(&path, &[("evil/data.pkl", &p.0)], zip::CompressionMethod::Stored);
     let msg = err_of(load_state_dict(&path));
     assert!(msg.contains("`builtins.eval`"), "{msg}");
 }
@@ -413,16 +343,11 @@ fn truncated_copy(dir: &Path, name: &str, keep: usize) -> PathBuf {
 #[test]
 fn truncated_and_corrupt_files_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let len = std::fs::metadata(data("gpt_tiny_c2i.safetensors"))
-        .unwrap()
-        .len() as usize;
+    let len = std::fs::metadata(data("gpt_tiny_c2i.safetensors")).unwrap().len() as usize;
     for keep in [0, 4, 8, 100, len / 2, len - 1] {
         let path = truncated_copy(dir.path(), "gpt_tiny_c2i.safetensors", keep);
         let msg = err_of(load_state_dict(&path));
-        assert!(
-            msg.contains("cut_gpt_tiny_c2i.safetensors"),
-            "keep {keep}: {msg}"
-        );
+        assert!(msg.contains("cut_gpt_tiny_c2i.safetensors"), "keep {keep}: {msg}");
         if keep > 100 {
             assert!(msg.contains("truncated"), "{msg}");
             assert!(SafeTensorsFile::open(&path).is_err());
@@ -447,16 +372,10 @@ fn truncated_and_corrupt_files_name_the_file() {
     let path = dir.path().join("corrupt.safetensors");
     std::fs::write(&path, &bytes).unwrap();
     let msg = err_of(load_state_dict(&path));
-    assert!(
-        msg.contains("corrupt.safetensors") && msg.contains("header"),
-        "{msg}"
-    );
+    assert!(msg.contains("corrupt.safetensors") && msg.contains("header"), "{msg}");
 
     let missing = dir.path().join("does_not_exist.pt");
-    assert!(matches!(
-        load_state_dict(&missing),
-        Err(llamagen::Error::Io { .. })
-    ));
+    assert!(matches!(load_state_dict(&missing), Err(llamagen::Error::Io { .. })));
     assert!(err_of(load_state_dict(&missing)).contains("does_not_exist.pt"));
 }
 
@@ -485,10 +404,7 @@ fn take_checked_reports_shape_nan_and_missing() {
         "{msg}"
     );
     let msg = err_of(sd.take_checked("absent", &[1]));
-    assert!(
-        msg.contains("`absent`") && msg.contains("model.safetensors"),
-        "{msg}"
-    );
+    assert!(msg.contains("`absent`") && msg.contains("model.safetensors"), "{msg}");
 
     assert_eq!(sd.take_checked("w", &[2, 3]).unwrap().data, vec![1.0; 6]);
     assert!(sd.get("w").is_none() && sd.get("n").is_some());

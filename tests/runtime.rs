@@ -30,10 +30,27 @@ fn setup(case: &str, dtype: Dtype) -> (GptConfig, Vec<Graph>, Session) {
     let cfg = GptConfig::from_json_file(&data(&format!("{case}.config.json"))).unwrap();
     let mut sd = weights::load_state_dict_prefixed(&data(&format!("{case}.safetensors")), "weights/").unwrap();
     let (w, ids, _) = bind_weights(&cfg, &mut sd, dtype).unwrap();
-    let spec = GptGraphSpec { images: 3, cfg_scale: 4.0, sampling: SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.9 } };
-    let graphs = vec![gpt_graph::prefill(&cfg, &ids, &spec), gpt_graph::decode(&cfg, &ids, &spec)];
+    let spec = GptGraphSpec {
+        images: 3,
+        cfg_scale: 4.0,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 0.9,
+        },
+    };
+    let graphs = vec![
+        gpt_graph::prefill(&cfg, &ids, &spec),
+        gpt_graph::decode(&cfg, &ids, &spec),
+    ];
     let kv = kv_spec(&cfg, spec.rows(), dtype);
-    let session = Session::new(Box::new(CpuBackend::new(dtype == Dtype::Bf16)), w, Some(kv), graphs.clone()).unwrap();
+    let session = Session::new(
+        Box::new(CpuBackend::new(dtype == Dtype::Bf16)),
+        w,
+        Some(kv),
+        graphs.clone(),
+    )
+    .unwrap();
     (cfg, graphs, session)
 }
 
@@ -65,11 +82,19 @@ fn plans_of_model_graphs_never_overlap_live_tensors() {
                     let live = span[a].0 <= span[b].1 && span[b].0 <= span[a].1;
                     let (sa, ea) = (p.offsets[a], p.offsets[a] + 4 * g.tensors[a].numel());
                     let (sb, eb) = (p.offsets[b], p.offsets[b] + 4 * g.tensors[b].numel());
-                    assert!(!live || ea <= sb || eb <= sa, "{case}: `{}` and `{}` overlap", g.tensors[a].name, g.tensors[b].name);
+                    assert!(
+                        !live || ea <= sb || eb <= sa,
+                        "{case}: `{}` and `{}` overlap",
+                        g.tensors[a].name,
+                        g.tensors[b].name
+                    );
                 }
             }
             let total: usize = g.tensors.iter().map(|t| 4 * t.numel()).sum();
-            eprintln!("{case} {:?}: arena {} bytes for {} bytes of tensors", g.phase, p.size, total);
+            eprintln!(
+                "{case} {:?}: arena {} bytes for {} bytes of tensors",
+                g.phase, p.size, total
+            );
             assert!(p.size < total, "{case}: the plan reuses nothing");
         }
     }
@@ -92,7 +117,12 @@ fn a_decode_step_allocates_nothing() {
         s.write_f32(prefill, "caption", &x).unwrap();
         s.write_f32(prefill, "cond_mask", &m2).unwrap();
         s.write_i32(prefill, "image_index", &[0, 1, 2]).unwrap();
-        let mut step = StepParams { pos: 0, step: 0, cfg_active: true, seed: 7 };
+        let mut step = StepParams {
+            pos: 0,
+            step: 0,
+            cfg_active: true,
+            seed: 7,
+        };
         s.run(prefill, &step).unwrap();
         s.write_f32(decode, "cond_mask", &m2).unwrap();
         s.write_i32(decode, "image_index", &[0, 1, 2]).unwrap();
@@ -114,6 +144,12 @@ fn a_decode_step_allocates_nothing() {
             }
             (before, ALLOCS.load(Ordering::SeqCst))
         });
-        assert_eq!(after - before, 0, "{dtype:?}: {} heap allocations in {} decode steps", after - before, cfg.block_size - 2);
+        assert_eq!(
+            after - before,
+            0,
+            "{dtype:?}: {} heap allocations in {} decode steps",
+            after - before,
+            cfg.block_size - 2
+        );
     }
 }

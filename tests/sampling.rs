@@ -12,10 +12,7 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Self {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/sampling.safetensors"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sampling.safetensors");
         Fixture {
             bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}")),
         }
@@ -134,11 +131,7 @@ fn cfg_mix_matches_official() {
         cfg_mix(cond, uncond, 4.0, &mut out);
         // Same expression order as the reference, so the result is bit-exact.
         for v in 0..V {
-            assert_eq!(
-                out[v].to_bits(),
-                want[r * V + v].to_bits(),
-                "row {r} token {v}"
-            );
+            assert_eq!(out[v].to_bits(), want[r * V + v].to_bits(), "row {r} token {v}");
         }
     }
 }
@@ -151,42 +144,22 @@ fn philox_known_answers() {
     let pi_ctr = [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344];
     let pi_key = [0xa4093822, 0x299f31d0];
     let kats: [Kat; 6] = [
-        (
-            7,
-            [0; 4],
-            [0; 2],
-            [0x5f6fb709, 0x0d893f64, 0x4f121f81, 0x4f730a48],
-        ),
+        (7, [0; 4], [0; 2], [0x5f6fb709, 0x0d893f64, 0x4f121f81, 0x4f730a48]),
         (
             7,
             [u32::MAX; 4],
             [u32::MAX; 2],
             [0x5207ddc2, 0x45165e59, 0x4d8ee751, 0x8c52f662],
         ),
-        (
-            7,
-            pi_ctr,
-            pi_key,
-            [0x4dfccaba, 0x190a87f0, 0xc47362ba, 0xb6b5242a],
-        ),
-        (
-            10,
-            [0; 4],
-            [0; 2],
-            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8],
-        ),
+        (7, pi_ctr, pi_key, [0x4dfccaba, 0x190a87f0, 0xc47362ba, 0xb6b5242a]),
+        (10, [0; 4], [0; 2], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),
         (
             10,
             [u32::MAX; 4],
             [u32::MAX; 2],
             [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd],
         ),
-        (
-            10,
-            pi_ctr,
-            pi_key,
-            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1],
-        ),
+        (10, pi_ctr, pi_key, [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]),
     ];
     for (rounds, ctr, key, want) in kats {
         assert_eq!(
@@ -210,10 +183,7 @@ fn uniform_stream_layout() {
     // A pure function: recomputing (in any order) gives the same bits.
     let a: Vec<f32> = (0..64).map(|t| uniform(9, 3, t)).collect();
     let b: Vec<f32> = (0..64).rev().map(|t| uniform(9, 3, t)).collect();
-    assert!(a
-        .iter()
-        .zip(b.iter().rev())
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(a.iter().zip(b.iter().rev()).all(|(x, y)| x.to_bits() == y.to_bits()));
 
     let mut by_step = Vec::new();
     let mut by_index = Vec::new();
@@ -274,9 +244,7 @@ fn lcg_logits(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut st = seed;
     (0..n)
         .map(|_| {
-            st = st
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((st >> 40) as f32 / 16_777_216.0 - 0.5) * scale
         })
         .collect()
@@ -297,10 +265,7 @@ fn goodness_of_fit(logits: &[f32], p: SamplingParams, seed: u64, n: usize) {
     let (mut chi2, mut bins) = (0.0f64, 0usize);
     for (t, (&c, &q)) in counts.iter().zip(&probs).enumerate() {
         if q == 0.0 {
-            assert_eq!(
-                c, 0,
-                "token {t} has zero probability but was drawn {c} times ({p:?})"
-            );
+            assert_eq!(c, 0, "token {t} has zero probability but was drawn {c} times ({p:?})");
             continue;
         }
         let e = n as f64 * f64::from(q);
@@ -308,10 +273,7 @@ fn goodness_of_fit(logits: &[f32], p: SamplingParams, seed: u64, n: usize) {
         bins += 1;
     }
     let pval = chi2_sf(chi2, bins - 1);
-    assert!(
-        pval > 1e-6,
-        "{p:?}: chi2 {chi2:.1} over {bins} bins, p = {pval:e}"
-    );
+    assert!(pval > 1e-6, "{p:?}: chi2 {chi2:.1} over {bins} bins, p = {pval:e}");
 }
 
 #[test]
@@ -331,10 +293,7 @@ fn a_wrong_sampler_would_fail() {
     // distribution (temperature 1.05 instead of 1.0) must be rejected.
     let logits = [0.3f32, -1.2, 2.0, 0.0, 1.1, -0.4, 0.9, -2.5, 1.7, 0.2];
     let p = sp(1.0, 0, 1.0);
-    let q = SamplingParams {
-        temperature: 1.05,
-        ..p
-    };
+    let q = SamplingParams { temperature: 1.05, ..p };
     let mut scratch = SamplerScratch::new(10);
     let mut probs = [0.0f32; 10];
     probabilities(&logits, &q, &mut scratch, &mut probs);
@@ -375,10 +334,7 @@ fn sample_is_the_inverse_cdf_of_probabilities() {
             for j in 0..200 {
                 let u = (j as f32 + 0.5) / 200.0;
                 let t = sample(row, &p, u, &mut scratch) as usize;
-                assert!(
-                    probs[t] > 0.0,
-                    "{key} row {r} u {u}: drew filtered token {t}"
-                );
+                assert!(probs[t] > 0.0, "{key} row {r} u {u}: drew filtered token {t}");
                 let target = f64::from(u) * c;
                 // Skip draws that land within float noise of an interval boundary.
                 let near = |x: f64| (x - target).abs() < 1e-5;

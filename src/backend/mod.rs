@@ -67,15 +67,7 @@ pub trait Backend: Send {
     fn read_i32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<i32>>;
     /// Copies tensor `src` of graph `gs` into tensor `dst` of graph `gd` (same element count): feeds sampled tokens
     /// back into the next decode step without a round trip through the host.
-    fn copy(
-        &mut self,
-        gs: &Graph,
-        ps: &Plan,
-        src: TensorId,
-        gd: &Graph,
-        pd: &Plan,
-        dst: TensorId,
-    ) -> Result<()>;
+    fn copy(&mut self, gs: &Graph, ps: &Plan, src: TensorId, gd: &Graph, pd: &Plan, dst: TensorId) -> Result<()>;
     /// Runs every node of the graph in order.
     fn run(&mut self, g: &Graph, plan: &Plan, step: &StepParams) -> Result<()>;
     /// Runs one node of the graph and returns when its result is complete (the profiled path of `Session::run`).

@@ -120,7 +120,10 @@ pub fn gpt_config(a: &GptArgs, downsample: usize) -> Result<GptConfig> {
             if let Some(size) = a.image_size {
                 let g = size / downsample.max(1);
                 if size % downsample.max(1) != 0 || g * g != cfg.block_size {
-                    bail!("--image-size {size} does not match the model's block_size {} (downsampling {downsample})", cfg.block_size);
+                    bail!(
+                        "--image-size {size} does not match the model's block_size {} (downsampling {downsample})",
+                        cfg.block_size
+                    );
                 }
             }
             return Ok(cfg);
@@ -148,26 +151,16 @@ pub fn vq_config(a: &VqArgs) -> Result<VqConfig> {
         if let Some((json, from)) = config_beside(w)? {
             return Ok(VqConfig::from_json_str(&json, &from)?);
         }
-        bail!(
-            "{}: no VQ config found (give --vq-config or --vq-model)",
-            w.display()
-        );
+        bail!("{}: no VQ config found (give --vq-config or --vq-model)", w.display());
     }
     bail!("no VQ tokenizer given: pass --vq WEIGHTS (with --vq-config or --vq-model if the file carries no config)")
 }
 
 pub fn vq_runner(a: &VqArgs, with_encoder: bool, device: Device) -> Result<VqRunner> {
     let cfg = vq_config(a)?;
-    let path =
-        a.vq.as_ref()
-            .context("no VQ weights given: pass --vq WEIGHTS")?;
+    let path = a.vq.as_ref().context("no VQ weights given: pass --vq WEIGHTS")?;
     let mut sd = load_weights(path)?;
-    Ok(VqRunner::new(
-        cfg,
-        &mut sd,
-        with_encoder,
-        backend(device, Dtype::F32)?,
-    )?)
+    Ok(VqRunner::new(cfg, &mut sd, with_encoder, backend(device, Dtype::F32)?)?)
 }
 
 /// The bundled demo model (issue: a trained model so the main job runs offline).
@@ -194,7 +187,10 @@ pub fn demo_model() -> Result<Demo> {
     if let Some(d) = std::env::var_os("LLAMAGEN_DEMO_DIR") {
         candidates.push(PathBuf::from(d));
     }
-    if let Some(bin) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(bin) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         candidates.push(bin.join("../../models/demo"));
         candidates.push(bin.join("../share/llamagen/demo"));
         candidates.push(bin.join("models/demo"));
@@ -205,7 +201,10 @@ pub fn demo_model() -> Result<Demo> {
         .find(|d| d.join("gpt.safetensors").is_file() && d.join("vq.safetensors").is_file())
         .with_context(|| {
             let looked: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-            format!("no model given and the demo model was not found (looked in {}); pass --gpt and --vq", looked.join(", "))
+            format!(
+                "no model given and the demo model was not found (looked in {}); pass --gpt and --vq",
+                looked.join(", ")
+            )
         })?
         .clone();
     let read = |name: &str| -> Result<String> {

@@ -634,7 +634,10 @@ fn use_demo(a: &mut BenchArgs) -> Result<Option<(String, String)>> {
     if a.top_k.is_empty() {
         a.top_k.push(demo.top_k.max(0) as usize);
     }
-    tracing::info!("no model given: measuring the bundled demo model from {}", demo.dir.display());
+    tracing::info!(
+        "no model given: measuring the bundled demo model from {}",
+        demo.dir.display()
+    );
     Ok(Some(("demo".into(), "demo".into())))
 }
 

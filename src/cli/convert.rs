@@ -21,10 +21,9 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     let sd = weights::load_state_dict(&a.input)?;
     let mut meta = HashMap::new();
     if let Some(c) = &a.config {
-        let text =
-            std::fs::read_to_string(c).map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", c.display()))?;
+        let text = std::fs::read_to_string(c).map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", c.display()))?;
         meta.insert("config".to_string(), v.to_string());
     }
     weights::save_safetensors(&a.output, &sd, Some(&meta))?;

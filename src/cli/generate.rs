@@ -91,19 +91,10 @@ fn read_captions(a: &GenerateArgs, t: usize, dim: usize) -> Result<Option<(Vec<f
     let e = npy::read_npy(ep)?;
     let m = npy::read_npy(mp)?;
     if e.shape.len() != 3 || e.shape[1] != t || e.shape[2] != dim {
-        bail!(
-            "{}: shape {:?}, expected B×{t}×{dim}",
-            ep.display(),
-            e.shape
-        );
+        bail!("{}: shape {:?}, expected B×{t}×{dim}", ep.display(), e.shape);
     }
     if m.shape != [e.shape[0], t] {
-        bail!(
-            "{}: shape {:?}, expected {}×{t}",
-            mp.display(),
-            m.shape,
-            e.shape[0]
-        );
+        bail!("{}: shape {:?}, expected {}×{t}", mp.display(), m.shape, e.shape[0]);
     }
     let embs = e
         .to_f32()
@@ -133,7 +124,10 @@ fn use_demo(a: &mut GenerateArgs) -> Result<Option<Vec<String>>> {
     }
     a.cfg_scale = a.cfg_scale.or(Some(demo.cfg_scale));
     a.top_k = a.top_k.or(Some(demo.top_k));
-    tracing::info!("no model given: running the bundled demo model from {}", demo.dir.display());
+    tracing::info!(
+        "no model given: running the bundled demo model from {}",
+        demo.dir.display()
+    );
     Ok(Some(demo.class_names))
 }
 
@@ -186,11 +180,7 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
             if captions.is_some() {
                 bail!("--caption-embs given, but the GPT is class-conditional (c2i)");
             }
-            if let Some(&c) = a
-                .classes
-                .iter()
-                .find(|&&c| c < 0 || c as usize >= cfg.num_classes)
-            {
+            if let Some(&c) = a.classes.iter().find(|&&c| c < 0 || c as usize >= cfg.num_classes) {
                 bail!(
                     "--class {c} is outside 0..{} (the model has {} classes)",
                     cfg.num_classes,
@@ -200,9 +190,7 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         }
         ModelType::T2i => {
             if captions.is_none() {
-                bail!(
-                    "a t2i GPT needs --caption-embs and --caption-mask (precomputed T5 features)"
-                );
+                bail!("a t2i GPT needs --caption-embs and --caption-mask (precomputed T5 features)");
             }
             if !a.classes.is_empty() {
                 bail!("--class is for class-conditional models; this GPT is t2i");
@@ -217,9 +205,11 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     });
     let backend = args::backend(a.device, dtype)?;
     let mut vq = match &vq_cfg {
-        Some(c) if a.synthetic_weights => {
-            Some(llamagen::model::vq::VqRunner::synthetic(c.clone(), false, args::backend(a.device, Dtype::F32)?)?)
-        }
+        Some(c) if a.synthetic_weights => Some(llamagen::model::vq::VqRunner::synthetic(
+            c.clone(),
+            false,
+            args::backend(a.device, Dtype::F32)?,
+        )?),
         Some(_) => Some(args::vq_runner(&a.vq, false, a.device)?),
         None => None,
     };

@@ -62,11 +62,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         cfg.cls_token_num,
         cfg.cache_len()
     );
-    println!(
-        "  weights: f32 {}, bf16 {}",
-        mib(4 * params),
-        mib(2 * params)
-    );
+    println!("  weights: f32 {}, bf16 {}", mib(4 * params), mib(2 * params));
     println!(
         "  KV cache for batch {} ({} rows): f32 {}, bf16 {}",
         a.batch_size,
@@ -74,11 +70,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         mib(kv(4)),
         mib(kv(2))
     );
-    let flops =
-        2.0 * params as f64 * cfg.block_size as f64 * if a.cfg_scale > 1.0 { 2.0 } else { 1.0 };
-    println!(
-        "  ≈ {:.1} GFLOP per image (linear layers, incl. CFG rows)",
-        flops / 1e9
-    );
+    let flops = 2.0 * params as f64 * cfg.block_size as f64 * if a.cfg_scale > 1.0 { 2.0 } else { 1.0 };
+    println!("  ≈ {:.1} GFLOP per image (linear layers, incl. CFG rows)", flops / 1e9);
     Ok(())
 }

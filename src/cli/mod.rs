@@ -48,9 +48,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = cli.threads {
         anyhow::ensure!(t > 0, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
     }
     match cli.command {
         Command::Generate(a) => generate::run(a),

@@ -52,11 +52,9 @@ pub struct ReconstructArgs {
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let probe = dir.join(".write-probe");
-    io::write_atomic(&probe, b"ok")
-        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
+    io::write_atomic(&probe, b"ok").with_context(|| format!("output directory {} is not writable", dir.display()))?;
     std::fs::remove_file(&probe).ok();
     Ok(())
 }
@@ -169,17 +167,8 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     for (k, img) in x.chunks(3 * s * s).enumerate() {
         let codes = vq.encode(img, 1, s, s)?;
         let rec = vq.decode(&codes, 1, g, g)?;
-        png::write_png_rgb(
-            &a.out.join(image_name(k)),
-            &png::to_u8_hwc(&rec, 1, s, s),
-            s,
-            s,
-        )?;
+        png::write_png_rgb(&a.out.join(image_name(k)), &png::to_u8_hwc(&rec, 1, s, s), s, s)?;
     }
-    tracing::info!(
-        "reconstructed {} images into {}",
-        a.images.len(),
-        a.out.display()
-    );
+    tracing::info!("reconstructed {} images into {}", a.images.len(), a.out.display());
     Ok(())
 }

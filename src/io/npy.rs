@@ -150,19 +150,12 @@ pub fn npy_bytes_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
 
 fn encode(shape: &[usize], descr: &str, len: usize, body: &[u8]) -> Vec<u8> {
     let numel: usize = shape.iter().product();
-    assert_eq!(
-        numel, len,
-        "npy: shape {shape:?} needs {numel} elements, got {len}"
-    );
+    assert_eq!(numel, len, "npy: shape {shape:?} needs {numel} elements, got {len}");
     let shape_repr = match shape {
         [n] => format!("({n},)"),
         _ => format!(
             "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
         ),
     };
     let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_repr}, }}");
@@ -200,9 +193,7 @@ pub fn parse_npy(bytes: &[u8], what: &Path) -> Result<NpyArray> {
     let (header_len, start) = match major {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
         2 | 3 => {
-            let b = bytes
-                .get(8..12)
-                .ok_or_else(|| bad("truncated header length".into()))?;
+            let b = bytes.get(8..12).ok_or_else(|| bad("truncated header length".into()))?;
             (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
         }
         _ => return Err(bad(format!("unsupported format version {major}.{minor}"))),
@@ -210,14 +201,9 @@ pub fn parse_npy(bytes: &[u8], what: &Path) -> Result<NpyArray> {
     let header = start
         .checked_add(header_len)
         .and_then(|end| bytes.get(start..end))
-        .ok_or_else(|| {
-            bad(format!(
-                "header of {header_len} bytes runs past the end of the file"
-            ))
-        })?;
+        .ok_or_else(|| bad(format!("header of {header_len} bytes runs past the end of the file")))?;
     // v1/v2 headers are latin-1, v3 utf-8; the keys and values we accept are plain ASCII either way.
-    let header =
-        std::str::from_utf8(header).map_err(|_| bad("header is not ASCII/UTF-8 text".into()))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not ASCII/UTF-8 text".into()))?;
     let h = parse_header(header).map_err(|m| {
         // A corrupt length can make the "header" most of the file; quote only its start.
         let shown: String = header.trim_end().chars().take(160).collect();
@@ -247,19 +233,12 @@ pub fn parse_npy(bytes: &[u8], what: &Path) -> Result<NpyArray> {
                 h.shape,
                 h.descr,
                 body.len(),
-                if body.len() < expected {
-                    " (truncated?)"
-                } else {
-                    ""
-                }
+                if body.len() < expected { " (truncated?)" } else { "" }
             ),
         ));
     }
     let data = dtype.decode(body).map_err(|m| Error::format(what, m))?;
-    Ok(NpyArray {
-        shape: h.shape,
-        data,
-    })
+    Ok(NpyArray { shape: h.shape, data })
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -316,9 +295,7 @@ impl Dtype {
             }
         };
         if !order_ok {
-            return Err(format!(
-                "unsupported dtype '{descr}' (bad byte-order character)"
-            ));
+            return Err(format!("unsupported dtype '{descr}' (bad byte-order character)"));
         }
         Ok(dt)
     }
@@ -335,44 +312,26 @@ impl Dtype {
     fn decode(self, b: &[u8]) -> std::result::Result<NpyData, String> {
         fn chunks<const N: usize>(b: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
             // `chunks_exact` of length N always converts; the body length was checked against the shape.
-            b.chunks_exact(N)
-                .map(|c| <[u8; N]>::try_from(c).unwrap_or([0; N]))
+            b.chunks_exact(N).map(|c| <[u8; N]>::try_from(c).unwrap_or([0; N]))
         }
         Ok(match self {
             Dtype::Bool => NpyData::Bool(b.iter().map(|&x| x != 0).collect()),
             Dtype::U1 => NpyData::U8(b.to_vec()),
             Dtype::I1 => NpyData::I32(b.iter().map(|&x| x as i8 as i32).collect()),
-            Dtype::I2 => NpyData::I32(
-                chunks::<2>(b)
-                    .map(|c| i16::from_le_bytes(c) as i32)
-                    .collect(),
-            ),
-            Dtype::U2 => NpyData::I32(
-                chunks::<2>(b)
-                    .map(|c| u16::from_le_bytes(c) as i32)
-                    .collect(),
-            ),
+            Dtype::I2 => NpyData::I32(chunks::<2>(b).map(|c| i16::from_le_bytes(c) as i32).collect()),
+            Dtype::U2 => NpyData::I32(chunks::<2>(b).map(|c| u16::from_le_bytes(c) as i32).collect()),
             Dtype::I4 => NpyData::I32(chunks::<4>(b).map(i32::from_le_bytes).collect()),
-            Dtype::U4 => NpyData::I64(
-                chunks::<4>(b)
-                    .map(|c| u32::from_le_bytes(c) as i64)
-                    .collect(),
-            ),
+            Dtype::U4 => NpyData::I64(chunks::<4>(b).map(|c| u32::from_le_bytes(c) as i64).collect()),
             Dtype::I8 => NpyData::I64(chunks::<8>(b).map(i64::from_le_bytes).collect()),
             Dtype::U8 => NpyData::I64(
                 chunks::<8>(b)
                     .map(|c| {
                         let v = u64::from_le_bytes(c);
-                        i64::try_from(v)
-                            .map_err(|_| format!("uint64 value {v} does not fit in int64"))
+                        i64::try_from(v).map_err(|_| format!("uint64 value {v} does not fit in int64"))
                     })
                     .collect::<std::result::Result<_, _>>()?,
             ),
-            Dtype::F2 => NpyData::F32(
-                chunks::<2>(b)
-                    .map(|c| half::f16::from_le_bytes(c).to_f32())
-                    .collect(),
-            ),
+            Dtype::F2 => NpyData::F32(chunks::<2>(b).map(|c| half::f16::from_le_bytes(c).to_f32()).collect()),
             Dtype::F4 => NpyData::F32(chunks::<4>(b).map(f32::from_le_bytes).collect()),
             Dtype::F8 => NpyData::F64(chunks::<8>(b).map(f64::from_le_bytes).collect()),
         })
@@ -395,10 +354,7 @@ enum Value {
 }
 
 fn parse_header(s: &str) -> std::result::Result<Header, String> {
-    let mut p = Parser {
-        s: s.as_bytes(),
-        i: 0,
-    };
+    let mut p = Parser { s: s.as_bytes(), i: 0 };
     p.expect(b'{')?;
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     loop {
@@ -544,30 +500,19 @@ mod tests {
 
     #[test]
     fn header_variants() {
-        let h = parse_header("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3), }   \n")
-            .unwrap();
-        assert_eq!(
-            (h.descr.as_str(), h.fortran_order, h.shape),
-            ("<i8", false, vec![2, 3])
-        );
+        let h = parse_header("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3), }   \n").unwrap();
+        assert_eq!((h.descr.as_str(), h.fortran_order, h.shape), ("<i8", false, vec![2, 3]));
         let h = parse_header("{\"descr\":\"|u1\",\"shape\":(7L,),\"fortran_order\":True}").unwrap();
-        assert_eq!(
-            (h.descr.as_str(), h.fortran_order, h.shape),
-            ("|u1", true, vec![7])
-        );
+        assert_eq!((h.descr.as_str(), h.fortran_order, h.shape), ("|u1", true, vec![7]));
         assert_eq!(
             parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': ()}")
                 .unwrap()
                 .shape,
             Vec::<usize>::new()
         );
-        assert!(
-            parse_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': ()}").is_err()
-        );
+        assert!(parse_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': ()}").is_err());
         assert!(parse_header("{'descr': '<f4', 'shape': ()}").is_err());
-        assert!(
-            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -1)}").is_err()
-        );
+        assert!(parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -1)}").is_err());
         assert!(parse_header("{'descr': '<f4'").is_err());
     }
 
@@ -578,9 +523,7 @@ mod tests {
         assert!(Dtype::from_descr("=i4").is_ok());
         assert!(Dtype::from_descr(">i4").unwrap_err().contains("big-endian"));
         assert!(Dtype::from_descr("|i4").is_err());
-        assert!(Dtype::from_descr("<c8")
-            .unwrap_err()
-            .contains("unsupported dtype"));
+        assert!(Dtype::from_descr("<c8").unwrap_err().contains("unsupported dtype"));
         assert!(Dtype::from_descr("").is_err());
     }
 }

@@ -32,9 +32,7 @@ pub fn write_npz(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
 /// Read every member of an `.npz` archive, in archive order, with ".npy" stripped from the names.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     let bytes = super::read_file(path)?;
-    let zerr = |e: zip::result::ZipError| {
-        Error::format(path, format!("not a valid .npz (zip) archive: {e}"))
-    };
+    let zerr = |e: zip::result::ZipError| Error::format(path, format!("not a valid .npz (zip) archive: {e}"));
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(zerr)?;
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
@@ -46,9 +44,7 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
         let what = PathBuf::from(format!("{}[{full}]", path.display()));
         let mut data = Vec::with_capacity(member.size().min(1 << 30) as usize);
         // A corrupt deflate stream or CRC mismatch surfaces here as an io::Error.
-        member
-            .read_to_end(&mut data)
-            .map_err(|e| Error::io(&what, e))?;
+        member.read_to_end(&mut data).map_err(|e| Error::io(&what, e))?;
         let name = full.strip_suffix(".npy").unwrap_or(&full).to_string();
         out.push((name, parse_npy(&data, &what)?));
     }

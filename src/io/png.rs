@@ -23,10 +23,7 @@ pub fn to_u8_hwc(x: &[f32], n: usize, h: usize, w: usize) -> Vec<u8> {
     if plane == 0 {
         return out; // `chunks_exact(0)` would panic
     }
-    for (img, dst) in x
-        .chunks_exact(3 * plane)
-        .zip(out.chunks_exact_mut(3 * plane))
-    {
+    for (img, dst) in x.chunks_exact(3 * plane).zip(out.chunks_exact_mut(3 * plane)) {
         for c in 0..3 {
             for (p, &v) in img[c * plane..(c + 1) * plane].iter().enumerate() {
                 dst[p * 3 + c] = f32_to_u8(v);
@@ -52,14 +49,7 @@ fn f32_to_u8(v: f32) -> u8 {
 ///
 /// # Panics
 /// If `x.len() != nc * h * w` (`nc` = batch × channels), or a size is zero.
-pub fn resize_bicubic_nchw(
-    x: &[f32],
-    nc: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-) -> Vec<f32> {
+pub fn resize_bicubic_nchw(x: &[f32], nc: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
     assert_eq!(
         x.len(),
         nc * h * w,
@@ -106,9 +96,7 @@ fn torch_cubic_taps(input: usize, output: usize) -> Vec<([usize; 4], [f32; 4])> 
             let base = src.floor();
             let t = src - base;
             let weights = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
-            let idx = std::array::from_fn(|k| {
-                (base as i64 - 1 + k as i64).clamp(0, input as i64 - 1) as usize
-            });
+            let idx = std::array::from_fn(|k| (base as i64 - 1 + k as i64).clamp(0, input as i64 - 1) as usize);
             (idx, weights)
         })
         .collect()
@@ -167,10 +155,7 @@ pub fn grid(images: &[&[u8]], h: usize, w: usize, cols: usize) -> (Vec<u8>, usiz
     }
     let cols = cols.clamp(1, images.len());
     let rows = images.len().div_ceil(cols);
-    let (gh, gw) = (
-        rows * (h + GRID_PAD) + GRID_PAD,
-        cols * (w + GRID_PAD) + GRID_PAD,
-    );
+    let (gh, gw) = (rows * (h + GRID_PAD) + GRID_PAD, cols * (w + GRID_PAD) + GRID_PAD);
     let mut out = vec![0u8; gh * gw * 3];
     for (k, img) in images.iter().enumerate() {
         let (y0, x0) = (
@@ -310,12 +295,8 @@ fn pil_taps(input: usize, output: usize, filter: Filter) -> Vec<Taps> {
             let center = (o as f64 + 0.5) * scale;
             // C's `(int)` truncation, then clamping to the image.
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
-            let hi = ((center + support + 0.5) as i64)
-                .min(input as i64)
-                .max(lo as i64) as usize;
-            let raw: Vec<f64> = (lo..hi)
-                .map(|x| filter.eval((x as f64 - center + 0.5) * inv))
-                .collect();
+            let hi = ((center + support + 0.5) as i64).min(input as i64).max(lo as i64) as usize;
+            let raw: Vec<f64> = (lo..hi).map(|x| filter.eval((x as f64 - center + 0.5) * inv)).collect();
             let total: f64 = raw.iter().sum();
             let one = (1i64 << PRECISION_BITS) as f64;
             let weights = raw
@@ -363,11 +344,7 @@ fn pil_resize(img: &Rgb, oh: usize, ow: usize, filter: Filter) -> Rgb {
                 }
             }
         }
-        cur = Rgb {
-            data,
-            h: cur.h,
-            w: ow,
-        };
+        cur = Rgb { data, h: cur.h, w: ow };
     }
     if oh != cur.h {
         let taps = pil_taps(cur.h, oh, filter);
@@ -382,11 +359,7 @@ fn pil_resize(img: &Rgb, oh: usize, ow: usize, filter: Filter) -> Rgb {
                 data[y * stride + i] = clip8(acc);
             }
         }
-        cur = Rgb {
-            data,
-            h: oh,
-            w: cur.w,
-        };
+        cur = Rgb { data, h: oh, w: cur.w };
     }
     cur
 }

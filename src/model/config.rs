@@ -74,7 +74,12 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 /// Parses and validates a config; every error names the file.
-fn parse_json<T: serde::de::DeserializeOwned>(s: &str, what: &Path, kind: &str, validate: fn(&T) -> Result<()>) -> Result<T> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    s: &str,
+    what: &Path,
+    kind: &str,
+    validate: fn(&T) -> Result<()>,
+) -> Result<T> {
     let cfg: T = serde_json::from_str(s).map_err(|e| Error::format(what, format!("not a {kind} config: {e}")))?;
     validate(&cfg).map_err(|e| Error::format(what, e.to_string()))?;
     Ok(cfg)
@@ -99,15 +104,16 @@ pub fn gpt_preset_names() -> Vec<&'static str> {
 impl GptConfig {
     /// A c2i preset at `image_size` pixels with a tokenizer downsampling by `downsample`.
     pub fn preset(name: &str, image_size: usize, downsample: usize) -> Result<Self> {
-        let &(_, n_layer, n_head, dim) = GPT_PRESETS
-            .iter()
-            .find(|p| p.0.eq_ignore_ascii_case(name))
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "unknown GPT model `{name}` (known: {})",
-                    gpt_preset_names().join(", ")
-                ))
-            })?;
+        let &(_, n_layer, n_head, dim) =
+            GPT_PRESETS
+                .iter()
+                .find(|p| p.0.eq_ignore_ascii_case(name))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "unknown GPT model `{name}` (known: {})",
+                        gpt_preset_names().join(", ")
+                    ))
+                })?;
         if downsample == 0 || image_size % downsample != 0 {
             return Err(Error::Invalid(format!(
                 "--image-size {image_size} is not divisible by the tokenizer's downsampling factor {downsample}"
@@ -149,10 +155,7 @@ impl GptConfig {
             return bad("dim, n_layer and n_head must be positive".into());
         }
         if self.dim % self.n_head != 0 {
-            return bad(format!(
-                "dim {} is not divisible by n_head {}",
-                self.dim, self.n_head
-            ));
+            return bad(format!("dim {} is not divisible by n_head {}", self.dim, self.n_head));
         }
         if let Some(kv) = self.n_kv_head {
             if kv != self.n_head {
@@ -173,19 +176,13 @@ impl GptConfig {
         }
         let g = self.grid();
         if g * g != self.block_size || g == 0 {
-            return bad(format!(
-                "block_size {} is not a square grid",
-                self.block_size
-            ));
+            return bad(format!("block_size {} is not a square grid", self.block_size));
         }
         if self.vocab_size == 0 || self.cls_token_num == 0 {
             return bad("vocab_size and cls_token_num must be positive".into());
         }
         if self.model_type == ModelType::C2i && self.cls_token_num != 1 {
-            return bad(format!(
-                "c2i models use cls_token_num 1, got {}",
-                self.cls_token_num
-            ));
+            return bad(format!("c2i models use cls_token_num 1, got {}", self.cls_token_num));
         }
         if !(self.norm_eps > 0.0) || !(self.rope_base > 0.0) {
             return bad("norm_eps and rope_base must be positive".into());
@@ -231,10 +228,7 @@ impl GptConfig {
                     "cls_embedding.uncond_embedding".into(),
                     vec![self.cls_token_num, self.caption_dim],
                 ));
-                v.push((
-                    "cls_embedding.cap_proj.fc1.weight".into(),
-                    vec![d, self.caption_dim],
-                ));
+                v.push(("cls_embedding.cap_proj.fc1.weight".into(), vec![d, self.caption_dim]));
                 v.push(("cls_embedding.cap_proj.fc2.weight".into(), vec![d, d]));
             }
         }
@@ -308,11 +302,7 @@ impl VqConfig {
         let mult = match name.to_ascii_uppercase().as_str() {
             "VQ-16" => vec![1, 1, 2, 2, 4],
             "VQ-8" => vec![1, 2, 2, 4],
-            _ => {
-                return Err(Error::Config(format!(
-                    "unknown VQ model `{name}` (known: VQ-16, VQ-8)"
-                )))
-            }
+            _ => return Err(Error::Config(format!("unknown VQ model `{name}` (known: VQ-16, VQ-8)"))),
         };
         Ok(VqConfig {
             codebook_size: 16384,

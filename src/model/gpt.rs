@@ -33,8 +33,7 @@ impl Condition {
 
 fn round_vec(v: &mut [f32], dtype: Dtype) {
     if dtype == Dtype::Bf16 {
-        v.iter_mut()
-            .for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+        v.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
     }
 }
 
@@ -69,16 +68,13 @@ pub fn bind_weights(
     } else {
         Storage::F32
     };
-    let shapes: std::collections::HashMap<String, Vec<usize>> =
-        cfg.weight_shapes().into_iter().collect();
+    let shapes: std::collections::HashMap<String, Vec<usize>> = cfg.weight_shapes().into_iter().collect();
     let mut take = |name: &str| -> Result<Vec<f32>> {
         let shape = &shapes[name];
         let t = sd.take_checked(name, shape)?;
         Ok(t.data)
     };
-    let mut t = Table {
-        weights: Vec::new(),
-    };
+    let mut t = Table { weights: Vec::new() };
     let (d, f) = (cfg.dim, cfg.ffn_hidden());
     let small = |t: &mut Table, name: &str, data: Vec<f32>| {
         let mut data = data;
@@ -162,12 +158,7 @@ pub fn bind_weights(
         });
     }
     let norm = small(&mut t, "norm.weight", take("norm.weight")?);
-    let output = t.add(
-        "output.weight",
-        vec![cfg.vocab_size, d],
-        take("output.weight")?,
-        big,
-    );
+    let output = t.add("output.weight", vec![cfg.vocab_size, d], take("output.weight")?, big);
     let ids = GptWeightIds {
         cls_table,
         cap_fc,
@@ -188,7 +179,11 @@ pub fn kv_spec(cfg: &GptConfig, rows: usize, dtype: Dtype) -> KvSpec {
         heads: cfg.n_head,
         seq: cfg.cache_len(),
         head_dim: cfg.head_dim(),
-        storage: if dtype == Dtype::Bf16 { Storage::Bf16 } else { Storage::F32 },
+        storage: if dtype == Dtype::Bf16 {
+            Storage::Bf16
+        } else {
+            Storage::F32
+        },
     }
 }
 
@@ -214,12 +209,7 @@ pub struct GptRunner {
 }
 
 impl GptRunner {
-    pub fn new(
-        cfg: GptConfig,
-        sd: &mut StateDict,
-        opts: GptOptions,
-        backend: Box<dyn Backend>,
-    ) -> Result<Self> {
+    pub fn new(cfg: GptConfig, sd: &mut StateDict, opts: GptOptions, backend: Box<dyn Backend>) -> Result<Self> {
         if opts.batch == 0 {
             return Err(Error::Invalid("--batch-size must be at least 1".into()));
         }
@@ -287,9 +277,7 @@ impl GptRunner {
         let p = self
             .session
             .add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec))?;
-        let d = self
-            .session
-            .add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec))?;
+        let d = self.session.add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec))?;
         self.graphs.push((images, p, d));
         Ok((p, d))
     }
@@ -387,9 +375,7 @@ impl GptRunner {
     ) -> Result<Vec<Vec<u32>>> {
         let b = cond.len(&self.cfg);
         if image_index.len() != b {
-            return Err(Error::Invalid(
-                "one image index per condition needed".into(),
-            ));
+            return Err(Error::Invalid("one image index per condition needed".into()));
         }
         let (prefill, decode) = self.graphs_for(b)?;
         let idx: Vec<i32> = image_index.iter().map(|&i| i as i32).collect();
@@ -404,9 +390,7 @@ impl GptRunner {
         };
         self.start(cond, &idx, prefill, decode, &step)?;
         let toks = self.session.read_i32(prefill, "tokens")?;
-        out.iter_mut()
-            .zip(&toks)
-            .for_each(|(o, &tk)| o.push(tk as u32));
+        out.iter_mut().zip(&toks).for_each(|(o, &tk)| o.push(tk as u32));
         on_token(0);
         self.session.copy(prefill, "tokens", decode, "ids")?;
         for i in 0..n.saturating_sub(1) {
@@ -415,9 +399,7 @@ impl GptRunner {
             step.cfg_active = !(self.opts.cfg_interval > -1 && i as i64 > self.opts.cfg_interval);
             self.session.run(decode, &step)?;
             let toks = self.session.read_i32(decode, "tokens")?;
-            out.iter_mut()
-                .zip(&toks)
-                .for_each(|(o, &tk)| o.push(tk as u32));
+            out.iter_mut().zip(&toks).for_each(|(o, &tk)| o.push(tk as u32));
             on_token(i + 1);
             self.session.copy(decode, "tokens", decode, "ids")?;
         }
@@ -426,12 +408,7 @@ impl GptRunner {
 
     /// Full recomputation (no cache reuse): logits `[B', T + fed, V]` of one pass over the condition and the first
     /// `fed` tokens of each image. Used to check the KV-cache path.
-    pub fn full_logits(
-        &mut self,
-        cond: &Condition,
-        tokens: &[Vec<u32>],
-        fed: usize,
-    ) -> Result<Vec<f32>> {
+    pub fn full_logits(&mut self, cond: &Condition, tokens: &[Vec<u32>], fed: usize) -> Result<Vec<f32>> {
         let b = cond.len(&self.cfg);
         if b != self.opts.batch {
             return Err(Error::Invalid(format!(
@@ -473,17 +450,12 @@ impl GptRunner {
         let b = cond.len(&self.cfg);
         let (prefill, decode) = self.graphs_for(b)?;
         let idx: Vec<i32> = (0..b as i32).collect();
-        let (n, v, t) = (
-            self.cfg.block_size,
-            self.cfg.vocab_size,
-            self.cfg.cls_token_num,
-        );
+        let (n, v, t) = (self.cfg.block_size, self.cfg.vocab_size, self.cfg.cls_token_num);
         let rows = if self.cfg_on() { 2 * b } else { b };
         let mut logits = vec![0f32; rows * n * v];
         let mut put = |col: usize, l: &[f32]| {
             for r in 0..rows {
-                logits[(r * n + col) * v..(r * n + col + 1) * v]
-                    .copy_from_slice(&l[r * v..(r + 1) * v]);
+                logits[(r * n + col) * v..(r * n + col + 1) * v].copy_from_slice(&l[r * v..(r + 1) * v]);
             }
         };
         let mut step = StepParams {

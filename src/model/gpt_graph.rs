@@ -67,21 +67,9 @@ pub fn prefill(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph 
         ModelType::T2i => {
             let (fc1, fc2) = w.cap_fc.expect("t2i caption MLP");
             let cap = g.input("caption", &[rows, t, cfg.caption_dim], DType::F32);
-            let h = g.push(
-                Op::Matmul { w: fc1 },
-                &[cap],
-                "cap_fc1",
-                &[rows, t, d],
-                DType::F32,
-            );
+            let h = g.push(Op::Matmul { w: fc1 }, &[cap], "cap_fc1", &[rows, t, d], DType::F32);
             let h = g.push(Op::GeluTanh, &[h], "cap_gelu", &[rows, t, d], DType::F32);
-            g.push(
-                Op::Matmul { w: fc2 },
-                &[h],
-                "cond_emb",
-                &[rows, t, d],
-                DType::F32,
-            )
+            g.push(Op::Matmul { w: fc2 }, &[h], "cond_emb", &[rows, t, d], DType::F32)
         }
     };
     let x = blocks(&mut g, cfg, w, spec, x, t);
@@ -113,12 +101,7 @@ pub fn full(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, fed: usize) 
     let mut g = prefill(cfg, w, spec);
     // Keep only the prefill's embedding prologue: cut everything after the condition embedding.
     let cond = g.find("cond_emb").expect("prefill defines cond_emb");
-    let keep = g
-        .nodes
-        .iter()
-        .position(|n| n.output == cond)
-        .expect("cond_emb node")
-        + 1;
+    let keep = g.nodes.iter().position(|n| n.output == cond).expect("cond_emb node") + 1;
     g.nodes.truncate(keep);
     let (rows, t, d) = (spec.rows(), cfg.cls_token_num, cfg.dim);
     let ids = g.input("ids", &[rows, fed], DType::I32);
@@ -129,13 +112,7 @@ pub fn full(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, fed: usize) 
         &[rows, fed, d],
         DType::F32,
     );
-    let x = g.push(
-        Op::Concat,
-        &[cond, tok],
-        "seq",
-        &[rows, t + fed, d],
-        DType::F32,
-    );
+    let x = g.push(Op::Concat, &[cond, tok], "seq", &[rows, t + fed, d], DType::F32);
     let x = blocks(&mut g, cfg, w, spec, x, t + fed);
     let xn = g.push(
         Op::Rmsnorm {
@@ -170,8 +147,9 @@ fn blocks(
     let (rows, d, f) = (spec.rows(), cfg.dim, cfg.ffn_hidden());
     let mask = match g.find("cond_mask") {
         Some(m) => Some(m),
-        None => (cfg.model_type == ModelType::T2i)
-            .then(|| g.input("cond_mask", &[rows, cfg.cls_token_num], DType::F32)),
+        None => {
+            (cfg.model_type == ModelType::T2i).then(|| g.input("cond_mask", &[rows, cfg.cls_token_num], DType::F32))
+        }
     };
     let act = [rows, len, d];
     for (i, l) in w.layers.iter().enumerate() {
@@ -233,13 +211,7 @@ fn blocks(
             &[rows, len, 2 * f],
             DType::F32,
         );
-        let s = g.push(
-            Op::Swiglu,
-            &[ab],
-            format!("l{i}.swiglu"),
-            &[rows, len, f],
-            DType::F32,
-        );
+        let s = g.push(Op::Swiglu, &[ab], format!("l{i}.swiglu"), &[rows, len, f], DType::F32);
         x = g.push(
             Op::MatmulAdd { w: l.w2 },
             &[s, h],
@@ -252,14 +224,7 @@ fn blocks(
 }
 
 /// Final norm, LM head on the last position, CFG + sampling (spec §3.4 step 3, §5.2-5.3).
-fn head(
-    g: &mut Graph,
-    cfg: &GptConfig,
-    w: &GptWeightIds,
-    spec: &GptGraphSpec,
-    x: TensorId,
-    len: usize,
-) {
+fn head(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, x: TensorId, len: usize) {
     let (rows, d) = (spec.rows(), cfg.dim);
     let index = g.input("image_index", &[spec.images], DType::I32);
     // Only the last position's logits are used: take it before the (row-wise) final norm and the LM head.

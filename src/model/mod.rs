@@ -21,9 +21,7 @@ impl std::str::FromStr for Dtype {
         match s {
             "f32" | "float32" | "fp32" => Ok(Dtype::F32),
             "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            _ => Err(crate::Error::Invalid(format!(
-                "--dtype `{s}`: expected f32 or bf16"
-            ))),
+            _ => Err(crate::Error::Invalid(format!("--dtype `{s}`: expected f32 or bf16"))),
         }
     }
 }

@@ -56,8 +56,18 @@ struct Builder<'a, 'b> {
 impl<'a, 'b> Builder<'a, 'b> {
     /// A new graph, with the (normalised) codebook bound.
     fn start(cfg: &VqConfig, b: &'a mut Binder<'b>, phase: Phase) -> Result<(Self, WeightId)> {
-        let cb = b.get("quantize.embedding.weight", &[cfg.codebook_size, cfg.codebook_embed_dim], Layout::Plain)?;
-        Ok((Builder { g: Graph::new(phase), b }, cb))
+        let cb = b.get(
+            "quantize.embedding.weight",
+            &[cfg.codebook_size, cfg.codebook_embed_dim],
+            Layout::Plain,
+        )?;
+        Ok((
+            Builder {
+                g: Graph::new(phase),
+                b,
+            },
+            cb,
+        ))
     }
 
     fn dims(&self, x: TensorId) -> [usize; 4] {
@@ -143,8 +153,7 @@ impl<'a, 'b> Builder<'a, 'b> {
             Ok([
                 self.b
                     .get(&format!("{p}.{name}.weight"), &[c, c, 1, 1], Layout::Plain)?,
-                self.b
-                    .get(&format!("{p}.{name}.bias"), &[c], Layout::Plain)?,
+                self.b.get(&format!("{p}.{name}.bias"), &[c], Layout::Plain)?,
             ])
         };
         let op = Op::VqAttention {
@@ -158,11 +167,9 @@ impl<'a, 'b> Builder<'a, 'b> {
 
     fn upsample(&mut self, x: TensorId, p: &str) -> Result<TensorId> {
         let [n, c, h, w] = self.dims(x);
-        let wt = self.b.get(
-            &format!("{p}.weight"),
-            &[c, c, 3, 3],
-            Layout::UpsamplePhases,
-        )?;
+        let wt = self
+            .b
+            .get(&format!("{p}.weight"), &[c, c, 3, 3], Layout::UpsamplePhases)?;
         let bs = self.b.get(&format!("{p}.bias"), &[c], Layout::Plain)?;
         Ok(self.g.push(
             Op::UpsampleConv { w: wt, b: bs },
@@ -215,13 +222,7 @@ fn decoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, h: usize, w: usize) -
     Ok(x.g)
 }
 
-fn encoder_graph(
-    cfg: &VqConfig,
-    b: &mut Binder,
-    n: usize,
-    size_h: usize,
-    size_w: usize,
-) -> Result<Graph> {
+fn encoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, size_h: usize, size_w: usize) -> Result<Graph> {
     let dim = cfg.codebook_embed_dim;
     let (mut x, cb) = Builder::start(cfg, b, Phase::VqEncode)?;
     let img = x.g.input("image", &[n, 3, size_h, size_w], DType::F32);
@@ -257,13 +258,8 @@ fn encoder_graph(
     t = x.conv(t, "encoder.conv_out", cfg.z_channels, 3, 1, [1; 4], None)?;
     let z = x.conv(t, "quant_conv", dim, 1, 1, [0; 4], None)?;
     let [_, _, h, w] = x.dims(z);
-    let codes = x.g.push(
-        Op::Quantize { codebook: cb },
-        &[z],
-        "codes",
-        &[n * h * w],
-        DType::I32,
-    );
+    let codes =
+        x.g.push(Op::Quantize { codebook: cb }, &[z], "codes", &[n * h * w], DType::I32);
     x.g.mark_output(codes);
     Ok(x.g)
 }
@@ -305,10 +301,7 @@ impl VqRunner {
         let mut weights = b.weights;
         // Codebook rows are normalised at use time in the reference; doing it once at load gives the same values.
         if cfg.codebook_l2_norm {
-            if let Some(w) = weights
-                .iter_mut()
-                .find(|w| w.name == "quantize.embedding.weight")
-            {
+            if let Some(w) = weights.iter_mut().find(|w| w.name == "quantize.embedding.weight") {
                 l2_normalize_rows(&mut w.data, cfg.codebook_embed_dim);
             }
         }
@@ -322,11 +315,7 @@ impl VqRunner {
     }
 
     fn graph(&mut self, phase: Phase, n: usize, h: usize, w: usize) -> Result<GraphId> {
-        if let Some(&(_, _, id)) = self
-            .shapes
-            .iter()
-            .find(|s| s.0 == phase && s.1 == [n, h, w])
-        {
+        if let Some(&(_, _, id)) = self.shapes.iter().find(|s| s.0 == phase && s.1 == [n, h, w]) {
             return Ok(id);
         }
         // Rebind against an empty state dict: every name is already known, so only ids are looked up.
@@ -341,9 +330,8 @@ impl VqRunner {
         }
         let g = match phase {
             Phase::VqDecode => decoder_graph(&self.cfg, &mut b, n, h, w)?,
-            _ => encoder_graph(&self.cfg, &mut b, n, h, w).map_err(|_| {
-                Error::Invalid("this VQ model was loaded without its encoder".into())
-            })?,
+            _ => encoder_graph(&self.cfg, &mut b, n, h, w)
+                .map_err(|_| Error::Invalid("this VQ model was loaded without its encoder".into()))?,
         };
         let id = match &mut self.session {
             Some(s) => s.add_graph(g)?,
@@ -387,15 +375,9 @@ impl VqRunner {
     /// codes: `n·h·w` ids in raster order per image -> images `[n, 3, f·h, f·w]` in roughly [-1, 1].
     pub fn decode(&mut self, codes: &[u32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
         if codes.len() != n * h * w {
-            return Err(Error::Invalid(format!(
-                "{} codes for a {n}×{h}×{w} grid",
-                codes.len()
-            )));
+            return Err(Error::Invalid(format!("{} codes for a {n}×{h}×{w} grid", codes.len())));
         }
-        if let Some(&c) = codes
-            .iter()
-            .find(|&&c| c as usize >= self.cfg.codebook_size)
-        {
+        if let Some(&c) = codes.iter().find(|&&c| c as usize >= self.cfg.codebook_size) {
             return Err(Error::Invalid(format!(
                 "token id {c} is outside the codebook (0..{})",
                 self.cfg.codebook_size
@@ -413,16 +395,12 @@ impl VqRunner {
     }
 
     /// images `[n, 3, H, W]` in [-1, 1] -> codes `n·(H/f)·(W/f)`.
-    pub fn encode(
-        &mut self,
-        images: &[f32],
-        n: usize,
-        height: usize,
-        width: usize,
-    ) -> Result<Vec<u32>> {
+    pub fn encode(&mut self, images: &[f32], n: usize, height: usize, width: usize) -> Result<Vec<u32>> {
         let f = self.cfg.downsample();
         if height % f != 0 || width % f != 0 || height == 0 || width == 0 {
-            return Err(Error::Invalid(format!("image size {height}×{width} is not a positive multiple of the tokenizer's downsampling {f}")));
+            return Err(Error::Invalid(format!(
+                "image size {height}×{width} is not a positive multiple of the tokenizer's downsampling {f}"
+            )));
         }
         let id = self.graph(Phase::VqEncode, n, height, width)?;
         let s = self
@@ -431,9 +409,6 @@ impl VqRunner {
             .ok_or_else(|| Error::Invalid("no VQ session".into()))?;
         s.write_f32(id, "image", images)?;
         s.run(id, &StepParams::default())?;
-        Ok(s.read_i32(id, "codes")?
-            .into_iter()
-            .map(|c| c as u32)
-            .collect())
+        Ok(s.read_i32(id, "codes")?.into_iter().map(|c| c as u32).collect())
     }
 }

@@ -50,11 +50,7 @@ fn condition(job: &GenerateJob, gpt: &GptRunner, chunk: &[usize]) -> Condition {
 
 /// Generates every image of the shard that has no record yet, then rebuilds the aggregates. With `vq` = None
 /// (`--no-images`) only tokens and the manifest are written.
-pub fn generate(
-    job: &GenerateJob,
-    gpt: &mut GptRunner,
-    mut vq: Option<&mut VqRunner>,
-) -> Result<Summary> {
+pub fn generate(job: &GenerateJob, gpt: &mut GptRunner, mut vq: Option<&mut VqRunner>) -> Result<Summary> {
     outputs::prepare_dir(&job.out)?;
     let indices: Vec<usize> = job.plan.indices(job.shard).collect();
     let mut pending = Vec::new();
@@ -109,14 +105,7 @@ pub fn generate(
                 let sz = side * side * 3;
                 (&px[k * sz..(k + 1) * sz], *side, *side)
             });
-            outputs::write_image(
-                &job.out,
-                &Part {
-                    record,
-                    tokens: toks,
-                },
-                rgb,
-            )?;
+            outputs::write_image(&job.out, &Part { record, tokens: toks }, rgb)?;
         }
         done += chunk.len();
         bar.set_message(format!(

@@ -80,8 +80,7 @@ pub fn write_image(dir: &Path, part: &Part, rgb: Option<(&[u8], usize, usize)>) 
     if let (Some((px, h, w)), Some(file)) = (rgb, &part.record.file) {
         png::write_png_rgb(&dir.join(file), px, h, w)?;
     }
-    let json = serde_json::to_vec(part)
-        .map_err(|e| Error::Invalid(format!("record {}: {e}", part.record.index)))?;
+    let json = serde_json::to_vec(part).map_err(|e| Error::Invalid(format!("record {}: {e}", part.record.index)))?;
     io::write_atomic(&part_path(dir, part.record.index), &json)
 }
 
@@ -119,26 +118,20 @@ pub const GRID_MAX: usize = 100;
 pub fn finalize(dir: &Path, indices: &[usize], agg: &Aggregates) -> Result<()> {
     let mut parts = Vec::with_capacity(indices.len());
     for &i in indices {
-        parts.push(load_part(dir, i)?.ok_or_else(|| {
-            Error::Invalid(format!("image {i} has no record in {}", dir.display()))
-        })?);
+        parts.push(
+            load_part(dir, i)?
+                .ok_or_else(|| Error::Invalid(format!("image {i} has no record in {}", dir.display())))?,
+        );
     }
     let mut manifest = Vec::new();
     for p in &parts {
-        serde_json::to_writer(&mut manifest, &p.record)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        serde_json::to_writer(&mut manifest, &p.record).map_err(|e| Error::Invalid(e.to_string()))?;
         manifest.push(b'\n');
     }
-    io::write_atomic(
-        &with_suffix(&dir.join("manifest.jsonl"), &agg.suffix),
-        &manifest,
-    )?;
+    io::write_atomic(&with_suffix(&dir.join("manifest.jsonl"), &agg.suffix), &manifest)?;
     if agg.save_tokens {
         let g = agg.grid_side;
-        let toks: Vec<i64> = parts
-            .iter()
-            .flat_map(|p| p.tokens.iter().map(|&t| t as i64))
-            .collect();
+        let toks: Vec<i64> = parts.iter().flat_map(|p| p.tokens.iter().map(|&t| t as i64)).collect();
         let bytes = npy::npy_bytes_i64(&[parts.len(), g, g], &toks);
         io::write_atomic(&with_suffix(&dir.join("tokens.npy"), &agg.suffix), &bytes)?;
     }
@@ -154,14 +147,11 @@ pub fn finalize(dir: &Path, indices: &[usize], agg: &Aggregates) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         let (h, w) = (imgs[0].1, imgs[0].2);
         let refs: Vec<&[u8]> = imgs.iter().map(|i| i.0.as_slice()).collect();
-        let cols = agg.grid_cols.unwrap_or_else(|| (refs.len() as f64).sqrt().ceil() as usize);
+        let cols = agg
+            .grid_cols
+            .unwrap_or_else(|| (refs.len() as f64).sqrt().ceil() as usize);
         let (px, gh, gw) = png::grid(&refs, h, w, cols);
-        png::write_png_rgb(
-            &with_suffix(&dir.join("grid.png"), &agg.suffix),
-            &px,
-            gh,
-            gw,
-        )?;
+        png::write_png_rgb(&with_suffix(&dir.join("grid.png"), &agg.suffix), &px, gh, gw)?;
     }
     if let Some(npz_path) = agg.npz {
         write_npz_from_pngs(&with_suffix(npz_path, &agg.suffix), &files)?;
@@ -185,10 +175,7 @@ fn write_npz_from_pngs(path: &Path, files: &[PathBuf]) -> Result<()> {
         }
         all.extend_from_slice(&px);
     }
-    npz::write_npz(
-        path,
-        &[("arr_0", npy::npy_bytes_u8(&[files.len(), h, w, 3], &all))],
-    )
+    npz::write_npz(path, &[("arr_0", npy::npy_bytes_u8(&[files.len(), h, w, 3], &all))])
 }
 
 fn read_manifest(path: &Path) -> Result<Vec<Record>> {
@@ -196,9 +183,7 @@ fn read_manifest(path: &Path) -> Result<Vec<Record>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(n, l)| {
-            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))
-        })
+        .map(|(n, l)| serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", n + 1))))
         .collect()
 }
 
@@ -212,10 +197,7 @@ pub fn merge(
     out_npz: Option<&Path>,
     out_tokens: Option<&Path>,
 ) -> Result<usize> {
-    let per_shard: Vec<Vec<Record>> = manifests
-        .iter()
-        .map(|m| read_manifest(m))
-        .collect::<Result<_>>()?;
+    let per_shard: Vec<Vec<Record>> = manifests.iter().map(|m| read_manifest(m)).collect::<Result<_>>()?;
     let mut order: Vec<(usize, usize, usize)> = Vec::new(); // (index, shard, row)
     for (s, recs) in per_shard.iter().enumerate() {
         order.extend(recs.iter().enumerate().map(|(r, rec)| (rec.index, s, r)));
@@ -229,8 +211,7 @@ pub fn merge(
     }
     let mut text = Vec::new();
     for &(_, s, r) in &order {
-        serde_json::to_writer(&mut text, &per_shard[s][r])
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        serde_json::to_writer(&mut text, &per_shard[s][r]).map_err(|e| Error::Invalid(e.to_string()))?;
         text.push(b'\n');
     }
     let load = |inputs: &[PathBuf], npz_member: bool| -> Result<Vec<npy::NpyArray>> {
@@ -256,11 +237,7 @@ pub fn merge(
                 if arr.shape.first() != Some(&recs.len()) {
                     return Err(Error::format(
                         p,
-                        format!(
-                            "shape {:?}, but its manifest lists {} images",
-                            arr.shape,
-                            recs.len()
-                        ),
+                        format!("shape {:?}, but its manifest lists {} images", arr.shape, recs.len()),
                     ));
                 }
                 Ok(arr)
@@ -286,10 +263,7 @@ pub fn merge(
         let rows: Vec<Vec<i64>> = arrs
             .iter()
             .zip(tokens)
-            .map(|(a, p)| {
-                a.to_i64()
-                    .ok_or_else(|| Error::format(p, "tokens are not integers"))
-            })
+            .map(|(a, p)| a.to_i64().ok_or_else(|| Error::format(p, "tokens are not integers")))
             .collect::<Result<_>>()?;
         let (shape, data) = interleave(&order, &arrs, &rows);
         tokens_out = Some((out, npy::npy_bytes_i64(&shape, &data)));

@@ -17,11 +17,7 @@ impl Default for Shard {
 impl std::str::FromStr for Shard {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::Invalid(format!(
-                "--shard `{s}`: expected I/N with 0 <= I < N, e.g. 3/8"
-            ))
-        };
+        let bad = || Error::Invalid(format!("--shard `{s}`: expected I/N with 0 <= I < N, e.g. 3/8"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let (index, count): (usize, usize) = (
             i.trim().parse().map_err(|_| bad())?,
@@ -74,7 +70,9 @@ impl ImagePlan {
             None if self.classes.is_empty() => self.num_classes,
             None => self.classes.len(),
         };
-        (p > 0 && p < self.num_images).then_some(p).or(Some(self.num_images.max(1)))
+        (p > 0 && p < self.num_images)
+            .then_some(p)
+            .or(Some(self.num_images.max(1)))
     }
 
     pub fn indices(&self, shard: Shard) -> impl Iterator<Item = usize> + '_ {

@@ -29,10 +29,7 @@ pub enum Op {
     TakeLast,
     /// logits `[B', V]` (+ image index per image I32 `[B]`) -> tokens I32 `[B']`: CFG mix, temperature, top-k, top-p,
     /// draw from the per-image counter RNG; both CFG halves receive the same token.
-    Sampling {
-        cfg_scale: f32,
-        params: SamplingParams,
-    },
+    Sampling { cfg_scale: f32, params: SamplingParams },
     /// Codes I32 `[n·h·w]` -> latent `[n, dim, h, w]` from the L2-normalised codebook.
     Codebook { codebook: WeightId },
     /// Nearest normalised code per position of z `[n, dim, h, w]` -> I32 `[n·h·w]`.

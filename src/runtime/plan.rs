@@ -104,10 +104,7 @@ mod tests {
                 for &y in &ls[a + 1..] {
                     let (xs, xe) = (p.offsets[x], p.offsets[x] + g.tensors[x].numel() * 4);
                     let (ys, ye) = (p.offsets[y], p.offsets[y] + g.tensors[y].numel() * 4);
-                    assert!(
-                        xe <= ys || ye <= xs,
-                        "tensors {x} and {y} overlap at node {at}"
-                    );
+                    assert!(xe <= ys || ye <= xs, "tensors {x} and {y} overlap at node {at}");
                 }
             }
         }
@@ -119,30 +116,15 @@ mod tests {
         let x = g.input("x", &[10, 7], DType::F32);
         let mut cur = x;
         for i in 0..6 {
-            cur = g.push(
-                Op::GeluTanh,
-                &[cur],
-                format!("t{i}"),
-                &[10, 7 + i],
-                DType::F32,
-            );
+            cur = g.push(Op::GeluTanh, &[cur], format!("t{i}"), &[10, 7 + i], DType::F32);
         }
         let s = g.push(Op::Add, &[x, cur], "sum", &[10, 7], DType::F32);
         g.mark_output(s);
         let p = Plan::new(&g);
         assert_disjoint(&g, &p);
         // A chain needs x, two alternating temporaries and the output: far less than the sum of all tensors.
-        let total: usize = g
-            .tensors
-            .iter()
-            .map(|t| (t.numel() * 4).div_ceil(ALIGN) * ALIGN)
-            .sum();
-        assert!(
-            p.size <= 4 * 512,
-            "arena {} bytes, sum of tensors {}",
-            p.size,
-            total
-        );
+        let total: usize = g.tensors.iter().map(|t| (t.numel() * 4).div_ceil(ALIGN) * ALIGN).sum();
+        assert!(p.size <= 4 * 512, "arena {} bytes, sum of tensors {}", p.size, total);
         assert!(p.size < total);
     }
 }

@@ -39,10 +39,7 @@ impl SamplingParams {
             )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Invalid(format!(
-                "--top-p must be in (0, 1], got {}",
-                self.top_p
-            )));
+            return Err(Error::Invalid(format!("--top-p must be in (0, 1], got {}", self.top_p)));
         }
         Ok(())
     }
@@ -175,15 +172,7 @@ fn exp_nonpos(x: f32) -> f32 {
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // Taylor series to degree 7: the truncation error is below 1e-8 relative for |r| <= ln2/2.
     let mut p = 1.0 / 5040.0;
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = p * r + c;
     }
     // 2^n in two factors so that n down to -150 (denormal results) needs no out-of-range exponent.
@@ -385,12 +374,7 @@ fn nucleus(top_p: f32, n: usize, s: &mut SamplerScratch) -> usize {
 /// The official processing: z = logits / max(temperature, 1e-5); top-k keeps every value >= the k-th largest
 /// (ties kept); top-p with the shift-right rule on the temperature-scaled, top-k-filtered values; then softmax.
 /// Writes the probabilities into `probs` (len V).
-pub fn probabilities(
-    logits: &[f32],
-    p: &SamplingParams,
-    scratch: &mut SamplerScratch,
-    probs: &mut [f32],
-) {
+pub fn probabilities(logits: &[f32], p: &SamplingParams, scratch: &mut SamplerScratch, probs: &mut [f32]) {
     assert_eq!(probs.len(), logits.len(), "probabilities: output length");
     let (n, total) = filter(logits, p, scratch);
     probs.fill(0.0);
@@ -439,16 +423,7 @@ mod tests {
 
     #[test]
     fn ord_key_is_monotone_and_invertible() {
-        let xs = [
-            f32::NEG_INFINITY,
-            -3.5,
-            -1e-30,
-            0.0,
-            1e-30,
-            2.0,
-            7.25,
-            f32::INFINITY,
-        ];
+        let xs = [f32::NEG_INFINITY, -3.5, -1e-30, 0.0, 1e-30, 2.0, 7.25, f32::INFINITY];
         for w in xs.windows(2) {
             assert!(ord_key(w[0]) < ord_key(w[1]), "{} vs {}", w[0], w[1]);
         }
@@ -464,9 +439,7 @@ mod tests {
         let mut st = 0x1234_5678u64;
         let z: Vec<f32> = (0..5000)
             .map(|_| {
-                st = st
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 // Few distinct values, both signs: many ties and shared radix digits.
                 ((st >> 40) % 301) as f32 * 0.25 - 37.0
             })
@@ -528,10 +501,7 @@ mod tests {
         .to_string();
         assert!(e.contains("--temperature"), "{e}");
         for bad in [0.0, -0.5, 1.5, f32::NAN] {
-            let e = SamplingParams { top_p: bad, ..ok }
-                .validate()
-                .unwrap_err()
-                .to_string();
+            let e = SamplingParams { top_p: bad, ..ok }.validate().unwrap_err().to_string();
             assert!(e.contains("--top-p"), "{e}");
         }
     }

@@ -22,8 +22,7 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n =
-            numel(&shape).ok_or_else(|| Error::Invalid(format!("shape {shape:?} overflows")))?;
+        let n = numel(&shape).ok_or_else(|| Error::Invalid(format!("shape {shape:?} overflows")))?;
         if n != data.len() {
             return Err(Error::Invalid(format!(
                 "shape {shape:?} needs {n} values, got {}",
@@ -223,10 +222,7 @@ fn sniff(path: &Path) -> Result<Kind> {
     if head.len() < 9 {
         return Err(Error::format(
             path,
-            format!(
-                "only {} bytes: too short for a weight file (truncated?)",
-                head.len()
-            ),
+            format!("only {} bytes: too short for a weight file (truncated?)", head.len()),
         ));
     }
     Err(Error::format(
@@ -267,11 +263,7 @@ pub fn load_state_dict_prefixed(path: &Path, prefix: &str) -> Result<StateDict> 
 
 /// Writes `sd` as an f32 safetensors file, atomically: a temporary file in the same directory is
 /// renamed over `path` only once fully written and synced, so readers never see a partial file.
-pub fn save_safetensors(
-    path: &Path,
-    sd: &StateDict,
-    metadata: Option<&HashMap<String, String>>,
-) -> Result<()> {
+pub fn save_safetensors(path: &Path, sd: &StateDict, metadata: Option<&HashMap<String, String>>) -> Result<()> {
     let mut header = serde_json::Map::new();
     if let Some(m) = metadata {
         // Sorted so that equal inputs give byte-identical files.
@@ -306,11 +298,7 @@ pub fn save_safetensors(
     let fname = path
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        fname.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = dir.join(format!(".{}.tmp{}", fname.to_string_lossy(), std::process::id()));
     let write = || -> std::io::Result<()> {
         let f = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);

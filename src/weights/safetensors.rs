@@ -57,9 +57,7 @@ impl SafeTensorsFile {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let bad = |msg: String| Error::format(path, msg);
         if len < 8 {
-            return Err(bad(format!(
-                "truncated safetensors file: {len} bytes, no header"
-            )));
+            return Err(bad(format!("truncated safetensors file: {len} bytes, no header")));
         }
         // SAFETY: the map is read-only; like every mmap-based reader we rely on the file not being
         // truncated by another process while it is open.
@@ -80,20 +78,18 @@ impl SafeTensorsFile {
         }
         let data_start = 8 + n as usize;
         let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&map[8..data_start])
-                .map_err(|e| bad(format!("bad safetensors header: {e}")))?;
+            serde_json::from_slice(&map[8..data_start]).map_err(|e| bad(format!("bad safetensors header: {e}")))?;
 
         let mut entries = BTreeMap::new();
         let mut metadata = None;
         for (name, v) in header {
             if name == "__metadata__" {
-                let m: HashMap<String, String> = serde_json::from_value(v)
-                    .map_err(|e| bad(format!("bad safetensors __metadata__: {e}")))?;
+                let m: HashMap<String, String> =
+                    serde_json::from_value(v).map_err(|e| bad(format!("bad safetensors __metadata__: {e}")))?;
                 metadata = Some(m);
                 continue;
             }
-            let e = parse_entry(&v, data_start, map.len())
-                .map_err(|msg| bad(format!("tensor `{name}`: {msg}")))?;
+            let e = parse_entry(&v, data_start, map.len()).map_err(|msg| bad(format!("tensor `{name}`: {msg}")))?;
             entries.insert(name, e);
         }
         Ok(SafeTensorsFile {
@@ -177,19 +173,12 @@ impl SafeTensorsFile {
     fn wrong_type(&self, name: &str, found: DType, want: &str) -> Error {
         Error::tensor(
             name,
-            format!(
-                "has dtype {found:?} in {}, expected {want}",
-                self.path.display()
-            ),
+            format!("has dtype {found:?} in {}, expected {want}", self.path.display()),
         )
     }
 }
 
-fn parse_entry(
-    v: &serde_json::Value,
-    data_start: usize,
-    file_len: usize,
-) -> std::result::Result<Entry, String> {
+fn parse_entry(v: &serde_json::Value, data_start: usize, file_len: usize) -> std::result::Result<Entry, String> {
     let dtype_s = v.get("dtype").and_then(|d| d.as_str()).ok_or("no dtype")?;
     let dtype = parse_dtype(dtype_s).ok_or_else(|| format!("unsupported dtype {dtype_s}"))?;
     let shape: Vec<usize> = v
@@ -219,12 +208,8 @@ fn parse_entry(
             "data_offsets [{b}, {e}] do not match shape {shape:?} of {dtype_s}"
         ));
     }
-    let start = (data_start as u64)
-        .checked_add(b)
-        .ok_or("offset overflows")?;
-    let end = (data_start as u64)
-        .checked_add(e)
-        .ok_or("offset overflows")?;
+    let start = (data_start as u64).checked_add(b).ok_or("offset overflows")?;
+    let end = (data_start as u64).checked_add(e).ok_or("offset overflows")?;
     if end > file_len as u64 {
         return Err(format!(
             "truncated file: data ends at byte {end}, file has {file_len} bytes"

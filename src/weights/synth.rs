@@ -60,15 +60,13 @@ pub fn value_f32(name: &str, shape: &[usize]) -> Vec<f32> {
     let h = fnv1a64(name);
     let mut out = vec![0f32; n];
     // Parallel in chunks because the large cases need ~10^8 values; the result is order-independent.
-    out.par_chunks_mut(1 << 16)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let base = (c as u64) << 16;
-            for (j, v) in chunk.iter_mut().enumerate() {
-                // f64 arithmetic, then round-to-nearest-even to f32, exactly as numpy's astype.
-                *v = (offset + scale * uniform(h, base + j as u64)) as f32;
-            }
-        });
+    out.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+        let base = (c as u64) << 16;
+        for (j, v) in chunk.iter_mut().enumerate() {
+            // f64 arithmetic, then round-to-nearest-even to f32, exactly as numpy's astype.
+            *v = (offset + scale * uniform(h, base + j as u64)) as f32;
+        }
+    });
     out
 }
 
@@ -90,8 +88,8 @@ pub fn state_dict(shapes: &[(String, Vec<usize>)]) -> StateDict {
 /// Parses a `{"name": [dims...], ...}` JSON object, the `state_dict_shapes` metadata of the golden
 /// fixtures, into the list [`state_dict`] takes (sorted by name).
 pub fn shapes_from_json(json: &str) -> crate::Result<Vec<(String, Vec<usize>)>> {
-    let map: std::collections::BTreeMap<String, Vec<usize>> = serde_json::from_str(json)
-        .map_err(|e| crate::Error::Config(format!("state_dict_shapes: {e}")))?;
+    let map: std::collections::BTreeMap<String, Vec<usize>> =
+        serde_json::from_str(json).map_err(|e| crate::Error::Config(format!("state_dict_shapes: {e}")))?;
     Ok(map.into_iter().collect())
 }
 
@@ -147,9 +145,7 @@ mod tests {
     fn rules() {
         assert_eq!(value_f32("quantize.codebook_used", &[5]), vec![0.0; 5]);
         assert!(value_f32("x.bias", &[1000]).iter().all(|v| v.abs() <= 0.1));
-        assert!(value_f32("x.weight", &[1000])
-            .iter()
-            .all(|v| (v - 1.0).abs() <= 0.2));
+        assert!(value_f32("x.weight", &[1000]).iter().all(|v| (v - 1.0).abs() <= 0.2));
         // Chunk boundaries of the parallel fill must not change the stream.
         let big = value_f32("a.weight", &[3, 70_000]);
         let h = fnv1a64("a.weight");

@@ -32,9 +32,7 @@ fn resolve_global(module: &str, name: &str) -> std::result::Result<Global, Strin
         ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
         ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromTypeV2,
         ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
-        ("torch._tensor" | "torch", "Tensor") | ("torch.nn.parameter", "Parameter") => {
-            Global::TensorClass
-        }
+        ("torch._tensor" | "torch", "Tensor") | ("torch.nn.parameter", "Parameter") => Global::TensorClass,
         ("torch", s) => Global::Storage(match s {
             "FloatStorage" => F32,
             "HalfStorage" => F16,
@@ -130,10 +128,7 @@ fn call(g: Global, args: &[Obj]) -> Res<Obj> {
             [t @ Obj::Tensor(_), ..] => Ok(t.clone()),
             _ => Err("_rebuild_parameter: unexpected arguments".into()),
         },
-        other => Err(format!(
-            "cannot call {other:?} with {} arguments",
-            args.len()
-        )),
+        other => Err(format!("cannot call {other:?} with {} arguments", args.len())),
     }
 }
 
@@ -166,10 +161,7 @@ impl<'a> Vm<'a> {
     }
     fn line(&mut self) -> Res<&'a str> {
         let rest = &self.b[self.pos..];
-        let n = rest
-            .iter()
-            .position(|&c| c == b'\n')
-            .ok_or("pickle truncated")?;
+        let n = rest.iter().position(|&c| c == b'\n').ok_or("pickle truncated")?;
         let s = std::str::from_utf8(&rest[..n]).map_err(|_| "non-UTF-8 global name")?;
         self.pos += n + 1;
         Ok(s)
@@ -179,9 +171,7 @@ impl<'a> Vm<'a> {
         Ok(Obj::Str(s.to_owned()))
     }
     fn pop(&mut self) -> Res<Obj> {
-        self.stack
-            .pop()
-            .ok_or_else(|| "pickle stack underflow".into())
+        self.stack.pop().ok_or_else(|| "pickle stack underflow".into())
     }
     fn pop_mark(&mut self) -> Res<Vec<Obj>> {
         let m = self.marks.pop().ok_or("pickle MARK missing")?;
@@ -191,15 +181,10 @@ impl<'a> Vm<'a> {
         Ok(self.stack.split_off(m))
     }
     fn top(&mut self) -> Res<&mut Obj> {
-        self.stack
-            .last_mut()
-            .ok_or_else(|| "pickle stack underflow".into())
+        self.stack.last_mut().ok_or_else(|| "pickle stack underflow".into())
     }
     fn memo_get(&self, i: u32) -> Res<Obj> {
-        self.memo
-            .get(&i)
-            .cloned()
-            .ok_or_else(|| format!("memo key {i} unset"))
+        self.memo.get(&i).cloned().ok_or_else(|| format!("memo key {i} unset"))
     }
     fn push_global(&mut self, module: &str, name: &str) -> Res<()> {
         let g = resolve_global(module, name)?;
@@ -334,11 +319,7 @@ impl<'a> Vm<'a> {
                     self.memo.insert(i, t);
                 }
                 b'h' | b'j' => {
-                    let i = if op == b'h' {
-                        self.u8()? as u32
-                    } else {
-                        self.u32()?
-                    };
+                    let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
                     let v = self.memo_get(i)?;
                     self.stack.push(v)
                 }
@@ -486,18 +467,14 @@ pub fn load_pt_prefixed(path: &Path, prefix: &str) -> Result<StateDict> {
     // Group tensors by storage so each storage is read once and released before the next.
     let mut by_storage: BTreeMap<&str, Vec<(&str, &Rc<TensorRef>)>> = BTreeMap::new();
     for (name, t) in wanted {
-        by_storage
-            .entry(&t.storage.key)
-            .or_default()
-            .push((name, t));
+        by_storage.entry(&t.storage.key).or_default().push((name, t));
     }
     let mut sd = StateDict::new(path);
     for (key, tensors) in by_storage {
         let entry = format!("{dir}data/{key}");
         let bytes = read_entry(&mut zip, &map, &entry, false).map_err(bad)?;
         for (name, t) in tensors {
-            let data = gather(t, &bytes)
-                .map_err(|m| bad(format!("tensor `{name}` (storage {entry}): {m}")))?;
+            let data = gather(t, &bytes).map_err(|m| bad(format!("tensor `{name}` (storage {entry}): {m}")))?;
             sd.insert(
                 name,
                 Tensor {
@@ -529,9 +506,7 @@ fn read_entry<'m>(
             .ok()
             .zip(usize::try_from(size).ok())
             .and_then(|(s, n)| map.get(s..s.checked_add(n)?));
-        return slice
-            .map(Cow::Borrowed)
-            .ok_or_else(|| format!("`{name}` is truncated"));
+        return slice.map(Cow::Borrowed).ok_or_else(|| format!("`{name}` is truncated"));
     }
     let mut buf = Vec::with_capacity(size.min(1 << 30) as usize);
     f.read_to_end(&mut buf)
@@ -545,10 +520,7 @@ fn gather(t: &TensorRef, bytes: &[u8]) -> Res<Vec<f32>> {
     let es = s.dtype.size();
     let have = bytes.len() / es;
     if have < s.numel {
-        return Err(format!(
-            "storage holds {have} elements, pickle says {}",
-            s.numel
-        ));
+        return Err(format!("storage holds {have} elements, pickle says {}", s.numel));
     }
     let n = numel(&t.size).ok_or("size overflows")?;
     if n == 0 {
@@ -558,9 +530,7 @@ fn gather(t: &TensorRef, bytes: &[u8]) -> Res<Vec<f32>> {
         .size
         .iter()
         .zip(&t.stride)
-        .try_fold(t.offset, |acc, (&d, &st)| {
-            acc.checked_add((d - 1).checked_mul(st)?)
-        });
+        .try_fold(t.offset, |acc, (&d, &st)| acc.checked_add((d - 1).checked_mul(st)?));
     match last {
         Some(l) if l < s.numel => {}
         _ => return Err(format!("view exceeds its storage of {} elements", s.numel)),
@@ -578,12 +548,7 @@ fn gather(t: &TensorRef, bytes: &[u8]) -> Res<Vec<f32>> {
     let mut out = Vec::with_capacity(n);
     let mut idx = vec![0usize; t.size.len()];
     for _ in 0..n {
-        let e = t.offset
-            + idx
-                .iter()
-                .zip(&t.stride)
-                .map(|(i, st)| i * st)
-                .sum::<usize>();
+        let e = t.offset + idx.iter().zip(&t.stride).map(|(i, st)| i * st).sum::<usize>();
         out.push(super::float_at(s.dtype, bytes, e).ok_or("not a float storage")?);
         for (i, &d) in idx.iter_mut().zip(&t.size).rev() {
             *i += 1;

@@ -53,21 +53,13 @@ pub fn attention(
                 }
                 let mut sum = 0f32;
                 for s in sc[..=p].iter_mut() {
-                    *s = if *s == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        (*s - mx).exp()
-                    };
+                    *s = if *s == f32::NEG_INFINITY { 0.0 } else { (*s - mx).exp() };
                     sum += *s;
                 }
                 let inv = 1.0 / sum;
                 // SAFETY: see `Out`.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        o.0.add((b * len + l) * d + h * head_dim),
-                        head_dim,
-                    )
-                };
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(o.0.add((b * len + l) * d + h * head_dim), head_dim) };
                 dst.iter_mut().for_each(|v| *v = 0.0);
                 for (k, &w) in sc[..=p].iter().enumerate() {
                     if w != 0.0 {

@@ -205,9 +205,9 @@ pub fn packed_weights(w: &[f32], c_out: usize, c_in: usize, kh: usize, kw: usize
     assert_eq!(w.len(), c_out * c_in * taps, "packed_weights: weight length");
     let len = kernel::packed_len(c_out, c_in);
     let mut p = vec![0.0f32; taps * len];
-    p.par_chunks_mut(len).enumerate().for_each(|(tap, dst)| {
-        kernel::pack_a(c_out, c_in, |co, ci| w[(co * c_in + ci) * taps + tap], dst)
-    });
+    p.par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(tap, dst)| kernel::pack_a(c_out, c_in, |co, ci| w[(co * c_in + ci) * taps + tap], dst));
     p
 }
 
@@ -290,9 +290,7 @@ impl<'a> ConvWeights<'a> {
     /// Rows `co0 ..` of tap `tap` as a GEMM operand (strided kinds only).
     fn tap(&self, tap: usize, co0: usize) -> Mat<'a> {
         match self.kind {
-            WeightKind::Strided { tap_stride, rs, cs } => {
-                mat(&self.data[tap * tap_stride + co0 * rs..], rs, cs)
-            }
+            WeightKind::Strided { tap_stride, rs, cs } => mat(&self.data[tap * tap_stride + co0 * rs..], rs, cs),
             WeightKind::Packed => unreachable!("packed weights go through the kernel"),
         }
     }
@@ -522,7 +520,19 @@ pub fn conv2d_with(
             // SAFETY: packed weights exist only where AVX-512 is available; each A holds the
             // panels from co0 on (co0 is a multiple of MR), each B lies inside the planes for
             // c_in rows of `plane` and ncols columns, and acc holds cos rows of acc_rs >= ncols.
-            unsafe { kernel::gemm(cos, ncols, c_in, &segs, plane, acc.as_mut_ptr(), acc_rs, kernel::Mode::Set, usize::MAX) };
+            unsafe {
+                kernel::gemm(
+                    cos,
+                    ncols,
+                    c_in,
+                    &segs,
+                    plane,
+                    acc.as_mut_ptr(),
+                    acc_rs,
+                    kernel::Mode::Set,
+                    usize::MAX,
+                )
+            };
         } else {
             for tap in 0..kh * kw {
                 let b = mat(&planes[tap_off(tap)..], plane, 1);
@@ -669,7 +679,9 @@ pub fn conv_prepared(
         Prep::Packed => ConvWeights::packed(w, c_out, c_in, k, k),
         Prep::Winograd => {
             if k != 3 || stride != 1 || pad != [1; 4] {
-                return Err(format!("a Winograd weight needs a 3x3 stride-1 pad-1 conv, not k {k} stride {stride} pad {pad:?}"));
+                return Err(format!(
+                    "a Winograd weight needs a 3x3 stride-1 pad-1 conv, not k {k} stride {stride} pad {pad:?}"
+                ));
             }
             winograd::conv3x3(x, (n, h, wd), w, c_out, c_in, bias, ep, out);
             return Ok(());
@@ -686,7 +698,14 @@ pub fn conv_prepared(
 
 /// 1x1 conv straight from the input (no plane copy): per block of pixels, the output rows start
 /// as bias (+ residual) and the GEMM adds `W x` with B = the input rows in place.
-fn conv1x1_packed(x: &[f32], (n, hw): (usize, usize), wt: ConvWeights, bias: Option<&[f32]>, ep: Epilogue, out: &mut [f32]) {
+fn conv1x1_packed(
+    x: &[f32],
+    (n, hw): (usize, usize),
+    wt: ConvWeights,
+    bias: Option<&[f32]>,
+    ep: Epilogue,
+    out: &mut [f32],
+) {
     let (c_out, c_in) = (wt.c_out, wt.c_in);
     assert!(matches!(wt.kind, WeightKind::Packed) && wt.kh == 1 && wt.kw == 1);
     assert_eq!(x.len(), n * c_in * hw, "conv1x1: input length");
@@ -728,7 +747,19 @@ fn conv1x1_packed(x: &[f32], (n, hw): (usize, usize), wt: ConvWeights, bias: Opt
                 };
                 // SAFETY: packed weights imply AVX-512; the panel holds c_in rows of nr >= w
                 // columns and acc rows x nr floats.
-                unsafe { kernel::gemm(rows, w, c_in, &[seg], nr, acc.as_mut_ptr(), nr, kernel::Mode::Set, usize::MAX) };
+                unsafe {
+                    kernel::gemm(
+                        rows,
+                        w,
+                        c_in,
+                        &[seg],
+                        nr,
+                        acc.as_mut_ptr(),
+                        nr,
+                        kernel::Mode::Set,
+                        usize::MAX,
+                    )
+                };
                 for (r, src) in acc.chunks_exact(nr).enumerate() {
                     let o = base + r * hw + js;
                     // SAFETY: this task alone writes rows co0.. and columns j0.. of this image.
@@ -740,7 +771,10 @@ fn conv1x1_packed(x: &[f32], (n, hw): (usize, usize), wt: ConvWeights, bias: Opt
                         Epilogue::Accumulate => row.iter_mut().zip(src).for_each(|(d, &v)| *d += v + b),
                         Epilogue::Residual(res) => {
                             let res = &res[o..][..w];
-                            row.iter_mut().zip(src).zip(res).for_each(|((d, &v), &q)| *d = v + b + q)
+                            row.iter_mut()
+                                .zip(src)
+                                .zip(res)
+                                .for_each(|((d, &v), &q)| *d = v + b + q)
                         }
                     }
                 }
@@ -1053,7 +1087,11 @@ mod tests {
     #[test]
     fn prepared_matches_naive() {
         let kernels = [(3, 1, [1; 4]), (1, 1, [0; 4]), (3, 2, [0, 1, 0, 1])];
-        for (si, &(n, ci, co, h, w)) in SHAPES.iter().chain(&[(2, 24, 40, 7, 100), (1, 16, 8, 3, 64)]).enumerate() {
+        for (si, &(n, ci, co, h, w)) in SHAPES
+            .iter()
+            .chain(&[(2, 24, 40, 7, 100), (1, 16, 8, 3, 64)])
+            .enumerate()
+        {
             for (k, s, pad) in kernels {
                 let c = Case {
                     n,
@@ -1195,7 +1233,13 @@ mod tests {
         if !kernel::available() {
             return;
         }
-        for (ci, co, hw) in [(128, 128, 256), (256, 128, 128), (256, 256, 64), (512, 512, 32), (512, 512, 16)] {
+        for (ci, co, hw) in [
+            (128, 128, 256),
+            (256, 128, 128),
+            (256, 256, 64),
+            (512, 512, 32),
+            (512, 512, 16),
+        ] {
             for swishy in [false, true] {
                 let mut x = rand_vec(ci * hw * hw, 11);
                 if swishy {
@@ -1302,9 +1346,23 @@ mod tests {
             }
         }
         if kernel::available() {
-            for (ci, co, hw) in [(128, 128, 256), (256, 128, 128), (128, 128, 128), (256, 256, 64), (512, 512, 32), (512, 256, 32), (256, 256, 32), (512, 512, 16), (256, 512, 16)] {
+            for (ci, co, hw) in [
+                (128, 128, 256),
+                (256, 128, 128),
+                (128, 128, 128),
+                (256, 256, 64),
+                (512, 512, 32),
+                (512, 256, 32),
+                (256, 256, 32),
+                (512, 512, 16),
+                (256, 512, 16),
+            ] {
                 let (x, w) = (rand_vec(ci * hw * hw, 1), rand_vec(co * ci * 9, 2));
-                let (u, bias, r) = (winograd::weights(&w, co, ci), rand_vec(co, 3), rand_vec(co * hw * hw, 4));
+                let (u, bias, r) = (
+                    winograd::weights(&w, co, ci),
+                    rand_vec(co, 3),
+                    rand_vec(co * hw * hw, 4),
+                );
                 let mut out = vec![0.0; co * hw * hw];
                 let name = format!("conv3x3/s1 {ci}->{co} {hw}x{hw} (winograd F(4,3), residual; as direct flops)");
                 if !name.contains(&filter) {
@@ -1312,7 +1370,9 @@ mod tests {
                 }
                 let flops = 2.0 * (ci * co * 9 * hw * hw) as f64;
                 let ep = Epilogue::Residual(&r);
-                bench_one(&name, flops, &mut || winograd::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&bias), ep, &mut out));
+                bench_one(&name, flops, &mut || {
+                    winograd::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&bias), ep, &mut out)
+                });
             }
         }
         for (c, hw) in [(128, 128), (256, 64), (256, 32), (512, 16)] {
@@ -1325,7 +1385,9 @@ mod tests {
                 continue;
             }
             let flops = 2.0 * (c * c * 9 * 4 * hw * hw) as f64;
-            bench_one(&name, flops, &mut || upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out));
+            bench_one(&name, flops, &mut || {
+                upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out)
+            });
             if kernel::available() {
                 let u = winograd::upsample_weights(&w, c, c);
                 bench_one(&format!("{name} winograd"), flops, &mut || {

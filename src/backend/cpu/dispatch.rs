@@ -1,8 +1,5 @@
 //! Node dispatch: resolves a node's tensors to arena slices and calls the op's CPU implementation.
-use super::{
-    attention, codebook, conv, embed, groupnorm, matmul, rmsnorm, rope, sampling, swiglu,
-    vq_attention,
-};
+use super::{attention, codebook, conv, embed, groupnorm, matmul, rmsnorm, rope, sampling, swiglu, vq_attention};
 use super::{CpuBackend, CpuWeight};
 use crate::runtime::{Graph, Node, Op, Plan, StepParams, TensorId};
 use crate::{Error, Result};
@@ -20,7 +17,10 @@ impl Views<'_> {
     fn ptr<T: bytemuck::Pod>(&self, t: TensorId) -> (*mut T, usize) {
         debug_assert_eq!(std::mem::size_of::<T>(), 4);
         // SAFETY: offset + numel·4 lies inside the arena (reserve_arena sized it to the plan).
-        (unsafe { self.base.add(self.plan.offsets[t.0 as usize]) } as *mut T, self.g.info(t).numel())
+        (
+            unsafe { self.base.add(self.plan.offsets[t.0 as usize]) } as *mut T,
+            self.g.info(t).numel(),
+        )
     }
     fn get<T: bytemuck::Pod>(&self, t: TensorId) -> &[T] {
         let (p, n) = self.ptr::<T>(t);
@@ -58,13 +58,7 @@ fn weight_f32<'a>(w: &'a CpuWeight, what: &str) -> Result<&'a [f32]> {
 }
 
 impl CpuBackend {
-    pub(super) fn exec(
-        &mut self,
-        g: &Graph,
-        plan: &Plan,
-        node: &Node,
-        step: &StepParams,
-    ) -> Result<()> {
+    pub(super) fn exec(&mut self, g: &Graph, plan: &Plan, node: &Node, step: &StepParams) -> Result<()> {
         let v = Views {
             base: self.arena.as_mut_ptr() as *mut u8,
             g,
@@ -182,10 +176,8 @@ impl CpuBackend {
                 let (b, la, lb, d) = (sa[0], sa[1], sb[1], sa[2]);
                 let (x, y, o) = (v.f32(ins[0]), v.f32(ins[1]), v.f32_mut(out));
                 for i in 0..b {
-                    o[i * (la + lb) * d..][..la * d]
-                        .copy_from_slice(&x[i * la * d..(i + 1) * la * d]);
-                    o[(i * (la + lb) + la) * d..][..lb * d]
-                        .copy_from_slice(&y[i * lb * d..(i + 1) * lb * d]);
+                    o[i * (la + lb) * d..][..la * d].copy_from_slice(&x[i * la * d..(i + 1) * la * d]);
+                    o[(i * (la + lb) + la) * d..][..lb * d].copy_from_slice(&y[i * lb * d..(i + 1) * lb * d]);
                 }
             }
             Op::Sampling { cfg_scale, params } => {
@@ -241,18 +233,9 @@ impl CpuBackend {
                     &mut idx,
                     &mut zq,
                 );
-                v.i32_mut(out)
-                    .iter_mut()
-                    .zip(&idx)
-                    .for_each(|(o, &i)| *o = i as i32);
+                v.i32_mut(out).iter_mut().zip(&idx).for_each(|(o, &i)| *o = i as i32);
             }
-            Op::Conv {
-                w,
-                b,
-                k,
-                stride,
-                pad,
-            } => {
+            Op::Conv { w, b, k, stride, pad } => {
                 let s = g.shape(ins[0]);
                 let wt = self.w(*w);
                 let bias = Some(weight_f32(self.w(*b), "conv bias")?);
@@ -328,9 +311,7 @@ impl CpuBackend {
             }
             Op::Add => {
                 let (a, b, o) = (v.f32(ins[0]), v.f32(ins[1]), v.f32_mut(out));
-                o.iter_mut()
-                    .zip(a.iter().zip(b))
-                    .for_each(|(o, (a, b))| *o = a + b);
+                o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a + b);
             }
         }
         Ok(())

@@ -62,7 +62,8 @@ unsafe fn shifted_sums_avx512(v: &[f32], p: f64) -> (f64, f64) {
         t1 += d;
         t2 += d * d;
     }
-    let sum = |a: [__m512d; 4]| _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a[0], a[1]), _mm512_add_pd(a[2], a[3])));
+    let sum =
+        |a: [__m512d; 4]| _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a[0], a[1]), _mm512_add_pd(a[2], a[3])));
     (sum(s1) + t1, sum(s2) + t2)
 }
 
@@ -182,12 +183,20 @@ fn avx512() -> bool {
 #[target_feature(enable = "avx512f")]
 unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 4], silu: bool) {
     use std::arch::x86_64::*;
-    let (vhi, vlo, vs, vb) = (_mm512_set1_ps(hi), _mm512_set1_ps(lo), _mm512_set1_ps(scale), _mm512_set1_ps(b));
+    let (vhi, vlo, vs, vb) = (
+        _mm512_set1_ps(hi),
+        _mm512_set1_ps(lo),
+        _mm512_set1_ps(scale),
+        _mm512_set1_ps(b),
+    );
     let one = _mm512_set1_ps(1.0);
     let exp = |x: __m512| {
         const ROUND: f32 = 12_582_912.0;
         let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
-        let t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _mm512_set1_ps(ROUND));
+        let t = _mm512_add_ps(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+            _mm512_set1_ps(ROUND),
+        );
         let k = _mm512_sub_ps(t, _mm512_set1_ps(ROUND));
         let r = _mm512_sub_ps(x, _mm512_mul_ps(k, _mm512_set1_ps(0.693_359_4)));
         let r = _mm512_sub_ps(r, _mm512_mul_ps(k, _mm512_set1_ps(-2.121_944_4e-4)));
@@ -203,7 +212,11 @@ unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 
     let n = xs.len().min(o.len());
     let mut i = 0;
     while i < n {
-        let m: __mmask16 = if n - i >= 16 { 0xffff } else { ((1u32 << (n - i)) - 1) as __mmask16 };
+        let m: __mmask16 = if n - i >= 16 {
+            0xffff
+        } else {
+            ((1u32 << (n - i)) - 1) as __mmask16
+        };
         // SAFETY: the masked lanes are inside both slices.
         let v = unsafe { _mm512_maskz_loadu_ps(m, xs.as_ptr().add(i)) };
         let y = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(v, vhi), vlo), vs), vb);

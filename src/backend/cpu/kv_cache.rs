@@ -32,14 +32,8 @@ impl Row<'_> {
     #[inline]
     pub fn axpy(&self, alpha: f32, dst: &mut [f32]) {
         match self {
-            Row::F32(r) => dst
-                .iter_mut()
-                .zip(r.iter())
-                .for_each(|(d, v)| *d += alpha * v),
-            Row::Bf16(r) => dst
-                .iter_mut()
-                .zip(r.iter())
-                .for_each(|(d, v)| *d += alpha * v.to_f32()),
+            Row::F32(r) => dst.iter_mut().zip(r.iter()).for_each(|(d, v)| *d += alpha * v),
+            Row::Bf16(r) => dst.iter_mut().zip(r.iter()).for_each(|(d, v)| *d += alpha * v.to_f32()),
         }
     }
 }

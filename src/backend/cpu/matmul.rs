@@ -44,7 +44,10 @@ pub fn matmul(
     }
     // The reference rounds the linear output to bf16 before the residual add (itself rounded): two roundings.
     match (residual, round) {
-        (Some(r), true) => y.iter_mut().zip(r).for_each(|(y, r)| *y = round_bf16(*r + round_bf16(*y))),
+        (Some(r), true) => y
+            .iter_mut()
+            .zip(r)
+            .for_each(|(y, r)| *y = round_bf16(*r + round_bf16(*y))),
         (Some(r), false) => y.iter_mut().zip(r).for_each(|(y, r)| *y += *r),
         (None, true) => y.iter_mut().for_each(|y| *y = round_bf16(*y)),
         (None, false) => {}
@@ -73,7 +76,6 @@ pub fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
     }
     s
 }
-
 
 /// f32 twin of `dot_bf16`.
 #[inline]
@@ -134,9 +136,7 @@ mod tests {
         let mut y = vec![0f64; m * n];
         for r in 0..m {
             for c in 0..n {
-                y[r * n + c] = (0..k)
-                    .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
-                    .sum();
+                y[r * n + c] = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64).sum();
             }
         }
         y
@@ -150,36 +150,40 @@ mod tests {
 
     #[test]
     fn f32_and_bf16_paths_match_a_naive_product() {
-        for &(m, k, n) in &[
-            (1, 5, 3),
-            (2, 64, 130),
-            (7, 100, 65),
-            (33, 96, 200),
-            (64, 17, 129),
-        ] {
+        for &(m, k, n) in &[(1, 5, 3), (2, 64, 130), (7, 100, 65), (33, 96, 200), (64, 17, 129)] {
             // Multiples of 1/64 below 1 in magnitude: exact in bf16, as every bf16-mode activation is.
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 64.0)
-                .collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 64.0).collect();
             let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
             let mut want = naive(&x, m, k, &w, n);
             want.iter_mut().zip(&res).for_each(|(a, r)| *a += *r as f64);
             let mut y = vec![0f32; m * n];
-            matmul(&x, m, k, WeightRef::F32(&w), n, Some(&res), false, &mut Vec::new(), &mut y);
-            assert!(
-                rel_l2(&y, &want) < 1e-6,
-                "f32 {m}x{k}x{n}: {}",
-                rel_l2(&y, &want)
+            matmul(
+                &x,
+                m,
+                k,
+                WeightRef::F32(&w),
+                n,
+                Some(&res),
+                false,
+                &mut Vec::new(),
+                &mut y,
             );
+            assert!(rel_l2(&y, &want) < 1e-6, "f32 {m}x{k}x{n}: {}", rel_l2(&y, &want));
             // The weights are exact in bf16 too, so the bf16 paths (AVX-512 BF16 or not) are as exact as f32.
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            matmul(&x, m, k, WeightRef::Bf16(&wb), n, Some(&res), false, &mut Vec::new(), &mut y);
-            assert!(
-                rel_l2(&y, &want) < 1e-6,
-                "bf16 {m}x{k}x{n}: {}",
-                rel_l2(&y, &want)
+            matmul(
+                &x,
+                m,
+                k,
+                WeightRef::Bf16(&wb),
+                n,
+                Some(&res),
+                false,
+                &mut Vec::new(),
+                &mut y,
             );
+            assert!(rel_l2(&y, &want) < 1e-6, "bf16 {m}x{k}x{n}: {}", rel_l2(&y, &want));
         }
     }
 }

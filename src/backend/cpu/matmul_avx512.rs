@@ -11,7 +11,9 @@ use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 pub fn available() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bf16")
+        && is_x86_feature_detected!("avx512bw")
 }
 
 /// y[M, N] = x[M, K] · Wᵀ with W `[N, K]` bf16. Caller checks `available()`. `xb` is the caller's reusable
@@ -73,7 +75,15 @@ unsafe fn load_bh(p: *const u16, mask: __mmask32) -> __m512bh {
 
 /// R rows of x (from `r0`) × C weight rows (from `j`), full k.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn kernel<const R: usize, const C: usize>(xb: &[u16], r0: usize, k: usize, w: &[u16], j: usize, n: usize, y: *mut f32) {
+unsafe fn kernel<const R: usize, const C: usize>(
+    xb: &[u16],
+    r0: usize,
+    k: usize,
+    w: &[u16],
+    j: usize,
+    n: usize,
+    y: *mut f32,
+) {
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     let xp = xb.as_ptr();
     let wp = w.as_ptr();

@@ -186,15 +186,7 @@ impl Backend for CpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes[off..off + 4 * n]))
     }
 
-    fn copy(
-        &mut self,
-        gs: &Graph,
-        ps: &Plan,
-        src: TensorId,
-        gd: &Graph,
-        pd: &Plan,
-        dst: TensorId,
-    ) -> Result<()> {
+    fn copy(&mut self, gs: &Graph, ps: &Plan, src: TensorId, gd: &Graph, pd: &Plan, dst: TensorId) -> Result<()> {
         let (so, n) = slot(gs, ps, src);
         let (d_o, m) = slot(gd, pd, dst);
         if n != m {

@@ -44,31 +44,23 @@ pub fn sampling(
     let b = image_index.len();
     let cfg = rows == 2 * b;
     if scratch.per_image.len() < b {
-        scratch
-            .per_image
-            .resize_with(b, || SamplerScratch::new(vocab));
+        scratch.per_image.resize_with(b, || SamplerScratch::new(vocab));
         scratch.mixed.resize(b * vocab, 0.0);
         scratch.picked.resize(b, 0);
     }
     let mixed = &mut scratch.mixed[..b * vocab];
     {
-        let work =
-            |(i, ((mix, sc), out)): (usize, ((&mut [f32], &mut SamplerScratch), &mut u32))| {
-                let cond = &logits[i * vocab..(i + 1) * vocab];
-                let row: &[f32] = if cfg && step.cfg_active {
-                    sampler::cfg_mix(
-                        cond,
-                        &logits[(b + i) * vocab..(b + i + 1) * vocab],
-                        cfg_scale,
-                        mix,
-                    );
-                    mix
-                } else {
-                    cond
-                };
-                let u = rng::uniform(step.seed, image_index[i] as u64, step.step);
-                *out = sampler::sample(row, params, u, sc);
+        let work = |(i, ((mix, sc), out)): (usize, ((&mut [f32], &mut SamplerScratch), &mut u32))| {
+            let cond = &logits[i * vocab..(i + 1) * vocab];
+            let row: &[f32] = if cfg && step.cfg_active {
+                sampler::cfg_mix(cond, &logits[(b + i) * vocab..(b + i + 1) * vocab], cfg_scale, mix);
+                mix
+            } else {
+                cond
             };
+            let u = rng::uniform(step.seed, image_index[i] as u64, step.step);
+            *out = sampler::sample(row, params, u, sc);
+        };
         mixed
             .par_chunks_mut(vocab)
             .zip(scratch.per_image[..b].par_iter_mut())

@@ -97,7 +97,13 @@ pub fn vq_attention(
         if buf.len() < len {
             buf.resize(len, 0.0);
         }
-        attend(&mut buf[..len], (x, normed, out), (n, c, hw, blk), [wq, bq, wk, bk, wv, bv, wo, bo], scale);
+        attend(
+            &mut buf[..len],
+            (x, normed, out),
+            (n, c, hw, blk),
+            [wq, bq, wk, bk, wv, bv, wo, bo],
+            scale,
+        );
     });
 }
 
@@ -108,7 +114,13 @@ thread_local! {
 
 type Io<'a> = (&'a [f32], &'a [f32], &'a mut [f32]);
 
-fn attend(buf: &mut [f32], (x, normed, out): Io, (n, c, hw, blk): (usize, usize, usize, usize), p: [&[f32]; 8], scale: f32) {
+fn attend(
+    buf: &mut [f32],
+    (x, normed, out): Io,
+    (n, c, hw, blk): (usize, usize, usize, usize),
+    p: [&[f32]; 8],
+    scale: f32,
+) {
     let [wq, bq, wk, bk, wv, bv, wo, bo] = p;
     let img = c * hw;
     let (q, rest) = buf.split_at_mut(img);

@@ -67,7 +67,17 @@ pub enum Mode {
 /// (stride `ldc`) and columns `0..n`, and no other thread touches that region.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm(m: usize, n: usize, k: usize, segs: &[Seg], ldb: usize, c: *mut f32, ldc: usize, mode: Mode, kc: usize) {
+pub unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    segs: &[Seg],
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    mode: Mode,
+    kc: usize,
+) {
     let panels = m.div_ceil(MR);
     let kc = kc.max(1);
     let mut j = 0;
@@ -186,7 +196,11 @@ unsafe fn flush<const V: usize>(acc: &mut [[__m512; V]; MR], t: &Tile, last: __m
             // SAFETY: row r < rows and the masked columns lie inside the caller's C.
             unsafe {
                 let p = cr.add(16 * v);
-                let val = if set { *a } else { _mm512_add_ps(*a, _mm512_maskz_loadu_ps(mask, p)) };
+                let val = if set {
+                    *a
+                } else {
+                    _mm512_add_ps(*a, _mm512_maskz_loadu_ps(mask, p))
+                };
                 _mm512_mask_storeu_ps(p, mask, val);
             }
             *a = _mm512_setzero_ps();
@@ -215,7 +229,13 @@ mod tests {
         if !available() {
             return;
         }
-        for &(m, n, k, nseg, kc) in &[(1, 1, 1, 1, 1), (8, 48, 5, 1, 2), (13, 70, 9, 3, 4), (3, 17, 33, 2, 7), (24, 100, 16, 1, 99)] {
+        for &(m, n, k, nseg, kc) in &[
+            (1, 1, 1, 1, 1),
+            (8, 48, 5, 1, 2),
+            (13, 70, 9, 3, 4),
+            (3, 17, 33, 2, 7),
+            (24, 100, 16, 1, 99),
+        ] {
             let ldb = n + 3;
             let a: Vec<Vec<f32>> = (0..nseg).map(|s| rand_vec(m * k, s as u64)).collect();
             let b = rand_vec(k * ldb + 8 * nseg, 99);

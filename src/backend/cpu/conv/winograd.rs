@@ -127,7 +127,11 @@ fn bt(d: [__m512; 6]) -> [__m512; 6] {
     let d13 = _mm512_sub_ps(d[1], d[3]);
     [
         // 2 (d0 + d4) - 3 (d1 - d3) - 4 d2
-        _mm512_fnmadd_ps(four, d[2], _mm512_fnmadd_ps(three, d13, _mm512_mul_ps(two, _mm512_add_ps(d[0], d[4])))),
+        _mm512_fnmadd_ps(
+            four,
+            d[2],
+            _mm512_fnmadd_ps(three, d13, _mm512_mul_ps(two, _mm512_add_ps(d[0], d[4]))),
+        ),
         // d2 + 5 d3 + 2 (d4 - d1)
         _mm512_fmadd_ps(two, _mm512_sub_ps(d[4], d[1]), _mm512_fmadd_ps(five, d[3], d[2])),
         // 5 d2 - d3 - 2 (d1 + d4)
@@ -137,7 +141,15 @@ fn bt(d: [__m512; 6]) -> [__m512; 6] {
         // (d1 - d3) + 2 (d4 - d2)
         _mm512_fmadd_ps(two, _mm512_sub_ps(d[4], d[2]), d13),
         // 2 (d1 + d5) + 3 (d4 - d2) - 4 d3
-        _mm512_fnmadd_ps(four, d[3], _mm512_fmadd_ps(three, _mm512_sub_ps(d[4], d[2]), _mm512_mul_ps(two, _mm512_add_ps(d[1], d[5])))),
+        _mm512_fnmadd_ps(
+            four,
+            d[3],
+            _mm512_fmadd_ps(
+                three,
+                _mm512_sub_ps(d[4], d[2]),
+                _mm512_mul_ps(two, _mm512_add_ps(d[1], d[5])),
+            ),
+        ),
     ]
 }
 
@@ -150,9 +162,17 @@ fn at(m: [__m512; 6]) -> [__m512; 4] {
     [
         _mm512_add_ps(_mm512_add_ps(m[0], s), _mm512_add_ps(m[3], m[4])),
         _mm512_fnmadd_ps(_mm512_set1_ps(2.0), m[4], _mm512_fmadd_ps(_mm512_set1_ps(0.5), m[3], d)),
-        _mm512_fmadd_ps(_mm512_set1_ps(4.0), m[4], _mm512_fmadd_ps(_mm512_set1_ps(0.25), m[3], s)),
+        _mm512_fmadd_ps(
+            _mm512_set1_ps(4.0),
+            m[4],
+            _mm512_fmadd_ps(_mm512_set1_ps(0.25), m[3], s),
+        ),
         _mm512_add_ps(
-            _mm512_fnmadd_ps(_mm512_set1_ps(8.0), m[4], _mm512_fmadd_ps(_mm512_set1_ps(0.125), m[3], d)),
+            _mm512_fnmadd_ps(
+                _mm512_set1_ps(8.0),
+                m[4],
+                _mm512_fmadd_ps(_mm512_set1_ps(0.125), m[3], d),
+            ),
             m[5],
         ),
     ]
@@ -396,7 +416,11 @@ unsafe fn input_block(
                     let d2 = _mm512_shuffle_f32x4::<0x44>(a23, b23);
                     let d3 = _mm512_shuffle_f32x4::<0xEE>(a23, b23);
                     // columns 4 and 5: columns 0 and 1 one tile on, the last lane from the fifth load
-                    let (r4, d0i, d1i) = (_mm512_castps_si512(rv[4]), _mm512_castps_si512(d0), _mm512_castps_si512(d1));
+                    let (r4, d0i, d1i) = (
+                        _mm512_castps_si512(rv[4]),
+                        _mm512_castps_si512(d0),
+                        _mm512_castps_si512(d1),
+                    );
                     let d4 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(r4, d0i));
                     let r4s = _mm512_alignr_epi32::<1>(r4, r4);
                     let d5 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(r4s, d1i));
@@ -483,7 +507,16 @@ unsafe fn epilogue(p: *mut f32, res: *const f32, mask: __mmask16, v: __m512, ep:
 /// of the next channel will read and write.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn write_group(y: [__m512; 16], d: &Dest, g: &Geom, img: usize, co: usize, phase: (usize, usize), group: usize, pr: &Perms) {
+unsafe fn write_group(
+    y: [__m512; 16],
+    d: &Dest,
+    g: &Geom,
+    img: usize,
+    co: usize,
+    phase: (usize, usize),
+    group: usize,
+    pr: &Perms,
+) {
     let bias = _mm512_set1_ps(d.bias.map_or(0.0, |b| b[co]));
     let base = img * d.img + co * d.plane;
     let res = match d.ep {
@@ -607,11 +640,7 @@ fn run(x: &[f32], (n, h, w): (usize, usize, usize), u: &[f32], c_out: usize, c_i
     let co_part = c_out.div_ceil(co_parts).next_multiple_of(MR);
     let co_parts = c_out.div_ceil(co_part);
     let cols = block_groups * 16;
-    let cb = env_usize("WINO_CB")
-        .unwrap_or(CO_BLOCK)
-        .clamp(MR, co_part)
-        / MR
-        * MR;
+    let cb = env_usize("WINO_CB").unwrap_or(CO_BLOCK).clamp(MR, co_part) / MR * MR;
     let kc = env_usize("WINO_KC").unwrap_or(KC);
     let v_len = POS * c_in * cols;
     let m_len = POS * cb * cols;
@@ -825,7 +854,17 @@ mod tests {
         if !kernel::available() {
             return;
         }
-        for (si, &(n, c, h, w)) in [(1, 1, 1, 1), (1, 5, 3, 5), (2, 16, 4, 32), (1, 9, 6, 7), (2, 8, 5, 64), (1, 3, 3, 130)].iter().enumerate() {
+        for (si, &(n, c, h, w)) in [
+            (1, 1, 1, 1),
+            (1, 5, 3, 5),
+            (2, 16, 4, 32),
+            (1, 9, 6, 7),
+            (2, 8, 5, 64),
+            (1, 3, 3, 130),
+        ]
+        .iter()
+        .enumerate()
+        {
             let seed = 50 + 7 * si as u64;
             let x = rand_vec(n * c * h * w, seed);
             let (wt, b) = (rand_vec(c * c * 9, seed + 1), rand_vec(c, seed + 2));
@@ -870,7 +909,18 @@ mod bench {
         let t = std::time::Instant::now();
         for b in 0..blocks * reps {
             let b = b % blocks;
-            unsafe { input_block(&x, &g, c, (b * BLOCK_GROUPS, BLOCK_GROUPS), &pr, v.as_mut_ptr(), c * cols, cols) };
+            unsafe {
+                input_block(
+                    &x,
+                    &g,
+                    c,
+                    (b * BLOCK_GROUPS, BLOCK_GROUPS),
+                    &pr,
+                    v.as_mut_ptr(),
+                    c * cols,
+                    cols,
+                )
+            };
         }
         let ti = t.elapsed().as_secs_f64();
         let mode = std::env::var("OUT_MODE").unwrap_or_default();
@@ -881,7 +931,11 @@ mod bench {
             ow: w,
             s: 1,
             bias: None,
-            ep: if mode.contains("set") { Epilogue::Set } else { Epilogue::Residual(&res) },
+            ep: if mode.contains("set") {
+                Epilogue::Set
+            } else {
+                Epilogue::Residual(&res)
+            },
         };
         let t = std::time::Instant::now();
         for b in 0..blocks * reps {
