@@ -225,7 +225,7 @@ fn parse_param(kernel: &str, p: &str, structs: &[CStruct]) -> Param {
     }
     let base = base[0].to_string();
     let kind = if stars == 1 {
-        if elem_rust(&base).is_none() {
+        if elem_rust(&base).is_none() && !structs.iter().any(|s| s.name == base) {
             bad();
         }
         ParamKind::Ptr {
@@ -574,8 +574,10 @@ fn rust_source(api: &Api, modules: &BTreeMap<String, String>, nvcc: &Nvcc, out: 
         writeln!(
             s,
             "// SAFETY: a #[repr(C)] struct of 4-byte scalars, passed by value like the C struct.\n\
-             unsafe impl KernelArg for {} {{\n    fn code(&self) -> ArgCode {{\n        \
-             ArgCode::Struct(std::mem::size_of::<Self>())\n    }}\n}}\n",
+             unsafe impl KernelArg for {0} {{\n    fn code(&self) -> ArgCode {{\n        \
+             ArgCode::Struct(std::mem::size_of::<Self>())\n    }}\n}}\n\n\
+             // SAFETY: 4-byte scalars only, so any bit pattern is a valid value (device buffers may hold it).\n\
+             unsafe impl crate::backend::cuda::launch::DeviceRepr for {0} {{\n    const NAME: &'static str = \"{0}\";\n}}\n",
             st.name
         )
         .unwrap();
@@ -652,8 +654,8 @@ fn rust_source(api: &Api, modules: &BTreeMap<String, String>, nvcc: &Nvcc, out: 
         for p in &k.params {
             let id = rust_ident(&p.name);
             let ty = match &p.kind {
-                ParamKind::Ptr { elem, mutable: true } => format!("DevPtrMut<'_, {}>", elem_rust(elem).unwrap()),
-                ParamKind::Ptr { elem, mutable: false } => format!("DevPtr<'_, {}>", elem_rust(elem).unwrap()),
+                ParamKind::Ptr { elem, mutable: true } => format!("DevPtrMut<'_, {}>", elem_rust(elem).unwrap_or(elem)),
+                ParamKind::Ptr { elem, mutable: false } => format!("DevPtr<'_, {}>", elem_rust(elem).unwrap_or(elem)),
                 ParamKind::Scalar(c) => scalar_rust(c).unwrap().to_string(),
                 ParamKind::Struct(n) => n.clone(),
             };

@@ -18,7 +18,8 @@
  * Restricted syntax (build.rs panics with the offending line otherwise):
  *   - structs: `typedef struct Name { <scalar> field; ... } Name;` with <scalar> one of int32_t, uint32_t, float;
  *   - table entries: `X(name, (type arg, ...))`, types: [const] T* [__restrict__] with T one of float,
- *     __nv_bfloat16, int32_t, uint32_t, or a scalar type above, or a struct defined here (passed by value).
+ *     __nv_bfloat16, int32_t, uint32_t or a struct defined here (a device pointer), or a scalar type above, or a
+ *     struct defined here (passed by value).
  */
 #ifndef LLAMAGEN_KERNELS_H
 #define LLAMAGEN_KERNELS_H
@@ -41,6 +42,18 @@ typedef struct SwigluParams {
     int32_t rows;
     int32_t f;
 } SwigluParams;
+
+/* The values that change from one run of a graph to the next, kept in device memory: the host writes them before
+ * each run (one small copy on the stream), so a captured CUDA graph replays without being re-recorded. Kernels that
+ * depend on them (rope, attention, sampling) take `const StepState* step`; their launch configuration never does
+ * (grids are sized for the longest sequence and idle blocks exit). Mirrors runtime::StepParams. */
+typedef struct StepState {
+    int32_t pos;        /* first sequence position covered by this run (0 = the prefill) */
+    uint32_t step;      /* generation step, 0 = image token 0: the RNG counter */
+    uint32_t cfg_active; /* 1 while classifier-free guidance is on (--cfg-interval switches it off) */
+    uint32_t seed_lo;   /* run seed, low and high words: the key of every image's RNG stream */
+    uint32_t seed_hi;
+} StepState;
 
 /* Emulator launch options (cuemu_launch_ex). */
 typedef struct CuemuLaunchOptions {

@@ -1,6 +1,9 @@
 //! Shared test helpers: fixture paths and error metrics.
 #![allow(dead_code)]
 use llamagen::weights::safetensors::SafeTensorsFile;
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod emu_check;
 use std::path::PathBuf;
 
 pub fn data(name: &str) -> PathBuf {
