@@ -55,6 +55,19 @@ typedef struct StepState {
     uint32_t seed_hi;
 } StepState;
 
+/* gelu_*, add_*: n elements. */
+typedef struct ElementwiseParams {
+    int32_t n;
+} ElementwiseParams;
+
+/* copy_rows: rows of len 16-bit units, from src + r·src_stride to dst + r·dst_stride (strides in 16-bit units). */
+typedef struct CopyRowsParams {
+    int32_t rows;
+    int32_t len;
+    int32_t src_stride;
+    int32_t dst_stride;
+} CopyRowsParams;
+
 /* Emulator launch options (cuemu_launch_ex). */
 typedef struct CuemuLaunchOptions {
     /* Fiber order between sync points: -1 = CUEMU_SCHED from the environment (default forward),
@@ -74,7 +87,13 @@ typedef struct CuemuLaunchOptions {
     X(rmsnorm_bf16, (const __nv_bfloat16* __restrict__ x, const float* __restrict__ w, __nv_bfloat16* __restrict__ y, \
                      RmsnormParams p))                                                                                 \
     X(swiglu_f32, (const float* __restrict__ ab, float* __restrict__ out, SwigluParams p))                            \
-    X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))
+    X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))         \
+    X(gelu_f32, (const float* __restrict__ x, float* __restrict__ y, ElementwiseParams p))                           \
+    X(gelu_bf16, (const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, ElementwiseParams p))          \
+    X(add_f32, (const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, ElementwiseParams p)) \
+    X(add_bf16, (const __nv_bfloat16* __restrict__ a, const __nv_bfloat16* __restrict__ b,                           \
+                 __nv_bfloat16* __restrict__ y, ElementwiseParams p))                                                \
+    X(copy_rows, (const __nv_bfloat16* __restrict__ src, __nv_bfloat16* __restrict__ dst, CopyRowsParams p))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */

@@ -61,13 +61,36 @@ impl From<DtypeArg> for Dtype {
     }
 }
 
-/// The backend for `--device`. The CUDA backend and its CPU emulation come with the kernels issue.
+/// `--device` when given, else cuda when a GPU is usable (driver, device and embedded kernels), else cpu.
+pub fn resolve_device(d: Option<Device>) -> Device {
+    d.unwrap_or_else(|| {
+        if !llamagen::backend::cuda::kernels::MODULES.is_empty() && llamagen::backend::cuda::gpu::available() {
+            Device::Cuda
+        } else {
+            Device::Cpu
+        }
+    })
+}
+
+/// The backend for `--device`: activations (and the KV cache) in bf16 when `dtype` is bf16.
 pub fn backend(device: Device, dtype: Dtype) -> Result<Box<dyn Backend>> {
+    use llamagen::backend::cuda::{self, launch};
+    let act = if dtype == Dtype::Bf16 {
+        launch::Dtype::Bf16
+    } else {
+        launch::Dtype::F32
+    };
     match device {
         Device::Cpu => Ok(Box::new(CpuBackend::new(dtype == Dtype::Bf16))),
-        Device::Cuda | Device::CudaEmu => {
-            bail!("--device {device:?}: the CUDA backend is not available in this build yet; use --device cpu")
+        Device::Cuda => {
+            let dev = cuda::gpu::GpuDevice::new(0)?;
+            tracing::info!("CUDA device: {}", cuda::device::Device::describe(&dev));
+            Ok(Box::new(cuda::CudaBackend::new(dev, act)?))
         }
+        #[cfg(llamagen_cuemu)]
+        Device::CudaEmu => Ok(Box::new(cuda::CudaBackend::new(cuda::emu::EmuDevice::new(), act)?)),
+        #[cfg(not(llamagen_cuemu))]
+        Device::CudaEmu => bail!("--device cuda-emu: the CUDA emulator runs on x86-64 Linux only"),
     }
 }
 

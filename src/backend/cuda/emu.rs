@@ -356,3 +356,93 @@ unsafe fn canary_damage(base: *const u8, data_bytes: usize) -> Option<String> {
     }
     None
 }
+
+impl super::device::DeviceBuffer for EmuBuffer<u8> {
+    fn addr(&self) -> u64 {
+        EmuBuffer::addr(self)
+    }
+    fn bytes(&self) -> usize {
+        self.len
+    }
+}
+
+/// Checks that `off..off + n` lies inside a buffer of `have` bytes.
+fn in_bounds(what: &str, label: &str, off: usize, n: usize, have: usize) -> Result<()> {
+    if off.checked_add(n).is_none_or(|end| end > have) {
+        return Err(Error::Invalid(format!(
+            "{what} of {n} bytes at offset {off} outside device buffer `{label}` ({have} bytes)"
+        )));
+    }
+    Ok(())
+}
+
+impl super::device::Device for EmuDevice {
+    type Buf = EmuBuffer<u8>;
+
+    fn kind(&self) -> &'static str {
+        "cuda-emu"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "CUDA emulator on the CPU ({} kernels registered, schedule {:?})",
+            kernel_names().len(),
+            self.sched
+        )
+    }
+
+    fn alloc(&self, bytes: usize, label: &str) -> Result<EmuBuffer<u8>> {
+        Ok(EmuDevice::alloc(self, bytes, label))
+    }
+
+    fn write(&self, dst: &EmuBuffer<u8>, off: usize, data: &[u8]) -> Result<()> {
+        in_bounds("write", "", off, data.len(), dst.len)?;
+        // SAFETY: inside the buffer (checked); launches are synchronous, so no kernel is reading it now.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.data().add(off), data.len()) };
+        Ok(())
+    }
+
+    fn read(&self, src: &EmuBuffer<u8>, off: usize, out: &mut [u8]) -> Result<()> {
+        in_bounds("read", "", off, out.len(), src.len)?;
+        out.copy_from_slice(&src.as_slice()[off..off + out.len()]);
+        Ok(())
+    }
+
+    fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.check_range(dst, bytes, "copy destination")?;
+        self.check_range(src, bytes, "copy source")?;
+        // SAFETY: both ranges lie inside live buffers of this device (checked); the caller guarantees no overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+
+    fn zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        self.check_range(dst, bytes, "zero")?;
+        // SAFETY: inside a live buffer (checked).
+        unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl EmuDevice {
+    /// Checks that `addr..addr + bytes` lies inside one live buffer (a raw device address from the backend).
+    fn check_range(&self, addr: u64, bytes: usize, what: &str) -> Result<()> {
+        let live = self.reg.live.lock().unwrap();
+        let a = addr as usize;
+        let ok = live.values().any(|r| {
+            let start = r.base + CANARY_BYTES;
+            a >= start && a + bytes <= start + r.data_bytes
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "{what}: {bytes} bytes at {addr:#x} are outside every device buffer"
+            )))
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The CUDA backend: the runtime's [`Backend`] over a [`Device`] — the GPU, or the CPU emulator running the very same
+//! kernels (`--device cuda-emu`). This file owns device memory and the graph walk; `ops.rs` maps each node to its
+//! launcher.
+//!
+//! Memory, all allocated once: the weight table (uploaded at load, bf16 or f32 as the model asks, conv weights of an
+//! upsampling conv folded into their four phase kernels on the host), the static KV cache
+//! `[layer][k|v][batch][head][seq][head_dim]` in the activation dtype, one arena holding every graph tensor at the
+//! planner's offset, the [`StepState`] word block the kernels read the position and RNG counters from, an error word
+//! block (ids outside a table), and op workspaces that grow to the largest shape seen (so a decode step allocates
+//! nothing after the first).
+//!
+//! Activations are stored in the backend's dtype: with `--dtype bf16` every float tensor of a graph lives in the arena
+//! as bf16 (in the first half of its 4-byte slot), exactly where the reference stores bf16; host reads and writes
+//! convert. I32 tensors (ids, tokens) are int32.
+//!
+//! On a device that supports it, the second and later runs of a decode graph replay a CUDA graph captured on its
+//! second run (the first run sizes the workspaces); only the step state is written before each replay.
+use super::device::{Device, DeviceBuffer};
+use super::kernels::StepState;
+use super::launch::{DevPtr, DevPtrMut, Dtype};
+use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
+use crate::runtime::{DType, Graph, Phase, Plan, StepParams, TensorId};
+use crate::{Error, Result};
+use half::bf16;
+use std::collections::HashMap;
+
+/// Error words: one per op kind that can see a bad id (set by the kernels, checked when results are read).
+pub(super) const ERR_WORDS: usize = 4;
+
+pub(super) struct DevWeight<B> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    pub layout: Layout,
+    pub buf: B,
+}
+
+pub struct CudaBackend<D: Device> {
+    pub(super) dev: D,
+    pub(super) act: Dtype,
+    pub(super) weights: Vec<DevWeight<D::Buf>>,
+    pub(super) kv: Option<(D::Buf, KvSpec)>,
+    arena: Option<D::Buf>,
+    pub(super) step: D::Buf,
+    pub(super) err: D::Buf,
+    /// Named op workspaces (attention partials, sampling scratch, VQ attention), grown on demand.
+    workspaces: HashMap<&'static str, D::Buf>,
+    /// Per decode graph (by [`fingerprint`]): completed runs, and the captured device graph once there is one.
+    replays: HashMap<u64, (u32, Option<usize>)>,
+}
+
+/// Identifies a graph with its plan: a captured device graph bakes in every node and arena address, so it may only
+/// replay for the same nodes over the same offsets (graphs are not keyed by address: the session's graph list moves).
+fn fingerprint(g: &Graph, plan: &Plan) -> u64 {
+    use std::fmt::Write;
+    use std::hash::{Hash, Hasher};
+    // Hashes formatted text without allocating it.
+    struct W<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+    impl Write for W<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            s.hash(self.0);
+            Ok(())
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    plan.offsets.hash(&mut h);
+    for n in &g.nodes {
+        let _ = write!(W(&mut h), "{:?}", n.op);
+        n.inputs.hash(&mut h);
+        n.output.hash(&mut h);
+    }
+    for t in &g.tensors {
+        t.shape.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// A backend whose float activations (and KV cache) are `act` (bf16 for `--dtype bf16` GPTs, f32 otherwise).
+    pub fn new(dev: D, act: Dtype) -> Result<Self> {
+        let step = dev.alloc(size_of::<StepState>(), "step state")?;
+        let err = dev.alloc(4 * ERR_WORDS, "error words")?;
+        dev.zero(err.addr(), 4 * ERR_WORDS)?;
+        Ok(CudaBackend {
+            dev,
+            act,
+            weights: Vec::new(),
+            kv: None,
+            arena: None,
+            step,
+            err,
+            workspaces: HashMap::new(),
+            replays: HashMap::new(),
+        })
+    }
+
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    fn act_bytes(&self) -> usize {
+        match self.act {
+            Dtype::F32 => 4,
+            Dtype::Bf16 => 2,
+        }
+    }
+
+    /// Device address and element count of a graph tensor.
+    pub(super) fn slot(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<(u64, usize)> {
+        let arena = self
+            .arena
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("cuda backend: no arena reserved".into()))?;
+        Ok((arena.addr() + plan.offsets[t.0 as usize] as u64, g.info(t).numel()))
+    }
+
+    /// A typed read-only pointer to a tensor.
+    ///
+    /// # Safety
+    /// `T` must be the tensor's storage type (the activation type for F32 tensors, i32 for I32 ones), and no pointer
+    /// handed out for the same node may write it (the planner keeps a node's output disjoint from its live inputs).
+    pub(super) unsafe fn t<T>(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<DevPtr<'_, T>> {
+        let (a, n) = self.slot(g, plan, t)?;
+        Ok(DevPtr::from_raw(a, n))
+    }
+
+    /// A typed writable pointer to a tensor. # Safety: as [`Self::t`].
+    pub(super) unsafe fn t_mut<T>(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<DevPtrMut<'_, T>> {
+        let (a, n) = self.slot(g, plan, t)?;
+        Ok(DevPtrMut::from_raw(a, n))
+    }
+
+    /// A workspace of at least `bytes` bytes (grown, never shrunk); its address and size in elements of `T`.
+    pub(super) fn workspace<T>(&mut self, name: &'static str, elems: usize) -> Result<(u64, usize)> {
+        let bytes = (elems * size_of::<T>()).max(1);
+        let grow = self.workspaces.get(name).is_none_or(|b| b.bytes() < bytes);
+        if grow {
+            // Waiting first: a queued kernel may still use the old buffer.
+            self.dev.synchronize()?;
+            let b = self.dev.alloc(bytes, name)?;
+            self.workspaces.insert(name, b);
+        }
+        let b = &self.workspaces[name];
+        Ok((b.addr(), b.bytes() / size_of::<T>().max(1)))
+    }
+
+    fn check_errors(&self) -> Result<()> {
+        let mut words = [0u8; 4 * ERR_WORDS];
+        self.dev.read(&self.err, 0, &mut words)?;
+        let w: [i32; ERR_WORDS] = bytemuck::cast(words);
+        super::ops::report_errors(&w)
+    }
+
+    fn element_check(g: &Graph, t: TensorId, want: DType, have: usize) -> Result<()> {
+        let info = g.info(t);
+        if info.dtype != want {
+            return Err(Error::Invalid(format!(
+                "tensor `{}` is {:?}, not {want:?}",
+                info.name, info.dtype
+            )));
+        }
+        if info.numel() != have {
+            return Err(Error::Invalid(format!(
+                "tensor `{}` has {} elements, {have} given",
+                info.name,
+                info.numel()
+            )));
+        }
+        Ok(())
+    }
+
+    fn write_step(&self, step: &StepParams) -> Result<()> {
+        let pos = i32::try_from(step.pos).map_err(|_| Error::Invalid(format!("position {} too large", step.pos)))?;
+        let s = StepState {
+            pos,
+            step: step.step,
+            cfg_active: u32::from(step.cfg_active),
+            seed_lo: step.seed as u32,
+            seed_hi: (step.seed >> 32) as u32,
+        };
+        // SAFETY: a #[repr(C)] struct of five 4-byte scalars, no padding.
+        let b = unsafe { std::slice::from_raw_parts(&s as *const StepState as *const u8, size_of::<StepState>()) };
+        self.dev.write(&self.step, 0, b)
+    }
+
+    fn run_nodes(&mut self, g: &Graph, plan: &Plan) -> Result<()> {
+        for node in &g.nodes {
+            self.exec(g, plan, node)?;
+        }
+        Ok(())
+    }
+}
+
+impl<D: Device> Backend for CudaBackend<D> {
+    fn name(&self) -> &'static str {
+        self.dev.kind()
+    }
+
+    fn load_weights(&mut self, weights: Vec<Weight>) -> Result<()> {
+        self.weights.clear();
+        for w in weights {
+            let data = super::ops::prepare_weight(&w)?;
+            let (dtype, buf) = match w.storage {
+                Storage::F32 => {
+                    let b = self.dev.alloc(4 * data.len(), &w.name)?;
+                    self.dev.write(&b, 0, bytes_of(&data))?;
+                    (Dtype::F32, b)
+                }
+                Storage::Bf16 => {
+                    let h: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+                    let b = self.dev.alloc(2 * h.len(), &w.name)?;
+                    self.dev.write(&b, 0, bytes_of(&h))?;
+                    (Dtype::Bf16, b)
+                }
+            };
+            self.weights.push(DevWeight {
+                name: w.name,
+                shape: w.shape,
+                dtype,
+                layout: w.layout,
+                buf,
+            });
+        }
+        self.dev.synchronize()
+    }
+
+    fn alloc_kv(&mut self, spec: KvSpec) -> Result<()> {
+        let want = match spec.storage {
+            Storage::F32 => Dtype::F32,
+            Storage::Bf16 => Dtype::Bf16,
+        };
+        if want != self.act {
+            return Err(Error::Invalid(format!(
+                "cuda backend: a {want:?} KV cache with {:?} activations",
+                self.act
+            )));
+        }
+        let bytes = spec.elems() * self.act_bytes();
+        let b = self.dev.alloc(bytes, "KV cache")?;
+        self.dev.zero(b.addr(), bytes)?;
+        self.kv = Some((b, spec));
+        Ok(())
+    }
+
+    fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
+        if self.arena.as_ref().is_none_or(|a| a.bytes() < bytes) {
+            self.dev.synchronize()?;
+            self.arena = Some(self.dev.alloc(bytes.max(64), "arena")?);
+            // Captured graphs hold arena addresses.
+            self.replays.clear();
+        }
+        Ok(())
+    }
+
+    fn write_f32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[f32]) -> Result<()> {
+        Self::element_check(g, t, DType::F32, data.len())?;
+        let (addr, _) = self.slot(g, plan, t)?;
+        let arena = self.arena.as_ref().expect("slot checked the arena");
+        let off = (addr - arena.addr()) as usize;
+        match self.act {
+            Dtype::F32 => self.dev.write(arena, off, bytes_of(data)),
+            Dtype::Bf16 => {
+                let h: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+                self.dev.write(arena, off, bytes_of(&h))
+            }
+        }
+    }
+
+    fn write_i32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[i32]) -> Result<()> {
+        Self::element_check(g, t, DType::I32, data.len())?;
+        let (addr, _) = self.slot(g, plan, t)?;
+        let arena = self.arena.as_ref().expect("slot checked the arena");
+        self.dev.write(arena, (addr - arena.addr()) as usize, bytes_of(data))
+    }
+
+    fn read_f32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<f32>> {
+        let (addr, n) = self.slot(g, plan, t)?;
+        Self::element_check(g, t, DType::F32, n)?;
+        let arena = self.arena.as_ref().expect("slot checked the arena");
+        let off = (addr - arena.addr()) as usize;
+        let mut raw = vec![0u8; n * self.act_bytes()];
+        self.dev.read(arena, off, &mut raw)?;
+        self.check_errors()?;
+        Ok(match self.act {
+            Dtype::F32 => bytemuck::pod_collect_to_vec(&raw),
+            Dtype::Bf16 => raw
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        })
+    }
+
+    fn read_i32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<i32>> {
+        let (addr, n) = self.slot(g, plan, t)?;
+        Self::element_check(g, t, DType::I32, n)?;
+        let arena = self.arena.as_ref().expect("slot checked the arena");
+        let mut raw = vec![0u8; 4 * n];
+        self.dev.read(arena, (addr - arena.addr()) as usize, &mut raw)?;
+        self.check_errors()?;
+        Ok(bytemuck::pod_collect_to_vec(&raw))
+    }
+
+    fn copy(&mut self, gs: &Graph, ps: &Plan, src: TensorId, gd: &Graph, pd: &Plan, dst: TensorId) -> Result<()> {
+        let (sa, n) = self.slot(gs, ps, src)?;
+        let (da, m) = self.slot(gd, pd, dst)?;
+        let (si, di) = (gs.info(src), gd.info(dst));
+        if n != m || si.dtype != di.dtype {
+            return Err(Error::Invalid(format!(
+                "copy {} -> {}: {n} {:?} vs {m} {:?} elements",
+                si.name, di.name, si.dtype, di.dtype
+            )));
+        }
+        if sa == da {
+            return Ok(());
+        }
+        let bytes = n * if si.dtype == DType::I32 { 4 } else { self.act_bytes() };
+        self.dev.copy(da, sa, bytes)
+    }
+
+    fn run(&mut self, g: &Graph, plan: &Plan, step: &StepParams) -> Result<()> {
+        self.write_step(step)?;
+        if g.phase != Phase::Decode || !self.dev.supports_graphs() {
+            return self.run_nodes(g, plan);
+        }
+        let key = fingerprint(g, plan);
+        let (runs, captured) = self.replays.get(&key).copied().unwrap_or((0, None));
+        match captured {
+            Some(id) => self.dev.replay(id)?,
+            // The first run grows the workspaces (allocation is not allowed while capturing).
+            None if runs == 0 => self.run_nodes(g, plan)?,
+            None => {
+                self.dev.synchronize()?;
+                self.dev.begin_capture()?;
+                let recorded = self.run_nodes(g, plan);
+                let id = self.dev.end_capture();
+                recorded?;
+                let id = id?;
+                self.replays.insert(key, (runs, Some(id)));
+                self.dev.replay(id)?;
+            }
+        }
+        let e = self.replays.entry(key).or_insert((0, None));
+        e.0 += 1;
+        Ok(())
+    }
+
+    fn run_node(&mut self, g: &Graph, plan: &Plan, node: &crate::runtime::Node, step: &StepParams) -> Result<()> {
+        self.write_step(step)?;
+        self.exec(g, plan, node)?;
+        self.dev.synchronize()
+    }
+}
