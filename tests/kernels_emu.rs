@@ -185,6 +185,102 @@ fn swiglu_matches_cpu() {
     println!("swiglu: {case} cases, worst NMSE f32 {worst_f32:.3e}, bf16 {worst_bf16:.3e}");
 }
 
+/// gelu (t2i caption MLP), add, and the row copies of concat / take_last, against the CPU definitions. The f32
+/// kernels use the same libm tanhf and one rounding, so they agree to the ulp (bound 1e-12); bf16 outputs flip by
+/// one bf16 ulp where the f32 results differ by an ulp at a rounding boundary (bound 1e-6).
+#[test]
+fn gelu_add_copy_rows_match_cpu() {
+    use llamagen::backend::cuda::{add, copy_rows, gelu};
+    let dev = EmuDevice::new();
+    let mut rng = Rng(7);
+    for (case, &n) in [1usize, 5, 100, 1000, 4099].iter().enumerate() {
+        let dev = dev.with_sched(SCHEDS[case % 3]);
+        let x: Vec<f32> = (0..n).map(|_| rng.uniform(-6.0, 6.0)).collect();
+        let y: Vec<f32> = (0..n).map(|_| rng.uniform(-3.0, 3.0)).collect();
+        for bf in [false, true] {
+            let (mut want_g, want_a) = (vec![0f32; n], {
+                let mut v: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+                if bf {
+                    round_all(&mut v);
+                }
+                v
+            });
+            let (got_g, got_a) = if bf {
+                let (xb, yb) = (to_bf16(&x), to_bf16(&y));
+                cpu::swiglu::gelu_tanh(&from_bf16(&xb), true, &mut want_g);
+                let (bx, by) = (dev.upload(&xb, "x"), dev.upload(&yb, "y"));
+                let (mut og, mut oa) = (dev.alloc::<bf16>(n, "gelu"), dev.alloc::<bf16>(n, "add"));
+                gelu::gelu(&dev, bx.ptr(), og.ptr_mut(), n).unwrap();
+                add::add(&dev, bx.ptr(), by.ptr(), oa.ptr_mut(), n).unwrap();
+                // the CPU sum of the bf16-rounded inputs
+                let sum: Vec<f32> = from_bf16(&xb)
+                    .iter()
+                    .zip(from_bf16(&yb))
+                    .map(|(a, b)| cpu::round_bf16(a + b))
+                    .collect();
+                let (e, _) = nmse(&from_bf16(&oa.to_vec()), &sum, "add_bf16");
+                assert!(e <= 1e-12, "add_bf16 n={n}: NMSE {e:e}");
+                (from_bf16(&og.to_vec()), from_bf16(&oa.to_vec()))
+            } else {
+                cpu::swiglu::gelu_tanh(&x, false, &mut want_g);
+                let (bx, by) = (dev.upload(&x, "x"), dev.upload(&y, "y"));
+                let (mut og, mut oa) = (dev.alloc::<f32>(n, "gelu"), dev.alloc::<f32>(n, "add"));
+                gelu::gelu(&dev, bx.ptr(), og.ptr_mut(), n).unwrap();
+                add::add(&dev, bx.ptr(), by.ptr(), oa.ptr_mut(), n).unwrap();
+                (og.to_vec(), oa.to_vec())
+            };
+            let (eg, _) = nmse(&got_g, &want_g, "gelu");
+            assert!(eg <= if bf { 1e-6 } else { 1e-12 }, "gelu bf16={bf} n={n}: NMSE {eg:e}");
+            if !bf {
+                let (ea, _) = nmse(&got_a, &want_a, "add");
+                assert!(ea == 0.0, "add f32 n={n}: NMSE {ea:e}");
+            }
+        }
+    }
+    // Rows of a [3, 5, 7] tensor: the last position (take_last), and a concat along the sequence axis.
+    let (b, l, d) = (3usize, 5usize, 7usize);
+    let x: Vec<f32> = (0..b * l * d).map(|i| i as f32).collect();
+    let xb = dev.upload(&x, "x");
+    let mut last = dev.alloc::<f32>(b * d, "last");
+    let src = unsafe {
+        llamagen::backend::cuda::launch::DevPtr::<f32>::from_raw(
+            xb.addr() + 4 * ((l - 1) * d) as u64,
+            x.len() - (l - 1) * d,
+        )
+    };
+    copy_rows::copy_rows(&dev, src, l * d, last.ptr_mut(), d, b, d).unwrap();
+    let want: Vec<f32> = (0..b)
+        .flat_map(|i| x[(i * l + l - 1) * d..(i * l + l) * d].to_vec())
+        .collect();
+    assert_eq!(last.to_vec(), want);
+    let hb: Vec<bf16> = to_bf16(&x);
+    let hbuf = dev.upload(&hb, "xb");
+    let mut cat = dev.alloc::<bf16>(b * (l + 2) * d, "cat");
+    let cat_addr = cat.addr();
+    copy_rows::copy_rows(&dev, hbuf.ptr(), l * d, cat.ptr_mut(), (l + 2) * d, b, l * d).unwrap();
+    let tail = unsafe {
+        llamagen::backend::cuda::launch::DevPtrMut::<bf16>::from_raw(
+            cat_addr + 2 * (l * d) as u64,
+            b * (l + 2) * d - l * d,
+        )
+    };
+    copy_rows::copy_rows(&dev, hbuf.ptr(), l * d, tail, (l + 2) * d, b, 2 * d).unwrap();
+    let got = from_bf16(&cat.to_vec());
+    for i in 0..b {
+        let row = &got[i * (l + 2) * d..(i + 1) * (l + 2) * d];
+        assert_eq!(&row[..l * d], &x[i * l * d..(i + 1) * l * d], "concat head of row {i}");
+        assert_eq!(
+            &row[l * d..],
+            &x[i * l * d..i * l * d + 2 * d],
+            "concat tail of row {i}"
+        );
+    }
+    assert!(
+        copy_rows::copy_rows(&dev, xb.ptr(), 0, last.ptr_mut(), d, b + 1, d).is_err(),
+        "short destination"
+    );
+}
+
 #[test]
 fn launchers_check_shapes_and_canaries_catch_overflow() {
     let dev = EmuDevice::new();
