@@ -1,172 +1,37 @@
 //! The GPT against the official implementation's float32 fixtures: teacher-forced logits, greedy generation.
 mod support;
 use llamagen::backend::cpu::CpuBackend;
-use llamagen::model::gpt::{Condition, GptOptions, GptRunner};
-use llamagen::model::{Dtype, GptConfig};
+use llamagen::model::gpt::{GptOptions, GptRunner};
+use llamagen::model::Dtype;
 use llamagen::sample::sampler::SamplingParams;
-use llamagen::weights::{self, StateDict};
+use support::golden::*;
 use support::*;
-
-fn config(case: &str) -> GptConfig {
-    GptConfig::from_json_file(&data(&format!("{case}.config.json"))).unwrap()
-}
-
-fn tiny_weights(case: &str) -> StateDict {
-    weights::load_state_dict_prefixed(&data(&format!("{case}.safetensors")), "weights/").unwrap()
-}
-
-fn runner(cfg: &GptConfig, mut sd: StateDict, batch: usize, cfg_scale: f32, top_k: usize, dtype: Dtype) -> GptRunner {
-    let opts = GptOptions {
-        dtype,
-        batch,
-        cfg_scale,
-        cfg_interval: -1,
-        sampling: SamplingParams {
-            temperature: 1.0,
-            top_k,
-            top_p: 1.0,
-        },
-    };
-    GptRunner::new(
-        cfg.clone(),
-        &mut sd,
-        opts,
-        Box::new(CpuBackend::new(dtype == Dtype::Bf16)),
-    )
-    .unwrap()
-}
-
-fn condition(case: &str, cfg: &GptConfig) -> Condition {
-    let f = fixture(&format!("{case}.safetensors"));
-    match cfg.model_type {
-        llamagen::model::ModelType::C2i => {
-            Condition::Classes(f.i64("labels").unwrap().1.iter().map(|&c| c as usize).collect())
-        }
-        llamagen::model::ModelType::T2i => Condition::Captions {
-            embs: f.f32("caption_embs").unwrap().1,
-            mask: f.i64("emb_masks").unwrap().1.iter().map(|&m| m as f32).collect(),
-        },
-    }
-}
-
-fn tokens(case: &str, name: &str) -> Vec<Vec<u32>> {
-    let (shape, v) = fixture(&format!("{case}.safetensors")).i64(name).unwrap();
-    v.chunks(shape[1])
-        .map(|r| r.iter().map(|&t| t as u32).collect())
-        .collect()
-}
-
-/// Teacher forcing with CFG rows [cond; uncond]; every column of every row within 1e-5 relative L2, argmax equal
-/// wherever the fixture's top-1/top-2 margin is at least 1e-3.
-fn teacher_forced(case: &str) {
-    let cfg = config(case);
-    let f = fixture(&format!("{case}.safetensors"));
-    let cond = condition(case, &cfg);
-    let b = cond.len(&cfg);
-    let mut r = runner(&cfg, tiny_weights(case), b, 4.0, 1, Dtype::F32);
-    let got = r.teacher_force(&cond, &tokens(case, "image_tokens")).unwrap();
-    let want = f.f32("logits_teacher").unwrap().1;
-    assert_finite(&got, "logits");
-    let err = rel_l2(&got, &want);
-    assert!(err <= 1e-5, "{case}: teacher-forced logits rel L2 {err:e}");
-    let (margin, argmax_want) = (f.f32("margin_teacher").unwrap().1, f.i64("argmax_teacher").unwrap().1);
-    let v = cfg.vocab_size;
-    for (i, (m, a)) in margin.iter().zip(&argmax_want).enumerate() {
-        if *m >= 1e-3 {
-            assert_eq!(
-                argmax(&got[i * v..(i + 1) * v]) as i64,
-                *a,
-                "{case}: argmax at row/column {i}"
-            );
-        }
-    }
-    eprintln!("{case}: teacher-forced logits rel L2 {err:.2e}");
-}
 
 #[test]
 fn tiny_c2i_teacher_forced_logits() {
-    teacher_forced("gpt_tiny_c2i");
+    teacher_forced("gpt_tiny_c2i", cpu);
 }
 
 #[test]
 fn tiny_t2i_teacher_forced_logits() {
-    teacher_forced("gpt_tiny_t2i");
-}
-
-/// Greedy (top-k 1) generation equals the official tokens up to the first position whose margin is below 1e-3.
-fn greedy(case: &str, key: &str, cfg_scale: f32) {
-    let cfg = config(case);
-    let f = fixture(&format!("{case}.safetensors"));
-    let cond = condition(case, &cfg);
-    let b = cond.len(&cfg);
-    let mut r = runner(&cfg, tiny_weights(case), b, cfg_scale, 1, Dtype::F32);
-    let index: Vec<u64> = (0..b as u64).collect();
-    let got = r.generate(&cond, &index, 0, |_| {}).unwrap();
-    let want = tokens(case, key);
-    let margin = f.f32(&format!("{key}_margin")).unwrap().1;
-    let n = cfg.block_size;
-    let mut compared = 0;
-    for i in 0..b {
-        for j in 0..n {
-            if margin[i * n + j] < 1e-3 {
-                break;
-            }
-            assert_eq!(got[i][j], want[i][j], "{case} {key}: image {i} token {j}");
-            compared += 1;
-        }
-    }
-    assert!(
-        compared >= b * n / 2,
-        "{case} {key}: only {compared} tokens had a safe margin"
-    );
+    teacher_forced("gpt_tiny_t2i", cpu);
 }
 
 #[test]
 fn tiny_c2i_greedy() {
-    greedy("gpt_tiny_c2i", "greedy_cfg", 4.0);
-    greedy("gpt_tiny_c2i", "greedy_nocfg", 1.0);
+    greedy("gpt_tiny_c2i", "greedy_cfg", 4.0, cpu);
+    greedy("gpt_tiny_c2i", "greedy_nocfg", 1.0, cpu);
 }
 
 #[test]
 fn tiny_t2i_greedy() {
-    greedy("gpt_tiny_t2i", "greedy_cfg", 7.5);
-    greedy("gpt_tiny_t2i", "greedy_nocfg", 1.0);
+    greedy("gpt_tiny_t2i", "greedy_cfg", 7.5, cpu);
+    greedy("gpt_tiny_t2i", "greedy_nocfg", 1.0, cpu);
 }
 
-/// GPT-B (110.9M parameters, weights regenerated with the deterministic generator): teacher-forced logits at the
-/// stored positions within 1e-5 relative L2.
 #[test]
 fn gpt_b_teacher_forced_logits() {
-    let case = "gpt_b_c2i";
-    let cfg = config(case);
-    let f = fixture(&format!("{case}.safetensors"));
-    let sd = weights::synth::state_dict(&cfg.weight_shapes());
-    let cond = condition(case, &cfg);
-    let b = cond.len(&cfg);
-    let mut r = runner(&cfg, sd, b, 4.0, 1, Dtype::F32);
-    let got = r.teacher_force(&cond, &tokens(case, "image_tokens")).unwrap();
-    let positions = f.i64("logit_positions").unwrap().1;
-    let want = f.f32("logits_teacher_at").unwrap().1;
-    let (n, v) = (cfg.block_size, cfg.vocab_size);
-    let mut sel = Vec::with_capacity(want.len());
-    for r in 0..2 * b {
-        for &p in &positions {
-            sel.extend_from_slice(&got[(r * n + p as usize) * v..(r * n + p as usize + 1) * v]);
-        }
-    }
-    let err = rel_l2(&sel, &want);
-    assert!(err <= 1e-5, "GPT-B teacher-forced logits rel L2 {err:e}");
-    let (margin, argmax_want) = (f.f32("margin_teacher").unwrap().1, f.i64("argmax_teacher").unwrap().1);
-    for (i, (m, a)) in margin.iter().zip(&argmax_want).enumerate() {
-        if *m >= 1e-3 {
-            assert_eq!(
-                argmax(&got[i * v..(i + 1) * v]) as i64,
-                *a,
-                "GPT-B argmax at row/column {i}"
-            );
-        }
-    }
-    eprintln!("GPT-B teacher-forced logits rel L2 {err:.2e}");
+    gpt_b_teacher_forced(cpu);
 }
 
 /// The KV-cache path (prefill, then one position per step) equals a full recomputation of every position in one

@@ -4,6 +4,7 @@ use llamagen::weights::safetensors::SafeTensorsFile;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod emu_check;
+pub mod golden;
 use std::path::PathBuf;
 
 pub fn data(name: &str) -> PathBuf {
