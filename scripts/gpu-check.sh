@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One command for a machine with a GPU: the GPU test suite, compute-sanitizer (memcheck, racecheck) over the
+# kernels of the golden cases, and end-to-end speed, written as a markdown report into the directory given.
+#
+#   scripts/gpu-check.sh REPORT_DIR
+#
+# With cargo present it builds here; without (the lent GPU machines have no Rust toolchain), it runs the binaries
+# of .gpu-bundle/ made by scripts/gpu-bundle.sh on the development machine (same x86-64 target).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: scripts/gpu-check.sh REPORT_DIR}
+mkdir -p "$out"
+report="$out/gpu-report.md"
+log="$out/gpu-check.log"
+: > "$log"
+note() { printf '%s\n' "$*" >> "$report"; }
+run() { echo "+ $*" >> "$log"; "$@" >> "$log" 2>&1; }
+
+if command -v cargo > /dev/null && [ ! -d .gpu-bundle ]; then
+    scripts/gpu-bundle.sh >> "$log" 2>&1 || { echo "build failed, see $log"; exit 1; }
+fi
+B=.gpu-bundle
+[ -x "$B/llamagen" ] || { echo "no $B/llamagen: run scripts/gpu-bundle.sh where cargo is"; exit 1; }
+
+{
+    echo "# GPU check"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(cat $B/COMMIT 2>/dev/null || git rev-parse HEAD)"
+    echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'nvidia-smi not found')"
+    echo "- CUDA (driver API): $(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' || echo '?')"
+    echo
+} > "$report"
+
+status=0
+section() { note ""; note "## $1"; note ""; }
+
+# 1. The GPU tests: golden cases and model-size checks on the GPU (tests/golden_cuda.rs, `gpu_*`).
+section "Tests on the GPU"
+if "$B/golden_cuda" --ignored --test-threads=1 --nocapture gpu_ > "$out/tests.log" 2>&1; then r=passed; else r=FAILED; status=1; fi
+note "\`golden_cuda --ignored gpu_\`: **$r**"
+note '```'
+grep -E '^test |rel L2|equal|test result' "$out/tests.log" | head -60 >> "$report"
+note '```'
+
+# 2. compute-sanitizer over the small golden case (every kernel of the GPT and the VQ runs in it).
+section "compute-sanitizer"
+cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$cs" ]; then
+    for tool in memcheck racecheck; do
+        LLAMAGEN_CUDA_GRAPHS=0 "$cs" --tool "$tool" --error-exitcode 9 "$B/golden_cuda" --ignored --test-threads=1 \
+            gpu_tiny_golden > "$out/sanitizer-$tool.log" 2>&1
+        rc=$?
+        [ $rc -eq 0 ] || status=1
+        note "- $tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.log" | tail -1)"
+    done
+else
+    note "compute-sanitizer not found"
+fi
+
+# 3. End-to-end speed: llamagen bench on synthetic weights of real model sizes, and the demo model.
+section "End-to-end speed (llamagen bench --device cuda)"
+for dtype in bf16 f32; do
+    "$B/llamagen" bench --device cuda --synthetic-weights --gpt-model GPT-B,GPT-L,GPT-XL --image-size 256 \
+        --vq-model VQ-16 -b 1,8,32 --cfg-scale 4.0 --top-k 2000 --dtype "$dtype" --warmup 1 --reps 3 \
+        >> "$report" 2>> "$log" || { note "(bench $dtype failed: see gpu-check.log)"; status=1; }
+    note ""
+done
+section "Demo model"
+"$B/llamagen" generate --device cuda --num-images 80 --out "$out/demo" >> "$log" 2>&1 && cp "$out/demo/grid.png" "$out/demo-grid-gpu.png"
+note "$(grep -o '[0-9]* images generated.*' "$log" | tail -1)"
+
+note ""
+note "Overall: $([ $status -eq 0 ] && echo PASS || echo FAIL) (logs beside this report)"
+cat "$report"
+exit $status
