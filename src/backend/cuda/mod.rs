@@ -6,10 +6,16 @@
 //!   kernel, the kernel table, and the embedded PTX/cubin images when nvcc was available.
 //! - [`rmsnorm`], [`swiglu`]: per-op launchers (launch configuration, argument checks), written once over
 //!   [`launch::Launcher`], named like the kernels and the CPU ops.
+//! - [`rope`] (rotary q/k + KV-cache write), [`embed`] (table rows by id, with the bad-id error word),
+//!   [`codebook`] (VQ decode lookup and encode nearest-code), [`groupnorm`] (GroupNorm + swish, f32).
 //! - [`emu`] (x86-64 Linux): the emulator device, host memory standing in for device memory, with canaries.
+pub mod codebook;
+pub mod embed;
+pub mod groupnorm;
 pub mod kernels;
 pub mod launch;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 
 #[cfg(llamagen_cuemu)]
