@@ -43,6 +43,48 @@ typedef struct SwigluParams {
     int32_t f;
 } SwigluParams;
 
+/* rope_*: qkv [batch, len, 3·heads·head_dim] (q | k | v) at absolute positions step->pos + l; rotated q
+ * [batch, len, heads·head_dim]; rotated k and v into the KV cache [layers][k|v][kv_batch][heads][seq][head_dim] of
+ * `layer`. table [table_rows, head_dim/2, 2] (cos, sin). */
+typedef struct RopeParams {
+    int32_t batch;
+    int32_t len;
+    int32_t heads;
+    int32_t head_dim;
+    int32_t kv_batch;
+    int32_t seq;
+    int32_t layer;
+    int32_t table_rows;
+} RopeParams;
+
+/* embed_*: ids [rows] -> rows of table [n, d]. */
+typedef struct EmbedParams {
+    int32_t rows;
+    int32_t n;
+    int32_t d;
+} EmbedParams;
+
+/* codebook_f32 / quantize_f32: codes [n·hw] <-> latent [n, dim, hw], normalised codebook [size, dim]. */
+typedef struct CodebookParams {
+    int32_t n;
+    int32_t dim;
+    int32_t hw;
+    int32_t size;
+} CodebookParams;
+
+/* groupnorm_stats_f32 / groupnorm_f32: x [n, c, hw] in `groups` groups of (c/groups)·hw contiguous values, each
+ * split into `chunks` chunks of `chunk` values (one block each); silu != 0 fuses x·sigmoid(x). */
+typedef struct GroupnormParams {
+    int32_t n;
+    int32_t c;
+    int32_t hw;
+    int32_t groups;
+    int32_t chunk;
+    int32_t chunks;
+    float eps;
+    int32_t silu;
+} GroupnormParams;
+
 /* The values that change from one run of a graph to the next, kept in device memory: the host writes them before
  * each run (one small copy on the stream), so a captured CUDA graph replays without being re-recorded. Kernels that
  * depend on them (rope, attention, sampling) take `const StepState* step`; their launch configuration never does
@@ -84,16 +126,32 @@ typedef struct CuemuLaunchOptions {
  * holding values of the model precision (see model::gpt::bind_weights). */
 #define LLAMAGEN_KERNELS(X)                                                                                            \
     X(rmsnorm_f32, (const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, RmsnormParams p)) \
-    X(rmsnorm_bf16, (const __nv_bfloat16* __restrict__ x, const float* __restrict__ w, __nv_bfloat16* __restrict__ y, \
+    X(rmsnorm_bf16, (const __nv_bfloat16* __restrict__ x, const float* __restrict__ w, __nv_bfloat16* __restrict__ y,  \
                      RmsnormParams p))                                                                                 \
-    X(swiglu_f32, (const float* __restrict__ ab, float* __restrict__ out, SwigluParams p))                            \
-    X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))         \
-    X(gelu_f32, (const float* __restrict__ x, float* __restrict__ y, ElementwiseParams p))                           \
-    X(gelu_bf16, (const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, ElementwiseParams p))          \
+    X(swiglu_f32, (const float* __restrict__ ab, float* __restrict__ out, SwigluParams p))                             \
+    X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))            \
+    X(gelu_f32, (const float* __restrict__ x, float* __restrict__ y, ElementwiseParams p))                             \
+    X(gelu_bf16, (const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, ElementwiseParams p))            \
     X(add_f32, (const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, ElementwiseParams p)) \
-    X(add_bf16, (const __nv_bfloat16* __restrict__ a, const __nv_bfloat16* __restrict__ b,                           \
-                 __nv_bfloat16* __restrict__ y, ElementwiseParams p))                                                \
-    X(copy_rows, (const __nv_bfloat16* __restrict__ src, __nv_bfloat16* __restrict__ dst, CopyRowsParams p))
+    X(add_bf16, (const __nv_bfloat16* __restrict__ a, const __nv_bfloat16* __restrict__ b,                             \
+                 __nv_bfloat16* __restrict__ y, ElementwiseParams p))                                                  \
+    X(copy_rows, (const __nv_bfloat16* __restrict__ src, __nv_bfloat16* __restrict__ dst, CopyRowsParams p))           \
+    X(rope_f32, (const float* __restrict__ qkv, const float* __restrict__ table, const StepState* __restrict__ step,   \
+                 float* __restrict__ q, float* __restrict__ cache, RopeParams p))                                      \
+    X(rope_bf16, (const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ table,                              \
+                  const StepState* __restrict__ step, __nv_bfloat16* __restrict__ q, __nv_bfloat16* __restrict__ cache,\
+                  RopeParams p))                                                                                       \
+    X(embed_f32, (const int32_t* __restrict__ ids, const float* __restrict__ table, float* __restrict__ out,           \
+                  int32_t* __restrict__ err, EmbedParams p))                                                           \
+    X(embed_bf16, (const int32_t* __restrict__ ids, const __nv_bfloat16* __restrict__ table,                           \
+                   __nv_bfloat16* __restrict__ out, int32_t* __restrict__ err, EmbedParams p))                         \
+    X(codebook_f32, (const int32_t* __restrict__ codes, const float* __restrict__ codebook, float* __restrict__ out,   \
+                     int32_t* __restrict__ err, CodebookParams p))                                                     \
+    X(quantize_f32, (const float* __restrict__ z, const float* __restrict__ codebook, int32_t* __restrict__ codes,     \
+                     CodebookParams p))                                                                                \
+    X(groupnorm_stats_f32, (const float* __restrict__ x, float* __restrict__ part, GroupnormParams p))                 \
+    X(groupnorm_f32, (const float* __restrict__ x, const float* __restrict__ part, const float* __restrict__ gamma,    \
+                      const float* __restrict__ beta, float* __restrict__ y, GroupnormParams p))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */

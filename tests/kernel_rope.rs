@@ -1,0 +1,308 @@
+//! kernels/rope.cu on the CUDA emulator against `backend::cpu::rope::rope`: the rotated q and the whole KV cache
+//! buffer (pre-filled with a pattern, so a write to a wrong slot or a missing write shows), for the prefill, decode
+//! steps at the first, a middle and the last position, and the full recompute, f32 and bf16, head_dim 32/64/100.
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+
+use half::bf16;
+use llamagen::backend::cpu::kv_cache::KvData;
+use llamagen::backend::cpu::{self, KvCache};
+use llamagen::backend::cuda::emu::{EmuBuffer, EmuDevice};
+use llamagen::backend::cuda::kernels::StepState;
+use llamagen::backend::cuda::rope;
+use llamagen::backend::{KvSpec, Storage};
+
+mod support;
+use support::emu_check::*;
+
+/// Both dtypes are bit-exact against the CPU: the kernel forms the same two products and one sum per output, without
+/// FMA contraction (__fmul_rn/__fadd_rn on the GPU; the emulator keeps them opaque to g++'s contraction), from the
+/// same table values; bf16 rounds once at the store like `round = true`; v is a bit copy. So the bound is 0.
+const NMSE_BOUND: f64 = 0.0;
+
+fn step(pos: usize) -> StepState {
+    StepState {
+        pos: pos as i32,
+        step: 0,
+        cfg_active: 1,
+        seed_lo: 0,
+        seed_hi: 0,
+    }
+}
+
+struct Case {
+    cls: usize,
+    grid: usize,
+    heads: usize,
+    hd: usize,
+    kv_batch: usize,
+    batch: usize,
+    len: usize,
+    pos: usize,
+    layer: usize,
+}
+
+fn cache_f32(c: &KvCache) -> Vec<f32> {
+    match &c.data {
+        KvData::F32(v) => v.clone(),
+        KvData::Bf16(v) => from_bf16(v),
+    }
+}
+
+/// Runs one case; returns (NMSE of q, NMSE of the cache).
+fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u32>) -> (f64, f64) {
+    let seq = c.cls + c.grid * c.grid;
+    let table = cpu::rope::rope_table(c.cls, c.grid, c.hd, 10000.0);
+    let spec = KvSpec {
+        layers: 2,
+        batch: c.kv_batch,
+        heads: c.heads,
+        seq,
+        head_dim: c.hd,
+        storage: if bf { Storage::Bf16 } else { Storage::F32 },
+    };
+    let d = c.heads * c.hd;
+    let mut qkv: Vec<f32> = (0..c.batch * c.len * 3 * d).map(|_| rng.uniform(-2.0, 2.0)).collect();
+    // The previous contents of the cache: a pattern the kernel must leave alone outside the written slots.
+    let mut pattern: Vec<f32> = (0..spec.elems()).map(|_| rng.uniform(-5.0, 5.0)).collect();
+    if bf {
+        round_all(&mut qkv);
+        round_all(&mut pattern);
+    }
+    let mut cache = KvCache::new(spec);
+    cache.data = if bf {
+        KvData::Bf16(to_bf16(&pattern))
+    } else {
+        KvData::F32(pattern.clone())
+    };
+    let mut want_q = vec![0f32; c.batch * c.len * d];
+    cpu::rope::rope(
+        &qkv,
+        c.batch,
+        c.len,
+        c.heads,
+        c.hd,
+        c.pos,
+        &table,
+        &mut cache,
+        c.layer,
+        bf,
+        &mut want_q,
+    );
+    let want_cache = cache_f32(&cache);
+
+    let tb = dev.upload(&table, "table");
+    let sb = dev.upload(&[step(c.pos)], "step");
+    let (got_q, got_cache) = if bf {
+        let xb = dev.upload(&to_bf16(&qkv), "qkv");
+        let mut qb = dev.alloc::<bf16>(want_q.len(), "q");
+        let mut cb = dev.upload(&to_bf16(&pattern), "cache");
+        rope::rope(
+            dev,
+            xb.ptr(),
+            tb.ptr(),
+            sb.ptr(),
+            qb.ptr_mut(),
+            cb.ptr_mut(),
+            c.batch,
+            c.len,
+            &spec,
+            c.layer,
+            block,
+        )
+        .unwrap();
+        (from_bf16(qb.as_slice()), from_bf16(cb.as_slice()))
+    } else {
+        let xb = dev.upload(&qkv, "qkv");
+        let mut qb = dev.alloc::<f32>(want_q.len(), "q");
+        let mut cb = dev.upload(&pattern, "cache");
+        rope::rope(
+            dev,
+            xb.ptr(),
+            tb.ptr(),
+            sb.ptr(),
+            qb.ptr_mut(),
+            cb.ptr_mut(),
+            c.batch,
+            c.len,
+            &spec,
+            c.layer,
+            block,
+        )
+        .unwrap();
+        (qb.to_vec(), cb.to_vec())
+    };
+    let what = format!(
+        "rope_{} T={} g={} heads={} hd={} batch={}/{} len={} pos={} layer={} block={block:?}",
+        if bf { "bf16" } else { "f32" },
+        c.cls,
+        c.grid,
+        c.heads,
+        c.hd,
+        c.batch,
+        c.kv_batch,
+        c.len,
+        c.pos,
+        c.layer
+    );
+    let (eq, mq) = nmse(&got_q, &want_q, &format!("{what}: q"));
+    assert!(eq <= NMSE_BOUND, "{what}: q NMSE {eq:.3e} (max abs err {mq:.3e})");
+    // The whole cache, bit for bit (untouched slots keep the pattern; written ones equal the CPU's).
+    for (i, (g, w)) in got_cache.iter().zip(&want_cache).enumerate() {
+        assert!(g.to_bits() == w.to_bits(), "{what}: cache element {i}: got {g}, want {w}");
+    }
+    let (ec, _) = nmse(&got_cache, &want_cache, &format!("{what}: cache"));
+    // Condition positions rotate by an all-zero table row: q and k become exact zeros.
+    if c.pos < c.cls {
+        let rows_cond = c.cls - c.pos;
+        for b in 0..c.batch {
+            for l in 0..rows_cond.min(c.len) {
+                let row = &got_q[(b * c.len + l) * d..][..d];
+                assert!(row.iter().all(|&v| v == 0.0), "{what}: condition q not zero");
+            }
+        }
+    }
+    (eq, ec)
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let dev = EmuDevice::new();
+    let mut rng = Rng(11);
+    let mut n = 0usize;
+    let (mut worst_f32, mut worst_bf16) = (0f64, 0f64);
+    // (T, g): c2i (1 class token) and t2i-like (7 caption tokens) on small grids.
+    for &(cls, grid) in &[(1usize, 4usize), (7, 3)] {
+        let seq = cls + grid * grid;
+        for &(heads, hd) in &[(2usize, 32usize), (1, 64), (3, 100)] {
+            for &(kv_batch, batch) in &[(1usize, 1usize), (3, 2)] {
+                // (len, pos): prefill, decode at position 1 / middle / last, full recompute.
+                let steps = [(cls, 0), (1, cls.max(1)), (1, seq / 2), (1, seq - 1), (seq, 0)];
+                for &(len, pos) in &steps {
+                    for bf in [false, true] {
+                        let block = [None, Some(32), Some(96), Some(7)][n % 4];
+                        let dev = dev.with_sched(SCHEDS[n % 3]);
+                        let layer = n % 2;
+                        n += 1;
+                        let c = Case {
+                            cls,
+                            grid,
+                            heads,
+                            hd,
+                            kv_batch,
+                            batch,
+                            len,
+                            pos,
+                            layer,
+                        };
+                        let (eq, ec) = run_case(&dev, &mut rng, &c, bf, block);
+                        let w = if bf { &mut worst_bf16 } else { &mut worst_f32 };
+                        *w = w.max(eq).max(ec);
+                    }
+                }
+            }
+        }
+    }
+    println!("rope: {n} cases, worst NMSE f32 {worst_f32:.3e}, bf16 {worst_bf16:.3e}");
+}
+
+#[test]
+fn rope_all_schedules() {
+    // One decode case and one prefill case under each schedule, batch 3, odd block.
+    let dev = EmuDevice::new();
+    let mut rng = Rng(12);
+    for s in SCHEDS {
+        for &(len, pos) in &[(7usize, 0usize), (1, 9)] {
+            let c = Case {
+                cls: 7,
+                grid: 3,
+                heads: 2,
+                hd: 100,
+                kv_batch: 3,
+                batch: 3,
+                len,
+                pos,
+                layer: 1,
+            };
+            run_case(&dev.with_sched(s), &mut rng, &c, true, Some(33));
+            run_case(&dev.with_sched(s), &mut rng, &c, false, Some(33));
+        }
+    }
+}
+
+fn f32_setup(dev: &EmuDevice, spec: &KvSpec, rows: usize) -> (EmuBuffer<f32>, EmuBuffer<f32>, EmuBuffer<f32>) {
+    let d = spec.heads * spec.head_dim;
+    (
+        dev.upload(&vec![1.0f32; rows * 3 * d], "qkv"),
+        dev.upload(&vec![0.5f32; spec.seq * spec.head_dim], "table"),
+        dev.upload(&vec![3.0f32; spec.elems()], "cache"),
+    )
+}
+
+#[test]
+fn rope_positions_past_the_cache_write_nothing() {
+    // pos = seq: every row is past the end; the kernel must skip them (no write, no out-of-bounds access).
+    let dev = EmuDevice::new();
+    let spec = KvSpec {
+        layers: 1,
+        batch: 2,
+        heads: 2,
+        seq: 5,
+        head_dim: 8,
+        storage: Storage::F32,
+    };
+    let (x, t, mut cache) = f32_setup(&dev, &spec, 4);
+    let mut q = dev.upload(&vec![7.0f32; 4 * 16], "q");
+    let st = dev.upload(&[step(5)], "step");
+    rope::rope(&dev, x.ptr(), t.ptr(), st.ptr(), q.ptr_mut(), cache.ptr_mut(), 2, 2, &spec, 0, None).unwrap();
+    assert!(cache.as_slice().iter().all(|&v| v == 3.0));
+    assert!(q.as_slice().iter().all(|&v| v == 7.0));
+    // pos = seq - 1 with len 2: the first row is written, the second skipped.
+    let st = dev.upload(&[step(4)], "step");
+    rope::rope(&dev, x.ptr(), t.ptr(), st.ptr(), q.ptr_mut(), cache.ptr_mut(), 1, 2, &spec, 0, None).unwrap();
+    let qs = q.as_slice();
+    // (1, 1) rotated by (cos, sin) = (0.5, 0.5): (1·0.5 − 1·0.5, 1·0.5 + 1·0.5) = (0, 1)
+    let want: Vec<f32> = (0..16).map(|i| (i % 2) as f32).collect();
+    assert_eq!(&qs[..16], &want[..]);
+    assert!(qs[16..].iter().all(|&v| v == 7.0));
+    // k and v of both heads at position 4 of sequence 0: 2 × 2 × 8 values, nothing else
+    let written = cache.as_slice().iter().filter(|&&v| v != 3.0).count();
+    assert_eq!(written, 32);
+}
+
+#[test]
+fn rope_launcher_rejects_bad_shapes() {
+    let dev = EmuDevice::new();
+    let spec = KvSpec {
+        layers: 2,
+        batch: 2,
+        heads: 2,
+        seq: 5,
+        head_dim: 8,
+        storage: Storage::F32,
+    };
+    let (x, t, mut cache) = f32_setup(&dev, &spec, 4);
+    let mut q = dev.alloc::<f32>(4 * 16, "q");
+    let st = dev.upload(&[step(0)], "step");
+    let mut e = |b: usize, l: usize, spec: &KvSpec, layer: usize, block: Option<u32>| {
+        rope::rope(&dev, x.ptr(), t.ptr(), st.ptr(), q.ptr_mut(), cache.ptr_mut(), b, l, spec, layer, block)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(e(0, 2, &spec, 0, None).contains("empty shape"));
+    assert!(e(3, 1, &spec, 0, None).contains("do not fit the KV cache"));
+    assert!(e(1, 6, &spec, 0, None).contains("do not fit the KV cache"));
+    assert!(e(1, 1, &spec, 2, None).contains("do not fit the KV cache"));
+    assert!(e(1, 1, &spec, 0, Some(0)).contains("block size 0"));
+    let odd = KvSpec { head_dim: 6, ..spec };
+    assert!(e(1, 1, &odd, 0, None).contains("not a multiple of 4"));
+    let bf = KvSpec {
+        storage: Storage::Bf16,
+        ..spec
+    };
+    assert!(e(1, 1, &bf, 0, None).contains("does not match the activation dtype"));
+    // qkv holds 4 rows: 2 × 3 rows are too many.
+    assert!(e(2, 3, &spec, 0, None).contains("qkv has 192 elements, needs 288"));
+    // a cache buffer shorter than the geometry
+    let big = KvSpec { layers: 3, ..spec };
+    assert!(e(1, 1, &big, 2, None).contains("cache has 640 elements, needs 960"));
+}
