@@ -37,8 +37,8 @@
  *     K+V read = 16·20·577·64·2·2 B = 47.3 MB per layer → 14 µs at the roofline (7 µs averaged over the image);
  *     4·16·20·577·64 = 47 MFLOP, negligible. 320 (row, head) blocks fill 132 SMs: one split, no combine launch.
  *   decode, GPT-B (H = 12, d_h = 64), one image with CFG (2 rows): 24 (row, head) pairs would leave 108 SMs idle, so
- *     the launcher splits the 584-key cache into 9 splits of 64 keys (216 blocks) and adds the combine launch
- *     (2·12·9·66·4 B = 57 KB of partials, ~2 µs of launch latency, which a CUDA graph hides).
+ *     the launcher splits the 584-key cache into 8 splits of 80 keys (192 blocks) and adds the combine launch
+ *     (2·12·8·66·4 B = 51 KB of partials, ~2 µs of launch latency, which a CUDA graph hides).
  *   t2i prefill, GPT-XL, 16 sequences × 120 condition positions: 16·20·120·60·64·4 ≈ 0.59 GFLOP f32 → ~9 µs at the
  *     f32 peak, K/V 16·20·120·64·2·2 B = 9.8 MB read once per 16-query block (L2-resident).
  *   full recompute, t2i 512 px (L = 1143): 16·20·1143·572·64·4 ≈ 54 GFLOP → 0.8 ms per layer at the f32 peak,
