@@ -47,6 +47,11 @@ typedef struct SwigluParams {
  * [batch, len, heads·head_dim]; rotated k and v into the KV cache [layers][k|v][kv_batch][heads][seq][head_dim] of
  * `layer`. table [table_rows, head_dim/2, 2] (cos, sin). */
 typedef struct RopeParams {
+/* attention_*: q [batch, len, heads·head_dim] at positions pos..pos+len (pos = step->pos) over the KV cache
+ * [layers][k|v][cache_batch][heads][seq][head_dim]; mask [batch, mask_len] (1 = visible) or mask_len = 0 for none.
+ * attention_decode splits each (query, head) over `splits` blocks of `split_keys` keys (splits = 1: no workspace, no
+ * combine); attention_tiled ignores both. scale = 1/sqrt(head_dim). */
+typedef struct AttentionParams {
     int32_t batch;
     int32_t len;
     int32_t heads;
@@ -84,6 +89,14 @@ typedef struct GroupnormParams {
     float eps;
     int32_t silu;
 } GroupnormParams;
+    int32_t seq;
+    int32_t cache_batch;
+    int32_t layer;
+    int32_t mask_len;
+    int32_t split_keys;
+    int32_t splits;
+    float scale;
+} AttentionParams;
 
 /* The values that change from one run of a graph to the next, kept in device memory: the host writes them before
  * each run (one small copy on the stream), so a captured CUDA graph replays without being re-recorded. Kernels that
@@ -151,7 +164,22 @@ typedef struct CuemuLaunchOptions {
                      CodebookParams p))                                                                                \
     X(groupnorm_stats_f32, (const float* __restrict__ x, float* __restrict__ part, GroupnormParams p))                 \
     X(groupnorm_f32, (const float* __restrict__ x, const float* __restrict__ part, const float* __restrict__ gamma,    \
-                      const float* __restrict__ beta, float* __restrict__ y, GroupnormParams p))
+                      const float* __restrict__ beta, float* __restrict__ y, GroupnormParams p))                       \
+    X(attention_decode_f32, (const float* __restrict__ q, const float* __restrict__ kv, const float* __restrict__ mask,\
+                             const StepState* __restrict__ step, float* __restrict__ out, float* __restrict__ ws,      \
+                             AttentionParams p))                                                                       \
+    X(attention_decode_bf16, (const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv,               \
+                              const __nv_bfloat16* __restrict__ mask, const StepState* __restrict__ step,              \
+                              __nv_bfloat16* __restrict__ out, float* __restrict__ ws, AttentionParams p))             \
+    X(attention_combine_f32, (const float* __restrict__ ws, const StepState* __restrict__ step, float* __restrict__ out,\
+                              AttentionParams p))                                                                      \
+    X(attention_combine_bf16, (const float* __restrict__ ws, const StepState* __restrict__ step,                       \
+                               __nv_bfloat16* __restrict__ out, AttentionParams p))                                    \
+    X(attention_tiled_f32, (const float* __restrict__ q, const float* __restrict__ kv, const float* __restrict__ mask, \
+                            const StepState* __restrict__ step, float* __restrict__ out, AttentionParams p))           \
+    X(attention_tiled_bf16, (const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv,                \
+                             const __nv_bfloat16* __restrict__ mask, const StepState* __restrict__ step,               \
+                             __nv_bfloat16* __restrict__ out, AttentionParams p))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */

@@ -1,0 +1,443 @@
+/*
+ * attention.cu: causal attention of the GPT over the static KV cache. Query l of sequence b sits at absolute
+ * position p = pos + l (pos = step->pos, read from device memory) and attends the cached keys 0..=p with scale
+ * 1/sqrt(d_h) and an exact softmax; with a condition mask [B', T] (1 = visible), a condition key k < T whose mask is 0
+ * is invisible to every query except the query at position k itself (the reference's forced diagonal).
+ *
+ * Entry points (kernels/llamagen_kernels.h), T = float or __nv_bfloat16, all with AttentionParams:
+ *   attention_decode_<T> (q [B', L, D], kv cache, mask [B', T] or unused, step, out [B', L, D], ws f32)
+ *   attention_combine_<T>(ws, step, out)                        merges the split-KV partials of attention_decode
+ *   attention_tiled_<T>  (q, kv cache, mask, step, out)         prefill / full recompute, L up to the cache length
+ * D = heads·d_h, head h at features h·d_h..; the cache is [layer][k|v][cache_batch][head][seq][d_h] in T (what the
+ * rope kernel writes; backend::cpu::kv_cache). Scores, softmax and the P·V sums are f32; the bf16 kernels round only
+ * the output, exactly as backend::cpu::attention does with round = true. A position outside the cache
+ * (pos < 0 or pos + L > seq) cannot be reported from a graph replay, so the kernels write NaN to their output rows
+ * instead of reading out of bounds.
+ *
+ * Decode (attention_decode + attention_combine), flash-decoding: grid (splits, heads, B'·L), one block per query
+ * row, head and split of `split_keys` consecutive keys; any block of whole warps (the launcher uses 4). A key row of
+ * d_h elements is read by a group of G lanes (G = d_h / CH rounded up to a power of two, CH = 8 bf16 or 4 f32 per
+ * 16-byte load; 4 bf16 per 8-byte load when d_h is not a multiple of 8, e.g. d_h = 100; scalar loads when a pointer
+ * is misaligned), so a warp scores 32/G keys at once: a G-lane shuffle reduction gives the score, and each group
+ * keeps an online softmax (max m, sum l, unnormalised accumulator of its CH features). Groups merge by shuffles,
+ * warps through dynamic shared memory (nwarps·(d_h + 2) floats). With one split the block writes the output;
+ * otherwise it writes the partial (acc, m, l) to the workspace and attention_combine rescales and sums the splits.
+ * The grid covers the whole cache (seq keys) because pos is only known on the device: blocks whose split starts
+ * after p exit at once without writing, and the combine reads only splits 0..p / split_keys.
+ *
+ * Tiled (attention_tiled): grid (ceil(L / BQ), heads, B'), BQ = 4 queries per warp; the block stages its queries
+ * (f32) and tiles of 32 keys and values (f32, the K tile padded to d_h + 1 floats per row so that lane-per-key reads
+ * are conflict-free) in dynamic shared memory. Lane j scores key j of the tile for the warp's 4 queries; the tile's
+ * max and sum come from warp shuffles; for P·V lane j owns features j, j+32, .. (d_h <= 128: 4 per query) and the
+ * probabilities are broadcast by shuffles. Online softmax across tiles; no tensor cores (correctness first: the
+ * prefill runs once per image, the full recompute only as a check).
+ *
+ * Napkin math (H100 SXM: 3.35 TB/s HBM3, ~67 TFLOP/s f32 non-tensor):
+ *   decode, GPT-XL (H = 20, d_h = 64) c2i 384 px, batch 8 with CFG (16 rows), bf16, at the last position p = 576:
+ *     K+V read = 16·20·577·64·2·2 B = 47.3 MB per layer → 14 µs at the roofline (7 µs averaged over the image);
+ *     4·16·20·577·64 = 47 MFLOP, negligible. 320 (row, head) blocks fill 132 SMs: one split, no combine launch.
+ *   decode, GPT-B (H = 12, d_h = 64), one image with CFG (2 rows): 24 (row, head) pairs would leave 108 SMs idle, so
+ *     the launcher splits the 584-key cache into 8 splits of 80 keys (192 blocks) and adds the combine launch
+ *     (2·12·8·66·4 B = 51 KB of partials, ~2 µs of launch latency, which a CUDA graph hides).
+ *   t2i prefill, GPT-XL, 16 sequences × 120 condition positions: 16·20·120·60·64·4 ≈ 0.59 GFLOP f32 → ~9 µs at the
+ *     f32 peak, K/V 16·20·120·64·2·2 B = 9.8 MB read once per 16-query block (L2-resident).
+ *   full recompute, t2i 512 px (L = 1143): 16·20·1143·572·64·4 ≈ 54 GFLOP → 0.8 ms per layer at the f32 peak,
+ *     shared-memory bound in practice (a few times slower): acceptable for a check, a tensor-core (mma) version is
+ *     the upgrade if the recompute ever runs in production.
+ * Measured: not yet on a GPU (no device in the development environment).
+ */
+#include <cuda_bf16.h>
+
+#include "common.cuh"
+#include "llamagen_kernels.h"
+
+#define ATTN_TILE_K 32 /* keys per tile of attention_tiled: one per lane */
+#define ATTN_TILE_QW 4 /* queries per warp in attention_tiled */
+#define ATTN_MAX_HEAD_DIM 128
+
+/* exp(a - b) that is 0 for a = -inf (also when b = -inf: an empty partial merged into an empty partial). */
+static __device__ __forceinline__ float exp_diff(float a, float b) { return a == -INFINITY ? 0.0f : expf(a - b); }
+
+/* ---- chunk loads: CH consecutive elements into f32 registers -------------------------------------------------- */
+
+template <typename T> struct __align__(8) Pack8 {
+    T v[8 / sizeof(T)];
+};
+
+/* VEC: one 16-byte (CH·sizeof(T) = 16) or 8-byte (= 8) load; the caller checked the alignment. Otherwise scalar. */
+template <typename T, int CH, bool VEC>
+static __device__ __forceinline__ void load_chunk(const T* __restrict__ p, float (&f)[CH]) {
+    if constexpr (VEC && CH * sizeof(T) == 16) {
+        const Pack16<T> v = load16(p);
+#pragma unroll
+        for (int j = 0; j < CH; j++) f[j] = to_float(v.v[j]);
+    } else if constexpr (VEC && CH * sizeof(T) == 8) {
+        Pack8<T> v;
+        *reinterpret_cast<uint2*>(&v) = *reinterpret_cast<const uint2*>(p);
+#pragma unroll
+        for (int j = 0; j < CH; j++) f[j] = to_float(v.v[j]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < CH; j++) f[j] = to_float(p[j]);
+    }
+}
+
+/* ---- shared index helpers -------------------------------------------------------------------------------------- */
+
+struct AttnRow {
+    int b, l, p;      /* sequence, query index, absolute position */
+    bool pos_ok;      /* pos >= 0 and pos + L <= seq */
+};
+
+static __device__ __forceinline__ bool pos_valid(int pos, const AttentionParams& p) {
+    return pos >= 0 && pos <= p.seq - p.len;
+}
+
+/* Key row (kv = 0) or value row (kv = 1) of position k for sequence b, head h. */
+template <typename T>
+static __device__ __forceinline__ const T* cache_row(const T* __restrict__ cache, const AttentionParams& p, int kv,
+                                                     int b, int h, int k) {
+    const size_t idx = ((((size_t)p.layer * 2 + (size_t)kv) * (size_t)p.cache_batch + (size_t)b) * (size_t)p.heads +
+                        (size_t)h) * (size_t)p.seq + (size_t)k;
+    return cache + idx * (size_t)p.head_dim;
+}
+
+/* Is key k visible to the query at position qp of sequence b? (k <= qp is the caller's.) */
+template <typename T>
+static __device__ __forceinline__ bool key_visible(const T* __restrict__ mask, const AttentionParams& p, int b, int k,
+                                                   int qp) {
+    if (k >= p.mask_len || k == qp) return true;
+    return to_float(mask[(size_t)b * (size_t)p.mask_len + (size_t)k]) != 0.0f;
+}
+
+/* ---- decode: flash-decoding over splits ------------------------------------------------------------------------ */
+
+template <typename T, int CH, bool VEC>
+static __device__ void decode_impl(const T* __restrict__ q, const T* __restrict__ kv, const T* __restrict__ mask,
+                                   int pos, T* __restrict__ out, float* __restrict__ ws, const AttentionParams& p) {
+    const int r = (int)blockIdx.z, h = (int)blockIdx.y, s = (int)blockIdx.x;
+    const int b = r / p.len, l = r % p.len;
+    const int qp = pos + l;
+    const int d = p.head_dim;
+    const int k0 = s * p.split_keys;
+    if (k0 > qp) return; /* uniform over the block, before any barrier: the combine never reads this split */
+    const int k1 = min(k0 + p.split_keys, qp + 1);
+
+    const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = (int)(blockDim.x >> 5);
+    const int nch = d / CH;
+    int G = 1;
+    while (G < nch) G <<= 1;
+    const int kpw = 32 / G;       /* keys per warp and step */
+    const int c = lane & (G - 1); /* this lane's chunk of the head vector */
+    const int sub = lane / G;     /* which of the warp's keys */
+    const bool active = c < nch;
+
+    const size_t row_off = (size_t)r * (size_t)p.heads * (size_t)d + (size_t)h * (size_t)d;
+    float qv[CH], acc[CH];
+#pragma unroll
+    for (int j = 0; j < CH; j++) qv[j] = acc[j] = 0.0f;
+    if (active) load_chunk<T, CH, VEC>(q + row_off + (size_t)c * CH, qv);
+    float m = -INFINITY, lsum = 0.0f;
+
+    for (int kb = k0 + warp * kpw; kb < k1; kb += nwarps * kpw) {
+        const int k = kb + sub;
+        const bool vis = k < k1 && key_visible(mask, p, b, k, qp);
+        float kf[CH], vf[CH];
+        float dot = 0.0f;
+        if (vis && active) {
+            load_chunk<T, CH, VEC>(cache_row(kv, p, 0, b, h, k) + c * CH, kf);
+            load_chunk<T, CH, VEC>(cache_row(kv, p, 1, b, h, k) + c * CH, vf);
+#pragma unroll
+            for (int j = 0; j < CH; j++) dot += qv[j] * kf[j];
+        } else {
+#pragma unroll
+            for (int j = 0; j < CH; j++) vf[j] = 0.0f;
+        }
+        /* Sum over the G lanes of the group (xor offsets below G stay inside the aligned group). */
+        for (int o = G >> 1; o > 0; o >>= 1) dot += __shfl_xor_sync(FULL_MASK, dot, o);
+        if (vis) {
+            const float sc = dot * p.scale;
+            const float mn = fmaxf(m, sc);
+            const float alpha = exp_diff(m, mn), w = expf(sc - mn);
+            lsum = lsum * alpha + w;
+#pragma unroll
+            for (int j = 0; j < CH; j++) acc[j] = acc[j] * alpha + w * vf[j];
+            m = mn;
+        }
+    }
+
+    /* Merge the warp's key groups (lanes with the same chunk index c, xor offsets G..16). */
+    for (int o = G; o < 32; o <<= 1) {
+        const float mo = __shfl_xor_sync(FULL_MASK, m, o);
+        const float lo = __shfl_xor_sync(FULL_MASK, lsum, o);
+        const float mn = fmaxf(m, mo);
+        const float a = exp_diff(m, mn), bb = exp_diff(mo, mn);
+        lsum = lsum * a + lo * bb;
+#pragma unroll
+        for (int j = 0; j < CH; j++) acc[j] = acc[j] * a + __shfl_xor_sync(FULL_MASK, acc[j], o) * bb;
+        m = mn;
+    }
+
+    /* Merge the warps: [nwarps][d] accumulators, then [nwarps] maxima and [nwarps] sums. */
+    DYNAMIC_SHARED(float, smem);
+    float* s_acc = smem;
+    float* s_m = smem + (size_t)nwarps * d;
+    float* s_l = s_m + nwarps;
+    if (sub == 0 && active) {
+#pragma unroll
+        for (int j = 0; j < CH; j++) s_acc[warp * d + c * CH + j] = acc[j];
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = lsum;
+    }
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < nwarps; w++) M = fmaxf(M, s_m[w]);
+    float L = 0.0f;
+    for (int w = 0; w < nwarps; w++) L += s_l[w] * exp_diff(s_m[w], M);
+    if (p.splits == 1) {
+        /* The only split holds the diagonal key, so L > 0. */
+        const float inv = 1.0f / L;
+        for (int i = tid; i < d; i += (int)blockDim.x) {
+            float a = 0.0f;
+            for (int w = 0; w < nwarps; w++) a += s_acc[w * d + i] * exp_diff(s_m[w], M);
+            out[row_off + i] = from_float<T>(a * inv);
+        }
+    } else {
+        const size_t part = ((size_t)r * (size_t)p.heads + (size_t)h) * (size_t)p.splits + (size_t)s;
+        float* wacc = ws + part * (size_t)d;
+        float* wml = ws + (size_t)p.batch * p.len * p.heads * p.splits * (size_t)d + part * 2;
+        for (int i = tid; i < d; i += (int)blockDim.x) {
+            float a = 0.0f;
+            for (int w = 0; w < nwarps; w++) a += s_acc[w * d + i] * exp_diff(s_m[w], M);
+            wacc[i] = a;
+        }
+        if (tid == 0) {
+            wml[0] = M;
+            wml[1] = L;
+        }
+    }
+}
+
+/* NaN into this block's share of the output rows when pos does not fit the cache. */
+template <typename T>
+static __device__ void write_nan_rows(T* __restrict__ out, size_t row_off, int d) {
+    for (int i = (int)threadIdx.x; i < d; i += (int)blockDim.x) out[row_off + i] = from_float<T>(NAN);
+}
+
+template <typename T>
+static __device__ __forceinline__ void decode_entry(const T* __restrict__ q, const T* __restrict__ kv,
+                                                    const T* __restrict__ mask, const StepState* __restrict__ step,
+                                                    T* __restrict__ out, float* __restrict__ ws,
+                                                    const AttentionParams& p) {
+    const int pos = step->pos;
+    if (!pos_valid(pos, p)) {
+        if (p.splits == 1)
+            write_nan_rows(out, (size_t)blockIdx.z * p.heads * p.head_dim + (size_t)blockIdx.y * p.head_dim,
+                           p.head_dim);
+        return; /* with splits, attention_combine writes the NaNs */
+    }
+    constexpr int CH16 = 16 / sizeof(T);
+    const bool al16 = aligned16(q) && aligned16(kv);
+    const bool al8 = ((reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(kv)) & 7) == 0;
+    if (p.head_dim % CH16 == 0 && al16)
+        decode_impl<T, CH16, true>(q, kv, mask, pos, out, ws, p);
+    else if (CH16 > 4 && al8) /* bf16, d_h a multiple of 4 only (d_h = 100): 8-byte loads */
+        decode_impl<T, 4, true>(q, kv, mask, pos, out, ws, p);
+    else
+        decode_impl<T, 4, false>(q, kv, mask, pos, out, ws, p);
+}
+
+extern "C" __global__ void attention_decode_f32(const float* __restrict__ q, const float* __restrict__ kv,
+                                                const float* __restrict__ mask, const StepState* __restrict__ step,
+                                                float* __restrict__ out, float* __restrict__ ws, AttentionParams p) {
+    decode_entry<float>(q, kv, mask, step, out, ws, p);
+}
+
+extern "C" __global__ void attention_decode_bf16(const __nv_bfloat16* __restrict__ q,
+                                                 const __nv_bfloat16* __restrict__ kv,
+                                                 const __nv_bfloat16* __restrict__ mask,
+                                                 const StepState* __restrict__ step, __nv_bfloat16* __restrict__ out,
+                                                 float* __restrict__ ws, AttentionParams p) {
+    decode_entry<__nv_bfloat16>(q, kv, mask, step, out, ws, p);
+}
+
+/* ---- combine: one block per (query row, head), threads over the features --------------------------------------- */
+
+template <typename T>
+static __device__ __forceinline__ void combine_impl(const float* __restrict__ ws, const StepState* __restrict__ step,
+                                                    T* __restrict__ out, const AttentionParams& p) {
+    const int pos = step->pos;
+    const int d = p.head_dim;
+    const size_t nrh = (size_t)p.batch * p.len * p.heads;
+    for (size_t rh = blockIdx.x; rh < nrh; rh += gridDim.x) {
+        const size_t row_off = rh * (size_t)d; /* (r·heads + h)·d_h = r·D + h·d_h */
+        if (!pos_valid(pos, p)) {
+            write_nan_rows(out, row_off, d);
+            continue;
+        }
+        const int l = (int)((rh / (size_t)p.heads) % (size_t)p.len);
+        const int used = (pos + l) / p.split_keys + 1; /* splits that hold keys 0..=p */
+        const float* ml = ws + nrh * p.splits * (size_t)d + rh * p.splits * 2;
+        const float* acc = ws + rh * p.splits * (size_t)d;
+        float M = -INFINITY;
+        for (int s = 0; s < used; s++) M = fmaxf(M, ml[2 * s]);
+        float L = 0.0f;
+        for (int s = 0; s < used; s++) L += ml[2 * s + 1] * exp_diff(ml[2 * s], M);
+        const float inv = 1.0f / L;
+        for (int i = (int)threadIdx.x; i < d; i += (int)blockDim.x) {
+            float a = 0.0f;
+            for (int s = 0; s < used; s++) a += acc[(size_t)s * d + i] * exp_diff(ml[2 * s], M);
+            out[row_off + i] = from_float<T>(a * inv);
+        }
+    }
+}
+
+extern "C" __global__ void attention_combine_f32(const float* __restrict__ ws, const StepState* __restrict__ step,
+                                                 float* __restrict__ out, AttentionParams p) {
+    combine_impl<float>(ws, step, out, p);
+}
+
+extern "C" __global__ void attention_combine_bf16(const float* __restrict__ ws, const StepState* __restrict__ step,
+                                                  __nv_bfloat16* __restrict__ out, AttentionParams p) {
+    combine_impl<__nv_bfloat16>(ws, step, out, p);
+}
+
+/* ---- tiled: prefill and full recompute ------------------------------------------------------------------------- */
+
+template <typename T, bool VEC>
+static __device__ __forceinline__ void stage_rows(float* __restrict__ dst, int dst_stride, const T* __restrict__ src,
+                                                  size_t src_stride, int rows, int valid_rows, int d) {
+    /* rows × d elements in chunks of 4 (d_h is a multiple of 4); rows >= valid_rows are zero. */
+    const int nch = d / 4;
+    for (int i = (int)threadIdx.x; i < rows * nch; i += (int)blockDim.x) {
+        const int row = i / nch, c = i % nch;
+        float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (row < valid_rows) load_chunk<T, 4, VEC>(src + (size_t)row * src_stride + (size_t)c * 4, f);
+#pragma unroll
+        for (int j = 0; j < 4; j++) dst[row * dst_stride + c * 4 + j] = f[j];
+    }
+}
+
+template <typename T, bool VEC>
+static __device__ void tiled_impl(const T* __restrict__ q, const T* __restrict__ kv, const T* __restrict__ mask,
+                                  int pos, T* __restrict__ out, const AttentionParams& p) {
+    constexpr int QW = ATTN_TILE_QW, BK = ATTN_TILE_K, FPL = ATTN_MAX_HEAD_DIM / 32; /* features per lane */
+    const int d = p.head_dim, D = p.heads * d;
+    const int h = (int)blockIdx.y, b = (int)blockIdx.z;
+    const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = (int)(blockDim.x >> 5);
+    const int BQ = nwarps * QW;
+    const int q0 = (int)blockIdx.x * BQ;
+    if (q0 >= p.len) return; /* uniform: a grid larger than needed */
+    const int nq = min(BQ, p.len - q0);
+    const int kend = pos + q0 + nq; /* keys 0..kend-1 are seen by some query of the block */
+
+    DYNAMIC_SHARED(float, smem);
+    float* sq = smem;                    /* [BQ][d] */
+    float* sk = sq + (size_t)BQ * d;     /* [BK][d + 1] */
+    float* sv = sk + (size_t)BK * (d + 1); /* [BK][d] */
+
+    const T* qbase = q + ((size_t)b * p.len + q0) * (size_t)D + (size_t)h * d;
+    stage_rows<T, VEC>(sq, d, qbase, (size_t)D, BQ, nq, d);
+
+    float m[QW], lsum[QW], acc[QW][FPL];
+#pragma unroll
+    for (int j = 0; j < QW; j++) {
+        m[j] = -INFINITY;
+        lsum[j] = 0.0f;
+#pragma unroll
+        for (int t = 0; t < FPL; t++) acc[j][t] = 0.0f;
+    }
+
+    const T* kbase = cache_row(kv, p, 0, b, h, 0);
+    const T* vbase = cache_row(kv, p, 1, b, h, 0);
+    for (int kt = 0; kt < kend; kt += BK) {
+        const int nk = min(BK, kend - kt);
+        __syncthreads(); /* every warp is done with the previous tile */
+        stage_rows<T, VEC>(sk, d + 1, kbase + (size_t)kt * d, (size_t)d, BK, nk, d);
+        stage_rows<T, VEC>(sv, d, vbase + (size_t)kt * d, (size_t)d, BK, nk, d);
+        __syncthreads();
+
+        const int k = kt + lane;
+        float sc[QW];
+#pragma unroll
+        for (int j = 0; j < QW; j++) sc[j] = 0.0f;
+        for (int e = 0; e < d; e++) {
+            const float kf = sk[lane * (d + 1) + e];
+#pragma unroll
+            for (int j = 0; j < QW; j++) sc[j] += sq[(warp * QW + j) * d + e] * kf;
+        }
+#pragma unroll
+        for (int j = 0; j < QW; j++) {
+            const int qi = warp * QW + j;
+            const int qp = pos + q0 + qi;
+            const bool vis = qi < nq && k <= qp && key_visible(mask, p, b, k, qp);
+            const float s = vis ? sc[j] * p.scale : -INFINITY;
+            const float mn = fmaxf(m[j], warp_reduce_max(s));
+            if (mn == -INFINITY) continue; /* nothing visible yet for this query: uniform over the warp */
+            const float alpha = exp_diff(m[j], mn);
+            const float w = vis ? expf(s - mn) : 0.0f;
+            lsum[j] = lsum[j] * alpha + warp_reduce_sum(w);
+#pragma unroll
+            for (int t = 0; t < FPL; t++) acc[j][t] *= alpha;
+            for (int kk = 0; kk < BK; kk++) {
+                const float wk = __shfl_sync(FULL_MASK, w, kk);
+#pragma unroll
+                for (int t = 0; t < FPL; t++) {
+                    const int e = lane + 32 * t;
+                    if (e < d) acc[j][t] += wk * sv[kk * d + e];
+                }
+            }
+            m[j] = mn;
+        }
+    }
+
+#pragma unroll
+    for (int j = 0; j < QW; j++) {
+        const int qi = warp * QW + j;
+        if (qi >= nq) continue;
+        const float inv = 1.0f / lsum[j];
+        T* o = out + ((size_t)b * p.len + q0 + qi) * (size_t)D + (size_t)h * d;
+#pragma unroll
+        for (int t = 0; t < FPL; t++) {
+            const int e = lane + 32 * t;
+            if (e < d) o[e] = from_float<T>(acc[j][t] * inv);
+        }
+    }
+}
+
+template <typename T>
+static __device__ __forceinline__ void tiled_entry(const T* __restrict__ q, const T* __restrict__ kv,
+                                                   const T* __restrict__ mask, const StepState* __restrict__ step,
+                                                   T* __restrict__ out, const AttentionParams& p) {
+    const int pos = step->pos;
+    if (!pos_valid(pos, p)) {
+        const int BQ = (int)(blockDim.x >> 5) * ATTN_TILE_QW;
+        const int D = p.heads * p.head_dim;
+        for (int qi = (int)blockIdx.x * BQ; qi < min(p.len, (int)(blockIdx.x + 1) * BQ); qi++)
+            write_nan_rows(out, ((size_t)blockIdx.z * p.len + qi) * (size_t)D + (size_t)blockIdx.y * p.head_dim,
+                           p.head_dim);
+        return;
+    }
+    /* 4-element chunks: 16 bytes in f32, 8 bytes in bf16; d_h % 4 == 0 keeps every row aligned like the base. */
+    constexpr uintptr_t A = 4 * sizeof(T) - 1;
+    if (((reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(kv)) & A) == 0)
+        tiled_impl<T, true>(q, kv, mask, pos, out, p);
+    else
+        tiled_impl<T, false>(q, kv, mask, pos, out, p);
+}
+
+extern "C" __global__ void attention_tiled_f32(const float* __restrict__ q, const float* __restrict__ kv,
+                                               const float* __restrict__ mask, const StepState* __restrict__ step,
+                                               float* __restrict__ out, AttentionParams p) {
+    tiled_entry<float>(q, kv, mask, step, out, p);
+}
+
+extern "C" __global__ void attention_tiled_bf16(const __nv_bfloat16* __restrict__ q,
+                                                const __nv_bfloat16* __restrict__ kv,
+                                                const __nv_bfloat16* __restrict__ mask,
+                                                const StepState* __restrict__ step, __nv_bfloat16* __restrict__ out,
+                                                AttentionParams p) {
+    tiled_entry<__nv_bfloat16>(q, kv, mask, step, out, p);
+}
