@@ -468,13 +468,13 @@ __device__ void sampling_impl(const T* __restrict__ logits, const int32_t* __res
 
 } // namespace
 
-extern "C" __global__ void sampling_f32(const float* __restrict__ logits, const int32_t* __restrict__ image_index,
+extern "C" __global__ __launch_bounds__(1024) void sampling_f32(const float* __restrict__ logits, const int32_t* __restrict__ image_index,
                                         const StepState* __restrict__ step, int32_t* __restrict__ tokens,
                                         uint32_t* __restrict__ work, SamplingParams p) {
     sampling_impl<float>(logits, image_index, step, tokens, work, p);
 }
 
-extern "C" __global__ void sampling_bf16(const __nv_bfloat16* __restrict__ logits,
+extern "C" __global__ __launch_bounds__(1024) void sampling_bf16(const __nv_bfloat16* __restrict__ logits,
                                          const int32_t* __restrict__ image_index, const StepState* __restrict__ step,
                                          int32_t* __restrict__ tokens, uint32_t* __restrict__ work, SamplingParams p) {
     sampling_impl<__nv_bfloat16>(logits, image_index, step, tokens, work, p);
