@@ -97,6 +97,17 @@ typedef struct GroupnormParams {
     int32_t splits;
     float scale;
 } AttentionParams;
+/* sampling_*: one token per image from logits [rows, vocab], rows = 2·images with CFG (cond rows first) else
+ * images. Fields as sample::sampler::SamplingParams; top_k 0 or >= vocab keeps all, top_p 1 switches it off. */
+typedef struct SamplingParams {
+    int32_t images;
+    int32_t vocab;
+    int32_t rows;
+    float cfg_scale;
+    float temperature;
+    int32_t top_k;
+    float top_p;
+} SamplingParams;
 
 /* The values that change from one run of a graph to the next, kept in device memory: the host writes them before
  * each run (one small copy on the stream), so a captured CUDA graph replays without being re-recorded. Kernels that
@@ -179,7 +190,15 @@ typedef struct CuemuLaunchOptions {
                             const StepState* __restrict__ step, float* __restrict__ out, AttentionParams p))           \
     X(attention_tiled_bf16, (const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv,                \
                              const __nv_bfloat16* __restrict__ mask, const StepState* __restrict__ step,               \
-                             __nv_bfloat16* __restrict__ out, AttentionParams p))
+                             __nv_bfloat16* __restrict__ out, AttentionParams p))                                      \
+    X(sampling_f32, (const float* __restrict__ logits, const int32_t* __restrict__ image_index,                        \
+                     const StepState* __restrict__ step, int32_t* __restrict__ tokens, uint32_t* __restrict__ work,    \
+                     SamplingParams p))                                                                                \
+    X(sampling_bf16, (const __nv_bfloat16* __restrict__ logits, const int32_t* __restrict__ image_index,               \
+                      const StepState* __restrict__ step, int32_t* __restrict__ tokens, uint32_t* __restrict__ work,   \
+                      SamplingParams p))                                                                               \
+    X(sampling_uniform, (const int32_t* __restrict__ image_index, const StepState* __restrict__ step,                  \
+                         uint32_t* __restrict__ words, float* __restrict__ u, int32_t n))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */
