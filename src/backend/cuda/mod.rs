@@ -6,11 +6,16 @@
 //!   kernel, the kernel table, and the embedded PTX/cubin images when nvcc was available.
 //! - [`rmsnorm`], [`swiglu`]: per-op launchers (launch configuration, argument checks), written once over
 //!   [`launch::Launcher`], named like the kernels and the CPU ops.
+//! - [`gemm`]: the linear layers (`Op::Matmul` / `Op::MatmulAdd`: tensor-core tiled and small-m bf16 kernels, f32
+//!   through the strided kernel) and the VQ's strided batched f32 GEMM ([`gemm::gemm_strided`]).
+//! - [`vq_attention`]: the VQ AttnBlock after its GroupNorm, strided GEMMs around a row softmax.
 //! - [`emu`] (x86-64 Linux): the emulator device, host memory standing in for device memory, with canaries.
+pub mod gemm;
 pub mod kernels;
 pub mod launch;
 pub mod rmsnorm;
 pub mod swiglu;
+pub mod vq_attention;
 
 #[cfg(llamagen_cuemu)]
 pub mod emu;
