@@ -25,8 +25,8 @@
  *     for two mma k16 steps once k is permuted: logical k {2t, 2t+1, 2t+8, 2t+9} of step 0 are physical 8t+0..3, of
  *     step 1 physical 8t+4..7; A (x rows g and g+8) is loaded with the same permutation, and a dot product does not
  *     care about the order of k. So w is read exactly once from HBM, in 64-byte row segments, and shared by all m
- *     rows of the block through the tensor cores; x (≤ 64 × k bf16) stays in L1/L2. The next chunk of w is fetched
- *     before the current one is multiplied. Per-warp partial tiles are summed over warps in shared memory in a
+ *     rows of the block through the tensor cores; x (≤ 64 × k bf16) stays in L1/L2. The next two chunks of w are
+ *     in flight while the current one is multiplied. Per-warp partial tiles are summed over warps in shared memory in a
  *     fixed order (deterministic), then the epilogue applies the residual and the roundings.
  *   gemm_strided_f32: classic SIMT tiling, 64×64 tile, k step 16, 256 threads each computing a 4×4 grid of
  *     outputs strided by 16 (conflict-free shared reads, coalesced stores when c_sn = 1). Global → shared loads walk
@@ -189,12 +189,15 @@ extern "C" __global__ void gemm_small_bf16(const bf16* __restrict__ x, const bf1
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
 
+    /* Two chunks of w in flight per lane ahead of the one being multiplied (chunks past k load nothing). */
     const int step = 32 * nwarps;
     int kc = 32 * warp;
-    Pack16<bf16> wv = load_chunk8(wrow, kc + 8 * t, p.k, vec);
+    Pack16<bf16> w0 = load_chunk8(wrow, kc + 8 * t, p.k, vec);
+    Pack16<bf16> w1 = load_chunk8(wrow, kc + step + 8 * t, p.k, vec);
     for (; kc < p.k; kc += step) {
-        const Pack16<bf16> cur = wv;
-        if (kc + step < p.k) wv = load_chunk8(wrow, kc + step + 8 * t, p.k, vec);
+        const Pack16<bf16> cur = w0;
+        w0 = w1;
+        if (kc + 2 * step < p.k) w1 = load_chunk8(wrow, kc + 2 * step + 8 * t, p.k, vec);
 #pragma unroll
         for (int i = 0; i < SMALL_MTILES; i++) {
             if (i >= mtiles) break; /* uniform over the block: every lane of a warp takes the same branch */

@@ -36,7 +36,9 @@ const VQ_NMSE: f64 = 1e-10;
 #[allow(clippy::too_many_arguments)]
 fn gemm_case(dev: &EmuDevice, rng: &mut Rng, m: usize, n: usize, k: usize, res: bool, bf: bool, path: GemmPath) -> f64 {
     // Rows of different magnitude, so a misplaced row shows.
-    let mut x: Vec<f32> = (0..m * k).map(|i| rng.uniform(-1.0, 1.0) * [1.0, 0.1, 4.0][(i / k) % 3]).collect();
+    let mut x: Vec<f32> = (0..m * k)
+        .map(|i| rng.uniform(-1.0, 1.0) * [1.0, 0.1, 4.0][(i / k) % 3])
+        .collect();
     let mut w: Vec<f32> = (0..n * k).map(|_| rng.uniform(-0.5, 0.5)).collect();
     let mut r: Vec<f32> = (0..m * n).map(|_| rng.uniform(-2.0, 2.0)).collect();
     if bf {
@@ -50,7 +52,11 @@ fn gemm_case(dev: &EmuDevice, rng: &mut Rng, m: usize, n: usize, k: usize, res: 
     cpu::matmul::matmul(&x, m, k, wref, n, res.then_some(&r[..]), bf, &mut Vec::new(), &mut want);
 
     let got = if bf {
-        let (xd, wd, rd) = (dev.upload(&to_bf16(&x), "x"), dev.upload(&wb, "w"), dev.upload(&to_bf16(&r), "r"));
+        let (xd, wd, rd) = (
+            dev.upload(&to_bf16(&x), "x"),
+            dev.upload(&wb, "w"),
+            dev.upload(&to_bf16(&r), "r"),
+        );
         let mut yd = dev.alloc::<bf16>(m * n, "y");
         let rp = res.then(|| rd.ptr());
         gemm::gemm_with(dev, xd.ptr(), wd.ptr(), rp, yd.ptr_mut(), m, n, k, path).unwrap();
@@ -127,11 +133,23 @@ fn gemm_auto_path_and_unaligned_fallback() {
     let dev = EmuDevice::new();
     let mut rng = Rng(5);
     let (m, n, k) = (5, 20, 64);
-    let x: Vec<f32> = (0..m * k + 1).map(|_| cpu::round_bf16(rng.uniform(-1.0, 1.0))).collect();
+    let x: Vec<f32> = (0..m * k + 1)
+        .map(|_| cpu::round_bf16(rng.uniform(-1.0, 1.0)))
+        .collect();
     let w: Vec<f32> = (0..n * k).map(|_| cpu::round_bf16(rng.uniform(-1.0, 1.0))).collect();
     let mut want = vec![0f32; m * n];
     let wb = to_bf16(&w);
-    cpu::matmul::matmul(&x[1..], m, k, WeightRef::Bf16(&wb), n, None, true, &mut Vec::new(), &mut want);
+    cpu::matmul::matmul(
+        &x[1..],
+        m,
+        k,
+        WeightRef::Bf16(&wb),
+        n,
+        None,
+        true,
+        &mut Vec::new(),
+        &mut want,
+    );
     let xd = dev.upload(&to_bf16(&x), "x");
     let wd = dev.upload(&wb, "w");
     for path in [GemmPath::Tiled, GemmPath::Small(None)] {
@@ -165,19 +183,65 @@ fn gemm_rejects_bad_shapes() {
     let xf = dev.alloc::<f32>(4 * 16, "xf");
     let wf = dev.alloc::<f32>(8 * 16, "wf");
     let mut yf = dev.alloc::<f32>(4 * 8, "yf");
-    let small_f32 = gemm::gemm_with(&dev, xf.ptr(), wf.ptr(), None, yf.ptr_mut(), 4, 8, 16, GemmPath::Small(None));
+    let small_f32 = gemm::gemm_with(
+        &dev,
+        xf.ptr(),
+        wf.ptr(),
+        None,
+        yf.ptr_mut(),
+        4,
+        8,
+        16,
+        GemmPath::Small(None),
+    );
     assert!(small_f32.is_err(), "no small-m f32 kernel");
 
     let a = dev.alloc::<f32>(12, "a");
     let mut c = dev.alloc::<f32>(12, "c");
-    let s = Strided { m: 3, n: 4, k: 4, batch: 1, a: (4, 1, 0), b: (4, 1, 0), c: (4, 1, 0), alpha: 1.0 };
-    assert!(gemm::gemm_strided(&dev, a.ptr(), a.ptr(), None, None, c.ptr_mut(), &s).is_err(), "b too short");
-    let s1 = Strided { k: 3, b: (4, 1, 0), ..s };
-    gemm::gemm_strided(&dev, a.ptr(), a.ptr(), None, None, c.ptr_mut(), &Strided { a: (3, 1, 0), ..s1 }).unwrap();
-    let s2 = Strided { batch: 2, c: (4, 1, 1), a: (3, 1, 0), ..s1 };
-    assert!(gemm::gemm_strided(&dev, a.ptr(), a.ptr(), None, None, c.ptr_mut(), &s2).is_err(), "c too short");
+    let s = Strided {
+        m: 3,
+        n: 4,
+        k: 4,
+        batch: 1,
+        a: (4, 1, 0),
+        b: (4, 1, 0),
+        c: (4, 1, 0),
+        alpha: 1.0,
+    };
+    assert!(
+        gemm::gemm_strided(&dev, a.ptr(), a.ptr(), None, None, c.ptr_mut(), &s).is_err(),
+        "b too short"
+    );
+    let s1 = Strided {
+        k: 3,
+        b: (4, 1, 0),
+        ..s
+    };
+    gemm::gemm_strided(
+        &dev,
+        a.ptr(),
+        a.ptr(),
+        None,
+        None,
+        c.ptr_mut(),
+        &Strided { a: (3, 1, 0), ..s1 },
+    )
+    .unwrap();
+    let s2 = Strided {
+        batch: 2,
+        c: (4, 1, 1),
+        a: (3, 1, 0),
+        ..s1
+    };
+    assert!(
+        gemm::gemm_strided(&dev, a.ptr(), a.ptr(), None, None, c.ptr_mut(), &s2).is_err(),
+        "c too short"
+    );
     let s3 = Strided { batch: 0, ..s1 };
-    assert!(gemm::gemm_strided(&dev, a.ptr(), a.ptr(), None, None, c.ptr_mut(), &s3).is_err(), "empty batch");
+    assert!(
+        gemm::gemm_strided(&dev, a.ptr(), a.ptr(), None, None, c.ptr_mut(), &s3).is_err(),
+        "empty batch"
+    );
     let bias = dev.alloc::<f32>(2, "bias");
     let s4 = Strided { a: (3, 1, 0), ..s1 };
     assert!(gemm::gemm_strided(&dev, a.ptr(), a.ptr(), Some(bias.ptr()), None, c.ptr_mut(), &s4).is_err());
@@ -213,14 +277,84 @@ fn gemm_strided_matches_reference() {
     let (co, ci, hw) = (13, 20, 35);
     let cases: Vec<(&str, Strided, bool, bool)> = vec![
         // 1×1 conv on NCHW, batch 2: A = W[co, ci], B = x[b][ci, hw], C = y[b][co, hw]
-        ("conv1x1", Strided { m: co, n: hw, k: ci, batch: 2, a: (ci, 1, 0), b: (hw, 1, ci * hw), c: (hw, 1, co * hw), alpha: 1.0 }, true, true),
+        (
+            "conv1x1",
+            Strided {
+                m: co,
+                n: hw,
+                k: ci,
+                batch: 2,
+                a: (ci, 1, 0),
+                b: (hw, 1, ci * hw),
+                c: (hw, 1, co * hw),
+                alpha: 1.0,
+            },
+            true,
+            true,
+        ),
         // every operand transposed (column-major), several tiles in m and n, alpha
-        ("transposed", Strided { m: 70, n: 65, k: 33, batch: 1, a: (1, 70, 0), b: (1, 33, 0), c: (1, 70, 0), alpha: 0.37 }, true, false),
+        (
+            "transposed",
+            Strided {
+                m: 70,
+                n: 65,
+                k: 33,
+                batch: 1,
+                a: (1, 70, 0),
+                b: (1, 33, 0),
+                c: (1, 70, 0),
+                alpha: 0.37,
+            },
+            true,
+            false,
+        ),
         // padded rows, B broadcast over the batch (stride 0), 3 batches, residual only
-        ("padded", Strided { m: 9, n: 17, k: 40, batch: 3, a: (43, 1, 9 * 43), b: (19, 1, 0), c: (20, 1, 9 * 20), alpha: -1.5 }, false, true),
+        (
+            "padded",
+            Strided {
+                m: 9,
+                n: 17,
+                k: 40,
+                batch: 3,
+                a: (43, 1, 9 * 43),
+                b: (19, 1, 0),
+                c: (20, 1, 9 * 20),
+                alpha: -1.5,
+            },
+            false,
+            true,
+        ),
         // k = 1 and m = 1 degenerate shapes
-        ("k1", Strided { m: 5, n: 7, k: 1, batch: 1, a: (1, 1, 0), b: (7, 1, 0), c: (7, 1, 0), alpha: 1.0 }, true, true),
-        ("m1", Strided { m: 1, n: 130, k: 50, batch: 2, a: (50, 1, 50), b: (130, 1, 50 * 130), c: (130, 1, 130), alpha: 1.0 }, false, false),
+        (
+            "k1",
+            Strided {
+                m: 5,
+                n: 7,
+                k: 1,
+                batch: 1,
+                a: (1, 1, 0),
+                b: (7, 1, 0),
+                c: (7, 1, 0),
+                alpha: 1.0,
+            },
+            true,
+            true,
+        ),
+        (
+            "m1",
+            Strided {
+                m: 1,
+                n: 130,
+                k: 50,
+                batch: 2,
+                a: (50, 1, 50),
+                b: (130, 1, 50 * 130),
+                c: (130, 1, 130),
+                alpha: 1.0,
+            },
+            false,
+            false,
+        ),
     ];
     let mut case = 0;
     for (name, s, has_bias, has_res) in cases {
@@ -234,10 +368,22 @@ fn gemm_strided_matches_reference() {
         let r: Vec<f32> = (0..clen).map(|_| rng.uniform(-1.0, 1.0)).collect();
         // Elements of C the strides skip must stay as they were: start both sides from the same sentinel.
         let mut want = vec![7.25f32; clen];
-        strided_ref(&a, &b, has_bias.then_some(&bias[..]), has_res.then_some(&r[..]), &mut want, &s);
+        strided_ref(
+            &a,
+            &b,
+            has_bias.then_some(&bias[..]),
+            has_res.then_some(&r[..]),
+            &mut want,
+            &s,
+        );
         for sched in SCHEDS {
             let d = dev.with_sched(sched);
-            let (ad, bd, biasd, rd) = (d.upload(&a, "a"), d.upload(&b, "b"), d.upload(&bias, "bias"), d.upload(&r, "r"));
+            let (ad, bd, biasd, rd) = (
+                d.upload(&a, "a"),
+                d.upload(&b, "b"),
+                d.upload(&bias, "bias"),
+                d.upload(&r, "r"),
+            );
             let mut cd = d.upload(&vec![7.25f32; clen], "c");
             let bp = has_bias.then(|| biasd.ptr());
             let rp = has_res.then(|| rd.ptr());
@@ -274,10 +420,16 @@ fn softmax_rows_match_cpu_formula() {
             let d = dev.with_sched(sched);
             let mut sd = d.upload(&s, "s");
             let threads = (len.div_ceil(32) * 32).clamp(32, 1024) as u32;
-            let p = SoftmaxRowsParams { rows: rows as i32, len: len as i32 };
+            let p = SoftmaxRowsParams {
+                rows: rows as i32,
+                len: len as i32,
+            };
             kernels::vq_attention_softmax_f32(&d, LaunchConfig::linear(grid, threads), sd.ptr_mut(), p).unwrap();
             let (e, max) = nmse(&sd.to_vec(), &want, "softmax");
-            assert!(e <= VQ_NMSE, "softmax rows={rows} len={len} {sched:?}: NMSE {e:.3e} max {max:.3e}");
+            assert!(
+                e <= VQ_NMSE,
+                "softmax rows={rows} len={len} {sched:?}: NMSE {e:.3e} max {max:.3e}"
+            );
         }
     }
 }
@@ -300,7 +452,11 @@ fn vq_case(dev: &EmuDevice, rng: &mut Rng, n: usize, c: usize, hw: usize) -> f64
     );
     let xd = dev.upload(&x, "x");
     let nd = dev.upload(&normed, "normed");
-    let pd: Vec<_> = p.iter().enumerate().map(|(i, v)| dev.upload(v, &format!("p{i}"))).collect();
+    let pd: Vec<_> = p
+        .iter()
+        .enumerate()
+        .map(|(i, v)| dev.upload(v, &format!("p{i}")))
+        .collect();
     let mut out = dev.alloc::<f32>(img, "out");
     let mut wsd = dev.alloc::<f32>(vq_attention_workspace_len(n, c, hw), "workspace");
     vq_attention(
@@ -324,7 +480,10 @@ fn vq_case(dev: &EmuDevice, rng: &mut Rng, n: usize, c: usize, hw: usize) -> f64
     .unwrap();
     let what = format!("vq_attention n={n} c={c} hw={hw} {:?}", dev.sched());
     let (e, max) = nmse(&out.to_vec(), &want, &what);
-    assert!(e <= VQ_NMSE, "{what}: NMSE {e:.3e} > {VQ_NMSE:.0e} (max abs err {max:.3e})");
+    assert!(
+        e <= VQ_NMSE,
+        "{what}: NMSE {e:.3e} > {VQ_NMSE:.0e} (max abs err {max:.3e})"
+    );
     e
 }
 
@@ -358,11 +517,80 @@ fn vq_attention_rejects_bad_shapes() {
     let mut ws = dev.alloc::<f32>(wsl, "ws");
     let mut short = dev.alloc::<f32>(wsl - 1, "short");
     let (x, wp, bp) = (a.ptr(), w.ptr(), b.ptr());
-    let r = vq_attention(&dev, x, x, wp, bp, wp, bp, wp, bp, wp, bp, out.ptr_mut(), short.ptr_mut(), n, c, hw);
+    let r = vq_attention(
+        &dev,
+        x,
+        x,
+        wp,
+        bp,
+        wp,
+        bp,
+        wp,
+        bp,
+        wp,
+        bp,
+        out.ptr_mut(),
+        short.ptr_mut(),
+        n,
+        c,
+        hw,
+    );
     assert!(r.is_err(), "workspace too short");
-    let r = vq_attention(&dev, x, x, wp, bp, wp, bp, wp, bp, wp, bp, out.ptr_mut(), ws.ptr_mut(), n, c + 1, hw);
+    let r = vq_attention(
+        &dev,
+        x,
+        x,
+        wp,
+        bp,
+        wp,
+        bp,
+        wp,
+        bp,
+        wp,
+        bp,
+        out.ptr_mut(),
+        ws.ptr_mut(),
+        n,
+        c + 1,
+        hw,
+    );
     assert!(r.is_err(), "inputs too short for c + 1");
-    let r = vq_attention(&dev, x, x, wp, bp, wp, bp, wp, bp, wp, bp, out.ptr_mut(), ws.ptr_mut(), 0, c, hw);
+    let r = vq_attention(
+        &dev,
+        x,
+        x,
+        wp,
+        bp,
+        wp,
+        bp,
+        wp,
+        bp,
+        wp,
+        bp,
+        out.ptr_mut(),
+        ws.ptr_mut(),
+        0,
+        c,
+        hw,
+    );
     assert!(r.is_err(), "n = 0");
-    vq_attention(&dev, x, x, wp, bp, wp, bp, wp, bp, wp, bp, out.ptr_mut(), ws.ptr_mut(), n, c, hw).unwrap();
+    vq_attention(
+        &dev,
+        x,
+        x,
+        wp,
+        bp,
+        wp,
+        bp,
+        wp,
+        bp,
+        wp,
+        bp,
+        out.ptr_mut(),
+        ws.ptr_mut(),
+        n,
+        c,
+        hw,
+    )
+    .unwrap();
 }

@@ -36,11 +36,14 @@ pub fn auto_path(dtype: Dtype, m: usize) -> GemmPath {
     }
 }
 
-/// Warps per block of the small-m kernel: one per 4 chunks of 32 k, between 1 and 8 (k = 768 → 6 warps of 4
-/// chunks; k ≥ 1024 → 8). More warps mean more 16-byte weight loads in flight per block and fewer iterations per
-/// warp; the cross-warp sum at the end costs 8·m·4 B of shared memory per warp.
-pub fn small_warps(k: usize) -> u32 {
-    (k.div_ceil(32).div_ceil(4)).clamp(1, 8) as u32
+/// Warps per block of the small-m kernel (1..=8), splitting k. The kernel is bound by weight loads in flight:
+/// each warp keeps 2 × 512 B of w outstanding, and HBM needs ~2 MB in flight on an H100 (3.35 TB/s × ~0.6 µs),
+/// i.e. ~2000 warps over the grid. So: enough warps per block that the n/8 blocks hold ~2048 warps, at most 8, and
+/// no more than there are 32-wide chunks of k (idle warps would only add to the final cross-warp sum).
+/// GPT-B: n = 768 (96 blocks) or 2304 → 8 warps; the output head (n = 16384, 2048 blocks) → 1 warp.
+pub fn small_warps(n: usize, k: usize) -> u32 {
+    let blocks = n.div_ceil(8).max(1);
+    2048usize.div_ceil(blocks).min(k.div_ceil(32)).clamp(1, 8) as u32
 }
 
 /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ residual[m, n]) with the kernel [`auto_path`] picks. `T` is the dtype of x, w,
@@ -90,12 +93,24 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
     };
     if T::DTYPE == Dtype::F32 {
         if let GemmPath::Small(_) = path {
-            return Err(invalid(op, "there is no small-m f32 kernel (f32 always takes the tiled path)"));
+            return Err(invalid(
+                op,
+                "there is no small-m f32 kernel (f32 always takes the tiled path)",
+            ));
         }
         // SAFETY: T is f32 here.
         let (x, w, y) = unsafe { (x.cast::<f32>(), w.cast::<f32>(), y.cast::<f32>()) };
         let r = residual.map(|r| unsafe { r.cast::<f32>() });
-        let s = Strided { m, n, k, batch: 1, a: (k, 1, 0), b: (1, k, 0), c: (n, 1, 0), alpha: 1.0 };
+        let s = Strided {
+            m,
+            n,
+            k,
+            batch: 1,
+            a: (k, 1, 0),
+            b: (1, k, 0),
+            c: (n, 1, 0),
+            alpha: 1.0,
+        };
         return launch_strided(l, x, w, None, r, y, &s);
     }
     let p = GemmParams {
@@ -110,7 +125,7 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
     let (x, w, r, y) = unsafe { (x.cast(), w.cast(), r.cast(), y.cast()) };
     match path {
         GemmPath::Small(warps) => {
-            let warps = warps.unwrap_or_else(|| small_warps(k));
+            let warps = warps.unwrap_or_else(|| small_warps(n, k));
             if !(1..=8).contains(&warps) {
                 return Err(invalid(op, format!("small-m kernel with {warps} warps (1..=8)")));
             }
@@ -184,12 +199,16 @@ fn launch_strided<L: Launcher + ?Sized>(
     let op = "gemm_strided";
     let Strided { m, n, k, batch, .. } = *s;
     if m == 0 || n == 0 || k == 0 || batch == 0 {
-        return Err(invalid(op, format!("empty shape m = {m}, n = {n}, k = {k}, batch = {batch}")));
+        return Err(invalid(
+            op,
+            format!("empty shape m = {m}, n = {n}, k = {k}, batch = {batch}"),
+        ));
     }
     if batch > 65535 {
         return Err(invalid(op, format!("batch = {batch} > 65535 (grid.z)")));
     }
-    let ext = |r, cl, st, what: &str| extent(r, cl, batch, st).ok_or_else(|| invalid(op, format!("{what} extent overflows")));
+    let ext =
+        |r, cl, st, what: &str| extent(r, cl, batch, st).ok_or_else(|| invalid(op, format!("{what} extent overflows")));
     check_len(op, "a", a.len(), ext(m, k, s.a, "a")?)?;
     check_len(op, "b", b.len(), ext(k, n, s.b, "b")?)?;
     let ce = ext(m, n, s.c, "c")?;
@@ -227,5 +246,14 @@ fn launch_strided<L: Launcher + ?Sized>(
     let cfg = LaunchConfig::new([gx as u32, gy as u32, batch as u32], [256, 1, 1]);
     // SAFETY: null pointers are never dereferenced: has_bias / has_residual = 0 tell the kernel.
     let null = || unsafe { DevPtr::from_raw(0, 0) };
-    kernels::gemm_strided_f32(l, cfg, a, b, bias.unwrap_or_else(null), residual.unwrap_or_else(null), c, p)
+    kernels::gemm_strided_f32(
+        l,
+        cfg,
+        a,
+        b,
+        bias.unwrap_or_else(null),
+        residual.unwrap_or_else(null),
+        c,
+        p,
+    )
 }

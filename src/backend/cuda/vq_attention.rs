@@ -80,7 +80,16 @@ pub fn vq_attention<L: Launcher + ?Sized>(
     let scale = (c as f64).powf(-0.5) as f32;
 
     // 1×1 conv over every image: dst[b](co, p) = W(co, ci) · src[b](ci, p) + bias[co] (+ residual).
-    let conv = Strided { m: c, n: hw, k: c, batch: n, a: (c, 1, 0), b: (hw, 1, img), c: (hw, 1, img), alpha: 1.0 };
+    let conv = Strided {
+        m: c,
+        n: hw,
+        k: c,
+        batch: n,
+        a: (c, 1, 0),
+        b: (hw, 1, img),
+        c: (hw, 1, img),
+        alpha: 1.0,
+    };
     // SAFETY (all views): the ranges q, k, v, S are disjoint and inside the workspace (checked above); launches run
     // in order, and each one writes only a range that none of its own inputs overlaps.
     unsafe {
@@ -110,7 +119,10 @@ pub fn vq_attention<L: Launcher + ?Sized>(
         let rows = n * hw;
         let threads = (hw.div_ceil(32) * 32).clamp(32, 1024) as u32;
         let cfg = LaunchConfig::linear(rows.min(65535) as u32, threads);
-        let p = SoftmaxRowsParams { rows: to_i32(op, "rows", rows)?, len: to_i32(op, "hw", hw)? };
+        let p = SoftmaxRowsParams {
+            rows: to_i32(op, "rows", rows)?,
+            len: to_i32(op, "hw", hw)?,
+        };
         kernels::vq_attention_softmax_f32(l, cfg, view_mut(&workspace, s_off, s_len), p)?;
         // o[b](ch, i) = Σ_j v[b](ch, j) A[b](i, j): the scores read transposed (B(j, i) strides 1, hw); o goes
         // into q's slot, which nothing reads any more.
