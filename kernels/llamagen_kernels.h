@@ -108,6 +108,42 @@ typedef struct SamplingParams {
     int32_t top_k;
     float top_p;
 } SamplingParams;
+/* gemm_*_bf16: y[m, n] = x[m, k] · w[n, k]ᵀ (+ r[m, n] when has_residual != 0), every matrix row-major and
+ * contiguous (w is nn.Linear's [out, in] weight). r may be null when has_residual == 0. */
+typedef struct GemmParams {
+    int32_t m;
+    int32_t n;
+    int32_t k;
+    int32_t has_residual;
+} GemmParams;
+
+/* gemm_strided_f32: for b < batch, c[b](m, n) = alpha · Σ_k a[b](m, k) · b[b](k, n) + bias[m] + r[b](m, n), with
+ * element strides X(i, j) = X[b·X_sb + i·X_s<i> + j·X_s<j>]; r shares c's strides and may be c itself; bias and r
+ * may be null when has_bias / has_residual are 0. */
+typedef struct GemmStridedParams {
+    int32_t m;
+    int32_t n;
+    int32_t k;
+    int32_t batch;
+    int32_t a_sm;
+    int32_t a_sk;
+    int32_t b_sk;
+    int32_t b_sn;
+    int32_t c_sm;
+    int32_t c_sn;
+    int32_t a_sb;
+    int32_t b_sb;
+    int32_t c_sb;
+    float alpha;
+    int32_t has_bias;
+    int32_t has_residual;
+} GemmStridedParams;
+
+/* vq_attention_softmax_f32: in-place softmax of `rows` contiguous rows of `len` floats. */
+typedef struct SoftmaxRowsParams {
+    int32_t rows;
+    int32_t len;
+} SoftmaxRowsParams;
 
 /* The values that change from one run of a graph to the next, kept in device memory: the host writes them before
  * each run (one small copy on the stream), so a captured CUDA graph replays without being re-recorded. Kernels that
@@ -198,7 +234,14 @@ typedef struct CuemuLaunchOptions {
                       const StepState* __restrict__ step, int32_t* __restrict__ tokens, uint32_t* __restrict__ work,   \
                       SamplingParams p))                                                                               \
     X(sampling_uniform, (const int32_t* __restrict__ image_index, const StepState* __restrict__ step,                  \
-                         uint32_t* __restrict__ words, float* __restrict__ u, int32_t n))
+                         uint32_t* __restrict__ words, float* __restrict__ u, int32_t n))                              \
+    X(gemm_tiled_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,                      \
+                        const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))             \
+    X(gemm_small_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,                      \
+                        const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))             \
+    X(gemm_strided_f32, (const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ bias,     \
+                         const float* r, float* c, GemmStridedParams p))                                               \
+    X(vq_attention_softmax_f32, (float* __restrict__ s, SoftmaxRowsParams p))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */

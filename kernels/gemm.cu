@@ -1,0 +1,316 @@
+/*
+ * gemm.cu: the GPT's linear layers, y[m, n] = x[m, k] · w[n, k]ᵀ (+ residual), and a strided batched f32 GEMM for
+ * the VQ decoder (1×1 convolutions, the attention products).
+ *
+ * Entry points (kernels/llamagen_kernels.h):
+ *   gemm_tiled_bf16 (x bf16 [m, k], w bf16 [n, k], r bf16 [m, n] or null, y bf16 [m, n], GemmParams)
+ *   gemm_small_bf16 (same arguments)
+ *   gemm_strided_f32(a, b, bias, r, c f32, GemmStridedParams): also the GPT's f32 (faithful) linear layers, with
+ *                    a = x (strides k, 1), b(k, n) = w[n, k] (strides 1, k), c = y (strides n, 1).
+ * bf16 numerics follow backend::cpu::matmul with round = true: products of bf16 values are exact in f32 and summed
+ * in f32; the linear output is rounded to bf16, then residual + it is rounded again (two roundings, as the
+ * reference's `h = x + self.wo(...)`). f32 follows round = false: y = Σ + r in f32.
+ *
+ * Design.
+ *   gemm_tiled_bf16 (prefill, large batches): 64×64 output tile per block of 4 warps (2×2 warp tiles of 32×32 =
+ *     2 m16 × 4 n8 mma tiles each), k in steps of 32. Each thread stages two 16-byte chunks of x and two of w per
+ *     step into registers (the next step's fetch overlaps the current step's mma), then into shared memory with
+ *     rows padded to 40 bf16 (80 B): the fragment reads (row g, 32-bit word t) hit banks 20g + t mod 32, all
+ *     distinct, so they are conflict-free. Partial tiles in m, n and k are zero-filled in shared memory (any k
+ *     works; zeros contribute nothing), and 16-byte loads are used only when k % 8 == 0 and x, w are 16-byte
+ *     aligned (scalar loads otherwise).
+ *   gemm_small_bf16 (decode, m ≤ 64 per block row): weight-streaming. A block owns 8 weight rows (one n8 mma
+ *     column group) and up to 64 rows of x (4 m16 tiles), its warps split k in interleaved 32-wide chunks. A lane
+ *     (g = lane/4, t = lane%4) loads w[n0 + g][kc + 8t .. +8] with one 16-byte load, which is exactly its B fragment
+ *     for two mma k16 steps once k is permuted: logical k {2t, 2t+1, 2t+8, 2t+9} of step 0 are physical 8t+0..3, of
+ *     step 1 physical 8t+4..7; A (x rows g and g+8) is loaded with the same permutation, and a dot product does not
+ *     care about the order of k. So w is read exactly once from HBM, in 64-byte row segments, and shared by all m
+ *     rows of the block through the tensor cores; x (≤ 64 × k bf16) stays in L1/L2. The next two chunks of w are
+ *     in flight while the current one is multiplied. Per-warp partial tiles are summed over warps in shared memory in a
+ *     fixed order (deterministic), then the epilogue applies the residual and the roundings.
+ *   gemm_strided_f32: classic SIMT tiling, 64×64 tile, k step 16, 256 threads each computing a 4×4 grid of
+ *     outputs strided by 16 (conflict-free shared reads, coalesced stores when c_sn = 1). Global → shared loads walk
+ *     whichever index has stride 1 (k or m for a, k or n for b), so both transposed layouts coalesce. Every index
+ *     is guarded; offsets are computed in 64 bits. batch is grid.z.
+ *
+ * Napkin math (H100 SXM: 3.35 TB/s HBM3, ~990 TFLOP/s dense bf16 tensor, ~67 TFLOP/s f32):
+ *   GPT-B decode step, batch 8 with CFG (m = 16): all linear layers stream ~222 MB of bf16 weights → ~66 µs at the
+ *     roofline; FLOPs 2·16·111e6 ≈ 3.6 GFLOP → 3.6 µs of tensor time: memory bound by 20×, hence gemm_small_bf16.
+ *     One qkv projection (n = 2304, k = 768): 3.5 MB → 1.1 µs, 288 blocks.
+ *   t2i prefill, 16 sequences × 120 tokens (m = 1920), qkv: 6.8 GFLOP → 6.9 µs tensor, 15 MB → 4.5 µs HBM: compute
+ *     bound; this kernel (no ldmatrix, no cp.async pipeline, 64×64 tiles) will sit well below the tensor peak.
+ *   VQ 1×1 conv c = 512 at 32×32 (f32): 2·512·512·1024 = 0.54 GFLOP → 8 µs at the f32 peak.
+ * Measured: not yet on a GPU (no device in the development environment).
+ */
+#include <cuda_bf16.h>
+
+#include "common.cuh"
+#include "llamagen_kernels.h"
+
+typedef __nv_bfloat16 bf16;
+
+/* 8 consecutive elements row[k .. k+8) as one 16-byte pack; zeros past kend or when row is null (a row outside
+ * the matrix). The 16-byte load needs vec (k % 8 == 0 rows, aligned base) and the whole chunk in range. */
+static __device__ __forceinline__ Pack16<bf16> load_chunk8(const bf16* __restrict__ row, int k, int kend, bool vec) {
+    Pack16<bf16> p;
+    if (row != nullptr && vec && k + 8 <= kend) return load16(row + k);
+#pragma unroll
+    for (int j = 0; j < 8; j++) p.v[j] = (row != nullptr && k + j < kend) ? row[k + j] : from_float<bf16>(0.0f);
+    return p;
+}
+
+static __device__ __forceinline__ uint32_t pack_word(const Pack16<bf16>& p, int i) {
+    return reinterpret_cast<const uint32_t*>(&p)[i];
+}
+
+/* The epilogue shared by both bf16 kernels: round the linear output, add the residual, round again. */
+static __device__ __forceinline__ void store_out_bf16(const bf16* __restrict__ r, bf16* __restrict__ y,
+                                                      const GemmParams& p, int row, int col, float acc) {
+    if (row >= p.m || col >= p.n) return;
+    const size_t i = (size_t)row * (size_t)p.n + (size_t)col;
+    const float lin = quantize<bf16>(acc);
+    y[i] = from_float<bf16>(p.has_residual ? to_float(r[i]) + lin : lin);
+}
+
+/* ---- gemm_tiled_bf16 ------------------------------------------------------------------------------------------ */
+
+#define TILE_M 64
+#define TILE_N 64
+#define TILE_K 32
+#define TILE_LD 40 /* TILE_K + 8: 80-byte rows, 16-byte aligned and bank-conflict-free for the fragment reads */
+#define TILE_THREADS 128
+
+extern "C" __global__ void gemm_tiled_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                           const bf16* __restrict__ r, bf16* __restrict__ y, GemmParams p) {
+    __shared__ __align__(16) bf16 xs[TILE_M * TILE_LD];
+    __shared__ __align__(16) bf16 ws[TILE_N * TILE_LD];
+    const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int m0 = (int)blockIdx.y * TILE_M, n0 = (int)blockIdx.x * TILE_N;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const bool vec = p.k % 8 == 0 && aligned16(x) && aligned16(w);
+
+    /* Staging: chunk c = tid + 128 i (i < 2) is row c / 4, k offset 8 (c % 4) of the 64 × 32 tile. */
+    Pack16<bf16> xr[2], wr[2];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int c = tid + TILE_THREADS * i, row = c >> 2, kq = (c & 3) * 8;
+            const int gm = m0 + row, gn = n0 + row;
+            xr[i] = load_chunk8(gm < p.m ? x + (size_t)gm * (size_t)p.k : nullptr, k0 + kq, p.k, vec);
+            wr[i] = load_chunk8(gn < p.n ? w + (size_t)gn * (size_t)p.k : nullptr, k0 + kq, p.k, vec);
+        }
+    };
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) acc[mi][ni][j] = 0.0f;
+
+    fetch(0);
+    for (int k0 = 0; k0 < p.k; k0 += TILE_K) {
+        __syncthreads(); /* every warp is done reading the previous tile */
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int c = tid + TILE_THREADS * i, row = c >> 2, kq = (c & 3) * 8;
+            store16(xs + row * TILE_LD + kq, xr[i]);
+            store16(ws + row * TILE_LD + kq, wr[i]);
+        }
+        __syncthreads();
+        if (k0 + TILE_K < p.k) fetch(k0 + TILE_K);
+#pragma unroll
+        for (int kk = 0; kk < TILE_K; kk += 16) {
+            uint32_t a[2][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++) {
+                const bf16* lo = xs + (wm + mi * 16 + g) * TILE_LD + kk + 2 * t;
+                const bf16* hi = lo + 8 * TILE_LD;
+                a[mi][0] = *reinterpret_cast<const uint32_t*>(lo);
+                a[mi][1] = *reinterpret_cast<const uint32_t*>(hi);
+                a[mi][2] = *reinterpret_cast<const uint32_t*>(lo + 8);
+                a[mi][3] = *reinterpret_cast<const uint32_t*>(hi + 8);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const bf16* col = ws + (wn + ni * 8 + g) * TILE_LD + kk + 2 * t;
+                b[ni][0] = *reinterpret_cast<const uint32_t*>(col);
+                b[ni][1] = *reinterpret_cast<const uint32_t*>(col + 8);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) mma_m16n8k16_bf16(acc[mi][ni], a[mi], b[ni], acc[mi][ni]);
+        }
+    }
+
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) {
+            const int row = m0 + wm + mi * 16 + g, col = n0 + wn + ni * 8 + 2 * t;
+            store_out_bf16(r, y, p, row, col, acc[mi][ni][0]);
+            store_out_bf16(r, y, p, row, col + 1, acc[mi][ni][1]);
+            store_out_bf16(r, y, p, row + 8, col, acc[mi][ni][2]);
+            store_out_bf16(r, y, p, row + 8, col + 1, acc[mi][ni][3]);
+        }
+}
+
+/* ---- gemm_small_bf16 ------------------------------------------------------------------------------------------ */
+
+#define SMALL_MTILES 4 /* 64 rows of x per block row (grid.y covers the rest) */
+#define SMALL_MAX_WARPS 8
+
+extern "C" __global__ void gemm_small_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                           const bf16* __restrict__ r, bf16* __restrict__ y, GemmParams p) {
+    __shared__ float red[SMALL_MAX_WARPS * SMALL_MTILES * 128];
+    const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int nwarps = (int)blockDim.x >> 5; /* the launcher passes whole warps, at most SMALL_MAX_WARPS */
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = (int)blockIdx.x * 8, m0 = (int)blockIdx.y * (16 * SMALL_MTILES);
+    const int mtiles = min(SMALL_MTILES, ceil_div(p.m - m0, 16));
+    const bool vec = p.k % 8 == 0 && aligned16(x) && aligned16(w);
+
+    const bf16* wrow = n0 + g < p.n ? w + (size_t)(n0 + g) * (size_t)p.k : nullptr;
+    const bf16* xrow[SMALL_MTILES][2];
+#pragma unroll
+    for (int i = 0; i < SMALL_MTILES; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = m0 + 16 * i + 8 * h + g;
+            xrow[i][h] = row < p.m ? x + (size_t)row * (size_t)p.k : nullptr;
+        }
+
+    float acc[SMALL_MTILES][4];
+#pragma unroll
+    for (int i = 0; i < SMALL_MTILES; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+
+    /* Two chunks of w in flight per lane ahead of the one being multiplied (chunks past k load nothing). */
+    const int step = 32 * nwarps;
+    int kc = 32 * warp;
+    Pack16<bf16> w0 = load_chunk8(wrow, kc + 8 * t, p.k, vec);
+    Pack16<bf16> w1 = load_chunk8(wrow, kc + step + 8 * t, p.k, vec);
+    for (; kc < p.k; kc += step) {
+        const Pack16<bf16> cur = w0;
+        w0 = w1;
+        if (kc + 2 * step < p.k) w1 = load_chunk8(wrow, kc + 2 * step + 8 * t, p.k, vec);
+#pragma unroll
+        for (int i = 0; i < SMALL_MTILES; i++) {
+            if (i >= mtiles) break; /* uniform over the block: every lane of a warp takes the same branch */
+            const Pack16<bf16> lo = load_chunk8(xrow[i][0], kc + 8 * t, p.k, vec);
+            const Pack16<bf16> hi = load_chunk8(xrow[i][1], kc + 8 * t, p.k, vec);
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+                const uint32_t a[4] = {pack_word(lo, 2 * s), pack_word(hi, 2 * s), pack_word(lo, 2 * s + 1),
+                                       pack_word(hi, 2 * s + 1)};
+                const uint32_t b[2] = {pack_word(cur, 2 * s), pack_word(cur, 2 * s + 1)};
+                mma_m16n8k16_bf16(acc[i], a, b, acc[i]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < SMALL_MTILES; i++) {
+        if (i >= mtiles) break;
+#pragma unroll
+        for (int j = 0; j < 4; j++) red[((warp * SMALL_MTILES + i) * 32 + lane) * 4 + j] = acc[i][j];
+    }
+    __syncthreads();
+    /* Element e of the block's tile: m-tile e / 128, owning lane (e / 4) % 32, register e % 4 (the C fragment). */
+    for (int e = tid; e < mtiles * 128; e += (int)blockDim.x) {
+        const int i = e >> 7, l = (e >> 2) & 31, j = e & 3;
+        float s = 0.0f;
+        for (int v = 0; v < nwarps; v++) s += red[(v * SMALL_MTILES * 32 + i * 32 + l) * 4 + j];
+        const int row = m0 + 16 * i + (l >> 2) + (j >= 2 ? 8 : 0), col = n0 + 2 * (l & 3) + (j & 1);
+        store_out_bf16(r, y, p, row, col, s);
+    }
+}
+
+/* ---- gemm_strided_f32 ----------------------------------------------------------------------------------------- */
+
+#define ST_M 64
+#define ST_N 64
+#define ST_K 16
+#define ST_THREADS 256
+
+extern "C" __global__ void gemm_strided_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                            const float* __restrict__ bias, const float* r, float* c,
+                                            GemmStridedParams p) {
+    __shared__ float as[ST_K][ST_M];
+    __shared__ float bs[ST_K][ST_N];
+    const int tid = (int)threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int m0 = (int)blockIdx.y * ST_M, n0 = (int)blockIdx.x * ST_N, bat = (int)blockIdx.z;
+    const float* ab = a + (int64_t)bat * p.a_sb;
+    const float* bb = b + (int64_t)bat * p.b_sb;
+    /* Which tile index the 256 threads walk fastest: the one with unit stride, so global loads coalesce. */
+    const bool a_kfast = p.a_sk == 1 && p.a_sm != 1;
+    const bool b_nfast = p.b_sn == 1 || p.b_sk != 1;
+
+    float ar[4], br[4];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int e = tid + ST_THREADS * i;
+            const int am = a_kfast ? e >> 4 : e & 63, ak = a_kfast ? e & 15 : e >> 6;
+            const int gm = m0 + am, gk = k0 + ak;
+            ar[i] = gm < p.m && gk < p.k ? ab[(int64_t)gm * p.a_sm + (int64_t)gk * p.a_sk] : 0.0f;
+            const int bn = b_nfast ? e & 63 : e >> 4, bk = b_nfast ? e >> 6 : e & 15;
+            const int gn = n0 + bn, gk2 = k0 + bk;
+            br[i] = gn < p.n && gk2 < p.k ? bb[(int64_t)gk2 * p.b_sk + (int64_t)gn * p.b_sn] : 0.0f;
+        }
+    };
+
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+
+    fetch(0);
+    for (int k0 = 0; k0 < p.k; k0 += ST_K) {
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int e = tid + ST_THREADS * i;
+            if (a_kfast) as[e & 15][e >> 4] = ar[i];
+            else as[e >> 6][e & 63] = ar[i];
+            if (b_nfast) bs[e >> 6][e & 63] = br[i];
+            else bs[e & 15][e >> 4] = br[i];
+        }
+        __syncthreads();
+        if (k0 + ST_K < p.k) fetch(k0 + ST_K);
+#pragma unroll
+        for (int kk = 0; kk < ST_K; kk++) {
+            float av[4], bv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) av[i] = as[kk][ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; j++) bv[j] = bs[kk][tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+    }
+
+    const int64_t cb = (int64_t)bat * p.c_sb;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int gm = m0 + ty + 16 * i;
+        if (gm >= p.m) continue;
+        const float bm = p.has_bias ? bias[gm] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int gn = n0 + tx + 16 * j;
+            if (gn >= p.n) continue;
+            const int64_t o = cb + (int64_t)gm * p.c_sm + (int64_t)gn * p.c_sn;
+            float v = p.alpha * acc[i][j] + bm;
+            if (p.has_residual) v += r[o];
+            c[o] = v;
+        }
+    }
+}

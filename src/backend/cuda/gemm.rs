@@ -1,0 +1,259 @@
+//! `gemm` launchers (kernels/gemm.cu):
+//!
+//! - [`gemm`] / [`gemm_with`]: the GPT's `Op::Matmul` / `Op::MatmulAdd`, y[m, n] = x[m, k] · w[n, k]ᵀ (+ residual),
+//!   w stored `[n, k]` row-major like `nn.Linear`; the CPU reference is `backend::cpu::matmul::matmul` (bf16 with
+//!   `round = true`: the linear output is rounded to bf16, then residual + it is rounded again; f32 with
+//!   `round = false`).
+//! - [`gemm_strided`]: the VQ's strided batched f32 GEMM, C = alpha·A·B + bias + R with arbitrary element strides.
+use super::kernels::{self, GemmParams, GemmStridedParams};
+use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, LaunchConfig, Launcher};
+use crate::Result;
+
+/// Which kernel [`gemm_with`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    /// The launcher's choice ([`auto_path`]).
+    Auto,
+    /// bf16: `gemm_tiled_bf16` (tensor cores, 64×64 tiles). f32: `gemm_strided_f32` with the matmul strides.
+    Tiled,
+    /// bf16 only: `gemm_small_bf16`, the weight-streaming decode kernel, with this many warps per block splitting k
+    /// (1..=8; `None`: [`small_warps`]). Works for any m (grid.y covers m in groups of 64), fastest for m ≤ 64.
+    Small(Option<u32>),
+}
+
+/// Largest m for which [`auto_path`] picks the small-m kernel in bf16.
+pub const SMALL_M_MAX: usize = 64;
+
+/// bf16: m ≤ [`SMALL_M_MAX`] (a decode step: m = 2·batch rows with CFG) → `Small`: the product is bound by one
+/// pass over the weights, and a 64×64-tiled grid would have only n/64 blocks (12 for n = 768) to stream them;
+/// the small kernel has n/8 blocks and shares each weight read among all m rows. Larger m (prefill) → `Tiled`,
+/// which reuses every staged weight tile for 64 rows. f32 (the faithful reference mode, not tuned): always
+/// `Tiled`.
+pub fn auto_path(dtype: Dtype, m: usize) -> GemmPath {
+    match dtype {
+        Dtype::Bf16 if m <= SMALL_M_MAX => GemmPath::Small(None),
+        _ => GemmPath::Tiled,
+    }
+}
+
+/// Warps per block of the small-m kernel (1..=8), splitting k. The kernel is bound by weight loads in flight:
+/// each warp keeps 2 × 512 B of w outstanding, and HBM needs ~2 MB in flight on an H100 (3.35 TB/s × ~0.6 µs),
+/// i.e. ~2000 warps over the grid. So: enough warps per block that the n/8 blocks hold ~2048 warps, at most 8, and
+/// no more than there are 32-wide chunks of k (idle warps would only add to the final cross-warp sum).
+/// GPT-B: n = 768 (96 blocks) or 2304 → 8 warps; the output head (n = 16384, 2048 blocks) → 1 warp.
+pub fn small_warps(n: usize, k: usize) -> u32 {
+    let blocks = n.div_ceil(8).max(1);
+    2048usize.div_ceil(blocks).min(k.div_ceil(32)).clamp(1, 8) as u32
+}
+
+/// y[m, n] = x[m, k] · w[n, k]ᵀ (+ residual[m, n]) with the kernel [`auto_path`] picks. `T` is the dtype of x, w,
+/// residual and y: bf16 (weights bf16, f32 accumulation) or f32.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Elem, L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, T>,
+    w: DevPtr<'_, T>,
+    residual: Option<DevPtr<'_, T>>,
+    y: DevPtrMut<'_, T>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    gemm_with(l, x, w, residual, y, m, n, k, GemmPath::Auto)
+}
+
+/// [`gemm`] with the kernel chosen by the caller (tests force each path). `GemmPath::Small` with f32 is an error.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, T>,
+    w: DevPtr<'_, T>,
+    residual: Option<DevPtr<'_, T>>,
+    y: DevPtrMut<'_, T>,
+    m: usize,
+    n: usize,
+    k: usize,
+    path: GemmPath,
+) -> Result<()> {
+    let op = "gemm";
+    if m == 0 || n == 0 || k == 0 {
+        return Err(invalid(op, format!("empty shape m = {m}, n = {n}, k = {k}")));
+    }
+    let mul = |a: usize, b: usize, what: &str| a.checked_mul(b).ok_or_else(|| invalid(op, format!("{what} overflows")));
+    check_len(op, "x", x.len(), mul(m, k, "m·k")?)?;
+    check_len(op, "w", w.len(), mul(n, k, "n·k")?)?;
+    let mn = mul(m, n, "m·n")?;
+    check_len(op, "y", y.len(), mn)?;
+    if let Some(r) = &residual {
+        check_len(op, "residual", r.len(), mn)?;
+    }
+    let path = match path {
+        GemmPath::Auto => auto_path(T::DTYPE, m),
+        p => p,
+    };
+    if T::DTYPE == Dtype::F32 {
+        if let GemmPath::Small(_) = path {
+            return Err(invalid(
+                op,
+                "there is no small-m f32 kernel (f32 always takes the tiled path)",
+            ));
+        }
+        // SAFETY: T is f32 here.
+        let (x, w, y) = unsafe { (x.cast::<f32>(), w.cast::<f32>(), y.cast::<f32>()) };
+        let r = residual.map(|r| unsafe { r.cast::<f32>() });
+        let s = Strided {
+            m,
+            n,
+            k,
+            batch: 1,
+            a: (k, 1, 0),
+            b: (1, k, 0),
+            c: (n, 1, 0),
+            alpha: 1.0,
+        };
+        return launch_strided(l, x, w, None, r, y, &s);
+    }
+    let p = GemmParams {
+        m: to_i32(op, "m", m)?,
+        n: to_i32(op, "n", n)?,
+        k: to_i32(op, "k", k)?,
+        has_residual: residual.is_some() as i32,
+    };
+    // SAFETY: a null pointer is never dereferenced: has_residual = 0 tells the kernel.
+    let r = residual.unwrap_or(unsafe { DevPtr::from_raw(0, 0) });
+    // SAFETY: T is bf16 here.
+    let (x, w, r, y) = unsafe { (x.cast(), w.cast(), r.cast(), y.cast()) };
+    match path {
+        GemmPath::Small(warps) => {
+            let warps = warps.unwrap_or_else(|| small_warps(n, k));
+            if !(1..=8).contains(&warps) {
+                return Err(invalid(op, format!("small-m kernel with {warps} warps (1..=8)")));
+            }
+            let gy = m.div_ceil(64);
+            if gy > 65535 {
+                return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
+            }
+            let cfg = LaunchConfig::new([n.div_ceil(8) as u32, gy as u32, 1], [32 * warps, 1, 1]);
+            kernels::gemm_small_bf16(l, cfg, x, w, r, y, p)
+        }
+        _ => {
+            let gy = m.div_ceil(64);
+            if gy > 65535 {
+                return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
+            }
+            let cfg = LaunchConfig::new([n.div_ceil(64) as u32, gy as u32, 1], [128, 1, 1]);
+            kernels::gemm_tiled_bf16(l, cfg, x, w, r, y, p)
+        }
+    }
+}
+
+/// Shape and element strides of a [`gemm_strided`] call: `a = (s_m, s_k, s_batch)`, `b = (s_k, s_n, s_batch)`,
+/// `c = (s_m, s_n, s_batch)` (also the residual's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Strided {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    pub a: (usize, usize, usize),
+    pub b: (usize, usize, usize),
+    pub c: (usize, usize, usize),
+    pub alpha: f32,
+}
+
+/// Index of the last element a strided operand touches, plus one (0 for an empty operand).
+fn extent(rows: usize, cols: usize, batch: usize, (sr, sc, sb): (usize, usize, usize)) -> Option<usize> {
+    let last = (rows - 1)
+        .checked_mul(sr)?
+        .checked_add((cols - 1).checked_mul(sc)?)?
+        .checked_add((batch - 1).checked_mul(sb)?)?;
+    last.checked_add(1)
+}
+
+/// For each b < s.batch: C[b](i, j) = s.alpha · Σ_k A[b](i, k) · B[b](k, j) + bias[i] + R[b](i, j), with
+/// X[b](i, j) = X[b·s_batch + i·s_row + j·s_col] (strides in elements, any, 0 included). bias (length ≥ m) and
+/// the residual R (C's strides) are optional; R may be C's own buffer only through a separate pointer the caller
+/// owns (each element is read before it is written, by the same thread). C's strides must not make two (b, i, j)
+/// land on one element. Kernel `gemm_strided_f32`: 64×64 tiles of 256 threads, grid (n/64, m/64, batch ≤ 65535).
+pub fn gemm_strided<L: Launcher + ?Sized>(
+    l: &L,
+    a: DevPtr<'_, f32>,
+    b: DevPtr<'_, f32>,
+    bias: Option<DevPtr<'_, f32>>,
+    residual: Option<DevPtr<'_, f32>>,
+    c: DevPtrMut<'_, f32>,
+    s: &Strided,
+) -> Result<()> {
+    launch_strided(l, a, b, bias, residual, c, s)
+}
+
+fn launch_strided<L: Launcher + ?Sized>(
+    l: &L,
+    a: DevPtr<'_, f32>,
+    b: DevPtr<'_, f32>,
+    bias: Option<DevPtr<'_, f32>>,
+    residual: Option<DevPtr<'_, f32>>,
+    c: DevPtrMut<'_, f32>,
+    s: &Strided,
+) -> Result<()> {
+    let op = "gemm_strided";
+    let Strided { m, n, k, batch, .. } = *s;
+    if m == 0 || n == 0 || k == 0 || batch == 0 {
+        return Err(invalid(
+            op,
+            format!("empty shape m = {m}, n = {n}, k = {k}, batch = {batch}"),
+        ));
+    }
+    if batch > 65535 {
+        return Err(invalid(op, format!("batch = {batch} > 65535 (grid.z)")));
+    }
+    let ext =
+        |r, cl, st, what: &str| extent(r, cl, batch, st).ok_or_else(|| invalid(op, format!("{what} extent overflows")));
+    check_len(op, "a", a.len(), ext(m, k, s.a, "a")?)?;
+    check_len(op, "b", b.len(), ext(k, n, s.b, "b")?)?;
+    let ce = ext(m, n, s.c, "c")?;
+    check_len(op, "c", c.len(), ce)?;
+    if let Some(r) = &residual {
+        check_len(op, "residual", r.len(), ce)?;
+    }
+    if let Some(bi) = &bias {
+        check_len(op, "bias", bi.len(), m)?;
+    }
+    let i = |what: &str, v: usize| to_i32(op, what, v);
+    // Element offsets are formed in 64 bits in the kernel, but each stride must be an int32.
+    let p = GemmStridedParams {
+        m: i("m", m)?,
+        n: i("n", n)?,
+        k: i("k", k)?,
+        batch: i("batch", batch)?,
+        a_sm: i("a row stride", s.a.0)?,
+        a_sk: i("a column stride", s.a.1)?,
+        b_sk: i("b row stride", s.b.0)?,
+        b_sn: i("b column stride", s.b.1)?,
+        c_sm: i("c row stride", s.c.0)?,
+        c_sn: i("c column stride", s.c.1)?,
+        a_sb: i("a batch stride", s.a.2)?,
+        b_sb: i("b batch stride", s.b.2)?,
+        c_sb: i("c batch stride", s.c.2)?,
+        alpha: s.alpha,
+        has_bias: bias.is_some() as i32,
+        has_residual: residual.is_some() as i32,
+    };
+    let (gx, gy) = (n.div_ceil(64), m.div_ceil(64));
+    if gy > 65535 {
+        return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
+    }
+    let cfg = LaunchConfig::new([gx as u32, gy as u32, batch as u32], [256, 1, 1]);
+    // SAFETY: null pointers are never dereferenced: has_bias / has_residual = 0 tell the kernel.
+    let null = || unsafe { DevPtr::from_raw(0, 0) };
+    kernels::gemm_strided_f32(
+        l,
+        cfg,
+        a,
+        b,
+        bias.unwrap_or_else(null),
+        residual.unwrap_or_else(null),
+        c,
+        p,
+    )
+}
