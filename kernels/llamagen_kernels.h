@@ -43,6 +43,52 @@ typedef struct SwigluParams {
     int32_t f;
 } SwigluParams;
 
+/* conv2d_f32: NCHW cross-correlation (torch Conv2d), weight (c_out, c_in, kh, kw), kh, kw <= 3 (any size works, the
+ * 1x1 and 3x3 cases are specialised); output (n, c_out, oh, ow) computed by the launcher from the padding. */
+typedef struct Conv2dParams {
+    int32_t n;
+    int32_t c_in;
+    int32_t h;
+    int32_t w;
+    int32_t c_out;
+    int32_t kh;
+    int32_t kw;
+    int32_t stride;
+    int32_t pad_top;
+    int32_t pad_left;
+    int32_t oh;
+    int32_t ow;
+    int32_t has_bias;     /* 0: the bias pointer is not read */
+    int32_t has_residual; /* 0: the residual pointer is not read */
+} Conv2dParams;
+
+/* upsample_conv_f32: nearest x2 then 3x3 pad-1 conv, input (n, c_in, h, w), output (n, c_out, 2h, 2w); weights
+ * folded per output phase (backend::cuda::conv::upsample_fold_weights). */
+typedef struct UpsampleConvParams {
+    int32_t n;
+    int32_t c_in;
+    int32_t h;
+    int32_t w;
+    int32_t c_out;
+    int32_t has_bias;
+} UpsampleConvParams;
+
+/* conv_transpose2d_f32: torch ConvTranspose2d, weight (c_in, c_out, kh, kw), dilation 1, groups 1. */
+typedef struct ConvTranspose2dParams {
+    int32_t n;
+    int32_t c_in;
+    int32_t h;
+    int32_t w;
+    int32_t c_out;
+    int32_t kh;
+    int32_t kw;
+    int32_t stride;
+    int32_t pad;
+    int32_t oh;
+    int32_t ow;
+    int32_t has_bias;
+} ConvTranspose2dParams;
+
 /* The values that change from one run of a graph to the next, kept in device memory: the host writes them before
  * each run (one small copy on the stream), so a captured CUDA graph replays without being re-recorded. Kernels that
  * depend on them (rope, attention, sampling) take `const StepState* step`; their launch configuration never does
@@ -74,7 +120,13 @@ typedef struct CuemuLaunchOptions {
     X(rmsnorm_bf16, (const __nv_bfloat16* __restrict__ x, const float* __restrict__ w, __nv_bfloat16* __restrict__ y, \
                      RmsnormParams p))                                                                                 \
     X(swiglu_f32, (const float* __restrict__ ab, float* __restrict__ out, SwigluParams p))                            \
-    X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))
+    X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))        \
+    X(conv2d_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,         \
+                   const float* residual, float* out, Conv2dParams p))                                                \
+    X(upsample_conv_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,  \
+                          float* __restrict__ out, UpsampleConvParams p))                                             \
+    X(conv_transpose2d_f32, (const float* __restrict__ x, const float* __restrict__ w,                               \
+                             const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */

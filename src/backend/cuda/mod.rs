@@ -6,7 +6,9 @@
 //!   kernel, the kernel table, and the embedded PTX/cubin images when nvcc was available.
 //! - [`rmsnorm`], [`swiglu`]: per-op launchers (launch configuration, argument checks), written once over
 //!   [`launch::Launcher`], named like the kernels and the CPU ops.
+//! - [`conv`]: the VQ convolutions in f32 (conv2d with fused residual, upsample+conv by phases, ConvTranspose2d).
 //! - [`emu`] (x86-64 Linux): the emulator device, host memory standing in for device memory, with canaries.
+pub mod conv;
 pub mod kernels;
 pub mod launch;
 pub mod rmsnorm;
