@@ -56,12 +56,24 @@
 #include "common.cuh"
 #include "llamagen_kernels.h"
 
-#define CONV_BM 64
-#define CONV_BN 64
-#define CONV_BK 16
+/* Two tiles, both 256 threads as 16 × 16 (tx = tid % 16 over pixels, ty = tid / 16 over channels):
+ *   T64:  64 channels × 64 pixels, K step 16, 4 × 4 outputs per thread;
+ *   T128: 128 channels × 128 pixels, K step 8, 8 × 8 outputs per thread (twice the FMAs per shared load).
+ * Thread (tx, ty) owns channels 4·ty + (i & 3) + 64·(i >> 2) and pixels 4·tx + (j & 3) + 64·(j >> 2): every
+ * shared read is an aligned LDS.128 (A broadcast across the 16 lanes of a row, B 16 distinct float4). */
 #define CONV_THREADS 256
-#define CONV_AS (CONV_BM + 4)
-#define CONV_SMEM_FLOATS (CONV_BK * CONV_AS + CONV_BK * CONV_BN)
+template <int BM_, int BN_, int BK_> struct ConvTile {
+    static constexpr int BM = BM_, BN = BN_, BK = BK_;
+    static constexpr int AS = BM + 4; /* A row pad: aligned float4 rows; the [k][m] transposing store is
+                                         conflict-free (T128) or 2-way (T64) */
+    static constexpr int TM = BM / 16, TN = BN / 16;
+    static constexpr int A_PER = BM * BK / CONV_THREADS, B_PER = BK * BN / CONV_THREADS;
+    static constexpr int SMEM_FLOATS = BK * AS + BK * BN;
+    static_assert(A_PER * CONV_THREADS == BM * BK && B_PER * CONV_THREADS == BK * BN, "tile / block mismatch");
+    static_assert((TM == 4 || TM == 8) && (TN == 4 || TN == 8), "4 or 8 outputs per thread and dimension");
+};
+typedef ConvTile<64, 64, 16> T64;
+typedef ConvTile<128, 128, 8> T128;
 
 /* Conv2d gather (KH, KW > 0: compile-time kernel size; 0: the runtime kh, kw). PHASE: upsample_conv's output
  * mapping, pixel (y, x) of phase (a, b) stored at (2y + a, 2x + b) of the 2h × 2w image. */
@@ -133,73 +145,83 @@ struct TransGeo {
     __device__ __forceinline__ size_t cstride() const { return (size_t)oh * ow; }
 };
 
-/* The implicit GEMM: out tile (blockIdx.y·64 .. +64 channels) × (blockIdx.x·64 .. +64 pixels). M = c_out, N =
+/* The implicit GEMM: out tile (blockIdx.y·BM .. +BM channels) × (blockIdx.x·BN .. +BN pixels). M = c_out, N =
  * pixels; g.K terms per output. bias / residual may be null. */
-template <class G>
+template <class Tl, class G>
 static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, const float* __restrict__ bias,
                                                   const float* residual, float* out, float* smem) {
+    constexpr int BM = Tl::BM, BN = Tl::BN, BK = Tl::BK, AS = Tl::AS;
+    constexpr int TM = Tl::TM, TN = Tl::TN, A_PER = Tl::A_PER, B_PER = Tl::B_PER;
     if (blockDim.x != CONV_THREADS || blockDim.y != 1 || blockDim.z != 1) __trap();
-    float* As = smem;                      /* [CONV_BK][CONV_AS] */
-    float* Bs = smem + CONV_BK * CONV_AS;  /* [CONV_BK][CONV_BN] */
+    float* As = smem;           /* [BK][AS] */
+    float* Bs = smem + BK * AS; /* [BK][BN] */
     const int tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int m0 = (int)blockIdx.y * CONV_BM, p0 = (int)blockIdx.x * CONV_BN, K = g.K;
+    const int m0 = (int)blockIdx.y * BM, p0 = (int)blockIdx.x * BN, K = g.K;
 
-    /* loader roles: A element (m0 + am + 16r, k0 + ak); B element (k0 + bk + 4r, pixel p0 + bp) */
-    const int ak = tid % CONV_BK, am = tid / CONV_BK;
-    const int bp = tid % CONV_BN, bk = tid / CONV_BN;
+    /* loader roles: A element (m0 + am + (256/BK)·r, k0 + ak); B element (k0 + bk + (256/BN)·r, pixel p0 + bp) */
+    const int ak = tid % BK, am = tid / BK;
+    const int bp = tid % BN, bk = tid / BN;
     const bool pvalid = p0 + bp < N;
     const typename G::Pix px = g.pixel(pvalid ? p0 + bp : 0);
 
-    float ra[4], rb[4];
+    float ra[A_PER], rb[B_PER];
     auto load = [&](int k0) {
 #pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int m = m0 + am + 16 * r, ka = k0 + ak;
+        for (int r = 0; r < A_PER; r++) {
+            const int m = m0 + am + (CONV_THREADS / BK) * r, ka = k0 + ak;
             ra[r] = m < M && ka < K ? g.weight(m, ka) : 0.0f;
-            const int kb = k0 + bk + 4 * r;
+        }
+#pragma unroll
+        for (int r = 0; r < B_PER; r++) {
+            const int kb = k0 + bk + (CONV_THREADS / BN) * r;
             rb[r] = pvalid && kb < K ? g.gather(px, kb) : 0.0f;
         }
     };
 
-    float acc[4][4];
+    float acc[TM][TN];
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < TM; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
 
     load(0);
-    for (int k0 = 0; k0 < K; k0 += CONV_BK) {
+    for (int k0 = 0; k0 < K; k0 += BK) {
 #pragma unroll
-        for (int r = 0; r < 4; r++) {
-            As[ak * CONV_AS + am + 16 * r] = ra[r];
-            Bs[(bk + 4 * r) * CONV_BN + bp] = rb[r];
-        }
+        for (int r = 0; r < A_PER; r++) As[ak * AS + am + (CONV_THREADS / BK) * r] = ra[r];
+#pragma unroll
+        for (int r = 0; r < B_PER; r++) Bs[(bk + (CONV_THREADS / BN) * r) * BN + bp] = rb[r];
         __syncthreads();
-        if (k0 + CONV_BK < K) load(k0 + CONV_BK); /* in flight while this tile is consumed */
+        if (k0 + BK < K) load(k0 + BK); /* in flight while this tile is consumed */
 #pragma unroll
-        for (int kk = 0; kk < CONV_BK; kk++) {
-            const float4 a4 = *reinterpret_cast<const float4*>(As + kk * CONV_AS + 4 * ty);
-            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
-            float bv[4];
+        for (int kk = 0; kk < BK; kk++) {
+            float av[TM], bv[TN];
 #pragma unroll
-            for (int j = 0; j < 4; j++) bv[j] = Bs[kk * CONV_BN + tx + 16 * j];
+            for (int h = 0; h < TM / 4; h++) {
+                const float4 v = *reinterpret_cast<const float4*>(As + kk * AS + 4 * ty + 64 * h);
+                av[4 * h] = v.x, av[4 * h + 1] = v.y, av[4 * h + 2] = v.z, av[4 * h + 3] = v.w;
+            }
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int h = 0; h < TN / 4; h++) {
+                const float4 v = *reinterpret_cast<const float4*>(Bs + kk * BN + 4 * tx + 64 * h);
+                bv[4 * h] = v.x, bv[4 * h + 1] = v.y, bv[4 * h + 2] = v.z, bv[4 * h + 3] = v.w;
+            }
 #pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
         }
         __syncthreads(); /* the next iteration overwrites the tile */
     }
 
     const size_t cs = g.cstride();
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int p = p0 + tx + 16 * j;
+    for (int j = 0; j < TN; j++) {
+        const int p = p0 + 4 * tx + (j & 3) + 64 * (j >> 2);
         if (p >= N) continue;
         const size_t base = g.out_base(p);
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int m = m0 + 4 * ty + i;
+        for (int i = 0; i < TM; i++) {
+            const int m = m0 + 4 * ty + (i & 3) + 64 * (i >> 2);
             if (m >= M) continue;
             const size_t o = base + (size_t)m * cs;
             float v = acc[i][j] + (bias ? bias[m] : 0.0f);
@@ -209,7 +231,7 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
     }
 }
 
-template <int KH, int KW>
+template <class Tl, int KH, int KW>
 static __device__ __forceinline__ void conv2d_run(const float* x, const float* w, const float* bias,
                                                   const float* residual, float* out, const Conv2dParams& p,
                                                   float* smem) {
@@ -217,39 +239,67 @@ static __device__ __forceinline__ void conv2d_run(const float* x, const float* w
     g.x = x, g.w = w, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = p.kh, g.kw = p.kw, g.stride = p.stride;
     g.top = p.pad_top, g.left = p.pad_left, g.oh = p.oh, g.ow = p.ow, g.c_out = p.c_out;
     g.K = p.c_in * p.kh * p.kw, g.a = 0, g.b = 0;
-    conv_igemm(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr, p.has_residual ? residual : nullptr, out,
-               smem);
+    conv_igemm<Tl>(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr, p.has_residual ? residual : nullptr,
+                   out, smem);
 }
 
-extern "C" __global__ void conv2d_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                      const float* __restrict__ bias, const float* residual, float* out,
-                                      Conv2dParams p) {
+template <class Tl>
+static __device__ __forceinline__ void conv2d_entry(const float* x, const float* w, const float* bias,
+                                                    const float* residual, float* out, const Conv2dParams& p) {
     DYNAMIC_SHARED(float, smem);
     /* uniform branch: the common sizes get constant divisors in the gather */
-    if (p.kh == 3 && p.kw == 3) conv2d_run<3, 3>(x, w, bias, residual, out, p, smem);
-    else if (p.kh == 1 && p.kw == 1) conv2d_run<1, 1>(x, w, bias, residual, out, p, smem);
-    else conv2d_run<0, 0>(x, w, bias, residual, out, p, smem);
+    if (p.kh == 3 && p.kw == 3) conv2d_run<Tl, 3, 3>(x, w, bias, residual, out, p, smem);
+    else if (p.kh == 1 && p.kw == 1) conv2d_run<Tl, 1, 1>(x, w, bias, residual, out, p, smem);
+    else conv2d_run<Tl, 0, 0>(x, w, bias, residual, out, p, smem);
 }
 
 /* blockIdx.z = output phase a·2 + b; the phase's weights are the (c_out, c_in, 2, 2) slice z of w. */
-extern "C" __global__ void upsample_conv_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                             const float* __restrict__ bias, float* __restrict__ out,
-                                             UpsampleConvParams p) {
+template <class Tl>
+static __device__ __forceinline__ void upsample_conv_entry(const float* x, const float* w, const float* bias,
+                                                           float* out, const UpsampleConvParams& p) {
     DYNAMIC_SHARED(float, smem);
     const int phase = (int)blockIdx.z, a = phase >> 1, b = phase & 1;
     ConvGeo<2, 2, true> g;
     g.K = p.c_in * 4;
     g.x = x, g.w = w + (size_t)phase * p.c_out * g.K, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = 2, g.kw = 2;
     g.stride = 1, g.top = 1 - a, g.left = 1 - b, g.oh = p.h, g.ow = p.w, g.c_out = p.c_out, g.a = a, g.b = b;
-    conv_igemm(g, p.c_out, p.n * p.h * p.w, p.has_bias ? bias : nullptr, nullptr, out, smem);
+    conv_igemm<Tl>(g, p.c_out, p.n * p.h * p.w, p.has_bias ? bias : nullptr, nullptr, out, smem);
 }
 
-extern "C" __global__ void conv_transpose2d_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                                const float* __restrict__ bias, float* __restrict__ out,
-                                                ConvTranspose2dParams p) {
+template <class Tl>
+static __device__ __forceinline__ void conv_transpose2d_entry(const float* x, const float* w, const float* bias,
+                                                              float* out, const ConvTranspose2dParams& p) {
     DYNAMIC_SHARED(float, smem);
     TransGeo g;
     g.x = x, g.w = w, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = p.kh, g.kw = p.kw, g.stride = p.stride;
     g.pad = p.pad, g.oh = p.oh, g.ow = p.ow, g.c_out = p.c_out, g.K = p.c_in * p.kh * p.kw;
-    conv_igemm(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr, nullptr, out, smem);
+    conv_igemm<Tl>(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr, nullptr, out, smem);
+}
+
+extern "C" __global__ void conv2d_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                      const float* __restrict__ bias, const float* residual, float* out,
+                                      Conv2dParams p) {
+    conv2d_entry<T64>(x, w, bias, residual, out, p);
+}
+extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void conv2d_t128_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                    const float* residual, float* out, Conv2dParams p) {
+    conv2d_entry<T128>(x, w, bias, residual, out, p);
+}
+extern "C" __global__ void upsample_conv_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                             const float* __restrict__ bias, float* __restrict__ out,
+                                             UpsampleConvParams p) {
+    upsample_conv_entry<T64>(x, w, bias, out, p);
+}
+extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void upsample_conv_t128_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                           float* __restrict__ out, UpsampleConvParams p) {
+    upsample_conv_entry<T128>(x, w, bias, out, p);
+}
+extern "C" __global__ void conv_transpose2d_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                                const float* __restrict__ bias, float* __restrict__ out,
+                                                ConvTranspose2dParams p) {
+    conv_transpose2d_entry<T64>(x, w, bias, out, p);
+}
+extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void conv_transpose2d_t128_f32(const float* __restrict__ x, const float* __restrict__ w,
+                              const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p) {
+    conv_transpose2d_entry<T128>(x, w, bias, out, p);
 }

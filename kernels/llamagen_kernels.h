@@ -123,10 +123,16 @@ typedef struct CuemuLaunchOptions {
     X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))        \
     X(conv2d_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,         \
                    const float* residual, float* out, Conv2dParams p))                                                \
+    X(conv2d_t128_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,    \
+                        const float* residual, float* out, Conv2dParams p))                                           \
     X(upsample_conv_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,  \
                           float* __restrict__ out, UpsampleConvParams p))                                             \
+    X(upsample_conv_t128_f32, (const float* __restrict__ x, const float* __restrict__ w,                             \
+                               const float* __restrict__ bias, float* __restrict__ out, UpsampleConvParams p))        \
     X(conv_transpose2d_f32, (const float* __restrict__ x, const float* __restrict__ w,                               \
-                             const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p))
+                             const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p))       \
+    X(conv_transpose2d_t128_f32, (const float* __restrict__ x, const float* __restrict__ w,                          \
+                                  const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */

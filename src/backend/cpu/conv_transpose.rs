@@ -159,13 +159,16 @@ mod tests {
     fn stride_one_is_a_flipped_conv() {
         let (n, ci, co, h, w, k) = (1, 2, 3, 4, 5, 3);
         let x: Vec<f32> = (0..n * ci * h * w).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
-        let wt: Vec<f32> = (0..ci * co * k * k).map(|i| ((i * 5) % 13) as f32 * 0.5 - 3.0).collect();
+        let wt: Vec<f32> = (0..ci * co * k * k)
+            .map(|i| ((i * 5) % 13) as f32 * 0.5 - 3.0)
+            .collect();
         let mut flipped = vec![0f32; wt.len()];
         for a in 0..ci {
             for b in 0..co {
                 for ky in 0..k {
                     for kx in 0..k {
-                        flipped[((b * ci + a) * k + ky) * k + kx] = wt[((a * co + b) * k + (k - 1 - ky)) * k + (k - 1 - kx)];
+                        flipped[((b * ci + a) * k + ky) * k + kx] =
+                            wt[((a * co + b) * k + (k - 1 - ky)) * k + (k - 1 - kx)];
                     }
                 }
             }

@@ -4,35 +4,74 @@
 //! weight fold [`upsample_fold_weights`], and [`conv_transpose2d`] (torch ConvTranspose2d; CPU reference
 //! `backend::cpu::conv_transpose::conv_transpose2d`).
 //!
-//! All three kernels are one implicit GEMM (no im2col buffer, no workspace): 256-thread blocks, each a 64 output
-//! channels × 64 output pixels tile, pixels of all images flattened; see the kernel file for the design.
+//! All three are one implicit GEMM (no im2col buffer, no workspace): 256-thread blocks, each a 64 × 64 or
+//! 128 × 128 tile ([`Tile`]) of output channels × output pixels, pixels of all images flattened; see the kernel
+//! file for the design.
 use super::kernels::{self, Conv2dParams, ConvTranspose2dParams, UpsampleConvParams};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, LaunchConfig, Launcher};
 use crate::backend::cpu;
 use crate::Result;
 
-/// Tile of one block: output channels × output pixels (CONV_BM × CONV_BN in kernels/conv.cu).
-pub const TILE_M: usize = 64;
-pub const TILE_N: usize = 64;
 /// The kernels require exactly this block size (they trap otherwise).
 pub const THREADS: u32 = 256;
-/// Dynamic shared memory per block: A tile 16 × (64 + 4) floats plus B tile 16 × 64 floats.
-pub const SMEM_BYTES: u32 = ((16 * (64 + 4) + 16 * 64) * 4) as u32;
 
-/// Grid (ceil(pixels / 64), ceil(c_out / 64), phases) of 256-thread blocks. 64 × 64 tiles with 4 × 4 outputs
-/// per thread: the largest tile that keeps ≥ 2 blocks per SM's worth of work at the decoder's 16×16 (512 ch)
-/// stages and small enough that conv_out (c_out = 3) wastes one tile row, not two.
-pub fn config(pixels: usize, c_out: usize, phases: u32) -> LaunchConfig {
+/// Output tile of one block (output channels × output pixels), one kernel variant each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 64 × 64, 4 × 4 outputs per thread, K step 16 (`conv2d_f32`, `upsample_conv_f32`, `conv_transpose2d_f32`).
+    T64,
+    /// 128 × 128, 8 × 8 outputs per thread, K step 8 (`*_t128_f32`): twice the FMAs per shared-memory load.
+    T128,
+}
+
+impl Tile {
+    pub fn dims(self) -> (usize, usize) {
+        match self {
+            Tile::T64 => (64, 64),
+            Tile::T128 => (128, 128),
+        }
+    }
+
+    /// Dynamic shared memory per block: A tile BK × (BM + 4) floats plus B tile BK × BN floats.
+    pub fn shared_bytes(self) -> u32 {
+        match self {
+            Tile::T64 => (16 * (64 + 4) + 16 * 64) * 4,
+            Tile::T128 => (8 * (128 + 4) + 8 * 128) * 4,
+        }
+    }
+
+    /// The production choice: T128 where it still gives at least one block per SM of an H100 (132) and wastes
+    /// little of the channel dimension (c_out ≥ 96), T64 otherwise (the decoder's 16×16 and 32×32 stages,
+    /// conv_out's 3 channels, small test shapes). A guess from occupancy arithmetic, not yet measured.
+    pub fn pick(pixels: usize, c_out: usize) -> Tile {
+        if c_out >= 96 && pixels.div_ceil(128) * c_out.div_ceil(128) >= 132 {
+            Tile::T128
+        } else {
+            Tile::T64
+        }
+    }
+}
+
+/// Grid (ceil(pixels / BN), ceil(c_out / BM), phases) of 256-thread blocks with the tile's shared memory.
+pub fn config(tile: Tile, pixels: usize, c_out: usize, phases: u32) -> LaunchConfig {
+    let (bm, bn) = tile.dims();
     LaunchConfig::new(
-        [pixels.div_ceil(TILE_N) as u32, c_out.div_ceil(TILE_M) as u32, phases],
+        [pixels.div_ceil(bn) as u32, c_out.div_ceil(bm) as u32, phases],
         [THREADS, 1, 1],
     )
-    .with_shared(SMEM_BYTES)
+    .with_shared(tile.shared_bytes())
 }
 
 /// Output size (oh, ow) of a Conv2d, pad = [top, bottom, left, right]; `None` if the kernel exceeds the padded
 /// input or the stride is 0.
-pub fn conv2d_out_size(h: usize, w: usize, kh: usize, kw: usize, stride: usize, pad: [usize; 4]) -> Option<(usize, usize)> {
+pub fn conv2d_out_size(
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: [usize; 4],
+) -> Option<(usize, usize)> {
     if stride == 0 || kh == 0 || kw == 0 {
         return None;
     }
@@ -60,17 +99,27 @@ fn product(op: &str, what: &str, dims: &[usize]) -> Result<usize> {
         .ok_or_else(|| invalid(op, format!("{what} overflows")))
 }
 
-fn grid_y(op: &str, c_out: usize) -> Result<()> {
-    if c_out.div_ceil(TILE_M) > 65535 {
-        return Err(invalid(op, format!("c_out = {c_out} exceeds the grid ({} channels)", 65535 * TILE_M)));
+/// The tile to launch (`tile` overrides [`Tile::pick`]), after checking that the grid fits.
+fn tile_for(op: &str, tile: Option<Tile>, pixels: usize, c_out: usize) -> Result<Tile> {
+    let t = tile.unwrap_or_else(|| Tile::pick(pixels, c_out));
+    let (bm, bn) = t.dims();
+    if c_out.div_ceil(bm) > 65535 {
+        return Err(invalid(
+            op,
+            format!("c_out = {c_out} exceeds the grid ({} channels)", 65535 * bm),
+        ));
     }
-    Ok(())
+    if pixels.div_ceil(bn) > i32::MAX as usize {
+        return Err(invalid(op, format!("{pixels} output pixels exceed the grid")));
+    }
+    Ok(t)
 }
 
 /// `out = conv2d(x, weight) + bias (+ residual)`, torch Conv2d semantics (cross-correlation, zero padding).
 /// x: (n, c_in, h, w); weight: torch (c_out, c_in, kh, kw); bias: (c_out) or none; residual: same shape as out or
 /// none; out: (n, c_out, oh, ow) with (oh, ow) = [`conv2d_out_size`]. pad = [top, bottom, left, right]. Any
 /// kh, kw ≥ 1 (1×1 and 3×3 have specialised gathers), any stride ≥ 1. Buffers may be longer than needed.
+/// `tile` overrides the kernel variant ([`Tile::pick`] when `None`; tests run both).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d<L: Launcher + ?Sized>(
     l: &L,
@@ -83,18 +132,36 @@ pub fn conv2d<L: Launcher + ?Sized>(
     (c_out, kh, kw): (usize, usize, usize),
     stride: usize,
     pad: [usize; 4],
+    tile: Option<Tile>,
 ) -> Result<()> {
     let op = "conv2d";
     nonzero(
         op,
-        &[("n", n), ("c_in", c_in), ("h", h), ("w", w), ("c_out", c_out), ("kh", kh), ("kw", kw), ("stride", stride)],
+        &[
+            ("n", n),
+            ("c_in", c_in),
+            ("h", h),
+            ("w", w),
+            ("c_out", c_out),
+            ("kh", kh),
+            ("kw", kw),
+            ("stride", stride),
+        ],
     )?;
     let (oh, ow) = conv2d_out_size(h, w, kh, kw, stride, pad).ok_or_else(|| {
-        invalid(op, format!("{kh}x{kw} kernel exceeds the {h}x{w} input padded by {pad:?}"))
+        invalid(
+            op,
+            format!("{kh}x{kw} kernel exceeds the {h}x{w} input padded by {pad:?}"),
+        )
     })?;
     let pixels = product(op, "n·oh·ow", &[n, oh, ow])?;
     check_len(op, "x", x.len(), product(op, "x size", &[n, c_in, h, w])?)?;
-    check_len(op, "weight", weight.len(), product(op, "weight size", &[c_out, c_in, kh, kw])?)?;
+    check_len(
+        op,
+        "weight",
+        weight.len(),
+        product(op, "weight size", &[c_out, c_in, kh, kw])?,
+    )?;
     let out_len = product(op, "out size", &[pixels, c_out])?;
     check_len(op, "out", out.len(), out_len)?;
     if let Some(b) = &bias {
@@ -103,7 +170,7 @@ pub fn conv2d<L: Launcher + ?Sized>(
     if let Some(r) = &residual {
         check_len(op, "residual", r.len(), out_len)?;
     }
-    grid_y(op, c_out)?;
+    let tile = tile_for(op, tile, pixels, c_out)?;
     let p = Conv2dParams {
         n: to_i32(op, "n", n)?,
         c_in: to_i32(op, "c_in", c_in)?,
@@ -125,7 +192,11 @@ pub fn conv2d<L: Launcher + ?Sized>(
     // the kernel's padded coordinates (oy·stride − top + ky) stay in int32
     to_i32(op, "padded input", (h + pad[0] + pad[1]).max(w + pad[2] + pad[3]) * 2)?;
     let (b, r) = (bias.unwrap_or_else(absent), residual.unwrap_or_else(absent));
-    kernels::conv2d_f32(l, config(pixels, c_out, 1), x, weight, b, r, out, p)
+    let cfg = config(tile, pixels, c_out, 1);
+    match tile {
+        Tile::T64 => kernels::conv2d_f32(l, cfg, x, weight, b, r, out, p),
+        Tile::T128 => kernels::conv2d_t128_f32(l, cfg, x, weight, b, r, out, p),
+    }
 }
 
 /// Folds a torch 3×3 weight (c_out, c_in, 3, 3) into the four phase weights [`upsample_conv`] reads, layout
@@ -150,7 +221,8 @@ pub fn upsample_fold_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f
 }
 
 /// Nearest ×2 upsample then 3×3 stride-1 pad-1 conv (+ bias): x (n, c_in, h, w) → out (n, c_out, 2h, 2w).
-/// `folded` is [`upsample_fold_weights`] of the torch 3×3 weight (16·c_out·c_in floats).
+/// `folded` is [`upsample_fold_weights`] of the torch 3×3 weight (16·c_out·c_in floats). `tile` as in
+/// [`conv2d`] (picked on the n·h·w pixels of one phase).
 #[allow(clippy::too_many_arguments)]
 pub fn upsample_conv<L: Launcher + ?Sized>(
     l: &L,
@@ -160,17 +232,23 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
     out: DevPtrMut<'_, f32>,
     (n, c_in, h, w): (usize, usize, usize, usize),
     c_out: usize,
+    tile: Option<Tile>,
 ) -> Result<()> {
     let op = "upsample_conv";
     nonzero(op, &[("n", n), ("c_in", c_in), ("h", h), ("w", w), ("c_out", c_out)])?;
     let pixels = product(op, "n·h·w", &[n, h, w])?;
     check_len(op, "x", x.len(), product(op, "x size", &[pixels, c_in])?)?;
-    check_len(op, "folded weight", folded.len(), product(op, "weight size", &[16, c_out, c_in])?)?;
+    check_len(
+        op,
+        "folded weight",
+        folded.len(),
+        product(op, "weight size", &[16, c_out, c_in])?,
+    )?;
     check_len(op, "out", out.len(), product(op, "out size", &[4, pixels, c_out])?)?;
     if let Some(b) = &bias {
         check_len(op, "bias", b.len(), c_out)?;
     }
-    grid_y(op, c_out)?;
+    let tile = tile_for(op, tile, pixels, c_out)?;
     // the kernel indexes output rows and columns of the 2h × 2w image in int32
     to_i32(op, "n·2h·2w", product(op, "n·2h·2w", &[4, pixels])?)?;
     to_i32(op, "c_in·4", product(op, "c_in·4", &[c_in, 4])?)?;
@@ -182,13 +260,17 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
         c_out: to_i32(op, "c_out", c_out)?,
         has_bias: bias.is_some() as i32,
     };
-    kernels::upsample_conv_f32(l, config(pixels, c_out, 4), x, folded, bias.unwrap_or_else(absent), out, p)
+    let (cfg, b) = (config(tile, pixels, c_out, 4), bias.unwrap_or_else(absent));
+    match tile {
+        Tile::T64 => kernels::upsample_conv_f32(l, cfg, x, folded, b, out, p),
+        Tile::T128 => kernels::upsample_conv_t128_f32(l, cfg, x, folded, b, out, p),
+    }
 }
 
 /// torch ConvTranspose2d (dilation 1, groups 1) + bias: x (n, c_in, h, w); weight (c_in, c_out, kh, kw) as PyTorch
 /// stores it; out (n, c_out, oh, ow) with oh = (h − 1)·stride − 2·pad + kh + output_padding (likewise ow,
 /// `cpu::conv_transpose::out_size`). `pad` and `output_padding` apply to both dimensions; like PyTorch,
-/// output_padding must be smaller than the stride.
+/// output_padding must be smaller than the stride. `tile` as in [`conv2d`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d<L: Launcher + ?Sized>(
     l: &L,
@@ -201,27 +283,48 @@ pub fn conv_transpose2d<L: Launcher + ?Sized>(
     stride: usize,
     pad: usize,
     output_padding: usize,
+    tile: Option<Tile>,
 ) -> Result<()> {
     let op = "conv_transpose2d";
     nonzero(
         op,
-        &[("n", n), ("c_in", c_in), ("h", h), ("w", w), ("c_out", c_out), ("kh", kh), ("kw", kw), ("stride", stride)],
+        &[
+            ("n", n),
+            ("c_in", c_in),
+            ("h", h),
+            ("w", w),
+            ("c_out", c_out),
+            ("kh", kh),
+            ("kw", kw),
+            ("stride", stride),
+        ],
     )?;
     if output_padding >= stride {
-        return Err(invalid(op, format!("output_padding {output_padding} must be smaller than stride {stride}")));
+        return Err(invalid(
+            op,
+            format!("output_padding {output_padding} must be smaller than stride {stride}"),
+        ));
     }
     let size = |i, k| cpu::conv_transpose::out_size(i, k, stride, pad, output_padding);
     let (oh, ow) = size(h, kh).zip(size(w, kw)).ok_or_else(|| {
-        invalid(op, format!("empty output for {h}x{w}, kernel {kh}x{kw}, stride {stride}, padding {pad}"))
+        invalid(
+            op,
+            format!("empty output for {h}x{w}, kernel {kh}x{kw}, stride {stride}, padding {pad}"),
+        )
     })?;
     let pixels = product(op, "n·oh·ow", &[n, oh, ow])?;
     check_len(op, "x", x.len(), product(op, "x size", &[n, c_in, h, w])?)?;
-    check_len(op, "weight", weight.len(), product(op, "weight size", &[c_in, c_out, kh, kw])?)?;
+    check_len(
+        op,
+        "weight",
+        weight.len(),
+        product(op, "weight size", &[c_in, c_out, kh, kw])?,
+    )?;
     check_len(op, "out", out.len(), product(op, "out size", &[pixels, c_out])?)?;
     if let Some(b) = &bias {
         check_len(op, "bias", b.len(), c_out)?;
     }
-    grid_y(op, c_out)?;
+    let tile = tile_for(op, tile, pixels, c_out)?;
     to_i32(op, "n·oh·ow", pixels)?;
     to_i32(op, "c_in·kh·kw", product(op, "c_in·kh·kw", &[c_in, kh, kw])?)?;
     let p = ConvTranspose2dParams {
@@ -239,7 +342,11 @@ pub fn conv_transpose2d<L: Launcher + ?Sized>(
         has_bias: bias.is_some() as i32,
     };
     to_i32(op, "oh + pad", oh + pad)?;
-    kernels::conv_transpose2d_f32(l, config(pixels, c_out, 1), x, weight, bias.unwrap_or_else(absent), out, p)
+    let (cfg, b) = (config(tile, pixels, c_out, 1), bias.unwrap_or_else(absent));
+    match tile {
+        Tile::T64 => kernels::conv_transpose2d_f32(l, cfg, x, weight, b, out, p),
+        Tile::T128 => kernels::conv_transpose2d_t128_f32(l, cfg, x, weight, b, out, p),
+    }
 }
 
 #[cfg(test)]
