@@ -144,6 +144,51 @@ typedef struct SoftmaxRowsParams {
     int32_t rows;
     int32_t len;
 } SoftmaxRowsParams;
+/* conv2d_f32: NCHW cross-correlation (torch Conv2d), weight (c_out, c_in, kh, kw), kh, kw <= 3 (any size works, the
+ * 1x1 and 3x3 cases are specialised); output (n, c_out, oh, ow) computed by the launcher from the padding. */
+typedef struct Conv2dParams {
+    int32_t n;
+    int32_t c_in;
+    int32_t h;
+    int32_t w;
+    int32_t c_out;
+    int32_t kh;
+    int32_t kw;
+    int32_t stride;
+    int32_t pad_top;
+    int32_t pad_left;
+    int32_t oh;
+    int32_t ow;
+    int32_t has_bias;     /* 0: the bias pointer is not read */
+    int32_t has_residual; /* 0: the residual pointer is not read */
+} Conv2dParams;
+
+/* upsample_conv_f32: nearest x2 then 3x3 pad-1 conv, input (n, c_in, h, w), output (n, c_out, 2h, 2w); weights
+ * folded per output phase (backend::cuda::conv::upsample_fold_weights). */
+typedef struct UpsampleConvParams {
+    int32_t n;
+    int32_t c_in;
+    int32_t h;
+    int32_t w;
+    int32_t c_out;
+    int32_t has_bias;
+} UpsampleConvParams;
+
+/* conv_transpose2d_f32: torch ConvTranspose2d, weight (c_in, c_out, kh, kw), dilation 1, groups 1. */
+typedef struct ConvTranspose2dParams {
+    int32_t n;
+    int32_t c_in;
+    int32_t h;
+    int32_t w;
+    int32_t c_out;
+    int32_t kh;
+    int32_t kw;
+    int32_t stride;
+    int32_t pad;
+    int32_t oh;
+    int32_t ow;
+    int32_t has_bias;
+} ConvTranspose2dParams;
 
 /* The values that change from one run of a graph to the next, kept in device memory: the host writes them before
  * each run (one small copy on the stream), so a captured CUDA graph replays without being re-recorded. Kernels that
@@ -241,7 +286,19 @@ typedef struct CuemuLaunchOptions {
                         const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))             \
     X(gemm_strided_f32, (const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ bias,     \
                          const float* r, float* c, GemmStridedParams p))                                               \
-    X(vq_attention_softmax_f32, (float* __restrict__ s, SoftmaxRowsParams p))
+    X(vq_attention_softmax_f32, (float* __restrict__ s, SoftmaxRowsParams p))                                          \
+    X(conv2d_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,           \
+                   const float* residual, float* out, Conv2dParams p))                                                 \
+    X(conv2d_t128_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,      \
+                        const float* residual, float* out, Conv2dParams p))                                            \
+    X(upsample_conv_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,    \
+                          float* __restrict__ out, UpsampleConvParams p))                                              \
+    X(upsample_conv_t128_f32, (const float* __restrict__ x, const float* __restrict__ w,                               \
+                               const float* __restrict__ bias, float* __restrict__ out, UpsampleConvParams p))         \
+    X(conv_transpose2d_f32, (const float* __restrict__ x, const float* __restrict__ w,                                 \
+                             const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p))        \
+    X(conv_transpose2d_t128_f32, (const float* __restrict__ x, const float* __restrict__ w,                            \
+                                  const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */

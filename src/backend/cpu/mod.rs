@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod codebook;
 pub mod conv;
+pub mod conv_transpose;
 pub mod embed;
 pub mod groupnorm;
 pub mod kv_cache;

@@ -1,0 +1,305 @@
+/*
+ * conv.cu: the VQ tokenizer's convolutions in f32, NCHW (the reference runs the VQ encoder/decoder in f32).
+ *
+ * Entry points (kernels/llamagen_kernels.h):
+ *   conv2d_f32          (x [n, c_in, h, w], w [c_out, c_in, kh, kw], bias [c_out] | null, residual | null,
+ *                        out [n, c_out, oh, ow], Conv2dParams)
+ *       torch Conv2d (cross-correlation) with stride and asymmetric zero padding (top, left given; bottom and right
+ *       only shape oh, ow); out = conv + bias (+ residual, the ResnetBlock shortcut, same shape as out; it may be
+ *       the out buffer itself: each element is read and written by the same thread).
+ *   upsample_conv_f32   (x [n, c_in, h, w], w [4, c_out, c_in, 2, 2], bias | null, out [n, c_out, 2h, 2w],
+ *                        UpsampleConvParams)
+ *       nearest ×2 upsample then 3×3 pad-1 conv, computed as four output phases (a, b) = (Y % 2, X % 2), each a
+ *       2×2 conv of the low-resolution input: out(2y+a, 2x+b) = Σ_{ci,dy,dx} Wp[a·2+b][co][ci][dy][dx] ·
+ *       x(y+a+dy−1, x+b+dx−1), zero outside. Wp is the 3×3 weight folded on the host once
+ *       (backend::cuda::conv::upsample_fold_weights: Wp[.., dy, dx] = Σ of the 3×3 taps in FOLD[a][dy] ×
+ *       FOLD[b][dx], FOLD = [[{0}, {1,2}], [{0,1}, {2}]]); each phase's slice is a torch-layout 2×2 conv weight.
+ *       16 MACs per input pixel and channel pair instead of the 36 of upsample-then-conv (2.25× fewer).
+ *   conv_transpose2d_f32(x [n, c_in, h, w], w [c_in, c_out, kh, kw], bias | null, out [n, c_out, oh, ow],
+ *                        ConvTranspose2dParams)
+ *       torch ConvTranspose2d, dilation 1: out(oy, ox) = Σ x(iy, ix)·W[ci][co][ky][kx] over oy = iy·s − p + ky,
+ *       ox = ix·s − p + kx; oh = (h−1)·s − 2p + kh + output_padding (the launcher computes it).
+ *
+ * Design: one implicit GEMM core for all three, no im2col buffer. GEMM M = output channels, N = output pixels of
+ * all images flattened (p = (img·oh + oy)·ow + ox, so small images still fill blocks), K = c_in·kh·kw in torch
+ * order (k = (ci·kh + ky)·kw + kx). A block of 256 threads computes a 64 (channels) × 64 (pixels) tile; each
+ * thread a 4×4 register micro-tile (channels 4·ty..4·ty+3, pixels tx + 16·j, tx = tid % 16, ty = tid / 16, so a
+ * warp's stores cover 16 consecutive pixels of two channels). K advances in steps of 16: each thread loads 4
+ * weights and 4 gathered input values into registers, stores them to shared memory (A as [k][m] with a row pad
+ * of 4 floats: 16-byte aligned rows for LDS.128, 2-way store conflicts), and while the tile is consumed the next
+ * one's global loads are already in flight (register prefetch, one shared buffer, two barriers per step). The
+ * gather computes (ci, ky, kx) from k with divisions by compile-time constants for the 1×1, 2×2 (phases) and 3×3
+ * cases (runtime kh, kw for the rest) and zero-fills padding, partial tiles and k ≥ K, so every multiply-add of a
+ * stored output is a real term. Each output's sum runs over k in increasing order, one fmaf per term, in f32;
+ * then + bias, then + residual (the CPU reference's order). Geometry is a small policy struct per entry point;
+ * per-thread pixel decoding (one division chain) happens once per block, outside the K loop.
+ * The kernel requires blockDim = (256, 1, 1) (it traps otherwise); grid = (ceil(N/64), ceil(c_out/64), phases).
+ * Dynamic shared memory: (16·68 + 16·64)·4 = 8448 B (CONV_SMEM_BYTES; the launcher passes it).
+ *
+ * conv_transpose2d gathers: output pixel (oy, ox) takes tap ky only where oy + p − ky is a non-negative multiple
+ * of s below h·s. With s = 2 and k = 4, 3/4 of the K terms are such structural zeros that the core still
+ * multiplies (correct, 4× the necessary FLOPs). A phase split like upsample_conv's is the next step if a
+ * tokenizer with transposed convs matters; LlamaGen's VQ has none.
+ *
+ * Napkin math (VQ-16 decoder, 3×3 128→128 at 256×256, n = 1; H100 SXM: 3.35 TB/s, ~67 TFLOP/s f32 FMA,
+ * ~495 TFLOP/s TF32 tensor):
+ *   FLOPs = 2·128·128·9·65536 = 19.3 GFLOP; bytes ≥ 33.5 MB in + 33.5 MB out + 0.6 MB weights = 67.7 MB.
+ *   Intensity ~285 FLOP/B, far past the ridge (~20): compute bound. Roofline 288 µs in f32 FMA (20 µs of DRAM).
+ *   This kernel: per k step a warp issues 16 FFMA against 1 LDS.128 (broadcast) + 4 LDS.32, so shared-memory
+ *   issue caps it near 80% of FMA peak before latency; expect 40–60% (~0.5–0.7 ms). The tensor-core TF32 path
+ *   (the reference allows TF32) would be ~39 µs at its roofline: a later mma.sync m16n8k8 version.
+ *   Upsample 128→128 from 128×128 to 256×256: 2·128·128·16·16384 = 8.6 GFLOP (19.3 unfolded), 128 µs roofline.
+ *   Encoder Downsample (3×3 s2, pad 0/1/0/1, 128 ch, 256→128): 4.8 GFLOP, 72 µs. conv_in 3→128 / conv_out 128→3
+ *   at 256×256 are K- or M-starved (K = 27, or M = 3 in a 64-row tile: 5% of the lanes useful); ~0.45 GFLOP each.
+ * Measured: not yet on a GPU (no device in the development environment).
+ */
+#include "common.cuh"
+#include "llamagen_kernels.h"
+
+/* Two tiles, both 256 threads as 16 × 16 (tx = tid % 16 over pixels, ty = tid / 16 over channels):
+ *   T64:  64 channels × 64 pixels, K step 16, 4 × 4 outputs per thread;
+ *   T128: 128 channels × 128 pixels, K step 8, 8 × 8 outputs per thread (twice the FMAs per shared load).
+ * Thread (tx, ty) owns channels 4·ty + (i & 3) + 64·(i >> 2) and pixels 4·tx + (j & 3) + 64·(j >> 2): every
+ * shared read is an aligned LDS.128 (A broadcast across the 16 lanes of a row, B 16 distinct float4). */
+#define CONV_THREADS 256
+template <int BM_, int BN_, int BK_> struct ConvTile {
+    static constexpr int BM = BM_, BN = BN_, BK = BK_;
+    static constexpr int AS = BM + 4; /* A row pad: aligned float4 rows; the [k][m] transposing store is
+                                         conflict-free (T128) or 2-way (T64) */
+    static constexpr int TM = BM / 16, TN = BN / 16;
+    static constexpr int A_PER = BM * BK / CONV_THREADS, B_PER = BK * BN / CONV_THREADS;
+    static constexpr int SMEM_FLOATS = BK * AS + BK * BN;
+    static_assert(A_PER * CONV_THREADS == BM * BK && B_PER * CONV_THREADS == BK * BN, "tile / block mismatch");
+    static_assert((TM == 4 || TM == 8) && (TN == 4 || TN == 8), "4 or 8 outputs per thread and dimension");
+};
+typedef ConvTile<64, 64, 16> T64;
+typedef ConvTile<128, 128, 8> T128;
+
+/* Conv2d gather (KH, KW > 0: compile-time kernel size; 0: the runtime kh, kw). PHASE: upsample_conv's output
+ * mapping, pixel (y, x) of phase (a, b) stored at (2y + a, 2x + b) of the 2h × 2w image. */
+template <int KH, int KW, bool PHASE> struct ConvGeo {
+    const float* x;
+    const float* w;
+    int c_in, h, wd, kh, kw, stride, top, left, oh, ow, c_out, K;
+    int a, b; /* PHASE only */
+
+    __device__ __forceinline__ int khv() const { return KH > 0 ? KH : kh; }
+    __device__ __forceinline__ int kwv() const { return KW > 0 ? KW : kw; }
+
+    struct Pix {
+        const float* xi;
+        int iy0, ix0;
+    };
+    __device__ __forceinline__ Pix pixel(int p) const {
+        const int ohw = oh * ow, img = p / ohw, q = p - img * ohw, oy = q / ow, ox = q - oy * ow;
+        return Pix{x + (size_t)img * c_in * h * wd, oy * stride - top, ox * stride - left};
+    }
+    __device__ __forceinline__ float gather(const Pix& px, int k) const {
+        const int taps = khv() * kwv(), ci = k / taps, r = k - ci * taps, ky = r / kwv(), kx = r - ky * kwv();
+        const int iy = px.iy0 + ky, ix = px.ix0 + kx;
+        return (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)wd ? __ldg(px.xi + ((size_t)ci * h + iy) * wd + ix)
+                                                                         : 0.0f;
+    }
+    __device__ __forceinline__ float weight(int m, int k) const { return __ldg(w + (size_t)m * K + k); }
+    /* Output element of pixel p, channel 0; channels are cstride() apart. */
+    __device__ __forceinline__ size_t out_base(int p) const {
+        const int ohw = oh * ow, img = p / ohw, q = p - img * ohw;
+        if (!PHASE) return (size_t)img * c_out * ohw + q;
+        const int y = q / ow, xx = q - y * ow;
+        return (size_t)img * c_out * 4 * ohw + (size_t)(2 * y + a) * (size_t)(2 * ow) + (size_t)(2 * xx + b);
+    }
+    __device__ __forceinline__ size_t cstride() const { return PHASE ? (size_t)4 * oh * ow : (size_t)oh * ow; }
+};
+
+/* ConvTranspose2d gather: tap (ky, kx) of output (oy, ox) reads input ((oy + p − ky) / s, (ox + p − kx) / s) when
+ * both divide exactly and land inside the image. Weight (c_in, c_out, kh, kw): A[m][k] = W[ci][m][ky][kx]. */
+struct TransGeo {
+    const float* x;
+    const float* w;
+    int c_in, h, wd, kh, kw, stride, pad, oh, ow, c_out, K;
+
+    struct Pix {
+        const float* xi;
+        int oyp, oxp; /* output coordinates plus the padding */
+    };
+    __device__ __forceinline__ Pix pixel(int p) const {
+        const int ohw = oh * ow, img = p / ohw, q = p - img * ohw, oy = q / ow, ox = q - oy * ow;
+        return Pix{x + (size_t)img * c_in * h * wd, oy + pad, ox + pad};
+    }
+    __device__ __forceinline__ float gather(const Pix& px, int k) const {
+        const int taps = kh * kw, ci = k / taps, r = k - ci * taps, ky = r / kw, kx = r - ky * kw;
+        const int ty = px.oyp - ky, tx = px.oxp - kx;
+        if (ty < 0 || tx < 0) return 0.0f;
+        const int iy = ty / stride, ix = tx / stride;
+        if (iy * stride != ty || ix * stride != tx || iy >= h || ix >= wd) return 0.0f;
+        return __ldg(px.xi + ((size_t)ci * h + iy) * wd + ix);
+    }
+    __device__ __forceinline__ float weight(int m, int k) const {
+        const int taps = kh * kw, ci = k / taps, r = k - ci * taps;
+        return __ldg(w + ((size_t)ci * c_out + m) * taps + r);
+    }
+    __device__ __forceinline__ size_t out_base(int p) const {
+        const int ohw = oh * ow, img = p / ohw;
+        return (size_t)img * c_out * ohw + (p - img * ohw);
+    }
+    __device__ __forceinline__ size_t cstride() const { return (size_t)oh * ow; }
+};
+
+/* The implicit GEMM: out tile (blockIdx.y·BM .. +BM channels) × (blockIdx.x·BN .. +BN pixels). M = c_out, N =
+ * pixels; g.K terms per output. bias / residual may be null. */
+template <class Tl, class G>
+static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, const float* __restrict__ bias,
+                                                  const float* residual, float* out, float* smem) {
+    constexpr int BM = Tl::BM, BN = Tl::BN, BK = Tl::BK, AS = Tl::AS;
+    constexpr int TM = Tl::TM, TN = Tl::TN, A_PER = Tl::A_PER, B_PER = Tl::B_PER;
+    if (blockDim.x != CONV_THREADS || blockDim.y != 1 || blockDim.z != 1) __trap();
+    float* As = smem;           /* [BK][AS] */
+    float* Bs = smem + BK * AS; /* [BK][BN] */
+    const int tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int m0 = (int)blockIdx.y * BM, p0 = (int)blockIdx.x * BN, K = g.K;
+
+    /* loader roles: A element (m0 + am + (256/BK)·r, k0 + ak); B element (k0 + bk + (256/BN)·r, pixel p0 + bp) */
+    const int ak = tid % BK, am = tid / BK;
+    const int bp = tid % BN, bk = tid / BN;
+    const bool pvalid = p0 + bp < N;
+    const typename G::Pix px = g.pixel(pvalid ? p0 + bp : 0);
+
+    float ra[A_PER], rb[B_PER];
+    auto load = [&](int k0) {
+#pragma unroll
+        for (int r = 0; r < A_PER; r++) {
+            const int m = m0 + am + (CONV_THREADS / BK) * r, ka = k0 + ak;
+            ra[r] = m < M && ka < K ? g.weight(m, ka) : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < B_PER; r++) {
+            const int kb = k0 + bk + (CONV_THREADS / BN) * r;
+            rb[r] = pvalid && kb < K ? g.gather(px, kb) : 0.0f;
+        }
+    };
+
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
+
+    load(0);
+    for (int k0 = 0; k0 < K; k0 += BK) {
+#pragma unroll
+        for (int r = 0; r < A_PER; r++) As[ak * AS + am + (CONV_THREADS / BK) * r] = ra[r];
+#pragma unroll
+        for (int r = 0; r < B_PER; r++) Bs[(bk + (CONV_THREADS / BN) * r) * BN + bp] = rb[r];
+        __syncthreads();
+        if (k0 + BK < K) load(k0 + BK); /* in flight while this tile is consumed */
+#pragma unroll
+        for (int kk = 0; kk < BK; kk++) {
+            float av[TM], bv[TN];
+#pragma unroll
+            for (int h = 0; h < TM / 4; h++) {
+                const float4 v = *reinterpret_cast<const float4*>(As + kk * AS + 4 * ty + 64 * h);
+                av[4 * h] = v.x, av[4 * h + 1] = v.y, av[4 * h + 2] = v.z, av[4 * h + 3] = v.w;
+            }
+#pragma unroll
+            for (int h = 0; h < TN / 4; h++) {
+                const float4 v = *reinterpret_cast<const float4*>(Bs + kk * BN + 4 * tx + 64 * h);
+                bv[4 * h] = v.x, bv[4 * h + 1] = v.y, bv[4 * h + 2] = v.z, bv[4 * h + 3] = v.w;
+            }
+#pragma unroll
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads(); /* the next iteration overwrites the tile */
+    }
+
+    const size_t cs = g.cstride();
+#pragma unroll
+    for (int j = 0; j < TN; j++) {
+        const int p = p0 + 4 * tx + (j & 3) + 64 * (j >> 2);
+        if (p >= N) continue;
+        const size_t base = g.out_base(p);
+#pragma unroll
+        for (int i = 0; i < TM; i++) {
+            const int m = m0 + 4 * ty + (i & 3) + 64 * (i >> 2);
+            if (m >= M) continue;
+            const size_t o = base + (size_t)m * cs;
+            float v = acc[i][j] + (bias ? bias[m] : 0.0f);
+            if (residual) v += residual[o];
+            out[o] = v;
+        }
+    }
+}
+
+template <class Tl, int KH, int KW>
+static __device__ __forceinline__ void conv2d_run(const float* x, const float* w, const float* bias,
+                                                  const float* residual, float* out, const Conv2dParams& p,
+                                                  float* smem) {
+    ConvGeo<KH, KW, false> g;
+    g.x = x, g.w = w, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = p.kh, g.kw = p.kw, g.stride = p.stride;
+    g.top = p.pad_top, g.left = p.pad_left, g.oh = p.oh, g.ow = p.ow, g.c_out = p.c_out;
+    g.K = p.c_in * p.kh * p.kw, g.a = 0, g.b = 0;
+    conv_igemm<Tl>(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr, p.has_residual ? residual : nullptr,
+                   out, smem);
+}
+
+template <class Tl>
+static __device__ __forceinline__ void conv2d_entry(const float* x, const float* w, const float* bias,
+                                                    const float* residual, float* out, const Conv2dParams& p) {
+    DYNAMIC_SHARED(float, smem);
+    /* uniform branch: the common sizes get constant divisors in the gather */
+    if (p.kh == 3 && p.kw == 3) conv2d_run<Tl, 3, 3>(x, w, bias, residual, out, p, smem);
+    else if (p.kh == 1 && p.kw == 1) conv2d_run<Tl, 1, 1>(x, w, bias, residual, out, p, smem);
+    else conv2d_run<Tl, 0, 0>(x, w, bias, residual, out, p, smem);
+}
+
+/* blockIdx.z = output phase a·2 + b; the phase's weights are the (c_out, c_in, 2, 2) slice z of w. */
+template <class Tl>
+static __device__ __forceinline__ void upsample_conv_entry(const float* x, const float* w, const float* bias,
+                                                           float* out, const UpsampleConvParams& p) {
+    DYNAMIC_SHARED(float, smem);
+    const int phase = (int)blockIdx.z, a = phase >> 1, b = phase & 1;
+    ConvGeo<2, 2, true> g;
+    g.K = p.c_in * 4;
+    g.x = x, g.w = w + (size_t)phase * p.c_out * g.K, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = 2, g.kw = 2;
+    g.stride = 1, g.top = 1 - a, g.left = 1 - b, g.oh = p.h, g.ow = p.w, g.c_out = p.c_out, g.a = a, g.b = b;
+    conv_igemm<Tl>(g, p.c_out, p.n * p.h * p.w, p.has_bias ? bias : nullptr, nullptr, out, smem);
+}
+
+template <class Tl>
+static __device__ __forceinline__ void conv_transpose2d_entry(const float* x, const float* w, const float* bias,
+                                                              float* out, const ConvTranspose2dParams& p) {
+    DYNAMIC_SHARED(float, smem);
+    TransGeo g;
+    g.x = x, g.w = w, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = p.kh, g.kw = p.kw, g.stride = p.stride;
+    g.pad = p.pad, g.oh = p.oh, g.ow = p.ow, g.c_out = p.c_out, g.K = p.c_in * p.kh * p.kw;
+    conv_igemm<Tl>(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr, nullptr, out, smem);
+}
+
+extern "C" __global__ void conv2d_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                      const float* __restrict__ bias, const float* residual, float* out,
+                                      Conv2dParams p) {
+    conv2d_entry<T64>(x, w, bias, residual, out, p);
+}
+extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void conv2d_t128_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                    const float* residual, float* out, Conv2dParams p) {
+    conv2d_entry<T128>(x, w, bias, residual, out, p);
+}
+extern "C" __global__ void upsample_conv_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                             const float* __restrict__ bias, float* __restrict__ out,
+                                             UpsampleConvParams p) {
+    upsample_conv_entry<T64>(x, w, bias, out, p);
+}
+extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void upsample_conv_t128_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                           float* __restrict__ out, UpsampleConvParams p) {
+    upsample_conv_entry<T128>(x, w, bias, out, p);
+}
+extern "C" __global__ void conv_transpose2d_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                                const float* __restrict__ bias, float* __restrict__ out,
+                                                ConvTranspose2dParams p) {
+    conv_transpose2d_entry<T64>(x, w, bias, out, p);
+}
+extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void conv_transpose2d_t128_f32(const float* __restrict__ x, const float* __restrict__ w,
+                              const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p) {
+    conv_transpose2d_entry<T128>(x, w, bias, out, p);
+}

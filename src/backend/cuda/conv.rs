@@ -1,0 +1,396 @@
+//! `conv` launchers (kernels/conv.cu), f32 NCHW: [`conv2d`] (torch Conv2d with bias and an optional fused
+//! residual; CPU reference `backend::cpu::conv::conv2d` / `conv2d_add`), [`upsample_conv`] (nearest ×2 then 3×3
+//! pad-1 conv over four output phases; CPU reference `backend::cpu::conv::upsample_conv3x3`) with its host-side
+//! weight fold [`upsample_fold_weights`], and [`conv_transpose2d`] (torch ConvTranspose2d; CPU reference
+//! `backend::cpu::conv_transpose::conv_transpose2d`).
+//!
+//! All three are one implicit GEMM (no im2col buffer, no workspace): 256-thread blocks, each a 64 × 64 or
+//! 128 × 128 tile ([`Tile`]) of output channels × output pixels, pixels of all images flattened; see the kernel
+//! file for the design.
+use super::kernels::{self, Conv2dParams, ConvTranspose2dParams, UpsampleConvParams};
+use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, LaunchConfig, Launcher};
+use crate::backend::cpu;
+use crate::Result;
+
+/// The kernels require exactly this block size (they trap otherwise).
+pub const THREADS: u32 = 256;
+
+/// Output tile of one block (output channels × output pixels), one kernel variant each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 64 × 64, 4 × 4 outputs per thread, K step 16 (`conv2d_f32`, `upsample_conv_f32`, `conv_transpose2d_f32`).
+    T64,
+    /// 128 × 128, 8 × 8 outputs per thread, K step 8 (`*_t128_f32`): twice the FMAs per shared-memory load.
+    T128,
+}
+
+impl Tile {
+    pub fn dims(self) -> (usize, usize) {
+        match self {
+            Tile::T64 => (64, 64),
+            Tile::T128 => (128, 128),
+        }
+    }
+
+    /// Dynamic shared memory per block: A tile BK × (BM + 4) floats plus B tile BK × BN floats.
+    pub fn shared_bytes(self) -> u32 {
+        match self {
+            Tile::T64 => (16 * (64 + 4) + 16 * 64) * 4,
+            Tile::T128 => (8 * (128 + 4) + 8 * 128) * 4,
+        }
+    }
+
+    /// The production choice: T128 where it still gives at least one block per SM of an H100 (132) and wastes
+    /// little of the channel dimension (c_out ≥ 96), T64 otherwise (the decoder's 16×16 and 32×32 stages,
+    /// conv_out's 3 channels, small test shapes). A guess from occupancy arithmetic, not yet measured.
+    pub fn pick(pixels: usize, c_out: usize) -> Tile {
+        if c_out >= 96 && pixels.div_ceil(128) * c_out.div_ceil(128) >= 132 {
+            Tile::T128
+        } else {
+            Tile::T64
+        }
+    }
+}
+
+/// Grid (ceil(pixels / BN), ceil(c_out / BM), phases) of 256-thread blocks with the tile's shared memory.
+pub fn config(tile: Tile, pixels: usize, c_out: usize, phases: u32) -> LaunchConfig {
+    let (bm, bn) = tile.dims();
+    LaunchConfig::new(
+        [pixels.div_ceil(bn) as u32, c_out.div_ceil(bm) as u32, phases],
+        [THREADS, 1, 1],
+    )
+    .with_shared(tile.shared_bytes())
+}
+
+/// Output size (oh, ow) of a Conv2d, pad = [top, bottom, left, right]; `None` if the kernel exceeds the padded
+/// input or the stride is 0.
+pub fn conv2d_out_size(
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: [usize; 4],
+) -> Option<(usize, usize)> {
+    if stride == 0 || kh == 0 || kw == 0 {
+        return None;
+    }
+    let ph = (h + pad[0] + pad[1]).checked_sub(kh)?;
+    let pw = (w + pad[2] + pad[3]).checked_sub(kw)?;
+    Some((ph / stride + 1, pw / stride + 1))
+}
+
+/// A pointer the kernel never dereferences (its `has_*` flag is 0).
+fn absent<'a>() -> DevPtr<'a, f32> {
+    // SAFETY: zero elements; the kernels read bias / residual only when the matching flag is set.
+    unsafe { DevPtr::from_raw(0, 0) }
+}
+
+fn nonzero(op: &str, what: &[(&str, usize)]) -> Result<()> {
+    match what.iter().find(|(_, v)| *v == 0) {
+        Some((name, _)) => Err(invalid(op, format!("empty shape: {name} = 0"))),
+        None => Ok(()),
+    }
+}
+
+fn product(op: &str, what: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| invalid(op, format!("{what} overflows")))
+}
+
+/// The tile to launch (`tile` overrides [`Tile::pick`]), after checking that the grid fits.
+fn tile_for(op: &str, tile: Option<Tile>, pixels: usize, c_out: usize) -> Result<Tile> {
+    let t = tile.unwrap_or_else(|| Tile::pick(pixels, c_out));
+    let (bm, bn) = t.dims();
+    if c_out.div_ceil(bm) > 65535 {
+        return Err(invalid(
+            op,
+            format!("c_out = {c_out} exceeds the grid ({} channels)", 65535 * bm),
+        ));
+    }
+    if pixels.div_ceil(bn) > i32::MAX as usize {
+        return Err(invalid(op, format!("{pixels} output pixels exceed the grid")));
+    }
+    Ok(t)
+}
+
+/// `out = conv2d(x, weight) + bias (+ residual)`, torch Conv2d semantics (cross-correlation, zero padding).
+/// x: (n, c_in, h, w); weight: torch (c_out, c_in, kh, kw); bias: (c_out) or none; residual: same shape as out or
+/// none; out: (n, c_out, oh, ow) with (oh, ow) = [`conv2d_out_size`]. pad = [top, bottom, left, right]. Any
+/// kh, kw ≥ 1 (1×1 and 3×3 have specialised gathers), any stride ≥ 1. Buffers may be longer than needed.
+/// `tile` overrides the kernel variant ([`Tile::pick`] when `None`; tests run both).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d<L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, f32>,
+    weight: DevPtr<'_, f32>,
+    bias: Option<DevPtr<'_, f32>>,
+    residual: Option<DevPtr<'_, f32>>,
+    out: DevPtrMut<'_, f32>,
+    (n, c_in, h, w): (usize, usize, usize, usize),
+    (c_out, kh, kw): (usize, usize, usize),
+    stride: usize,
+    pad: [usize; 4],
+    tile: Option<Tile>,
+) -> Result<()> {
+    let op = "conv2d";
+    nonzero(
+        op,
+        &[
+            ("n", n),
+            ("c_in", c_in),
+            ("h", h),
+            ("w", w),
+            ("c_out", c_out),
+            ("kh", kh),
+            ("kw", kw),
+            ("stride", stride),
+        ],
+    )?;
+    let (oh, ow) = conv2d_out_size(h, w, kh, kw, stride, pad).ok_or_else(|| {
+        invalid(
+            op,
+            format!("{kh}x{kw} kernel exceeds the {h}x{w} input padded by {pad:?}"),
+        )
+    })?;
+    let pixels = product(op, "n·oh·ow", &[n, oh, ow])?;
+    check_len(op, "x", x.len(), product(op, "x size", &[n, c_in, h, w])?)?;
+    check_len(
+        op,
+        "weight",
+        weight.len(),
+        product(op, "weight size", &[c_out, c_in, kh, kw])?,
+    )?;
+    let out_len = product(op, "out size", &[pixels, c_out])?;
+    check_len(op, "out", out.len(), out_len)?;
+    if let Some(b) = &bias {
+        check_len(op, "bias", b.len(), c_out)?;
+    }
+    if let Some(r) = &residual {
+        check_len(op, "residual", r.len(), out_len)?;
+    }
+    let tile = tile_for(op, tile, pixels, c_out)?;
+    let p = Conv2dParams {
+        n: to_i32(op, "n", n)?,
+        c_in: to_i32(op, "c_in", c_in)?,
+        h: to_i32(op, "h", h)?,
+        w: to_i32(op, "w", w)?,
+        c_out: to_i32(op, "c_out", c_out)?,
+        kh: to_i32(op, "kh", kh)?,
+        kw: to_i32(op, "kw", kw)?,
+        stride: to_i32(op, "stride", stride)?,
+        pad_top: to_i32(op, "pad top", pad[0])?,
+        pad_left: to_i32(op, "pad left", pad[2])?,
+        oh: to_i32(op, "oh", oh)?,
+        ow: to_i32(op, "ow", ow)?,
+        has_bias: bias.is_some() as i32,
+        has_residual: residual.is_some() as i32,
+    };
+    to_i32(op, "n·oh·ow", pixels)?;
+    to_i32(op, "c_in·kh·kw", product(op, "c_in·kh·kw", &[c_in, kh, kw])?)?;
+    // the kernel's padded coordinates (oy·stride − top + ky) stay in int32
+    to_i32(op, "padded input", (h + pad[0] + pad[1]).max(w + pad[2] + pad[3]) * 2)?;
+    let (b, r) = (bias.unwrap_or_else(absent), residual.unwrap_or_else(absent));
+    let cfg = config(tile, pixels, c_out, 1);
+    match tile {
+        Tile::T64 => kernels::conv2d_f32(l, cfg, x, weight, b, r, out, p),
+        Tile::T128 => kernels::conv2d_t128_f32(l, cfg, x, weight, b, r, out, p),
+    }
+}
+
+/// Folds a torch 3×3 weight (c_out, c_in, 3, 3) into the four phase weights [`upsample_conv`] reads, layout
+/// (phase = a·2 + b, c_out, c_in, dy, dx): phase (a, b) = (Y % 2, X % 2) of the output, and each phase slice is a
+/// torch-layout (c_out, c_in, 2, 2) conv weight over the input padded by one pixel. 16·c_out·c_in floats. The
+/// sums are `cpu::conv::upsample_phase_weights`' (same values bit for bit, only permuted), so the kernel and the
+/// CPU's `upsample_conv3x3` multiply the same numbers. Done once, at weight upload.
+pub fn upsample_fold_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    // cpu layout: (a, b, dy, dx, c_out, c_in)
+    let cpu_w = cpu::conv::upsample_phase_weights(weight, c_out, c_in);
+    let mut g = vec![0f32; cpu_w.len()];
+    for phase in 0..4 {
+        for tap in 0..4 {
+            let src = &cpu_w[(phase * 4 + tap) * c_out * c_in..][..c_out * c_in];
+            for (i, &v) in src.iter().enumerate() {
+                // i = co·c_in + ci
+                g[(phase * c_out * c_in + i) * 4 + tap] = v;
+            }
+        }
+    }
+    g
+}
+
+/// Nearest ×2 upsample then 3×3 stride-1 pad-1 conv (+ bias): x (n, c_in, h, w) → out (n, c_out, 2h, 2w).
+/// `folded` is [`upsample_fold_weights`] of the torch 3×3 weight (16·c_out·c_in floats). `tile` as in
+/// [`conv2d`] (picked on the n·h·w pixels of one phase).
+#[allow(clippy::too_many_arguments)]
+pub fn upsample_conv<L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, f32>,
+    folded: DevPtr<'_, f32>,
+    bias: Option<DevPtr<'_, f32>>,
+    out: DevPtrMut<'_, f32>,
+    (n, c_in, h, w): (usize, usize, usize, usize),
+    c_out: usize,
+    tile: Option<Tile>,
+) -> Result<()> {
+    let op = "upsample_conv";
+    nonzero(op, &[("n", n), ("c_in", c_in), ("h", h), ("w", w), ("c_out", c_out)])?;
+    let pixels = product(op, "n·h·w", &[n, h, w])?;
+    check_len(op, "x", x.len(), product(op, "x size", &[pixels, c_in])?)?;
+    check_len(
+        op,
+        "folded weight",
+        folded.len(),
+        product(op, "weight size", &[16, c_out, c_in])?,
+    )?;
+    check_len(op, "out", out.len(), product(op, "out size", &[4, pixels, c_out])?)?;
+    if let Some(b) = &bias {
+        check_len(op, "bias", b.len(), c_out)?;
+    }
+    let tile = tile_for(op, tile, pixels, c_out)?;
+    // the kernel indexes output rows and columns of the 2h × 2w image in int32
+    to_i32(op, "n·2h·2w", product(op, "n·2h·2w", &[4, pixels])?)?;
+    to_i32(op, "c_in·4", product(op, "c_in·4", &[c_in, 4])?)?;
+    let p = UpsampleConvParams {
+        n: to_i32(op, "n", n)?,
+        c_in: to_i32(op, "c_in", c_in)?,
+        h: to_i32(op, "h", h)?,
+        w: to_i32(op, "w", w)?,
+        c_out: to_i32(op, "c_out", c_out)?,
+        has_bias: bias.is_some() as i32,
+    };
+    let (cfg, b) = (config(tile, pixels, c_out, 4), bias.unwrap_or_else(absent));
+    match tile {
+        Tile::T64 => kernels::upsample_conv_f32(l, cfg, x, folded, b, out, p),
+        Tile::T128 => kernels::upsample_conv_t128_f32(l, cfg, x, folded, b, out, p),
+    }
+}
+
+/// torch ConvTranspose2d (dilation 1, groups 1) + bias: x (n, c_in, h, w); weight (c_in, c_out, kh, kw) as PyTorch
+/// stores it; out (n, c_out, oh, ow) with oh = (h − 1)·stride − 2·pad + kh + output_padding (likewise ow,
+/// `cpu::conv_transpose::out_size`). `pad` and `output_padding` apply to both dimensions; like PyTorch,
+/// output_padding must be smaller than the stride. `tile` as in [`conv2d`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d<L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, f32>,
+    weight: DevPtr<'_, f32>,
+    bias: Option<DevPtr<'_, f32>>,
+    out: DevPtrMut<'_, f32>,
+    (n, c_in, h, w): (usize, usize, usize, usize),
+    (c_out, kh, kw): (usize, usize, usize),
+    stride: usize,
+    pad: usize,
+    output_padding: usize,
+    tile: Option<Tile>,
+) -> Result<()> {
+    let op = "conv_transpose2d";
+    nonzero(
+        op,
+        &[
+            ("n", n),
+            ("c_in", c_in),
+            ("h", h),
+            ("w", w),
+            ("c_out", c_out),
+            ("kh", kh),
+            ("kw", kw),
+            ("stride", stride),
+        ],
+    )?;
+    if output_padding >= stride {
+        return Err(invalid(
+            op,
+            format!("output_padding {output_padding} must be smaller than stride {stride}"),
+        ));
+    }
+    let size = |i, k| cpu::conv_transpose::out_size(i, k, stride, pad, output_padding);
+    let (oh, ow) = size(h, kh).zip(size(w, kw)).ok_or_else(|| {
+        invalid(
+            op,
+            format!("empty output for {h}x{w}, kernel {kh}x{kw}, stride {stride}, padding {pad}"),
+        )
+    })?;
+    let pixels = product(op, "n·oh·ow", &[n, oh, ow])?;
+    check_len(op, "x", x.len(), product(op, "x size", &[n, c_in, h, w])?)?;
+    check_len(
+        op,
+        "weight",
+        weight.len(),
+        product(op, "weight size", &[c_in, c_out, kh, kw])?,
+    )?;
+    check_len(op, "out", out.len(), product(op, "out size", &[pixels, c_out])?)?;
+    if let Some(b) = &bias {
+        check_len(op, "bias", b.len(), c_out)?;
+    }
+    let tile = tile_for(op, tile, pixels, c_out)?;
+    to_i32(op, "n·oh·ow", pixels)?;
+    to_i32(op, "c_in·kh·kw", product(op, "c_in·kh·kw", &[c_in, kh, kw])?)?;
+    let p = ConvTranspose2dParams {
+        n: to_i32(op, "n", n)?,
+        c_in: to_i32(op, "c_in", c_in)?,
+        h: to_i32(op, "h", h)?,
+        w: to_i32(op, "w", w)?,
+        c_out: to_i32(op, "c_out", c_out)?,
+        kh: to_i32(op, "kh", kh)?,
+        kw: to_i32(op, "kw", kw)?,
+        stride: to_i32(op, "stride", stride)?,
+        pad: to_i32(op, "pad", pad)?,
+        oh: to_i32(op, "oh", oh)?,
+        ow: to_i32(op, "ow", ow)?,
+        has_bias: bias.is_some() as i32,
+    };
+    to_i32(op, "oh + pad", oh + pad)?;
+    let (cfg, b) = (config(tile, pixels, c_out, 1), bias.unwrap_or_else(absent));
+    match tile {
+        Tile::T64 => kernels::conv_transpose2d_f32(l, cfg, x, weight, b, out, p),
+        Tile::T128 => kernels::conv_transpose2d_t128_f32(l, cfg, x, weight, b, out, p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_sizes() {
+        assert_eq!(conv2d_out_size(8, 8, 3, 3, 2, [0, 1, 0, 1]), Some((4, 4)));
+        assert_eq!(conv2d_out_size(5, 7, 3, 3, 1, [1; 4]), Some((5, 7)));
+        assert_eq!(conv2d_out_size(1, 1, 3, 3, 1, [0; 4]), None);
+        assert_eq!(conv2d_out_size(4, 4, 1, 1, 0, [0; 4]), None);
+    }
+
+    /// The fold is a permutation of the CPU's phase weights, and phase (a, b) tap (dy, dx) holds the sum of the
+    /// 3×3 taps it covers (checked on a weight whose taps are distinct powers of two, so each sum names its taps).
+    #[test]
+    fn fold_layout() {
+        let (c_out, c_in) = (2, 3);
+        let w: Vec<f32> = (0..c_out * c_in * 9)
+            .map(|i| (1u32 << (i % 9)) as f32 * (1 + i / 9) as f32)
+            .collect();
+        let g = upsample_fold_weights(&w, c_out, c_in);
+        assert_eq!(g.len(), 16 * c_out * c_in);
+        let fold: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+        for a in 0..2 {
+            for b in 0..2 {
+                for co in 0..c_out {
+                    for ci in 0..c_in {
+                        for dy in 0..2 {
+                            for dx in 0..2 {
+                                let mut want = 0f32;
+                                for &ky in fold[a][dy] {
+                                    for &kx in fold[b][dx] {
+                                        want += w[(co * c_in + ci) * 9 + ky * 3 + kx];
+                                    }
+                                }
+                                let got = g[((((a * 2 + b) * c_out + co) * c_in + ci) * 2 + dy) * 2 + dx];
+                                assert_eq!(got, want, "a={a} b={b} co={co} ci={ci} dy={dy} dx={dx}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,798 @@
+//! The `conv` kernels (kernels/conv.cu) on the CUDA emulator against the CPU backend: conv2d_f32 against
+//! `cpu::conv::conv2d` / `conv2d_add`, upsample_conv_f32 against `cpu::conv::upsample_conv3x3` (and against a
+//! conv of the explicitly upsampled image), conv_transpose2d_f32 against `cpu::conv_transpose::conv_transpose2d`;
+//! the three schedules on one case each; and the launchers' shape errors.
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+
+use llamagen::backend::cpu;
+use llamagen::backend::cuda::conv::{self, Tile};
+use llamagen::backend::cuda::emu::EmuDevice;
+use llamagen::backend::cuda::launch::DevPtr;
+
+mod support;
+use support::emu_check::*;
+
+/// Every case runs both kernel variants.
+const TILES: [Tile; 2] = [Tile::T64, Tile::T128];
+
+/// NMSE bound for every f32 case. Each output is a sum of K = c_in·kh·kw ≤ 48·9 products, accumulated in f32 by
+/// both sides but in different orders (the kernel: k = (ci, ky, kx) ascending, one fmaf each; the CPU: a blocked
+/// GEMM per tap, taps summed in turn; the transposed-conv reference in f64). The rounding differences are ~√K·u
+/// relative per output (u = 2^-24), NMSE ~K·u² ≈ 1e-12; 1e-10 leaves a 100× margin, while a single wrong or
+/// missing term (one tap of K) gives NMSE ≳ 1/K ≈ 2e-3.
+const F32_NMSE: f64 = 1e-10;
+
+fn rand_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(-scale, scale)).collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConvCase {
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: [usize; 4],
+    residual: bool,
+    bias: bool,
+}
+
+fn conv_case(dev: &EmuDevice, rng: &mut Rng, c: ConvCase) -> f64 {
+    let ConvCase {
+        n,
+        c_in,
+        c_out,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        pad,
+        residual,
+        bias,
+    } = c;
+    let (oh, ow) = conv::conv2d_out_size(h, w, kh, kw, stride, pad).unwrap();
+    let x = rand_vec(rng, n * c_in * h * w, 2.0);
+    let wt = rand_vec(rng, c_out * c_in * kh * kw, 1.0);
+    let b = rand_vec(rng, c_out, 0.5);
+    let out_len = n * c_out * oh * ow;
+    let r = rand_vec(rng, out_len, 1.0);
+    let mut want = vec![0f32; out_len];
+    let bias_cpu = bias.then_some(&b[..]);
+    if residual {
+        cpu::conv::conv2d_add(
+            &x, n, c_in, h, w, &wt, bias_cpu, c_out, kh, kw, stride, pad, &r, &mut want,
+        );
+    } else {
+        cpu::conv::conv2d(&x, n, c_in, h, w, &wt, bias_cpu, c_out, kh, kw, stride, pad, &mut want);
+    }
+    let (xb, wb, bb, rb) = (
+        dev.upload(&x, "x"),
+        dev.upload(&wt, "w"),
+        dev.upload(&b, "bias"),
+        dev.upload(&r, "residual"),
+    );
+    let mut worst = 0f64;
+    for tile in TILES {
+        let mut ob = dev.alloc::<f32>(out_len, "out");
+        conv::conv2d(
+            dev,
+            xb.ptr(),
+            wb.ptr(),
+            bias.then(|| bb.ptr()),
+            residual.then(|| rb.ptr()),
+            ob.ptr_mut(),
+            (n, c_in, h, w),
+            (c_out, kh, kw),
+            stride,
+            pad,
+            Some(tile),
+        )
+        .unwrap();
+        let (e, max) = nmse(ob.as_slice(), &want, &format!("{c:?} {tile:?}"));
+        assert!(
+            e <= F32_NMSE,
+            "conv2d {c:?} {tile:?}: NMSE {e:.3e} > {F32_NMSE:.0e} (max abs err {max:.3e})"
+        );
+        worst = worst.max(e);
+    }
+    worst
+}
+
+#[test]
+fn conv2d_matches_cpu() {
+    let dev = EmuDevice::new();
+    let mut rng = Rng(7);
+    const CH: [usize; 4] = [3, 8, 17, 32];
+    const SPATIAL: [(usize, usize); 4] = [(1, 1), (5, 7), (8, 8), (9, 6)];
+    const PADS: [[usize; 4]; 3] = [[1, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 0]];
+    let (mut worst, mut cases, mut pair) = (0f64, 0usize, 0usize);
+    for &(h, w) in &SPATIAL {
+        for k in [1, 3] {
+            for stride in [1, 2] {
+                for pad in PADS {
+                    if conv::conv2d_out_size(h, w, k, k, stride, pad).is_none() {
+                        continue; // the CPU reference (and torch) reject a kernel larger than the padded input
+                    }
+                    // two channel pairs per geometry, cycling through all 16 of CH × CH
+                    for _ in 0..2 {
+                        let c = ConvCase {
+                            n: 1 + pair % 2,
+                            c_in: CH[pair % 4],
+                            c_out: CH[(pair / 4) % 4],
+                            h,
+                            w,
+                            kh: k,
+                            kw: k,
+                            stride,
+                            pad,
+                            residual: (pair / 3) % 2 == 1,
+                            bias: pair % 5 != 4,
+                        };
+                        pair += 1;
+                        let dev = dev.with_sched(SCHEDS[cases % 3]);
+                        worst = worst.max(conv_case(&dev, &mut rng, c));
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    // The runtime-size gather (kernels other than 1x1 and 3x3), two output-channel tiles, several K steps.
+    for c in [
+        ConvCase {
+            n: 2,
+            c_in: 5,
+            c_out: 8,
+            h: 6,
+            w: 7,
+            kh: 2,
+            kw: 3,
+            stride: 1,
+            pad: [1, 0, 1, 1],
+            residual: false,
+            bias: true,
+        },
+        ConvCase {
+            n: 1,
+            c_in: 4,
+            c_out: 3,
+            h: 9,
+            w: 6,
+            kh: 3,
+            kw: 1,
+            stride: 2,
+            pad: [0, 1, 2, 0],
+            residual: true,
+            bias: true,
+        },
+        ConvCase {
+            n: 1,
+            c_in: 48,
+            c_out: 70,
+            h: 12,
+            w: 11,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: [1; 4],
+            residual: true,
+            bias: true,
+        },
+        ConvCase {
+            n: 2,
+            c_in: 40,
+            c_out: 66,
+            h: 9,
+            w: 10,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            pad: [0; 4],
+            residual: false,
+            bias: true,
+        },
+        // several 128 x 128 tiles in both dimensions, stride 2
+        ConvCase {
+            n: 2,
+            c_in: 24,
+            c_out: 140,
+            h: 23,
+            w: 22,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            pad: [0, 1, 0, 1],
+            residual: true,
+            bias: true,
+        },
+    ] {
+        worst = worst.max(conv_case(&dev, &mut rng, c));
+        cases += 1;
+    }
+    println!("conv2d_f32: {cases} cases, worst NMSE {worst:.3e}");
+}
+
+/// The encoder's Downsample exactly: 3x3 stride 2 with pad (0, 1, 0, 1), under the three schedules.
+#[test]
+fn conv2d_all_schedules() {
+    let dev = EmuDevice::new();
+    for s in SCHEDS {
+        let mut rng = Rng(11);
+        let c = ConvCase {
+            n: 2,
+            c_in: 17,
+            c_out: 32,
+            h: 8,
+            w: 8,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            pad: [0, 1, 0, 1],
+            residual: true,
+            bias: true,
+        };
+        let e = conv_case(&dev.with_sched(s), &mut rng, c);
+        println!("conv2d_f32 {s:?}: NMSE {e:.3e}");
+    }
+}
+
+/// out may be the residual buffer itself (the kernel reads each residual element in the thread that writes it).
+#[test]
+fn conv2d_residual_in_place() {
+    let dev = EmuDevice::new();
+    let mut rng = Rng(5);
+    let (n, c_in, c_out, h, w) = (1, 8, 8, 5, 7);
+    let x = rand_vec(&mut rng, n * c_in * h * w, 1.0);
+    let wt = rand_vec(&mut rng, c_out * c_in * 9, 1.0);
+    let b = rand_vec(&mut rng, c_out, 1.0);
+    let r = rand_vec(&mut rng, n * c_out * h * w, 1.0);
+    let mut want = vec![0f32; r.len()];
+    cpu::conv::conv2d_add(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &r, &mut want);
+    let (xb, wb, bb) = (dev.upload(&x, "x"), dev.upload(&wt, "w"), dev.upload(&b, "b"));
+    let mut io = dev.upload(&r, "residual/out");
+    // SAFETY: the same live buffer seen twice; conv2d_f32's residual and out parameters are not __restrict__.
+    let res = unsafe { DevPtr::<f32>::from_raw(io.addr(), io.len()) };
+    let shape = (n, c_in, h, w);
+    conv::conv2d(
+        &dev,
+        xb.ptr(),
+        wb.ptr(),
+        Some(bb.ptr()),
+        Some(res),
+        io.ptr_mut(),
+        shape,
+        (c_out, 3, 3),
+        1,
+        [1; 4],
+        None,
+    )
+    .unwrap();
+    let (e, _) = nmse(io.as_slice(), &want, "in place");
+    assert!(e <= F32_NMSE, "in-place residual: NMSE {e:.3e}");
+}
+
+/// Nearest ×2 of (n, c, h, w).
+fn upsample2(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut u = vec![0f32; n * c * 4 * h * w];
+    for (i, v) in u.iter_mut().enumerate() {
+        let (xx, y, pl) = (i % (2 * w), (i / (2 * w)) % (2 * h), i / (4 * h * w));
+        *v = x[(pl * h + y / 2) * w + xx / 2];
+    }
+    u
+}
+
+fn upsample_case(
+    dev: &EmuDevice,
+    rng: &mut Rng,
+    (n, c_in, c_out, h, w): (usize, usize, usize, usize, usize),
+    bias: bool,
+) -> f64 {
+    let x = rand_vec(rng, n * c_in * h * w, 2.0);
+    let wt = rand_vec(rng, c_out * c_in * 9, 1.0);
+    let b = if bias {
+        rand_vec(rng, c_out, 0.5)
+    } else {
+        vec![0.0; c_out]
+    };
+    let out_len = n * c_out * 4 * h * w;
+    let mut want = vec![0f32; out_len];
+    let phases = cpu::conv::upsample_phase_weights(&wt, c_out, c_in);
+    cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, &b, c_out, &mut want);
+    // ... and the definition: a 3x3 pad-1 conv of the upsampled image (the fold rounds differently: same bound)
+    let mut direct = vec![0f32; out_len];
+    let u = upsample2(&x, n, c_in, h, w);
+    cpu::conv::conv2d(
+        &u,
+        n,
+        c_in,
+        2 * h,
+        2 * w,
+        &wt,
+        Some(&b),
+        c_out,
+        3,
+        3,
+        1,
+        [1; 4],
+        &mut direct,
+    );
+
+    let folded = conv::upsample_fold_weights(&wt, c_out, c_in);
+    let (xb, wb, bb) = (
+        dev.upload(&x, "x"),
+        dev.upload(&folded, "folded"),
+        dev.upload(&b, "bias"),
+    );
+    let mut worst = 0f64;
+    for tile in TILES {
+        let mut ob = dev.alloc::<f32>(out_len, "out");
+        let shape = (n, c_in, h, w);
+        conv::upsample_conv(
+            dev,
+            xb.ptr(),
+            wb.ptr(),
+            bias.then(|| bb.ptr()),
+            ob.ptr_mut(),
+            shape,
+            c_out,
+            Some(tile),
+        )
+        .unwrap();
+        let what = format!("upsample_conv n={n} {c_in}->{c_out} {h}x{w} bias={bias} {tile:?}");
+        let (e, max) = nmse(ob.as_slice(), &want, &what);
+        assert!(e <= F32_NMSE, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
+        let (e2, max2) = nmse(ob.as_slice(), &direct, &what);
+        assert!(
+            e2 <= F32_NMSE,
+            "{what} vs upsample-then-conv: NMSE {e2:.3e} (max abs err {max2:.3e})"
+        );
+        worst = worst.max(e).max(e2);
+    }
+    worst
+}
+
+#[test]
+fn upsample_conv_matches_cpu() {
+    let dev = EmuDevice::new();
+    let mut rng = Rng(3);
+    let mut worst = 0f64;
+    let mut cases = 0;
+    for (h, w) in [(4, 4), (5, 3), (1, 1)] {
+        for (n, c_in, c_out) in [(1, 3, 8), (2, 17, 3), (1, 32, 17), (2, 8, 32)] {
+            let dev = dev.with_sched(SCHEDS[cases % 3]);
+            worst = worst.max(upsample_case(&dev, &mut rng, (n, c_in, c_out, h, w), cases % 4 != 3));
+            cases += 1;
+        }
+    }
+    // two channel tiles and more than one pixel tile per phase
+    worst = worst.max(upsample_case(&dev, &mut rng, (2, 24, 70, 6, 7), true));
+    worst = worst.max(upsample_case(&dev, &mut rng, (2, 16, 130, 9, 8), true));
+    println!("upsample_conv_f32: {} cases, worst NMSE {worst:.3e}", cases + 2);
+}
+
+#[test]
+fn upsample_conv_all_schedules() {
+    let dev = EmuDevice::new();
+    for s in SCHEDS {
+        let mut rng = Rng(13);
+        let e = upsample_case(&dev.with_sched(s), &mut rng, (2, 17, 8, 5, 3), true);
+        println!("upsample_conv_f32 {s:?}: NMSE {e:.3e}");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transpose_case(
+    dev: &EmuDevice,
+    rng: &mut Rng,
+    (n, c_in, c_out, h, w): (usize, usize, usize, usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: usize,
+    output_padding: usize,
+    bias: bool,
+) -> f64 {
+    let size = |i, k| cpu::conv_transpose::out_size(i, k, stride, pad, output_padding).unwrap();
+    let (oh, ow) = (size(h, kh), size(w, kw));
+    let x = rand_vec(rng, n * c_in * h * w, 2.0);
+    let wt = rand_vec(rng, c_in * c_out * kh * kw, 1.0);
+    let b = rand_vec(rng, c_out, 0.5);
+    let out_len = n * c_out * oh * ow;
+    let mut want = vec![0f32; out_len];
+    let bias_cpu = bias.then_some(&b[..]);
+    cpu::conv_transpose::conv_transpose2d(
+        &x,
+        (n, c_in, h, w),
+        &wt,
+        bias_cpu,
+        (c_out, kh, kw),
+        stride,
+        pad,
+        output_padding,
+        &mut want,
+    );
+    let (xb, wb, bb) = (dev.upload(&x, "x"), dev.upload(&wt, "w"), dev.upload(&b, "bias"));
+    let mut worst = 0f64;
+    for tile in TILES {
+        let mut ob = dev.alloc::<f32>(out_len, "out");
+        conv::conv_transpose2d(
+            dev,
+            xb.ptr(),
+            wb.ptr(),
+            bias.then(|| bb.ptr()),
+            ob.ptr_mut(),
+            (n, c_in, h, w),
+            (c_out, kh, kw),
+            stride,
+            pad,
+            output_padding,
+            Some(tile),
+        )
+        .unwrap();
+        let what = format!(
+            "conv_transpose2d n={n} {c_in}->{c_out} {h}x{w} k={kh}x{kw} s={stride} p={pad} op={output_padding} {tile:?}"
+        );
+        let (e, max) = nmse(ob.as_slice(), &want, &what);
+        assert!(e <= F32_NMSE, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
+        worst = worst.max(e);
+    }
+    worst
+}
+
+#[test]
+fn conv_transpose2d_matches_cpu() {
+    let dev = EmuDevice::new();
+    let mut rng = Rng(9);
+    let (mut worst, mut cases) = (0f64, 0usize);
+    let shapes = [(1, 3, 8, 5, 7), (2, 17, 3, 4, 4), (1, 8, 17, 3, 5), (2, 32, 8, 1, 1)];
+    for stride in [1, 2] {
+        for pad in [0, 1] {
+            for output_padding in 0..stride {
+                for k in [(3, 3), (4, 4), (2, 3), (1, 1)] {
+                    let shape = shapes[cases % shapes.len()];
+                    if cpu::conv_transpose::out_size(shape.3, k.0, stride, pad, output_padding).is_none()
+                        || cpu::conv_transpose::out_size(shape.4, k.1, stride, pad, output_padding).is_none()
+                    {
+                        continue;
+                    }
+                    let dev = dev.with_sched(SCHEDS[cases % 3]);
+                    let e = transpose_case(&dev, &mut rng, shape, k, stride, pad, output_padding, cases % 5 != 2);
+                    worst = worst.max(e);
+                    cases += 1;
+                }
+            }
+        }
+    }
+    // stride 3 and a pixel count over one tile
+    worst = worst.max(transpose_case(&dev, &mut rng, (2, 6, 5, 4, 5), (3, 3), 3, 1, 2, true));
+    println!("conv_transpose2d_f32: {} cases, worst NMSE {worst:.3e}", cases + 1);
+}
+
+#[test]
+fn conv_transpose2d_all_schedules() {
+    let dev = EmuDevice::new();
+    for s in SCHEDS {
+        let mut rng = Rng(17);
+        let e = transpose_case(&dev.with_sched(s), &mut rng, (2, 8, 17, 4, 3), (4, 4), 2, 1, 1, true);
+        println!("conv_transpose2d_f32 {s:?}: NMSE {e:.3e}");
+    }
+}
+
+#[test]
+fn launchers_reject_bad_shapes() {
+    let dev = EmuDevice::new();
+    let x = dev.upload(&[0.5f32; 2 * 3 * 5 * 7], "x"); // (2, 3, 5, 7)
+    let w = dev.upload(&[0.5f32; 8 * 3 * 9], "w"); // (8, 3, 3, 3)
+    let b = dev.upload(&[0.0f32; 8], "b");
+    let mut out = dev.alloc::<f32>(2 * 8 * 5 * 7, "out");
+    let err = |r: llamagen::Result<()>| r.unwrap_err().to_string();
+    let x5 = (2, 3, 5, 7);
+
+    // sanity: the good call works
+    conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        Some(b.ptr()),
+        None,
+        out.ptr_mut(),
+        x5,
+        (8, 3, 3),
+        1,
+        [1; 4],
+        None,
+    )
+    .unwrap();
+
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        None,
+        out.ptr_mut(),
+        (0, 3, 5, 7),
+        (8, 3, 3),
+        1,
+        [1; 4],
+        None,
+    ));
+    assert!(e.contains("empty shape: n = 0"), "{e}");
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        None,
+        out.ptr_mut(),
+        x5,
+        (8, 3, 3),
+        0,
+        [1; 4],
+        None,
+    ));
+    assert!(e.contains("stride = 0"), "{e}");
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        None,
+        out.ptr_mut(),
+        (2, 3, 1, 1),
+        (8, 3, 3),
+        1,
+        [0; 4],
+        None,
+    ));
+    assert!(e.contains("kernel exceeds"), "{e}");
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        None,
+        out.ptr_mut(),
+        (2, 4, 5, 7),
+        (8, 3, 3),
+        1,
+        [1; 4],
+        None,
+    ));
+    assert!(e.contains("x has 210 elements, needs 280"), "{e}");
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        None,
+        out.ptr_mut(),
+        x5,
+        (9, 3, 3),
+        1,
+        [1; 4],
+        None,
+    ));
+    assert!(e.contains("weight has 216 elements, needs 243"), "{e}");
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        None,
+        out.ptr_mut(),
+        x5,
+        (8, 3, 3),
+        1,
+        [2; 4],
+        None,
+    ));
+    assert!(e.contains("out has 560 elements, needs 1008"), "{e}");
+    let short = dev.upload(&[0.0f32; 7], "short");
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        Some(short.ptr()),
+        None,
+        out.ptr_mut(),
+        x5,
+        (8, 3, 3),
+        1,
+        [1; 4],
+        None,
+    ));
+    assert!(e.contains("bias has 7 elements, needs 8"), "{e}");
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        Some(short.ptr()),
+        out.ptr_mut(),
+        x5,
+        (8, 3, 3),
+        1,
+        [1; 4],
+        None,
+    ));
+    assert!(e.contains("residual has 7 elements, needs 560"), "{e}");
+    let e = err(conv::conv2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        None,
+        out.ptr_mut(),
+        (1, 1, 1 << 16, 1 << 16),
+        (1, 1, 1),
+        1,
+        [0; 4],
+        None,
+    ));
+    assert!(e.contains("x has"), "{e}");
+
+    // upsample_conv: folded weights are 16·c_out·c_in
+    let e = err(conv::upsample_conv(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        out.ptr_mut(),
+        (1, 3, 2, 2),
+        8,
+        None,
+    ));
+    assert!(e.contains("folded weight has 216 elements, needs 384"), "{e}");
+    let fw = dev.upload(&[0.0f32; 16 * 8 * 3], "fw");
+    let e = err(conv::upsample_conv(
+        &dev,
+        x.ptr(),
+        fw.ptr(),
+        None,
+        out.ptr_mut(),
+        (2, 3, 5, 7),
+        8,
+        None,
+    ));
+    assert!(e.contains("out has 560 elements, needs 2240"), "{e}");
+    let e = err(conv::upsample_conv(
+        &dev,
+        x.ptr(),
+        fw.ptr(),
+        None,
+        out.ptr_mut(),
+        (1, 3, 0, 2),
+        8,
+        None,
+    ));
+    assert!(e.contains("empty shape: h = 0"), "{e}");
+    let e = err(conv::upsample_conv(
+        &dev,
+        x.ptr(),
+        fw.ptr(),
+        Some(short.ptr()),
+        out.ptr_mut(),
+        (1, 3, 2, 2),
+        8,
+        None,
+    ));
+    assert!(e.contains("bias has 7 elements"), "{e}");
+    conv::upsample_conv(
+        &dev,
+        x.ptr(),
+        fw.ptr(),
+        Some(b.ptr()),
+        out.ptr_mut(),
+        (1, 3, 2, 2),
+        8,
+        None,
+    )
+    .unwrap();
+
+    // conv_transpose2d: weight (c_in, c_out, kh, kw)
+    let e = err(conv::conv_transpose2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        out.ptr_mut(),
+        (1, 3, 2, 2),
+        (8, 3, 3),
+        2,
+        0,
+        2,
+        None,
+    ));
+    assert!(e.contains("output_padding 2 must be smaller than stride 2"), "{e}");
+    let e = err(conv::conv_transpose2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        out.ptr_mut(),
+        (1, 3, 1, 1),
+        (8, 1, 1),
+        1,
+        1,
+        0,
+        None,
+    ));
+    assert!(e.contains("empty output"), "{e}");
+    let e = err(conv::conv_transpose2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        out.ptr_mut(),
+        (1, 3, 2, 2),
+        (8, 4, 4),
+        1,
+        0,
+        0,
+        None,
+    ));
+    assert!(e.contains("weight has 216 elements, needs 384"), "{e}");
+    let e = err(conv::conv_transpose2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        out.ptr_mut(),
+        (2, 3, 5, 7),
+        (8, 3, 3),
+        2,
+        0,
+        1,
+        None,
+    ));
+    assert!(e.contains("out has 560 elements"), "{e}");
+    let e = err(conv::conv_transpose2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        out.ptr_mut(),
+        (1, 3, 2, 2),
+        (8, 0, 3),
+        1,
+        0,
+        0,
+        None,
+    ));
+    assert!(e.contains("empty shape: kh = 0"), "{e}");
+    conv::conv_transpose2d(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        Some(b.ptr()),
+        out.ptr_mut(),
+        (1, 3, 2, 2),
+        (8, 3, 3),
+        2,
+        1,
+        1,
+        None,
+    )
+    .unwrap();
+    for buf in [&x, &w, &b, &out, &short, &fw] {
+        buf.check_canaries().unwrap();
+    }
+}
+
+#[test]
+fn tile_choice() {
+    // VQ-16 decoder at 256x256 (128 ch) and the encoder's first stage: the big tile; 16x16 stages, conv_out and the
+    // test shapes: the small one
+    assert_eq!(Tile::pick(256 * 256, 128), Tile::T128);
+    assert_eq!(Tile::pick(128 * 128, 256), Tile::T128);
+    assert_eq!(Tile::pick(16 * 16, 512), Tile::T64);
+    assert_eq!(Tile::pick(256 * 256, 3), Tile::T64);
+    assert_eq!(Tile::pick(2 * 8 * 8, 32), Tile::T64);
+    assert_eq!(Tile::T64.shared_bytes(), 8448);
+    assert_eq!(Tile::T128.shared_bytes(), 8320);
+}
