@@ -323,17 +323,6 @@ static inline float __fdividef(float x, float y) { return x / y; }
 static inline float __frcp_rn(float x) { return 1.0f / x; }
 static inline float __fsqrt_rn(float x) { return sqrtf(x); }
 static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-<<<<<<< HEAD
-/* The _rn arithmetic intrinsics are never fused into an FMA on the GPU; g++ runs with -ffp-contract=fast, so an empty
- * asm keeps the operands and product opaque to its contraction pass. */
-static inline float cuemu_opaque_(float x) {
-    __asm__("" : "+x"(x));
-    return x;
-}
-static inline float __fmul_rn(float a, float b) { return cuemu_opaque_(a * b); }
-static inline float __fadd_rn(float a, float b) { return cuemu_opaque_(a) + cuemu_opaque_(b); }
-static inline float __fsub_rn(float a, float b) { return cuemu_opaque_(a) - cuemu_opaque_(b); }
-=======
 /* The _rn arithmetic intrinsics are never contracted into an FMA by nvcc; g++ runs with -ffp-contract=fast, so an
  * empty asm makes the product (and the addends) opaque values it cannot fuse across. */
 static inline float __fmul_rn(float a, float b) {
@@ -351,7 +340,6 @@ static inline float __fsub_rn(float a, float b) {
 }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
->>>>>>> cuda-sampling
 static inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : (x == x ? x : 0.0f)); }
 static inline float __int_as_float(int i) {
     float f;
