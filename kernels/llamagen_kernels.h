@@ -47,11 +47,6 @@ typedef struct SwigluParams {
  * [batch, len, heads·head_dim]; rotated k and v into the KV cache [layers][k|v][kv_batch][heads][seq][head_dim] of
  * `layer`. table [table_rows, head_dim/2, 2] (cos, sin). */
 typedef struct RopeParams {
-/* attention_*: q [batch, len, heads·head_dim] at positions pos..pos+len (pos = step->pos) over the KV cache
- * [layers][k|v][cache_batch][heads][seq][head_dim]; mask [batch, mask_len] (1 = visible) or mask_len = 0 for none.
- * attention_decode splits each (query, head) over `splits` blocks of `split_keys` keys (splits = 1: no workspace, no
- * combine); attention_tiled ignores both. scale = 1/sqrt(head_dim). */
-typedef struct AttentionParams {
     int32_t batch;
     int32_t len;
     int32_t heads;
@@ -89,6 +84,16 @@ typedef struct GroupnormParams {
     float eps;
     int32_t silu;
 } GroupnormParams;
+
+/* attention_*: q [batch, len, heads·head_dim] at positions pos..pos+len (pos = step->pos) over the KV cache
+ * [layers][k|v][cache_batch][heads][seq][head_dim]; mask [batch, mask_len] (1 = visible) or mask_len = 0 for none.
+ * attention_decode splits each (query, head) over `splits` blocks of `split_keys` keys (splits = 1: no workspace, no
+ * combine); attention_tiled ignores both. scale = 1/sqrt(head_dim). */
+typedef struct AttentionParams {
+    int32_t batch;
+    int32_t len;
+    int32_t heads;
+    int32_t head_dim;
     int32_t seq;
     int32_t cache_batch;
     int32_t layer;
@@ -97,6 +102,7 @@ typedef struct GroupnormParams {
     int32_t splits;
     float scale;
 } AttentionParams;
+
 /* sampling_*: one token per image from logits [rows, vocab], rows = 2·images with CFG (cond rows first) else
  * images. Fields as sample::sampler::SamplingParams; top_k 0 or >= vocab keeps all, top_p 1 switches it off. */
 typedef struct SamplingParams {
