@@ -89,28 +89,24 @@ fn demo_tokens_match_cpu(make: MakeBackend, images: usize) {
 // ---- on the emulator -------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "TEMPORARY: until every op is on the CUDA backend"]
 fn emu_tiny_c2i_greedy() {
     greedy("gpt_tiny_c2i", "greedy_cfg", 4.0, emu);
     greedy("gpt_tiny_c2i", "greedy_nocfg", 1.0, emu);
 }
 
 #[test]
-#[ignore = "TEMPORARY: until every op is on the CUDA backend"]
 fn emu_tiny_t2i_greedy() {
     greedy("gpt_tiny_t2i", "greedy_cfg", 7.5, emu);
     greedy("gpt_tiny_t2i", "greedy_nocfg", 1.0, emu);
 }
 
 #[test]
-#[ignore = "TEMPORARY: until every op is on the CUDA backend"]
 fn emu_tiny_teacher_forced_logits() {
     teacher_forced("gpt_tiny_c2i", emu);
     teacher_forced("gpt_tiny_t2i", emu);
 }
 
 #[test]
-#[ignore = "TEMPORARY: until every op is on the CUDA backend"]
 fn emu_vq_tiny_decode_encode() {
     let mut r = vq_runner("vq_tiny", emu);
     check_decode("vq_tiny", &mut r, 0);
@@ -119,7 +115,6 @@ fn emu_vq_tiny_decode_encode() {
 }
 
 #[test]
-#[ignore = "TEMPORARY: until every op is on the CUDA backend"]
 fn emu_demo_matches_cpu() {
     demo_logits_match_cpu(emu, false, 2, 1e-5);
     demo_logits_match_cpu(emu, true, 2, 5e-3);

@@ -18,7 +18,7 @@
 use super::device::{Device, DeviceBuffer};
 use super::kernels::StepState;
 use super::launch::{DevPtr, DevPtrMut, Dtype};
-use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
+use crate::backend::{Backend, KvSpec, Storage, Weight};
 use crate::runtime::{DType, Graph, Phase, Plan, StepParams, TensorId};
 use crate::{Error, Result};
 use half::bf16;
@@ -31,7 +31,6 @@ pub(super) struct DevWeight<B> {
     pub name: String,
     pub shape: Vec<usize>,
     pub dtype: Dtype,
-    pub layout: Layout,
     pub buf: B,
 }
 
@@ -43,6 +42,8 @@ pub struct CudaBackend<D: Device> {
     arena: Option<D::Buf>,
     pub(super) step: D::Buf,
     pub(super) err: D::Buf,
+    /// Which table each error word last guarded: (name, rows), for the message.
+    pub(super) err_tables: [Option<(String, usize)>; ERR_WORDS],
     /// Named op workspaces (attention partials, sampling scratch, VQ attention), grown on demand.
     workspaces: HashMap<&'static str, D::Buf>,
     /// Per decode graph (by [`fingerprint`]): completed runs, and the captured device graph once there is one.
@@ -93,6 +94,7 @@ impl<D: Device> CudaBackend<D> {
             arena: None,
             step,
             err,
+            err_tables: Default::default(),
             workspaces: HashMap::new(),
             replays: HashMap::new(),
         })
@@ -152,7 +154,15 @@ impl<D: Device> CudaBackend<D> {
         let mut words = [0u8; 4 * ERR_WORDS];
         self.dev.read(&self.err, 0, &mut words)?;
         let w: [i32; ERR_WORDS] = bytemuck::cast(words);
-        super::ops::report_errors(&w)
+        for (slot, &id) in w.iter().enumerate() {
+            if id != 0 {
+                // Cleared, so that the next run starts clean (the words are sticky on the device).
+                self.dev.zero(self.err.addr(), 4 * ERR_WORDS)?;
+                let (table, rows) = self.err_tables[slot].clone().unwrap_or_default();
+                return Err(Error::Invalid(super::ops::bad_id_message(slot, id, &table, rows)));
+            }
+        }
+        Ok(())
     }
 
     fn element_check(g: &Graph, t: TensorId, want: DType, have: usize) -> Result<()> {
@@ -221,7 +231,6 @@ impl<D: Device> Backend for CudaBackend<D> {
                 name: w.name,
                 shape: w.shape,
                 dtype,
-                layout: w.layout,
                 buf,
             });
         }
