@@ -197,6 +197,27 @@ impl<D: Device> CudaBackend<D> {
         self.dev.write(&self.step, 0, b)
     }
 
+    /// The kernels read the position from device memory and cannot report it: positions past the cache are refused
+    /// here, before anything runs.
+    fn check_positions(&self, g: &Graph, step: &StepParams) -> Result<()> {
+        if let Some((_, spec)) = &self.kv {
+            for n in &g.nodes {
+                if let crate::runtime::Op::Rope { .. } = n.op {
+                    let len = g.shape(n.inputs[0])[1];
+                    if step.pos + len > spec.seq {
+                        return Err(Error::Invalid(format!(
+                            "positions {}..{} are outside the KV cache ({} positions)",
+                            step.pos,
+                            step.pos + len,
+                            spec.seq
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn run_nodes(&mut self, g: &Graph, plan: &Plan) -> Result<()> {
         for node in &g.nodes {
             self.exec(g, plan, node)?;
@@ -331,6 +352,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn run(&mut self, g: &Graph, plan: &Plan, step: &StepParams) -> Result<()> {
+        self.check_positions(g, step)?;
         self.write_step(step)?;
         if g.phase != Phase::Decode || !self.dev.supports_graphs() {
             return self.run_nodes(g, plan);

@@ -1,10 +1,10 @@
 //! Node dispatch of the CUDA backend: resolves a node's tensors to device pointers in the arena and calls the op's
 //! launcher (one per op, same names as the kernels and the CPU ops), in the backend's activation dtype.
+use super::attention::{attention, attention_workspace_len, AttentionOptions};
 use super::backend::{CudaBackend, DevWeight};
 use super::device::{Device, DeviceBuffer};
-use super::launch::{DevPtr, DevPtrMut, Dtype, Elem};
-use super::attention::{attention, attention_workspace_len, AttentionOptions};
 use super::groupnorm::{groupnorm, groupnorm_workspace_len};
+use super::launch::{DevPtr, DevPtrMut, Dtype, Elem};
 use super::sampling::{sampling, sampling_workspace_len};
 use super::vq_attention::{vq_attention, vq_attention_workspace_len};
 use super::{add, codebook, conv, copy_rows, embed, gelu, gemm, rmsnorm, rope, swiglu};
@@ -18,7 +18,10 @@ use half::bf16;
 pub(super) fn prepare_weight(w: &Weight) -> Result<Vec<f32>> {
     match (w.layout, w.shape.as_slice()) {
         (Layout::UpsamplePhases, &[co, ci, 3, 3]) => Ok(conv::upsample_fold_weights(&w.data, co, ci)),
-        (Layout::UpsamplePhases, s) => Err(Error::tensor(&w.name, format!("an upsample conv weight of shape {s:?}"))),
+        (Layout::UpsamplePhases, s) => Err(Error::tensor(
+            &w.name,
+            format!("an upsample conv weight of shape {s:?}"),
+        )),
         _ => Ok(w.data.clone()),
     }
 }
@@ -68,7 +71,10 @@ impl<D: Device> CudaBackend<D> {
     }
 
     fn kv_ptr<T>(&self, op: &str) -> Result<(DevPtrMut<'_, T>, crate::backend::KvSpec)> {
-        let (b, spec) = self.kv.as_ref().ok_or_else(|| Error::Invalid(format!("{op}: no KV cache allocated")))?;
+        let (b, spec) = self
+            .kv
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("{op}: no KV cache allocated")))?;
         // SAFETY: the cache holds spec.elems() elements of the activation type T; one kernel at a time uses it.
         Ok((unsafe { DevPtrMut::from_raw(b.addr(), spec.elems()) }, *spec))
     }
@@ -173,7 +179,19 @@ impl<D: Device> CudaBackend<D> {
                     let (cache, spec) = self.kv_ptr::<T>("rope")?;
                     let (qkv, q) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     let tab = self.wptr::<f32>(*table, "rope table")?;
-                    rope::rope::<T, D>(&self.dev, qkv, tab, self.step_ptr(), q, cache, b, l, &spec, *layer, None)
+                    rope::rope::<T, D>(
+                        &self.dev,
+                        qkv,
+                        tab,
+                        self.step_ptr(),
+                        q,
+                        cache,
+                        b,
+                        l,
+                        &spec,
+                        *layer,
+                        None,
+                    )
                 }
                 Op::Attention { layer } => {
                     let s = g.shape(ins[0]);
@@ -189,7 +207,20 @@ impl<D: Device> CudaBackend<D> {
                     };
                     let (q, o) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     let ws = DevPtrMut::from_raw(wa, wn);
-                    attention::<T, D>(&self.dev, q, kv, &spec, *layer, mask, self.step_ptr(), o, ws, b, l, opts)
+                    attention::<T, D>(
+                        &self.dev,
+                        q,
+                        kv,
+                        &spec,
+                        *layer,
+                        mask,
+                        self.step_ptr(),
+                        o,
+                        ws,
+                        b,
+                        l,
+                        opts,
+                    )
                 }
                 Op::Sampling { cfg_scale, params } => {
                     let s = g.shape(ins[0]);
@@ -199,7 +230,9 @@ impl<D: Device> CudaBackend<D> {
                     let (logits, idx) = (self.t(g, plan, ins[0])?, self.t(g, plan, ins[1])?);
                     let (toks, ws) = (self.t_mut(g, plan, out)?, DevPtrMut::from_raw(wa, wn));
                     let step = self.step_ptr();
-                    sampling::<T, D>(&self.dev, logits, idx, step, toks, ws, images, rows, vocab, *cfg_scale, params, None)
+                    sampling::<T, D>(
+                        &self.dev, logits, idx, step, toks, ws, images, rows, vocab, *cfg_scale, params, None,
+                    )
                 }
                 Op::Codebook { codebook: cb } => {
                     self.f32_only(node)?;
@@ -207,7 +240,19 @@ impl<D: Device> CudaBackend<D> {
                     let size = self.w(*cb).shape[0];
                     let err = self.err_word(ERR_CODEBOOK, *cb);
                     let (codes, o) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
-                    codebook::codebook(&self.dev, codes, self.wptr(*cb, "codebook")?, o, err, n, dim, h, w, size, None)
+                    codebook::codebook(
+                        &self.dev,
+                        codes,
+                        self.wptr(*cb, "codebook")?,
+                        o,
+                        err,
+                        n,
+                        dim,
+                        h,
+                        w,
+                        size,
+                        None,
+                    )
                 }
                 Op::Quantize { codebook: cb } => {
                     self.f32_only(node)?;
@@ -228,16 +273,43 @@ impl<D: Device> CudaBackend<D> {
                     let (x, o) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     let (wt, bias) = (self.wptr(*w, "conv")?, self.wptr(*b, "conv bias")?);
                     let geo = (c_out, *k, *k);
-                    conv::conv2d(&self.dev, x, wt, Some(bias), residual, o, (s[0], s[1], s[2], s[3]), geo, *stride, *pad, None)
+                    conv::conv2d(
+                        &self.dev,
+                        x,
+                        wt,
+                        Some(bias),
+                        residual,
+                        o,
+                        (s[0], s[1], s[2], s[3]),
+                        geo,
+                        *stride,
+                        *pad,
+                        None,
+                    )
                 }
                 Op::UpsampleConv { w, b } => {
                     self.f32_only(node)?;
                     let s = g.shape(ins[0]);
                     let (x, o) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     let (wt, bias) = (self.wptr(*w, "upsample conv")?, self.wptr(*b, "upsample bias")?);
-                    conv::upsample_conv(&self.dev, x, wt, Some(bias), o, (s[0], s[1], s[2], s[3]), oshape[1], None)
+                    conv::upsample_conv(
+                        &self.dev,
+                        x,
+                        wt,
+                        Some(bias),
+                        o,
+                        (s[0], s[1], s[2], s[3]),
+                        oshape[1],
+                        None,
+                    )
                 }
-                Op::Groupnorm { gamma, beta, groups, eps, silu } => {
+                Op::Groupnorm {
+                    gamma,
+                    beta,
+                    groups,
+                    eps,
+                    silu,
+                } => {
                     self.f32_only(node)?;
                     let s = g.shape(ins[0]);
                     let (n, c, hw) = (s[0], s[1], s[2..].iter().product::<usize>());

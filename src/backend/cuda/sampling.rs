@@ -75,7 +75,9 @@ pub fn sampling<T: Elem, L: Launcher + ?Sized>(
         }
     }
     params.validate()?;
-    let n = rows.checked_mul(vocab).ok_or_else(|| invalid(op, "rows·vocab overflows"))?;
+    let n = rows
+        .checked_mul(vocab)
+        .ok_or_else(|| invalid(op, "rows·vocab overflows"))?;
     to_i32(op, "rows·vocab", n)?;
     check_len(op, "logits", logits.len(), n)?;
     check_len(op, "image_index", image_index.len(), images)?;
