@@ -21,17 +21,46 @@ fn normalized_codebook(rng: &mut Rng, size: usize, dim: usize) -> Vec<f32> {
     cb
 }
 
-fn gpu_lookup(dev: &EmuDevice, codes: &[i32], cb: &[f32], size: usize, dim: usize, nhw: (usize, usize, usize), block: Option<u32>) -> (Vec<f32>, i32) {
+fn gpu_lookup(
+    dev: &EmuDevice,
+    codes: &[i32],
+    cb: &[f32],
+    size: usize,
+    dim: usize,
+    nhw: (usize, usize, usize),
+    block: Option<u32>,
+) -> (Vec<f32>, i32) {
     let (n, h, w) = nhw;
     let cbuf = dev.upload(codes, "codes");
     let cbb = dev.upload(cb, "codebook");
     let mut out = dev.alloc::<f32>(n * dim * h * w, "out");
     let mut err = dev.upload(&[0i32], "err");
-    gpu::codebook(dev, cbuf.ptr(), cbb.ptr(), out.ptr_mut(), err.ptr_mut(), n, dim, h, w, size, block).unwrap();
+    gpu::codebook(
+        dev,
+        cbuf.ptr(),
+        cbb.ptr(),
+        out.ptr_mut(),
+        err.ptr_mut(),
+        n,
+        dim,
+        h,
+        w,
+        size,
+        block,
+    )
+    .unwrap();
     (out.to_vec(), err.as_slice()[0])
 }
 
-fn gpu_quantize(dev: &EmuDevice, z: &[f32], cb: &[f32], size: usize, dim: usize, nhw: (usize, usize, usize), block: Option<u32>) -> Vec<i32> {
+fn gpu_quantize(
+    dev: &EmuDevice,
+    z: &[f32],
+    cb: &[f32],
+    size: usize,
+    dim: usize,
+    nhw: (usize, usize, usize),
+    block: Option<u32>,
+) -> Vec<i32> {
     let (n, h, w) = nhw;
     let zb = dev.upload(z, "z");
     let cbb = dev.upload(cb, "codebook");
@@ -63,7 +92,15 @@ fn codebook_lookup_matches_cpu() {
             codebook_lookup(&codes, &cb, size, dim, n, h, w, &mut want).unwrap();
             let codes: Vec<i32> = codes.iter().map(|&c| c as i32).collect();
             let block = BLOCKS[case % BLOCKS.len()];
-            let (got, err) = gpu_lookup(&dev.with_sched(SCHEDS[case % 3]), &codes, &cb, size, dim, (n, h, w), block);
+            let (got, err) = gpu_lookup(
+                &dev.with_sched(SCHEDS[case % 3]),
+                &codes,
+                &cb,
+                size,
+                dim,
+                (n, h, w),
+                block,
+            );
             case += 1;
             let what = format!("codebook size={size} dim={dim} n={n} {h}x{w} block={block:?}");
             assert_eq!(err, 0, "{what}");
@@ -80,7 +117,11 @@ fn codebook_bad_codes_write_zeros_and_set_the_error_word() {
     let (size, dim, n, h, w) = (512usize, 8usize, 2usize, 3usize, 5usize);
     let cb = normalized_codebook(&mut rng, size, dim);
     let hw = h * w;
-    for (bad, recorded) in [(vec![(4usize, 512i32)], 512), (vec![(0, 7000), (29, -3)], -3), (vec![(17, i32::MIN)], i32::MIN)] {
+    for (bad, recorded) in [
+        (vec![(4usize, 512i32)], 512),
+        (vec![(0, 7000), (29, -3)], -3),
+        (vec![(17, i32::MIN)], i32::MIN),
+    ] {
         let mut codes: Vec<i32> = (0..n * hw).map(|_| rng.below(size as u64) as i32).collect();
         for &(at, v) in &bad {
             codes[at] = v;
@@ -95,7 +136,11 @@ fn codebook_bad_codes_write_zeros_and_set_the_error_word() {
                 let (img, p) = (pos / hw, pos % hw);
                 for c in 0..dim {
                     let v = got[(img * dim + c) * hw + p];
-                    let want = if (0..size as i32).contains(&code) { cb[code as usize * dim + c] } else { 0.0 };
+                    let want = if (0..size as i32).contains(&code) {
+                        cb[code as usize * dim + c]
+                    } else {
+                        0.0
+                    };
                     assert_eq!(v, want, "pos {pos} code {code} channel {c}");
                 }
             }
@@ -126,7 +171,10 @@ fn quantize_matches_cpu() {
             let block = BLOCKS[case % BLOCKS.len()];
             let got = gpu_quantize(&dev.with_sched(SCHEDS[case % 3]), &z, &cb, size, dim, (n, h, w), block);
             case += 1;
-            assert_eq!(got, want, "quantize size={size} dim={dim} n={n} {h}x{w} scale={scale} block={block:?}");
+            assert_eq!(
+                got, want,
+                "quantize size={size} dim={dim} n={n} {h}x{w} scale={scale} block={block:?}"
+            );
         }
     }
     println!("quantize: {case} cases, indices equal to the CPU's");
@@ -192,9 +240,21 @@ fn codebook_launchers_reject_bad_shapes() {
     let mut out = dev.alloc::<f32>(48, "out");
     let mut err = dev.alloc::<i32>(1, "err");
     let mut lookup = |n, dim, h, w, size, block| {
-        gpu::codebook(&dev, codes.ptr(), cb.ptr(), out.ptr_mut(), err.ptr_mut(), n, dim, h, w, size, block)
-            .unwrap_err()
-            .to_string()
+        gpu::codebook(
+            &dev,
+            codes.ptr(),
+            cb.ptr(),
+            out.ptr_mut(),
+            err.ptr_mut(),
+            n,
+            dim,
+            h,
+            w,
+            size,
+            block,
+        )
+        .unwrap_err()
+        .to_string()
     };
     assert!(lookup(0, 8, 2, 3, 4, None).contains("empty shape"));
     assert!(lookup(1, 8, 2, 4, 4, None).contains("codes has 6 elements, needs 8"));

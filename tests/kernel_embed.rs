@@ -5,8 +5,8 @@
 use half::bf16;
 use llamagen::backend::cpu::conv::Prep;
 use llamagen::backend::cpu::{self, CpuWeight, WeightData};
-use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::embed;
+use llamagen::backend::cuda::emu::EmuDevice;
 
 mod support;
 use support::emu_check::*;
@@ -28,7 +28,15 @@ fn weight(table: &[f32], n: usize, d: usize, bf: bool) -> CpuWeight {
 }
 
 /// Runs one case; returns (output, error word).
-fn run(dev: &EmuDevice, ids: &[i32], table: &[f32], n: usize, d: usize, bf: bool, block: Option<u32>) -> (Vec<f32>, i32) {
+fn run(
+    dev: &EmuDevice,
+    ids: &[i32],
+    table: &[f32],
+    n: usize,
+    d: usize,
+    bf: bool,
+    block: Option<u32>,
+) -> (Vec<f32>, i32) {
     let idb = dev.upload(ids, "ids");
     let mut err = dev.upload(&[0i32], "err");
     let rows = ids.len();
@@ -106,7 +114,10 @@ fn embed_bad_ids_write_zeros_and_set_the_error_word() {
                     if (0..n as i32).contains(&id) {
                         assert_eq!(row, &table[id as usize * d..][..d], "row {r}");
                     } else {
-                        assert!(row.iter().all(|&v| v == 0.0 && v.is_sign_positive()), "row {r}: {row:?}");
+                        assert!(
+                            row.iter().all(|&v| v == 0.0 && v.is_sign_positive()),
+                            "row {r}: {row:?}"
+                        );
                     }
                 }
             }
@@ -123,18 +134,50 @@ fn embed_launcher_rejects_bad_shapes() {
     let mut out = dev.alloc::<f32>(40, "out");
     let mut err = dev.alloc::<i32>(1, "err");
     let mut e = |rows: usize, n: usize, d: usize, block: Option<u32>| {
-        embed::embed(&dev, ids.ptr(), table.ptr(), out.ptr_mut(), err.ptr_mut(), rows, n, d, block)
-            .unwrap_err()
-            .to_string()
+        embed::embed(
+            &dev,
+            ids.ptr(),
+            table.ptr(),
+            out.ptr_mut(),
+            err.ptr_mut(),
+            rows,
+            n,
+            d,
+            block,
+        )
+        .unwrap_err()
+        .to_string()
     };
     assert!(e(0, 4, 10, None).contains("empty shape"));
     assert!(e(5, 4, 8, None).contains("ids has 4 elements, needs 5"));
     assert!(e(4, 5, 10, None).contains("table has 40 elements, needs 50"));
     assert!(e(4, 4, 10, Some(1025)).contains("block size 1025"));
     let mut short = dev.alloc::<f32>(39, "short");
-    let e = embed::embed(&dev, ids.ptr(), table.ptr(), short.ptr_mut(), err.ptr_mut(), 4, 4, 10, None).unwrap_err();
+    let e = embed::embed(
+        &dev,
+        ids.ptr(),
+        table.ptr(),
+        short.ptr_mut(),
+        err.ptr_mut(),
+        4,
+        4,
+        10,
+        None,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("out has 39 elements, needs 40"), "{e}");
     let mut none = dev.alloc::<i32>(0, "none");
-    let e = embed::embed(&dev, ids.ptr(), table.ptr(), out.ptr_mut(), none.ptr_mut(), 4, 4, 10, None).unwrap_err();
+    let e = embed::embed(
+        &dev,
+        ids.ptr(),
+        table.ptr(),
+        out.ptr_mut(),
+        none.ptr_mut(),
+        4,
+        4,
+        10,
+        None,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("err has 0 elements, needs 1"), "{e}");
 }

@@ -62,7 +62,10 @@ fn run_case(dev: &EmuDevice, rng: &mut Rng, k: &Case, silu: bool, chunk: Option<
         k.n, k.c, k.hw, k.groups, k.mean, k.spread
     );
     let (e, m) = nmse(yb.as_slice(), &want, &what);
-    assert!(e <= NMSE_BOUND, "{what}: NMSE {e:.3e} > {NMSE_BOUND:.0e} (max abs err {m:.3e})");
+    assert!(
+        e <= NMSE_BOUND,
+        "{what}: NMSE {e:.3e} > {NMSE_BOUND:.0e} (max abs err {m:.3e})"
+    );
     e
 }
 
@@ -168,9 +171,24 @@ fn groupnorm_launcher_rejects_bad_shapes() {
     let mut y = dev.alloc::<f32>(64, "y");
     let mut w = dev.alloc::<f32>(3 * 4, "work");
     let mut e = |n, c, hw, groups, chunk: Option<usize>, block| {
-        groupnorm(&dev, x.ptr(), g.ptr(), g.ptr(), y.ptr_mut(), w.ptr_mut(), n, c, hw, groups, 1e-6, false, chunk, block)
-            .unwrap_err()
-            .to_string()
+        groupnorm(
+            &dev,
+            x.ptr(),
+            g.ptr(),
+            g.ptr(),
+            y.ptr_mut(),
+            w.ptr_mut(),
+            n,
+            c,
+            hw,
+            groups,
+            1e-6,
+            false,
+            chunk,
+            block,
+        )
+        .unwrap_err()
+        .to_string()
     };
     assert!(e(0, 8, 8, 4, None, None).contains("empty shape"));
     assert!(e(1, 8, 8, 3, None, None).contains("do not divide into 3 groups"));

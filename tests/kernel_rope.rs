@@ -148,7 +148,10 @@ fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u3
     assert!(eq <= NMSE_BOUND, "{what}: q NMSE {eq:.3e} (max abs err {mq:.3e})");
     // The whole cache, bit for bit (untouched slots keep the pattern; written ones equal the CPU's).
     for (i, (g, w)) in got_cache.iter().zip(&want_cache).enumerate() {
-        assert!(g.to_bits() == w.to_bits(), "{what}: cache element {i}: got {g}, want {w}");
+        assert!(
+            g.to_bits() == w.to_bits(),
+            "{what}: cache element {i}: got {g}, want {w}"
+        );
     }
     let (ec, _) = nmse(&got_cache, &want_cache, &format!("{what}: cache"));
     // Condition positions rotate by an all-zero table row: q and k become exact zeros.
@@ -253,12 +256,38 @@ fn rope_positions_past_the_cache_write_nothing() {
     let (x, t, mut cache) = f32_setup(&dev, &spec, 4);
     let mut q = dev.upload(&vec![7.0f32; 4 * 16], "q");
     let st = dev.upload(&[step(5)], "step");
-    rope::rope(&dev, x.ptr(), t.ptr(), st.ptr(), q.ptr_mut(), cache.ptr_mut(), 2, 2, &spec, 0, None).unwrap();
+    rope::rope(
+        &dev,
+        x.ptr(),
+        t.ptr(),
+        st.ptr(),
+        q.ptr_mut(),
+        cache.ptr_mut(),
+        2,
+        2,
+        &spec,
+        0,
+        None,
+    )
+    .unwrap();
     assert!(cache.as_slice().iter().all(|&v| v == 3.0));
     assert!(q.as_slice().iter().all(|&v| v == 7.0));
     // pos = seq - 1 with len 2: the first row is written, the second skipped.
     let st = dev.upload(&[step(4)], "step");
-    rope::rope(&dev, x.ptr(), t.ptr(), st.ptr(), q.ptr_mut(), cache.ptr_mut(), 1, 2, &spec, 0, None).unwrap();
+    rope::rope(
+        &dev,
+        x.ptr(),
+        t.ptr(),
+        st.ptr(),
+        q.ptr_mut(),
+        cache.ptr_mut(),
+        1,
+        2,
+        &spec,
+        0,
+        None,
+    )
+    .unwrap();
     let qs = q.as_slice();
     // (1, 1) rotated by (cos, sin) = (0.5, 0.5): (1·0.5 − 1·0.5, 1·0.5 + 1·0.5) = (0, 1)
     let want: Vec<f32> = (0..16).map(|i| (i % 2) as f32).collect();
@@ -284,9 +313,21 @@ fn rope_launcher_rejects_bad_shapes() {
     let mut q = dev.alloc::<f32>(4 * 16, "q");
     let st = dev.upload(&[step(0)], "step");
     let mut e = |b: usize, l: usize, spec: &KvSpec, layer: usize, block: Option<u32>| {
-        rope::rope(&dev, x.ptr(), t.ptr(), st.ptr(), q.ptr_mut(), cache.ptr_mut(), b, l, spec, layer, block)
-            .unwrap_err()
-            .to_string()
+        rope::rope(
+            &dev,
+            x.ptr(),
+            t.ptr(),
+            st.ptr(),
+            q.ptr_mut(),
+            cache.ptr_mut(),
+            b,
+            l,
+            spec,
+            layer,
+            block,
+        )
+        .unwrap_err()
+        .to_string()
     };
     assert!(e(0, 2, &spec, 0, None).contains("empty shape"));
     assert!(e(3, 1, &spec, 0, None).contains("do not fit the KV cache"));

@@ -26,7 +26,11 @@ fn params(op: &str, n: usize, dim: usize, h: usize, w: usize, size: usize) -> Re
         .and_then(|v| v.checked_mul(hw))
         .ok_or_else(|| invalid(op, "n·dim·h·w overflows"))?;
     to_i32(op, "n·dim·h·w", latent)?;
-    to_i32(op, "size·dim", size.checked_mul(dim).ok_or_else(|| invalid(op, "size·dim overflows"))?)?;
+    to_i32(
+        op,
+        "size·dim",
+        size.checked_mul(dim).ok_or_else(|| invalid(op, "size·dim overflows"))?,
+    )?;
     let p = CodebookParams {
         n: to_i32(op, "n", n)?,
         dim: to_i32(op, "dim", dim)?,
@@ -98,7 +102,10 @@ pub fn quantize<L: Launcher + ?Sized>(
     let (p, latent) = params(op, n, dim, h, w, size)?;
     let shared = (QUANTIZE_POSITIONS * dim + QUANTIZE_POSITIONS) * 4;
     if shared > 48 << 10 {
-        return Err(invalid(op, format!("dim = {dim} needs {shared} bytes of shared memory (48 KiB at most)")));
+        return Err(invalid(
+            op,
+            format!("dim = {dim} needs {shared} bytes of shared memory (48 KiB at most)"),
+        ));
     }
     check_len(op, "z", z.len(), latent)?;
     check_len(op, "codebook", codebook.len(), size * dim)?;

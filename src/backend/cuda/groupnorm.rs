@@ -91,7 +91,12 @@ pub fn groupnorm<L: Launcher + ?Sized>(
     let part = work.len();
     // SAFETY (of the raw re-borrow): `work` is exclusively borrowed for this call; the two launches use it one after
     // the other (stream order on the GPU, synchronous in the emulator).
-    let (w1, w2) = unsafe { (DevPtrMut::<f32>::from_raw(work.addr(), part), DevPtr::<f32>::from_raw(work.addr(), part)) };
+    let (w1, w2) = unsafe {
+        (
+            DevPtrMut::<f32>::from_raw(work.addr(), part),
+            DevPtr::<f32>::from_raw(work.addr(), part),
+        )
+    };
     kernels::groupnorm_stats_f32(l, cfg, x, w1, p)?;
     kernels::groupnorm_f32(l, cfg, x, w2, gamma, beta, y, p)
 }

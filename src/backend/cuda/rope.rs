@@ -63,7 +63,11 @@ pub fn rope<T: Elem, L: Launcher + ?Sized>(
     if !storage_ok {
         return Err(invalid(
             op,
-            format!("KV cache storage {:?} does not match the activation dtype {}", kv.storage, T::NAME),
+            format!(
+                "KV cache storage {:?} does not match the activation dtype {}",
+                kv.storage,
+                T::NAME
+            ),
         ));
     }
     if batch > kv.batch || len > kv.seq || layer >= kv.layers {
@@ -80,12 +84,21 @@ pub fn rope<T: Elem, L: Launcher + ?Sized>(
             return Err(invalid(op, format!("block size {b} outside 1..=1024")));
         }
     }
-    let d = heads.checked_mul(hd).ok_or_else(|| invalid(op, "heads·head_dim overflows"))?;
-    let rows = batch.checked_mul(len).ok_or_else(|| invalid(op, "batch·len overflows"))?;
-    let n_qkv = rows.checked_mul(3 * d).ok_or_else(|| invalid(op, "qkv size overflows"))?;
+    let d = heads
+        .checked_mul(hd)
+        .ok_or_else(|| invalid(op, "heads·head_dim overflows"))?;
+    let rows = batch
+        .checked_mul(len)
+        .ok_or_else(|| invalid(op, "batch·len overflows"))?;
+    let n_qkv = rows
+        .checked_mul(3 * d)
+        .ok_or_else(|| invalid(op, "qkv size overflows"))?;
     let table_rows = table.len() / hd;
     if table_rows < len {
-        return Err(invalid(op, format!("table has {table_rows} rows, fewer than len = {len}")));
+        return Err(invalid(
+            op,
+            format!("table has {table_rows} rows, fewer than len = {len}"),
+        ));
     }
     check_len(op, "qkv", qkv.len(), n_qkv)?;
     check_len(op, "q", q.len(), rows * d)?;
