@@ -187,8 +187,8 @@ fn rope_matches_cpu() {
         let seq = cls + grid * grid;
         for &(heads, hd) in &[(2usize, 32usize), (1, 64), (3, 100)] {
             for &(kv_batch, batch) in &[(1usize, 1usize), (3, 2)] {
-                // (len, pos): prefill, decode at position 1 / middle / last, full recompute.
-                let steps = [(cls, 0), (1, cls.max(1)), (1, seq / 2), (1, seq - 1), (seq, 0)];
+                // (len, pos): prefill, decode at position 1 / the first image token / middle / last, full recompute.
+                let steps = [(cls, 0), (1, 1), (1, cls), (1, seq / 2), (1, seq - 1), (seq, 0)];
                 for &(len, pos) in &steps {
                     for bf in [false, true] {
                         let block = [None, Some(32), Some(96), Some(7)][n % 4];
