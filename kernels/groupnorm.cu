@@ -21,8 +21,9 @@
  *     f64 like the reference; then the block normalises its chunk (16-byte vectors when hw is a multiple of 4 and
  *     the pointers are aligned), swish as y / (1 + e^−y).
  * Both grids depend only on shapes; any block size 1..1024 works (block_reduce of common.cuh).
- * Measured NMSE against the CPU (emulator, f32 throughout): see tests/kernel_groupnorm.rs (≤ 1e-13 including
- * |mean|/std = 1e4; the f64 merge makes the statistics as accurate as the reference's).
+ * Measured NMSE against the CPU on the emulator (tests/kernel_groupnorm.rs): worst 1.0e-14 over the sweep, 5.5e-15
+ * with |mean|/std = 1e3..3e4 (the f64 merge makes the statistics as accurate as the reference's; without the s1
+ * correction that case measured 2.8e-9).
  *
  * Napkin math (VQ-16 decoder at 256×256: c = 128, hw = 65536, 32 groups, batch 1; H100 SXM 3.35 TB/s):
  *   stats reads x once from HBM (32 MB; the second pass over a 32 KB chunk hits L1/L2) → 10 µs; normalise reads x

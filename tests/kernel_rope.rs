@@ -8,6 +8,7 @@ use llamagen::backend::cpu::kv_cache::KvData;
 use llamagen::backend::cpu::{self, KvCache};
 use llamagen::backend::cuda::emu::{EmuBuffer, EmuDevice};
 use llamagen::backend::cuda::kernels::StepState;
+use llamagen::backend::cuda::launch::DevPtr;
 use llamagen::backend::cuda::rope;
 use llamagen::backend::{KvSpec, Storage};
 
@@ -27,6 +28,12 @@ fn step(pos: usize) -> StepState {
         seed_lo: 0,
         seed_hi: 0,
     }
+}
+
+/// `p` advanced by `k` elements.
+fn offset<T>(p: DevPtr<'_, T>, k: usize) -> DevPtr<'_, T> {
+    // SAFETY: inside the same live buffer (k ≤ its length); the kernel reads T there.
+    unsafe { DevPtr::from_raw(p.addr() + (k * size_of::<T>()) as u64, p.len() - k) }
 }
 
 struct Case {
@@ -49,7 +56,8 @@ fn cache_f32(c: &KvCache) -> Vec<f32> {
 }
 
 /// Runs one case; returns (NMSE of q, NMSE of the cache).
-fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u32>) -> (f64, f64) {
+/// `misalign`: qkv starts one element into its buffer, so the kernel must take its scalar path.
+fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u32>, misalign: bool) -> (f64, f64) {
     let seq = c.cls + c.grid * c.grid;
     let table = cpu::rope::rope_table(c.cls, c.grid, c.hd, 10000.0);
     let spec = KvSpec {
@@ -92,13 +100,14 @@ fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u3
 
     let tb = dev.upload(&table, "table");
     let sb = dev.upload(&[step(c.pos)], "step");
+    let padded: Vec<f32> = [0.0].iter().take(usize::from(misalign)).chain(&qkv).copied().collect();
     let (got_q, got_cache) = if bf {
-        let xb = dev.upload(&to_bf16(&qkv), "qkv");
+        let xb = dev.upload(&to_bf16(&padded), "qkv");
         let mut qb = dev.alloc::<bf16>(want_q.len(), "q");
         let mut cb = dev.upload(&to_bf16(&pattern), "cache");
         rope::rope(
             dev,
-            xb.ptr(),
+            offset(xb.ptr(), usize::from(misalign)),
             tb.ptr(),
             sb.ptr(),
             qb.ptr_mut(),
@@ -112,12 +121,12 @@ fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u3
         .unwrap();
         (from_bf16(qb.as_slice()), from_bf16(cb.as_slice()))
     } else {
-        let xb = dev.upload(&qkv, "qkv");
+        let xb = dev.upload(&padded, "qkv");
         let mut qb = dev.alloc::<f32>(want_q.len(), "q");
         let mut cb = dev.upload(&pattern, "cache");
         rope::rope(
             dev,
-            xb.ptr(),
+            offset(xb.ptr(), usize::from(misalign)),
             tb.ptr(),
             sb.ptr(),
             qb.ptr_mut(),
@@ -178,8 +187,8 @@ fn rope_matches_cpu() {
         let seq = cls + grid * grid;
         for &(heads, hd) in &[(2usize, 32usize), (1, 64), (3, 100)] {
             for &(kv_batch, batch) in &[(1usize, 1usize), (3, 2)] {
-                // (len, pos): prefill, decode at position 1 / middle / last, full recompute.
-                let steps = [(cls, 0), (1, cls.max(1)), (1, seq / 2), (1, seq - 1), (seq, 0)];
+                // (len, pos): prefill, decode at position 1 / the first image token / middle / last, full recompute.
+                let steps = [(cls, 0), (1, 1), (1, cls), (1, seq / 2), (1, seq - 1), (seq, 0)];
                 for &(len, pos) in &steps {
                     for bf in [false, true] {
                         let block = [None, Some(32), Some(96), Some(7)][n % 4];
@@ -197,7 +206,7 @@ fn rope_matches_cpu() {
                             pos,
                             layer,
                         };
-                        let (eq, ec) = run_case(&dev, &mut rng, &c, bf, block);
+                        let (eq, ec) = run_case(&dev, &mut rng, &c, bf, block, false);
                         let w = if bf { &mut worst_bf16 } else { &mut worst_f32 };
                         *w = w.max(eq).max(ec);
                     }
@@ -226,8 +235,10 @@ fn rope_all_schedules() {
                 pos,
                 layer: 1,
             };
-            run_case(&dev.with_sched(s), &mut rng, &c, true, Some(33));
-            run_case(&dev.with_sched(s), &mut rng, &c, false, Some(33));
+            run_case(&dev.with_sched(s), &mut rng, &c, true, Some(33), false);
+            run_case(&dev.with_sched(s), &mut rng, &c, true, Some(33), true);
+            run_case(&dev.with_sched(s), &mut rng, &c, false, Some(33), false);
+            run_case(&dev.with_sched(s), &mut rng, &c, false, Some(33), true);
         }
     }
 }

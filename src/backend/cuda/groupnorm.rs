@@ -21,7 +21,7 @@ pub fn chunking(group_len: usize, chunk: Option<usize>) -> (usize, usize) {
 /// f32 elements of the workspace `groupnorm` needs for this shape and chunk override (3 per chunk of each
 /// sample's group). Allocate it once for the largest layer.
 pub fn groupnorm_workspace_len(n: usize, c: usize, hw: usize, groups: usize, chunk: Option<usize>) -> usize {
-    let glen = if groups == 0 { 0 } else { c / groups * hw };
+    let glen = c.checked_div(groups).unwrap_or(0) * hw;
     3 * n * groups * chunking(glen, chunk).1
 }
 
