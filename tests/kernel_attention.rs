@@ -122,7 +122,7 @@ impl Case {
 /// Left-padded condition masks for `batch` rows (CFG-like when even: rows b and batch/2 + b share a mask): row 0 has
 /// no valid position at all (only the forced diagonal), the others a random number of ones at the end.
 fn left_padded_mask(rng: &mut Rng, batch: usize, t: usize) -> Vec<f32> {
-    let half = if batch % 2 == 0 { batch / 2 } else { batch };
+    let half = if batch.is_multiple_of(2) { batch / 2 } else { batch };
     let mut rows: Vec<Vec<f32>> = Vec::new();
     for b in 0..half {
         let valid = if b == 0 { 0 } else { 1 + rng.below(t as u64) as usize };
@@ -159,7 +159,11 @@ fn run<T: TestElem>(dev: &EmuDevice, rng: &mut Rng, c: &Case) -> f64 {
     }
     let cache = KvCache {
         spec,
-        data: if bf { KvData::Bf16(to_bf16(&full)) } else { KvData::F32(full.clone()) },
+        data: if bf {
+            KvData::Bf16(to_bf16(&full))
+        } else {
+            KvData::F32(full.clone())
+        },
     };
     let mut want = vec![0f32; n];
     let mut scores = vec![0f32; c.batch * c.heads * c.seq];
@@ -223,7 +227,10 @@ fn run<T: TestElem>(dev: &EmuDevice, rng: &mut Rng, c: &Case) -> f64 {
     let what = format!(
         "attention_{} {:?}, mask length {:?} (plan {:?})",
         if bf { "bf16" } else { "f32" },
-        Case { mask: None, ..c.clone() },
+        Case {
+            mask: None,
+            ..c.clone()
+        },
         c.mask.as_ref().map(|m| m.1),
         attention_plan(&spec, c.batch, c.len, c.opts)
     );
@@ -277,7 +284,7 @@ fn decode_matches_cpu() {
                         .path(AttentionPath::Decode)
                         .split(split)
                         .block(block);
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         c = c.with_mask(left_padded_mask(&mut rng, batch, T_COND), T_COND);
                     }
                     let dev = dev.with_sched(SCHEDS[i % 3]);
@@ -361,7 +368,9 @@ fn every_schedule_agrees_with_cpu() {
             .split(Some(5))
             .with_mask(mask.clone(), T_COND),
         // decode, one split (direct write), block of 3 warps
-        Case::new(4, 3, 2, 100, SEQ, 10).path(AttentionPath::Decode).block(Some(96)),
+        Case::new(4, 3, 2, 100, SEQ, 10)
+            .path(AttentionPath::Decode)
+            .block(Some(96)),
         // tiled: 2 query tiles, key tiles 0..32 and 32..38 (a missing barrier between tiles shows)
         Case::new(4, 18, 2, 64, 48, 20).with_mask(mask, T_COND),
     ];
@@ -540,7 +549,7 @@ fn launcher_rejects_bad_shapes() {
     };
     let q = dev.upload(&vec![0f32; 2 * 2 * 64], "q");
     let kv = dev.upload(&vec![0f32; good.elems()], "kv");
-    let mask = dev.upload(&vec![1f32; 2 * 3], "mask");
+    let mask = dev.upload(&[1f32; 2 * 3], "mask");
     let step = dev.upload(&[StepState::default()], "step");
     let kvb = dev.upload(&vec![bf16::ZERO; good.elems()], "kv bf16");
     let qb = dev.upload(&vec![bf16::ZERO; 2 * 2 * 64], "q bf16");
@@ -549,34 +558,24 @@ fn launcher_rejects_bad_shapes() {
         split_keys: Some(2),
         block: None,
     };
-    type Args<'a> = (KvSpec, usize, usize, usize, Option<usize>, usize, usize, usize, AttentionOptions);
+    type Args<'a> = (
+        KvSpec,
+        usize,
+        usize,
+        usize,
+        Option<usize>,
+        usize,
+        usize,
+        usize,
+        AttentionOptions,
+    );
     // (spec, layer, batch, len, mask t, q len, out len, ws len, opts) → expected message
     let cases: Vec<(Args, &str)> = vec![
         ((good, 0, 0, 1, None, 256, 256, 0, Default::default()), "empty shape"),
         ((good, 0, 2, 0, None, 256, 256, 0, Default::default()), "empty shape"),
-        ((KvSpec { head_dim: 30, ..good }, 0, 1, 1, None, 256, 256, 0, Default::default()), "multiple of 4"),
-        ((KvSpec { head_dim: 132, heads: 1, ..good }, 0, 1, 1, None, 256, 256, 0, Default::default()), "up to 128"),
-        ((KvSpec { storage: Storage::Bf16, ..good }, 0, 1, 1, None, 256, 256, 0, Default::default()), "storage"),
-        ((good, 0, 3, 1, None, 256, 256, 0, Default::default()), "exceeds the cache batch"),
-        ((good, 0, 1, 9, None, 1024, 1024, 0, Default::default()), "exceeds the cache length"),
-        ((good, 2, 1, 1, None, 256, 256, 0, Default::default()), "layer = 2"),
-        ((good, 0, 2, 2, None, 255, 256, 0, Default::default()), "q has 255 elements, needs 256"),
-        ((good, 0, 2, 2, None, 256, 200, 0, Default::default()), "out has 200"),
-        ((good, 0, 2, 2, Some(3), 256, 256, 0, Default::default()), "mask has 5 elements, needs 6"),
-        ((good, 0, 2, 2, Some(0), 256, 256, 0, Default::default()), "mask length t = 0"),
-        ((good, 0, 2, 2, Some(9), 256, 256, 0, Default::default()), "mask length t = 9"),
-        ((good, 0, 2, 1, None, 256, 256, 2 * 2 * 4 * 34 - 1, split), "workspace has"),
-        (
-            (good, 0, 2, 1, None, 256, 256, 0, AttentionOptions { block: Some(100), ..Default::default() }),
-            "block size 100",
-        ),
-        (
-            (good, 0, 2, 1, None, 256, 256, 0, AttentionOptions { split_keys: Some(0), ..Default::default() }),
-            "split_keys = 0",
-        ),
         (
             (
-                KvSpec { head_dim: 128, heads: 1, layers: 1, seq: 4, ..good },
+                KvSpec { head_dim: 30, ..good },
                 0,
                 1,
                 1,
@@ -584,7 +583,130 @@ fn launcher_rejects_bad_shapes() {
                 256,
                 256,
                 0,
-                AttentionOptions { path: AttentionPath::Tiled, block: Some(512), ..Default::default() },
+                Default::default(),
+            ),
+            "multiple of 4",
+        ),
+        (
+            (
+                KvSpec {
+                    head_dim: 132,
+                    heads: 1,
+                    ..good
+                },
+                0,
+                1,
+                1,
+                None,
+                256,
+                256,
+                0,
+                Default::default(),
+            ),
+            "up to 128",
+        ),
+        (
+            (
+                KvSpec {
+                    storage: Storage::Bf16,
+                    ..good
+                },
+                0,
+                1,
+                1,
+                None,
+                256,
+                256,
+                0,
+                Default::default(),
+            ),
+            "storage",
+        ),
+        (
+            (good, 0, 3, 1, None, 256, 256, 0, Default::default()),
+            "exceeds the cache batch",
+        ),
+        (
+            (good, 0, 1, 9, None, 1024, 1024, 0, Default::default()),
+            "exceeds the cache length",
+        ),
+        ((good, 2, 1, 1, None, 256, 256, 0, Default::default()), "layer = 2"),
+        (
+            (good, 0, 2, 2, None, 255, 256, 0, Default::default()),
+            "q has 255 elements, needs 256",
+        ),
+        ((good, 0, 2, 2, None, 256, 200, 0, Default::default()), "out has 200"),
+        (
+            (good, 0, 2, 2, Some(3), 256, 256, 0, Default::default()),
+            "mask has 5 elements, needs 6",
+        ),
+        (
+            (good, 0, 2, 2, Some(0), 256, 256, 0, Default::default()),
+            "mask length t = 0",
+        ),
+        (
+            (good, 0, 2, 2, Some(9), 256, 256, 0, Default::default()),
+            "mask length t = 9",
+        ),
+        (
+            (good, 0, 2, 1, None, 256, 256, 2 * 2 * 4 * 34 - 1, split),
+            "workspace has",
+        ),
+        (
+            (
+                good,
+                0,
+                2,
+                1,
+                None,
+                256,
+                256,
+                0,
+                AttentionOptions {
+                    block: Some(100),
+                    ..Default::default()
+                },
+            ),
+            "block size 100",
+        ),
+        (
+            (
+                good,
+                0,
+                2,
+                1,
+                None,
+                256,
+                256,
+                0,
+                AttentionOptions {
+                    split_keys: Some(0),
+                    ..Default::default()
+                },
+            ),
+            "split_keys = 0",
+        ),
+        (
+            (
+                KvSpec {
+                    head_dim: 128,
+                    heads: 1,
+                    layers: 1,
+                    seq: 4,
+                    ..good
+                },
+                0,
+                1,
+                1,
+                None,
+                256,
+                256,
+                0,
+                AttentionOptions {
+                    path: AttentionPath::Tiled,
+                    block: Some(512),
+                    ..Default::default()
+                },
             ),
             "shared memory",
         ),

@@ -148,33 +148,50 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
         ));
     }
     if d % 4 != 0 || d > MAX_HEAD_DIM {
-        return Err(invalid(op, format!("head_dim = {d} must be a multiple of 4 up to {MAX_HEAD_DIM}")));
+        return Err(invalid(
+            op,
+            format!("head_dim = {d} must be a multiple of 4 up to {MAX_HEAD_DIM}"),
+        ));
     }
     let storage_ok = matches!(
         (T::DTYPE, spec.storage),
         (Dtype::F32, Storage::F32) | (Dtype::Bf16, Storage::Bf16)
     );
     if !storage_ok {
-        return Err(invalid(op, format!("cache storage {:?} does not match {}", spec.storage, T::NAME)));
+        return Err(invalid(
+            op,
+            format!("cache storage {:?} does not match {}", spec.storage, T::NAME),
+        ));
     }
     if batch > spec.batch {
-        return Err(invalid(op, format!("batch = {batch} exceeds the cache batch {}", spec.batch)));
+        return Err(invalid(
+            op,
+            format!("batch = {batch} exceeds the cache batch {}", spec.batch),
+        ));
     }
     if len > seq {
         return Err(invalid(op, format!("len = {len} exceeds the cache length {seq}")));
     }
     if layer >= spec.layers {
-        return Err(invalid(op, format!("layer = {layer} but the cache has {} layers", spec.layers)));
+        return Err(invalid(
+            op,
+            format!("layer = {layer} but the cache has {} layers", spec.layers),
+        ));
     }
     if let Some(b) = opts.block {
         if !(32..=1024).contains(&b) || b % 32 != 0 {
-            return Err(invalid(op, format!("block size {b} is not a multiple of 32 in 32..=1024")));
+            return Err(invalid(
+                op,
+                format!("block size {b} is not a multiple of 32 in 32..=1024"),
+            ));
         }
     }
     if opts.split_keys == Some(0) {
         return Err(invalid(op, "split_keys = 0"));
     }
-    let dm = heads.checked_mul(d).ok_or_else(|| invalid(op, "heads·head_dim overflows"))?;
+    let dm = heads
+        .checked_mul(d)
+        .ok_or_else(|| invalid(op, "heads·head_dim overflows"))?;
     let n = batch
         .checked_mul(len)
         .and_then(|r| r.checked_mul(dm))
@@ -235,26 +252,12 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
         // SAFETY: T::DTYPE names the element type the chosen kernel reads and writes.
         return unsafe {
             match T::DTYPE {
-                Dtype::F32 => kernels::attention_tiled_f32(
-                    l,
-                    cfg,
-                    q.cast(),
-                    kv.cast(),
-                    mask_ptr.cast(),
-                    step,
-                    out.cast(),
-                    p,
-                ),
-                Dtype::Bf16 => kernels::attention_tiled_bf16(
-                    l,
-                    cfg,
-                    q.cast(),
-                    kv.cast(),
-                    mask_ptr.cast(),
-                    step,
-                    out.cast(),
-                    p,
-                ),
+                Dtype::F32 => {
+                    kernels::attention_tiled_f32(l, cfg, q.cast(), kv.cast(), mask_ptr.cast(), step, out.cast(), p)
+                }
+                Dtype::Bf16 => {
+                    kernels::attention_tiled_bf16(l, cfg, q.cast(), kv.cast(), mask_ptr.cast(), step, out.cast(), p)
+                }
             }
         };
     }
@@ -263,7 +266,8 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
         return Err(invalid(op, format!("batch·len = {rows} exceeds the grid's 65535")));
     }
     let shared = (warps * (d + 2) * 4) as u32;
-    let cfg = LaunchConfig::new([plan.splits as u32, heads as u32, rows as u32], [plan.threads, 1, 1]).with_shared(shared);
+    let cfg =
+        LaunchConfig::new([plan.splits as u32, heads as u32, rows as u32], [plan.threads, 1, 1]).with_shared(shared);
     // The decode and combine launches both need `out` and the workspace; they run one after the other on the stream.
     // SAFETY: same addresses and lengths as the borrowed pointers, used by sequential launches only.
     let (out2, ws_read) = unsafe {
