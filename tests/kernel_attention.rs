@@ -122,7 +122,7 @@ impl Case {
 /// Left-padded condition masks for `batch` rows (CFG-like when even: rows b and batch/2 + b share a mask): row 0 has
 /// no valid position at all (only the forced diagonal), the others a random number of ones at the end.
 fn left_padded_mask(rng: &mut Rng, batch: usize, t: usize) -> Vec<f32> {
-    let half = if batch % 2 == 0 { batch / 2 } else { batch };
+    let half = if batch.is_multiple_of(2) { batch / 2 } else { batch };
     let mut rows: Vec<Vec<f32>> = Vec::new();
     for b in 0..half {
         let valid = if b == 0 { 0 } else { 1 + rng.below(t as u64) as usize };
@@ -284,7 +284,7 @@ fn decode_matches_cpu() {
                         .path(AttentionPath::Decode)
                         .split(split)
                         .block(block);
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         c = c.with_mask(left_padded_mask(&mut rng, batch, T_COND), T_COND);
                     }
                     let dev = dev.with_sched(SCHEDS[i % 3]);
@@ -549,7 +549,7 @@ fn launcher_rejects_bad_shapes() {
     };
     let q = dev.upload(&vec![0f32; 2 * 2 * 64], "q");
     let kv = dev.upload(&vec![0f32; good.elems()], "kv");
-    let mask = dev.upload(&vec![1f32; 2 * 3], "mask");
+    let mask = dev.upload(&[1f32; 2 * 3], "mask");
     let step = dev.upload(&[StepState::default()], "step");
     let kvb = dev.upload(&vec![bf16::ZERO; good.elems()], "kv bf16");
     let qb = dev.upload(&vec![bf16::ZERO; 2 * 2 * 64], "q bf16");
