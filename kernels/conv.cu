@@ -1,7 +1,7 @@
 /*
  * conv.cu: the VQ tokenizer's convolutions in f32, NCHW (the reference runs the VQ encoder/decoder in f32).
  *
- * Entry points (kernels/llamagen_kernels.h):
+ * Entry points (kernels/llamagen_kernels.h), each also as <name>_t128 (same parameters, 128 × 128 tile, below):
  *   conv2d_f32          (x [n, c_in, h, w], w [c_out, c_in, kh, kw], bias [c_out] | null, residual | null,
  *                        out [n, c_out, oh, ow], Conv2dParams)
  *       torch Conv2d (cross-correlation) with stride and asymmetric zero padding (top, left given; bottom and right
@@ -22,19 +22,24 @@
  *
  * Design: one implicit GEMM core for all three, no im2col buffer. GEMM M = output channels, N = output pixels of
  * all images flattened (p = (img·oh + oy)·ow + ox, so small images still fill blocks), K = c_in·kh·kw in torch
- * order (k = (ci·kh + ky)·kw + kx). A block of 256 threads computes a 64 (channels) × 64 (pixels) tile; each
- * thread a 4×4 register micro-tile (channels 4·ty..4·ty+3, pixels tx + 16·j, tx = tid % 16, ty = tid / 16, so a
- * warp's stores cover 16 consecutive pixels of two channels). K advances in steps of 16: each thread loads 4
- * weights and 4 gathered input values into registers, stores them to shared memory (A as [k][m] with a row pad
- * of 4 floats: 16-byte aligned rows for LDS.128, 2-way store conflicts), and while the tile is consumed the next
- * one's global loads are already in flight (register prefetch, one shared buffer, two barriers per step). The
- * gather computes (ci, ky, kx) from k with divisions by compile-time constants for the 1×1, 2×2 (phases) and 3×3
- * cases (runtime kh, kw for the rest) and zero-fills padding, partial tiles and k ≥ K, so every multiply-add of a
- * stored output is a real term. Each output's sum runs over k in increasing order, one fmaf per term, in f32;
- * then + bias, then + residual (the CPU reference's order). Geometry is a small policy struct per entry point;
- * per-thread pixel decoding (one division chain) happens once per block, outside the K loop.
- * The kernel requires blockDim = (256, 1, 1) (it traps otherwise); grid = (ceil(N/64), ceil(c_out/64), phases).
- * Dynamic shared memory: (16·68 + 16·64)·4 = 8448 B (CONV_SMEM_BYTES; the launcher passes it).
+ * order (k = (ci·kh + ky)·kw + kx). Two tiles, each entry point built for both (`<op>_f32` = T64, `<op>_t128_f32`
+ * = T128; the launcher picks, backend::cuda::conv::Tile::pick):
+ *   T64:  64 channels × 64 pixels per block, K step 16, 4 × 4 outputs per thread (small images, few channels);
+ *   T128: 128 × 128, K step 8, 8 × 8 outputs per thread: 64 FFMA per 4 LDS.128 instead of 16 per 2.
+ * 256 threads as 16 × 16: thread (tx, ty) owns channels 4·ty + (i & 3) + 64·(i >> 2) and pixels 4·tx + (j & 3) +
+ * 64·(j >> 2), so every shared read is an aligned LDS.128 (A broadcast across a row of 16 lanes). Each K step,
+ * every thread loads 4 weights and 4 gathered input values into registers, stores them to shared memory (A
+ * transposed to [k][m] with a 4-float row pad: 16-byte aligned rows, stores conflict-free for T128 and 2-way for
+ * T64), and while the tile is consumed the next one's global loads are already in flight (register prefetch, one
+ * shared buffer, two barriers per step). The gather computes (ci, ky, kx) from k with divisions by compile-time
+ * constants for the 1×1, 2×2 (phases) and 3×3 cases (runtime kh, kw otherwise) and zero-fills padding, partial
+ * tiles and k ≥ K, so every multiply-add of a stored output is a real term. Each output's sum runs over k in
+ * increasing order, one fmaf per term, in f32 (both tiles give bit-identical results); then + bias, then +
+ * residual (the CPU reference's order). Per-thread pixel decoding happens once per block, outside the K loop.
+ * The kernels require blockDim = (256, 1, 1) (they trap otherwise); grid = (ceil(N/BN), ceil(c_out/BM), phases).
+ * Dynamic shared memory: T64 (16·68 + 16·64)·4 = 8448 B, T128 (8·132 + 8·128)·4 = 8320 B (Tile::shared_bytes).
+ * Registers (ptxas, sm_80 | sm_90): T64 ~70-77; T128 capped at 128 by __launch_bounds__(256, 2) for two blocks
+ * per SM; upsample_conv_t128 spills 56 B on sm_90 (unverified where; probably the epilogue's index math).
  *
  * conv_transpose2d gathers: output pixel (oy, ox) takes tap ky only where oy + p − ky is a non-negative multiple
  * of s below h·s. With s = 2 and k = 4, 3/4 of the K terms are such structural zeros that the core still
@@ -45,9 +50,10 @@
  * ~495 TFLOP/s TF32 tensor):
  *   FLOPs = 2·128·128·9·65536 = 19.3 GFLOP; bytes ≥ 33.5 MB in + 33.5 MB out + 0.6 MB weights = 67.7 MB.
  *   Intensity ~285 FLOP/B, far past the ridge (~20): compute bound. Roofline 288 µs in f32 FMA (20 µs of DRAM).
- *   This kernel: per k step a warp issues 16 FFMA against 1 LDS.128 (broadcast) + 4 LDS.32, so shared-memory
- *   issue caps it near 80% of FMA peak before latency; expect 40–60% (~0.5–0.7 ms). The tensor-core TF32 path
- *   (the reference allows TF32) would be ~39 µs at its roofline: a later mma.sync m16n8k8 version.
+ *   T128 (picked here, 512 blocks): per k step a warp issues 64 FFMA against 4 LDS.128 (2 broadcast), FMA-issue
+ *   bound on paper; a classic 128×128 SGEMM of this shape reaches 60–75% of peak, so expect ~0.4–0.5 ms. T64
+ *   (16 FFMA per 2 LDS.128) is shared-memory bound near ~50%. The tensor-core TF32 path (the reference allows
+ *   TF32) would be ~39 µs at its roofline: a later mma.sync m16n8k8 version.
  *   Upsample 128→128 from 128×128 to 256×256: 2·128·128·16·16384 = 8.6 GFLOP (19.3 unfolded), 128 µs roofline.
  *   Encoder Downsample (3×3 s2, pad 0/1/0/1, 128 ch, 256→128): 4.8 GFLOP, 72 µs. conv_in 3→128 / conv_out 128→3
  *   at 256×256 are K- or M-starved (K = 27, or M = 3 in a 64-row tile: 5% of the lanes useful); ~0.45 GFLOP each.
@@ -194,21 +200,22 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
         if (k0 + BK < K) load(k0 + BK); /* in flight while this tile is consumed */
 #pragma unroll
         for (int kk = 0; kk < BK; kk++) {
-            float av[TM], bv[TN];
-#pragma unroll
-            for (int h = 0; h < TM / 4; h++) {
-                const float4 v = *reinterpret_cast<const float4*>(As + kk * AS + 4 * ty + 64 * h);
-                av[4 * h] = v.x, av[4 * h + 1] = v.y, av[4 * h + 2] = v.z, av[4 * h + 3] = v.w;
-            }
+            float bv[TN];
 #pragma unroll
             for (int h = 0; h < TN / 4; h++) {
                 const float4 v = *reinterpret_cast<const float4*>(Bs + kk * BN + 4 * tx + 64 * h);
                 bv[4 * h] = v.x, bv[4 * h + 1] = v.y, bv[4 * h + 2] = v.z, bv[4 * h + 3] = v.w;
             }
+            /* one float4 of A at a time: 4 fewer live registers in the 8 × 8 tile */
 #pragma unroll
-            for (int i = 0; i < TM; i++)
+            for (int h = 0; h < TM / 4; h++) {
+                const float4 v = *reinterpret_cast<const float4*>(As + kk * AS + 4 * ty + 64 * h);
+                const float av[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int j = 0; j < TN; j++) acc[4 * h + i][j] = fmaf(av[i], bv[j], acc[4 * h + i][j]);
+            }
         }
         __syncthreads(); /* the next iteration overwrites the tile */
     }
