@@ -11,6 +11,7 @@
 use llamagen::backend::cpu::sampling::{sampling as cpu_sampling, SamplingScratch};
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::StepState;
+use llamagen::backend::cuda::launch::DevPtrMut;
 use llamagen::backend::cuda::sampling::{sampling, sampling_uniform, sampling_workspace_len};
 use llamagen::runtime::StepParams;
 use llamagen::sample::rng;
@@ -50,12 +51,38 @@ fn gpu_tokens(
     let mut wb = dev.alloc::<u32>(sampling_workspace_len(b, vocab), "workspace");
     if bf {
         let lb = dev.upload(&to_bf16(logits), "logits");
-        sampling(dev, lb.ptr(), ib.ptr(), sb.ptr(), tb.ptr_mut(), wb.ptr_mut(), b, rows, vocab, cfg_scale, p, block)
-            .unwrap();
+        sampling(
+            dev,
+            lb.ptr(),
+            ib.ptr(),
+            sb.ptr(),
+            tb.ptr_mut(),
+            wb.ptr_mut(),
+            b,
+            rows,
+            vocab,
+            cfg_scale,
+            p,
+            block,
+        )
+        .unwrap();
     } else {
         let lb = dev.upload(logits, "logits");
-        sampling(dev, lb.ptr(), ib.ptr(), sb.ptr(), tb.ptr_mut(), wb.ptr_mut(), b, rows, vocab, cfg_scale, p, block)
-            .unwrap();
+        sampling(
+            dev,
+            lb.ptr(),
+            ib.ptr(),
+            sb.ptr(),
+            tb.ptr_mut(),
+            wb.ptr_mut(),
+            b,
+            rows,
+            vocab,
+            cfg_scale,
+            p,
+            block,
+        )
+        .unwrap();
     }
     tb.to_vec()
 }
@@ -124,7 +151,9 @@ fn check_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, params: &[SamplingParams
         round_all(&mut logits);
     }
     // Global image indices as a sharded run would have them, one negative to pin the sign extension.
-    let index: Vec<i32> = (0..c.images as i32).map(|i| if i == 1 { -5 } else { 3 * i + 11 }).collect();
+    let index: Vec<i32> = (0..c.images as i32)
+        .map(|i| if i == 1 { -5 } else { 3 * i + 11 })
+        .collect();
     let seed = rng.next_u64();
     let mut scratch = SamplingScratch::new();
     let mut draws = 0;
@@ -134,17 +163,9 @@ fn check_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, params: &[SamplingParams
             let want = cpu_tokens(&logits, &index, rows, c.vocab, 4.0, p, st, &mut scratch);
             let got = gpu_tokens(dev, &logits, bf, &index, rows, c.vocab, 4.0, p, st, c.block);
             assert_eq!(
-                got,
-                want,
+                got, want,
                 "images {} cfg {} active {} V {} {:?} block {:?} bf16 {bf} {:?} step {}",
-                c.images,
-                c.cfg,
-                c.cfg_active,
-                c.vocab,
-                c.kind,
-                c.block,
-                p,
-                st.step
+                c.images, c.cfg, c.cfg_active, c.vocab, c.kind, c.block, p, st.step
             );
             if c.cfg {
                 assert_eq!(got[..c.images], got[c.images..], "both CFG halves get the token");
@@ -181,7 +202,13 @@ fn sampling_matches_cpu_small_vocab() {
     let mut rng = Rng(0x5a3b);
     let mut draws = 0;
     for bf in [false, true] {
-        for (images, cfg, cfg_active) in [(1, false, false), (3, false, false), (1, true, true), (3, true, true), (3, true, false)] {
+        for (images, cfg, cfg_active) in [
+            (1, false, false),
+            (3, false, false),
+            (1, true, true),
+            (3, true, true),
+            (3, true, false),
+        ] {
             for kind in [Kind::Smooth, Kind::Ties, Kind::Extreme] {
                 let c = Case {
                     images,
@@ -330,7 +357,18 @@ fn sampling_histogram_matches_distribution() {
         let mut hist = vec![0u64; vocab];
         let steps = 40;
         for s in 0..steps {
-            for t in gpu_tokens(&dev, &logits, false, &index, images, vocab, 1.0, &p, step_state(2024, s, false), None) {
+            for t in gpu_tokens(
+                &dev,
+                &logits,
+                false,
+                &index,
+                images,
+                vocab,
+                1.0,
+                &p,
+                step_state(2024, s, false),
+                None,
+            ) {
                 hist[t as usize] += 1;
             }
         }
@@ -369,7 +407,13 @@ fn philox_stream_matches_rng() {
     let index: Vec<i32> = vec![0, 1, 2, 77, 1 << 20, i32::MAX, -1, -123_456, i32::MIN];
     let n = index.len();
     let ib = dev.upload(&index, "image_index");
-    for (seed, step) in [(0u64, 0u32), (42, 1), (0xdead_beef_0123_4567, 255), (u64::MAX, u32::MAX), (7 << 32, 1023)] {
+    for (seed, step) in [
+        (0u64, 0u32),
+        (42, 1),
+        (0xdead_beef_0123_4567, 255),
+        (u64::MAX, u32::MAX),
+        (7 << 32, 1023),
+    ] {
         let sb = dev.upload(&[step_state(seed, step, true)], "step");
         let mut wb = dev.alloc::<u32>(4 * n, "words");
         let mut ub = dev.alloc::<f32>(n, "u");
@@ -377,9 +421,16 @@ fn philox_stream_matches_rng() {
         let (w, u) = (wb.to_vec(), ub.to_vec());
         for (i, &idx) in index.iter().enumerate() {
             let idx64 = idx as u64;
-            let want = rng::philox4x32_10([step, 0, idx64 as u32, (idx64 >> 32) as u32], [seed as u32, (seed >> 32) as u32]);
+            let want = rng::philox4x32_10(
+                [step, 0, idx64 as u32, (idx64 >> 32) as u32],
+                [seed as u32, (seed >> 32) as u32],
+            );
             assert_eq!(w[4 * i..4 * i + 4], want, "seed {seed:#x} step {step} index {idx}");
-            assert_eq!(u[i].to_bits(), rng::uniform(seed, idx64, step).to_bits(), "seed {seed:#x} step {step} index {idx}");
+            assert_eq!(
+                u[i].to_bits(),
+                rng::uniform(seed, idx64, step).to_bits(),
+                "seed {seed:#x} step {step} index {idx}"
+            );
         }
     }
     // The published known-answer vector of Philox4x32-10 (Random123 kat_vectors): counter and key all ones.
@@ -398,25 +449,89 @@ fn sampling_rejects_bad_arguments() {
     let mut wb = dev.alloc::<u32>(sampling_workspace_len(b, v), "workspace");
     let ok = SamplingParams::default();
     let mut run = |images: usize, rows: usize, vocab: usize, p: SamplingParams, block: Option<u32>| {
-        sampling(&dev, lb.ptr(), ib.ptr(), sb.ptr(), tb.ptr_mut(), wb.ptr_mut(), images, rows, vocab, 4.0, &p, block)
+        sampling(
+            &dev,
+            lb.ptr(),
+            ib.ptr(),
+            sb.ptr(),
+            tb.ptr_mut(),
+            wb.ptr_mut(),
+            images,
+            rows,
+            vocab,
+            4.0,
+            &p,
+            block,
+        )
     };
     assert!(run(b, 2 * b, v, ok, None).is_ok());
     assert!(run(b, 2 * b, v, ok, Some(33)).is_ok());
     assert!(run(0, 0, v, ok, None).is_err(), "no images");
     assert!(run(b, 2 * b, 0, ok, None).is_err(), "empty vocabulary");
     assert!(run(b, 3, v, ok, None).is_err(), "rows neither B nor 2B");
-    assert!(run(b, 2 * b, 2 * v, ok, None).is_err(), "logits and workspace too short");
+    assert!(
+        run(b, 2 * b, 2 * v, ok, None).is_err(),
+        "logits and workspace too short"
+    );
     assert!(run(3, 3, v, ok, None).is_err(), "image_index too short");
     assert!(run(b, 2 * b, v, ok, Some(16)).is_err(), "block below a warp");
     assert!(run(b, 2 * b, v, ok, Some(2048)).is_err(), "block above 1024");
     let bad_p = SamplingParams { top_p: 0.0, ..ok };
     assert!(run(b, 2 * b, v, bad_p, None).is_err(), "top-p 0");
-    let bad_t = SamplingParams { temperature: -1.0, ..ok };
+    let bad_t = SamplingParams {
+        temperature: -1.0,
+        ..ok
+    };
     assert!(run(b, 2 * b, v, bad_t, None).is_err(), "negative temperature");
     let mut short_ws = dev.alloc::<u32>(sampling_workspace_len(b, v) - 1, "short workspace");
-    assert!(sampling(&dev, lb.ptr(), ib.ptr(), sb.ptr(), tb.ptr_mut(), short_ws.ptr_mut(), b, 2 * b, v, 4.0, &ok, None)
-        .is_err());
+    assert!(sampling(
+        &dev,
+        lb.ptr(),
+        ib.ptr(),
+        sb.ptr(),
+        tb.ptr_mut(),
+        short_ws.ptr_mut(),
+        b,
+        2 * b,
+        v,
+        4.0,
+        &ok,
+        None
+    )
+    .is_err());
     let mut short_tokens = dev.alloc::<i32>(2 * b - 1, "short tokens");
-    assert!(sampling(&dev, lb.ptr(), ib.ptr(), sb.ptr(), short_tokens.ptr_mut(), wb.ptr_mut(), b, 2 * b, v, 4.0, &ok, None)
-        .is_err());
+    assert!(sampling(
+        &dev,
+        lb.ptr(),
+        ib.ptr(),
+        sb.ptr(),
+        short_tokens.ptr_mut(),
+        wb.ptr_mut(),
+        b,
+        2 * b,
+        v,
+        4.0,
+        &ok,
+        None
+    )
+    .is_err());
+    // A workspace that is not 8-byte aligned (the kernel stores u64 sort keys in it).
+    let mut big_ws = dev.alloc::<u32>(sampling_workspace_len(b, v) + 1, "big workspace");
+    // SAFETY: one word into a live buffer, one word shorter; the launch is rejected before any access.
+    let skewed = unsafe { DevPtrMut::<u32>::from_raw(big_ws.ptr_mut().addr() + 4, sampling_workspace_len(b, v)) };
+    let e = sampling(
+        &dev,
+        lb.ptr(),
+        ib.ptr(),
+        sb.ptr(),
+        tb.ptr_mut(),
+        skewed,
+        b,
+        2 * b,
+        v,
+        4.0,
+        &ok,
+        None,
+    );
+    assert!(e.unwrap_err().to_string().contains("aligned"));
 }
