@@ -85,7 +85,7 @@ pub fn sampling<T: Elem, L: Launcher + ?Sized>(
     check_len(op, "step", step.len(), 1)?;
     check_len(op, "tokens", tokens.len(), rows)?;
     check_len(op, "workspace", workspace.len(), sampling_workspace_len(images, vocab))?;
-    if workspace.addr() % 8 != 0 {
+    if !workspace.addr().is_multiple_of(8) {
         return Err(invalid(
             op,
             format!("workspace address {:#x} is not 8-byte aligned", workspace.addr()),
