@@ -11,6 +11,7 @@
 use llamagen::backend::cpu::sampling::{sampling as cpu_sampling, SamplingScratch};
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::StepState;
+use llamagen::backend::cuda::launch::DevPtrMut;
 use llamagen::backend::cuda::sampling::{sampling, sampling_uniform, sampling_workspace_len};
 use llamagen::runtime::StepParams;
 use llamagen::sample::rng;
@@ -514,4 +515,23 @@ fn sampling_rejects_bad_arguments() {
         None
     )
     .is_err());
+    // A workspace that is not 8-byte aligned (the kernel stores u64 sort keys in it).
+    let mut big_ws = dev.alloc::<u32>(sampling_workspace_len(b, v) + 1, "big workspace");
+    // SAFETY: one word into a live buffer, one word shorter; the launch is rejected before any access.
+    let skewed = unsafe { DevPtrMut::<u32>::from_raw(big_ws.ptr_mut().addr() + 4, sampling_workspace_len(b, v)) };
+    let e = sampling(
+        &dev,
+        lb.ptr(),
+        ib.ptr(),
+        sb.ptr(),
+        tb.ptr_mut(),
+        skewed,
+        b,
+        2 * b,
+        v,
+        4.0,
+        &ok,
+        None,
+    );
+    assert!(e.unwrap_err().to_string().contains("aligned"));
 }

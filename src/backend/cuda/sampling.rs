@@ -6,9 +6,9 @@ use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, 
 use crate::sample::sampler::SamplingParams;
 use crate::Result;
 
-/// Largest vocabulary: the per-block sums of 64 survivors live in dynamic shared memory (at most 48 KiB without an
-/// opt-in attribute).
-pub const MAX_VOCAB: usize = 64 * 48 * 1024 / 4;
+/// Largest vocabulary: the per-block sums of 64 survivors live in dynamic shared memory (32 KiB at this size, under
+/// the 48 KiB that needs no opt-in attribute, with the ~2 KiB of static shared memory).
+pub const MAX_VOCAB: usize = 1 << 19;
 
 fn sort_len(vocab: usize) -> usize {
     vocab.next_power_of_two()
@@ -37,7 +37,8 @@ pub fn config(images: usize, vocab: usize, block: Option<u32>) -> LaunchConfig {
 /// - `step`: one [`StepState`] in device memory; the kernel reads `step`, `cfg_active`, `seed_lo`/`seed_hi`
 ///   (the guidance mix happens only when rows = 2·images and `cfg_active` ≠ 0; otherwise the cond row alone);
 /// - `tokens`: `[rows]`; image i's token goes to row i and, with CFG rows, to row images + i;
-/// - `workspace`: at least [`sampling_workspace_len`]`(images, vocab)` words, exclusively this launch's;
+/// - `workspace`: at least [`sampling_workspace_len`]`(images, vocab)` words, 8-byte aligned (it holds u64 sort
+///   keys), exclusively this launch's;
 /// - `cfg_scale`, `params`: as `backend::cpu::sampling` (params are validated).
 ///
 /// `block` overrides the block size (32..=1024; tests sweep it).
@@ -84,6 +85,12 @@ pub fn sampling<T: Elem, L: Launcher + ?Sized>(
     check_len(op, "step", step.len(), 1)?;
     check_len(op, "tokens", tokens.len(), rows)?;
     check_len(op, "workspace", workspace.len(), sampling_workspace_len(images, vocab))?;
+    if !workspace.addr().is_multiple_of(8) {
+        return Err(invalid(
+            op,
+            format!("workspace address {:#x} is not 8-byte aligned", workspace.addr()),
+        ));
+    }
     let p = kernels::SamplingParams {
         images: to_i32(op, "images", images)?,
         vocab: to_i32(op, "vocab", vocab)?,
