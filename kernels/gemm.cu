@@ -5,8 +5,9 @@
  * Entry points (kernels/llamagen_kernels.h):
  *   gemm_tiled_bf16 (x bf16 [m, k], w bf16 [n, k], r bf16 [m, n] or null, y bf16 [m, n], GemmParams)
  *   gemm_small_bf16 (same arguments)
- *   gemm_strided_f32(a, b, bias, r, c f32, GemmStridedParams): also the GPT's f32 (faithful) linear layers, with
- *                    a = x (strides k, 1), b(k, n) = w[n, k] (strides 1, k), c = y (strides n, 1).
+ *   gemm_small_f32  (x, w, r, y f32, GemmParams): the f32 decode path, SIMT, 16 rows of x per block row
+ *   gemm_strided_f32(a, b, bias, r, c f32, GemmStridedParams): also the GPT's f32 (faithful) linear layers for
+ *                    m > 64, with a = x (strides k, 1), b(k, n) = w[n, k] (strides 1, k), c = y (strides n, 1).
  * bf16 numerics follow backend::cpu::matmul with round = true: products of bf16 values are exact in f32 and summed
  * in f32; the linear output is rounded to bf16, then residual + it is rounded again (two roundings, as the
  * reference's `h = x + self.wo(...)`). f32 follows round = false: y = Σ + r in f32.
@@ -28,6 +29,10 @@
  *     rows of the block through the tensor cores; x (≤ 64 × k bf16) stays in L1/L2. The next two chunks of w are
  *     in flight while the current one is multiplied. Per-warp partial tiles are summed over warps in shared memory in a
  *     fixed order (deterministic), then the epilogue applies the residual and the roundings.
+ *   gemm_small_f32 (f32 decode): the same weight streaming on SIMT cores, lane (g, t) reads 8 floats of weight row
+ *     g per chunk and dots them with each of up to 16 rows of x (one accumulator per row; grid.y covers m in
+ *     groups of 16, re-reading w from L2 per group); lanes of a row are summed with shuffles, warps in shared
+ *     memory, in a fixed order.
  *   gemm_strided_f32: classic SIMT tiling, 64×64 tile, k step 16, 256 threads each computing a 4×4 grid of
  *     outputs strided by 16 (conflict-free shared reads, coalesced stores when c_sn = 1). Global → shared loads walk
  *     whichever index has stride 1 (k or m for a, k or n for b), so both transposed layouts coalesce. Every index
@@ -227,6 +232,81 @@ extern "C" __global__ void gemm_small_bf16(const bf16* __restrict__ x, const bf1
         for (int v = 0; v < nwarps; v++) s += red[(v * SMALL_MTILES * 32 + i * 32 + l) * 4 + j];
         const int row = m0 + 16 * i + (l >> 2) + (j >= 2 ? 8 : 0), col = n0 + 2 * (l & 3) + (j & 1);
         store_out_bf16(r, y, p, row, col, s);
+    }
+}
+
+/* ---- gemm_small_f32 ------------------------------------------------------------------------------------------- */
+
+#define SMALL_F32_ROWS 16 /* rows of x per block row: one accumulator each per lane */
+
+/* 4 consecutive floats row[k .. k+4), zeros past kend or for a null row; 16-byte load when vec and in range. */
+static __device__ __forceinline__ Pack16<float> load_chunk4(const float* __restrict__ row, int k, int kend, bool vec) {
+    Pack16<float> p;
+    if (row != nullptr && vec && k + 4 <= kend) return load16(row + k);
+#pragma unroll
+    for (int j = 0; j < 4; j++) p.v[j] = (row != nullptr && k + j < kend) ? row[k + j] : 0.0f;
+    return p;
+}
+
+/* The f32 twin of gemm_small_bf16 without tensor cores: the block owns 8 weight rows, lane (g, t) streams
+ * w[n0 + g][kc + 8t .. +8] (two 16-byte loads) and dots it with up to 16 rows of x (L1/L2-resident); the four lanes
+ * of a row are summed with shuffles, the warps in shared memory, in a fixed order. */
+extern "C" __global__ void gemm_small_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ r, float* __restrict__ y, GemmParams p) {
+    __shared__ float red[SMALL_MAX_WARPS * SMALL_F32_ROWS * 8];
+    const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int nwarps = (int)blockDim.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = (int)blockIdx.x * 8, m0 = (int)blockIdx.y * SMALL_F32_ROWS;
+    const int rows = min(SMALL_F32_ROWS, p.m - m0);
+    const bool vec = p.k % 4 == 0 && aligned16(x) && aligned16(w);
+    const float* wrow = n0 + g < p.n ? w + (size_t)(n0 + g) * (size_t)p.k : nullptr;
+
+    float acc[SMALL_F32_ROWS];
+#pragma unroll
+    for (int i = 0; i < SMALL_F32_ROWS; i++) acc[i] = 0.0f;
+
+    const int step = 32 * nwarps;
+    int kc = 32 * warp;
+    Pack16<float> w0 = load_chunk4(wrow, kc + 8 * t, p.k, vec), w1 = load_chunk4(wrow, kc + 8 * t + 4, p.k, vec);
+    for (; kc < p.k; kc += step) {
+        const Pack16<float> c0 = w0, c1 = w1;
+        if (kc + step < p.k) {
+            w0 = load_chunk4(wrow, kc + step + 8 * t, p.k, vec);
+            w1 = load_chunk4(wrow, kc + step + 8 * t + 4, p.k, vec);
+        }
+#pragma unroll
+        for (int i = 0; i < SMALL_F32_ROWS; i++) {
+            if (i >= rows) break;
+            const float* xr = x + (size_t)(m0 + i) * (size_t)p.k;
+            const Pack16<float> x0 = load_chunk4(xr, kc + 8 * t, p.k, vec);
+            const Pack16<float> x1 = load_chunk4(xr, kc + 8 * t + 4, p.k, vec);
+            float s = acc[i];
+#pragma unroll
+            for (int j = 0; j < 4; j++) s = fmaf(x0.v[j], c0.v[j], s);
+#pragma unroll
+            for (int j = 0; j < 4; j++) s = fmaf(x1.v[j], c1.v[j], s);
+            acc[i] = s;
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < SMALL_F32_ROWS; i++) {
+        if (i >= rows) break;
+        float v = acc[i];
+        v += __shfl_xor_sync(FULL_MASK, v, 1);
+        v += __shfl_xor_sync(FULL_MASK, v, 2);
+        if (t == 0) red[(warp * SMALL_F32_ROWS + i) * 8 + g] = v;
+    }
+    __syncthreads();
+    for (int e = tid; e < rows * 8; e += (int)blockDim.x) {
+        const int i = e >> 3, gg = e & 7;
+        float s = 0.0f;
+        for (int v = 0; v < nwarps; v++) s += red[(v * SMALL_F32_ROWS + i) * 8 + gg];
+        const int row = m0 + i, col = n0 + gg;
+        if (col >= p.n) continue;
+        const size_t o = (size_t)row * (size_t)p.n + (size_t)col;
+        y[o] = p.has_residual ? s + r[o] : s;
     }
 }
 

@@ -114,8 +114,8 @@ typedef struct SamplingParams {
     int32_t top_k;
     float top_p;
 } SamplingParams;
-/* gemm_*_bf16: y[m, n] = x[m, k] · w[n, k]ᵀ (+ r[m, n] when has_residual != 0), every matrix row-major and
- * contiguous (w is nn.Linear's [out, in] weight). r may be null when has_residual == 0. */
+/* gemm_tiled_bf16, gemm_small_*: y[m, n] = x[m, k] · w[n, k]ᵀ (+ r[m, n] when has_residual != 0), every matrix
+ * row-major and contiguous (w is nn.Linear's [out, in] weight). r may be null when has_residual == 0. */
 typedef struct GemmParams {
     int32_t m;
     int32_t n;
@@ -290,6 +290,8 @@ typedef struct CuemuLaunchOptions {
                         const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))             \
     X(gemm_small_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,                      \
                         const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))             \
+    X(gemm_small_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ r,          \
+                       float* __restrict__ y, GemmParams p))                                                          \
     X(gemm_strided_f32, (const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ bias,     \
                          const float* r, float* c, GemmStridedParams p))                                               \
     X(vq_attention_softmax_f32, (float* __restrict__ s, SoftmaxRowsParams p))                                          \

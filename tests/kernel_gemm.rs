@@ -100,6 +100,7 @@ fn gemm_matches_cpu() {
                 run(&dev, m, n, k, res, true, GemmPath::Tiled);
                 run(&dev, m, n, k, !res, true, GemmPath::Small(None));
                 run(&dev, m, n, k, res, false, GemmPath::Tiled);
+                run(&dev, m, n, k, !res, false, GemmPath::Small(None));
             }
         }
     }
@@ -107,8 +108,10 @@ fn gemm_matches_cpu() {
     run(&dev, 16, 100, 768, true, true, GemmPath::Tiled);
     run(&dev, 16, 100, 768, true, true, GemmPath::Small(None));
     run(&dev, 16, 100, 768, true, false, GemmPath::Tiled);
+    run(&dev, 16, 100, 768, true, false, GemmPath::Small(None));
     for warps in [1, 3, 8] {
         run(&dev, 33, 24, 200, true, true, GemmPath::Small(Some(warps)));
+        run(&dev, 33, 24, 200, true, false, GemmPath::Small(Some(warps)));
     }
     run(&dev, 3, 40, 96, false, true, GemmPath::Auto);
     run(&dev, 65, 40, 96, true, true, GemmPath::Auto);
@@ -119,6 +122,7 @@ fn gemm_matches_cpu() {
         run(&d, 70, 72, 80, true, true, GemmPath::Tiled);
         run(&d, 17, 16, 300, true, true, GemmPath::Small(Some(4)));
         run(&d, 70, 72, 40, true, false, GemmPath::Tiled);
+        run(&d, 17, 16, 300, true, false, GemmPath::Small(Some(4)));
     }
     println!("gemm: {cases} cases, worst NMSE f32 {worst_f32:.3e}, bf16 {worst_bf16:.3e}");
 }
@@ -128,8 +132,12 @@ fn gemm_auto_path_and_unaligned_fallback() {
     use llamagen::backend::cuda::launch::Dtype;
     assert_eq!(gemm::auto_path(Dtype::Bf16, 64), GemmPath::Small(None));
     assert_eq!(gemm::auto_path(Dtype::Bf16, 65), GemmPath::Tiled);
-    assert_eq!(gemm::auto_path(Dtype::F32, 1), GemmPath::Tiled);
-    // x one element past a 16-byte boundary: both bf16 kernels must take their scalar loads.
+    assert_eq!(gemm::auto_path(Dtype::F32, 16), GemmPath::Small(None));
+    assert_eq!(gemm::auto_path(Dtype::F32, 65), GemmPath::Tiled);
+    assert_eq!(gemm::small_warps(768, 768), 8);
+    assert_eq!(gemm::small_warps(16384, 768), 1);
+    assert_eq!(gemm::small_warps(8, 40), 2);
+    // x one element past a 16-byte boundary: the kernels must take their scalar loads.
     let dev = EmuDevice::new();
     let mut rng = Rng(5);
     let (m, n, k) = (5, 20, 64);
@@ -159,6 +167,28 @@ fn gemm_auto_path_and_unaligned_fallback() {
         gemm::gemm_with(&dev, xs, wd.ptr(), None, yd.ptr_mut(), m, n, k, path).unwrap();
         let (e, _) = nmse(&from_bf16(yd.as_slice()), &want, "unaligned x");
         assert!(e <= BF16_NMSE, "unaligned x, {path:?}: NMSE {e:.3e}");
+    }
+    // The same in f32 (4 bytes past the boundary).
+    cpu::matmul::matmul(
+        &x[1..],
+        m,
+        k,
+        WeightRef::F32(&w),
+        n,
+        None,
+        false,
+        &mut Vec::new(),
+        &mut want,
+    );
+    let xd = dev.upload(&x, "x");
+    let wd = dev.upload(&w, "w");
+    for path in [GemmPath::Tiled, GemmPath::Small(None)] {
+        let mut yd = dev.alloc::<f32>(m * n, "y");
+        // SAFETY: one element into the live buffer, m·k elements remain.
+        let xs = unsafe { llamagen::backend::cuda::launch::DevPtr::from_raw(xd.addr() + 4, m * k) };
+        gemm::gemm_with(&dev, xs, wd.ptr(), None, yd.ptr_mut(), m, n, k, path).unwrap();
+        let (e, _) = nmse(&yd.to_vec(), &want, "unaligned x f32");
+        assert!(e <= F32_NMSE, "unaligned x f32, {path:?}: NMSE {e:.3e}");
     }
 }
 
@@ -192,9 +222,11 @@ fn gemm_rejects_bad_shapes() {
         4,
         8,
         16,
-        GemmPath::Small(None),
+        GemmPath::Small(Some(9)),
     );
-    assert!(small_f32.is_err(), "no small-m f32 kernel");
+    assert!(small_f32.is_err(), "9 warps");
+    let short_y = gemm::gemm_with(&dev, xf.ptr(), wf.ptr(), None, yf.ptr_mut(), 4, 9, 16, GemmPath::Tiled);
+    assert!(short_y.is_err(), "w and y too short for n = 9");
 
     let a = dev.alloc::<f32>(12, "a");
     let mut c = dev.alloc::<f32>(12, "c");

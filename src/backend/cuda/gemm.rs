@@ -16,30 +16,32 @@ pub enum GemmPath {
     Auto,
     /// bf16: `gemm_tiled_bf16` (tensor cores, 64×64 tiles). f32: `gemm_strided_f32` with the matmul strides.
     Tiled,
-    /// bf16 only: `gemm_small_bf16`, the weight-streaming decode kernel, with this many warps per block splitting k
-    /// (1..=8; `None`: [`small_warps`]). Works for any m (grid.y covers m in groups of 64), fastest for m ≤ 64.
+    /// The weight-streaming decode kernels, `gemm_small_bf16` (tensor cores, grid.y over m in groups of 64) or
+    /// `gemm_small_f32` (SIMT, groups of 16), with this many warps per block splitting k (1..=8; `None`:
+    /// [`small_warps`]). They work for any m and are the fast path for m ≤ [`SMALL_M_MAX`].
     Small(Option<u32>),
 }
 
-/// Largest m for which [`auto_path`] picks the small-m kernel in bf16.
+/// Largest m for which [`auto_path`] picks the small-m kernels.
 pub const SMALL_M_MAX: usize = 64;
 
-/// bf16: m ≤ [`SMALL_M_MAX`] (a decode step: m = 2·batch rows with CFG) → `Small`: the product is bound by one
-/// pass over the weights, and a 64×64-tiled grid would have only n/64 blocks (12 for n = 768) to stream them;
-/// the small kernel has n/8 blocks and shares each weight read among all m rows. Larger m (prefill) → `Tiled`,
-/// which reuses every staged weight tile for 64 rows. f32 (the faithful reference mode, not tuned): always
-/// `Tiled`.
-pub fn auto_path(dtype: Dtype, m: usize) -> GemmPath {
-    match dtype {
-        Dtype::Bf16 if m <= SMALL_M_MAX => GemmPath::Small(None),
-        _ => GemmPath::Tiled,
+/// m ≤ [`SMALL_M_MAX`] (a decode step: m = 2·batch rows with CFG) → `Small`: the product is bound by one pass
+/// over the weights, and a 64×64-tiled grid would have only n/64 blocks (12 for n = 768) to stream them; the small
+/// kernels have n/8 blocks and share each weight read among the rows of x (all 64 in bf16; 16 per block row in
+/// f32, where 17..64 rows re-read w from L2). Larger m (prefill) → `Tiled`, which reuses every staged weight tile
+/// for 64 rows. The same rule for both dtypes.
+pub fn auto_path(_dtype: Dtype, m: usize) -> GemmPath {
+    if m <= SMALL_M_MAX {
+        GemmPath::Small(None)
+    } else {
+        GemmPath::Tiled
     }
 }
 
-/// Warps per block of the small-m kernel (1..=8), splitting k. The kernel is bound by weight loads in flight:
-/// each warp keeps 2 × 512 B of w outstanding, and HBM needs ~2 MB in flight on an H100 (3.35 TB/s × ~0.6 µs),
-/// i.e. ~2000 warps over the grid. So: enough warps per block that the n/8 blocks hold ~2048 warps, at most 8, and
-/// no more than there are 32-wide chunks of k (idle warps would only add to the final cross-warp sum).
+/// Warps per block of the small-m kernels (1..=8), splitting k. They are bound by weight loads in flight: each
+/// warp keeps ~1 KiB of w outstanding, and HBM needs ~2 MB in flight on an H100 (3.35 TB/s × ~0.6 µs), i.e. ~2000
+/// warps over the grid. So: enough warps per block that the n/8 blocks hold ~2048 warps, at most 8, and no more
+/// than there are 32-wide chunks of k (idle warps would only add to the final cross-warp sum).
 /// GPT-B: n = 768 (96 blocks) or 2304 → 8 warps; the output head (n = 16384, 2048 blocks) → 1 warp.
 pub fn small_warps(n: usize, k: usize) -> u32 {
     let blocks = n.div_ceil(8).max(1);
@@ -47,7 +49,7 @@ pub fn small_warps(n: usize, k: usize) -> u32 {
 }
 
 /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ residual[m, n]) with the kernel [`auto_path`] picks. `T` is the dtype of x, w,
-/// residual and y: bf16 (weights bf16, f32 accumulation) or f32.
+/// residual and y: bf16 (weights bf16, f32 accumulation; CPU round = true) or f32 (CPU round = false).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Elem, L: Launcher + ?Sized>(
     l: &L,
@@ -62,7 +64,7 @@ pub fn gemm<T: Elem, L: Launcher + ?Sized>(
     gemm_with(l, x, w, residual, y, m, n, k, GemmPath::Auto)
 }
 
-/// [`gemm`] with the kernel chosen by the caller (tests force each path). `GemmPath::Small` with f32 is an error.
+/// [`gemm`] with the kernel chosen by the caller (tests force each path).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
     l: &L,
@@ -91,13 +93,7 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
         GemmPath::Auto => auto_path(T::DTYPE, m),
         p => p,
     };
-    if T::DTYPE == Dtype::F32 {
-        if let GemmPath::Small(_) = path {
-            return Err(invalid(
-                op,
-                "there is no small-m f32 kernel (f32 always takes the tiled path)",
-            ));
-        }
+    if T::DTYPE == Dtype::F32 && path == GemmPath::Tiled {
         // SAFETY: T is f32 here.
         let (x, w, y) = unsafe { (x.cast::<f32>(), w.cast::<f32>(), y.cast::<f32>()) };
         let r = residual.map(|r| unsafe { r.cast::<f32>() });
@@ -121,28 +117,39 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
     };
     // SAFETY: a null pointer is never dereferenced: has_residual = 0 tells the kernel.
     let r = residual.unwrap_or(unsafe { DevPtr::from_raw(0, 0) });
-    // SAFETY: T is bf16 here.
-    let (x, w, r, y) = unsafe { (x.cast(), w.cast(), r.cast(), y.cast()) };
-    match path {
+    let (cfg, small) = match path {
         GemmPath::Small(warps) => {
             let warps = warps.unwrap_or_else(|| small_warps(n, k));
             if !(1..=8).contains(&warps) {
                 return Err(invalid(op, format!("small-m kernel with {warps} warps (1..=8)")));
             }
-            let gy = m.div_ceil(64);
+            let rows_per_block = if T::DTYPE == Dtype::Bf16 { 64 } else { 16 };
+            let gy = m.div_ceil(rows_per_block);
             if gy > 65535 {
                 return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
             }
-            let cfg = LaunchConfig::new([n.div_ceil(8) as u32, gy as u32, 1], [32 * warps, 1, 1]);
-            kernels::gemm_small_bf16(l, cfg, x, w, r, y, p)
+            (
+                LaunchConfig::new([n.div_ceil(8) as u32, gy as u32, 1], [32 * warps, 1, 1]),
+                true,
+            )
         }
         _ => {
             let gy = m.div_ceil(64);
             if gy > 65535 {
                 return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
             }
-            let cfg = LaunchConfig::new([n.div_ceil(64) as u32, gy as u32, 1], [128, 1, 1]);
-            kernels::gemm_tiled_bf16(l, cfg, x, w, r, y, p)
+            (
+                LaunchConfig::new([n.div_ceil(64) as u32, gy as u32, 1], [128, 1, 1]),
+                false,
+            )
+        }
+    };
+    // SAFETY: T::DTYPE names the element type the chosen kernel reads and writes (f32 tiled returned above).
+    unsafe {
+        match (T::DTYPE, small) {
+            (Dtype::Bf16, true) => kernels::gemm_small_bf16(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p),
+            (Dtype::Bf16, false) => kernels::gemm_tiled_bf16(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p),
+            (Dtype::F32, _) => kernels::gemm_small_f32(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p),
         }
     }
 }
