@@ -381,6 +381,7 @@ static __device__ void tiled_impl(const T* __restrict__ q, const T* __restrict__
             lsum[j] = lsum[j] * alpha + warp_reduce_sum(w);
 #pragma unroll
             for (int t = 0; t < FPL; t++) acc[j][t] *= alpha;
+#pragma unroll 4
             for (int kk = 0; kk < BK; kk++) {
                 const float wk = __shfl_sync(FULL_MASK, w, kk);
 #pragma unroll
