@@ -77,6 +77,7 @@ fn conv_case(dev: &EmuDevice, rng: &mut Rng, c: ConvCase) -> f64 {
         dev.upload(&r, "residual"),
     );
     let mut worst = 0f64;
+    let mut first: Option<Vec<f32>> = None;
     for tile in TILES {
         let mut ob = dev.alloc::<f32>(out_len, "out");
         conv::conv2d(
@@ -98,6 +99,14 @@ fn conv_case(dev: &EmuDevice, rng: &mut Rng, c: ConvCase) -> f64 {
             e <= F32_NMSE,
             "conv2d {c:?} {tile:?}: NMSE {e:.3e} > {F32_NMSE:.0e} (max abs err {max:.3e})"
         );
+        // both tiles sum each output over k in the same order with one fmaf per term: bit-identical
+        match &first {
+            None => first = Some(ob.to_vec()),
+            Some(f) => assert!(
+                f.iter().zip(ob.as_slice()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{c:?}: T64 != T128"
+            ),
+        }
         worst = worst.max(e);
     }
     worst
