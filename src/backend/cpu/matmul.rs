@@ -5,7 +5,7 @@
 //! chunks of `CHUNK_M` and every row's dot products have a fixed summation order, so a row's result never depends
 //! on how many other rows (images) share the batch: the same seed gives the same image at any batch size.
 //! bf16 weights are read as bf16 (never widened into a full copy); with AVX-512 BF16 they go through `vdpbf16ps`.
-use super::{matmul_avx512, round_bf16, OutPtr};
+use super::{matmul_avx2, matmul_avx512, round_bf16, OutPtr};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -34,11 +34,14 @@ pub fn matmul(
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
     let avx512 = matches!(w, WeightRef::Bf16(_)) && matmul_avx512::available();
+    let avx2 = matmul_avx2::available();
     for (xc, yc) in x.chunks(CHUNK_M * k).zip(y.chunks_mut(CHUNK_M * n)) {
         let mc = xc.len() / k.max(1);
         match w {
+            WeightRef::F32(w) if avx2 => matvec_avx2(xc, mc, k, w, n, yc),
             WeightRef::F32(w) => matvec(xc, mc, k, w, n, yc),
             WeightRef::Bf16(w) if avx512 => matmul_avx512::matvec(xc, mc, k, w, n, TILE_N, xb, yc),
+            WeightRef::Bf16(w) if avx2 => matvec_avx2(xc, mc, k, w, n, yc),
             WeightRef::Bf16(w) => matvec(xc, mc, k, w, n, yc),
         }
     }
@@ -114,6 +117,18 @@ where
     });
 }
 
+/// `matvec` through the AVX2 + FMA kernel (caller checks `matmul_avx2::available()`).
+fn matvec_avx2<W: matmul_avx2::Lanes + Sync>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, y: &mut [f32]) {
+    let out = OutPtr(y.as_mut_ptr());
+    (0..n.div_ceil(TILE_N)).into_par_iter().for_each(|t| {
+        let out = out;
+        let (n0, n1) = (t * TILE_N, ((t + 1) * TILE_N).min(n));
+        // SAFETY: the caller checked AVX2 + FMA; x holds m·k, w n·k and y m·n elements, and this task alone writes
+        // columns n0..n1.
+        unsafe { matmul_avx2::tile_rows(x, m, k, w, n, n0, n1, out.0) };
+    });
+}
+
 pub trait Dot {
     fn dot(&self, x: &[f32]) -> f32;
 }
@@ -184,6 +199,76 @@ mod tests {
                 &mut y,
             );
             assert!(rel_l2(&y, &want) < 1e-6, "bf16 {m}x{k}x{n}: {}", rel_l2(&y, &want));
+        }
+    }
+
+    /// The AVX2 kernel (the path every x86-64-v3 CPU without AVX-512 BF16 takes) agrees with the portable loop, and
+    /// a row's result is bit for bit the same whatever the rows beside it (batch invariance).
+    #[test]
+    fn avx2_kernel_matches_portable_and_is_batch_invariant() {
+        if !matmul_avx2::available() {
+            return;
+        }
+        let (m, k, n) = (7, 100, 70);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1009) as f32 - 500.0) * 1e-3).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-3)
+            .collect();
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let (mut fast, mut slow) = (vec![0f32; m * n], vec![0f32; m * n]);
+        matvec_avx2(&x, m, k, &wb, n, &mut fast);
+        matvec(&x, m, k, &wb, n, &mut slow);
+        let want: Vec<f64> = slow.iter().map(|&v| v as f64).collect();
+        assert!(
+            rel_l2(&fast, &want) < 1e-6,
+            "bf16 avx2 vs portable: {}",
+            rel_l2(&fast, &want)
+        );
+        matvec_avx2(&x, m, k, &w, n, &mut fast);
+        matvec(&x, m, k, &w, n, &mut slow);
+        let want: Vec<f64> = slow.iter().map(|&v| v as f64).collect();
+        assert!(
+            rel_l2(&fast, &want) < 1e-6,
+            "f32 avx2 vs portable: {}",
+            rel_l2(&fast, &want)
+        );
+        for r in 0..m {
+            let mut one = vec![0f32; n];
+            matvec_avx2(&x[r * k..(r + 1) * k], 1, k, &wb, n, &mut one);
+            let mut all = vec![0f32; m * n];
+            matvec_avx2(&x, m, k, &wb, n, &mut all);
+            assert_eq!(one, all[r * n..(r + 1) * n], "row {r} alone vs in a batch of {m}");
+        }
+    }
+
+    /// Portable loop vs the AVX2 kernel on GPT-B decode shapes (2 rows: batch 1 with guidance), interleaved, best
+    /// of 30 each (robust to other jobs on the machine).
+    /// `cargo test --release --lib matmul::tests::matvec_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn matvec_speed() {
+        for (k, n) in [(768usize, 2304usize), (768, 4096), (2048, 768), (768, 16384)] {
+            let m = 2;
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+            let wb: Vec<bf16> = (0..n * k).map(|i| bf16::from_f32((i % 7) as f32 * 0.01)).collect();
+            let mut y = vec![0f32; m * n];
+            let (mut slow, mut fast) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..30 {
+                let t = std::time::Instant::now();
+                matvec(&x, m, k, &wb, n, &mut y);
+                slow = slow.min(t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                matvec_avx2(&x, m, k, &wb, n, &mut y);
+                fast = fast.min(t.elapsed().as_secs_f64());
+            }
+            let gbs = |t: f64| (2 * n * k) as f64 / t / 1e9;
+            println!(
+                "bf16 {m}x{k}x{n}: portable {:.3} ms ({:.1} GB/s), avx2 {:.3} ms ({:.1} GB/s)",
+                slow * 1e3,
+                gbs(slow),
+                fast * 1e3,
+                gbs(fast)
+            );
         }
     }
 }

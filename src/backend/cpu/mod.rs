@@ -8,6 +8,7 @@ pub mod embed;
 pub mod groupnorm;
 pub mod kv_cache;
 pub mod matmul;
+pub mod matmul_avx2;
 pub mod matmul_avx512;
 pub mod rmsnorm;
 pub mod rope;
