@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds, on a machine with a Rust toolchain, everything scripts/gpu-check.sh needs on a GPU machine that has none:
-# the release binary and the GPU test executables (debug info stripped), into .gpu-bundle/ (git-ignored). Carry
-# .gpu-bundle with the working tree; gpu-check.sh uses it when cargo is absent. Same x86-64 target as CI.
+# the release binary and the GPU test executables (debug info stripped), packed as .gpu-bundle/bundle.tar.xz (about
+# 8 MB; git-ignored). Carry .gpu-bundle with the working tree (the device tool takes 64 MiB in all); gpu-check.sh
+# unpacks and uses it when cargo is absent. Same x86-64 target as CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
 rm -rf .gpu-bundle && mkdir -p .gpu-bundle
+stage=$(mktemp -d)
 # The test executables cargo just built (the last line per target is the newest).
 cargo test --release --locked --no-run --message-format=json 2>/dev/null |
     python3 -c '
@@ -16,9 +18,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
-    case "$name" in golden_cuda | kernels_emu | kernel_*) objcopy --strip-debug "$exe" ".gpu-bundle/$name" ;; esac
+    case "$name" in golden_cuda | kernels_emu | kernel_*) objcopy --strip-debug "$exe" "$stage/$name" ;; esac
 done
-objcopy --strip-debug target/release/llamagen .gpu-bundle/llamagen
-git rev-parse HEAD > .gpu-bundle/COMMIT
-du -sh .gpu-bundle
+objcopy --strip-debug target/release/llamagen "$stage/llamagen"
+git rev-parse HEAD > "$stage/COMMIT"
+ls -l "$stage"
+tar -C "$stage" -cf - . | xz -T0 -6 > .gpu-bundle/bundle.tar.xz
+rm -rf "$stage"
 ls -l .gpu-bundle

@@ -19,8 +19,12 @@ run() { echo "+ $*" >> "$log"; "$@" >> "$log" 2>&1; }
 if command -v cargo > /dev/null && [ ! -d .gpu-bundle ]; then
     scripts/gpu-bundle.sh >> "$log" 2>&1 || { echo "build failed, see $log"; exit 1; }
 fi
-B=.gpu-bundle
-[ -x "$B/llamagen" ] || { echo "no $B/llamagen: run scripts/gpu-bundle.sh where cargo is"; exit 1; }
+[ -f .gpu-bundle/bundle.tar.xz ] || { echo "no .gpu-bundle/bundle.tar.xz: run scripts/gpu-bundle.sh where cargo is"; exit 1; }
+B=$(mktemp -d /tmp/llamagen-bundle.XXXXXX)
+tar -C "$B" -xJf .gpu-bundle/bundle.tar.xz
+[ -x "$B/llamagen" ] || { echo "the bundle holds no llamagen binary"; exit 1; }
+# The executables were built elsewhere: point them at this tree's fixtures and demo model.
+export LLAMAGEN_SRC_DIR=$PWD LLAMAGEN_DEMO_DIR=$PWD/models/demo
 
 {
     echo "# GPU check"
@@ -57,12 +61,13 @@ else
     note "compute-sanitizer not found"
 fi
 
-# 3. End-to-end speed: llamagen bench on synthetic weights of real model sizes, and the demo model.
+# 3. Speed: llamagen bench on synthetic weights of real model sizes, per stage and per kernel (--ops: time, GB/s or
+#    TFLOP/s, % of the GPU datasheet roofline), and the demo model.
 section "End-to-end speed (llamagen bench --device cuda)"
 # Sized for a 15-minute device lease: GPT-B and GPT-L in bf16 (the official GPU setting) at batch 1, 8 and 32, GPT-B
 # in f32 at 1 and 8; the VQ-16 decode of the same batches comes with each row.
 bench() { "$B/llamagen" bench --device cuda --synthetic-weights --image-size 256 --vq-model VQ-16 --cfg-scale 4.0 \
-    --top-k 2000 --warmup 1 --reps 3 "$@" >> "$report" 2>> "$log" || { note "(bench $* failed: see gpu-check.log)"; status=1; }; }
+    --top-k 2000 --warmup 1 --reps 3 --ops "$@" >> "$report" 2>> "$log" || { note "(bench $* failed: see gpu-check.log)"; status=1; }; }
 bench --gpt-model GPT-B,GPT-L -b 1,8,32 --dtype bf16
 note ""
 bench --gpt-model GPT-B -b 1,8 --dtype f32

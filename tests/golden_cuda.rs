@@ -36,7 +36,7 @@ fn gpu(bf16: bool) -> Box<dyn Backend> {
 /// The demo model (dim 128, 8 layers, vocab 512): teacher-forced logits of the backend against the CPU backend in
 /// the same dtype, on a few images with guidance.
 fn demo_logits_match_cpu(make: MakeBackend, bf16: bool, images: usize, bound: f64) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+    let dir = root().join("models/demo");
     let cfg = llamagen::model::GptConfig::from_json_file(&dir.join("gpt.config.json")).unwrap();
     let load = || weights::load_state_dict(&dir.join("gpt.safetensors")).unwrap();
     let dtype = if bf16 { Dtype::Bf16 } else { Dtype::F32 };
@@ -63,7 +63,7 @@ fn demo_logits_match_cpu(make: MakeBackend, bf16: bool, images: usize, bound: f6
 /// Sampled generation (top-k 0, cfg 2: the demo defaults) draws the same tokens as the CPU: same Philox streams,
 /// same filtered distributions up to f32 summation order.
 fn demo_tokens_match_cpu(make: MakeBackend, images: usize) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+    let dir = root().join("models/demo");
     let cfg = llamagen::model::GptConfig::from_json_file(&dir.join("gpt.config.json")).unwrap();
     let load = || weights::load_state_dict(&dir.join("gpt.safetensors")).unwrap();
     let cond = Condition::Classes((0..images).map(|i| i % cfg.num_classes).collect());

@@ -57,6 +57,28 @@ impl Ceilings {
         }
     }
 
+    /// A GPU's ceilings from its datasheet (dense tensor-core bf16, non-tensor f32, HBM bandwidth), by the name the
+    /// driver reports; `None` for GPUs not listed. Datasheet peaks, not measurements: the % columns of a GPU run
+    /// say how close a stage comes to the paper roofline.
+    pub fn gpu_datasheet(name: &str) -> Option<Ceilings> {
+        // (name fragment, GB/s, f32 GFLOP/s, bf16 dense GFLOP/s); the more specific fragment first.
+        const GPUS: [(&str, f64, f64, f64); 5] = [
+            ("H200", 4800.0, 67_000.0, 989_000.0),
+            ("H100 PCIe", 2000.0, 51_000.0, 756_000.0),
+            ("H100", 3350.0, 67_000.0, 989_000.0),
+            ("A100-SXM4-80GB", 2039.0, 19_500.0, 312_000.0),
+            ("A100", 1555.0, 19_500.0, 312_000.0),
+        ];
+        let &(_, gbs, f32_g, bf16_g) = GPUS.iter().find(|g| name.contains(g.0))?;
+        Some(Ceilings {
+            threads: 0,
+            mem_read_gbs: gbs,
+            f32_gemm_gflops: f32_g,
+            f32_kernel_gflops: None,
+            bf16_kernel_gflops: Some(bf16_g),
+        })
+    }
+
     /// GEMM rate for products in `bf16` (weights in bf16) or f32: the bf16 micro-kernel peak where the CPU has
     /// one (the f32 GEMM rate otherwise), the `gemm` crate's f32 rate for f32.
     pub fn gemm_gflops(&self, bf16: bool) -> f64 {
@@ -80,6 +102,14 @@ impl Ceilings {
 
     /// One line for logs and table headers.
     pub fn describe(&self) -> String {
+        if self.threads == 0 {
+            return format!(
+                "GPU datasheet: HBM {:.0} GB/s; f32 {:.0} GFLOP/s; bf16 tensor cores {:.0} GFLOP/s",
+                self.mem_read_gbs,
+                self.f32_gemm_gflops,
+                self.gemm_gflops(true)
+            );
+        }
         let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |g| format!("{g:.0}"));
         format!(
             "{} threads: memory read {:.1} GB/s; f32 GEMM (gemm crate, 2048³) {:.0} GFLOP/s; AVX-512 kernel peaks: \

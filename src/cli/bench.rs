@@ -683,6 +683,14 @@ pub fn run(mut a: BenchArgs) -> Result<()> {
     }
     let ceilings = if a.no_ceilings {
         None
+    } else if args::resolve_device(a.device) == Device::Cuda {
+        let name = llamagen::backend::cuda::gpu::device_name(0)?;
+        let c = Ceilings::gpu_datasheet(&name);
+        match &c {
+            Some(c) => tracing::info!("ceilings of the {name}: {}", c.describe()),
+            None => tracing::warn!("no datasheet ceilings for the {name}: the % columns stay empty"),
+        }
+        c
     } else {
         let c = Ceilings::measure();
         tracing::info!("ceilings: {}", c.describe());

@@ -7,8 +7,14 @@ pub mod emu_check;
 pub mod golden;
 use std::path::PathBuf;
 
+/// The source tree: `$LLAMAGEN_SRC_DIR` when set (test executables carried to another machine, see
+/// scripts/gpu-check.sh), else the tree they were built from.
+pub fn root() -> PathBuf {
+    std::env::var_os("LLAMAGEN_SRC_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 pub fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    root().join("tests/data").join(name)
 }
 
 pub fn fixture(name: &str) -> SafeTensorsFile {

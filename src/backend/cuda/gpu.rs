@@ -33,6 +33,18 @@ pub fn available() -> bool {
     driver_present() && cu::init().is_ok() && cu::device::get_count().is_ok_and(|n| n > 0)
 }
 
+/// The name of GPU `ordinal` as the driver reports it (no context is created).
+pub fn device_name(ordinal: usize) -> Result<String> {
+    if !driver_present() {
+        return Err(Error::Invalid(
+            "the CUDA driver library (libcuda.so) was not found".into(),
+        ));
+    }
+    cu::init().map_err(|e| err("init", e))?;
+    let dev = cu::device::get(ordinal as i32).map_err(|e| err("device", e))?;
+    cu::device::get_name(dev).map_err(|e| err("device name", e))
+}
+
 pub struct GpuDevice {
     ctx: sys::CUcontext,
     stream: sys::CUstream,
