@@ -50,6 +50,8 @@ pub trait TestDevice: Launcher + Sized {
     }
     /// The same device (and buffers) launching with schedule `s`; the GPU has one schedule, its own.
     fn with_sched(&self, s: Sched) -> Self;
+    /// The schedule, for messages (`gpu` on the GPU).
+    fn sched_label(&self) -> String;
 }
 
 impl<T: DeviceRepr> TestBuf<T> for EmuBuffer<T> {
@@ -89,6 +91,9 @@ impl TestDevice for EmuDevice {
     }
     fn with_sched(&self, s: Sched) -> Self {
         EmuDevice::with_sched(self, s)
+    }
+    fn sched_label(&self) -> String {
+        format!("{:?}", self.sched())
     }
 }
 
@@ -217,6 +222,9 @@ impl TestDevice for GpuTest {
     }
     fn with_sched(&self, _s: Sched) -> Self {
         self.clone()
+    }
+    fn sched_label(&self) -> String {
+        "gpu".into()
     }
 }
 
