@@ -293,19 +293,22 @@ fn gelu_add_copy_rows_match_cpu_on<D: TestDevice>(dev: &D) {
 
 #[test]
 fn launchers_check_shapes_and_canaries_catch_overflow() {
-    let dev = EmuDevice::new();
+    launchers_check_shapes_and_canaries_catch_overflow_on(&EmuDevice::new());
+}
+
+fn launchers_check_shapes_and_canaries_catch_overflow_on<D: TestDevice>(dev: &D) {
     let f = 64;
     let ab = dev.upload(&vec![1.0f32; 2 * f], "ab");
     let mut short = dev.alloc::<f32>(f - 1, "out");
     // The op launcher refuses a short output buffer ...
-    let e = swiglu::swiglu(&dev, ab.ptr(), short.ptr_mut(), 1, f, None)
+    let e = swiglu::swiglu(dev, ab.ptr(), short.ptr_mut(), 1, f, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("out has 63 elements, needs 64"), "{e}");
     // ... the raw generated launcher does not check lengths: the kernel writes one element past the end, and the
     // canary check after the launch reports it.
     let p = kernels::SwigluParams { rows: 1, f: f as i32 };
-    let e = kernels::swiglu_f32(&dev, swiglu::config(1, f, 4, None), ab.ptr(), short.ptr_mut(), p)
+    let e = kernels::swiglu_f32(dev, swiglu::config(1, f, 4, None), ab.ptr(), short.ptr_mut(), p)
         .unwrap_err()
         .to_string();
     assert!(
@@ -313,7 +316,7 @@ fn launchers_check_shapes_and_canaries_catch_overflow() {
         "{e}"
     );
     assert!(short.check_canaries().is_err());
-    let e = rmsnorm::rmsnorm(&dev, ab.ptr(), ab.ptr(), short.ptr_mut(), 1, 64, 1e-5, Some(2048)).unwrap_err();
+    let e = rmsnorm::rmsnorm(dev, ab.ptr(), ab.ptr(), short.ptr_mut(), 1, 64, 1e-5, Some(2048)).unwrap_err();
     assert!(e.to_string().contains("block size 2048"), "{e}");
 }
 
@@ -982,6 +985,13 @@ fn gpu_images_built_when_nvcc_found() {
 // ------------------------------------------------------------------------------------------------------------------
 // The same cases on the GPU (scripts/gpu-check.sh); each fails without one
 // ------------------------------------------------------------------------------------------------------------------
+
+/// The GPU buffers' guards (tests/support/devices.rs) catch a kernel writing past a buffer, as the emulator's do.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_canaries_catch_overflow() {
+    launchers_check_shapes_and_canaries_catch_overflow_on(&GpuTest::new());
+}
 
 #[test]
 #[ignore = "needs a GPU: scripts/gpu-check.sh"]

@@ -199,7 +199,9 @@ impl TestDevice for GpuTest {
             .unwrap_or_else(|e| panic!("GPU allocation of `{label}`: {e}"));
         let pat = canary_pattern();
         d.write(&buf, 0, &pat).unwrap();
-        d.write(&buf, CANARY_BYTES, &vec![POISON; data_bytes]).unwrap();
+        if data_bytes > 0 {
+            d.write(&buf, CANARY_BYTES, &vec![POISON; data_bytes]).unwrap();
+        }
         d.write(&buf, CANARY_BYTES + data_bytes, &pat).unwrap();
         let buf = Rc::new(buf);
         let id = self.0.next.get();
@@ -262,9 +264,14 @@ impl<T: DeviceRepr> TestBuf<T> for GpuTestBuf<T> {
         assert_eq!(src.len(), self.len, "upload of {} elements into a buffer of {}", src.len(), self.len);
         // SAFETY: plain old data viewed as its bytes.
         let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, self.bytes()) };
-        self.dev.dev.write(&self.buf, CANARY_BYTES, bytes).unwrap();
+        if !bytes.is_empty() {
+            self.dev.dev.write(&self.buf, CANARY_BYTES, bytes).unwrap();
+        }
     }
     fn to_vec(&self) -> Vec<T> {
+        if self.len == 0 {
+            return Vec::new();
+        }
         let mut bytes = vec![0u8; self.bytes()];
         self.dev
             .dev
