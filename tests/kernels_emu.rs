@@ -1011,19 +1011,20 @@ fn gpu_gelu_add_copy_rows_match_cpu() {
     gelu_add_copy_rows_match_cpu_on(&GpuTest::new());
 }
 
-/// The emulator self-tests whose expectations are CUDA's rules (reductions, shuffles and votes in partial warps,
-/// atomics, indices, dynamic shared memory, __syncthreads_count/or, bf16 conversions, the mma fragment layout), on
-/// the hardware: a failure here means the emulator and the GPU disagree about a rule the kernels rely on.
+/// The emulator self-tests whose expectations are CUDA's defined behaviour (block reductions, atomics, indices,
+/// dynamic shared memory, __syncthreads_count/or, the mma fragment layout), on the hardware: a failure here means
+/// the emulator and the GPU disagree about a rule the kernels rely on. Not here: the warp test (its 16-lane warp
+/// calls FULL_MASK collectives naming lanes that do not exist, which CUDA leaves undefined; the emulator defines
+/// it) and the bf16 conversion test (it compares NaN payloads with the half crate, while the hardware's
+/// cvt.rn.bf16.f32 may return a canonical NaN).
 #[test]
 #[ignore = "needs a GPU: scripts/gpu-check.sh"]
 fn gpu_selftests_follow_the_emulated_rules() {
     let g = GpuTest::new();
     block_reduce_is_exact_at_odd_block_sizes_on(&g);
-    warp_shuffles_votes_and_partial_warps_on(&g);
     atomics_across_blocks_on(&g);
     thread_and_block_indices_on(&g);
     dynamic_shared_memory_on(&g);
     syncthreads_count_and_or_on(&g);
-    bf16_conversions_match_the_half_crate_on(&g);
     mma_m16n8k16_tile_matches_cpu_on(&g);
 }
