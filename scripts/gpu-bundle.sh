@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on a machine with a Rust toolchain, everything scripts/gpu-check.sh needs on a GPU machine that has none:
 # the release binary and the GPU test executables (debug info stripped), into .gpu-bundle/ (git-ignored). Carry
-# .gpu-bundle with the working tree; gpu-check.sh uses it when cargo is absent. Same x86-64 target as CI.
+# .gpu-bundle (or out/gpu-bundle.tar.xz) with the working tree; gpu-check.sh uses it when cargo is absent. Same
+# x86-64 target as CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
@@ -22,3 +23,8 @@ objcopy --strip-debug target/release/llamagen .gpu-bundle/llamagen
 git rev-parse HEAD > .gpu-bundle/COMMIT
 du -sh .gpu-bundle
 ls -l .gpu-bundle
+# The same, compressed (the binaries share most of their bytes: ~10x smaller), for carrying to a GPU machine where
+# the bundle itself is too large; gpu-check.sh unpacks it when .gpu-bundle/ is absent.
+mkdir -p out
+tar -cf - .gpu-bundle | xz -T0 -6 > out/gpu-bundle.tar.xz
+ls -l out/gpu-bundle.tar.xz

@@ -21,6 +21,9 @@ log="$out/gpu-check.log"
 note() { printf '%s\n' "$*" >> "$report"; }
 run() { echo "+ $*" >> "$log"; "$@" >> "$log" 2>&1; }
 
+if [ ! -d .gpu-bundle ] && [ -f out/gpu-bundle.tar.xz ]; then
+    tar -xJf out/gpu-bundle.tar.xz || { echo "could not unpack out/gpu-bundle.tar.xz"; exit 1; }
+fi
 if command -v cargo > /dev/null && [ ! -d .gpu-bundle ]; then
     scripts/gpu-bundle.sh >> "$log" 2>&1 || { echo "build failed, see $log"; exit 1; }
 fi
