@@ -22,7 +22,8 @@ fn normalized_codebook(rng: &mut Rng, size: usize, dim: usize) -> Vec<f32> {
     cb
 }
 
-fn gpu_lookup<D: TestDevice>(dev: &D,
+fn gpu_lookup<D: TestDevice>(
+    dev: &D,
     codes: &[i32],
     cb: &[f32],
     size: usize,
@@ -52,7 +53,8 @@ fn gpu_lookup<D: TestDevice>(dev: &D,
     (out.to_vec(), err.to_vec()[0])
 }
 
-fn gpu_quantize<D: TestDevice>(dev: &D,
+fn gpu_quantize<D: TestDevice>(
+    dev: &D,
     z: &[f32],
     cb: &[f32],
     size: usize,

@@ -305,7 +305,8 @@ fn upsample2(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
     u
 }
 
-fn upsample_case<D: TestDevice>(dev: &D,
+fn upsample_case<D: TestDevice>(
+    dev: &D,
     rng: &mut Rng,
     (n, c_in, c_out, h, w): (usize, usize, usize, usize, usize),
     bias: bool,
@@ -410,7 +411,8 @@ fn upsample_conv_all_schedules_on<D: TestDevice>(dev: &D) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn transpose_case<D: TestDevice>(dev: &D,
+fn transpose_case<D: TestDevice>(
+    dev: &D,
     rng: &mut Rng,
     (n, c_in, c_out, h, w): (usize, usize, usize, usize, usize),
     (kh, kw): (usize, usize),

@@ -29,7 +29,8 @@ fn weight(table: &[f32], n: usize, d: usize, bf: bool) -> CpuWeight {
 }
 
 /// Runs one case; returns (output, error word).
-fn run<D: TestDevice>(dev: &D,
+fn run<D: TestDevice>(
+    dev: &D,
     ids: &[i32],
     table: &[f32],
     n: usize,

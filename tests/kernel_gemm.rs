@@ -35,7 +35,16 @@ const BF16_NMSE: f64 = 1e-5;
 const VQ_NMSE: f64 = 1e-10;
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_case<D: TestDevice>(dev: &D, rng: &mut Rng, m: usize, n: usize, k: usize, res: bool, bf: bool, path: GemmPath) -> f64 {
+fn gemm_case<D: TestDevice>(
+    dev: &D,
+    rng: &mut Rng,
+    m: usize,
+    n: usize,
+    k: usize,
+    res: bool,
+    bf: bool,
+    path: GemmPath,
+) -> f64 {
     // Rows of different magnitude, so a misplaced row shows.
     let mut x: Vec<f32> = (0..m * k)
         .map(|i| rng.uniform(-1.0, 1.0) * [1.0, 0.1, 4.0][(i / k) % 3])

@@ -27,7 +27,14 @@ struct Case {
     spread: f32,
 }
 
-fn run_case<D: TestDevice>(dev: &D, rng: &mut Rng, k: &Case, silu: bool, chunk: Option<usize>, block: Option<u32>) -> f64 {
+fn run_case<D: TestDevice>(
+    dev: &D,
+    rng: &mut Rng,
+    k: &Case,
+    silu: bool,
+    chunk: Option<usize>,
+    block: Option<u32>,
+) -> f64 {
     let len = k.n * k.c * k.hw;
     let x: Vec<f32> = (0..len).map(|_| k.mean + k.spread * rng.uniform(-1.0, 1.0)).collect();
     let gamma: Vec<f32> = (0..k.c).map(|_| rng.uniform(0.5, 1.5)).collect();

@@ -58,7 +58,14 @@ fn cache_f32(c: &KvCache) -> Vec<f32> {
 
 /// Runs one case; returns (NMSE of q, NMSE of the cache).
 /// `misalign`: qkv starts one element into its buffer, so the kernel must take its scalar path.
-fn run_case<D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case, bf: bool, block: Option<u32>, misalign: bool) -> (f64, f64) {
+fn run_case<D: TestDevice>(
+    dev: &D,
+    rng: &mut Rng,
+    c: &Case,
+    bf: bool,
+    block: Option<u32>,
+    misalign: bool,
+) -> (f64, f64) {
     let seq = c.cls + c.grid * c.grid;
     let table = cpu::rope::rope_table(c.cls, c.grid, c.hd, 10000.0);
     let spec = KvSpec {

@@ -33,7 +33,8 @@ fn step_state(seed: u64, step: u32, cfg_active: bool) -> StepState {
 
 /// One launch: tokens from the kernel (f32 or bf16 logits) for the given step.
 #[allow(clippy::too_many_arguments)]
-fn gpu_tokens<D: TestDevice>(dev: &D,
+fn gpu_tokens<D: TestDevice>(
+    dev: &D,
     logits: &[f32],
     bf: bool,
     index: &[i32],
@@ -144,7 +145,14 @@ struct Case {
 }
 
 /// Runs the kernel and the CPU over `steps` steps for every parameter set; returns the number of draws compared.
-fn check_case<D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case, params: &[SamplingParams], steps: u32, bf: bool) -> usize {
+fn check_case<D: TestDevice>(
+    dev: &D,
+    rng: &mut Rng,
+    c: &Case,
+    params: &[SamplingParams],
+    steps: u32,
+    bf: bool,
+) -> usize {
     let rows = if c.cfg { 2 * c.images } else { c.images };
     let mut logits = make_logits(rng, rows * c.vocab, c.kind);
     if bf {

@@ -148,9 +148,8 @@ impl GpuTest {
     /// Downloads and compares the guards of every live buffer (waits for queued work first).
     pub fn check_canaries(&self) -> Result<()> {
         for l in self.0.live.borrow().values() {
-            guard_damage(&self.0.dev, &l.buf, l.data_bytes).map_err(|m| {
-                Error::Invalid(format!("buffer `{}` ({} bytes): {m}", l.label, l.data_bytes))
-            })?;
+            guard_damage(&self.0.dev, &l.buf, l.data_bytes)
+                .map_err(|m| Error::Invalid(format!("buffer `{}` ({} bytes): {m}", l.label, l.data_bytes)))?;
         }
         Ok(())
     }
@@ -168,7 +167,8 @@ fn guard_damage(dev: &GpuDevice, buf: &GpuBuffer, data_bytes: usize) -> std::res
     let mut head = vec![0u8; CANARY_BYTES];
     let mut tail = vec![0u8; CANARY_BYTES];
     dev.read(buf, 0, &mut head).map_err(|e| e.to_string())?;
-    dev.read(buf, CANARY_BYTES + data_bytes, &mut tail).map_err(|e| e.to_string())?;
+    dev.read(buf, CANARY_BYTES + data_bytes, &mut tail)
+        .map_err(|e| e.to_string())?;
     if let Some(i) = (0..CANARY_BYTES).rev().find(|&i| head[i] != pat[i]) {
         return Err(format!("canary damaged {} bytes before the start", CANARY_BYTES - i));
     }
@@ -261,7 +261,13 @@ impl<T: DeviceRepr> TestBuf<T> for GpuTestBuf<T> {
         unsafe { DevPtrMut::from_raw(self.addr(), self.len) }
     }
     fn copy_from(&mut self, src: &[T]) {
-        assert_eq!(src.len(), self.len, "upload of {} elements into a buffer of {}", src.len(), self.len);
+        assert_eq!(
+            src.len(),
+            self.len,
+            "upload of {} elements into a buffer of {}",
+            src.len(),
+            self.len
+        );
         // SAFETY: plain old data viewed as its bytes.
         let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, self.bytes()) };
         if !bytes.is_empty() {
