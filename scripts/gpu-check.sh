@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# One command for a machine with a GPU: the GPU test suite, compute-sanitizer (memcheck, racecheck) over the
-# kernels of the golden cases, and end-to-end speed, written as a markdown report into the directory given.
+# One command for a machine with a GPU: the GPU test suite (golden cases and every kernel test's `gpu_*` cases),
+# compute-sanitizer (memcheck, racecheck) over the golden case and the kernel tests, and end-to-end speed, written
+# as a markdown report into the directory given.
+#
+#   KSAN=0              skips the sanitizer runs of the kernel tests
+#   KSAN_TIMEOUT=SECS   bounds each of those runs (default 60; a run cut short is reported, with the errors
+#                       found until then)
+#   KSAN_BUDGET=SECS    bounds all of them together (default 300; runs left when it is spent are listed as skipped)
 #
 #   scripts/gpu-check.sh REPORT_DIR
 #
 # With cargo present it builds here; without (the lent GPU machines have no Rust toolchain), it runs the binaries
-# of .gpu-bundle/ made by scripts/gpu-bundle.sh on the development machine (same x86-64 target).
+# of .gpu-bundle/bundle.tar.xz made by scripts/gpu-bundle.sh on the development machine (same x86-64 target).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/gpu-check.sh REPORT_DIR}
@@ -46,7 +52,33 @@ note '```'
 grep -E '^test |rel L2|equal|test result' "$out/tests.log" | head -60 >> "$report"
 note '```'
 
-# 2. compute-sanitizer over the small golden case (every kernel of the GPT and the VQ runs in it).
+# 1b. The kernel tests on the GPU: every tests/kernel_<op>.rs (and kernels_emu) has `gpu_*` tests that run the same
+# cases as on the emulator, against the CPU backend, with guarded buffers checked after every launch.
+section "Kernel tests on the GPU"
+note "| test binary | result | tests |"
+note "|---|---|---|"
+for exe in "$B"/kernel_* "$B"/kernels_emu; do
+    [ -x "$exe" ] || continue
+    name=$(basename "$exe")
+    klog="$out/kernel-tests-$name.log"
+    "$exe" --ignored --test-threads=1 --nocapture gpu_ > "$klog" 2>&1
+    rc=$?
+    # (--nocapture: a test's own output may split its "test ... ok" line; the summary lines are whole)
+    n=$(sed -nE 's/^test result: .* ([0-9]+) passed.*/\1/p' "$klog" | tail -1)
+    n=${n:-0}
+    bad=$(grep -E '^    gpu_' "$klog" | sort -u | tr -d ' ' | tr '\n' ' ')
+    if [ $rc -eq 0 ] && [ "$n" -gt 0 ]; then r=passed; else r=FAILED; status=1; fi
+    more=${bad:+; failed: $bad}
+    [ $rc -eq 0 ] && [ "$n" -eq 0 ] && more="; no gpu_ test in this binary (stale bundle?)"
+    note "| \`$name\` | **$r** (exit $rc) | $n passed$more |"
+done
+note ""
+note '```'
+cat "$out"/kernel-tests-*.log 2>/dev/null | grep -E 'worst|NMSE|panicked|no GPU' | head -60 >> "$report"
+note '```'
+
+# 2. compute-sanitizer over the small golden case (every kernel of the GPT and the VQ runs in it), then over the
+# kernel GPU tests.
 section "compute-sanitizer"
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$cs" ]; then
@@ -56,6 +88,37 @@ if [ -n "$cs" ]; then
         rc=$?
         [ $rc -eq 0 ] || status=1
         note "- $tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.log" | tail -1)"
+    done
+    # The kernel GPU tests too (small shapes, every kernel of the table, synchronised launch by launch). The
+    # sanitizers slow launches down 10-100x, hence the time bound per run.
+    [ "${KSAN:-1}" = 0 ] && note "- kernel tests: skipped (KSAN=0)"
+    ksan_end=$(($(date +%s) + ${KSAN_BUDGET:-300}))
+    for exe in "$B"/kernel_* "$B"/kernels_emu; do
+        [ "${KSAN:-1}" = 0 ] && break
+        [ -x "$exe" ] || continue
+        name=$(basename "$exe")
+        for tool in memcheck racecheck; do
+            slog="$out/sanitizer-$tool-$name.log"
+            t=${KSAN_TIMEOUT:-60}
+            left=$((ksan_end - $(date +%s)))
+            if [ "$left" -lt 10 ]; then
+                note "- $tool \`$name\`: skipped (KSAN_BUDGET=${KSAN_BUDGET:-300} s spent)"
+                continue
+            fi
+            [ "$left" -lt "$t" ] && t=$left
+            timeout -k 10 "$t" "$cs" --tool "$tool" --error-exitcode 9 "$exe" --ignored --test-threads=1 gpu_ \
+                > "$slog" 2>&1
+            rc=$?
+            # Error reports as they come (a run cut short prints no summary).
+            errs=$(grep -cE '^========= +(Invalid|Error|Program hit)' "$slog")
+            case $rc in
+                0) r=clean; grep -qE '^test result: .* [1-9][0-9]* passed' "$slog" || { r="ran no gpu_ test"; status=1; } ;;
+                124 | 137) r="timed out after $t s, $errs error lines until then"; [ "$errs" -eq 0 ] || status=1 ;;
+                9) r="**ERRORS** ($errs error lines)"; status=1 ;;
+                *) r="**FAILED** (exit $rc, $errs error lines)"; status=1 ;;
+            esac
+            note "- $tool \`$name\`: $r; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$slog" | tail -1)"
+        done
     done
 else
     note "compute-sanitizer not found"

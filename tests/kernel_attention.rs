@@ -18,6 +18,7 @@ use llamagen::backend::cuda::launch::{DevPtr, Elem};
 use llamagen::backend::{KvSpec, Storage};
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 /// NMSE bounds. f32: the kernels differ from the CPU only in summation order (dot products, online softmax
@@ -132,7 +133,7 @@ fn left_padded_mask(rng: &mut Rng, batch: usize, t: usize) -> Vec<f32> {
 }
 
 /// Runs one case on the emulator and the CPU; returns the NMSE (asserted against the dtype's bound).
-fn run<T: TestElem>(dev: &EmuDevice, rng: &mut Rng, c: &Case) -> f64 {
+fn run<T: TestElem, D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case) -> f64 {
     let bf = T::DTYPE == llamagen::backend::cuda::launch::Dtype::Bf16;
     let spec = c.spec(T::STORAGE);
     let dm = c.heads * c.hd;
@@ -223,7 +224,7 @@ fn run<T: TestElem>(dev: &EmuDevice, rng: &mut Rng, c: &Case) -> f64 {
     .unwrap_or_else(|e| panic!("{c:?}: {e}"));
     out.check_canaries().unwrap();
     ws.check_canaries().unwrap();
-    let got = T::to_f32s(out.as_slice());
+    let got = T::to_f32s(&out.to_vec());
     let what = format!(
         "attention_{} {:?}, mask length {:?} (plan {:?})",
         if bf { "bf16" } else { "f32" },
@@ -247,9 +248,9 @@ struct Worst {
     cases: usize,
 }
 impl Worst {
-    fn both(&mut self, dev: &EmuDevice, rng: &mut Rng, c: &Case) {
-        self.f32 = self.f32.max(run::<f32>(dev, rng, c));
-        self.bf16 = self.bf16.max(run::<bf16>(dev, rng, c));
+    fn both<D: TestDevice>(&mut self, dev: &D, rng: &mut Rng, c: &Case) {
+        self.f32 = self.f32.max(run::<f32, D>(dev, rng, c));
+        self.bf16 = self.bf16.max(run::<bf16, D>(dev, rng, c));
         self.cases += 2;
     }
     fn report(&self, what: &str) {
@@ -265,7 +266,10 @@ const SEQ: usize = 24;
 
 #[test]
 fn decode_matches_cpu() {
-    let dev = EmuDevice::new();
+    decode_matches_cpu_on(&EmuDevice::new());
+}
+
+fn decode_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(11);
     let mut w = Worst::default();
     let mut i = 0usize;
@@ -287,8 +291,8 @@ fn decode_matches_cpu() {
                     if i.is_multiple_of(2) {
                         c = c.with_mask(left_padded_mask(&mut rng, batch, T_COND), T_COND);
                     }
-                    let dev = dev.with_sched(SCHEDS[i % 3]);
-                    w.both(&dev, &mut rng, &c);
+                    let dev = &dev.with_sched(SCHEDS[i % 3]);
+                    w.both(dev, &mut rng, &c);
                     i += 1;
                 }
             }
@@ -299,14 +303,17 @@ fn decode_matches_cpu() {
 
 #[test]
 fn prefill_matches_cpu() {
-    let dev = EmuDevice::new();
+    prefill_matches_cpu_on(&EmuDevice::new());
+}
+
+fn prefill_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(12);
     let mut w = Worst::default();
     // T = 1 (c2i: the class token), every path.
     for &(heads, hd) in &[(2, 64), (1, 100)] {
         for path in [AttentionPath::Auto, AttentionPath::Decode, AttentionPath::Tiled] {
             let c = Case::new(3, 1, heads, hd, 12, 0).path(path).with_mask(vec![1.0; 3], 1);
-            w.both(&dev, &mut rng, &c);
+            w.both(dev, &mut rng, &c);
         }
     }
     // T = 7, left-padded masks (row 0 and its CFG twin see only the diagonal), both schedules of the prefill.
@@ -320,7 +327,7 @@ fn prefill_matches_cpu() {
                     .split([None, Some(3)][i % 2])
                     .block([None, Some(64), Some(96)][i % 3])
                     .with_mask(mask.clone(), t);
-                w.both(&dev, &mut rng, &c);
+                w.both(dev, &mut rng, &c);
             }
         }
     }
@@ -329,7 +336,10 @@ fn prefill_matches_cpu() {
 
 #[test]
 fn full_recompute_matches_cpu() {
-    let dev = EmuDevice::new();
+    full_recompute_matches_cpu_on(&EmuDevice::new());
+}
+
+fn full_recompute_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(13);
     let mut w = Worst::default();
     let t = 7;
@@ -339,19 +349,19 @@ fn full_recompute_matches_cpu() {
         let mask = left_padded_mask(&mut rng, 2, t);
         let c = Case::new(2, len, heads, hd, len + 3, 0).with_mask(mask, t);
         assert!(attention_plan(&c.spec(Storage::F32), 2, len, c.opts).tiled);
-        w.both(&dev, &mut rng, &c);
+        w.both(dev, &mut rng, &c);
     }
     // A chunk of queries that starts after the condition (pos > 0, L > DECODE_MAX_LEN), masked and not.
     let c = Case::new(2, 20, 2, 64, 40, 9).with_mask(left_padded_mask(&mut rng, 2, t), t);
-    w.both(&dev, &mut rng, &c);
+    w.both(dev, &mut rng, &c);
     let c = Case::new(1, 13, 1, 36, 40, 26).block(Some(64));
-    w.both(&dev, &mut rng, &c);
+    w.both(dev, &mut rng, &c);
     // The decode path over a full recompute (many queries, several splits) agrees too.
     let c = Case::new(2, 30, 1, 64, 33, 0)
         .path(AttentionPath::Decode)
         .split(Some(8))
         .with_mask(left_padded_mask(&mut rng, 2, t), t);
-    w.both(&dev, &mut rng, &c);
+    w.both(dev, &mut rng, &c);
     w.report("full recompute");
 }
 
@@ -392,7 +402,10 @@ fn every_schedule_agrees_with_cpu() {
 
 #[test]
 fn misaligned_pointers_fall_back() {
-    let dev = EmuDevice::new();
+    misaligned_pointers_fall_back_on(&EmuDevice::new());
+}
+
+fn misaligned_pointers_fall_back_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(15);
     let mut w = Worst::default();
     for &(q_off, kv_off) in &[(1usize, 0usize), (0, 1), (4, 4), (2, 6)] {
@@ -400,7 +413,7 @@ fn misaligned_pointers_fall_back() {
             let mut c = Case::new(2, 3, 2, 64, 16, 9).path(path).split(Some(4));
             c.q_off = q_off;
             c.kv_off = kv_off;
-            w.both(&dev, &mut rng, &c);
+            w.both(dev, &mut rng, &c);
         }
     }
     w.report("misaligned");
@@ -408,7 +421,10 @@ fn misaligned_pointers_fall_back() {
 
 #[test]
 fn position_outside_the_cache_gives_nan() {
-    let dev = EmuDevice::new();
+    position_outside_the_cache_gives_nan_on(&EmuDevice::new());
+}
+
+fn position_outside_the_cache_gives_nan_on<D: TestDevice>(dev: &D) {
     for (len, opts) in [
         (1, AttentionOptions::default()),
         (
@@ -449,7 +465,7 @@ fn position_outside_the_cache_gives_nan() {
             let mut out = dev.alloc::<f32>(n, "out");
             let mut ws = dev.alloc::<f32>(attention_workspace_len(&spec, 2, len, opts), "ws");
             attention(
-                &dev,
+                dev,
                 q.ptr(),
                 kv.ptr(),
                 &spec,
@@ -465,9 +481,9 @@ fn position_outside_the_cache_gives_nan() {
             .unwrap();
             out.check_canaries().unwrap();
             assert!(
-                out.as_slice().iter().all(|v| v.is_nan()),
+                out.to_vec().iter().all(|v| v.is_nan()),
                 "len {len} {opts:?} pos {pos}: {:?}",
-                &out.as_slice()[..4]
+                &out.to_vec()[..4]
             );
         }
         // and the last valid position works (all values 0.25: output 0.25)
@@ -481,7 +497,7 @@ fn position_outside_the_cache_gives_nan() {
         let mut out = dev.alloc::<f32>(n, "out");
         let mut ws = dev.alloc::<f32>(attention_workspace_len(&spec, 2, len, opts), "ws");
         attention(
-            &dev,
+            dev,
             q.ptr(),
             kv.ptr(),
             &spec,
@@ -495,7 +511,7 @@ fn position_outside_the_cache_gives_nan() {
             opts,
         )
         .unwrap();
-        assert!(out.as_slice().iter().all(|v| (v - 0.25).abs() < 1e-6));
+        assert!(out.to_vec().iter().all(|v| (v - 0.25).abs() < 1e-6));
     }
 }
 
@@ -781,4 +797,17 @@ fn launcher_rejects_bad_shapes() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("storage F32 does not match bf16"), "{e}");
+}
+
+/// The cases above on the GPU (scripts/gpu-check.sh); fails without one. (every_schedule_agrees_with_cpu is about
+/// emulator schedules and stays on the emulator.)
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_attention_matches_cpu() {
+    let g = GpuTest::new();
+    decode_matches_cpu_on(&g);
+    prefill_matches_cpu_on(&g);
+    full_recompute_matches_cpu_on(&g);
+    misaligned_pointers_fall_back_on(&g);
+    position_outside_the_cache_gives_nan_on(&g);
 }

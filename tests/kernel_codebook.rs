@@ -9,6 +9,7 @@ use llamagen::backend::cuda::embed::bad_index;
 use llamagen::backend::cuda::emu::EmuDevice;
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 // Both kernels are compared exactly: the lookup is a copy, and quantize_f32 evaluates every distance with the
@@ -21,8 +22,8 @@ fn normalized_codebook(rng: &mut Rng, size: usize, dim: usize) -> Vec<f32> {
     cb
 }
 
-fn gpu_lookup(
-    dev: &EmuDevice,
+fn gpu_lookup<D: TestDevice>(
+    dev: &D,
     codes: &[i32],
     cb: &[f32],
     size: usize,
@@ -49,11 +50,11 @@ fn gpu_lookup(
         block,
     )
     .unwrap();
-    (out.to_vec(), err.as_slice()[0])
+    (out.to_vec(), err.to_vec()[0])
 }
 
-fn gpu_quantize(
-    dev: &EmuDevice,
+fn gpu_quantize<D: TestDevice>(
+    dev: &D,
     z: &[f32],
     cb: &[f32],
     size: usize,
@@ -81,7 +82,10 @@ const BLOCKS: [Option<u32>; 5] = [None, Some(32), Some(96), Some(7), Some(1)];
 
 #[test]
 fn codebook_lookup_matches_cpu() {
-    let dev = EmuDevice::new();
+    codebook_lookup_matches_cpu_on(&EmuDevice::new());
+}
+
+fn codebook_lookup_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(31);
     let mut case = 0;
     for &(size, dim) in &[(512usize, 8usize), (1003, 8), (17, 5), (3, 33)] {
@@ -112,7 +116,10 @@ fn codebook_lookup_matches_cpu() {
 
 #[test]
 fn codebook_bad_codes_write_zeros_and_set_the_error_word() {
-    let dev = EmuDevice::new();
+    codebook_bad_codes_write_zeros_and_set_the_error_word_on(&EmuDevice::new());
+}
+
+fn codebook_bad_codes_write_zeros_and_set_the_error_word_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(32);
     let (size, dim, n, h, w) = (512usize, 8usize, 2usize, 3usize, 5usize);
     let cb = normalized_codebook(&mut rng, size, dim);
@@ -150,7 +157,10 @@ fn codebook_bad_codes_write_zeros_and_set_the_error_word() {
 
 #[test]
 fn quantize_matches_cpu() {
-    let dev = EmuDevice::new();
+    quantize_matches_cpu_on(&EmuDevice::new());
+}
+
+fn quantize_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(33);
     let mut case = 0;
     for &(size, dim) in &[(512usize, 8usize), (1003, 8), (17, 5), (1, 8), (40, 33)] {
@@ -182,10 +192,13 @@ fn quantize_matches_cpu() {
 
 #[test]
 fn quantize_ties_pick_the_lowest_index() {
+    quantize_ties_pick_the_lowest_index_on(&EmuDevice::new());
+}
+
+fn quantize_ties_pick_the_lowest_index_on<D: TestDevice>(dev: &D) {
     // Codes j and j + 300 (and 700) are identical; each latent is a scaled copy of one of them, so the copies are at the
     // same (smallest) distance and the lower index must win, whichever thread or warp sees it first (block 100: the
     // copies meet in one thread; 33 and 256: in different threads and warps).
-    let dev = EmuDevice::new();
     let mut rng = Rng(34);
     let (size, dim) = (1000usize, 8usize);
     let mut cb = normalized_codebook(&mut rng, size, dim);
@@ -220,7 +233,10 @@ fn quantize_ties_pick_the_lowest_index() {
 
 #[test]
 fn quantize_nan_latent_gets_index_zero() {
-    let dev = EmuDevice::new();
+    quantize_nan_latent_gets_index_zero_on(&EmuDevice::new());
+}
+
+fn quantize_nan_latent_gets_index_zero_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(35);
     let (size, dim, n, h, w) = (64usize, 8usize, 1usize, 2usize, 3usize);
     let cb = normalized_codebook(&mut rng, size, dim);
@@ -228,7 +244,7 @@ fn quantize_nan_latent_gets_index_zero() {
     z[2 * h * w + 4] = f32::NAN; // channel 2 of position 4
     let want = cpu_quantize(&z, &cb, size, dim, (n, h, w));
     assert_eq!(want[4], 0);
-    assert_eq!(gpu_quantize(&dev, &z, &cb, size, dim, (n, h, w), None), want);
+    assert_eq!(gpu_quantize(dev, &z, &cb, size, dim, (n, h, w), None), want);
 }
 
 #[test]
@@ -272,4 +288,16 @@ fn codebook_launchers_reject_bad_shapes() {
     assert!(quant(1, 8, 2, 3, 5).contains("codebook has 32 elements, needs 40"));
     assert!(quant(1, 4000, 1, 1, 1).contains("shared memory"));
     assert!(quant(2, 4, 2, 3, 8).contains("codes has 6 elements, needs 12"));
+}
+
+/// The cases above on the GPU (scripts/gpu-check.sh); fails without one.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_codebook_matches_cpu() {
+    let g = GpuTest::new();
+    codebook_lookup_matches_cpu_on(&g);
+    codebook_bad_codes_write_zeros_and_set_the_error_word_on(&g);
+    quantize_matches_cpu_on(&g);
+    quantize_ties_pick_the_lowest_index_on(&g);
+    quantize_nan_latent_gets_index_zero_on(&g);
 }

@@ -10,6 +10,7 @@ use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::launch::DevPtr;
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 /// Every case runs both kernel variants.
@@ -41,7 +42,7 @@ struct ConvCase {
     bias: bool,
 }
 
-fn conv_case(dev: &EmuDevice, rng: &mut Rng, c: ConvCase) -> f64 {
+fn conv_case<D: TestDevice>(dev: &D, rng: &mut Rng, c: ConvCase) -> f64 {
     let ConvCase {
         n,
         c_in,
@@ -94,7 +95,7 @@ fn conv_case(dev: &EmuDevice, rng: &mut Rng, c: ConvCase) -> f64 {
             Some(tile),
         )
         .unwrap();
-        let (e, max) = nmse(ob.as_slice(), &want, &format!("{c:?} {tile:?}"));
+        let (e, max) = nmse(&ob.to_vec(), &want, &format!("{c:?} {tile:?}"));
         assert!(
             e <= F32_NMSE,
             "conv2d {c:?} {tile:?}: NMSE {e:.3e} > {F32_NMSE:.0e} (max abs err {max:.3e})"
@@ -103,7 +104,7 @@ fn conv_case(dev: &EmuDevice, rng: &mut Rng, c: ConvCase) -> f64 {
         match &first {
             None => first = Some(ob.to_vec()),
             Some(f) => assert!(
-                f.iter().zip(ob.as_slice()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                f.iter().zip(&ob.to_vec()).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{c:?}: T64 != T128"
             ),
         }
@@ -114,7 +115,10 @@ fn conv_case(dev: &EmuDevice, rng: &mut Rng, c: ConvCase) -> f64 {
 
 #[test]
 fn conv2d_matches_cpu() {
-    let dev = EmuDevice::new();
+    conv2d_matches_cpu_on(&EmuDevice::new());
+}
+
+fn conv2d_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(7);
     const CH: [usize; 4] = [3, 8, 17, 32];
     const SPATIAL: [(usize, usize); 4] = [(1, 1), (5, 7), (8, 8), (9, 6)];
@@ -143,8 +147,8 @@ fn conv2d_matches_cpu() {
                             bias: pair % 5 != 4,
                         };
                         pair += 1;
-                        let dev = dev.with_sched(SCHEDS[cases % 3]);
-                        worst = worst.max(conv_case(&dev, &mut rng, c));
+                        let dev = &dev.with_sched(SCHEDS[cases % 3]);
+                        worst = worst.max(conv_case(dev, &mut rng, c));
                         cases += 1;
                     }
                 }
@@ -220,7 +224,7 @@ fn conv2d_matches_cpu() {
             bias: true,
         },
     ] {
-        worst = worst.max(conv_case(&dev, &mut rng, c));
+        worst = worst.max(conv_case(dev, &mut rng, c));
         cases += 1;
     }
     println!("conv2d_f32: {cases} cases, worst NMSE {worst:.3e}");
@@ -229,7 +233,10 @@ fn conv2d_matches_cpu() {
 /// The encoder's Downsample exactly: 3x3 stride 2 with pad (0, 1, 0, 1), under the three schedules.
 #[test]
 fn conv2d_all_schedules() {
-    let dev = EmuDevice::new();
+    conv2d_all_schedules_on(&EmuDevice::new());
+}
+
+fn conv2d_all_schedules_on<D: TestDevice>(dev: &D) {
     for s in SCHEDS {
         let mut rng = Rng(11);
         let c = ConvCase {
@@ -253,7 +260,10 @@ fn conv2d_all_schedules() {
 /// out may be the residual buffer itself (the kernel reads each residual element in the thread that writes it).
 #[test]
 fn conv2d_residual_in_place() {
-    let dev = EmuDevice::new();
+    conv2d_residual_in_place_on(&EmuDevice::new());
+}
+
+fn conv2d_residual_in_place_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(5);
     let (n, c_in, c_out, h, w) = (1, 8, 8, 5, 7);
     let x = rand_vec(&mut rng, n * c_in * h * w, 1.0);
@@ -268,7 +278,7 @@ fn conv2d_residual_in_place() {
     let res = unsafe { DevPtr::<f32>::from_raw(io.addr(), io.len()) };
     let shape = (n, c_in, h, w);
     conv::conv2d(
-        &dev,
+        dev,
         xb.ptr(),
         wb.ptr(),
         Some(bb.ptr()),
@@ -281,7 +291,7 @@ fn conv2d_residual_in_place() {
         None,
     )
     .unwrap();
-    let (e, _) = nmse(io.as_slice(), &want, "in place");
+    let (e, _) = nmse(&io.to_vec(), &want, "in place");
     assert!(e <= F32_NMSE, "in-place residual: NMSE {e:.3e}");
 }
 
@@ -295,8 +305,8 @@ fn upsample2(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
     u
 }
 
-fn upsample_case(
-    dev: &EmuDevice,
+fn upsample_case<D: TestDevice>(
+    dev: &D,
     rng: &mut Rng,
     (n, c_in, c_out, h, w): (usize, usize, usize, usize, usize),
     bias: bool,
@@ -353,9 +363,9 @@ fn upsample_case(
         )
         .unwrap();
         let what = format!("upsample_conv n={n} {c_in}->{c_out} {h}x{w} bias={bias} {tile:?}");
-        let (e, max) = nmse(ob.as_slice(), &want, &what);
+        let (e, max) = nmse(&ob.to_vec(), &want, &what);
         assert!(e <= F32_NMSE, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
-        let (e2, max2) = nmse(ob.as_slice(), &direct, &what);
+        let (e2, max2) = nmse(&ob.to_vec(), &direct, &what);
         assert!(
             e2 <= F32_NMSE,
             "{what} vs upsample-then-conv: NMSE {e2:.3e} (max abs err {max2:.3e})"
@@ -367,26 +377,32 @@ fn upsample_case(
 
 #[test]
 fn upsample_conv_matches_cpu() {
-    let dev = EmuDevice::new();
+    upsample_conv_matches_cpu_on(&EmuDevice::new());
+}
+
+fn upsample_conv_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(3);
     let mut worst = 0f64;
     let mut cases = 0;
     for (h, w) in [(4, 4), (5, 3), (1, 1)] {
         for (n, c_in, c_out) in [(1, 3, 8), (2, 17, 3), (1, 32, 17), (2, 8, 32)] {
-            let dev = dev.with_sched(SCHEDS[cases % 3]);
-            worst = worst.max(upsample_case(&dev, &mut rng, (n, c_in, c_out, h, w), cases % 4 != 3));
+            let dev = &dev.with_sched(SCHEDS[cases % 3]);
+            worst = worst.max(upsample_case(dev, &mut rng, (n, c_in, c_out, h, w), cases % 4 != 3));
             cases += 1;
         }
     }
     // two channel tiles and more than one pixel tile per phase
-    worst = worst.max(upsample_case(&dev, &mut rng, (2, 24, 70, 6, 7), true));
-    worst = worst.max(upsample_case(&dev, &mut rng, (2, 16, 130, 9, 8), true));
+    worst = worst.max(upsample_case(dev, &mut rng, (2, 24, 70, 6, 7), true));
+    worst = worst.max(upsample_case(dev, &mut rng, (2, 16, 130, 9, 8), true));
     println!("upsample_conv_f32: {} cases, worst NMSE {worst:.3e}", cases + 2);
 }
 
 #[test]
 fn upsample_conv_all_schedules() {
-    let dev = EmuDevice::new();
+    upsample_conv_all_schedules_on(&EmuDevice::new());
+}
+
+fn upsample_conv_all_schedules_on<D: TestDevice>(dev: &D) {
     for s in SCHEDS {
         let mut rng = Rng(13);
         let e = upsample_case(&dev.with_sched(s), &mut rng, (2, 17, 8, 5, 3), true);
@@ -395,8 +411,8 @@ fn upsample_conv_all_schedules() {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn transpose_case(
-    dev: &EmuDevice,
+fn transpose_case<D: TestDevice>(
+    dev: &D,
     rng: &mut Rng,
     (n, c_in, c_out, h, w): (usize, usize, usize, usize, usize),
     (kh, kw): (usize, usize),
@@ -445,7 +461,7 @@ fn transpose_case(
         let what = format!(
             "conv_transpose2d n={n} {c_in}->{c_out} {h}x{w} k={kh}x{kw} s={stride} p={pad} op={output_padding} {tile:?}"
         );
-        let (e, max) = nmse(ob.as_slice(), &want, &what);
+        let (e, max) = nmse(&ob.to_vec(), &want, &what);
         assert!(e <= F32_NMSE, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
         worst = worst.max(e);
     }
@@ -454,7 +470,10 @@ fn transpose_case(
 
 #[test]
 fn conv_transpose2d_matches_cpu() {
-    let dev = EmuDevice::new();
+    conv_transpose2d_matches_cpu_on(&EmuDevice::new());
+}
+
+fn conv_transpose2d_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(9);
     let (mut worst, mut cases) = (0f64, 0usize);
     let shapes = [(1, 3, 8, 5, 7), (2, 17, 3, 4, 4), (1, 8, 17, 3, 5), (2, 32, 8, 1, 1)];
@@ -468,8 +487,8 @@ fn conv_transpose2d_matches_cpu() {
                     {
                         continue;
                     }
-                    let dev = dev.with_sched(SCHEDS[cases % 3]);
-                    let e = transpose_case(&dev, &mut rng, shape, k, stride, pad, output_padding, cases % 5 != 2);
+                    let dev = &dev.with_sched(SCHEDS[cases % 3]);
+                    let e = transpose_case(dev, &mut rng, shape, k, stride, pad, output_padding, cases % 5 != 2);
                     worst = worst.max(e);
                     cases += 1;
                 }
@@ -477,13 +496,16 @@ fn conv_transpose2d_matches_cpu() {
         }
     }
     // stride 3 and a pixel count over one tile
-    worst = worst.max(transpose_case(&dev, &mut rng, (2, 6, 5, 4, 5), (3, 3), 3, 1, 2, true));
+    worst = worst.max(transpose_case(dev, &mut rng, (2, 6, 5, 4, 5), (3, 3), 3, 1, 2, true));
     println!("conv_transpose2d_f32: {} cases, worst NMSE {worst:.3e}", cases + 1);
 }
 
 #[test]
 fn conv_transpose2d_all_schedules() {
-    let dev = EmuDevice::new();
+    conv_transpose2d_all_schedules_on(&EmuDevice::new());
+}
+
+fn conv_transpose2d_all_schedules_on<D: TestDevice>(dev: &D) {
     for s in SCHEDS {
         let mut rng = Rng(17);
         let e = transpose_case(&dev.with_sched(s), &mut rng, (2, 8, 17, 4, 3), (4, 4), 2, 1, 1, true);
@@ -804,4 +826,18 @@ fn tile_choice() {
     assert_eq!(Tile::pick(2 * 8 * 8, 32), Tile::T64);
     assert_eq!(Tile::T64.shared_bytes(), 8448);
     assert_eq!(Tile::T128.shared_bytes(), 8320);
+}
+
+/// The cases above on the GPU (scripts/gpu-check.sh); fails without one.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_conv_matches_cpu() {
+    let g = GpuTest::new();
+    conv2d_matches_cpu_on(&g);
+    conv2d_all_schedules_on(&g);
+    conv2d_residual_in_place_on(&g);
+    upsample_conv_matches_cpu_on(&g);
+    upsample_conv_all_schedules_on(&g);
+    conv_transpose2d_matches_cpu_on(&g);
+    conv_transpose2d_all_schedules_on(&g);
 }

@@ -9,6 +9,7 @@ use llamagen::backend::cuda::embed;
 use llamagen::backend::cuda::emu::EmuDevice;
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 /// A copy: bit-exact in both dtypes (the CPU widens bf16 rows exactly, the kernel copies bf16 bits), bound 0.
@@ -28,8 +29,8 @@ fn weight(table: &[f32], n: usize, d: usize, bf: bool) -> CpuWeight {
 }
 
 /// Runs one case; returns (output, error word).
-fn run(
-    dev: &EmuDevice,
+fn run<D: TestDevice>(
+    dev: &D,
     ids: &[i32],
     table: &[f32],
     n: usize,
@@ -44,19 +45,22 @@ fn run(
         let tb = dev.upload(&to_bf16(table), "table");
         let mut ob = dev.alloc::<bf16>(rows * d, "out");
         embed::embed(dev, idb.ptr(), tb.ptr(), ob.ptr_mut(), err.ptr_mut(), rows, n, d, block).unwrap();
-        from_bf16(ob.as_slice())
+        from_bf16(&ob.to_vec())
     } else {
         let tb = dev.upload(table, "table");
         let mut ob = dev.alloc::<f32>(rows * d, "out");
         embed::embed(dev, idb.ptr(), tb.ptr(), ob.ptr_mut(), err.ptr_mut(), rows, n, d, block).unwrap();
         ob.to_vec()
     };
-    (out, err.as_slice()[0])
+    (out, err.to_vec()[0])
 }
 
 #[test]
 fn embed_matches_cpu() {
-    let dev = EmuDevice::new();
+    embed_matches_cpu_on(&EmuDevice::new());
+}
+
+fn embed_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(21);
     let mut case = 0usize;
     let mut worst = 0f64;
@@ -86,7 +90,10 @@ fn embed_matches_cpu() {
 
 #[test]
 fn embed_bad_ids_write_zeros_and_set_the_error_word() {
-    let dev = EmuDevice::new();
+    embed_bad_ids_write_zeros_and_set_the_error_word_on(&EmuDevice::new());
+}
+
+fn embed_bad_ids_write_zeros_and_set_the_error_word_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(22);
     let (n, d) = (10usize, 24usize);
     for bf in [false, true] {
@@ -180,4 +187,13 @@ fn embed_launcher_rejects_bad_shapes() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("err has 0 elements, needs 1"), "{e}");
+}
+
+/// The cases above on the GPU (scripts/gpu-check.sh); fails without one.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_embed_matches_cpu() {
+    let gpu = GpuTest::new();
+    embed_matches_cpu_on(&gpu);
+    embed_bad_ids_write_zeros_and_set_the_error_word_on(&gpu);
 }

@@ -14,6 +14,7 @@ use llamagen::backend::cuda::launch::LaunchConfig;
 use llamagen::backend::cuda::vq_attention::{vq_attention, vq_attention_workspace_len};
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 /// NMSE bounds.
@@ -34,7 +35,16 @@ const BF16_NMSE: f64 = 1e-5;
 const VQ_NMSE: f64 = 1e-10;
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_case(dev: &EmuDevice, rng: &mut Rng, m: usize, n: usize, k: usize, res: bool, bf: bool, path: GemmPath) -> f64 {
+fn gemm_case<D: TestDevice>(
+    dev: &D,
+    rng: &mut Rng,
+    m: usize,
+    n: usize,
+    k: usize,
+    res: bool,
+    bf: bool,
+    path: GemmPath,
+) -> f64 {
     // Rows of different magnitude, so a misplaced row shows.
     let mut x: Vec<f32> = (0..m * k)
         .map(|i| rng.uniform(-1.0, 1.0) * [1.0, 0.1, 4.0][(i / k) % 3])
@@ -60,7 +70,7 @@ fn gemm_case(dev: &EmuDevice, rng: &mut Rng, m: usize, n: usize, k: usize, res: 
         let mut yd = dev.alloc::<bf16>(m * n, "y");
         let rp = res.then(|| rd.ptr());
         gemm::gemm_with(dev, xd.ptr(), wd.ptr(), rp, yd.ptr_mut(), m, n, k, path).unwrap();
-        from_bf16(yd.as_slice())
+        from_bf16(&yd.to_vec())
     } else {
         let (xd, wd, rd) = (dev.upload(&x, "x"), dev.upload(&w, "w"), dev.upload(&r, "r"));
         let mut yd = dev.alloc::<f32>(m * n, "y");
@@ -69,9 +79,9 @@ fn gemm_case(dev: &EmuDevice, rng: &mut Rng, m: usize, n: usize, k: usize, res: 
         yd.to_vec()
     };
     let what = format!(
-        "gemm {} {path:?} m={m} n={n} k={k} residual={res} sched={:?}",
+        "gemm {} {path:?} m={m} n={n} k={k} residual={res} sched={}",
         if bf { "bf16" } else { "f32" },
-        dev.sched()
+        dev.sched_label()
     );
     let (e, max) = nmse(&got, &want, &what);
     let bound = if bf { BF16_NMSE } else { F32_NMSE };
@@ -81,10 +91,13 @@ fn gemm_case(dev: &EmuDevice, rng: &mut Rng, m: usize, n: usize, k: usize, res: 
 
 #[test]
 fn gemm_matches_cpu() {
-    let dev = EmuDevice::new();
+    gemm_matches_cpu_on(&EmuDevice::new());
+}
+
+fn gemm_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(11);
     let (mut worst_f32, mut worst_bf16, mut cases) = (0f64, 0f64, 0usize);
-    let mut run = |dev: &EmuDevice, m, n, k, res, bf, path| {
+    let mut run = |dev: &D, m, n, k, res, bf, path| {
         let e = gemm_case(dev, &mut rng, m, n, k, res, bf, path);
         if bf {
             worst_bf16 = worst_bf16.max(e);
@@ -97,25 +110,25 @@ fn gemm_matches_cpu() {
         for (ki, &k) in [64usize, 100, 136].iter().enumerate() {
             for (ni, &n) in [8usize, 100, 257].iter().enumerate() {
                 let res = (mi + ki + ni) % 2 == 0;
-                run(&dev, m, n, k, res, true, GemmPath::Tiled);
-                run(&dev, m, n, k, !res, true, GemmPath::Small(None));
-                run(&dev, m, n, k, res, false, GemmPath::Tiled);
-                run(&dev, m, n, k, !res, false, GemmPath::Small(None));
+                run(dev, m, n, k, res, true, GemmPath::Tiled);
+                run(dev, m, n, k, !res, true, GemmPath::Small(None));
+                run(dev, m, n, k, res, false, GemmPath::Tiled);
+                run(dev, m, n, k, !res, false, GemmPath::Small(None));
             }
         }
     }
     // k = 768 (the GPT-B width) once per path; the small kernel with 1, 3 and 8 warps splitting k; Auto.
-    run(&dev, 16, 100, 768, true, true, GemmPath::Tiled);
-    run(&dev, 16, 100, 768, true, true, GemmPath::Small(None));
-    run(&dev, 16, 100, 768, true, false, GemmPath::Tiled);
-    run(&dev, 16, 100, 768, true, false, GemmPath::Small(None));
+    run(dev, 16, 100, 768, true, true, GemmPath::Tiled);
+    run(dev, 16, 100, 768, true, true, GemmPath::Small(None));
+    run(dev, 16, 100, 768, true, false, GemmPath::Tiled);
+    run(dev, 16, 100, 768, true, false, GemmPath::Small(None));
     for warps in [1, 3, 8] {
-        run(&dev, 33, 24, 200, true, true, GemmPath::Small(Some(warps)));
-        run(&dev, 33, 24, 200, true, false, GemmPath::Small(Some(warps)));
+        run(dev, 33, 24, 200, true, true, GemmPath::Small(Some(warps)));
+        run(dev, 33, 24, 200, true, false, GemmPath::Small(Some(warps)));
     }
-    run(&dev, 3, 40, 96, false, true, GemmPath::Auto);
-    run(&dev, 65, 40, 96, true, true, GemmPath::Auto);
-    run(&dev, 3, 40, 96, true, false, GemmPath::Auto);
+    run(dev, 3, 40, 96, false, true, GemmPath::Auto);
+    run(dev, 65, 40, 96, true, true, GemmPath::Auto);
+    run(dev, 3, 40, 96, true, false, GemmPath::Auto);
     // A missing barrier shows only under some orders.
     for s in SCHEDS {
         let d = dev.with_sched(s);
@@ -137,8 +150,11 @@ fn gemm_auto_path_and_unaligned_fallback() {
     assert_eq!(gemm::small_warps(768, 768), 8);
     assert_eq!(gemm::small_warps(16384, 768), 1);
     assert_eq!(gemm::small_warps(8, 40), 2);
+    gemm_unaligned_fallback_on(&EmuDevice::new());
+}
+
+fn gemm_unaligned_fallback_on<D: TestDevice>(dev: &D) {
     // x one element past a 16-byte boundary: the kernels must take their scalar loads.
-    let dev = EmuDevice::new();
     let mut rng = Rng(5);
     let (m, n, k) = (5, 20, 64);
     let x: Vec<f32> = (0..m * k + 1)
@@ -164,8 +180,8 @@ fn gemm_auto_path_and_unaligned_fallback() {
         let mut yd = dev.alloc::<bf16>(m * n, "y");
         // SAFETY: one element into the live buffer, m·k elements remain.
         let xs = unsafe { llamagen::backend::cuda::launch::DevPtr::from_raw(xd.addr() + 2, m * k) };
-        gemm::gemm_with(&dev, xs, wd.ptr(), None, yd.ptr_mut(), m, n, k, path).unwrap();
-        let (e, _) = nmse(&from_bf16(yd.as_slice()), &want, "unaligned x");
+        gemm::gemm_with(dev, xs, wd.ptr(), None, yd.ptr_mut(), m, n, k, path).unwrap();
+        let (e, _) = nmse(&from_bf16(&yd.to_vec()), &want, "unaligned x");
         assert!(e <= BF16_NMSE, "unaligned x, {path:?}: NMSE {e:.3e}");
     }
     // The same in f32 (4 bytes past the boundary).
@@ -186,7 +202,7 @@ fn gemm_auto_path_and_unaligned_fallback() {
         let mut yd = dev.alloc::<f32>(m * n, "y");
         // SAFETY: one element into the live buffer, m·k elements remain.
         let xs = unsafe { llamagen::backend::cuda::launch::DevPtr::from_raw(xd.addr() + 4, m * k) };
-        gemm::gemm_with(&dev, xs, wd.ptr(), None, yd.ptr_mut(), m, n, k, path).unwrap();
+        gemm::gemm_with(dev, xs, wd.ptr(), None, yd.ptr_mut(), m, n, k, path).unwrap();
         let (e, _) = nmse(&yd.to_vec(), &want, "unaligned x f32");
         assert!(e <= F32_NMSE, "unaligned x f32, {path:?}: NMSE {e:.3e}");
     }
@@ -303,7 +319,10 @@ fn strided_ref(a: &[f32], b: &[f32], bias: Option<&[f32]>, r: Option<&[f32]>, c:
 
 #[test]
 fn gemm_strided_matches_reference() {
-    let dev = EmuDevice::new();
+    gemm_strided_matches_reference_on(&EmuDevice::new());
+}
+
+fn gemm_strided_matches_reference_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(21);
     let mut worst = 0f64;
     let (co, ci, hw) = (13, 20, 35);
@@ -432,8 +451,11 @@ fn gemm_strided_matches_reference() {
 
 #[test]
 fn softmax_rows_match_cpu_formula() {
+    softmax_rows_match_cpu_formula_on(&EmuDevice::new());
+}
+
+fn softmax_rows_match_cpu_formula_on<D: TestDevice>(dev: &D) {
     // Rows longer than the largest block (1024), so each thread strides; more rows than blocks (grid-stride).
-    let dev = EmuDevice::new();
     let mut rng = Rng(31);
     for (rows, len, grid) in [(3usize, 2100usize, 2u32), (5, 35, 5), (2, 1, 2)] {
         let s: Vec<f32> = (0..rows * len).map(|_| rng.uniform(-20.0, 20.0)).collect();
@@ -466,7 +488,7 @@ fn softmax_rows_match_cpu_formula() {
     }
 }
 
-fn vq_case(dev: &EmuDevice, rng: &mut Rng, n: usize, c: usize, hw: usize) -> f64 {
+fn vq_case<D: TestDevice>(dev: &D, rng: &mut Rng, n: usize, c: usize, hw: usize) -> f64 {
     let img = n * c * hw;
     let x: Vec<f32> = (0..img).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let normed: Vec<f32> = (0..img).map(|_| rng.uniform(-2.0, 2.0)).collect();
@@ -510,7 +532,7 @@ fn vq_case(dev: &EmuDevice, rng: &mut Rng, n: usize, c: usize, hw: usize) -> f64
         hw,
     )
     .unwrap();
-    let what = format!("vq_attention n={n} c={c} hw={hw} {:?}", dev.sched());
+    let what = format!("vq_attention n={n} c={c} hw={hw} {}", dev.sched_label());
     let (e, max) = nmse(&out.to_vec(), &want, &what);
     assert!(
         e <= VQ_NMSE,
@@ -521,7 +543,10 @@ fn vq_case(dev: &EmuDevice, rng: &mut Rng, n: usize, c: usize, hw: usize) -> f64
 
 #[test]
 fn vq_attention_matches_cpu() {
-    let dev = EmuDevice::new();
+    vq_attention_matches_cpu_on(&EmuDevice::new());
+}
+
+fn vq_attention_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(41);
     let mut worst = 0f64;
     let mut case = 0;
@@ -625,4 +650,16 @@ fn vq_attention_rejects_bad_shapes() {
         hw,
     )
     .unwrap();
+}
+
+/// The cases above on the GPU (scripts/gpu-check.sh); fails without one.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_gemm_matches_cpu() {
+    let g = GpuTest::new();
+    gemm_matches_cpu_on(&g);
+    gemm_unaligned_fallback_on(&g);
+    gemm_strided_matches_reference_on(&g);
+    softmax_rows_match_cpu_formula_on(&g);
+    vq_attention_matches_cpu_on(&g);
 }

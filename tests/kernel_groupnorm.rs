@@ -8,6 +8,7 @@ use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::groupnorm::{groupnorm, groupnorm_workspace_len};
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 /// NMSE bound against the CPU. The statistics differ only in rounding (CPU: shifted f64 sums; kernel: centred f32
@@ -26,7 +27,14 @@ struct Case {
     spread: f32,
 }
 
-fn run_case(dev: &EmuDevice, rng: &mut Rng, k: &Case, silu: bool, chunk: Option<usize>, block: Option<u32>) -> f64 {
+fn run_case<D: TestDevice>(
+    dev: &D,
+    rng: &mut Rng,
+    k: &Case,
+    silu: bool,
+    chunk: Option<usize>,
+    block: Option<u32>,
+) -> f64 {
     let len = k.n * k.c * k.hw;
     let x: Vec<f32> = (0..len).map(|_| k.mean + k.spread * rng.uniform(-1.0, 1.0)).collect();
     let gamma: Vec<f32> = (0..k.c).map(|_| rng.uniform(0.5, 1.5)).collect();
@@ -61,7 +69,7 @@ fn run_case(dev: &EmuDevice, rng: &mut Rng, k: &Case, silu: bool, chunk: Option<
         "groupnorm n={} c={} hw={} groups={} mean={} spread={} silu={silu} chunk={chunk:?} block={block:?}",
         k.n, k.c, k.hw, k.groups, k.mean, k.spread
     );
-    let (e, m) = nmse(yb.as_slice(), &want, &what);
+    let (e, m) = nmse(&yb.to_vec(), &want, &what);
     assert!(
         e <= NMSE_BOUND,
         "{what}: NMSE {e:.3e} > {NMSE_BOUND:.0e} (max abs err {m:.3e})"
@@ -71,7 +79,10 @@ fn run_case(dev: &EmuDevice, rng: &mut Rng, k: &Case, silu: bool, chunk: Option<
 
 #[test]
 fn groupnorm_matches_cpu() {
-    let dev = EmuDevice::new();
+    groupnorm_matches_cpu_on(&EmuDevice::new());
+}
+
+fn groupnorm_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(41);
     let shapes: &[(usize, usize, usize, usize)] = &[
         // (n, c, hw, groups)
@@ -112,9 +123,12 @@ fn groupnorm_matches_cpu() {
 
 #[test]
 fn groupnorm_large_mean_is_accurate() {
+    groupnorm_large_mean_is_accurate_on(&EmuDevice::new());
+}
+
+fn groupnorm_large_mean_is_accurate_on<D: TestDevice>(dev: &D) {
     // |mean| / std up to 1e4 over groups split into many chunks: the centred chunk sums and the f64 merge keep the
     // variance (a single-pass f32 E[x²] − E[x]² loses it entirely here).
-    let dev = EmuDevice::new();
     let mut rng = Rng(42);
     let mut worst = 0f64;
     for (i, &(mean, spread)) in [(1000.0f32, 1.0f32), (-1e4, 1.0), (300.0, 0.01)].iter().enumerate() {
@@ -137,7 +151,10 @@ fn groupnorm_large_mean_is_accurate() {
 
 #[test]
 fn groupnorm_all_schedules_and_constant_groups() {
-    let dev = EmuDevice::new();
+    groupnorm_all_schedules_and_constant_groups_on(&EmuDevice::new());
+}
+
+fn groupnorm_all_schedules_and_constant_groups_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(43);
     for s in SCHEDS {
         let k = Case {
@@ -198,4 +215,14 @@ fn groupnorm_launcher_rejects_bad_shapes() {
     assert!(e(1, 8, 8, 4, None, Some(2000)).contains("block size 2000"));
     assert_eq!(groupnorm_workspace_len(1, 8, 8, 4, None), 12);
     assert_eq!(groupnorm_workspace_len(2, 128, 65536, 32, None), 3 * 2 * 32 * 32);
+}
+
+/// The sweeps above on the GPU (scripts/gpu-check.sh); fails without one.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_groupnorm_matches_cpu() {
+    let gpu = GpuTest::new();
+    groupnorm_matches_cpu_on(&gpu);
+    groupnorm_large_mean_is_accurate_on(&gpu);
+    groupnorm_all_schedules_and_constant_groups_on(&gpu);
 }

@@ -6,13 +6,14 @@
 use half::bf16;
 use llamagen::backend::cpu::kv_cache::KvData;
 use llamagen::backend::cpu::{self, KvCache};
-use llamagen::backend::cuda::emu::{EmuBuffer, EmuDevice};
+use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::DevPtr;
 use llamagen::backend::cuda::rope;
 use llamagen::backend::{KvSpec, Storage};
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 /// Both dtypes are bit-exact against the CPU: the kernel forms the same two products and one sum per output, without
@@ -57,7 +58,14 @@ fn cache_f32(c: &KvCache) -> Vec<f32> {
 
 /// Runs one case; returns (NMSE of q, NMSE of the cache).
 /// `misalign`: qkv starts one element into its buffer, so the kernel must take its scalar path.
-fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u32>, misalign: bool) -> (f64, f64) {
+fn run_case<D: TestDevice>(
+    dev: &D,
+    rng: &mut Rng,
+    c: &Case,
+    bf: bool,
+    block: Option<u32>,
+    misalign: bool,
+) -> (f64, f64) {
     let seq = c.cls + c.grid * c.grid;
     let table = cpu::rope::rope_table(c.cls, c.grid, c.hd, 10000.0);
     let spec = KvSpec {
@@ -119,7 +127,7 @@ fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u3
             block,
         )
         .unwrap();
-        (from_bf16(qb.as_slice()), from_bf16(cb.as_slice()))
+        (from_bf16(&qb.to_vec()), from_bf16(&cb.to_vec()))
     } else {
         let xb = dev.upload(&padded, "qkv");
         let mut qb = dev.alloc::<f32>(want_q.len(), "q");
@@ -178,7 +186,10 @@ fn run_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, bf: bool, block: Option<u3
 
 #[test]
 fn rope_matches_cpu() {
-    let dev = EmuDevice::new();
+    rope_matches_cpu_on(&EmuDevice::new());
+}
+
+fn rope_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(11);
     let mut n = 0usize;
     let (mut worst_f32, mut worst_bf16) = (0f64, 0f64);
@@ -192,7 +203,7 @@ fn rope_matches_cpu() {
                 for &(len, pos) in &steps {
                     for bf in [false, true] {
                         let block = [None, Some(32), Some(96), Some(7)][n % 4];
-                        let dev = dev.with_sched(SCHEDS[n % 3]);
+                        let dev = &dev.with_sched(SCHEDS[n % 3]);
                         let layer = n % 2;
                         n += 1;
                         let c = Case {
@@ -206,7 +217,7 @@ fn rope_matches_cpu() {
                             pos,
                             layer,
                         };
-                        let (eq, ec) = run_case(&dev, &mut rng, &c, bf, block, false);
+                        let (eq, ec) = run_case(dev, &mut rng, &c, bf, block, false);
                         let w = if bf { &mut worst_bf16 } else { &mut worst_f32 };
                         *w = w.max(eq).max(ec);
                     }
@@ -219,8 +230,11 @@ fn rope_matches_cpu() {
 
 #[test]
 fn rope_all_schedules() {
+    rope_all_schedules_on(&EmuDevice::new());
+}
+
+fn rope_all_schedules_on<D: TestDevice>(dev: &D) {
     // One decode case and one prefill case under each schedule, batch 3, odd block.
-    let dev = EmuDevice::new();
     let mut rng = Rng(12);
     for s in SCHEDS {
         for &(len, pos) in &[(7usize, 0usize), (1, 9)] {
@@ -243,7 +257,7 @@ fn rope_all_schedules() {
     }
 }
 
-fn f32_setup(dev: &EmuDevice, spec: &KvSpec, rows: usize) -> (EmuBuffer<f32>, EmuBuffer<f32>, EmuBuffer<f32>) {
+fn f32_setup<D: TestDevice>(dev: &D, spec: &KvSpec, rows: usize) -> (D::Buf<f32>, D::Buf<f32>, D::Buf<f32>) {
     let d = spec.heads * spec.head_dim;
     (
         dev.upload(&vec![1.0f32; rows * 3 * d], "qkv"),
@@ -254,8 +268,11 @@ fn f32_setup(dev: &EmuDevice, spec: &KvSpec, rows: usize) -> (EmuBuffer<f32>, Em
 
 #[test]
 fn rope_positions_past_the_cache_write_nothing() {
+    rope_positions_past_the_cache_write_nothing_on(&EmuDevice::new());
+}
+
+fn rope_positions_past_the_cache_write_nothing_on<D: TestDevice>(dev: &D) {
     // pos = seq: every row is past the end; the kernel must skip them (no write, no out-of-bounds access).
-    let dev = EmuDevice::new();
     let spec = KvSpec {
         layers: 1,
         batch: 2,
@@ -264,11 +281,11 @@ fn rope_positions_past_the_cache_write_nothing() {
         head_dim: 8,
         storage: Storage::F32,
     };
-    let (x, t, mut cache) = f32_setup(&dev, &spec, 4);
+    let (x, t, mut cache) = f32_setup(dev, &spec, 4);
     let mut q = dev.upload(&vec![7.0f32; 4 * 16], "q");
     let st = dev.upload(&[step(5)], "step");
     rope::rope(
-        &dev,
+        dev,
         x.ptr(),
         t.ptr(),
         st.ptr(),
@@ -281,12 +298,12 @@ fn rope_positions_past_the_cache_write_nothing() {
         None,
     )
     .unwrap();
-    assert!(cache.as_slice().iter().all(|&v| v == 3.0));
-    assert!(q.as_slice().iter().all(|&v| v == 7.0));
+    assert!(cache.to_vec().iter().all(|&v| v == 3.0));
+    assert!(q.to_vec().iter().all(|&v| v == 7.0));
     // pos = seq - 1 with len 2: the first row is written, the second skipped.
     let st = dev.upload(&[step(4)], "step");
     rope::rope(
-        &dev,
+        dev,
         x.ptr(),
         t.ptr(),
         st.ptr(),
@@ -299,13 +316,13 @@ fn rope_positions_past_the_cache_write_nothing() {
         None,
     )
     .unwrap();
-    let qs = q.as_slice();
+    let qs = q.to_vec();
     // (1, 1) rotated by (cos, sin) = (0.5, 0.5): (1·0.5 − 1·0.5, 1·0.5 + 1·0.5) = (0, 1)
     let want: Vec<f32> = (0..16).map(|i| (i % 2) as f32).collect();
     assert_eq!(&qs[..16], &want[..]);
     assert!(qs[16..].iter().all(|&v| v == 7.0));
     // k and v of both heads at position 4 of sequence 0: 2 × 2 × 8 values, nothing else
-    let written = cache.as_slice().iter().filter(|&&v| v != 3.0).count();
+    let written = cache.to_vec().iter().filter(|&&v| v != 3.0).count();
     assert_eq!(written, 32);
 }
 
@@ -357,4 +374,14 @@ fn rope_launcher_rejects_bad_shapes() {
     // a cache buffer shorter than the geometry
     let big = KvSpec { layers: 3, ..spec };
     assert!(e(1, 1, &big, 2, None).contains("cache has 640 elements, needs 960"));
+}
+
+/// The cases above on the GPU (scripts/gpu-check.sh); fails without one.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_rope_matches_cpu() {
+    let g = GpuTest::new();
+    rope_matches_cpu_on(&g);
+    rope_all_schedules_on(&g);
+    rope_positions_past_the_cache_write_nothing_on(&g);
 }

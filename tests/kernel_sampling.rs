@@ -9,7 +9,7 @@
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use llamagen::backend::cpu::sampling::{sampling as cpu_sampling, SamplingScratch};
-use llamagen::backend::cuda::emu::EmuDevice;
+use llamagen::backend::cuda::emu::{EmuDevice, Sched};
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::DevPtrMut;
 use llamagen::backend::cuda::sampling::{sampling, sampling_uniform, sampling_workspace_len};
@@ -18,6 +18,7 @@ use llamagen::sample::rng;
 use llamagen::sample::sampler::{self, SamplerScratch, SamplingParams};
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 fn step_state(seed: u64, step: u32, cfg_active: bool) -> StepState {
@@ -32,8 +33,8 @@ fn step_state(seed: u64, step: u32, cfg_active: bool) -> StepState {
 
 /// One launch: tokens from the kernel (f32 or bf16 logits) for the given step.
 #[allow(clippy::too_many_arguments)]
-fn gpu_tokens(
-    dev: &EmuDevice,
+fn gpu_tokens<D: TestDevice>(
+    dev: &D,
     logits: &[f32],
     bf: bool,
     index: &[i32],
@@ -144,7 +145,14 @@ struct Case {
 }
 
 /// Runs the kernel and the CPU over `steps` steps for every parameter set; returns the number of draws compared.
-fn check_case(dev: &EmuDevice, rng: &mut Rng, c: &Case, params: &[SamplingParams], steps: u32, bf: bool) -> usize {
+fn check_case<D: TestDevice>(
+    dev: &D,
+    rng: &mut Rng,
+    c: &Case,
+    params: &[SamplingParams],
+    steps: u32,
+    bf: bool,
+) -> usize {
     let rows = if c.cfg { 2 * c.images } else { c.images };
     let mut logits = make_logits(rng, rows * c.vocab, c.kind);
     if bf {
@@ -198,7 +206,10 @@ const PS: [f32; 3] = [0.3, 0.9, 1.0];
 
 #[test]
 fn sampling_matches_cpu_small_vocab() {
-    let dev = EmuDevice::new();
+    sampling_matches_cpu_small_vocab_on(&EmuDevice::new());
+}
+
+fn sampling_matches_cpu_small_vocab_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(0x5a3b);
     let mut draws = 0;
     for bf in [false, true] {
@@ -219,7 +230,7 @@ fn sampling_matches_cpu_small_vocab() {
                     block: None,
                 };
                 let params = param_grid(512, &KS, &TEMPS, &PS);
-                draws += check_case(&dev, &mut rng, &c, &params, 2, bf);
+                draws += check_case(dev, &mut rng, &c, &params, 2, bf);
             }
         }
     }
@@ -230,10 +241,14 @@ fn sampling_matches_cpu_small_vocab() {
 /// two or not warp multiples, under all three schedules.
 #[test]
 fn sampling_matches_cpu_odd_shapes_and_schedules() {
+    sampling_matches_cpu_odd_shapes_and_schedules_on(&EmuDevice::new());
+}
+
+fn sampling_matches_cpu_odd_shapes_and_schedules_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(0x77);
     let params = param_grid(1000, &[0, 2, 50, 333], &[0.0, 1.0], &[0.3, 1.0]);
     for (sched, block) in SCHEDS.iter().zip([Some(96), Some(100), None]) {
-        let dev = EmuDevice::new().with_sched(*sched);
+        let dev = &dev.with_sched(*sched);
         for kind in [Kind::Smooth, Kind::Ties] {
             let c = Case {
                 images: 3,
@@ -243,11 +258,11 @@ fn sampling_matches_cpu_odd_shapes_and_schedules() {
                 kind,
                 block,
             };
-            check_case(&dev, &mut rng, &c, &params, 1, false);
+            check_case(dev, &mut rng, &c, &params, 1, false);
         }
     }
     // A tiny vocabulary: top-k over a handful of entries, one partial block.
-    let dev = EmuDevice::new();
+    let dev = &dev.with_sched(Sched::Env);
     let params = param_grid(5, &[0, 1, 2, 4], &[0.0, 1.0], &[0.3, 0.9, 1.0]);
     for kind in [Kind::Smooth, Kind::Ties] {
         let c = Case {
@@ -258,7 +273,7 @@ fn sampling_matches_cpu_odd_shapes_and_schedules() {
             kind,
             block: Some(32),
         };
-        check_case(&dev, &mut rng, &c, &params, 3, true);
+        check_case(dev, &mut rng, &c, &params, 3, true);
     }
 }
 
@@ -266,7 +281,10 @@ fn sampling_matches_cpu_odd_shapes_and_schedules() {
 /// over the whole vocabulary (the largest sort).
 #[test]
 fn sampling_matches_cpu_llamagen_vocab() {
-    let dev = EmuDevice::new();
+    sampling_matches_cpu_llamagen_vocab_on(&EmuDevice::new());
+}
+
+fn sampling_matches_cpu_llamagen_vocab_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(0x16384);
     let params = [
         SamplingParams {
@@ -294,14 +312,17 @@ fn sampling_matches_cpu_llamagen_vocab() {
             kind,
             block: None,
         };
-        check_case(&dev, &mut rng, &c, &params, 1, bf);
+        check_case(dev, &mut rng, &c, &params, 1, bf);
     }
 }
 
 /// Ties exactly at the k-th value: k cuts a run of equal values, which must all survive.
 #[test]
 fn sampling_keeps_ties_at_the_top_k_boundary() {
-    let dev = EmuDevice::new();
+    sampling_keeps_ties_at_the_top_k_boundary_on(&EmuDevice::new());
+}
+
+fn sampling_keeps_ties_at_the_top_k_boundary_on<D: TestDevice>(dev: &D) {
     let vocab = 300;
     // 10 distinct values 0..9 (value v appears 30 times): the 45-th largest lies inside the run of 8s.
     let logits: Vec<f32> = (0..vocab).map(|i| ((i * 7) % 10) as f32 * 0.1).collect();
@@ -316,7 +337,7 @@ fn sampling_keeps_ties_at_the_top_k_boundary() {
     for s in 0..60 {
         let st = step_state(99, s, false);
         let want = cpu_tokens(&logits, &index, 1, vocab, 1.0, &p, st, &mut scratch);
-        let got = gpu_tokens(&dev, &logits, false, &index, 1, vocab, 1.0, &p, st, None);
+        let got = gpu_tokens(dev, &logits, false, &index, 1, vocab, 1.0, &p, st, None);
         assert_eq!(got, want, "step {s}");
         seen.insert(((got[0] as usize * 7) % 10) as u32);
     }
@@ -333,7 +354,10 @@ fn chi2_quantile(df: f64, z: f64) -> f64 {
 /// Many draws of one logit row (many images × steps) against the exact filtered distribution of the CPU sampler.
 #[test]
 fn sampling_histogram_matches_distribution() {
-    let dev = EmuDevice::new();
+    sampling_histogram_matches_distribution_on(&EmuDevice::new());
+}
+
+fn sampling_histogram_matches_distribution_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(0xc417);
     let vocab = 200;
     let row = make_logits(&mut rng, vocab, Kind::Smooth);
@@ -358,7 +382,7 @@ fn sampling_histogram_matches_distribution() {
         let steps = 40;
         for s in 0..steps {
             for t in gpu_tokens(
-                &dev,
+                dev,
                 &logits,
                 false,
                 &index,
@@ -403,7 +427,10 @@ fn sampling_histogram_matches_distribution() {
 
 #[test]
 fn philox_stream_matches_rng() {
-    let dev = EmuDevice::new();
+    philox_stream_matches_rng_on(&EmuDevice::new());
+}
+
+fn philox_stream_matches_rng_on<D: TestDevice>(dev: &D) {
     let index: Vec<i32> = vec![0, 1, 2, 77, 1 << 20, i32::MAX, -1, -123_456, i32::MIN];
     let n = index.len();
     let ib = dev.upload(&index, "image_index");
@@ -417,7 +444,7 @@ fn philox_stream_matches_rng() {
         let sb = dev.upload(&[step_state(seed, step, true)], "step");
         let mut wb = dev.alloc::<u32>(4 * n, "words");
         let mut ub = dev.alloc::<f32>(n, "u");
-        sampling_uniform(&dev, ib.ptr(), sb.ptr(), wb.ptr_mut(), ub.ptr_mut(), n).unwrap();
+        sampling_uniform(dev, ib.ptr(), sb.ptr(), wb.ptr_mut(), ub.ptr_mut(), n).unwrap();
         let (w, u) = (wb.to_vec(), ub.to_vec());
         for (i, &idx) in index.iter().enumerate() {
             let idx64 = idx as u64;
@@ -534,4 +561,17 @@ fn sampling_rejects_bad_arguments() {
         None,
     );
     assert!(e.unwrap_err().to_string().contains("aligned"));
+}
+
+/// The cases above on the GPU (scripts/gpu-check.sh); fails without one.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_sampling_matches_cpu() {
+    let g = GpuTest::new();
+    sampling_matches_cpu_small_vocab_on(&g);
+    sampling_matches_cpu_odd_shapes_and_schedules_on(&g);
+    sampling_matches_cpu_llamagen_vocab_on(&g);
+    sampling_keeps_ties_at_the_top_k_boundary_on(&g);
+    sampling_histogram_matches_distribution_on(&g);
+    philox_stream_matches_rng_on(&g);
 }

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod support;
+use support::devices::*;
 use support::emu_check::*;
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ const RMSNORM_BF16_NMSE: f64 = 1e-5;
 const SWIGLU_F32_NMSE: f64 = 1e-11;
 const SWIGLU_BF16_NMSE: f64 = 1e-5;
 
-fn rmsnorm_case(dev: &EmuDevice, rng: &mut Rng, rows: usize, d: usize, block: u32, bf: bool) -> f64 {
+fn rmsnorm_case<D: TestDevice>(dev: &D, rng: &mut Rng, rows: usize, d: usize, block: u32, bf: bool) -> f64 {
     let eps = 1e-5f32;
     let mut x: Vec<f32> = Vec::with_capacity(rows * d);
     for r in 0..rows {
@@ -83,7 +84,7 @@ fn rmsnorm_case(dev: &EmuDevice, rng: &mut Rng, rows: usize, d: usize, block: u3
         rmsnorm::rmsnorm(dev, xb.ptr(), wb.ptr(), yb.ptr_mut(), rows, d, eps, Some(block)).unwrap();
         xb.check_canaries().unwrap();
         yb.check_canaries().unwrap();
-        from_bf16(yb.as_slice())
+        from_bf16(&yb.to_vec())
     } else {
         let xb = dev.upload(&x, "x");
         let mut yb = dev.alloc::<f32>(rows * d, "y");
@@ -104,16 +105,19 @@ fn rmsnorm_case(dev: &EmuDevice, rng: &mut Rng, rows: usize, d: usize, block: u3
 
 #[test]
 fn rmsnorm_matches_cpu() {
-    let dev = EmuDevice::new();
+    rmsnorm_matches_cpu_on(&EmuDevice::new());
+}
+
+fn rmsnorm_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(1);
     let (mut worst_f32, mut worst_bf16, mut case) = (0f64, 0f64, 0usize);
     for &rows in &ROWS {
         for &d in &DIMS {
             for &block in &BLOCKS {
                 for bf in [false, true] {
-                    let dev = dev.with_sched(SCHEDS[case % 3]);
+                    let dev = &dev.with_sched(SCHEDS[case % 3]);
                     case += 1;
-                    let e = rmsnorm_case(&dev, &mut rng, rows, d, block, bf);
+                    let e = rmsnorm_case(dev, &mut rng, rows, d, block, bf);
                     if bf {
                         worst_bf16 = worst_bf16.max(e);
                     } else {
@@ -126,7 +130,7 @@ fn rmsnorm_matches_cpu() {
     println!("rmsnorm: {case} cases, worst NMSE f32 {worst_f32:.3e}, bf16 {worst_bf16:.3e}");
 }
 
-fn swiglu_case(dev: &EmuDevice, rng: &mut Rng, rows: usize, f: usize, block: u32, bf: bool) -> f64 {
+fn swiglu_case<D: TestDevice>(dev: &D, rng: &mut Rng, rows: usize, f: usize, block: u32, bf: bool) -> f64 {
     let mut ab: Vec<f32> = Vec::with_capacity(rows * 2 * f);
     for _ in 0..rows {
         ab.extend((0..f).map(|_| rng.uniform(-8.0, 8.0)));
@@ -143,7 +147,7 @@ fn swiglu_case(dev: &EmuDevice, rng: &mut Rng, rows: usize, f: usize, block: u32
         swiglu::swiglu(dev, abb.ptr(), ob.ptr_mut(), rows, f, Some(block)).unwrap();
         abb.check_canaries().unwrap();
         ob.check_canaries().unwrap();
-        from_bf16(ob.as_slice())
+        from_bf16(&ob.to_vec())
     } else {
         let abb = dev.upload(&ab, "ab");
         let mut ob = dev.alloc::<f32>(rows * f, "out");
@@ -163,16 +167,19 @@ fn swiglu_case(dev: &EmuDevice, rng: &mut Rng, rows: usize, f: usize, block: u32
 
 #[test]
 fn swiglu_matches_cpu() {
-    let dev = EmuDevice::new();
+    swiglu_matches_cpu_on(&EmuDevice::new());
+}
+
+fn swiglu_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(2);
     let (mut worst_f32, mut worst_bf16, mut case) = (0f64, 0f64, 0usize);
     for &rows in &ROWS {
         for &f in &DIMS {
             for &block in &BLOCKS {
                 for bf in [false, true] {
-                    let dev = dev.with_sched(SCHEDS[case % 3]);
+                    let dev = &dev.with_sched(SCHEDS[case % 3]);
                     case += 1;
-                    let e = swiglu_case(&dev, &mut rng, rows, f, block, bf);
+                    let e = swiglu_case(dev, &mut rng, rows, f, block, bf);
                     if bf {
                         worst_bf16 = worst_bf16.max(e);
                     } else {
@@ -190,11 +197,14 @@ fn swiglu_matches_cpu() {
 /// one bf16 ulp where the f32 results differ by an ulp at a rounding boundary (bound 1e-6).
 #[test]
 fn gelu_add_copy_rows_match_cpu() {
+    gelu_add_copy_rows_match_cpu_on(&EmuDevice::new());
+}
+
+fn gelu_add_copy_rows_match_cpu_on<D: TestDevice>(dev: &D) {
     use llamagen::backend::cuda::{add, copy_rows, gelu};
-    let dev = EmuDevice::new();
     let mut rng = Rng(7);
     for (case, &n) in [1usize, 5, 100, 1000, 4099].iter().enumerate() {
-        let dev = dev.with_sched(SCHEDS[case % 3]);
+        let dev = &dev.with_sched(SCHEDS[case % 3]);
         let x: Vec<f32> = (0..n).map(|_| rng.uniform(-6.0, 6.0)).collect();
         let y: Vec<f32> = (0..n).map(|_| rng.uniform(-3.0, 3.0)).collect();
         for bf in [false, true] {
@@ -210,8 +220,8 @@ fn gelu_add_copy_rows_match_cpu() {
                 cpu::swiglu::gelu_tanh(&from_bf16(&xb), true, &mut want_g);
                 let (bx, by) = (dev.upload(&xb, "x"), dev.upload(&yb, "y"));
                 let (mut og, mut oa) = (dev.alloc::<bf16>(n, "gelu"), dev.alloc::<bf16>(n, "add"));
-                gelu::gelu(&dev, bx.ptr(), og.ptr_mut(), n).unwrap();
-                add::add(&dev, bx.ptr(), by.ptr(), oa.ptr_mut(), n).unwrap();
+                gelu::gelu(dev, bx.ptr(), og.ptr_mut(), n).unwrap();
+                add::add(dev, bx.ptr(), by.ptr(), oa.ptr_mut(), n).unwrap();
                 // the CPU sum of the bf16-rounded inputs
                 let sum: Vec<f32> = from_bf16(&xb)
                     .iter()
@@ -225,8 +235,8 @@ fn gelu_add_copy_rows_match_cpu() {
                 cpu::swiglu::gelu_tanh(&x, false, &mut want_g);
                 let (bx, by) = (dev.upload(&x, "x"), dev.upload(&y, "y"));
                 let (mut og, mut oa) = (dev.alloc::<f32>(n, "gelu"), dev.alloc::<f32>(n, "add"));
-                gelu::gelu(&dev, bx.ptr(), og.ptr_mut(), n).unwrap();
-                add::add(&dev, bx.ptr(), by.ptr(), oa.ptr_mut(), n).unwrap();
+                gelu::gelu(dev, bx.ptr(), og.ptr_mut(), n).unwrap();
+                add::add(dev, bx.ptr(), by.ptr(), oa.ptr_mut(), n).unwrap();
                 (og.to_vec(), oa.to_vec())
             };
             let (eg, _) = nmse(&got_g, &want_g, "gelu");
@@ -248,7 +258,7 @@ fn gelu_add_copy_rows_match_cpu() {
             x.len() - (l - 1) * d,
         )
     };
-    copy_rows::copy_rows(&dev, src, l * d, last.ptr_mut(), d, b, d).unwrap();
+    copy_rows::copy_rows(dev, src, l * d, last.ptr_mut(), d, b, d).unwrap();
     let want: Vec<f32> = (0..b)
         .flat_map(|i| x[(i * l + l - 1) * d..(i * l + l) * d].to_vec())
         .collect();
@@ -257,14 +267,14 @@ fn gelu_add_copy_rows_match_cpu() {
     let hbuf = dev.upload(&hb, "xb");
     let mut cat = dev.alloc::<bf16>(b * (l + 2) * d, "cat");
     let cat_addr = cat.addr();
-    copy_rows::copy_rows(&dev, hbuf.ptr(), l * d, cat.ptr_mut(), (l + 2) * d, b, l * d).unwrap();
+    copy_rows::copy_rows(dev, hbuf.ptr(), l * d, cat.ptr_mut(), (l + 2) * d, b, l * d).unwrap();
     let tail = unsafe {
         llamagen::backend::cuda::launch::DevPtrMut::<bf16>::from_raw(
             cat_addr + 2 * (l * d) as u64,
             b * (l + 2) * d - l * d,
         )
     };
-    copy_rows::copy_rows(&dev, hbuf.ptr(), l * d, tail, (l + 2) * d, b, 2 * d).unwrap();
+    copy_rows::copy_rows(dev, hbuf.ptr(), l * d, tail, (l + 2) * d, b, 2 * d).unwrap();
     let got = from_bf16(&cat.to_vec());
     for i in 0..b {
         let row = &got[i * (l + 2) * d..(i + 1) * (l + 2) * d];
@@ -276,26 +286,29 @@ fn gelu_add_copy_rows_match_cpu() {
         );
     }
     assert!(
-        copy_rows::copy_rows(&dev, xb.ptr(), 0, last.ptr_mut(), d, b + 1, d).is_err(),
+        copy_rows::copy_rows(dev, xb.ptr(), 0, last.ptr_mut(), d, b + 1, d).is_err(),
         "short destination"
     );
 }
 
 #[test]
 fn launchers_check_shapes_and_canaries_catch_overflow() {
-    let dev = EmuDevice::new();
+    launchers_check_shapes_and_canaries_catch_overflow_on(&EmuDevice::new());
+}
+
+fn launchers_check_shapes_and_canaries_catch_overflow_on<D: TestDevice>(dev: &D) {
     let f = 64;
     let ab = dev.upload(&vec![1.0f32; 2 * f], "ab");
     let mut short = dev.alloc::<f32>(f - 1, "out");
     // The op launcher refuses a short output buffer ...
-    let e = swiglu::swiglu(&dev, ab.ptr(), short.ptr_mut(), 1, f, None)
+    let e = swiglu::swiglu(dev, ab.ptr(), short.ptr_mut(), 1, f, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("out has 63 elements, needs 64"), "{e}");
     // ... the raw generated launcher does not check lengths: the kernel writes one element past the end, and the
     // canary check after the launch reports it.
     let p = kernels::SwigluParams { rows: 1, f: f as i32 };
-    let e = kernels::swiglu_f32(&dev, swiglu::config(1, f, 4, None), ab.ptr(), short.ptr_mut(), p)
+    let e = kernels::swiglu_f32(dev, swiglu::config(1, f, 4, None), ab.ptr(), short.ptr_mut(), p)
         .unwrap_err()
         .to_string();
     assert!(
@@ -303,7 +316,7 @@ fn launchers_check_shapes_and_canaries_catch_overflow() {
         "{e}"
     );
     assert!(short.check_canaries().is_err());
-    let e = rmsnorm::rmsnorm(&dev, ab.ptr(), ab.ptr(), short.ptr_mut(), 1, 64, 1e-5, Some(2048)).unwrap_err();
+    let e = rmsnorm::rmsnorm(dev, ab.ptr(), ab.ptr(), short.ptr_mut(), 1, 64, 1e-5, Some(2048)).unwrap_err();
     assert!(e.to_string().contains("block size 2048"), "{e}");
 }
 
@@ -533,7 +546,10 @@ fn missing_barrier_shows_under_other_schedules() {
 
 #[test]
 fn block_reduce_is_exact_at_odd_block_sizes() {
-    let dev = EmuDevice::new();
+    block_reduce_is_exact_at_odd_block_sizes_on(&EmuDevice::new());
+}
+
+fn block_reduce_is_exact_at_odd_block_sizes_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(3);
     let n = 1000usize;
     let input: Vec<f32> = (0..n).map(|_| rng.below(101) as f32 - 50.0).collect();
@@ -564,7 +580,7 @@ fn block_reduce_is_exact_at_odd_block_sizes() {
             n as i32,
         )
         .unwrap();
-        assert_eq!(out.as_slice(), &[sum, max, sq, 0.0], "block {block:?}");
+        assert_eq!(out.to_vec(), &[sum, max, sq, 0.0], "block {block:?}");
     }
 }
 
@@ -585,7 +601,10 @@ fn shfl_src(lane: i32, mode: &str, arg: i32, width: i32) -> Option<i32> {
 
 #[test]
 fn warp_shuffles_votes_and_partial_warps() {
-    let dev = EmuDevice::new();
+    warp_shuffles_votes_and_partial_warps_on(&EmuDevice::new());
+}
+
+fn warp_shuffles_votes_and_partial_warps_on<D: TestDevice>(dev: &D) {
     let (grid, block) = (2usize, 48usize); // a full warp and a 16-lane warp per block
     let mut rng = Rng(4);
     let input: Vec<i32> = (0..grid * block).map(|_| rng.below(100) as i32).collect();
@@ -600,7 +619,7 @@ fn warp_shuffles_votes_and_partial_warps() {
             out.ptr_mut(),
         )
         .unwrap();
-        let o = out.as_slice();
+        let o = out.to_vec();
         for g in 0..grid * block {
             let (b, t) = (g / block, g % block);
             let lane = (t % 32) as i32;
@@ -645,7 +664,10 @@ fn warp_shuffles_votes_and_partial_warps() {
 
 #[test]
 fn atomics_across_blocks() {
-    let dev = EmuDevice::new();
+    atomics_across_blocks_on(&EmuDevice::new());
+}
+
+fn atomics_across_blocks_on<D: TestDevice>(dev: &D) {
     let (grid, block) = (64usize, 128usize);
     let n = grid * block;
     let mut counter = dev.upload(&[0i32], "counter");
@@ -656,7 +678,7 @@ fn atomics_across_blocks() {
     let mut xchg = dev.upload(&[-1i32], "xchg");
     let mut old = dev.alloc::<i32>(n, "xchg_old");
     kernels::selftest_atomics(
-        &dev,
+        dev,
         LaunchConfig::linear(grid as u32, block as u32),
         counter.ptr_mut(),
         fsum.ptr_mut(),
@@ -667,15 +689,15 @@ fn atomics_across_blocks() {
         old.ptr_mut(),
     )
     .unwrap();
-    assert_eq!(counter.as_slice(), &[n as i32]);
-    assert_eq!(fsum.as_slice(), &[n as f32]);
-    assert_eq!(umax.as_slice(), &[n as u32 - 1]);
-    assert_eq!(claims.as_slice(), &[16]);
-    for (k, &s) in slots.as_slice().iter().enumerate() {
+    assert_eq!(counter.to_vec(), &[n as i32]);
+    assert_eq!(fsum.to_vec(), &[n as f32]);
+    assert_eq!(umax.to_vec(), &[n as u32 - 1]);
+    assert_eq!(claims.to_vec(), &[16]);
+    for (k, &s) in slots.to_vec().iter().enumerate() {
         assert!(s >= 0 && s as usize % 16 == k, "slot {k} holds {s}");
     }
     let mut all: Vec<i32> = old.to_vec();
-    all.push(xchg.as_slice()[0]);
+    all.push(xchg.to_vec()[0]);
     all.sort();
     assert_eq!(
         all,
@@ -686,13 +708,16 @@ fn atomics_across_blocks() {
 
 #[test]
 fn thread_and_block_indices() {
-    let dev = EmuDevice::new();
+    thread_and_block_indices_on(&EmuDevice::new());
+}
+
+fn thread_and_block_indices_on<D: TestDevice>(dev: &D) {
     let (grid, block) = ([3u32, 2, 2], [4u32, 3, 2]);
     let nb = (grid[0] * grid[1] * grid[2]) as usize;
     let nt = (block[0] * block[1] * block[2]) as usize;
     let mut out = dev.alloc::<u32>(nb * nt * 12, "out");
-    kernels::selftest_indices(&dev, LaunchConfig::new(grid, block), out.ptr_mut()).unwrap();
-    let o = out.as_slice();
+    kernels::selftest_indices(dev, LaunchConfig::new(grid, block), out.ptr_mut()).unwrap();
+    let o = out.to_vec();
     for b in 0..nb as u32 {
         let bi = [b % grid[0], (b / grid[0]) % grid[1], b / (grid[0] * grid[1])];
         for t in 0..nt as u32 {
@@ -708,14 +733,17 @@ fn thread_and_block_indices() {
 
 #[test]
 fn dynamic_shared_memory() {
-    let dev = EmuDevice::new();
+    dynamic_shared_memory_on(&EmuDevice::new());
+}
+
+fn dynamic_shared_memory_on<D: TestDevice>(dev: &D) {
     let n = 300usize;
     let input: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
     let inp = dev.upload(&input, "in");
     let mut out = dev.alloc::<f32>(n + 1, "out");
     let cfg = LaunchConfig::linear(3, 96).with_shared((n * 4) as u32);
-    kernels::selftest_dynamic_shared(&dev, cfg, inp.ptr(), out.ptr_mut(), n as i32).unwrap();
-    let o = out.as_slice();
+    kernels::selftest_dynamic_shared(dev, cfg, inp.ptr(), out.ptr_mut(), n as i32).unwrap();
+    let o = out.to_vec();
     for i in 0..n {
         assert_eq!(o[i], input[n - 1 - i], "element {i}");
     }
@@ -724,17 +752,23 @@ fn dynamic_shared_memory() {
 
 #[test]
 fn syncthreads_count_and_or() {
-    let dev = EmuDevice::new();
+    syncthreads_count_and_or_on(&EmuDevice::new());
+}
+
+fn syncthreads_count_and_or_on<D: TestDevice>(dev: &D) {
     let mut out = dev.alloc::<i32>(4, "out");
     for (block, want) in [(100u32, [34, 1, 1, 0]), (10, [4, 1, 0, 0]), (1024, [342, 0, 1, 0])] {
-        kernels::selftest_sync_count(&dev, LaunchConfig::linear(1, block), out.ptr_mut()).unwrap();
-        assert_eq!(out.as_slice(), &want, "block {block}");
+        kernels::selftest_sync_count(dev, LaunchConfig::linear(1, block), out.ptr_mut()).unwrap();
+        assert_eq!(out.to_vec(), &want, "block {block}");
     }
 }
 
 #[test]
 fn bf16_conversions_match_the_half_crate() {
-    let dev = EmuDevice::new();
+    bf16_conversions_match_the_half_crate_on(&EmuDevice::new());
+}
+
+fn bf16_conversions_match_the_half_crate_on<D: TestDevice>(dev: &D) {
     // All 65,536 bf16 patterns to f32, and as many floats to bf16: specials, ties, subnormals, random bits.
     let n = 1 << 16;
     let patterns: Vec<bf16> = (0..n as u32).map(|b| bf16::from_bits(b as u16)).collect();
@@ -768,7 +802,7 @@ fn bf16_conversions_match_the_half_crate() {
     let mut to_b = dev.alloc::<bf16>(n, "to_bf16");
     let mut to_f = dev.alloc::<f32>(n, "to_f32");
     kernels::selftest_bf16_convert(
-        &dev,
+        dev,
         LaunchConfig::linear(16, 256),
         f.ptr(),
         to_b.ptr_mut(),
@@ -777,15 +811,16 @@ fn bf16_conversions_match_the_half_crate() {
         n as i32,
     )
     .unwrap();
+    let (to_f, to_b) = (to_f.to_vec(), to_b.to_vec());
     for i in 0..n {
         // CUDA widens by a shift, keeping signalling NaNs as they are (the half crate quiets them).
-        let got = to_f.as_slice()[i].to_bits();
+        let got = to_f[i].to_bits();
         assert_eq!(got, (i as u32) << 16, "bf16 {i:#06x} -> f32");
         if !patterns[i].is_nan() {
             assert_eq!(got, patterns[i].to_f32().to_bits(), "bf16 {i:#06x} -> f32 (half crate)");
         }
         assert_eq!(
-            to_b.as_slice()[i].to_bits(),
+            to_b[i].to_bits(),
             bf16::from_f32(floats[i]).to_bits(),
             "f32 {:#010x} -> bf16",
             floats[i].to_bits()
@@ -795,7 +830,10 @@ fn bf16_conversions_match_the_half_crate() {
 
 #[test]
 fn mma_m16n8k16_tile_matches_cpu() {
-    let dev = EmuDevice::new();
+    mma_m16n8k16_tile_matches_cpu_on(&EmuDevice::new());
+}
+
+fn mma_m16n8k16_tile_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(6);
     // Small multiples of 1/4: products and sums are exact in f32, so the comparison is exact. Distinct, asymmetric
     // values, so a transposed or swapped fragment cannot cancel out.
@@ -815,7 +853,7 @@ fn mma_m16n8k16_tile_matches_cpu() {
     let cb = dev.upload(&c, "c");
     let mut db = dev.alloc::<f32>(16 * 8, "d");
     kernels::selftest_mma_bf16(
-        &dev,
+        dev,
         LaunchConfig::linear(1, 32),
         ab.ptr(),
         btb.ptr(),
@@ -823,7 +861,7 @@ fn mma_m16n8k16_tile_matches_cpu() {
         db.ptr_mut(),
     )
     .unwrap();
-    assert_eq!(db.as_slice(), &want[..]);
+    assert_eq!(db.to_vec(), &want[..]);
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -942,4 +980,51 @@ fn gpu_images_built_when_nvcc_found() {
     assert!(st_mod
         .ptx_compute_80
         .contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// The same cases on the GPU (scripts/gpu-check.sh); each fails without one
+// ------------------------------------------------------------------------------------------------------------------
+
+/// The GPU buffers' guards (tests/support/devices.rs) catch a kernel writing past a buffer, as the emulator's do.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_canaries_catch_overflow() {
+    launchers_check_shapes_and_canaries_catch_overflow_on(&GpuTest::new());
+}
+
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_rmsnorm_matches_cpu() {
+    rmsnorm_matches_cpu_on(&GpuTest::new());
+}
+
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_swiglu_matches_cpu() {
+    swiglu_matches_cpu_on(&GpuTest::new());
+}
+
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_gelu_add_copy_rows_match_cpu() {
+    gelu_add_copy_rows_match_cpu_on(&GpuTest::new());
+}
+
+/// The emulator self-tests whose expectations are CUDA's defined behaviour (block reductions, atomics, indices,
+/// dynamic shared memory, __syncthreads_count/or, the mma fragment layout), on the hardware: a failure here means
+/// the emulator and the GPU disagree about a rule the kernels rely on. Not here: the warp test (its 16-lane warp
+/// calls FULL_MASK collectives naming lanes that do not exist, which CUDA leaves undefined; the emulator defines
+/// it) and the bf16 conversion test (it compares NaN payloads with the half crate, while the hardware's
+/// cvt.rn.bf16.f32 may return a canonical NaN).
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_selftests_follow_the_emulated_rules() {
+    let g = GpuTest::new();
+    block_reduce_is_exact_at_odd_block_sizes_on(&g);
+    atomics_across_blocks_on(&g);
+    thread_and_block_indices_on(&g);
+    dynamic_shared_memory_on(&g);
+    syncthreads_count_and_or_on(&g);
+    mma_m16n8k16_tile_matches_cpu_on(&g);
 }

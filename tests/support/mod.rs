@@ -3,6 +3,8 @@
 use llamagen::weights::safetensors::SafeTensorsFile;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod devices;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod emu_check;
 pub mod golden;
 use std::path::PathBuf;
