@@ -145,6 +145,8 @@ impl<D: Device> CudaBackend<D> {
             self.dev.synchronize()?;
             let b = self.dev.alloc(bytes, name)?;
             self.workspaces.insert(name, b);
+            // Captured graphs hold the old buffer's address.
+            self.replays.clear();
         }
         let b = &self.workspaces[name];
         Ok((b.addr(), b.bytes() / size_of::<T>().max(1)))
