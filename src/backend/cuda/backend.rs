@@ -167,7 +167,7 @@ impl<D: Device> CudaBackend<D> {
         Ok(())
     }
 
-    fn element_check(g: &Graph, t: TensorId, want: DType, have: usize) -> Result<()> {
+    fn dtype_check(g: &Graph, t: TensorId, want: DType) -> Result<()> {
         let info = g.info(t);
         if info.dtype != want {
             return Err(Error::Invalid(format!(
@@ -175,6 +175,13 @@ impl<D: Device> CudaBackend<D> {
                 info.name, info.dtype
             )));
         }
+        Ok(())
+    }
+
+    /// A host write must fill the tensor exactly, in its dtype.
+    fn element_check(g: &Graph, t: TensorId, want: DType, have: usize) -> Result<()> {
+        Self::dtype_check(g, t, want)?;
+        let info = g.info(t);
         if info.numel() != have {
             return Err(Error::Invalid(format!(
                 "tensor `{}` has {} elements, {have} given",
@@ -311,7 +318,7 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn read_f32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<f32>> {
         let (addr, n) = self.slot(g, plan, t)?;
-        Self::element_check(g, t, DType::F32, n)?;
+        Self::dtype_check(g, t, DType::F32)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         let off = (addr - arena.addr()) as usize;
         let mut raw = vec![0u8; n * self.act_bytes()];
@@ -328,7 +335,7 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn read_i32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<i32>> {
         let (addr, n) = self.slot(g, plan, t)?;
-        Self::element_check(g, t, DType::I32, n)?;
+        Self::dtype_check(g, t, DType::I32)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         let mut raw = vec![0u8; 4 * n];
         self.dev.read(arena, (addr - arena.addr()) as usize, &mut raw)?;
