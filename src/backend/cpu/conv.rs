@@ -24,6 +24,7 @@ use std::cell::RefCell;
 
 pub mod kernel;
 pub mod winograd;
+pub mod winograd_gemm;
 
 thread_local! {
     // Grows to the largest tile this thread has run, then is reused.
@@ -621,6 +622,10 @@ pub enum Prep {
     UpsamplePhases,
     /// `winograd::upsample_weights` (AVX-512)
     UpsampleWinograd,
+    /// `winograd_gemm::weights` (any x86-64-v3; 3x3 stride 1 pad 1 only)
+    WinogradGemm,
+    /// `winograd_gemm::upsample_weights`
+    UpsampleWinogradGemm,
 }
 
 /// Lays out a conv weight of `shape` (c_out, c_in, kh, kw) as its `layout` allows.
@@ -634,9 +639,21 @@ pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>) -> (Prep, Vec<f32>)
         Layout::UpsamplePhases if fast && kh == 3 && kw == 3 => {
             (Prep::UpsampleWinograd, winograd::upsample_weights(&w, co, ci))
         }
+        Layout::UpsamplePhases if kh == 3 && kw == 3 && winograd_gemm_enabled() => {
+            (Prep::UpsampleWinogradGemm, winograd_gemm::upsample_weights(&w, co, ci))
+        }
         Layout::UpsamplePhases => (Prep::UpsamplePhases, upsample_phase_weights(&w, co, ci)),
         Layout::Winograd if fast && kh == 3 && kw == 3 && ci >= WINOGRAD_MIN_C_IN => {
             (Prep::Winograd, winograd::weights(&w, co, ci))
+        }
+        Layout::Winograd
+            if kh == 3
+                && kw == 3
+                && ci >= WINOGRAD_MIN_C_IN
+                && co >= WINOGRAD_GEMM_MIN_C_OUT
+                && winograd_gemm_enabled() =>
+        {
+            (Prep::WinogradGemm, winograd_gemm::weights(&w, co, ci))
         }
         Layout::Winograd | Layout::Conv if fast => (Prep::Packed, packed_weights(&w, co, ci, kh, kw)),
         _ => (Prep::Torch, w),
@@ -659,6 +676,16 @@ impl Drop for Trace {
 
 /// Below this many input channels a 3x3 conv stays direct (the transforms outweigh a K this short).
 const WINOGRAD_MIN_C_IN: usize = 8;
+
+/// Below this many output channels the GEMM Winograd's output transform and the gemm crate's
+/// per-call packing outweigh what it saves (the decoder's conv_out, 128 -> 3).
+const WINOGRAD_GEMM_MIN_C_OUT: usize = 16;
+
+/// The gemm-crate Winograd, unless `LLAMAGEN_NO_WINOGRAD` asks for the direct convolutions (for
+/// measuring what it buys).
+fn winograd_gemm_enabled() -> bool {
+    std::env::var_os("LLAMAGEN_NO_WINOGRAD").is_none()
+}
 
 /// `Op::Conv` on a weight from `prepare`: out = conv(x) + bias (+ residual). x: (n, c_in, h, w).
 #[allow(clippy::too_many_arguments)]
@@ -686,7 +713,18 @@ pub fn conv_prepared(
             winograd::conv3x3(x, (n, h, wd), w, c_out, c_in, bias, ep, out);
             return Ok(());
         }
-        Prep::UpsamplePhases | Prep::UpsampleWinograd => return Err("an upsample weight in a plain conv".into()),
+        Prep::WinogradGemm => {
+            if k != 3 || stride != 1 || pad != [1; 4] {
+                return Err(format!(
+                    "a Winograd weight needs a 3x3 stride-1 pad-1 conv, not k {k} stride {stride} pad {pad:?}"
+                ));
+            }
+            winograd_gemm::conv3x3(x, (n, h, wd), w, c_out, c_in, bias, ep, out);
+            return Ok(());
+        }
+        Prep::UpsamplePhases | Prep::UpsampleWinograd | Prep::UpsampleWinogradGemm => {
+            return Err("an upsample weight in a plain conv".into())
+        }
     };
     if prep == Prep::Packed && k == 1 && stride == 1 && pad == [0; 4] {
         conv1x1_packed(x, (n, h * wd), wt, bias, ep, out);
@@ -797,6 +835,7 @@ pub fn upsample_prepared(
     let _t = Trace::new(format!("upsample {prep:?} {c_in}->{c_out} {h}x{wd}"));
     match prep {
         Prep::UpsampleWinograd => winograd::upsample_conv3x3(x, (n, h, wd), w, c_out, c_in, bias, out),
+        Prep::UpsampleWinogradGemm => winograd_gemm::upsample_conv3x3(x, (n, h, wd), w, c_out, c_in, bias, out),
         Prep::UpsamplePhases => upsample_conv3x3(x, n, c_in, h, wd, w, bias, c_out, out),
         _ => return Err("an upsample conv needs an UpsamplePhases weight".into()),
     }
@@ -1230,9 +1269,6 @@ mod tests {
     #[test]
     #[ignore]
     fn winograd_error() {
-        if !kernel::available() {
-            return;
-        }
         for (ci, co, hw) in [
             (128, 128, 256),
             (256, 128, 128),
@@ -1257,8 +1293,13 @@ mod tests {
                 let cw = ConvWeights::tap_major(&pk, co, ci, 3, 3);
                 conv2d_with(&x, (1, hw, hw), cw, Some(&b), 1, [1; 4], Epilogue::Set, &mut direct);
                 let mut wino = vec![0.0; co * hw * hw];
-                let u = winograd::weights(&w, co, ci);
-                winograd::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&b), Epilogue::Set, &mut wino);
+                if kernel::available() {
+                    let u = winograd::weights(&w, co, ci);
+                    winograd::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&b), Epilogue::Set, &mut wino);
+                }
+                let mut wg = vec![0.0; co * hw * hw];
+                let u = winograd_gemm::weights(&w, co, ci);
+                winograd_gemm::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&b), Epilogue::Set, &mut wg);
                 let sub = 4;
                 let c = Case {
                     n: 1,
@@ -1274,10 +1315,15 @@ mod tests {
                 let want = c.naive(&x, &w[..sub * ci * 9], Some(&b[..sub]));
                 let n = sub * hw * hw;
                 println!(
-                    "{ci}->{co} at {hw}x{hw} ({}): direct {:.2e}, winograd F(4,3) {:.2e}",
+                    "{ci}->{co} at {hw}x{hw} ({}): direct {:.2e}, winograd F(4,3) avx512 {}, gemm crate {:.2e}",
                     if swishy { "swish-like input" } else { "uniform input" },
                     rel_l2(&direct[..n], &want),
-                    rel_l2(&wino[..n], &want)
+                    if kernel::available() {
+                        format!("{:.2e}", rel_l2(&wino[..n], &want))
+                    } else {
+                        "n/a".into()
+                    },
+                    rel_l2(&wg[..n], &want)
                 );
             }
         }
@@ -1345,7 +1391,10 @@ mod tests {
                 });
             }
         }
-        if kernel::available() {
+        for avx512 in [true, false] {
+            if avx512 && !kernel::available() {
+                continue;
+            }
             for (ci, co, hw) in [
                 (128, 128, 256),
                 (256, 128, 128),
@@ -1358,20 +1407,27 @@ mod tests {
                 (256, 512, 16),
             ] {
                 let (x, w) = (rand_vec(ci * hw * hw, 1), rand_vec(co * ci * 9, 2));
-                let (u, bias, r) = (
-                    winograd::weights(&w, co, ci),
-                    rand_vec(co, 3),
-                    rand_vec(co * hw * hw, 4),
-                );
+                let u = if avx512 {
+                    winograd::weights(&w, co, ci)
+                } else {
+                    winograd_gemm::weights(&w, co, ci)
+                };
+                let (bias, r) = (rand_vec(co, 3), rand_vec(co * hw * hw, 4));
                 let mut out = vec![0.0; co * hw * hw];
-                let name = format!("conv3x3/s1 {ci}->{co} {hw}x{hw} (winograd F(4,3), residual; as direct flops)");
+                let kind = if avx512 { "avx512" } else { "gemm crate" };
+                let name =
+                    format!("conv3x3/s1 {ci}->{co} {hw}x{hw} (winograd F(4,3) {kind}, residual; as direct flops)");
                 if !name.contains(&filter) {
                     continue;
                 }
                 let flops = 2.0 * (ci * co * 9 * hw * hw) as f64;
                 let ep = Epilogue::Residual(&r);
                 bench_one(&name, flops, &mut || {
-                    winograd::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&bias), ep, &mut out)
+                    if avx512 {
+                        winograd::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&bias), ep, &mut out)
+                    } else {
+                        winograd_gemm::conv3x3(&x, (1, hw, hw), &u, co, ci, Some(&bias), ep, &mut out)
+                    }
                 });
             }
         }
@@ -1394,6 +1450,10 @@ mod tests {
                     winograd::upsample_conv3x3(&x, (1, hw, hw), &u, c, c, &b, &mut out)
                 });
             }
+            let u = winograd_gemm::upsample_weights(&w, c, c);
+            bench_one(&format!("{name} winograd gemm crate"), flops, &mut || {
+                winograd_gemm::upsample_conv3x3(&x, (1, hw, hw), &u, c, c, &b, &mut out)
+            });
         }
     }
 }

@@ -37,7 +37,7 @@ fn g_1d(g: [f64; 3]) -> [f64; 6] {
 }
 
 /// `G g G^T` of one 3x3 kernel (row-major), position `i * 6 + j`.
-fn filter_tile(g: &[f64; 9]) -> [f64; POS] {
+pub(super) fn filter_tile(g: &[f64; 9]) -> [f64; POS] {
     let rows: [[f64; 6]; 3] = std::array::from_fn(|r| g_1d([g[r * 3], g[r * 3 + 1], g[r * 3 + 2]]));
     let mut u = [0f64; POS];
     for j in 0..6 {
@@ -812,11 +812,12 @@ mod tests {
         out
     }
 
-    #[test]
-    fn conv_matches_naive() {
-        if !kernel::available() {
-            return;
-        }
+    type Weights = fn(&[f32], usize, usize) -> Vec<f32>;
+    type Conv = fn(&[f32], (usize, usize, usize), &[f32], usize, usize, Option<&[f32]>, Epilogue, &mut [f32]);
+    type Upsample = fn(&[f32], (usize, usize, usize), &[f32], usize, usize, &[f32], &mut [f32]);
+
+    /// `weights` + `conv` against the f64 conv, with every epilogue.
+    fn check_conv(name: &str, weights: Weights, conv: Conv) {
         // (n, c_in, c_out, h, w): rows that fill vectors (w = 64, 128) and ragged ones
         for (si, &(n, ci, co, h, w)) in [
             (1, 1, 1, 1, 1),
@@ -826,6 +827,7 @@ mod tests {
             (1, 5, 17, 9, 130),
             (2, 32, 40, 12, 12),
             (1, 24, 8, 5, 128),
+            (1, 64, 48, 3, 6),
         ]
         .iter()
         .enumerate()
@@ -836,24 +838,21 @@ mod tests {
             let want = naive(&x, (n, ci, h, w), &wt, co, &b);
             let u = weights(&wt, co, ci);
             let mut out = vec![f32::NAN; want.len()];
-            conv3x3(&x, (n, h, w), &u, co, ci, Some(&b), Epilogue::Set, &mut out);
+            conv(&x, (n, h, w), &u, co, ci, Some(&b), Epilogue::Set, &mut out);
             let e = rel_l2(&out, &want);
-            assert!(e < 2e-6, "winograd {n}x{ci}->{co} {h}x{w}: rel {e}");
+            assert!(e < 2e-6, "{name} {n}x{ci}->{co} {h}x{w}: rel {e}");
             let r = rand_vec(out.len(), seed + 3);
             let want_r: Vec<f64> = want.iter().zip(&r).map(|(&a, &b)| a + b as f64).collect();
-            conv3x3(&x, (n, h, w), &u, co, ci, Some(&b), Epilogue::Residual(&r), &mut out);
-            assert!(rel_l2(&out, &want_r) < 2e-6, "residual {n}x{ci}->{co} {h}x{w}");
+            conv(&x, (n, h, w), &u, co, ci, Some(&b), Epilogue::Residual(&r), &mut out);
+            assert!(rel_l2(&out, &want_r) < 2e-6, "{name} residual {n}x{ci}->{co} {h}x{w}");
             let mut acc = r.clone();
-            conv3x3(&x, (n, h, w), &u, co, ci, Some(&b), Epilogue::Accumulate, &mut acc);
-            assert!(rel_l2(&acc, &want_r) < 2e-6, "accumulate {n}x{ci}->{co} {h}x{w}");
+            conv(&x, (n, h, w), &u, co, ci, Some(&b), Epilogue::Accumulate, &mut acc);
+            assert!(rel_l2(&acc, &want_r) < 2e-6, "{name} accumulate {n}x{ci}->{co} {h}x{w}");
         }
     }
 
-    #[test]
-    fn upsample_matches_naive() {
-        if !kernel::available() {
-            return;
-        }
+    /// `weights` + `upsample` against nearest x2 then the f64 conv.
+    fn check_upsample(name: &str, weights: Weights, upsample: Upsample) {
         for (si, &(n, c, h, w)) in [
             (1, 1, 1, 1),
             (1, 5, 3, 5),
@@ -873,12 +872,38 @@ mod tests {
                 .map(|i| x[(i / (uh * uw) * h + i / uw % uh / 2) * w + i % uw / 2])
                 .collect();
             let want = naive(&up, (n, c, uh, uw), &wt, c, &b);
-            let u = upsample_weights(&wt, c, c);
+            let u = weights(&wt, c, c);
             let mut out = vec![f32::NAN; want.len()];
-            upsample_conv3x3(&x, (n, h, w), &u, c, c, &b, &mut out);
+            upsample(&x, (n, h, w), &u, c, c, &b, &mut out);
             let e = rel_l2(&out, &want);
-            assert!(e < 2e-6, "winograd upsample {n}x{c} {h}x{w}: rel {e}");
+            assert!(e < 2e-6, "{name} upsample {n}x{c} {h}x{w}: rel {e}");
         }
+    }
+
+    #[test]
+    fn conv_matches_naive() {
+        if kernel::available() {
+            check_conv("winograd", weights, conv3x3);
+        }
+    }
+
+    #[test]
+    fn upsample_matches_naive() {
+        if kernel::available() {
+            check_upsample("winograd", upsample_weights, upsample_conv3x3);
+        }
+    }
+
+    #[test]
+    fn gemm_conv_matches_naive() {
+        use super::super::winograd_gemm as wg;
+        check_conv("winograd_gemm", wg::weights, wg::conv3x3);
+    }
+
+    #[test]
+    fn gemm_upsample_matches_naive() {
+        use super::super::winograd_gemm as wg;
+        check_upsample("winograd_gemm", wg::upsample_weights, wg::upsample_conv3x3);
     }
 }
 
