@@ -103,6 +103,39 @@ fn csv_has_every_stage_with_positive_numbers() {
     }
 }
 
+/// With a weights file (the demo model's) every configuration also reports `load`: the file to weights ready in
+/// the backend, as bytes moved against the memory ceiling.
+#[test]
+fn a_weights_file_adds_a_load_row() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
+        .arg("bench")
+        .arg("--gpt")
+        .arg(root.join("models/demo/gpt.safetensors"))
+        .arg("--gpt-config")
+        .arg(root.join("models/demo/gpt.config.json"))
+        .args(["--no-vq", "-r", "1", "--warmup", "0", "--dtype", "f32,bf16", "--format", "json"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("cannot start the llamagen binary");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = v["rows"].as_array().expect("rows");
+    let loads: Vec<&serde_json::Value> = rows.iter().filter(|r| r["stage"] == "load").collect();
+    assert_eq!(loads.len(), 2, "one load row per dtype: {rows:?}");
+    for r in loads {
+        assert_eq!(r["per"], "model");
+        assert!(r["time_ms"].as_f64().unwrap() > 0.0, "{r}");
+        // the demo file is read once and its weights written once (f32: 4, bf16: 2 bytes each)
+        let file = std::fs::metadata(root.join("models/demo/gpt.safetensors")).unwrap().len() as f64;
+        let gb = r["gbytes"].as_f64().unwrap() * 1e9;
+        let width = if r["dtype"] == "bf16" { 1.5 } else { 2.0 };
+        assert!((gb / file - width).abs() < 0.05, "{r}: {gb} bytes moved for a {file}-byte file");
+        assert!(r["floor_ms"].as_f64().unwrap() > 0.0 && r["bound"] == "mem", "{r}");
+    }
+    assert!(rows.iter().any(|r| r["stage"] == "gpt_generate"));
+}
+
 #[test]
 fn markdown_and_json_sweep_dtypes_with_ops() {
     let md = bench(&[

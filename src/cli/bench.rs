@@ -276,6 +276,7 @@ fn gpt_configs(a: &BenchArgs, downsample: usize) -> Result<Vec<(String, GptConfi
 }
 
 fn load_gpt(a: &BenchArgs, cfg: &GptConfig, opts: GptOptions) -> Result<GptRunner> {
+    let t = Instant::now();
     let mut sd = if a.synthetic_weights {
         llamagen::weights::synth::state_dict(&cfg.weight_shapes())
     } else {
@@ -284,8 +285,14 @@ fn load_gpt(a: &BenchArgs, cfg: &GptConfig, opts: GptOptions) -> Result<GptRunne
         )?;
         args::load_weights(p)?
     };
+    let read_s = t.elapsed().as_secs_f64();
     let backend = args::backend(args::resolve_device(a.device), opts.dtype)?;
-    Ok(GptRunner::new(cfg.clone(), &mut sd, opts, backend)?)
+    let runner = GptRunner::new(cfg.clone(), &mut sd, opts, backend)?;
+    tracing::debug!(
+        "GPT weights: {read_s:.3} s to f32 tensors, {:.3} s more to the backend",
+        t.elapsed().as_secs_f64() - read_s
+    );
+    Ok(runner)
 }
 
 /// What one timed repetition measured.
@@ -417,7 +424,9 @@ impl Job<'_> {
             cfg_interval: -1,
             sampling,
         };
+        let t = Instant::now();
         let mut gpt = load_gpt(a, cfg, opts)?;
+        let load_s = t.elapsed().as_secs_f64();
         let profile = !a.no_profile;
         gpt.session_mut().set_profiling(profile);
         let mut vq = vq;
@@ -501,6 +510,20 @@ impl Job<'_> {
         let (bf, nf, tf) = (b as f64, n as f64, t as f64);
         let col = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
         let mut out = Vec::new();
+        if let (false, Some(path)) = (a.synthetic_weights, &a.gpt) {
+            // from the file to weights ready in the backend: the file read once, the weights written once
+            let file = std::fs::metadata(path).map_or(0, |m| m.len()) as f64;
+            let params: usize = cfg
+                .weight_shapes()
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum();
+            let cost = Cost {
+                flops: 0.0,
+                bytes: file + (params * w.weight) as f64,
+            };
+            out.push(self.row("load", "model", &[load_s], None, cost));
+        }
         let gpt_cost = sum_cost(&pre_ops, "", true) + sum_cost(&dec_ops, "", true);
         if samples[0].split.is_some() {
             let pre = col(|s| s.split.expect("profiled").0);
