@@ -1,38 +1,84 @@
-//! One criterion bench per op (the kernel names), on the CPU backend at real LlamaGen shapes, each run through the
-//! runtime exactly as a model step runs it (`llamagen::bench::ops`).
+//! One criterion bench per op (the kernel names) at real LlamaGen shapes, on the CPU backend and, where a GPU and
+//! its driver are present, on the CUDA backend too (`<op>/<case>/cuda`), each run through the runtime exactly as a
+//! model step runs it (`llamagen::bench::ops`). A CUDA run is timed to completion: every iteration synchronises.
 //!
 //! Throughput: compute-bound cases (VQ convolutions, `vq_attention`, `quantize`, the t2i caption projection) report
 //! FLOPs as criterion "elements" (read `Gelem/s` as GFLOP/s); the others report the bytes they must move (weights,
 //! KV cache, activations once), as GiB/s.
 //!
-//!     cargo bench --bench ops                 # everything (~2 min on 2 cores)
+//!     cargo bench --bench ops                 # everything (~2 min on 2 cores, plus the GPU cases on a GPU)
 //!     cargo bench --bench ops -- matmul/      # one op
+//!     cargo bench --bench ops -- /cuda        # the GPU cases only
 //!     cargo bench --bench ops -- --test       # run each case once (smoke test)
+//!
+//! `LLAMAGEN_BENCH_DEVICE=cpu` or `=cuda` keeps one device (`cuda` fails when there is no GPU, rather than
+//! quietly benching nothing); `LLAMAGEN_BENCH_QUICK=1` shortens warm-up and measurement to 0.2 s and 0.5 s (what
+//! scripts/gpu-check.sh uses within its device lease).
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use llamagen::bench::ops::cases;
+use llamagen::backend::cuda::{gpu, launch, CudaBackend};
+use llamagen::backend::Backend;
+use llamagen::bench::ops::{cases, OpCase};
 use std::time::Duration;
+
+fn cuda(bf16: bool) -> llamagen::Result<Box<dyn Backend>> {
+    let act = if bf16 { launch::Dtype::Bf16 } else { launch::Dtype::F32 };
+    Ok(Box::new(CudaBackend::new(gpu::GpuDevice::new(0)?, act)?))
+}
+
+fn devices() -> Vec<&'static str> {
+    match std::env::var("LLAMAGEN_BENCH_DEVICE").as_deref() {
+        Ok("cpu") => vec!["cpu"],
+        Ok("cuda") => {
+            assert!(
+                gpu::available(),
+                "LLAMAGEN_BENCH_DEVICE=cuda but no GPU or CUDA driver here"
+            );
+            vec!["cuda"]
+        }
+        Ok(other) => panic!("LLAMAGEN_BENCH_DEVICE={other}: expected cpu or cuda"),
+        Err(_) if gpu::available() => vec!["cpu", "cuda"],
+        Err(_) => vec!["cpu"],
+    }
+}
 
 fn ops(c: &mut Criterion) {
     let all = cases();
     let mut names: Vec<&str> = all.iter().map(|k| k.op).collect();
     names.dedup();
+    let devices = devices();
+    let quick = std::env::var_os("LLAMAGEN_BENCH_QUICK").is_some();
+    let (warm, measure) = if quick { (200, 500) } else { (500, 2000) };
     for op in names {
         let mut group = c.benchmark_group(op);
         group
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(warm))
+            .measurement_time(Duration::from_millis(measure))
             .sample_size(10);
         for case in all.iter().filter(|k| k.op == op) {
-            let mut b = case.build().unwrap_or_else(|e| panic!("{}: {e}", case.id()));
-            let t = if case.compute {
-                Throughput::Elements(b.cost.flops as u64)
-            } else {
-                Throughput::Bytes(b.cost.bytes as u64)
-            };
-            group.throughput(t);
-            group.bench_function(case.case, |bench| bench.iter(|| b.run().expect("op run")));
+            for &dev in &devices {
+                let built = match dev {
+                    "cuda" => case.build_on(&cuda),
+                    _ => case.build(),
+                };
+                let mut b = built.unwrap_or_else(|e| panic!("{} on {dev}: {e}", case.id()));
+                group.throughput(throughput(case, &b));
+                let name = if dev == "cpu" {
+                    case.case.to_string()
+                } else {
+                    format!("{}/{dev}", case.case)
+                };
+                group.bench_function(name, |bench| bench.iter(|| b.run().expect("op run")));
+            }
         }
         group.finish();
+    }
+}
+
+fn throughput(case: &OpCase, b: &llamagen::bench::ops::OpBench) -> Throughput {
+    if case.compute {
+        Throughput::Elements(b.cost.flops as u64)
+    } else {
+        Throughput::Bytes(b.cost.bytes as u64)
     }
 }
 

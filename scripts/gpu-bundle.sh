@@ -20,6 +20,16 @@ for line in sys.stdin:
 ' | while read -r name exe; do
     case "$name" in golden_cuda | kernels_emu | kernel_*) objcopy --strip-debug "$exe" "$stage/$name" ;; esac
 done
+# The criterion op benches (benches/ops.rs), run on the GPU as `ops --bench`.
+cargo bench --locked --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do objcopy --strip-debug "$exe" "$stage/bench_$name"; done
 objcopy --strip-debug target/release/llamagen "$stage/llamagen"
 git rev-parse HEAD > "$stage/COMMIT"
 ls -l "$stage"

@@ -114,7 +114,9 @@ fn a_weights_file_adds_a_load_row() {
         .arg(root.join("models/demo/gpt.safetensors"))
         .arg("--gpt-config")
         .arg(root.join("models/demo/gpt.config.json"))
-        .args(["--no-vq", "-r", "1", "--warmup", "0", "--dtype", "f32,bf16", "--format", "json"])
+        .args([
+            "--no-vq", "-r", "1", "--warmup", "0", "--dtype", "f32,bf16", "--format", "json",
+        ])
         .env_remove("RUST_LOG")
         .output()
         .expect("cannot start the llamagen binary");
@@ -127,10 +129,15 @@ fn a_weights_file_adds_a_load_row() {
         assert_eq!(r["per"], "model");
         assert!(r["time_ms"].as_f64().unwrap() > 0.0, "{r}");
         // the demo file is read once and its weights written once (f32: 4, bf16: 2 bytes each)
-        let file = std::fs::metadata(root.join("models/demo/gpt.safetensors")).unwrap().len() as f64;
+        let file = std::fs::metadata(root.join("models/demo/gpt.safetensors"))
+            .unwrap()
+            .len() as f64;
         let gb = r["gbytes"].as_f64().unwrap() * 1e9;
         let width = if r["dtype"] == "bf16" { 1.5 } else { 2.0 };
-        assert!((gb / file - width).abs() < 0.05, "{r}: {gb} bytes moved for a {file}-byte file");
+        assert!(
+            (gb / file - width).abs() < 0.05,
+            "{r}: {gb} bytes moved for a {file}-byte file"
+        );
         assert!(r["floor_ms"].as_f64().unwrap() > 0.0 && r["bound"] == "mem", "{r}");
     }
     assert!(rows.iter().any(|r| r["stage"] == "gpt_generate"));
@@ -352,4 +359,49 @@ fn op_cases_build_and_run() {
             b.run().unwrap_or_else(|e| panic!("{}: {e}", case.id()));
         }
     }
+}
+
+/// The CUDA side of the op benches (`benches/ops.rs` runs them on a GPU as `<op>/<case>/cuda`), here on the
+/// emulator: every case small enough to emulate quickly builds on the CUDA backend, runs to completion, and gives
+/// the CPU backend's output (tokens exactly; values within the kernel tests' bounds, looser for bf16 storage).
+#[cfg(llamagen_cuemu)]
+#[test]
+fn op_cases_run_on_the_cuda_backend() {
+    use llamagen::backend::cuda::{emu::EmuDevice, launch, CudaBackend};
+    let emu = |bf16: bool| -> llamagen::Result<Box<dyn llamagen::backend::Backend>> {
+        let act = if bf16 { launch::Dtype::Bf16 } else { launch::Dtype::F32 };
+        Ok(Box::new(CudaBackend::new(EmuDevice::new(), act)?))
+    };
+    let mut ran = Vec::new();
+    for case in llamagen::bench::ops::cases() {
+        let mut cpu = case.build().unwrap();
+        // the emulator runs a thread per CUDA thread's work: keep to the cheap cases
+        if cpu.cost.flops > 5e7 || cpu.cost.bytes > 6e7 {
+            continue;
+        }
+        let mut gpu = case
+            .build_on(&emu)
+            .unwrap_or_else(|e| panic!("{} on cuda-emu: {e}", case.id()));
+        cpu.run().unwrap();
+        gpu.run().unwrap_or_else(|e| panic!("{} on cuda-emu: {e}", case.id()));
+        let (want, got) = (cpu.output().unwrap(), gpu.output().unwrap());
+        assert_eq!(want.len(), got.len(), "{}", case.id());
+        assert!(got.iter().all(|v| v.is_finite()), "{}: non-finite output", case.id());
+        let num: f64 = want
+            .iter()
+            .zip(&got)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|&a| (a as f64).powi(2)).sum();
+        let nmse = num / den.max(1e-30);
+        let bound = if cpu.bf16 { 1e-4 } else { 1e-9 };
+        assert!(
+            nmse <= bound,
+            "{}: NMSE {nmse:e} against the CPU (bound {bound:e})",
+            case.id()
+        );
+        ran.push(case.id());
+    }
+    eprintln!("on cuda-emu: {ran:?}");
+    assert!(ran.len() >= 12, "only {ran:?} ran");
 }

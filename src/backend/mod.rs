@@ -68,8 +68,12 @@ pub trait Backend: Send {
     /// Copies tensor `src` of graph `gs` into tensor `dst` of graph `gd` (same element count): feeds sampled tokens
     /// back into the next decode step without a round trip through the host.
     fn copy(&mut self, gs: &Graph, ps: &Plan, src: TensorId, gd: &Graph, pd: &Plan, dst: TensorId) -> Result<()>;
-    /// Runs every node of the graph in order.
+    /// Runs every node of the graph in order (a GPU backend may return before the work is done).
     fn run(&mut self, g: &Graph, plan: &Plan, step: &StepParams) -> Result<()>;
+    /// Waits until every run issued so far is complete (a no-op where runs are synchronous).
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Runs one node of the graph and returns when its result is complete (the profiled path of `Session::run`).
     fn run_node(&mut self, g: &Graph, plan: &Plan, node: &Node, step: &StepParams) -> Result<()> {
         let _ = (g, plan, node, step);

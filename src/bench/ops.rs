@@ -4,7 +4,7 @@
 use super::cost::{graph_cost, Cost, Widths};
 use crate::backend::cpu::rope::rope_table;
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{KvSpec, Layout, Storage, Weight};
+use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
 use crate::runtime::{DType, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::synth::value_f32;
@@ -29,10 +29,31 @@ pub struct OpBench {
 }
 
 impl OpBench {
+    /// One run, complete when this returns (a GPU backend is synchronised).
     pub fn run(&mut self) -> Result<()> {
-        self.session.run(self.id, &self.step)
+        self.session.run(self.id, &self.step)?;
+        self.session.synchronize()
+    }
+
+    /// The op's output: f32 values, or i32 tokens widened.
+    pub fn output(&self) -> Result<Vec<f32>> {
+        let g = self.session.graph(self.id);
+        let out = g.find("out").expect("every op bench has an `out` tensor");
+        if g.info(out).dtype == DType::I32 {
+            Ok(self
+                .session
+                .read_i32(self.id, "out")?
+                .iter()
+                .map(|&v| v as f32)
+                .collect())
+        } else {
+            self.session.read_f32(self.id, "out")
+        }
     }
 }
+
+/// Makes the backend of a case: `bf16` says whether it rounds activations to bf16 (the case's storage).
+pub type MakeBackend<'a> = &'a dyn Fn(bool) -> Result<Box<dyn Backend>>;
 
 /// A named case: `op` is the kernel's name (`Op::name`), `case` the shape.
 pub struct OpCase {
@@ -40,12 +61,20 @@ pub struct OpCase {
     pub case: &'static str,
     /// Compute-bound by design (report FLOP/s); otherwise memory-bound (report bytes/s).
     pub compute: bool,
-    build: fn() -> Result<OpBench>,
+    build: fn() -> Result<OpSpec>,
 }
 
 impl OpCase {
+    /// On the CPU backend.
     pub fn build(&self) -> Result<OpBench> {
-        (self.build)()
+        self.build_on(&|bf16| Ok(Box::new(CpuBackend::new(bf16))))
+    }
+
+    /// On the backend `make` returns (the CUDA backend on a GPU or the emulator).
+    pub fn build_on(&self, make: MakeBackend) -> Result<OpBench> {
+        let spec = (self.build)()?;
+        let backend = make(spec.bf16)?;
+        spec.start(backend)
     }
 
     /// `op/case`.
@@ -120,16 +149,37 @@ impl One {
         t
     }
 
-    fn node(mut self, op: Op, ins: &[TensorId], shape: &[usize], dtype: DType) -> Result<OpBench> {
+    fn node(mut self, op: Op, ins: &[TensorId], shape: &[usize], dtype: DType) -> Result<OpSpec> {
         let out = self.g.push(op, ins, "out", shape, dtype);
         self.g.mark_output(out);
         let bf16 = self.storage == Storage::Bf16;
         let widths = if bf16 { Widths::BF16 } else { Widths::F32 };
         let cost = graph_cost(&self.g, self.step.pos, widths);
-        let g = self.g.clone();
-        let mut session = Session::new(Box::new(CpuBackend::new(bf16)), self.weights, self.kv, vec![self.g])?;
+        Ok(OpSpec { one: self, cost, bf16 })
+    }
+}
+
+/// A built one-op graph with its weights, before a backend holds it.
+pub struct OpSpec {
+    one: One,
+    cost: Cost,
+    bf16: bool,
+}
+
+impl OpSpec {
+    /// Uploads the weights to `backend`, writes the inputs: ready to run.
+    fn start(self, backend: Box<dyn Backend>) -> Result<OpBench> {
+        let One {
+            g,
+            weights,
+            inputs,
+            kv,
+            step,
+            ..
+        } = self.one;
+        let mut session = Session::new(backend, weights, kv, vec![g.clone()])?;
         let id = GraphId(0);
-        for inp in &self.inputs {
+        for inp in &inputs {
             match *inp {
                 Input::F32(t) => {
                     let info = g.info(t);
@@ -147,9 +197,9 @@ impl One {
         Ok(OpBench {
             session,
             id,
-            step: self.step,
-            cost,
-            bf16,
+            step,
+            cost: self.cost,
+            bf16: self.bf16,
         })
     }
 }
@@ -162,7 +212,7 @@ fn storage(bf16: bool) -> Storage {
     }
 }
 
-fn embed(rows: usize, bf16: bool) -> Result<OpBench> {
+fn embed(rows: usize, bf16: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
     let table = o.big("tok_embeddings.weight", &[V, D]);
     let ids = o.i32_in("ids", &[rows], V as i32);
@@ -170,7 +220,7 @@ fn embed(rows: usize, bf16: bool) -> Result<OpBench> {
 }
 
 /// `x [m, k] · Wᵀ`, W `[n, k]`; with a residual when `add`.
-fn matmul(m: usize, k: usize, n: usize, bf16: bool, add: bool) -> Result<OpBench> {
+fn matmul(m: usize, k: usize, n: usize, bf16: bool, add: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
     let w = o.big("w.weight", &[n, k]);
     let x = o.f32_in("x", &[m, k]);
@@ -182,7 +232,7 @@ fn matmul(m: usize, k: usize, n: usize, bf16: bool, add: bool) -> Result<OpBench
     }
 }
 
-fn rmsnorm(rows: usize) -> Result<OpBench> {
+fn rmsnorm(rows: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, Storage::F32);
     let w = o.small("norm.weight", &[D]);
     let x = o.f32_in("x", &[rows, 1, D]);
@@ -200,7 +250,7 @@ fn kv(rows: usize, bf16: bool) -> KvSpec {
     }
 }
 
-fn rope(rows: usize, pos: usize, bf16: bool) -> Result<OpBench> {
+fn rope(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
     let tab = rope_table(1, 16, D / H, 10000.0);
     let n = tab.len();
@@ -218,7 +268,7 @@ fn rope(rows: usize, pos: usize, bf16: bool) -> Result<OpBench> {
     o.node(Op::Rope { layer: 0, table }, &[qkv], &[rows, 1, D], DType::F32)
 }
 
-fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpBench> {
+fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
@@ -226,32 +276,32 @@ fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpBench> {
     o.node(Op::Attention { layer: 0 }, &[q], &[rows, 1, D], DType::F32)
 }
 
-fn swiglu(rows: usize) -> Result<OpBench> {
+fn swiglu(rows: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, Storage::F32);
     let x = o.f32_in("ab", &[rows, 1, 2 * F]);
     o.node(Op::Swiglu, &[x], &[rows, 1, F], DType::F32)
 }
 
-fn gelu(rows: usize) -> Result<OpBench> {
+fn gelu(rows: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Prefill, Storage::F32);
     let x = o.f32_in("x", &[rows, D]);
     o.node(Op::GeluTanh, &[x], &[rows, D], DType::F32)
 }
 
-fn take_last(rows: usize, len: usize) -> Result<OpBench> {
+fn take_last(rows: usize, len: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Prefill, Storage::F32);
     let x = o.f32_in("x", &[rows, len, D]);
     o.node(Op::TakeLast, &[x], &[rows, D], DType::F32)
 }
 
-fn concat(rows: usize, la: usize, lb: usize) -> Result<OpBench> {
+fn concat(rows: usize, la: usize, lb: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Prefill, Storage::F32);
     let a = o.f32_in("a", &[rows, la, D]);
     let b = o.f32_in("b", &[rows, lb, D]);
     o.node(Op::Concat, &[a, b], &[rows, la + lb, D], DType::F32)
 }
 
-fn sampling(images: usize, top_k: usize) -> Result<OpBench> {
+fn sampling(images: usize, top_k: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, Storage::F32);
     let logits = o.f32_in("logits", &[2 * images, V]);
     let index = o.i32_in("image_index", &[images], 1 << 20);
@@ -264,14 +314,14 @@ fn sampling(images: usize, top_k: usize) -> Result<OpBench> {
     o.node(op, &[logits, index], &[2 * images], DType::I32)
 }
 
-fn codebook(n: usize, grid: usize) -> Result<OpBench> {
+fn codebook(n: usize, grid: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Storage::F32);
     let cb = o.small("quantize.embedding.weight", &[V, 8]);
     let codes = o.i32_in("codes", &[n * grid * grid], V as i32);
     o.node(Op::Codebook { codebook: cb }, &[codes], &[n, 8, grid, grid], DType::F32)
 }
 
-fn quantize(n: usize, grid: usize) -> Result<OpBench> {
+fn quantize(n: usize, grid: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqEncode, Storage::F32);
     let cb = o.small("quantize.embedding.weight", &[V, 8]);
     let z = o.f32_in("z", &[n, 8, grid, grid]);
@@ -279,7 +329,7 @@ fn quantize(n: usize, grid: usize) -> Result<OpBench> {
 }
 
 /// `k`×`k` conv, stride 1, same padding, `ci` -> `co` channels at `hw`×`hw`, optionally with a residual.
-fn conv(ci: usize, co: usize, k: usize, hw: usize, residual: bool) -> Result<OpBench> {
+fn conv(ci: usize, co: usize, k: usize, hw: usize, residual: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Storage::F32);
     let w = o.small("conv.weight", &[co, ci, k, k]);
     let b = o.small("conv.bias", &[co]);
@@ -299,7 +349,7 @@ fn conv(ci: usize, co: usize, k: usize, hw: usize, residual: bool) -> Result<OpB
     o.node(op, &ins, &[1, co, hw, hw], DType::F32)
 }
 
-fn upsample_conv(c: usize, hw: usize) -> Result<OpBench> {
+fn upsample_conv(c: usize, hw: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Storage::F32);
     let w = o.weight_as("up.conv.weight", &[c, c, 3, 3], Storage::F32, Layout::UpsamplePhases);
     let b = o.small("up.conv.bias", &[c]);
@@ -307,7 +357,7 @@ fn upsample_conv(c: usize, hw: usize) -> Result<OpBench> {
     o.node(Op::UpsampleConv { w, b }, &[x], &[1, c, 2 * hw, 2 * hw], DType::F32)
 }
 
-fn groupnorm(c: usize, hw: usize, silu: bool) -> Result<OpBench> {
+fn groupnorm(c: usize, hw: usize, silu: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Storage::F32);
     let gamma = o.small("norm.weight", &[c]);
     let beta = o.small("norm.bias", &[c]);
@@ -322,7 +372,7 @@ fn groupnorm(c: usize, hw: usize, silu: bool) -> Result<OpBench> {
     o.node(op, &[x], &[1, c, hw, hw], DType::F32)
 }
 
-fn vq_attention(c: usize, hw: usize) -> Result<OpBench> {
+fn vq_attention(c: usize, hw: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Storage::F32);
     let mut lin = |n: &str| {
         [
@@ -341,7 +391,7 @@ fn vq_attention(c: usize, hw: usize) -> Result<OpBench> {
     o.node(op, &[x, normed], &[1, c, hw, hw], DType::F32)
 }
 
-fn add(c: usize, hw: usize) -> Result<OpBench> {
+fn add(c: usize, hw: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Storage::F32);
     let a = o.f32_in("a", &[1, c, hw, hw]);
     let b = o.f32_in("b", &[1, c, hw, hw]);

@@ -175,6 +175,11 @@ impl Session {
         self.backend.write_i32(g, p, t, data)
     }
 
+    /// Waits for every run issued so far (GPU backends run asynchronously).
+    pub fn synchronize(&mut self) -> Result<()> {
+        self.backend.synchronize()
+    }
+
     pub fn read_f32(&self, id: GraphId, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor(id, name)?;
         let (g, p) = &self.graphs[id.0];

@@ -142,16 +142,7 @@ impl Backend for CpuBackend {
                         (WeightData::F32(data), prep)
                     }
                     (Layout::Plain, Storage::F32) => (WeightData::F32(w.data), conv::Prep::Torch),
-                    (Layout::Plain, Storage::Bf16) => (
-                        WeightData::Bf16(
-                            w.data
-                                .par_iter()
-                                .with_min_len(1 << 14)
-                                .map(|&v| bf16::from_f32(v))
-                                .collect(),
-                        ),
-                        conv::Prep::Torch,
-                    ),
+                    (Layout::Plain, Storage::Bf16) => (WeightData::Bf16(to_bf16(&w.data)), conv::Prep::Torch),
                 };
                 CpuWeight {
                     name: w.name,

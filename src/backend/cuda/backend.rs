@@ -388,6 +388,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         Ok(())
     }
 
+    fn synchronize(&mut self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
     fn run_node(&mut self, g: &Graph, plan: &Plan, node: &crate::runtime::Node, step: &StepParams) -> Result<()> {
         self.write_step(step)?;
         self.exec(g, plan, node)?;
