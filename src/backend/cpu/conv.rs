@@ -17,6 +17,12 @@
 //!   512 at 32x32: 181; 3x3 s2 (Downsample) 128 at 256x256: 153; 1x1 256->128 at 128x128: 141;
 //!   upsample+conv 128 at 128->256: 388 counted as the 3x3 conv it replaces (~172 actual).
 //!   conv_in 3->128 and conv_out 128->3 at 256x256: 50 and 66 (K or M of 3 starves the GEMM).
+//!
+//! On CPUs without AVX-512 (the 2-core AVX2 EPYC box), where `winograd` cannot run, the 3x3 stride-1 convs and
+//! the upsample take `winograd_gemm` (same F(4x4, 3x3), GEMMs through the gemm crate). Same command, best of
+//! several runs, direct (tap-major gemm crate) -> winograd_gemm: 128->128 at 256x256 130 -> 51 ms; 256 at 64x64
+//! 37 -> 15 ms; 512 at 32x32 34 -> 14 ms; 512 at 16x16 11 -> 6 ms; upsample+conv 128 at 128->256 75 -> 55 ms
+//! (phase convs -> Winograd phases).
 use crate::backend::Layout;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -639,7 +645,7 @@ pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>) -> (Prep, Vec<f32>)
         Layout::UpsamplePhases if fast && kh == 3 && kw == 3 => {
             (Prep::UpsampleWinograd, winograd::upsample_weights(&w, co, ci))
         }
-        Layout::UpsamplePhases if kh == 3 && kw == 3 && winograd_gemm_enabled() => {
+        Layout::UpsamplePhases if kh == 3 && kw == 3 && winograd_gemm_fits(4, co, ci) => {
             (Prep::UpsampleWinogradGemm, winograd_gemm::upsample_weights(&w, co, ci))
         }
         Layout::UpsamplePhases => (Prep::UpsamplePhases, upsample_phase_weights(&w, co, ci)),
@@ -651,7 +657,7 @@ pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>) -> (Prep, Vec<f32>)
                 && kw == 3
                 && ci >= WINOGRAD_MIN_C_IN
                 && co >= WINOGRAD_GEMM_MIN_C_OUT
-                && winograd_gemm_enabled() =>
+                && winograd_gemm_fits(1, co, ci) =>
         {
             (Prep::WinogradGemm, winograd_gemm::weights(&w, co, ci))
         }
@@ -681,10 +687,19 @@ const WINOGRAD_MIN_C_IN: usize = 8;
 /// per-call packing outweigh what it saves (the decoder's conv_out, 128 -> 3).
 const WINOGRAD_GEMM_MIN_C_OUT: usize = 16;
 
-/// The gemm-crate Winograd, unless `LLAMAGEN_NO_WINOGRAD` asks for the direct convolutions (for
-/// measuring what it buys).
-fn winograd_gemm_enabled() -> bool {
+/// Largest transformed weight the gemm-crate Winograd keeps. Its weights are 36 / 9 = 4x the conv's (16x for
+/// the four upsample phases), and the convs whose weights are big are the many-channel, low-resolution ones
+/// (VQ-16: 512 channels at 16-32 px), where a conv costs a few ms and Winograd saves little (measured on the
+/// AVX2 box: 512->512 at 16x16 11 -> 6 ms, the 256-channel upsample 69 -> 60 ms, for 28 MB more each). The cap
+/// takes the VQ-16 decode's peak RSS (with GPT-B) from 1.38 GB to 0.89 GB; its time did not change measurably
+/// (interleaved runs, 0.87-1.07 s either way on a noisy box).
+const WINOGRAD_GEMM_MAX_BYTES: usize = 16 << 20;
+
+/// Whether a 3x3 weight of `phases` Winograd phases runs through the gemm-crate Winograd: it fits the cap and
+/// `LLAMAGEN_NO_WINOGRAD` (the direct convolutions, for measuring what Winograd buys) is not set.
+fn winograd_gemm_fits(phases: usize, c_out: usize, c_in: usize) -> bool {
     std::env::var_os("LLAMAGEN_NO_WINOGRAD").is_none()
+        && 4 * winograd_gemm::weights_len(c_out, c_in, phases) <= WINOGRAD_GEMM_MAX_BYTES
 }
 
 /// `Op::Conv` on a weight from `prepare`: out = conv(x) + bias (+ residual). x: (n, c_in, h, w).
@@ -1188,6 +1203,25 @@ mod tests {
         let mut out = vec![0.0; 2 * 4 * 3];
         conv2d(&x, 1, 2, 8, 6, &wt, None, 2, 3, 3, 2, [0, 1, 0, 1], &mut out);
         assert!(rel_l2(&out, &c.naive(&x, &wt, None)) < 1e-6);
+    }
+
+    /// Without AVX-512: Winograd for the 3x3 convs and upsamples whose transformed weight fits the cap, direct
+    /// for the rest (and for `conv_out`'s 3 output channels).
+    #[test]
+    fn prepare_picks_winograd_where_it_fits() {
+        if kernel::available() || std::env::var_os("LLAMAGEN_NO_WINOGRAD").is_some() {
+            return;
+        }
+        let prep = |layout, co: usize, ci: usize| prepare(layout, &[co, ci, 3, 3], vec![0.5; co * ci * 9]).0;
+        assert_eq!(prep(Layout::Winograd, 128, 128), Prep::WinogradGemm);
+        assert_eq!(prep(Layout::Winograd, 256, 256), Prep::WinogradGemm);
+        assert_eq!(prep(Layout::Winograd, 512, 512), Prep::Torch);
+        assert_eq!(prep(Layout::Winograd, 3, 128), Prep::Torch);
+        assert_eq!(prep(Layout::Winograd, 128, 3), Prep::Torch);
+        assert_eq!(prep(Layout::UpsamplePhases, 128, 128), Prep::UpsampleWinogradGemm);
+        assert_eq!(prep(Layout::UpsamplePhases, 256, 256), Prep::UpsamplePhases);
+        let (p, w) = prepare(Layout::Winograd, &[16, 8, 3, 3], (0..16 * 8 * 9).map(|i| i as f32).collect());
+        assert_eq!((p, w.len()), (Prep::WinogradGemm, winograd_gemm::weights_len(16, 8, 1)));
     }
 
     #[test]
