@@ -25,19 +25,31 @@ fn cuda(bf16: bool) -> llamagen::Result<Box<dyn Backend>> {
     Ok(Box::new(CudaBackend::new(gpu::GpuDevice::new(0)?, act)?))
 }
 
+/// Whether the CUDA backend can start here: a GPU, its driver, and kernels built into this binary.
+fn cuda_usable() -> Result<(), String> {
+    if !gpu::available() {
+        return Err("no GPU or CUDA driver here".into());
+    }
+    gpu::GpuDevice::new(0).map(|_| ()).map_err(|e| e.to_string())
+}
+
 fn devices() -> Vec<&'static str> {
     match std::env::var("LLAMAGEN_BENCH_DEVICE").as_deref() {
         Ok("cpu") => vec!["cpu"],
-        Ok("cuda") => {
-            assert!(
-                gpu::available(),
-                "LLAMAGEN_BENCH_DEVICE=cuda but no GPU or CUDA driver here"
-            );
-            vec!["cuda"]
-        }
+        Ok("cuda") => match cuda_usable() {
+            Ok(()) => vec!["cuda"],
+            Err(e) => panic!("LLAMAGEN_BENCH_DEVICE=cuda: {e}"),
+        },
         Ok(other) => panic!("LLAMAGEN_BENCH_DEVICE={other}: expected cpu or cuda"),
-        Err(_) if gpu::available() => vec!["cpu", "cuda"],
-        Err(_) => vec!["cpu"],
+        Err(_) => match cuda_usable() {
+            Ok(()) => vec!["cpu", "cuda"],
+            Err(e) => {
+                if gpu::available() {
+                    eprintln!("a GPU is present but the CUDA cases are skipped: {e}");
+                }
+                vec!["cpu"]
+            }
+        },
     }
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine with a Rust toolchain, everything scripts/gpu-check.sh needs on a GPU machine that has none:
 # the release binary and the GPU test executables (debug info stripped), packed as .gpu-bundle/bundle.tar.xz (about
-# 8 MB; git-ignored). Carry .gpu-bundle with the working tree (the device tool takes 64 MiB in all); gpu-check.sh
+# 22 MB; git-ignored). Carry .gpu-bundle with the working tree (the device tool takes 64 MiB in all); gpu-check.sh
 # unpacks and uses it when cargo is absent. Same x86-64 target as CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."

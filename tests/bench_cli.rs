@@ -363,7 +363,7 @@ fn op_cases_build_and_run() {
 
 /// The CUDA side of the op benches (`benches/ops.rs` runs them on a GPU as `<op>/<case>/cuda`), here on the
 /// emulator: every case small enough to emulate quickly builds on the CUDA backend, runs to completion, and gives
-/// the CPU backend's output (tokens exactly; values within the kernel tests' bounds, looser for bf16 storage).
+/// the CPU backend's output (tokens and codes exactly; values within the kernel tests' bounds, looser for bf16 storage).
 #[cfg(llamagen_cuemu)]
 #[test]
 fn op_cases_run_on_the_cuda_backend() {
@@ -387,6 +387,9 @@ fn op_cases_run_on_the_cuda_backend() {
         let (want, got) = (cpu.output().unwrap(), gpu.output().unwrap());
         assert_eq!(want.len(), got.len(), "{}", case.id());
         assert!(got.iter().all(|v| v.is_finite()), "{}: non-finite output", case.id());
+        if cpu.output_is_int() {
+            assert_eq!(want, got, "{}: tokens differ from the CPU's", case.id());
+        }
         let num: f64 = want
             .iter()
             .zip(&got)

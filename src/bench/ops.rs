@@ -35,6 +35,12 @@ impl OpBench {
         self.session.synchronize()
     }
 
+    /// Whether the output is integer (tokens, codes), so two backends must agree exactly.
+    pub fn output_is_int(&self) -> bool {
+        let g = self.session.graph(self.id);
+        g.find("out").is_some_and(|t| g.info(t).dtype == DType::I32)
+    }
+
     /// The op's output: f32 values, or i32 tokens widened.
     pub fn output(&self) -> Result<Vec<f32>> {
         let g = self.session.graph(self.id);

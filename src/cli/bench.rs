@@ -511,7 +511,8 @@ impl Job<'_> {
         let col = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
         let mut out = Vec::new();
         if let (false, Some(path)) = (a.synthetic_weights, &a.gpt) {
-            // from the file to weights ready in the backend: the file read once, the weights written once
+            // from the file to weights ready in the backend (its creation included): the file read once, the weights
+            // written once
             let file = std::fs::metadata(path).map_or(0, |m| m.len()) as f64;
             let params: usize = cfg
                 .weight_shapes()

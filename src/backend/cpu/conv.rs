@@ -640,16 +640,17 @@ pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>) -> (Prep, Vec<f32>)
         [co, ci, kh, kw] => (co, ci, kh, kw),
         _ => return (Prep::Torch, w),
     };
-    let fast = kernel::available();
+    // LLAMAGEN_NO_WINOGRAD: every conv direct, on any CPU (for measuring what Winograd buys)
+    let (fast, wino) = (kernel::available(), !no_winograd());
     match layout {
-        Layout::UpsamplePhases if fast && kh == 3 && kw == 3 => {
+        Layout::UpsamplePhases if fast && wino && kh == 3 && kw == 3 => {
             (Prep::UpsampleWinograd, winograd::upsample_weights(&w, co, ci))
         }
         Layout::UpsamplePhases if kh == 3 && kw == 3 && winograd_gemm_fits(4, co, ci) => {
             (Prep::UpsampleWinogradGemm, winograd_gemm::upsample_weights(&w, co, ci))
         }
         Layout::UpsamplePhases => (Prep::UpsamplePhases, upsample_phase_weights(&w, co, ci)),
-        Layout::Winograd if fast && kh == 3 && kw == 3 && ci >= WINOGRAD_MIN_C_IN => {
+        Layout::Winograd if fast && wino && kh == 3 && kw == 3 && ci >= WINOGRAD_MIN_C_IN => {
             (Prep::Winograd, winograd::weights(&w, co, ci))
         }
         Layout::Winograd
@@ -696,10 +697,14 @@ const WINOGRAD_GEMM_MIN_C_OUT: usize = 16;
 const WINOGRAD_GEMM_MAX_BYTES: usize = 16 << 20;
 
 /// Whether a 3x3 weight of `phases` Winograd phases runs through the gemm-crate Winograd: it fits the cap and
-/// `LLAMAGEN_NO_WINOGRAD` (the direct convolutions, for measuring what Winograd buys) is not set.
+/// `LLAMAGEN_NO_WINOGRAD` is not set.
 fn winograd_gemm_fits(phases: usize, c_out: usize, c_in: usize) -> bool {
-    std::env::var_os("LLAMAGEN_NO_WINOGRAD").is_none()
-        && 4 * winograd_gemm::weights_len(c_out, c_in, phases) <= WINOGRAD_GEMM_MAX_BYTES
+    !no_winograd() && 4 * winograd_gemm::weights_len(c_out, c_in, phases) <= WINOGRAD_GEMM_MAX_BYTES
+}
+
+/// `LLAMAGEN_NO_WINOGRAD` set: the direct convolutions everywhere (smaller error; for measuring what Winograd buys).
+fn no_winograd() -> bool {
+    std::env::var_os("LLAMAGEN_NO_WINOGRAD").is_some()
 }
 
 /// `Op::Conv` on a weight from `prepare`: out = conv(x) + bias (+ residual). x: (n, c_in, h, w).
@@ -1220,7 +1225,11 @@ mod tests {
         assert_eq!(prep(Layout::Winograd, 128, 3), Prep::Torch);
         assert_eq!(prep(Layout::UpsamplePhases, 128, 128), Prep::UpsampleWinogradGemm);
         assert_eq!(prep(Layout::UpsamplePhases, 256, 256), Prep::UpsamplePhases);
-        let (p, w) = prepare(Layout::Winograd, &[16, 8, 3, 3], (0..16 * 8 * 9).map(|i| i as f32).collect());
+        let (p, w) = prepare(
+            Layout::Winograd,
+            &[16, 8, 3, 3],
+            (0..16 * 8 * 9).map(|i| i as f32).collect(),
+        );
         assert_eq!((p, w.len()), (Prep::WinogradGemm, winograd_gemm::weights_len(16, 8, 1)));
     }
 
@@ -1471,23 +1480,26 @@ mod tests {
             let pw = upsample_phase_weights(&w, c, c);
             let mut out = vec![0.0; c * 4 * hw * hw];
             let name = format!("upsample+conv3x3 {c} {hw}->{} (as 3x3 conv flops)", 2 * hw);
-            if !name.contains(&filter) {
-                continue;
-            }
             let flops = 2.0 * (c * c * 9 * 4 * hw * hw) as f64;
-            bench_one(&name, flops, &mut || {
-                upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out)
-            });
-            if kernel::available() {
+            if name.contains(&filter) {
+                bench_one(&name, flops, &mut || {
+                    upsample_conv3x3(&x, 1, c, hw, hw, &pw, &b, c, &mut out)
+                });
+            }
+            let avx512 = format!("{name} winograd avx512");
+            if kernel::available() && avx512.contains(&filter) {
                 let u = winograd::upsample_weights(&w, c, c);
-                bench_one(&format!("{name} winograd"), flops, &mut || {
+                bench_one(&avx512, flops, &mut || {
                     winograd::upsample_conv3x3(&x, (1, hw, hw), &u, c, c, &b, &mut out)
                 });
             }
-            let u = winograd_gemm::upsample_weights(&w, c, c);
-            bench_one(&format!("{name} winograd gemm crate"), flops, &mut || {
-                winograd_gemm::upsample_conv3x3(&x, (1, hw, hw), &u, c, c, &b, &mut out)
-            });
+            let gemm = format!("{name} winograd gemm crate");
+            if gemm.contains(&filter) {
+                let u = winograd_gemm::upsample_weights(&w, c, c);
+                bench_one(&gemm, flops, &mut || {
+                    winograd_gemm::upsample_conv3x3(&x, (1, hw, hw), &u, c, c, &b, &mut out)
+                });
+            }
         }
     }
 }

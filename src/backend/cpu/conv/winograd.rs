@@ -828,6 +828,8 @@ mod tests {
             (2, 32, 40, 12, 12),
             (1, 24, 8, 5, 128),
             (1, 64, 48, 3, 6),
+            // 25 rows of 3 tiles: two blocks, the last one partial
+            (1, 8, 16, 100, 12),
         ]
         .iter()
         .enumerate()
@@ -860,6 +862,9 @@ mod tests {
             (1, 9, 6, 7),
             (2, 8, 5, 64),
             (1, 3, 3, 130),
+            // two blocks of tile rows (the last partial), and output channels split over tasks
+            (1, 16, 100, 12),
+            (1, 48, 10, 6),
         ]
         .iter()
         .enumerate()
