@@ -21,7 +21,7 @@ use llamagen::bench::ops::{cases, OpCase};
 use std::time::Duration;
 
 fn cuda(bf16: bool) -> llamagen::Result<Box<dyn Backend>> {
-    let act = if bf16 { launch::Dtype::Bf16 } else { launch::Dtype::F32 };
+    let act = launch::Dtype::activations(bf16);
     Ok(Box::new(CudaBackend::new(gpu::GpuDevice::new(0)?, act)?))
 }
 

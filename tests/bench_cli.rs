@@ -369,7 +369,7 @@ fn op_cases_build_and_run() {
 fn op_cases_run_on_the_cuda_backend() {
     use llamagen::backend::cuda::{emu::EmuDevice, launch, CudaBackend};
     let emu = |bf16: bool| -> llamagen::Result<Box<dyn llamagen::backend::Backend>> {
-        let act = if bf16 { launch::Dtype::Bf16 } else { launch::Dtype::F32 };
+        let act = launch::Dtype::activations(bf16);
         Ok(Box::new(CudaBackend::new(EmuDevice::new(), act)?))
     };
     let mut ran = Vec::new();

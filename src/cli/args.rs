@@ -75,11 +75,7 @@ pub fn resolve_device(d: Option<Device>) -> Device {
 /// The backend for `--device`: activations (and the KV cache) in bf16 when `dtype` is bf16.
 pub fn backend(device: Device, dtype: Dtype) -> Result<Box<dyn Backend>> {
     use llamagen::backend::cuda::{self, launch};
-    let act = if dtype == Dtype::Bf16 {
-        launch::Dtype::Bf16
-    } else {
-        launch::Dtype::F32
-    };
+    let act = launch::Dtype::activations(dtype == Dtype::Bf16);
     match device {
         Device::Cpu => Ok(Box::new(CpuBackend::new(dtype == Dtype::Bf16))),
         Device::Cuda => {

@@ -233,6 +233,17 @@ pub enum Dtype {
     Bf16,
 }
 
+impl Dtype {
+    /// The activation dtype of a backend that rounds activations to bf16 when `bf16` (the CPU backend's flag).
+    pub fn activations(bf16: bool) -> Self {
+        if bf16 {
+            Dtype::Bf16
+        } else {
+            Dtype::F32
+        }
+    }
+}
+
 /// An activation element type: `f32` or `bf16`.
 pub trait Elem: DeviceRepr {
     const DTYPE: Dtype;

@@ -75,9 +75,12 @@ fn pack(c_out: usize, c_in: usize, phases: usize, kern: impl Fn(usize, usize, us
 /// Transformed weights of a torch `(c_out, c_in, 3, 3)` weight, for `conv3x3`.
 pub fn weights(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     assert_eq!(w.len(), c_out * c_in * 9, "winograd weights: length");
-    pack(c_out, c_in, 1, |_, co, ci| {
-        std::array::from_fn(|t| w[(co * c_in + ci) * 9 + t] as f64)
-    })
+    pack(c_out, c_in, 1, |_, co, ci| torch_kernel(w, c_in, co, ci))
+}
+
+/// Kernel `(co, ci)` of a torch `(c_out, c_in, 3, 3)` weight, in f64.
+pub(super) fn torch_kernel(w: &[f32], c_in: usize, co: usize, ci: usize) -> [f64; 9] {
+    std::array::from_fn(|t| w[(co * c_in + ci) * 9 + t] as f64)
 }
 
 /// Transformed weights of the 3x3 conv `(c, c, 3, 3)` after a nearest x2 upsample, for `upsample_conv3x3`:
@@ -85,21 +88,23 @@ pub fn weights(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 /// output phase reads through input pixel `(dy, dx)` of its 2x2 window.
 pub fn upsample_weights(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     assert_eq!(w.len(), c_out * c_in * 9, "winograd upsample weights: length");
-    pack(c_out, c_in, 4, |ph, co, ci| {
-        let (a, b) = (ph >> 1, ph & 1);
-        let wk = &w[(co * c_in + ci) * 9..][..9];
-        let mut k = [0f64; 9];
-        for dy in 0..2 {
-            for dx in 0..2 {
-                let s: f64 = FOLD[a][dy]
-                    .iter()
-                    .flat_map(|&ky| FOLD[b][dx].iter().map(move |&kx| wk[ky * 3 + kx] as f64))
-                    .sum();
-                k[(a + dy) * 3 + b + dx] = s;
-            }
+    pack(c_out, c_in, 4, |ph, co, ci| upsample_kernel(w, c_in, ph, co, ci))
+}
+
+/// Kernel `(co, ci)` of upsample phase `ph = 2a + b` (see `upsample_weights`), in f64.
+pub(super) fn upsample_kernel(w: &[f32], c_in: usize, ph: usize, co: usize, ci: usize) -> [f64; 9] {
+    let (a, b) = (ph >> 1, ph & 1);
+    let wk = &w[(co * c_in + ci) * 9..][..9];
+    let mut k = [0f64; 9];
+    for dy in 0..2 {
+        for dx in 0..2 {
+            k[(a + dy) * 3 + b + dx] = FOLD[a][dy]
+                .iter()
+                .flat_map(|&ky| FOLD[b][dx].iter().map(move |&kx| wk[ky * 3 + kx] as f64))
+                .sum();
         }
-        k
-    })
+    }
+    k
 }
 
 /// Length of `weights` / `upsample_weights` output.
@@ -476,16 +481,74 @@ unsafe fn output_tile(m: *const f32, pos_stride: usize) -> [__m512; 16] {
 
 /// Where the output transform writes: output phase (a, b) of tile pixel (Y, X) is `out[(Y * s + a) *
 /// ow + X * s + b]` with s = 1 (conv) or 2 (upsample).
+/// Shared with `winograd_gemm`, whose entry points check their operands the same way.
 #[derive(Clone, Copy)]
-struct Dest<'a> {
-    out: SendPtr,
+pub(super) struct Dest<'a> {
+    pub(super) out: SendPtr,
     /// elements of one output image and channel plane
-    img: usize,
-    plane: usize,
-    ow: usize,
-    s: usize,
-    bias: Option<&'a [f32]>,
-    ep: Epilogue<'a>,
+    pub(super) img: usize,
+    pub(super) plane: usize,
+    pub(super) ow: usize,
+    pub(super) s: usize,
+    pub(super) bias: Option<&'a [f32]>,
+    pub(super) ep: Epilogue<'a>,
+}
+
+impl<'a> Dest<'a> {
+    /// Checks the operands of a 3x3 stride-1 pad-1 conv (`u_len`: the weight length its layout
+    /// needs) and aims at `out`; None when there is nothing to write.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv(
+        x: &[f32],
+        (n, h, w): (usize, usize, usize),
+        (u, u_len): (&[f32], usize),
+        c_out: usize,
+        c_in: usize,
+        bias: Option<&'a [f32]>,
+        ep: Epilogue<'a>,
+        out: &mut [f32],
+    ) -> Option<Self> {
+        assert_eq!(x.len(), n * c_in * h * w, "winograd conv: input length");
+        assert_eq!(out.len(), n * c_out * h * w, "winograd conv: output length");
+        assert_eq!(u.len(), u_len, "winograd conv: weight length");
+        assert!(bias.is_none_or(|b| b.len() == c_out), "winograd conv: bias length");
+        if let Epilogue::Residual(r) = ep {
+            assert_eq!(r.len(), out.len(), "winograd conv: residual length");
+        }
+        (!out.is_empty()).then(|| Dest {
+            out: SendPtr(out.as_mut_ptr()),
+            img: c_out * h * w,
+            plane: h * w,
+            ow: w,
+            s: 1,
+            bias,
+            ep,
+        })
+    }
+
+    /// Checks the operands of a nearest x2 upsample + 3x3 conv and aims at `out` (n, c_out, 2h, 2w).
+    pub(super) fn upsample(
+        x: &[f32],
+        (n, h, w): (usize, usize, usize),
+        (u, u_len): (&[f32], usize),
+        (c_out, c_in): (usize, usize),
+        bias: &'a [f32],
+        out: &mut [f32],
+    ) -> Option<Self> {
+        assert_eq!(x.len(), n * c_in * h * w, "winograd upsample: input length");
+        assert_eq!(out.len(), n * c_out * 4 * h * w, "winograd upsample: output length");
+        assert_eq!(u.len(), u_len, "winograd upsample: weight length");
+        assert_eq!(bias.len(), c_out, "winograd upsample: bias length");
+        (!out.is_empty()).then(|| Dest {
+            out: SendPtr(out.as_mut_ptr()),
+            img: c_out * 4 * h * w,
+            plane: 4 * h * w,
+            ow: 2 * w,
+            s: 2,
+            bias: Some(bias),
+            ep: Epilogue::Set,
+        })
+    }
 }
 
 #[target_feature(enable = "avx512f")]
@@ -708,26 +771,10 @@ pub fn conv3x3(
     out: &mut [f32],
 ) {
     assert!(kernel::available(), "winograd conv needs AVX-512");
-    assert_eq!(x.len(), n * c_in * h * w, "winograd conv: input length");
-    assert_eq!(out.len(), n * c_out * h * w, "winograd conv: output length");
-    assert_eq!(u.len(), weights_len(c_out, c_in, 1), "winograd conv: weight length");
-    assert!(bias.is_none_or(|b| b.len() == c_out), "winograd conv: bias length");
-    if let Epilogue::Residual(r) = ep {
-        assert_eq!(r.len(), out.len(), "winograd conv: residual length");
+    let u_len = weights_len(c_out, c_in, 1);
+    if let Some(d) = Dest::conv(x, (n, h, w), (u, u_len), c_out, c_in, bias, ep, out) {
+        run(x, (n, h, w), u, c_out, c_in, 1, d);
     }
-    if out.is_empty() {
-        return;
-    }
-    let d = Dest {
-        out: SendPtr(out.as_mut_ptr()),
-        img: c_out * h * w,
-        plane: h * w,
-        ow: w,
-        s: 1,
-        bias,
-        ep,
-    };
-    run(x, (n, h, w), u, c_out, c_in, 1, d);
 }
 
 /// Nearest x2 upsample then 3x3 pad-1 conv, with `upsample_weights`. x: (n, c_in, h, w);
@@ -743,23 +790,10 @@ pub fn upsample_conv3x3(
     out: &mut [f32],
 ) {
     assert!(kernel::available(), "winograd conv needs AVX-512");
-    assert_eq!(x.len(), n * c_in * h * w, "winograd upsample: input length");
-    assert_eq!(out.len(), n * c_out * 4 * h * w, "winograd upsample: output length");
-    assert_eq!(u.len(), weights_len(c_out, c_in, 4), "winograd upsample: weight length");
-    assert_eq!(bias.len(), c_out, "winograd upsample: bias length");
-    if out.is_empty() {
-        return;
+    let u_len = weights_len(c_out, c_in, 4);
+    if let Some(d) = Dest::upsample(x, (n, h, w), (u, u_len), (c_out, c_in), bias, out) {
+        run(x, (n, h, w), u, c_out, c_in, 4, d);
     }
-    let d = Dest {
-        out: SendPtr(out.as_mut_ptr()),
-        img: c_out * 4 * h * w,
-        plane: 4 * h * w,
-        ow: 2 * w,
-        s: 2,
-        bias: Some(bias),
-        ep: Epilogue::Set,
-    };
-    run(x, (n, h, w), u, c_out, c_in, 4, d);
 }
 
 #[cfg(test)]

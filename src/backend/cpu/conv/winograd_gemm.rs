@@ -12,8 +12,8 @@
 //! of the output channels. Per block: the input transform writes V[pos][ci][tile], one GEMM per
 //! position writes M[pos][co][tile] = U[pos] * V[pos], and the output transform adds bias and
 //! epilogue while writing the 4x4 tiles out (at stride 2 and a phase offset for the upsample).
-use super::winograd::{filter_tile, POS};
-use super::{mat, sgemm, with_scratch, Epilogue, SendPtr, FOLD};
+use super::winograd::{filter_tile, torch_kernel, upsample_kernel, Dest, POS};
+use super::{mat, sgemm, with_scratch, Epilogue, SendPtr};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -38,29 +38,14 @@ fn pack(c_out: usize, c_in: usize, phases: usize, kern: impl Fn(usize, usize, us
 /// Transformed weights of a torch `(c_out, c_in, 3, 3)` weight, for `conv3x3`.
 pub fn weights(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     assert_eq!(w.len(), c_out * c_in * 9, "winograd weights: length");
-    pack(c_out, c_in, 1, |_, co, ci| {
-        std::array::from_fn(|t| w[(co * c_in + ci) * 9 + t] as f64)
-    })
+    pack(c_out, c_in, 1, |_, co, ci| torch_kernel(w, c_in, co, ci))
 }
 
-/// Transformed weights of nearest x2 upsample + 3x3 conv, for `upsample_conv3x3`: phase `(a, b)` is
-/// the folded 2x2 phase kernel placed at taps `(a + dy, b + dx)` of a 3x3 frame (see `FOLD`).
+/// Transformed weights of nearest x2 upsample + 3x3 conv, for `upsample_conv3x3` (the phase kernels of
+/// `winograd::upsample_weights`).
 pub fn upsample_weights(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     assert_eq!(w.len(), c_out * c_in * 9, "winograd upsample weights: length");
-    pack(c_out, c_in, 4, |ph, co, ci| {
-        let (a, b) = (ph >> 1, ph & 1);
-        let wk = &w[(co * c_in + ci) * 9..][..9];
-        let mut k = [0f64; 9];
-        for dy in 0..2 {
-            for dx in 0..2 {
-                k[(a + dy) * 3 + b + dx] = FOLD[a][dy]
-                    .iter()
-                    .flat_map(|&ky| FOLD[b][dx].iter().map(move |&kx| wk[ky * 3 + kx] as f64))
-                    .sum();
-            }
-        }
-        k
-    })
+    pack(c_out, c_in, 4, |ph, co, ci| upsample_kernel(w, c_in, ph, co, ci))
 }
 
 pub fn weights_len(c_out: usize, c_in: usize, phases: usize) -> usize {
@@ -119,18 +104,6 @@ struct Geom {
     w: usize,
     th: usize,
     tw: usize,
-}
-
-/// Where the output transform writes: output pixel (y, x) of phase (a, b) goes to
-/// `(s y + a, s x + b)` of a plane `ow` wide.
-struct Dest<'a> {
-    out: SendPtr,
-    img: usize,
-    plane: usize,
-    ow: usize,
-    s: usize,
-    bias: Option<&'a [f32]>,
-    ep: Epilogue<'a>,
 }
 
 /// V[pos][ci][t] for tiles `t = (ty - ty0) * tw + tx` of tile rows `ty0..ty0 + nty` of one image.
@@ -350,26 +323,10 @@ pub fn conv3x3(
     ep: Epilogue,
     out: &mut [f32],
 ) {
-    assert_eq!(x.len(), n * c_in * h * w, "winograd conv: input length");
-    assert_eq!(out.len(), n * c_out * h * w, "winograd conv: output length");
-    assert_eq!(u.len(), weights_len(c_out, c_in, 1), "winograd conv: weight length");
-    assert!(bias.is_none_or(|b| b.len() == c_out), "winograd conv: bias length");
-    if let Epilogue::Residual(r) = ep {
-        assert_eq!(r.len(), out.len(), "winograd conv: residual length");
+    let u_len = weights_len(c_out, c_in, 1);
+    if let Some(d) = Dest::conv(x, (n, h, w), (u, u_len), c_out, c_in, bias, ep, out) {
+        run(x, (n, h, w), u, c_out, c_in, 1, d);
     }
-    if out.is_empty() {
-        return;
-    }
-    let d = Dest {
-        out: SendPtr(out.as_mut_ptr()),
-        img: c_out * h * w,
-        plane: h * w,
-        ow: w,
-        s: 1,
-        bias,
-        ep,
-    };
-    run(x, (n, h, w), u, c_out, c_in, 1, d);
 }
 
 /// Nearest x2 upsample then 3x3 pad-1 conv, with `upsample_weights`. x: (n, c_in, h, w);
@@ -384,21 +341,8 @@ pub fn upsample_conv3x3(
     bias: &[f32],
     out: &mut [f32],
 ) {
-    assert_eq!(x.len(), n * c_in * h * w, "winograd upsample: input length");
-    assert_eq!(out.len(), n * c_out * 4 * h * w, "winograd upsample: output length");
-    assert_eq!(u.len(), weights_len(c_out, c_in, 4), "winograd upsample: weight length");
-    assert_eq!(bias.len(), c_out, "winograd upsample: bias length");
-    if out.is_empty() {
-        return;
+    let u_len = weights_len(c_out, c_in, 4);
+    if let Some(d) = Dest::upsample(x, (n, h, w), (u, u_len), (c_out, c_in), bias, out) {
+        run(x, (n, h, w), u, c_out, c_in, 4, d);
     }
-    let d = Dest {
-        out: SendPtr(out.as_mut_ptr()),
-        img: c_out * 4 * h * w,
-        plane: 4 * h * w,
-        ow: 2 * w,
-        s: 2,
-        bias: Some(bias),
-        ep: Epilogue::Set,
-    };
-    run(x, (n, h, w), u, c_out, c_in, 4, d);
 }
