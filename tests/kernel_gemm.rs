@@ -7,6 +7,7 @@
 use half::bf16;
 use llamagen::backend::cpu;
 use llamagen::backend::cpu::matmul::WeightRef;
+use llamagen::backend::cpu::KernelFamily;
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::gemm::{self, GemmPath, Strided};
 use llamagen::backend::cuda::kernels::{self, SoftmaxRowsParams};
@@ -59,7 +60,18 @@ fn gemm_case<D: TestDevice>(
     let mut want = vec![0f32; m * n];
     let wb = to_bf16(&w);
     let wref = if bf { WeightRef::Bf16(&wb) } else { WeightRef::F32(&w) };
-    cpu::matmul::matmul(&x, m, k, wref, n, res.then_some(&r[..]), bf, &mut Vec::new(), &mut want);
+    cpu::matmul::matmul(
+        KernelFamily::Portable,
+        &x,
+        m,
+        k,
+        wref,
+        n,
+        res.then_some(&r[..]),
+        bf,
+        &mut Vec::new(),
+        &mut want,
+    );
 
     let got = if bf {
         let (xd, wd, rd) = (
@@ -164,6 +176,7 @@ fn gemm_unaligned_fallback_on<D: TestDevice>(dev: &D) {
     let mut want = vec![0f32; m * n];
     let wb = to_bf16(&w);
     cpu::matmul::matmul(
+        KernelFamily::Portable,
         &x[1..],
         m,
         k,
@@ -186,6 +199,7 @@ fn gemm_unaligned_fallback_on<D: TestDevice>(dev: &D) {
     }
     // The same in f32 (4 bytes past the boundary).
     cpu::matmul::matmul(
+        KernelFamily::Portable,
         &x[1..],
         m,
         k,

@@ -4,6 +4,7 @@
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use llamagen::backend::cpu::groupnorm::groupnorm as cpu_groupnorm;
+use llamagen::backend::cpu::KernelFamily;
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::groupnorm::{groupnorm, groupnorm_workspace_len};
 
@@ -41,7 +42,19 @@ fn run_case<D: TestDevice>(
     let beta: Vec<f32> = (0..k.c).map(|_| rng.uniform(-0.5, 0.5)).collect();
     let eps = 1e-6f32;
     let mut want = vec![0f32; len];
-    cpu_groupnorm(&x, k.n, k.c, k.hw, k.groups, eps, &gamma, &beta, silu, &mut want);
+    cpu_groupnorm(
+        &x,
+        k.n,
+        k.c,
+        k.hw,
+        k.groups,
+        eps,
+        &gamma,
+        &beta,
+        silu,
+        KernelFamily::Portable,
+        &mut want,
+    );
 
     let xb = dev.upload(&x, "x");
     let gb = dev.upload(&gamma, "gamma");

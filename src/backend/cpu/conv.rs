@@ -23,6 +23,7 @@
 //! several runs, direct (tap-major gemm crate) -> winograd_gemm: 128->128 at 256x256 130 -> 51 ms; 256 at 64x64
 //! 37 -> 15 ms; 512 at 32x32 34 -> 14 ms; 512 at 16x16 11 -> 6 ms; upsample+conv 128 at 128->256 75 -> 55 ms
 //! (phase convs -> Winograd phases).
+use super::KernelFamily;
 use crate::backend::Layout;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -635,13 +636,13 @@ pub enum Prep {
 }
 
 /// Lays out a conv weight of `shape` (c_out, c_in, kh, kw) as its `layout` allows.
-pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>) -> (Prep, Vec<f32>) {
+pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>, kernels: KernelFamily) -> (Prep, Vec<f32>) {
     let (co, ci, kh, kw) = match *shape {
         [co, ci, kh, kw] => (co, ci, kh, kw),
         _ => return (Prep::Torch, w),
     };
     // LLAMAGEN_NO_WINOGRAD: every conv direct, on any CPU (for measuring what Winograd buys)
-    let (fast, wino) = (kernel::available(), !no_winograd());
+    let (fast, wino) = (kernels >= KernelFamily::Avx512, !no_winograd());
     match layout {
         Layout::UpsamplePhases if fast && wino && kh == 3 && kw == 3 => {
             (Prep::UpsampleWinograd, winograd::upsample_weights(&w, co, ci))
@@ -1176,7 +1177,7 @@ mod tests {
                     if layout == Layout::Winograd && (k, s, pad) != (3, 1, [1; 4]) {
                         continue;
                     }
-                    let (prep, pw) = prepare(layout, &[co, ci, k, k], wt.clone());
+                    let (prep, pw) = prepare(layout, &[co, ci, k, k], wt.clone(), KernelFamily::detected());
                     let mut out = vec![f32::NAN; want.len()];
                     let geo = (co, k, s, pad);
                     conv_prepared(prep, &pw, &x, (n, ci, h, w), geo, Some(&b), None, &mut out).unwrap();
@@ -1210,14 +1211,16 @@ mod tests {
         assert!(rel_l2(&out, &c.naive(&x, &wt, None)) < 1e-6);
     }
 
-    /// Without AVX-512: Winograd for the 3x3 convs and upsamples whose transformed weight fits the cap, direct
-    /// for the rest (and for `conv_out`'s 3 output channels).
+    /// Below the AVX-512 family (on any CPU): Winograd for the 3x3 convs and upsamples whose transformed weight
+    /// fits the cap, direct for the rest (and for `conv_out`'s 3 output channels).
     #[test]
     fn prepare_picks_winograd_where_it_fits() {
-        if kernel::available() || std::env::var_os("LLAMAGEN_NO_WINOGRAD").is_some() {
+        if std::env::var_os("LLAMAGEN_NO_WINOGRAD").is_some() {
             return;
         }
-        let prep = |layout, co: usize, ci: usize| prepare(layout, &[co, ci, 3, 3], vec![0.5; co * ci * 9]).0;
+        let prep = |layout, co: usize, ci: usize| {
+            prepare(layout, &[co, ci, 3, 3], vec![0.5; co * ci * 9], KernelFamily::Avx2).0
+        };
         assert_eq!(prep(Layout::Winograd, 128, 128), Prep::WinogradGemm);
         assert_eq!(prep(Layout::Winograd, 256, 256), Prep::WinogradGemm);
         assert_eq!(prep(Layout::Winograd, 512, 512), Prep::Torch);
@@ -1229,6 +1232,7 @@ mod tests {
             Layout::Winograd,
             &[16, 8, 3, 3],
             (0..16 * 8 * 9).map(|i| i as f32).collect(),
+            KernelFamily::Avx2,
         );
         assert_eq!((p, w.len()), (Prep::WinogradGemm, winograd_gemm::weights_len(16, 8, 1)));
     }

@@ -89,6 +89,7 @@ impl CpuBackend {
                     None
                 };
                 matmul::matmul(
+                    self.kernels,
                     v.f32(ins[0]),
                     m,
                     k,
@@ -285,6 +286,7 @@ impl CpuBackend {
                     weight_f32(self.w(*gamma), "groupnorm")?,
                     weight_f32(self.w(*beta), "groupnorm")?,
                     *silu,
+                    self.kernels,
                     v.f32_mut(out),
                 );
             }

@@ -9,12 +9,13 @@
 //! 128 channels x 256x256 on the 2-core dev box (x86-64-v3 build, AVX-512 at run time), under a
 //! load of ~3.5 from other jobs: 3.9 ms, 5.6 ms with swish (were 5.7 and 10.8 two-pass, AVX2);
 //! `cargo test --release --lib groupnorm::tests::bench -- --ignored --nocapture`.
+use super::KernelFamily;
 use rayon::prelude::*;
 
 /// `(sum d, sum d^2)` over `d = x - p` in f64, with independent accumulators so the adds pipeline
 /// (and vectorise).
-fn shifted_sums(v: &[f32], p: f64) -> (f64, f64) {
-    if avx512() {
+fn shifted_sums(v: &[f32], p: f64, avx512: bool) -> (f64, f64) {
+    if avx512 {
         // SAFETY: AVX-512F is present.
         return unsafe { shifted_sums_avx512(v, p) };
     }
@@ -70,12 +71,12 @@ unsafe fn shifted_sums_avx512(v: &[f32], p: f64) -> (f64, f64) {
 /// Per (sample, group): mean split into f32 high and low parts, and 1 / sqrt(var + eps) with
 /// torch's biased var. The low part matters when |mean| >> std: an f32 mean alone is off by up to
 /// |mean| * 6e-8, a visible shift then.
-fn group_stats(x: &[f32], group_len: usize, eps: f32) -> Vec<(f32, f32, f32)> {
+fn group_stats(x: &[f32], group_len: usize, eps: f32, avx512: bool) -> Vec<(f32, f32, f32)> {
     x.par_chunks(group_len.max(1))
         .map(|g| {
             let len = g.len() as f64;
             let p = g[0] as f64;
-            let (s1, s2) = shifted_sums(g, p);
+            let (s1, s2) = shifted_sums(g, p, avx512);
             let (m1, m2) = (s1 / len, s2 / len);
             let mean = p + m1;
             let var = (m2 - m1 * m1).max(0.0);
@@ -131,6 +132,7 @@ pub fn groupnorm(
     gamma: &[f32],
     beta: &[f32],
     silu: bool,
+    kernels: KernelFamily,
     out: &mut [f32],
 ) {
     assert!(
@@ -148,7 +150,8 @@ pub fn groupnorm(
     }
     let _t = super::conv::Trace::new(format!("groupnorm {c} {hw} silu {silu}"));
     let cg = c / groups;
-    let stats = group_stats(x, cg * hw, eps);
+    let avx512 = kernels >= KernelFamily::Avx512;
+    let stats = group_stats(x, cg * hw, eps, avx512);
     out.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
         .enumerate()
@@ -159,7 +162,7 @@ pub fn groupnorm(
             let b = beta[ch];
             // centre first (v - hi is exact near the mean): folding the mean into the shift would
             // cancel when |mean| >> std
-            if avx512() {
+            if avx512 {
                 // SAFETY: AVX-512F is present; o and xs have the same length.
                 unsafe { normalize_avx512(xs, o, [hi, lo, scale, b], silu) };
             } else if silu {
@@ -172,10 +175,6 @@ pub fn groupnorm(
                     .for_each(|(o, &v)| *o = ((v - hi) - lo) * scale + b);
             }
         });
-}
-
-fn avx512() -> bool {
-    super::conv::kernel::available()
 }
 
 /// `o = ((x - hi) - lo) * scale + b`, then swish when `silu`: the scalar expressions above, 16 lanes
@@ -307,7 +306,19 @@ mod tests {
             for silu in [false, true] {
                 let want = naive(&x, n, c, hw, groups, 1e-6, &g, &b, silu);
                 let mut out = vec![f32::NAN; x.len()];
-                groupnorm(&x, n, c, hw, groups, 1e-6, &g, &b, silu, &mut out);
+                groupnorm(
+                    &x,
+                    n,
+                    c,
+                    hw,
+                    groups,
+                    1e-6,
+                    &g,
+                    &b,
+                    silu,
+                    KernelFamily::detected(),
+                    &mut out,
+                );
                 let e = rel_l2(&out, &want);
                 assert!(e < 1e-6, "groupnorm n{n} c{c} hw{hw} g{groups} silu {silu}: rel {e}");
             }
@@ -320,11 +331,11 @@ mod tests {
         let x = vec![2.5f32; 2 * 4 * 3];
         let (g, b) = (vec![1.5; 4], vec![0.25, -1.0, 0.0, 3.0]);
         let mut out = vec![0.0; x.len()];
-        groupnorm(&x, 2, 4, 3, 2, 1e-6, &g, &b, false, &mut out);
+        groupnorm(&x, 2, 4, 3, 2, 1e-6, &g, &b, false, KernelFamily::detected(), &mut out);
         for (i, &o) in out.iter().enumerate() {
             assert_eq!(o, b[(i / 3) % 4]);
         }
-        groupnorm(&x, 2, 4, 3, 2, 1e-6, &g, &b, true, &mut out);
+        groupnorm(&x, 2, 4, 3, 2, 1e-6, &g, &b, true, KernelFamily::detected(), &mut out);
         assert!(out.iter().all(|v| v.is_finite()));
     }
 
@@ -337,7 +348,19 @@ mod tests {
         let (g, b) = (rand_vec(c, 1), rand_vec(c, 2));
         let want = naive(&x, n, c, hw, groups, 1e-6, &g, &b, true);
         let mut out = vec![0.0; x.len()];
-        groupnorm(&x, n, c, hw, groups, 1e-6, &g, &b, true, &mut out);
+        groupnorm(
+            &x,
+            n,
+            c,
+            hw,
+            groups,
+            1e-6,
+            &g,
+            &b,
+            true,
+            KernelFamily::detected(),
+            &mut out,
+        );
         let e = rel_l2(&out, &want);
         assert!(e < 1e-6, "rel {e}");
     }
@@ -373,10 +396,10 @@ mod tests {
         let (g, b) = (rand_vec(c, 2), rand_vec(c, 3));
         let mut out = vec![0.0; x.len()];
         for silu in [false, true] {
-            groupnorm(&x, n, c, hw, 32, 1e-6, &g, &b, silu, &mut out);
+            groupnorm(&x, n, c, hw, 32, 1e-6, &g, &b, silu, KernelFamily::detected(), &mut out);
             let t = std::time::Instant::now();
             for _ in 0..10 {
-                groupnorm(&x, n, c, hw, 32, 1e-6, &g, &b, silu, &mut out);
+                groupnorm(&x, n, c, hw, 32, 1e-6, &g, &b, silu, KernelFamily::detected(), &mut out);
             }
             println!(
                 "groupnorm 128x256x256 silu {silu}: {:.2} ms",

@@ -5,7 +5,7 @@
 //! chunks of `CHUNK_M` and every row's dot products have a fixed summation order, so a row's result never depends
 //! on how many other rows (images) share the batch: the same seed gives the same image at any batch size.
 //! bf16 weights are read as bf16 (never widened into a full copy); with AVX-512 BF16 they go through `vdpbf16ps`.
-use super::{matmul_avx2, matmul_avx512, round_bf16, OutPtr};
+use super::{matmul_avx2, matmul_avx512, round_bf16, KernelFamily, OutPtr};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -21,6 +21,7 @@ const CHUNK_M: usize = 32;
 
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
+    kernels: KernelFamily,
     x: &[f32],
     m: usize,
     k: usize,
@@ -33,8 +34,9 @@ pub fn matmul(
 ) {
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
-    let avx512 = matches!(w, WeightRef::Bf16(_)) && matmul_avx512::available();
-    let avx2 = matmul_avx2::available();
+    // `KernelFamily::checked` made sure the CPU has what the family needs.
+    let avx512 = matches!(w, WeightRef::Bf16(_)) && kernels >= KernelFamily::Avx512Bf16;
+    let avx2 = kernels >= KernelFamily::Avx2;
     for (xc, yc) in x.chunks(CHUNK_M * k).zip(y.chunks_mut(CHUNK_M * n)) {
         let mc = xc.len() / k.max(1);
         match w {
@@ -165,40 +167,25 @@ mod tests {
 
     #[test]
     fn f32_and_bf16_paths_match_a_naive_product() {
-        for &(m, k, n) in &[(1, 5, 3), (2, 64, 130), (7, 100, 65), (33, 96, 200), (64, 17, 129)] {
-            // Multiples of 1/64 below 1 in magnitude: exact in bf16, as every bf16-mode activation is.
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 64.0).collect();
-            let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
-            let mut want = naive(&x, m, k, &w, n);
-            want.iter_mut().zip(&res).for_each(|(a, r)| *a += *r as f64);
-            let mut y = vec![0f32; m * n];
-            matmul(
-                &x,
-                m,
-                k,
-                WeightRef::F32(&w),
-                n,
-                Some(&res),
-                false,
-                &mut Vec::new(),
-                &mut y,
-            );
-            assert!(rel_l2(&y, &want) < 1e-6, "f32 {m}x{k}x{n}: {}", rel_l2(&y, &want));
-            // The weights are exact in bf16 too, so the bf16 paths (AVX-512 BF16 or not) are as exact as f32.
-            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            matmul(
-                &x,
-                m,
-                k,
-                WeightRef::Bf16(&wb),
-                n,
-                Some(&res),
-                false,
-                &mut Vec::new(),
-                &mut y,
-            );
-            assert!(rel_l2(&y, &want) < 1e-6, "bf16 {m}x{k}x{n}: {}", rel_l2(&y, &want));
+        for fam in KernelFamily::all_supported() {
+            for &(m, k, n) in &[(1, 5, 3), (2, 64, 130), (7, 100, 65), (33, 96, 200), (64, 17, 129)] {
+                // Multiples of 1/64 below 1 in magnitude: exact in bf16, as every bf16-mode activation is.
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
+                let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 64.0).collect();
+                let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
+                let mut want = naive(&x, m, k, &w, n);
+                want.iter_mut().zip(&res).for_each(|(a, r)| *a += *r as f64);
+                let mut y = vec![0f32; m * n];
+                let xb = &mut Vec::new();
+                matmul(fam, &x, m, k, WeightRef::F32(&w), n, Some(&res), false, xb, &mut y);
+                let e = rel_l2(&y, &want);
+                assert!(e < 1e-6, "{fam} f32 {m}x{k}x{n}: {e}");
+                // The weights are exact in bf16 too, so every bf16 path is as exact as f32.
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                matmul(fam, &x, m, k, WeightRef::Bf16(&wb), n, Some(&res), false, xb, &mut y);
+                let e = rel_l2(&y, &want);
+                assert!(e < 1e-6, "{fam} bf16 {m}x{k}x{n}: {e}");
+            }
         }
     }
 

@@ -5,6 +5,7 @@ pub mod codebook;
 pub mod conv;
 pub mod conv_transpose;
 pub mod embed;
+pub mod family;
 pub mod groupnorm;
 pub mod kv_cache;
 pub mod matmul;
@@ -19,6 +20,7 @@ pub mod vq_attention;
 use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
 use crate::runtime::{Graph, Plan, StepParams, TensorId};
 use crate::{Error, Result};
+pub use family::KernelFamily;
 use half::bf16;
 pub use kv_cache::KvCache;
 use matmul::WeightRef;
@@ -92,6 +94,8 @@ pub struct CpuBackend {
     sampling: sampling::SamplingScratch,
     /// Activations rounded to bf16 where the reference stores bf16 (the `--dtype bf16` GPT).
     round: bool,
+    /// The SIMD paths this backend takes (`family.rs`).
+    kernels: KernelFamily,
 }
 
 /// Rounds to bf16 in parallel blocks (the GPT-B load converts ~110 M values).
@@ -106,7 +110,28 @@ fn to_bf16(v: &[f32]) -> Vec<bf16> {
 }
 
 impl CpuBackend {
+    /// A backend with the family `LLAMAGEN_CPU_KERNELS` names, else the best this CPU has. A bad value of the
+    /// variable falls back to the detected family with a warning: the CLI checks it first and refuses it
+    /// (`KernelFamily::from_env`); use `with_kernels` to choose one in code.
     pub fn new(round_bf16: bool) -> Self {
+        let kernels = KernelFamily::from_env().unwrap_or_else(|e| {
+            tracing::warn!("{e}; using `{}`", KernelFamily::detected());
+            KernelFamily::detected()
+        });
+        Self::build(round_bf16, kernels)
+    }
+
+    /// A backend that takes the SIMD paths of `kernels`; an error if this CPU cannot run them.
+    pub fn with_kernels(round_bf16: bool, kernels: KernelFamily) -> Result<Self> {
+        Ok(Self::build(round_bf16, KernelFamily::checked(kernels)?))
+    }
+
+    /// The kernel family this backend runs.
+    pub fn kernels(&self) -> KernelFamily {
+        self.kernels
+    }
+
+    fn build(round_bf16: bool, kernels: KernelFamily) -> Self {
         CpuBackend {
             weights: Vec::new(),
             kv: None,
@@ -115,6 +140,7 @@ impl CpuBackend {
             xb: Vec::new(),
             sampling: Default::default(),
             round: round_bf16,
+            kernels,
         }
     }
 
@@ -138,7 +164,7 @@ impl Backend for CpuBackend {
             .map(|w| {
                 let (data, prep) = match (w.layout, w.storage) {
                     (Layout::UpsamplePhases | Layout::Conv | Layout::Winograd, _) => {
-                        let (prep, data) = conv::prepare(w.layout, &w.shape, w.data);
+                        let (prep, data) = conv::prepare(w.layout, &w.shape, w.data, self.kernels);
                         (WeightData::F32(data), prep)
                     }
                     (Layout::Plain, Storage::F32) => (WeightData::F32(w.data), conv::Prep::Torch),

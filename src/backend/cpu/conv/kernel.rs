@@ -19,9 +19,10 @@ pub const NR: usize = 16 * NV;
 /// How far ahead (in floats of A) the one-vector kernel prefetches.
 const A_PREFETCH: usize = 384;
 
+/// Whether the CPU has AVX-512F (the backend's `KernelFamily` decides whether the kernel is used).
 pub fn available() -> bool {
     static AVAIL: OnceLock<bool> = OnceLock::new();
-    *AVAIL.get_or_init(|| is_x86_feature_detected!("avx512f") && std::env::var_os("LLAMAGEN_NO_AVX512").is_none())
+    *AVAIL.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
 /// Packed length of an `m x k` matrix.
