@@ -26,6 +26,7 @@ fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     println!("cargo::rustc-check-cfg=cfg(llamagen_cuemu)");
+    cpu_family_cfgs();
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     for v in ["NVCC", "CUDA_HOME", "CUDA_NVCC_FLAGS", "LLAMAGEN_NVCC_REQUIRED"] {
@@ -50,6 +51,37 @@ fn main() {
     let nvcc = compile_with_nvcc(&root, &out, &cu_files);
     let rust = rust_source(&api, &modules, &nvcc, &out, emulator);
     fs::write(out.join("kernels_gen.rs"), rust).unwrap();
+}
+
+/// `llamagen_cpu_<family>` for every CPU kernel family the build host can run (`backend::cpu::family`), so a test
+/// of a family the CPU lacks is reported as ignored, with the reason, rather than passed: CI builds and runs its
+/// tests on one machine. Test executables carried to another machine check the family again when they start one.
+fn cpu_family_cfgs() {
+    let families = ["portable", "avx2", "avx512", "avx512bf16"];
+    for f in families {
+        println!("cargo::rustc-check-cfg=cfg(llamagen_cpu_{f})");
+    }
+    let x86 = env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
+    let mut has = [true, false, false, false];
+    #[cfg(target_arch = "x86_64")]
+    if x86 {
+        let (avx2, avx512) = (
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"),
+        );
+        has = [
+            true,
+            avx2,
+            avx2 && avx512,
+            avx2 && avx512 && is_x86_feature_detected!("avx512bf16"),
+        ];
+    }
+    let _ = x86;
+    for (f, h) in families.iter().zip(has) {
+        if h {
+            println!("cargo:rustc-cfg=llamagen_cpu_{f}");
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------------------------------

@@ -4,17 +4,17 @@ mod support;
 use support::golden::*;
 use support::*;
 
-#[test]
-fn vq_tiny_decode_encode_reconstruct() {
-    let mut r = vq_runner("vq_tiny", cpu);
+cpu_family_tests!(vq_tiny_decode_encode_reconstruct, vq16_decode_encode_reconstruct);
+
+fn vq_tiny_decode_encode_reconstruct(make: MakeBackend) {
+    let mut r = vq_runner("vq_tiny", make);
     check_decode("vq_tiny", &mut r, 0);
     check_decode("vq_tiny", &mut r, 1);
     check_encode("vq_tiny", &mut r);
 }
 
-#[test]
-fn vq16_decode_encode_reconstruct() {
-    let mut r = vq_runner("vq16", cpu);
+fn vq16_decode_encode_reconstruct(make: MakeBackend) {
+    let mut r = vq_runner("vq16", make);
     check_decode("vq16", &mut r, 0);
     check_encode("vq16", &mut r);
     check_decode("vq16", &mut r, 1);
@@ -22,7 +22,7 @@ fn vq16_decode_encode_reconstruct() {
 
 #[test]
 fn out_of_range_codes_are_an_error_not_a_panic() {
-    let mut r = vq_runner("vq_tiny", cpu);
+    let mut r = vq_runner("vq_tiny", &cpu);
     let e = r.decode(&[0, 1, 64, 2], 1, 2, 2).unwrap_err().to_string();
     assert!(e.contains("64") && e.contains("codebook"), "{e}");
 }
@@ -33,7 +33,7 @@ fn out_of_range_codes_are_an_error_not_a_panic() {
 #[ignore]
 fn vq16_decode_timing() {
     let t = std::time::Instant::now();
-    let mut r = vq_runner("vq16", cpu);
+    let mut r = vq_runner("vq16", &cpu);
     eprintln!(
         "vq16 runner (synthetic state dict + weight upload): {:.2} s",
         t.elapsed().as_secs_f64()

@@ -9,6 +9,32 @@ pub mod emu_check;
 pub mod golden;
 use std::path::PathBuf;
 
+/// `cpu_family_tests!(a, b, ..)`, for test functions `fn a(make: MakeBackend)` in the calling file: one module per
+/// CPU kernel family (`portable::a`, `avx2::a`, `avx512::a`, `avx512bf16::a`), each test running `a` on the CPU
+/// backend with that family. A family the build machine's CPU lacks is reported as ignored with the reason
+/// (build.rs sets the `llamagen_cpu_*` cfgs), never as passed.
+#[macro_export]
+macro_rules! cpu_family_tests {
+    ($($test:ident),+ $(,)?) => {
+        $crate::cpu_family_tests!(@family portable, Portable, llamagen_cpu_portable, "unreachable"; $($test),+);
+        $crate::cpu_family_tests!(@family avx2, Avx2, llamagen_cpu_avx2, "this CPU lacks AVX2 + FMA"; $($test),+);
+        $crate::cpu_family_tests!(@family avx512, Avx512, llamagen_cpu_avx512, "this CPU lacks AVX-512F + BW"; $($test),+);
+        $crate::cpu_family_tests!(@family avx512bf16, Avx512Bf16, llamagen_cpu_avx512bf16, "this CPU lacks AVX-512 BF16"; $($test),+);
+    };
+    (@family $m:ident, $family:ident, $cfg:ident, $why:literal; $($test:ident),+) => {
+        mod $m {
+            $(
+                #[test]
+                #[cfg_attr(not($cfg), ignore = $why)]
+                fn $test() {
+                    let make = crate::support::golden::cpu_family(llamagen::backend::cpu::KernelFamily::$family);
+                    super::$test(&make)
+                }
+            )+
+        }
+    };
+}
+
 /// The source tree: `$LLAMAGEN_SRC_DIR` when set (test executables carried to another machine, see
 /// scripts/gpu-check.sh), else the tree they were built from.
 pub fn root() -> PathBuf {

@@ -1085,6 +1085,17 @@ mod tests {
 
     #[test]
     fn conv2d_matches_naive() {
+        conv2d_cases(false);
+    }
+
+    /// The AVX-512 packed weight layout (also reached through `prepared_matches_naive`), with every epilogue.
+    #[test]
+    #[cfg_attr(not(llamagen_cpu_avx512), ignore = "this CPU lacks AVX-512F + BW")]
+    fn packed_conv2d_matches_naive() {
+        conv2d_cases(true);
+    }
+
+    fn conv2d_cases(packed: bool) {
         let kernels = [
             (3, 3, 1, [1, 1, 1, 1]),
             (1, 1, 1, [0; 4]),
@@ -1114,19 +1125,9 @@ mod tests {
                 let (wt, b) = (rand_vec(co * ci * kh * kw, seed + 1), rand_vec(co, seed + 2));
                 let want = c.naive(&x, &wt, Some(&b));
                 let mut out = vec![f32::NAN; want.len()];
-                conv2d(&x, n, ci, h, w, &wt, Some(&b), co, kh, kw, s, pad, &mut out);
-                let e = rel_l2(&out, &want);
-                assert!(e < 1e-6, "conv2d {c:?}: rel {e}");
-
                 let r = rand_vec(out.len(), seed + 3);
                 let want_r: Vec<f64> = want.iter().zip(&r).map(|(&a, &b)| a + b as f64).collect();
-                conv2d_add(&x, n, ci, h, w, &wt, Some(&b), co, kh, kw, s, pad, &r, &mut out);
-                assert!(rel_l2(&out, &want_r) < 1e-6, "conv2d_add {c:?}");
-                let (tm, mut acc) = (tap_major_weights(&wt, co, ci, kh, kw), r.clone());
-                let cw = ConvWeights::tap_major(&tm, co, ci, kh, kw);
-                conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Accumulate, &mut acc);
-                assert!(rel_l2(&acc, &want_r) < 1e-6, "accumulate {c:?}");
-                if kernel::available() {
+                if packed {
                     let pk = packed_weights(&wt, co, ci, kh, kw);
                     let cw = ConvWeights::packed(&pk, co, ci, kh, kw);
                     conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Set, &mut out);
@@ -1135,17 +1136,35 @@ mod tests {
                     let mut acc = r.clone();
                     conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Accumulate, &mut acc);
                     assert!(rel_l2(&acc, &want_r) < 1e-6, "packed accumulate {c:?}");
+                    conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Residual(&r), &mut out);
+                    assert!(rel_l2(&out, &want_r) < 1e-6, "packed residual {c:?}");
+                    continue;
                 }
-
+                conv2d(&x, n, ci, h, w, &wt, Some(&b), co, kh, kw, s, pad, &mut out);
+                let e = rel_l2(&out, &want);
+                assert!(e < 1e-6, "conv2d {c:?}: rel {e}");
+                conv2d_add(&x, n, ci, h, w, &wt, Some(&b), co, kh, kw, s, pad, &r, &mut out);
+                assert!(rel_l2(&out, &want_r) < 1e-6, "conv2d_add {c:?}");
+                let (tm, mut acc) = (tap_major_weights(&wt, co, ci, kh, kw), r.clone());
+                let cw = ConvWeights::tap_major(&tm, co, ci, kh, kw);
+                conv2d_with(&x, (n, h, w), cw, Some(&b), s, pad, Epilogue::Accumulate, &mut acc);
+                assert!(rel_l2(&acc, &want_r) < 1e-6, "accumulate {c:?}");
                 conv2d(&x, n, ci, h, w, &wt, None, co, kh, kw, s, pad, &mut out);
                 assert!(rel_l2(&out, &c.naive(&x, &wt, None)) < 1e-6, "no bias {c:?}");
             }
         }
     }
 
-    /// Every layout `prepare` can choose, through `conv_prepared`, with and without a residual.
+    /// Every layout `prepare` can choose for every kernel family this CPU has, through `conv_prepared`, with and
+    /// without a residual.
     #[test]
     fn prepared_matches_naive() {
+        for family in KernelFamily::all_supported() {
+            prepared_cases(family);
+        }
+    }
+
+    fn prepared_cases(family: KernelFamily) {
         let kernels = [(3, 1, [1; 4]), (1, 1, [0; 4]), (3, 2, [0, 1, 0, 1])];
         for (si, &(n, ci, co, h, w)) in SHAPES
             .iter()
@@ -1177,15 +1196,15 @@ mod tests {
                     if layout == Layout::Winograd && (k, s, pad) != (3, 1, [1; 4]) {
                         continue;
                     }
-                    let (prep, pw) = prepare(layout, &[co, ci, k, k], wt.clone(), KernelFamily::detected());
+                    let (prep, pw) = prepare(layout, &[co, ci, k, k], wt.clone(), family);
                     let mut out = vec![f32::NAN; want.len()];
                     let geo = (co, k, s, pad);
                     conv_prepared(prep, &pw, &x, (n, ci, h, w), geo, Some(&b), None, &mut out).unwrap();
                     let e = rel_l2(&out, &want);
-                    assert!(e < 2e-6, "{prep:?} {c:?}: rel {e}");
+                    assert!(e < 2e-6, "{family} {prep:?} {c:?}: rel {e}");
                     conv_prepared(prep, &pw, &x, (n, ci, h, w), geo, Some(&b), Some(&r), &mut out).unwrap();
                     let e = rel_l2(&out, &want_r);
-                    assert!(e < 2e-6, "{prep:?} residual {c:?}: rel {e}");
+                    assert!(e < 2e-6, "{family} {prep:?} residual {c:?}: rel {e}");
                 }
             }
         }

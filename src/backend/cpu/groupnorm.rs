@@ -305,22 +305,15 @@ mod tests {
             let (g, b) = (rand_vec(c, 50 + i as u64), rand_vec(c, 100 + i as u64));
             for silu in [false, true] {
                 let want = naive(&x, n, c, hw, groups, 1e-6, &g, &b, silu);
-                let mut out = vec![f32::NAN; x.len()];
-                groupnorm(
-                    &x,
-                    n,
-                    c,
-                    hw,
-                    groups,
-                    1e-6,
-                    &g,
-                    &b,
-                    silu,
-                    KernelFamily::detected(),
-                    &mut out,
-                );
-                let e = rel_l2(&out, &want);
-                assert!(e < 1e-6, "groupnorm n{n} c{c} hw{hw} g{groups} silu {silu}: rel {e}");
+                for family in KernelFamily::all_supported() {
+                    let mut out = vec![f32::NAN; x.len()];
+                    groupnorm(&x, n, c, hw, groups, 1e-6, &g, &b, silu, family, &mut out);
+                    let e = rel_l2(&out, &want);
+                    assert!(
+                        e < 1e-6,
+                        "{family} groupnorm n{n} c{c} hw{hw} g{groups} silu {silu}: rel {e}"
+                    );
+                }
             }
         }
     }
@@ -331,12 +324,14 @@ mod tests {
         let x = vec![2.5f32; 2 * 4 * 3];
         let (g, b) = (vec![1.5; 4], vec![0.25, -1.0, 0.0, 3.0]);
         let mut out = vec![0.0; x.len()];
-        groupnorm(&x, 2, 4, 3, 2, 1e-6, &g, &b, false, KernelFamily::detected(), &mut out);
-        for (i, &o) in out.iter().enumerate() {
-            assert_eq!(o, b[(i / 3) % 4]);
+        for family in KernelFamily::all_supported() {
+            groupnorm(&x, 2, 4, 3, 2, 1e-6, &g, &b, false, family, &mut out);
+            for (i, &o) in out.iter().enumerate() {
+                assert_eq!(o, b[(i / 3) % 4], "{family}");
+            }
+            groupnorm(&x, 2, 4, 3, 2, 1e-6, &g, &b, true, family, &mut out);
+            assert!(out.iter().all(|v| v.is_finite()), "{family}");
         }
-        groupnorm(&x, 2, 4, 3, 2, 1e-6, &g, &b, true, KernelFamily::detected(), &mut out);
-        assert!(out.iter().all(|v| v.is_finite()));
     }
 
     #[test]
@@ -347,22 +342,12 @@ mod tests {
         let x: Vec<f32> = rand_vec(n * c * hw, 9).iter().map(|v| 1000.0 + v).collect();
         let (g, b) = (rand_vec(c, 1), rand_vec(c, 2));
         let want = naive(&x, n, c, hw, groups, 1e-6, &g, &b, true);
-        let mut out = vec![0.0; x.len()];
-        groupnorm(
-            &x,
-            n,
-            c,
-            hw,
-            groups,
-            1e-6,
-            &g,
-            &b,
-            true,
-            KernelFamily::detected(),
-            &mut out,
-        );
-        let e = rel_l2(&out, &want);
-        assert!(e < 1e-6, "rel {e}");
+        for family in KernelFamily::all_supported() {
+            let mut out = vec![0.0; x.len()];
+            groupnorm(&x, n, c, hw, groups, 1e-6, &g, &b, true, family, &mut out);
+            let e = rel_l2(&out, &want);
+            assert!(e < 1e-6, "{family}: rel {e}");
+        }
     }
 
     #[test]
