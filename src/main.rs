@@ -5,6 +5,13 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `llamagen info | head` into a panic on the next print; a command-line tool
+    // should end quietly instead, as the shell expects.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cli::Cli::parse();
     let filter = if args.verbose {
         "llamagen=debug"

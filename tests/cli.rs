@@ -7,101 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::SystemTime;
-
-// ---- running the binary ---------------------------------------------------------------------
-
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
-
-/// Turns a mixed list of `&str`, `String`, `&Path` and `PathBuf` into command-line arguments.
-macro_rules! args {
-    ($($a:expr),* $(,)?) => {{
-        let v: Vec<OsString> = vec![$(OsString::from($a)),*];
-        v
-    }};
-}
-
-struct Run {
-    success: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cwd: &Path, args: &[OsString]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("cannot start the llamagen binary");
-    Run {
-        success: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn show(args: &[OsString]) -> String {
-    args.iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Runs and asserts a zero exit.
-fn ok(cwd: &Path, args: &[OsString]) -> Run {
-    let r = run(cwd, args);
-    assert!(
-        r.success,
-        "`llamagen {}` failed ({:?}):\n{}",
-        show(args),
-        r.code,
-        r.stderr
-    );
-    r
-}
-
-/// Runs and asserts a clean failure: non-zero exit (not a signal), no panic, and every needle in stderr.
-fn fails(cwd: &Path, args: &[OsString], needles: &[&str]) -> String {
-    let r = run(cwd, args);
-    let cmd = show(args);
-    assert!(
-        !r.success,
-        "`llamagen {cmd}` succeeded but should have failed:\n{}",
-        r.stderr
-    );
-    assert!(
-        matches!(r.code, Some(c) if c != 0),
-        "`llamagen {cmd}` died by a signal:\n{}",
-        r.stderr
-    );
-    assert!(
-        !r.stderr.contains("panicked"),
-        "`llamagen {cmd}` panicked:\n{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.matches("(os error").count() <= 1,
-        "`llamagen {cmd}`: the cause is repeated:\n{}",
-        r.stderr
-    );
-    // Shown with --nocapture, to review the messages.
-    eprintln!("llamagen {cmd}\n  -> {}", r.stderr.trim_end());
-    for n in needles {
-        assert!(
-            r.stderr.contains(n),
-            "`llamagen {cmd}`: the message does not mention `{n}`:\n{}",
-            r.stderr
-        );
-    }
-    r.stderr
-}
+#[macro_use]
+mod support;
+use support::cli::*;
+use support::data;
 
 // ---- model files --------------------------------------------------------------------------
 
@@ -172,10 +82,6 @@ fn gen_with_gpt(gpt: &Path, vq: &Path, out: &Path) -> Vec<OsString> {
         "1",
         "--quiet"
     ]
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
 }
 
 fn name_of(p: &Path) -> String {

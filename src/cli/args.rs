@@ -1,7 +1,7 @@
 //! Flags shared by several subcommands, and model loading from them.
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use llamagen::backend::cpu::CpuBackend;
+use llamagen::backend::cpu::{CpuBackend, KernelFamily};
 use llamagen::backend::Backend;
 use llamagen::model::vq::VqRunner;
 use llamagen::model::{Dtype, GptConfig, VqConfig};
@@ -46,6 +46,22 @@ pub enum Device {
     CudaEmu,
 }
 
+/// `--device`, the same on every subcommand that runs a model.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct DeviceArgs {
+    /// Where to run: cpu, cuda (a GPU) or cuda-emu (the CUDA kernels on the CPU emulator, for testing).
+    /// Default: cuda when a GPU and the driver are present, else cpu. On the CPU, LLAMAGEN_CPU_KERNELS =
+    /// portable|avx2|avx512|avx512bf16 forces a kernel family below the best this CPU has.
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+}
+
+impl DeviceArgs {
+    pub fn resolve(self) -> Device {
+        resolve_device(self.device)
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DtypeArg {
     F32,
@@ -72,12 +88,31 @@ pub fn resolve_device(d: Option<Device>) -> Device {
     })
 }
 
+/// The CPU kernel family: `LLAMAGEN_CPU_KERNELS` when set (an unknown name, or a family this CPU cannot run, is an
+/// error naming the variable), else the best this CPU has.
+pub fn cpu_family() -> Result<KernelFamily> {
+    Ok(KernelFamily::from_env()?)
+}
+
+/// `cpu/<kernel family>`, `cuda` or `cuda-emu`: the device as reports name it.
+pub fn device_label(device: Device) -> Result<String> {
+    Ok(match device {
+        Device::Cpu => format!("cpu/{}", cpu_family()?),
+        Device::Cuda => "cuda".into(),
+        Device::CudaEmu => "cuda-emu".into(),
+    })
+}
+
 /// The backend for `--device`: activations (and the KV cache) in bf16 when `dtype` is bf16.
 pub fn backend(device: Device, dtype: Dtype) -> Result<Box<dyn Backend>> {
     use llamagen::backend::cuda::{self, launch};
     let act = launch::Dtype::activations(dtype == Dtype::Bf16);
     match device {
-        Device::Cpu => Ok(Box::new(CpuBackend::new(dtype == Dtype::Bf16))),
+        Device::Cpu => {
+            let family = cpu_family()?;
+            tracing::debug!("CPU kernel family: {family}");
+            Ok(Box::new(CpuBackend::with_kernels(dtype == Dtype::Bf16, family)?))
+        }
         Device::Cuda => {
             let dev = cuda::gpu::GpuDevice::new(0)?;
             tracing::info!("CUDA device: {}", cuda::device::Device::describe(&dev));

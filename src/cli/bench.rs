@@ -87,10 +87,8 @@ pub struct BenchArgs {
     pub no_profile: bool,
     #[arg(long, value_enum, default_value_t = Format::Md)]
     pub format: Format,
-    /// Where to run: cpu, cuda (a GPU) or cuda-emu (the CUDA kernels on the CPU emulator, for testing).
-    /// Default: cuda when a GPU and the driver are present, else cpu.
-    #[arg(long, value_enum)]
-    pub device: Option<Device>,
+    #[command(flatten)]
+    pub device: args::DeviceArgs,
     /// Run seed (repetition r uses seed + r).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -206,14 +204,14 @@ fn vq_config(a: &BenchArgs, presets: bool) -> Result<Option<(VqConfig, String)>>
 }
 
 fn vq_runner(a: &BenchArgs, cfg: &VqConfig) -> Result<VqRunner> {
-    let backend = args::backend(args::resolve_device(a.device), Dtype::F32)?;
+    let backend = args::backend(a.device.resolve(), Dtype::F32)?;
     if a.synthetic_weights {
         return Ok(VqRunner::synthetic(cfg.clone(), false, backend)?);
     }
     if a.vq.vq.is_none() && (a.vq.vq_model.is_some() || a.vq.vq_config.is_some()) {
         bail!("a VQ preset or config without weights needs --synthetic-weights (or --vq WEIGHTS)");
     }
-    args::vq_runner(&a.vq, false, args::resolve_device(a.device))
+    args::vq_runner(&a.vq, false, a.device.resolve())
 }
 
 /// (label, config) of every GPT in the sweep.
@@ -286,7 +284,7 @@ fn load_gpt(a: &BenchArgs, cfg: &GptConfig, opts: GptOptions) -> Result<GptRunne
         args::load_weights(p)?
     };
     let read_s = t.elapsed().as_secs_f64();
-    let backend = args::backend(args::resolve_device(a.device), opts.dtype)?;
+    let backend = args::backend(a.device.resolve(), opts.dtype)?;
     let runner = GptRunner::new(cfg.clone(), &mut sd, opts, backend)?;
     tracing::debug!(
         "GPT weights: {read_s:.3} s to f32 tensors, {:.3} s more to the backend",
@@ -707,7 +705,7 @@ pub fn run(mut a: BenchArgs) -> Result<()> {
     }
     let ceilings = if a.no_ceilings {
         None
-    } else if args::resolve_device(a.device) == Device::Cuda {
+    } else if a.device.resolve() == Device::Cuda {
         let name = llamagen::backend::cuda::gpu::device_name(0)?;
         let c = Ceilings::gpu_datasheet(&name);
         match &c {
@@ -722,11 +720,7 @@ pub fn run(mut a: BenchArgs) -> Result<()> {
     };
     let env = Env {
         commit: commit(),
-        device: format!(
-            "{} ({})",
-            format!("{:?}", args::resolve_device(a.device)).to_lowercase(),
-            cpu_name()
-        ),
+        device: format!("{} ({})", args::device_label(a.device.resolve())?, cpu_name()),
         threads: rayon::current_num_threads(),
     };
     let mut vq_run = match &vq {

@@ -1,5 +1,5 @@
 //! `llamagen generate`.
-use super::args::{self, Device, DtypeArg, GptArgs, VqArgs};
+use super::args::{self, DtypeArg, GptArgs, VqArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llamagen::io::npy;
@@ -54,10 +54,8 @@ pub struct GenerateArgs {
     /// f32: the bit-faithful reference; bf16: GPT weights and KV cache in bf16 (the official GPU setting).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
-    /// Where to run: cpu, cuda (a GPU) or cuda-emu (the CUDA kernels on the CPU emulator, for testing).
-    /// Default: cuda when a GPU and the driver are present, else cpu.
-    #[arg(long, value_enum)]
-    pub device: Option<Device>,
+    #[command(flatten)]
+    pub device: args::DeviceArgs,
     /// Output directory (PNGs, grid.png, manifest.jsonl; rerunning resumes).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -204,14 +202,14 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         None if a.classes.is_empty() => cfg.num_classes,
         None => a.classes.len(),
     });
-    let backend = args::backend(args::resolve_device(a.device), dtype)?;
+    let backend = args::backend(a.device.resolve(), dtype)?;
     let mut vq = match &vq_cfg {
         Some(c) if a.synthetic_weights => Some(llamagen::model::vq::VqRunner::synthetic(
             c.clone(),
             false,
-            args::backend(args::resolve_device(a.device), Dtype::F32)?,
+            args::backend(a.device.resolve(), Dtype::F32)?,
         )?),
-        Some(_) => Some(args::vq_runner(&a.vq, false, args::resolve_device(a.device))?),
+        Some(_) => Some(args::vq_runner(&a.vq, false, a.device.resolve())?),
         None => None,
     };
     let mut sd = if a.synthetic_weights {

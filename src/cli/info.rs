@@ -1,7 +1,9 @@
-//! `llamagen info`: config, parameter count and a memory estimate.
-use super::args::{self, GptArgs, VqArgs};
+//! `llamagen info`: the backend that would run (device, CPU kernel family), and a model's config, parameter count
+//! and memory estimate (the bundled demo model when no model flag is given).
+use super::args::{self, Device, DtypeArg, GptArgs, VqArgs};
 use anyhow::Result;
 use clap::Args;
+use llamagen::backend::cpu::KernelFamily;
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
@@ -15,13 +17,54 @@ pub struct InfoArgs {
     /// Classifier-free guidance doubles the GPT rows when > 1.
     #[arg(long, default_value_t = 4.0)]
     pub cfg_scale: f32,
+    /// GPT weights and KV cache dtype for the memory estimate (as `generate --dtype`).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub device: args::DeviceArgs,
+}
+
+/// What `--device` resolves to here, and on the CPU which kernel family runs and which this CPU could run.
+fn print_backend(device: Device) -> Result<()> {
+    println!("device: {}", args::device_label(device)?);
+    match device {
+        Device::Cpu => {
+            let names: Vec<&str> = KernelFamily::all_supported().iter().map(|f| f.name()).collect();
+            println!(
+                "  CPU kernel family: {} (this CPU supports {}; force a lower one with {}=NAME)",
+                args::cpu_family()?,
+                names.join(", "),
+                llamagen::backend::cpu::family::ENV
+            );
+        }
+        Device::Cuda => {
+            let name = llamagen::backend::cuda::gpu::device_name(0)?;
+            println!("  GPU: {name}");
+        }
+        Device::CudaEmu => println!("  the CUDA kernels on the CPU emulator (for testing; slow)"),
+    }
+    Ok(())
 }
 
 fn mib(bytes: usize) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-pub fn run(a: InfoArgs) -> Result<()> {
+pub fn run(mut a: InfoArgs) -> Result<()> {
+    print_backend(a.device.resolve())?;
+    let no_model = [
+        a.gpt.gpt.is_some(),
+        a.gpt.gpt_config.is_some(),
+        a.gpt.gpt_model.is_some(),
+    ]
+    .into_iter()
+    .chain([a.vq.vq.is_some(), a.vq.vq_config.is_some(), a.vq.vq_model.is_some()])
+    .all(|given| !given);
+    if no_model {
+        let demo = args::demo_model()?;
+        println!("model: the bundled demo ({})", demo.dir.display());
+        (a.gpt.gpt, a.vq.vq) = (Some(demo.gpt), Some(demo.vq));
+    }
     let vq = if a.vq.vq.is_some() || a.vq.vq_config.is_some() || a.vq.vq_model.is_some() {
         Some(args::vq_config(&a.vq)?)
     } else {
@@ -62,13 +105,17 @@ pub fn run(a: InfoArgs) -> Result<()> {
         cfg.cls_token_num,
         cfg.cache_len()
     );
-    println!("  weights: f32 {}, bf16 {}", mib(4 * params), mib(2 * params));
+    let bytes = match a.dtype {
+        DtypeArg::F32 => 4,
+        DtypeArg::Bf16 => 2,
+    };
+    let dtype = format!("{:?}", a.dtype).to_lowercase();
+    println!("  weights ({dtype}): {}", mib(bytes * params));
     println!(
-        "  KV cache for batch {} ({} rows): f32 {}, bf16 {}",
+        "  KV cache ({dtype}) for batch {} ({} rows): {}",
         a.batch_size,
         rows,
-        mib(kv(4)),
-        mib(kv(2))
+        mib(kv(bytes))
     );
     let flops = 2.0 * params as f64 * cfg.block_size as f64 * if a.cfg_scale > 1.0 { 2.0 } else { 1.0 };
     println!("  ≈ {:.1} GFLOP per image (linear layers, incl. CFG rows)", flops / 1e9);

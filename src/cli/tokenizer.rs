@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub struct DecodeArgs {
     #[command(flatten)]
     pub vq: VqArgs,
+    #[command(flatten)]
+    pub device: args::DeviceArgs,
     /// Tokens .npy: B×h×w, or B×(h·w) with a square grid (integer dtype).
     #[arg(long)]
     pub tokens: PathBuf,
@@ -25,6 +27,8 @@ pub struct DecodeArgs {
 pub struct EncodeArgs {
     #[command(flatten)]
     pub vq: VqArgs,
+    #[command(flatten)]
+    pub device: args::DeviceArgs,
     /// Input images (PNG or JPEG), centre-cropped ADM-style to --image-size.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -40,6 +44,8 @@ pub struct EncodeArgs {
 pub struct ReconstructArgs {
     #[command(flatten)]
     pub vq: VqArgs,
+    #[command(flatten)]
+    pub device: args::DeviceArgs,
     /// Input images (PNG or JPEG).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -99,7 +105,7 @@ pub fn decode(a: DecodeArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let (b, h, w, ids) = read_tokens(&a.tokens)?;
-    let mut vq = args::vq_runner(&a.vq, false, args::Device::Cpu)?;
+    let mut vq = args::vq_runner(&a.vq, false, a.device.resolve())?;
     if let Some((i, t)) = ids
         .iter()
         .enumerate()
@@ -145,7 +151,7 @@ fn load_images(paths: &[PathBuf], size: usize, f: usize) -> Result<Vec<f32>> {
 }
 
 pub fn encode(a: EncodeArgs) -> Result<()> {
-    let mut vq = args::vq_runner(&a.vq, true, args::Device::Cpu)?;
+    let mut vq = args::vq_runner(&a.vq, true, a.device.resolve())?;
     let f = vq.cfg.downsample();
     let x = load_images(&a.images, a.image_size, f)?;
     let n = a.images.len();
@@ -158,7 +164,7 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
 }
 
 pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
-    let mut vq = args::vq_runner(&a.vq, true, args::Device::Cpu)?;
+    let mut vq = args::vq_runner(&a.vq, true, a.device.resolve())?;
     let f = vq.cfg.downsample();
     let x = load_images(&a.images, a.image_size, f)?;
     ensure_dir(&a.out)?;

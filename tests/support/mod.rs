@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 use llamagen::weights::safetensors::SafeTensorsFile;
 
+pub mod cli;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod devices;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

@@ -72,34 +72,41 @@ impl KernelFamily {
 
     /// `requested` if this CPU can run it, else an error naming what is missing.
     pub fn checked(requested: Self) -> Result<Self> {
-        if requested.supported() {
-            return Ok(requested);
-        }
-        let missing: Vec<&str> = requested.features().iter().copied().filter(|f| !has(f)).collect();
-        Err(Error::Invalid(format!(
-            "CPU kernel family `{requested}` needs {}, which this CPU lacks (it supports up to `{}`)",
-            missing.join(" + "),
-            Self::detected()
-        )))
+        requested
+            .unsupported_reason()
+            .map_or(Ok(requested), |why| Err(Error::Invalid(why)))
+    }
+
+    fn unsupported_reason(self) -> Option<String> {
+        let missing: Vec<&str> = self.features().iter().copied().filter(|f| !has(f)).collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "CPU kernel family `{self}` needs {}, which this CPU lacks (it supports up to `{}`)",
+                missing.join(" + "),
+                Self::detected()
+            )
+        })
     }
 
     /// The family named by `LLAMAGEN_CPU_KERNELS`, else the detected one; an unknown name or a family this CPU
     /// cannot run is an error naming the variable.
     pub fn from_env() -> Result<Self> {
-        match std::env::var(ENV) {
-            Err(std::env::VarError::NotPresent) => Ok(Self::detected()),
-            Err(std::env::VarError::NotUnicode(v)) => Err(Error::Invalid(format!("{ENV}={v:?} is not UTF-8"))),
-            Ok(v) if v.trim().is_empty() => Ok(Self::detected()),
-            Ok(v) => {
-                let f = Self::parse(&v).ok_or_else(|| {
-                    let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
-                    Error::Invalid(format!(
-                        "{ENV}={v:?}: unknown CPU kernel family (one of {})",
-                        names.join(", ")
-                    ))
-                })?;
-                Self::checked(f).map_err(|e| Error::Invalid(format!("{ENV}: {e}")))
-            }
+        let v = match std::env::var(ENV) {
+            Err(std::env::VarError::NotPresent) => return Ok(Self::detected()),
+            Err(std::env::VarError::NotUnicode(v)) => return Err(Error::Invalid(format!("{ENV}={v:?} is not UTF-8"))),
+            Ok(v) if v.trim().is_empty() => return Ok(Self::detected()),
+            Ok(v) => v,
+        };
+        let f = Self::parse(&v).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+            Error::Invalid(format!(
+                "{ENV}={v:?}: unknown CPU kernel family (one of {})",
+                names.join(", ")
+            ))
+        })?;
+        match f.unsupported_reason() {
+            None => Ok(f),
+            Some(why) => Err(Error::Invalid(format!("{ENV}={v:?}: {why}"))),
         }
     }
 }
