@@ -9,6 +9,7 @@
 use half::bf16;
 use llamagen::backend::cpu::attention::attention as cpu_attention;
 use llamagen::backend::cpu::kv_cache::{KvCache, KvData};
+use llamagen::backend::cpu::{Buf, KernelFamily};
 use llamagen::backend::cuda::attention::{
     attention, attention_plan, attention_workspace_len, AttentionOptions, AttentionPath,
 };
@@ -161,9 +162,9 @@ fn run<T: TestElem, D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case) -> f64 {
     let cache = KvCache {
         spec,
         data: if bf {
-            KvData::Bf16(to_bf16(&full))
+            KvData::Bf16(Buf::vec(to_bf16(&full)))
         } else {
-            KvData::F32(full.clone())
+            KvData::F32(Buf::vec(full.clone()))
         },
     };
     let mut want = vec![0f32; n];
@@ -179,6 +180,7 @@ fn run<T: TestElem, D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case) -> f64 {
         &cache,
         c.layer,
         bf,
+        KernelFamily::Portable,
         &mut scores,
         &mut want,
     );

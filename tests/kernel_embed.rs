@@ -20,9 +20,9 @@ fn weight(table: &[f32], n: usize, d: usize, bf: bool) -> CpuWeight {
         name: "tok_embeddings.weight".into(),
         shape: vec![n, d],
         data: if bf {
-            WeightData::Bf16(to_bf16(table))
+            WeightData::Bf16(cpu::Buf::vec(to_bf16(table)))
         } else {
-            WeightData::F32(table.to_vec())
+            WeightData::F32(cpu::Buf::vec(table.to_vec()))
         },
         conv: Prep::Torch,
     }

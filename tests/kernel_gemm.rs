@@ -69,7 +69,7 @@ fn gemm_case<D: TestDevice>(
         n,
         res.then_some(&r[..]),
         bf,
-        &mut Vec::new(),
+        &mut Default::default(),
         &mut want,
     );
 
@@ -184,7 +184,7 @@ fn gemm_unaligned_fallback_on<D: TestDevice>(dev: &D) {
         n,
         None,
         true,
-        &mut Vec::new(),
+        &mut Default::default(),
         &mut want,
     );
     let xd = dev.upload(&to_bf16(&x), "x");
@@ -207,7 +207,7 @@ fn gemm_unaligned_fallback_on<D: TestDevice>(dev: &D) {
         n,
         None,
         false,
-        &mut Vec::new(),
+        &mut Default::default(),
         &mut want,
     );
     let xd = dev.upload(&x, "x");

@@ -51,7 +51,7 @@ struct Case {
 
 fn cache_f32(c: &KvCache) -> Vec<f32> {
     match &c.data {
-        KvData::F32(v) => v.clone(),
+        KvData::F32(v) => v.to_vec(),
         KvData::Bf16(v) => from_bf16(v),
     }
 }
@@ -86,9 +86,9 @@ fn run_case<D: TestDevice>(
     }
     let mut cache = KvCache::new(spec);
     cache.data = if bf {
-        KvData::Bf16(to_bf16(&pattern))
+        KvData::Bf16(llamagen::backend::cpu::Buf::vec(to_bf16(&pattern)))
     } else {
-        KvData::F32(pattern.clone())
+        KvData::F32(llamagen::backend::cpu::Buf::vec(pattern.clone()))
     };
     let mut want_q = vec![0f32; c.batch * c.len * d];
     cpu::rope::rope(

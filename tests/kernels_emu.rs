@@ -7,6 +7,7 @@
 
 use half::bf16;
 use llamagen::backend::cpu;
+use llamagen::backend::cpu::KernelFamily;
 use llamagen::backend::cuda::emu::{self, EmuDevice, Sched};
 use llamagen::backend::cuda::kernels;
 use llamagen::backend::cuda::launch::{LaunchConfig, Launcher};
@@ -140,7 +141,7 @@ fn swiglu_case<D: TestDevice>(dev: &D, rng: &mut Rng, rows: usize, f: usize, blo
         round_all(&mut ab);
     }
     let mut want = vec![0f32; rows * f];
-    cpu::swiglu::swiglu(&ab, f, bf, &mut want);
+    cpu::swiglu::swiglu(&ab, f, bf, KernelFamily::Portable, &mut want);
     let got = if bf {
         let abb = dev.upload(&to_bf16(&ab), "ab");
         let mut ob = dev.alloc::<bf16>(rows * f, "out");

@@ -97,7 +97,7 @@ impl CpuBackend {
                     n,
                     residual,
                     round,
-                    &mut self.xb,
+                    &mut self.mm,
                     v.f32_mut(out),
                 );
             }
@@ -156,13 +156,14 @@ impl CpuBackend {
                     kv,
                     *layer,
                     round,
+                    self.kernels,
                     &mut self.scores,
                     v.f32_mut(out),
                 );
             }
             Op::Swiglu => {
                 let f = *oshape.last().unwrap_or(&0);
-                swiglu::swiglu(v.f32(ins[0]), f, round, v.f32_mut(out));
+                swiglu::swiglu(v.f32(ins[0]), f, round, self.kernels, v.f32_mut(out));
             }
             Op::TakeLast => {
                 let s = g.shape(ins[0]);

@@ -1,16 +1,35 @@
 //! The static KV cache, `[layer][k|v][batch][head][seq][head_dim]`, allocated once and written in place.
 use super::matmul::dot_bf16;
+use super::Buf;
 use crate::backend::{KvSpec, Storage};
 use half::bf16;
 
 pub enum KvData {
-    F32(Vec<f32>),
-    Bf16(Vec<bf16>),
+    F32(Buf<f32>),
+    Bf16(Buf<bf16>),
 }
 
 pub struct KvCache {
     pub spec: KvSpec,
     pub data: KvData,
+}
+
+/// The cached rows `[seq][head_dim]` of one (layer, k|v, batch row, head).
+#[derive(Clone, Copy)]
+pub enum Head<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> Head<'a> {
+    /// Position `p`'s vector of `hd` elements.
+    #[inline]
+    pub fn row(self, p: usize, hd: usize) -> Row<'a> {
+        match self {
+            Head::F32(d) => Row::F32(&d[p * hd..(p + 1) * hd]),
+            Head::Bf16(d) => Row::Bf16(&d[p * hd..(p + 1) * hd]),
+        }
+    }
 }
 
 /// One cached head vector.
@@ -42,8 +61,8 @@ impl KvCache {
     pub fn new(spec: KvSpec) -> Self {
         let n = spec.elems();
         let data = match spec.storage {
-            Storage::F32 => KvData::F32(vec![0.0; n]),
-            Storage::Bf16 => KvData::Bf16(vec![bf16::ZERO; n]),
+            Storage::F32 => KvData::F32(Buf::zeroed(n)),
+            Storage::Bf16 => KvData::Bf16(Buf::zeroed(n)),
         };
         KvCache { spec, data }
     }
@@ -64,6 +83,17 @@ impl KvCache {
                 .iter_mut()
                 .zip(v)
                 .for_each(|(o, &x)| *o = bf16::from_f32(x)),
+        }
+    }
+
+    /// Every position of one (layer, k|v, batch row, head).
+    #[inline]
+    pub fn head(&self, layer: usize, kv: usize, b: usize, h: usize) -> Head<'_> {
+        let i = self.index(layer, kv, b, h, 0);
+        let len = self.spec.seq * self.spec.head_dim;
+        match &self.data {
+            KvData::F32(d) => Head::F32(&d[i..i + len]),
+            KvData::Bf16(d) => Head::Bf16(&d[i..i + len]),
         }
     }
 

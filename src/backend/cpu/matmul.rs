@@ -5,9 +5,9 @@
 //! chunks of `CHUNK_M` and every row's dot products have a fixed summation order, so a row's result never depends
 //! on how many other rows (images) share the batch: the same seed gives the same image at any batch size.
 //! bf16 weights are read as bf16 (never widened into a full copy); with AVX-512 BF16 they go through `vdpbf16ps`.
+use super::team::Team;
 use super::{matmul_avx2, matmul_avx512, round_bf16, KernelFamily, OutPtr};
 use half::bf16;
-use rayon::prelude::*;
 
 pub enum WeightRef<'a> {
     F32(&'a [f32]),
@@ -19,6 +19,15 @@ const TILE_N: usize = 64;
 /// x rows per pass over the weights: 32 rows × K = 768 × 4 B = 96 KiB of activations stay in L2.
 const CHUNK_M: usize = 32;
 
+/// Buffers a product reuses from call to call (x in the layout a kernel reads), so a decode step allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    /// x rounded to bf16 (`matmul_avx512`).
+    bits: Vec<u16>,
+    /// x deinterleaved (`matmul_avx2::deinterleave`).
+    x: Vec<f32>,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     kernels: KernelFamily,
@@ -29,7 +38,7 @@ pub fn matmul(
     n: usize,
     residual: Option<&[f32]>,
     round: bool,
-    xb: &mut Vec<u16>,
+    scratch: &mut Scratch,
     y: &mut [f32],
 ) {
     debug_assert_eq!(x.len(), m * k);
@@ -40,10 +49,10 @@ pub fn matmul(
     for (xc, yc) in x.chunks(CHUNK_M * k).zip(y.chunks_mut(CHUNK_M * n)) {
         let mc = xc.len() / k.max(1);
         match w {
-            WeightRef::F32(w) if avx2 => matvec_avx2(xc, mc, k, w, n, yc),
+            WeightRef::F32(w) if avx2 => matvec_avx2(xc, mc, k, w, n, &mut scratch.x, yc),
             WeightRef::F32(w) => matvec(xc, mc, k, w, n, yc),
-            WeightRef::Bf16(w) if avx512 => matmul_avx512::matvec(xc, mc, k, w, n, TILE_N, xb, yc),
-            WeightRef::Bf16(w) if avx2 => matvec_avx2(xc, mc, k, w, n, yc),
+            WeightRef::Bf16(w) if avx512 => matmul_avx512::matvec(xc, mc, k, w, n, TILE_N, &mut scratch.bits, yc),
+            WeightRef::Bf16(w) if avx2 => matvec_avx2(xc, mc, k, w, n, &mut scratch.x, yc),
             WeightRef::Bf16(w) => matvec(xc, mc, k, w, n, yc),
         }
     }
@@ -106,7 +115,7 @@ where
     [W]: Dot,
 {
     let out = OutPtr(y.as_mut_ptr());
-    (0..n.div_ceil(TILE_N)).into_par_iter().for_each(|t| {
+    Team::global().run(n.div_ceil(TILE_N), &|t| {
         let out = out;
         for nn in t * TILE_N..((t + 1) * TILE_N).min(n) {
             let wr = &w[nn * k..(nn + 1) * k];
@@ -119,10 +128,25 @@ where
     });
 }
 
-/// `matvec` through the AVX2 + FMA kernel (caller checks `matmul_avx2::available()`).
-fn matvec_avx2<W: matmul_avx2::Lanes + Sync>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, y: &mut [f32]) {
+/// `matvec` through the AVX2 + FMA kernel (the caller's kernel family includes AVX2 + FMA). `xd` holds x
+/// deinterleaved for bf16 weights.
+fn matvec_avx2<W: matmul_avx2::Lanes + Sync>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[W],
+    n: usize,
+    xd: &mut Vec<f32>,
+    y: &mut [f32],
+) {
+    let x = if W::DEINTERLEAVED {
+        matmul_avx2::deinterleave(x, k, xd);
+        &xd[..]
+    } else {
+        x
+    };
     let out = OutPtr(y.as_mut_ptr());
-    (0..n.div_ceil(TILE_N)).into_par_iter().for_each(|t| {
+    Team::global().run(n.div_ceil(TILE_N), &|t| {
         let out = out;
         let (n0, n1) = (t * TILE_N, ((t + 1) * TILE_N).min(n));
         // SAFETY: the caller checked AVX2 + FMA; x holds m·k, w n·k and y m·n elements, and this task alone writes
@@ -176,7 +200,7 @@ mod tests {
                 let mut want = naive(&x, m, k, &w, n);
                 want.iter_mut().zip(&res).for_each(|(a, r)| *a += *r as f64);
                 let mut y = vec![0f32; m * n];
-                let xb = &mut Vec::new();
+                let xb = &mut Scratch::default();
                 matmul(fam, &x, m, k, WeightRef::F32(&w), n, Some(&res), false, xb, &mut y);
                 let e = rel_l2(&y, &want);
                 assert!(e < 1e-6, "{fam} f32 {m}x{k}x{n}: {e}");
@@ -201,7 +225,8 @@ mod tests {
             .collect();
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let (mut fast, mut slow) = (vec![0f32; m * n], vec![0f32; m * n]);
-        matvec_avx2(&x, m, k, &wb, n, &mut fast);
+        let xd = &mut Vec::new();
+        matvec_avx2(&x, m, k, &wb, n, xd, &mut fast);
         matvec(&x, m, k, &wb, n, &mut slow);
         let want: Vec<f64> = slow.iter().map(|&v| v as f64).collect();
         assert!(
@@ -209,7 +234,7 @@ mod tests {
             "bf16 avx2 vs portable: {}",
             rel_l2(&fast, &want)
         );
-        matvec_avx2(&x, m, k, &w, n, &mut fast);
+        matvec_avx2(&x, m, k, &w, n, xd, &mut fast);
         matvec(&x, m, k, &w, n, &mut slow);
         let want: Vec<f64> = slow.iter().map(|&v| v as f64).collect();
         assert!(
@@ -219,9 +244,9 @@ mod tests {
         );
         for r in 0..m {
             let mut one = vec![0f32; n];
-            matvec_avx2(&x[r * k..(r + 1) * k], 1, k, &wb, n, &mut one);
+            matvec_avx2(&x[r * k..(r + 1) * k], 1, k, &wb, n, xd, &mut one);
             let mut all = vec![0f32; m * n];
-            matvec_avx2(&x, m, k, &wb, n, &mut all);
+            matvec_avx2(&x, m, k, &wb, n, xd, &mut all);
             assert_eq!(one, all[r * n..(r + 1) * n], "row {r} alone vs in a batch of {m}");
         }
     }
@@ -243,7 +268,7 @@ mod tests {
                 matvec(&x, m, k, &wb, n, &mut y);
                 slow = slow.min(t.elapsed().as_secs_f64());
                 let t = std::time::Instant::now();
-                matvec_avx2(&x, m, k, &wb, n, &mut y);
+                matvec_avx2(&x, m, k, &wb, n, &mut Vec::new(), &mut y);
                 fast = fast.min(t.elapsed().as_secs_f64());
             }
             let gbs = |t: f64| (2 * n * k) as f64 / t / 1e9;

@@ -1,6 +1,7 @@
 //! The CPU backend: the reference every kernel is checked against, and the engine for users without a GPU.
 //! One file per op (same names as the kernels); this file owns memory (weights, KV cache, arena) and dispatch.
 pub mod attention;
+pub mod buf;
 pub mod codebook;
 pub mod conv;
 pub mod conv_transpose;
@@ -14,17 +15,19 @@ pub mod matmul_avx512;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
+pub mod simd;
 pub mod swiglu;
+pub mod team;
 pub mod vq_attention;
 
 use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
 use crate::runtime::{Graph, Plan, StepParams, TensorId};
 use crate::{Error, Result};
+pub use buf::Buf;
 pub use family::KernelFamily;
 use half::bf16;
 pub use kv_cache::KvCache;
 use matmul::WeightRef;
-use rayon::prelude::*;
 
 #[inline]
 pub fn round_bf16(x: f32) -> f32 {
@@ -32,8 +35,8 @@ pub fn round_bf16(x: f32) -> f32 {
 }
 
 pub enum WeightData {
-    F32(Vec<f32>),
-    Bf16(Vec<bf16>),
+    F32(Buf<f32>),
+    Bf16(Buf<bf16>),
 }
 
 pub struct CpuWeight {
@@ -89,8 +92,8 @@ pub struct CpuBackend {
     kv: Option<KvCache>,
     arena: Vec<Line>,
     scores: Vec<f32>,
-    /// Activations rounded to bf16 for the AVX-512 BF16 products.
-    xb: Vec<u16>,
+    /// The products' x in the layout their kernel reads.
+    mm: matmul::Scratch,
     sampling: sampling::SamplingScratch,
     /// Activations rounded to bf16 where the reference stores bf16 (the `--dtype bf16` GPT).
     round: bool,
@@ -99,14 +102,10 @@ pub struct CpuBackend {
 }
 
 /// Rounds to bf16 in parallel blocks (the GPT-B load converts ~110 M values).
-fn to_bf16(v: &[f32]) -> Vec<bf16> {
-    let mut out = vec![bf16::ZERO; v.len()];
-    out.par_chunks_mut(1 << 16)
-        .zip(v.par_chunks(1 << 16))
-        .for_each(|(d, s)| {
-            d.iter_mut().zip(s).for_each(|(d, &s)| *d = bf16::from_f32(s));
-        });
-    out
+fn to_bf16(v: &[f32]) -> Buf<bf16> {
+    Buf::from_fill(v.len(), |off, d| {
+        d.iter_mut().zip(&v[off..]).for_each(|(d, &s)| *d = bf16::from_f32(s))
+    })
 }
 
 impl CpuBackend {
@@ -137,7 +136,7 @@ impl CpuBackend {
             kv: None,
             arena: Vec::new(),
             scores: Vec::new(),
-            xb: Vec::new(),
+            mm: Default::default(),
             sampling: Default::default(),
             round: round_bf16,
             kernels,
@@ -165,9 +164,9 @@ impl Backend for CpuBackend {
                 let (data, prep) = match (w.layout, w.storage) {
                     (Layout::UpsamplePhases | Layout::Conv | Layout::Winograd, _) => {
                         let (prep, data) = conv::prepare(w.layout, &w.shape, w.data, self.kernels);
-                        (WeightData::F32(data), prep)
+                        (WeightData::F32(Buf::vec(data)), prep)
                     }
-                    (Layout::Plain, Storage::F32) => (WeightData::F32(w.data), conv::Prep::Torch),
+                    (Layout::Plain, Storage::F32) => (WeightData::F32(Buf::from_vec(w.data)), conv::Prep::Torch),
                     (Layout::Plain, Storage::Bf16) => (WeightData::Bf16(to_bf16(&w.data)), conv::Prep::Torch),
                 };
                 CpuWeight {

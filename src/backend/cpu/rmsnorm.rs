@@ -2,7 +2,8 @@
 //! In bf16 mode the normalised value is rounded to bf16 before the weight multiply, which is rounded again
 //! (the reference's `self._norm(x.float()).type_as(x) * self.weight`).
 use super::round_bf16;
-use rayon::prelude::*;
+use super::team::Team;
+use super::OutPtr;
 
 pub fn rmsnorm(x: &[f32], d: usize, w: &[f32], eps: f32, round: bool, y: &mut [f32]) {
     let rows = x.len() / d;
@@ -21,7 +22,13 @@ pub fn rmsnorm(x: &[f32], d: usize, w: &[f32], eps: f32, round: bool, y: &mut [f
         }
     };
     if rows * d >= 1 << 15 {
-        x.par_chunks(d).zip(y.par_chunks_mut(d)).for_each(work);
+        let out = OutPtr(y.as_mut_ptr());
+        Team::global().run(rows, &|r| {
+            let out = &out;
+            // SAFETY: task r writes only row r of y.
+            let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * d), d) };
+            work((&x[r * d..(r + 1) * d], yr));
+        });
     } else {
         x.chunks(d).zip(y.chunks_mut(d)).for_each(work);
     }

@@ -1,9 +1,9 @@
 //! `sampling`: CFG mix, temperature, top-k, top-p and the categorical draw for every image of the batch, each from
 //! its own counter-based RNG stream (seed, image index, step). Both CFG halves receive the same token.
+use super::team::Team;
 use crate::runtime::StepParams;
 use crate::sample::rng;
 use crate::sample::sampler::{self, SamplerScratch, SamplingParams};
-use rayon::prelude::*;
 
 /// Per-image workspace, allocated on the first step and reused.
 pub struct SamplingScratch {
@@ -48,26 +48,34 @@ pub fn sampling(
         scratch.mixed.resize(b * vocab, 0.0);
         scratch.picked.resize(b, 0);
     }
-    let mixed = &mut scratch.mixed[..b * vocab];
-    {
-        let work = |(i, ((mix, sc), out)): (usize, ((&mut [f32], &mut SamplerScratch), &mut u32))| {
-            let cond = &logits[i * vocab..(i + 1) * vocab];
-            let row: &[f32] = if cfg && step.cfg_active {
-                sampler::cfg_mix(cond, &logits[(b + i) * vocab..(b + i + 1) * vocab], cfg_scale, mix);
-                mix
-            } else {
-                cond
-            };
-            let u = rng::uniform(step.seed, image_index[i] as u64, step.step);
-            *out = sampler::sample(row, params, u, sc);
+    struct Ptrs(*mut f32, *mut SamplerScratch, *mut u32);
+    // SAFETY: task i touches only mixed[i·V..][..V], per_image[i] and picked[i].
+    unsafe impl Sync for Ptrs {}
+    let p = Ptrs(
+        scratch.mixed.as_mut_ptr(),
+        scratch.per_image.as_mut_ptr(),
+        scratch.picked.as_mut_ptr(),
+    );
+    Team::global().run(b, &|i| {
+        let p = &p;
+        // SAFETY: see `Ptrs`; every buffer holds at least b images.
+        let (mix, sc, out) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(p.0.add(i * vocab), vocab),
+                &mut *p.1.add(i),
+                &mut *p.2.add(i),
+            )
         };
-        mixed
-            .par_chunks_mut(vocab)
-            .zip(scratch.per_image[..b].par_iter_mut())
-            .zip(scratch.picked[..b].par_iter_mut())
-            .enumerate()
-            .for_each(work);
-    }
+        let cond = &logits[i * vocab..(i + 1) * vocab];
+        let row: &[f32] = if cfg && step.cfg_active {
+            sampler::cfg_mix(cond, &logits[(b + i) * vocab..(b + i + 1) * vocab], cfg_scale, mix);
+            mix
+        } else {
+            cond
+        };
+        let u = rng::uniform(step.seed, image_index[i] as u64, step.step);
+        *out = sampler::sample(row, params, u, sc);
+    });
     for (i, &t) in scratch.picked[..b].iter().enumerate() {
         tokens[i] = t as i32;
         if cfg {
