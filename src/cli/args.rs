@@ -213,7 +213,14 @@ pub fn vq_config(a: &VqArgs) -> Result<VqConfig> {
 pub fn vq_runner(a: &VqArgs, with_encoder: bool, device: Device) -> Result<VqRunner> {
     let cfg = vq_config(a)?;
     let path = a.vq.as_ref().context("no VQ weights given: pass --vq WEIGHTS")?;
-    let mut sd = load_weights(path)?;
+    let t = std::time::Instant::now();
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    // Decoding alone never reads the encoder half of the file.
+    let decoder_only = |name: &str| with_encoder || !(name.starts_with("encoder.") || name.starts_with("quant_conv."));
+    let mut sd = weights::load_state_dict_where(path, "", &decoder_only)?;
+    tracing::debug!("VQ weights read in {:.3} s", t.elapsed().as_secs_f64());
     Ok(VqRunner::new(cfg, &mut sd, with_encoder, backend(device, Dtype::F32)?)?)
 }
 

@@ -112,7 +112,13 @@ impl Session {
         kv: Option<KvSpec>,
         graphs: Vec<Graph>,
     ) -> Result<Self> {
+        let t = std::time::Instant::now();
         backend.load_weights(weights)?;
+        tracing::debug!(
+            "weights laid out for the {} backend in {:.3} s",
+            backend.name(),
+            t.elapsed().as_secs_f64()
+        );
         if let Some(kv) = kv {
             backend.alloc_kv(kv)?;
         }

@@ -268,8 +268,14 @@ pub fn load_state_dict(path: &Path) -> Result<StateDict> {
 /// Like [`load_state_dict`], keeping only tensors whose name starts with `prefix`, with the prefix
 /// stripped (the golden fixtures store weights under `weights/<official name>`).
 pub fn load_state_dict_prefixed(path: &Path, prefix: &str) -> Result<StateDict> {
+    load_state_dict_where(path, prefix, &|_| true)
+}
+
+/// Like [`load_state_dict_prefixed`], reading (and converting) only the tensors whose stripped name `keep` accepts:
+/// a VQ decode skips the encoder, half of the tokenizer's file.
+pub fn load_state_dict_where(path: &Path, prefix: &str, keep: &dyn Fn(&str) -> bool) -> Result<StateDict> {
     match sniff(path)? {
-        Kind::TorchZip => torch_pt::load_pt_prefixed(path, prefix),
+        Kind::TorchZip => torch_pt::load_pt_where(path, prefix, keep),
         Kind::SafeTensors => {
             let file = safetensors::SafeTensorsFile::open(path)?;
             let mut sd = StateDict::new(path);
@@ -278,7 +284,7 @@ pub fn load_state_dict_prefixed(path: &Path, prefix: &str) -> Result<StateDict> 
                     continue;
                 };
                 // Integer/bool buffers (token fixtures, counters) are not weights.
-                if !file.dtype(&name)?.is_float() {
+                if !file.dtype(&name)?.is_float() || !keep(short) {
                     continue;
                 }
                 let (shape, data) = file.f32(&name)?;

@@ -410,6 +410,11 @@ pub fn load_pt(path: &Path) -> Result<StateDict> {
 /// The state dict is the top-level dict (FSDP "raw" files) or the dict under `model`, `module`
 /// or `state_dict` (DDP training checkpoints, in that order of preference).
 pub fn load_pt_prefixed(path: &Path, prefix: &str) -> Result<StateDict> {
+    load_pt_where(path, prefix, &|_| true)
+}
+
+/// Like [`load_pt_prefixed`], reading only the tensors whose (stripped) name `keep` accepts.
+pub fn load_pt_where(path: &Path, prefix: &str, keep: &dyn Fn(&str) -> bool) -> Result<StateDict> {
     let bad = |msg: String| Error::format(path, msg);
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only map; the file must not be truncated while we read it.
@@ -459,7 +464,7 @@ pub fn load_pt_prefixed(path: &Path, prefix: &str) -> Result<StateDict> {
         let Some(short) = name.strip_prefix(prefix) else {
             continue;
         };
-        if !t.storage.dtype.is_float() {
+        if !t.storage.dtype.is_float() || !keep(short) {
             continue;
         }
         wanted.insert(short, t);

@@ -641,26 +641,29 @@ pub fn prepare(layout: Layout, shape: &[usize], w: Vec<f32>, kernels: KernelFami
         [co, ci, kh, kw] => (co, ci, kh, kw),
         _ => return (Prep::Torch, w),
     };
-    // LLAMAGEN_NO_WINOGRAD: every conv direct, on any CPU (for measuring what Winograd buys)
-    let (fast, wino) = (kernels >= KernelFamily::Avx512, !no_winograd());
+    // Winograd where its transformed weight fits `WINOGRAD_MAX_BYTES` and LLAMAGEN_NO_WINOGRAD is not set.
+    let fast = kernels >= KernelFamily::Avx512;
+    let fits = |phases| {
+        let len = if fast {
+            winograd::weights_len(co, ci, phases)
+        } else {
+            winograd_gemm::weights_len(co, ci, phases)
+        };
+        !no_winograd() && 4 * len <= WINOGRAD_MAX_BYTES
+    };
+    let k3 = kh == 3 && kw == 3;
     match layout {
-        Layout::UpsamplePhases if fast && wino && kh == 3 && kw == 3 => {
+        Layout::UpsamplePhases if fast && k3 && fits(4) => {
             (Prep::UpsampleWinograd, winograd::upsample_weights(&w, co, ci))
         }
-        Layout::UpsamplePhases if kh == 3 && kw == 3 && winograd_gemm_fits(4, co, ci) => {
+        Layout::UpsamplePhases if k3 && fits(4) => {
             (Prep::UpsampleWinogradGemm, winograd_gemm::upsample_weights(&w, co, ci))
         }
         Layout::UpsamplePhases => (Prep::UpsamplePhases, upsample_phase_weights(&w, co, ci)),
-        Layout::Winograd if fast && wino && kh == 3 && kw == 3 && ci >= WINOGRAD_MIN_C_IN => {
+        Layout::Winograd if fast && k3 && ci >= WINOGRAD_MIN_C_IN && fits(1) => {
             (Prep::Winograd, winograd::weights(&w, co, ci))
         }
-        Layout::Winograd
-            if kh == 3
-                && kw == 3
-                && ci >= WINOGRAD_MIN_C_IN
-                && co >= WINOGRAD_GEMM_MIN_C_OUT
-                && winograd_gemm_fits(1, co, ci) =>
-        {
+        Layout::Winograd if k3 && ci >= WINOGRAD_MIN_C_IN && co >= WINOGRAD_GEMM_MIN_C_OUT && fits(1) => {
             (Prep::WinogradGemm, winograd_gemm::weights(&w, co, ci))
         }
         Layout::Winograd | Layout::Conv if fast => (Prep::Packed, packed_weights(&w, co, ci, kh, kw)),
@@ -689,19 +692,15 @@ const WINOGRAD_MIN_C_IN: usize = 8;
 /// per-call packing outweigh what it saves (the decoder's conv_out, 128 -> 3).
 const WINOGRAD_GEMM_MIN_C_OUT: usize = 16;
 
-/// Largest transformed weight the gemm-crate Winograd keeps. Its weights are 36 / 9 = 4x the conv's (16x for
-/// the four upsample phases), and the convs whose weights are big are the many-channel, low-resolution ones
-/// (VQ-16: 512 channels at 16-32 px), where a conv costs a few ms and Winograd saves little (measured on the
-/// AVX2 box: 512->512 at 16x16 11 -> 6 ms, the 256-channel upsample 69 -> 60 ms, for 28 MB more each). The cap
-/// takes the VQ-16 decode's peak RSS (with GPT-B) from 1.38 GB to 0.89 GB; its time did not change measurably
-/// (interleaved runs, 0.87-1.07 s either way on a noisy box).
-const WINOGRAD_GEMM_MAX_BYTES: usize = 16 << 20;
-
-/// Whether a 3x3 weight of `phases` Winograd phases runs through the gemm-crate Winograd: it fits the cap and
-/// `LLAMAGEN_NO_WINOGRAD` is not set.
-fn winograd_gemm_fits(phases: usize, c_out: usize, c_in: usize) -> bool {
-    !no_winograd() && 4 * winograd_gemm::weights_len(c_out, c_in, phases) <= WINOGRAD_GEMM_MAX_BYTES
-}
+/// Largest transformed weight a Winograd conv keeps. Its weights are 36 / 9 = 4x the conv's (16x for the four
+/// upsample phases), and the convs whose weights are big are the many-channel, low-resolution ones (VQ-16: 512
+/// channels at 16-32 px), where a conv costs a few ms and Winograd saves little (measured on the AVX2 box: 512->512
+/// at 16x16 11 -> 6 ms, the 256-channel upsample 69 -> 60 ms, for 28 MB more each). On the AVX2 box the cap took
+/// the VQ-16 decode's peak RSS (with GPT-B) from 1.38 GB to 0.89 GB, its time unchanged within noise. The AVX-512
+/// path has the same cap: uncapped, its VQ-16 decoder weights were 766 MB and took 0.86 s to prepare (one thread,
+/// measured here by calling `prepare` with the AVX-512 family), most of the 1.6 s a one-image `llamagen decode`
+/// took on an AVX-512 box.
+const WINOGRAD_MAX_BYTES: usize = 16 << 20;
 
 /// `LLAMAGEN_NO_WINOGRAD` set: the direct convolutions everywhere (smaller error; for measuring what Winograd buys).
 fn no_winograd() -> bool {
@@ -1230,23 +1229,30 @@ mod tests {
         assert!(rel_l2(&out, &c.naive(&x, &wt, None)) < 1e-6);
     }
 
-    /// Below the AVX-512 family (on any CPU): Winograd for the 3x3 convs and upsamples whose transformed weight
-    /// fits the cap, direct for the rest (and for `conv_out`'s 3 output channels).
+    /// Winograd for the 3x3 convs and upsamples whose transformed weight fits the cap, direct for the rest (and
+    /// for `conv_out`'s 3 output channels), with either family's layouts (`prepare` only moves data, so both
+    /// families' choices are checked on any CPU).
     #[test]
     fn prepare_picks_winograd_where_it_fits() {
         if std::env::var_os("LLAMAGEN_NO_WINOGRAD").is_some() {
             return;
         }
-        let prep = |layout, co: usize, ci: usize| {
-            prepare(layout, &[co, ci, 3, 3], vec![0.5; co * ci * 9], KernelFamily::Avx2).0
-        };
-        assert_eq!(prep(Layout::Winograd, 128, 128), Prep::WinogradGemm);
-        assert_eq!(prep(Layout::Winograd, 256, 256), Prep::WinogradGemm);
-        assert_eq!(prep(Layout::Winograd, 512, 512), Prep::Torch);
-        assert_eq!(prep(Layout::Winograd, 3, 128), Prep::Torch);
-        assert_eq!(prep(Layout::Winograd, 128, 3), Prep::Torch);
-        assert_eq!(prep(Layout::UpsamplePhases, 128, 128), Prep::UpsampleWinogradGemm);
-        assert_eq!(prep(Layout::UpsamplePhases, 256, 256), Prep::UpsamplePhases);
+        let prep =
+            |family, layout, co: usize, ci: usize| prepare(layout, &[co, ci, 3, 3], vec![0.5; co * ci * 9], family).0;
+        let (avx2, avx512) = (KernelFamily::Avx2, KernelFamily::Avx512);
+        assert_eq!(prep(avx2, Layout::Winograd, 128, 128), Prep::WinogradGemm);
+        assert_eq!(prep(avx2, Layout::Winograd, 256, 256), Prep::WinogradGemm);
+        assert_eq!(prep(avx2, Layout::Winograd, 512, 512), Prep::Torch);
+        assert_eq!(prep(avx2, Layout::Winograd, 3, 128), Prep::Torch);
+        assert_eq!(prep(avx2, Layout::Winograd, 128, 3), Prep::Torch);
+        assert_eq!(prep(avx2, Layout::UpsamplePhases, 128, 128), Prep::UpsampleWinogradGemm);
+        assert_eq!(prep(avx2, Layout::UpsamplePhases, 256, 256), Prep::UpsamplePhases);
+        assert_eq!(prep(avx512, Layout::Winograd, 128, 128), Prep::Winograd);
+        assert_eq!(prep(avx512, Layout::Winograd, 256, 256), Prep::Winograd);
+        assert_eq!(prep(avx512, Layout::Winograd, 512, 512), Prep::Packed);
+        assert_eq!(prep(avx512, Layout::Winograd, 128, 3), Prep::Packed);
+        assert_eq!(prep(avx512, Layout::UpsamplePhases, 128, 128), Prep::UpsampleWinograd);
+        assert_eq!(prep(avx512, Layout::UpsamplePhases, 512, 512), Prep::UpsamplePhases);
         let (p, w) = prepare(
             Layout::Winograd,
             &[16, 8, 3, 3],

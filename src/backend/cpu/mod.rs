@@ -158,12 +158,15 @@ impl Backend for CpuBackend {
     }
 
     fn load_weights(&mut self, weights: Vec<Weight>) -> Result<()> {
+        use rayon::prelude::*;
+        let kernels = self.kernels;
+        // In parallel: a VQ decoder's convolutions are prepared (Winograd transforms, packing) one per task.
         self.weights = weights
-            .into_iter()
+            .into_par_iter()
             .map(|w| {
                 let (data, prep) = match (w.layout, w.storage) {
                     (Layout::UpsamplePhases | Layout::Conv | Layout::Winograd, _) => {
-                        let (prep, data) = conv::prepare(w.layout, &w.shape, w.data, self.kernels);
+                        let (prep, data) = conv::prepare(w.layout, &w.shape, w.data, kernels);
                         (WeightData::F32(Buf::vec(data)), prep)
                     }
                     (Layout::Plain, Storage::F32) => (WeightData::F32(Buf::from_vec(w.data)), conv::Prep::Torch),
