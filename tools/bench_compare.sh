@@ -4,7 +4,7 @@
 #
 # The job: GPT-B c2i 256 px (256 tokens per image), cfg 4.0, top-k 2000, temperature 1, the deterministic weights of
 # weights.py on both sides (the engine's --synthetic-weights is the same generator, bit for bit), f32 and bf16;
-# VQ-16 decode of 256 px images (f32).
+# VQ-16 decode of 256 px images (f32), in process and as a whole `llamagen decode` process.
 #
 # Usage: tools/bench_compare.sh [-b "1 8"] [-r REPS] [-p PYTORCH_REPS] [-o OUTDIR]
 #   -b  batch sizes (default "1 8")
@@ -71,6 +71,33 @@ echo "engine command: ${ENGINE_CMD[*]}" >> "$OUT/conditions.txt"
 "${ENGINE_CMD[@]}" > "$OUT/engine.csv"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/conditions.txt"
 
+# The VQ decode as a whole process, from a weights file to PNGs (`llamagen decode`): the official VQ-16 with the
+# weights.py values written as safetensors, random codes, REPS runs per batch size, wall time by /usr/bin/time.
+echo "== llamagen decode (whole process), load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$PYTHON" - "$REF" "$SHARED" "$ROOT/tests/data/vq16.config.json" "$OUT" $BATCHES <<'PY'
+import json, os, sys
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+ref, shared, config, out, batches = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+sys.path.insert(0, os.path.join(shared, "golden"))
+sys.path.insert(0, ref)
+import weights
+from tokenizer.tokenizer_image import vq_model as V
+shapes = {k: tuple(v.shape) for k, v in V.VQ_16().state_dict().items()}
+sd = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.fill_state_dict(shapes).items()}
+save_file(sd, f"{out}/vq16.safetensors", metadata={"config": json.dumps(json.load(open(config)))})
+rng = np.random.default_rng(0)
+for b in batches:
+    np.save(f"{out}/codes_b{b}.npy", rng.integers(0, 16384, size=(int(b), 16, 16), dtype=np.int64))
+PY
+for b in $BATCHES; do
+    for ((i = 0; i < REPS; i++)); do
+        /usr/bin/time -f "%e %M" -o "$OUT/decode_b$b.$i.time" "$BIN" decode --vq "$OUT/vq16.safetensors" \
+            --tokens "$OUT/codes_b$b.npy" --batch-size "$b" --out "$OUT/decoded_b$b" 2> /dev/null
+    done
+done
+
 python3 - "$OUT" "$PT_REPS" <<'EOF'
 import csv, json, statistics, sys
 out, pt_reps = sys.argv[1], int(sys.argv[2])
@@ -111,6 +138,16 @@ for (stage, dtype, b) in sorted(pt, key=lambda k: (k[0] != "gpt_generate", k[1] 
     pct = r["pct_of_ceiling"]
     pct = f"{float(pct):.1f} ({r['bound']})" if pct else ""
     print(f"| {job} | {b} | {p:.3f} | {cold:.3f} | {t:.3f} ± {s:.3f} | {b / t:.3f} | {p / t:.2f}× | {pct} |")
+import glob
+for b in sorted({k[2] for k in pt if k[0] == "vq_decode"}):
+    runs = [open(f).read().split() for f in sorted(glob.glob(f"{out}/decode_b{b}.*.time"))]
+    if not runs:
+        continue
+    secs = [float(r[0]) for r in runs]
+    rss = max(int(r[1]) for r in runs) / 1024
+    t, s = statistics.mean(secs), (statistics.stdev(secs) if len(secs) > 1 else 0.0)
+    p, cold = pt_time(pt[("vq_decode", "f32", b)])
+    print(f"| VQ-16 `llamagen decode`, whole process (peak RSS {rss:.0f} MiB) vs PyTorch in-process | {b} | {p:.3f} | {cold:.3f} | {t:.3f} ± {s:.3f} | {b / t:.3f} | {p / t:.2f}× | |")
 print()
-print(f"raw outputs: {out}/pytorch.jsonl, {out}/engine.csv")
+print(f"raw outputs: {out}/pytorch.jsonl, {out}/engine.csv, {out}/decode_b*.time")
 EOF

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use std::alloc::Layout;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 const HUGE: usize = 2 << 20;
 
@@ -18,12 +19,20 @@ pub struct Buf<T: Pod> {
     inner: Inner<T>,
 }
 
-enum Inner<T> {
+enum Inner<T: Pod> {
     Vec(Vec<T>),
+    /// `bytes` of an anonymous mapping of its own, so dropping it returns the memory to the system at once (from
+    /// the global allocator, a freed 2 MiB-aligned block could stay resident in the heap).
     Huge {
         ptr: NonNull<T>,
         len: usize,
-        layout: Layout,
+        bytes: usize,
+    },
+    /// `len` elements at `off` of a shared buffer (`Buf::packed`).
+    View {
+        owner: Arc<Buf<T>>,
+        off: usize,
+        len: usize,
     },
 }
 
@@ -70,26 +79,64 @@ impl<T: Pod + Send + Sync> Buf<T> {
                 inner: Inner::Vec(vec![T::zeroed(); len]),
             };
         }
-        let layout = Layout::from_size_align(bytes.next_multiple_of(HUGE), HUGE).expect("buffer size");
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc(layout) };
-        let Some(ptr) = NonNull::new(raw as *mut T) else {
-            std::alloc::handle_alloc_error(layout)
-        };
-        #[cfg(target_os = "linux")]
-        // SAFETY: the range is this allocation, untouched so far; advice never changes its contents. A kernel
-        // without transparent huge pages refuses the advice, and 4 KiB pages serve.
-        unsafe {
-            libc::madvise(raw as *mut libc::c_void, layout.size(), libc::MADV_HUGEPAGE);
-        }
+        let size = bytes.next_multiple_of(HUGE);
+        let ptr = map_aligned(size).unwrap_or_else(|| {
+            std::alloc::handle_alloc_error(Layout::from_size_align(size, HUGE).expect("buffer size"))
+        });
         Buf {
-            inner: Inner::Huge { ptr, len, layout },
+            inner: Inner::Huge {
+                ptr: ptr.cast(),
+                len,
+                bytes: size,
+            },
         }
+    }
+
+    /// One buffer per entry of `lens`, all carved out of one allocation (each starting on a 64-byte boundary), the
+    /// `i`th filled by `fill(i, part)`, the parts in parallel. Giving each weight of a model its own huge-page
+    /// buffer would round every one up to 2 MiB: ~100 MB more resident for GPT-B in f32.
+    pub fn packed(lens: &[usize], fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<Self> {
+        let align = (64 / std::mem::size_of::<T>()).max(1);
+        let offs: Vec<usize> = lens
+            .iter()
+            .scan(0, |at, &l| {
+                let o = *at;
+                *at += l.next_multiple_of(align);
+                Some(o)
+            })
+            .collect();
+        let total = offs.last().map_or(0, |o| o + lens[lens.len() - 1]);
+        let mut arena = Self::uninit(total);
+        let mut parts: Vec<&mut [T]> = Vec::with_capacity(lens.len());
+        let mut rest: &mut [T] = &mut arena;
+        let mut at = 0;
+        for (&o, &l) in offs.iter().zip(lens) {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(o - at);
+            let (part, tail) = tail.split_at_mut(l);
+            parts.push(part);
+            (rest, at) = (tail, o + l);
+        }
+        parts.into_par_iter().enumerate().for_each(|(i, p)| fill(i, p));
+        let owner = Arc::new(arena);
+        offs.iter()
+            .zip(lens)
+            .map(|(&off, &len)| Buf {
+                inner: Inner::View {
+                    owner: owner.clone(),
+                    off,
+                    len,
+                },
+            })
+            .collect()
     }
 
     /// Whether the buffer lives in memory advised for huge pages.
     pub fn is_huge(&self) -> bool {
-        matches!(self.inner, Inner::Huge { .. })
+        match &self.inner {
+            Inner::Vec(_) => false,
+            Inner::Huge { .. } => true,
+            Inner::View { owner, .. } => owner.is_huge(),
+        }
     }
 }
 
@@ -101,6 +148,7 @@ impl<T: Pod> Deref for Buf<T> {
             // SAFETY: `len` elements live at `ptr` for the buffer's lifetime (every constructor fills them: `Pod`
             // makes any bit pattern a valid value in the meantime).
             Inner::Huge { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
+            Inner::View { owner, off, len } => &owner[*off..*off + *len],
         }
     }
 }
@@ -111,17 +159,55 @@ impl<T: Pod> DerefMut for Buf<T> {
             Inner::Vec(v) => v,
             // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
             Inner::Huge { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) },
+            // Views are made only by `packed`, whose parts are never written after it returns.
+            Inner::View { .. } => panic!("a packed buffer is read-only"),
         }
     }
 }
 
 impl<T: Pod> Drop for Buf<T> {
     fn drop(&mut self) {
-        if let Inner::Huge { ptr, layout, .. } = self.inner {
-            // SAFETY: allocated in `uninit` with this layout.
-            unsafe { std::alloc::dealloc(ptr.as_ptr() as *mut u8, layout) };
+        if let Inner::Huge { ptr, bytes, .. } = self.inner {
+            // SAFETY: `bytes` mapped at `ptr` by `map_aligned`, unmapped once, here.
+            unsafe { libc::munmap(ptr.as_ptr() as *mut libc::c_void, bytes) };
         }
     }
+}
+
+/// `size` bytes (a multiple of 2 MiB) of fresh anonymous memory at a 2 MiB boundary, advised `MADV_HUGEPAGE` before
+/// any page is touched; `None` if the system refuses the mapping. A kernel without transparent huge pages refuses
+/// the advice, and 4 KiB pages serve.
+fn map_aligned(size: usize) -> Option<NonNull<u8>> {
+    let over = size + HUGE;
+    // SAFETY: a private anonymous mapping of `over` bytes; nothing else refers to it yet.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            over,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return None;
+    }
+    let start = raw as usize;
+    let aligned = start.next_multiple_of(HUGE);
+    // SAFETY: the head `start..aligned` and the tail `aligned + size..start + over` lie inside the mapping and are
+    // not used; trimming them leaves exactly `size` bytes at `aligned`.
+    unsafe {
+        if aligned > start {
+            libc::munmap(raw, aligned - start);
+        }
+        let tail = start + over - (aligned + size);
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+        libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
+    }
+    NonNull::new(aligned as *mut u8)
 }
 
 #[cfg(test)]
@@ -144,6 +230,25 @@ mod tests {
             assert!(z.iter().all(|v| v.to_bits() == 0));
             let v: Vec<u16> = (0..len).map(|i| i as u16).collect();
             assert_eq!(&*Buf::from_vec(v.clone()), &v[..]);
+        }
+    }
+
+    #[test]
+    fn packed_parts_are_disjoint_and_aligned() {
+        let lens = [3usize, 0, 1 << 20, 17, (3 << 20) + 5];
+        let parts = Buf::<f32>::packed(&lens, |i, p| {
+            p.iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v = (i * 10_000_000 + j) as f32)
+        });
+        for (i, (p, &l)) in parts.iter().zip(&lens).enumerate() {
+            assert_eq!(p.len(), l);
+            assert_eq!(p.as_ptr() as usize % 64, 0, "part {i}");
+            assert!(
+                p.iter().enumerate().all(|(j, &v)| v == (i * 10_000_000 + j) as f32),
+                "part {i}"
+            );
+            assert!(p.is_huge());
         }
     }
 

@@ -101,7 +101,10 @@ pub struct CpuBackend {
     kernels: KernelFamily,
 }
 
-/// Rounds to bf16 in parallel blocks (the GPT-B load converts ~110 M values).
+/// Plain weights of at least this many bytes (in f32) go into the packed huge-page buffers of `load_weights`.
+const STREAMED_MIN_BYTES: usize = 1 << 20;
+
+/// Rounds to bf16 in parallel blocks.
 fn to_bf16(v: &[f32]) -> Buf<bf16> {
     Buf::from_fill(v.len(), |off, d| {
         d.iter_mut().zip(&v[off..]).for_each(|(d, &s)| *d = bf16::from_f32(s))
@@ -157,20 +160,55 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn load_weights(&mut self, weights: Vec<Weight>) -> Result<()> {
+    fn load_weights(&mut self, mut weights: Vec<Weight>) -> Result<()> {
         use rayon::prelude::*;
+        use std::sync::Mutex;
         let kernels = self.kernels;
-        // In parallel: a VQ decoder's convolutions are prepared (Winograd transforms, packing) one per task.
+        // The linear layers' weights, streamed every decode step, go into one huge-page buffer per dtype: f32 ones
+        // copied there, bf16 ones rounded there, each source freed as soon as it is copied (so the peak stays near
+        // one copy of the weights).
+        let streamed = |w: &Weight| w.layout == Layout::Plain && 4 * w.data.len() >= STREAMED_MIN_BYTES;
+        let is_streamed: Vec<bool> = weights.iter().map(streamed).collect();
+        let mut take = |storage| -> (Vec<usize>, Vec<Mutex<Vec<f32>>>) {
+            let picked = weights.iter_mut().filter(|w| streamed(w) && w.storage == storage);
+            picked
+                .map(|w| (w.data.len(), Mutex::new(std::mem::take(&mut w.data))))
+                .unzip()
+        };
+        let (f32_lens, f32_src) = take(Storage::F32);
+        let (bf16_lens, bf16_src) = take(Storage::Bf16);
+        let source =
+            |src: &[Mutex<Vec<f32>>], i: usize| std::mem::take(&mut *src[i].lock().unwrap_or_else(|p| p.into_inner()));
+        let mut f32_bufs = Buf::packed(&f32_lens, |i, d| d.copy_from_slice(&source(&f32_src, i))).into_iter();
+        let mut bf16_bufs = Buf::packed(&bf16_lens, |i, d| {
+            d.iter_mut()
+                .zip(&source(&bf16_src, i))
+                .for_each(|(d, &s)| *d = bf16::from_f32(s))
+        })
+        .into_iter();
+        let mut data: Vec<Option<WeightData>> = weights
+            .iter()
+            .zip(&is_streamed)
+            .map(|(w, &packed)| match (packed, w.storage) {
+                (true, Storage::F32) => f32_bufs.next().map(WeightData::F32),
+                (true, Storage::Bf16) => bf16_bufs.next().map(WeightData::Bf16),
+                _ => None,
+            })
+            .collect();
+        // The rest (norms, biases, embeddings of small models, convolutions) in parallel: a VQ decoder's
+        // convolutions are prepared (Winograd transforms, packing) one per task.
         self.weights = weights
             .into_par_iter()
-            .map(|w| {
-                let (data, prep) = match (w.layout, w.storage) {
-                    (Layout::UpsamplePhases | Layout::Conv | Layout::Winograd, _) => {
+            .zip(data.par_iter_mut())
+            .map(|(w, packed)| {
+                let (data, prep) = match (packed.take(), w.layout, w.storage) {
+                    (Some(d), _, _) => (d, conv::Prep::Torch),
+                    (None, Layout::UpsamplePhases | Layout::Conv | Layout::Winograd, _) => {
                         let (prep, data) = conv::prepare(w.layout, &w.shape, w.data, kernels);
                         (WeightData::F32(Buf::vec(data)), prep)
                     }
-                    (Layout::Plain, Storage::F32) => (WeightData::F32(Buf::from_vec(w.data)), conv::Prep::Torch),
-                    (Layout::Plain, Storage::Bf16) => (WeightData::Bf16(to_bf16(&w.data)), conv::Prep::Torch),
+                    (None, Layout::Plain, Storage::F32) => (WeightData::F32(Buf::vec(w.data)), conv::Prep::Torch),
+                    (None, Layout::Plain, Storage::Bf16) => (WeightData::Bf16(to_bf16(&w.data)), conv::Prep::Torch),
                 };
                 CpuWeight {
                     name: w.name,
