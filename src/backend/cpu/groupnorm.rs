@@ -234,18 +234,7 @@ unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::backend::cpu::testutil::{rand_vec, rel_l2};
 
     /// Direct f64 evaluation of the torch definition.
     #[allow(clippy::too_many_arguments)]
@@ -278,12 +267,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
-        let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
-        let den: f64 = want.iter().map(|w| w * w).sum();
-        (num / den.max(1e-300)).sqrt()
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Every (x row, weight row) pair has its own two accumulators, walked in the same k order whatever the number of
 //! rows, and reduced in a fixed order: a row's result never depends on the batch (the same seed gives the same image
 //! at any batch size).
+use super::simd::hsum;
 use half::bf16;
 use std::arch::x86_64::*;
 
@@ -81,13 +82,6 @@ pub fn deinterleave(x: &[f32], k: usize, out: &mut Vec<f32>) {
 
 /// Up to this many x rows share each weight load.
 const ROWS: usize = 4;
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
 
 /// `y[r·n + j] = x[r] · w[j]` for rows `r < m` and weight rows `j` in `n0..n1` (w `[n, k]`, x `[m, k]`, laid out by
 /// `deinterleave` when `W::DEINTERLEAVED`).

@@ -18,6 +18,8 @@ pub mod sampling;
 pub mod simd;
 pub mod swiglu;
 pub mod team;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod vq_attention;
 
 use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};

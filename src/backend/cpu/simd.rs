@@ -61,14 +61,6 @@ pub unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-pub unsafe fn hmax(v: __m256) -> f32 {
-    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)))
-}
-
 /// `round_bf16` of 8 lanes: round to nearest even on the upper 16 bits, NaN kept (made quiet), like `half`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]

@@ -159,18 +159,7 @@ fn attend(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::backend::cpu::testutil::rand_vec;
 
     /// Direct f64 loops over the AttnBlock definition (after the norm).
     fn naive(x: &[f32], nrm: &[f32], n: usize, c: usize, hw: usize, p: &[Vec<f32>]) -> Vec<f64> {

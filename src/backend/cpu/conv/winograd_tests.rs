@@ -1,23 +1,6 @@
 //! `winograd` and `winograd_gemm` against naive f64 convolutions; the transforms' speed (ignored).
 use super::*;
-
-fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
-    let den: f64 = want.iter().map(|w| w * w).sum();
-    (num / den.max(1e-300)).sqrt()
-}
+use crate::backend::cpu::testutil::{rand_vec, rel_l2};
 
 /// f64 3x3 pad-1 conv.
 fn naive(x: &[f32], (n, ci, h, w): (usize, usize, usize, usize), wt: &[f32], co: usize, bias: &[f32]) -> Vec<f64> {
