@@ -464,36 +464,49 @@ fn compile_with_nvcc(root: &Path, out: &Path, cu_files: &[PathBuf]) -> Nvcc {
             ));
         }
     }
-    let results: Vec<Result<String, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .iter()
-            .map(|(_, src, target, dst)| {
-                let (nvcc, kdir, extra) = (&nvcc, &kdir, &extra);
-                s.spawn(move || {
-                    let mut c = Command::new(nvcc);
-                    c.args(["-std=c++17", "-O3", "-lineinfo", "-I"]).arg(kdir);
-                    if target.starts_with("compute") {
-                        c.arg("-ptx").arg(format!("-arch={target}"));
-                    } else {
-                        c.arg("-cubin").arg(format!("-arch={target}")).args(["-Xptxas", "-v"]);
-                    }
-                    c.args(extra).arg("-o").arg(dst).arg(src);
-                    match c.output() {
-                        Err(e) => Err(format!("cannot run {}: {e}", nvcc.display())),
-                        Ok(o) if !o.status.success() => Err(format!(
-                            "{} ({target}) failed ({}): {}{}",
-                            src.display(),
-                            o.status,
-                            String::from_utf8_lossy(&o.stdout),
-                            String::from_utf8_lossy(&o.stderr)
-                        )),
-                        Ok(o) => Ok(String::from_utf8_lossy(&o.stderr).to_string()),
-                    }
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    // As many nvcc processes at a time as cargo gives this build jobs (each takes a core and ~1 GB).
+    let workers = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(2)
+        .clamp(1, jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<String, String>>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let run = |(_, src, target, dst): &(String, PathBuf, &str, PathBuf)| -> Result<String, String> {
+        let mut c = Command::new(&nvcc);
+        c.args(["-std=c++17", "-O3", "-lineinfo", "-I"]).arg(&kdir);
+        if target.starts_with("compute") {
+            c.arg("-ptx").arg(format!("-arch={target}"));
+        } else {
+            c.arg("-cubin").arg(format!("-arch={target}")).args(["-Xptxas", "-v"]);
+        }
+        c.args(&extra).arg("-o").arg(dst).arg(src);
+        match c.output() {
+            Err(e) => Err(format!("cannot run {}: {e}", nvcc.display())),
+            Ok(o) if !o.status.success() => Err(format!(
+                "{} ({target}) failed ({}): {}{}",
+                src.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )),
+            Ok(o) => Ok(String::from_utf8_lossy(&o.stderr).to_string()),
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                *slots[i].lock().unwrap() = Some(run(job));
+            });
+        }
     });
+    let results: Vec<Result<String, String>> = slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap().unwrap_or_else(|| Err("nvcc job not run".into())))
+        .collect();
 
     let mut errors = Vec::new();
     // kernel -> arch -> summary
