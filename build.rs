@@ -505,7 +505,11 @@ fn compile_with_nvcc(root: &Path, out: &Path, cu_files: &[PathBuf]) -> Nvcc {
     });
     let results: Vec<Result<String, String>> = slots
         .into_iter()
-        .map(|m| m.into_inner().unwrap().unwrap_or_else(|| Err("nvcc job not run".into())))
+        .map(|m| {
+            m.into_inner()
+                .unwrap()
+                .unwrap_or_else(|| Err("nvcc job not run".into()))
+        })
         .collect();
 
     let mut errors = Vec::new();

@@ -67,7 +67,7 @@ fn run_case<D: TestDevice>(
     misalign: bool,
 ) -> (f64, f64) {
     let seq = c.cls + c.grid * c.grid;
-    let table = cpu::rope::rope_table(c.cls, c.grid, c.hd, 10000.0);
+    let table = llamagen::model::rope_table::rope_table(c.cls, c.grid, c.hd, 10000.0);
     let spec = KvSpec {
         layers: 2,
         batch: c.kv_batch,

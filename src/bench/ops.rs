@@ -2,9 +2,9 @@
 //! 256 px image), run through the same `Session` and dispatch as the models, so a bench measures exactly what a
 //! model step pays for that node. Used by `benches/ops.rs` (criterion) and `llamagen bench --ops`.
 use super::cost::{graph_cost, Cost, Widths};
-use crate::backend::cpu::rope::rope_table;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
+use crate::model::rope_table::rope_table;
 use crate::runtime::{DType, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::synth::value_f32;

@@ -2,8 +2,8 @@
 //! (prefill, then one decode step per image token, sampled tokens fed back on the device).
 use super::config::{GptConfig, ModelType};
 use super::gpt_graph::{self, GptGraphSpec, GptWeightIds, LayerIds};
+use super::rope_table::rope_table;
 use super::Dtype;
-use crate::backend::cpu::rope::rope_table;
 use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
 use crate::runtime::{GraphId, Session, StepParams, WeightId};
 use crate::sample::sampler::SamplingParams;

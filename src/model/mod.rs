@@ -3,6 +3,7 @@
 pub mod config;
 pub mod gpt;
 pub mod gpt_graph;
+pub mod rope_table;
 pub mod vq;
 
 pub use config::{GptConfig, ModelType, VqConfig};

@@ -1,7 +1,6 @@
 //! The VQ tokenizer as runtime graphs: decode (codes -> image) and encode (image -> codes), spec §6-§9.
 //! Always f32, as in the reference.
 use super::config::VqConfig;
-use crate::backend::cpu::codebook::l2_normalize_rows;
 use crate::backend::{Backend, Layout, Storage, Weight};
 use crate::runtime::{DType, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
 use crate::weights::StateDict;
@@ -411,4 +410,19 @@ impl VqRunner {
         s.run(id, &StepParams::default())?;
         Ok(s.read_i32(id, "codes")?.into_iter().map(|c| c as u32).collect())
     }
+}
+
+/// Normalises every row of `x` (rows of `dim` values) in place:
+/// `row / max(||row||_2, 1e-12)`.
+pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
+    assert!(
+        dim > 0 && x.len().is_multiple_of(dim),
+        "l2_normalize_rows: {} values are not rows of {dim}",
+        x.len()
+    );
+    x.chunks_mut(dim).for_each(|v| {
+        // `F.normalize`: the norm accumulated in f64 and rounded once, floored at 1e-12.
+        let norm = (v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32).max(1e-12);
+        v.iter_mut().for_each(|x| *x /= norm);
+    });
 }

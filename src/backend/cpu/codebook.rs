@@ -9,17 +9,6 @@ fn normalize(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= d);
 }
 
-/// Normalises every row of `x` (rows of `dim` values) in place:
-/// `row / max(||row||_2, 1e-12)`.
-pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
-    assert!(
-        dim > 0 && x.len().is_multiple_of(dim),
-        "l2_normalize_rows: {} values are not rows of {dim}",
-        x.len()
-    );
-    x.par_chunks_mut(dim).for_each(normalize);
-}
-
 /// Decode lookup: `codes` (n * h * w, raster order per image) -> latent (n, dim, h, w) from the
 /// already normalised codebook (size, dim). On a code `>= size` nothing is written and
 /// `Err(position of that code in codes)` returns.
@@ -58,7 +47,7 @@ pub fn codebook_lookup(
 /// Encode: z (n, dim, h, w) -> `indices` (n * h * w, raster order per image). Each position's
 /// vector is normalised, then `d_j = |z|^2 + |e_j|^2 - 2 z.e_j` (the reference's formula, in f32)
 /// is minimised with the lowest index winning ties. `codebook` (size, dim) must already be
-/// normalised (`l2_normalize_rows`), as for `codebook_lookup`. The chosen normalised codes are
+/// normalised (`model::vq` does it at load), as for `codebook_lookup`. The chosen normalised codes are
 /// written to `zq` (n, dim, h, w); the reference's straight-through `z + (zq - z)` equals them up
 /// to one rounding.
 #[allow(clippy::too_many_arguments)]
@@ -121,14 +110,14 @@ mod tests {
     #[test]
     fn normalize_rows() {
         let mut x = vec![3.0, 4.0, 0.0, 0.0, 1e-20, 0.0, -2.0, 0.0];
-        l2_normalize_rows(&mut x, 2);
+        x.chunks_mut(2).for_each(normalize);
         assert_eq!(&x[..4], &[0.6, 0.8, 0.0, 0.0]);
         // below the 1e-12 floor the row is divided by 1e-12, not blown up to unit length
         assert!((x[4] - 1e-8).abs() < 1e-14 && x[5] == 0.0);
         assert_eq!(&x[6..], &[-1.0, 0.0]);
         for dim in [1, 3, 5, 8, 33] {
             let mut v = rand_vec(7 * dim, dim as u64);
-            l2_normalize_rows(&mut v, dim);
+            v.chunks_mut(dim).for_each(normalize);
             for row in v.chunks(dim) {
                 let n: f64 = row.iter().map(|&a| a as f64 * a as f64).sum();
                 assert!((n - 1.0).abs() < 1e-6, "dim {dim}: |row|^2 = {n}");
@@ -166,7 +155,7 @@ mod tests {
         let cases = [(1, 1, 1, 1, 3), (1, 8, 3, 5, 100), (3, 5, 7, 7, 33), (2, 8, 6, 10, 1)];
         for (n, dim, h, w, size) in cases {
             let mut cb = rand_vec(size * dim, 2);
-            l2_normalize_rows(&mut cb, dim);
+            cb.chunks_mut(dim).for_each(normalize);
             let z = rand_vec(n * dim * h * w, 3);
             let (mut idx, mut zq) = (vec![u32::MAX; n * h * w], vec![f32::NAN; z.len()]);
             quantize(&z, n, dim, h, w, &cb, size, &mut idx, &mut zq);

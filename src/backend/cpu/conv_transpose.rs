@@ -3,12 +3,7 @@
 //! tokenizers that do. Written as the definition, a direct scatter loop with f64 accumulation, so it is obviously
 //! right and slow: every input pixel adds `x · W[ci, co, ky, kx]` to output `(iy·s − p + ky, ix·s − p + kx)`.
 
-/// Output size of one spatial dimension: `(i − 1)·s − 2p + k + output_padding` (PyTorch's formula at
-/// dilation 1). `None` when it is not positive.
-pub fn out_size(i: usize, k: usize, stride: usize, pad: usize, output_padding: usize) -> Option<usize> {
-    let full = (i.checked_sub(1)?) * stride + k + output_padding;
-    full.checked_sub(2 * pad).filter(|&o| o > 0)
-}
+pub use crate::backend::conv_common::conv_transpose_out_size as out_size;
 
 /// x: (n, c_in, h, w); weight: (c_in, c_out, kh, kw) as PyTorch stores it; bias: (c_out);
 /// out: (n, c_out, oh, ow) with oh = out_size(h, kh, stride, pad, output_padding) (likewise ow).

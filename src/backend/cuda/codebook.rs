@@ -2,7 +2,7 @@
 //! references are `backend::cpu::codebook::{codebook_lookup, quantize}`).
 //!
 //! Both take the **L2-normalised** codebook `[size, dim]` f32: the host prepares it once at load with
-//! `cpu::codebook::l2_normalize_rows` (model::vq already does, so the uploaded `quantize.embedding.weight` is the
+//! `model::vq::l2_normalize_rows` (model::vq already does, so the uploaded `quantize.embedding.weight` is the
 //! normalised one); nothing is normalised per call on the device.
 use super::kernels::{self, CodebookParams};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, LaunchConfig, Launcher};

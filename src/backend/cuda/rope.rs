@@ -21,7 +21,7 @@ pub fn config(rows: usize, heads: usize, head_dim: usize, block: Option<u32>) ->
 /// Launches `rope_f32` or `rope_bf16` by `T`.
 ///
 /// - `qkv`: `[batch, len, 3·D]` rows q | k | v, D = `kv.heads·kv.head_dim`, head h at features `h·head_dim..`;
-/// - `table`: the rotary table of `cpu::rope::rope_table`, `[rows, head_dim/2, 2]` (cos, sin) with
+/// - `table`: the rotary table of `model::rope_table::rope_table`, `[rows, head_dim/2, 2]` (cos, sin) with
 ///   rows = `table.len() / head_dim`, row index = absolute position;
 /// - `step`: device `StepState`; row l of every sequence is at absolute position `step.pos + l`;
 /// - `q`: `[batch, len, D]`, the rotated q;
