@@ -1,5 +1,5 @@
 //! Node dispatch: resolves a node's tensors to arena slices and calls the op's CPU implementation.
-use super::{attention, codebook, conv, embed, groupnorm, matmul, rmsnorm, rope, sampling, swiglu, vq_attention};
+use super::{attention, codebook, conv, embed, gelu, groupnorm, matmul, rmsnorm, rope, sampling, swiglu, vq_attention};
 use super::{CpuBackend, CpuWeight};
 use crate::runtime::{Graph, Node, Op, Plan, StepParams, TensorId};
 use crate::{Error, Result};
@@ -101,7 +101,7 @@ impl CpuBackend {
                     v.f32_mut(out),
                 );
             }
-            Op::GeluTanh => swiglu::gelu_tanh(v.f32(ins[0]), round, v.f32_mut(out)),
+            Op::GeluTanh => gelu::gelu_tanh(v.f32(ins[0]), round, v.f32_mut(out)),
             Op::Rmsnorm { w, eps } => {
                 let d = *oshape.last().unwrap_or(&1);
                 rmsnorm::rmsnorm(

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod conv_transpose;
 pub mod embed;
 pub mod family;
+pub mod gelu;
 pub mod groupnorm;
 pub mod kv_cache;
 pub mod matmul;

@@ -46,13 +46,3 @@ pub fn swiglu(ab: &[f32], f: usize, round: bool, kernels: KernelFamily, out: &mu
         }
     });
 }
-
-/// `gelu` (tanh approximation), the activation of the t2i caption MLP.
-pub fn gelu_tanh(x: &[f32], round: bool, out: &mut [f32]) {
-    const BETA: f32 = 0.797_884_6; // sqrt(2/pi)
-    const KAPPA: f32 = 0.044715;
-    for (o, &v) in out.iter_mut().zip(x) {
-        let y = 0.5 * v * (1.0 + (BETA * (v + KAPPA * v * v * v)).tanh());
-        *o = if round { round_bf16(y) } else { y };
-    }
-}

@@ -1,5 +1,5 @@
 //! `gelu` launcher: the tanh-approximated GELU of the t2i caption MLP (kernels/gelu.cu; CPU reference
-//! `backend::cpu::swiglu::gelu_tanh`).
+//! `backend::cpu::gelu::gelu_tanh`).
 use super::kernels::{self, ElementwiseParams};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, LaunchConfig, Launcher};
 use crate::Result;
