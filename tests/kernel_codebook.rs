@@ -3,10 +3,11 @@
 //! dims, non-square grids, exact ties, zero / huge / tiny / NaN latents), odd block sizes, all schedules.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-use llamagen::backend::cpu::codebook::{codebook_lookup, l2_normalize_rows, quantize};
+use llamagen::backend::cpu::codebook::{codebook_lookup, quantize};
 use llamagen::backend::cuda::codebook as gpu;
 use llamagen::backend::cuda::embed::bad_index;
 use llamagen::backend::cuda::emu::EmuDevice;
+use llamagen::model::vq::l2_normalize_rows;
 
 mod support;
 use support::devices::*;
