@@ -9,7 +9,8 @@
 //! A job is `n` independent tasks `f(0..n)`, claimed one at a time from a shared counter by the caller and the
 //! workers. Which thread runs a task never changes what the task computes, so results stay independent of the
 //! schedule (and of the batch). One job runs at a time: concurrent callers (tests on several threads) take turns;
-//! a job that starts another job runs it on the calling thread.
+//! a job that starts another job runs it on the calling thread. A task must not wait for rayon work: a rayon
+//! worker that called `run` meanwhile would be waiting for its turn.
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
