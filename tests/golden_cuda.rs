@@ -12,7 +12,6 @@ use llamagen::backend::cuda::CudaBackend;
 use llamagen::backend::Backend;
 use llamagen::model::gpt::Condition;
 use llamagen::model::Dtype;
-use llamagen::weights;
 use support::golden::*;
 use support::*;
 
@@ -44,18 +43,10 @@ fn gpu(bf16: bool) -> Box<dyn Backend> {
 /// differently and carry that difference on: 3.8e-3, half the bf16 model's own distance from f32 (7.9e-3), which
 /// `BF16_DEMO_BOUND` bounds for every path.
 fn demo_logits_match_cpu(make: MakeBackend, bf16: bool, images: usize, bound: f64) {
-    let dir = root().join("models/demo");
-    let cfg = llamagen::model::GptConfig::from_json_file(&dir.join("gpt.config.json")).unwrap();
-    let load = || weights::load_state_dict(&dir.join("gpt.safetensors")).unwrap();
+    let (cfg, load) = demo_gpt();
     let dtype = if bf16 { Dtype::Bf16 } else { Dtype::F32 };
     let cond = Condition::Classes((0..images).map(|i| (3 * i + 1) % cfg.num_classes).collect());
-    let toks: Vec<Vec<u32>> = (0..images)
-        .map(|i| {
-            (0..cfg.block_size)
-                .map(|j| ((7 * i + 13 * j) % cfg.vocab_size) as u32)
-                .collect()
-        })
-        .collect();
+    let toks = demo_tokens(&cfg, images);
     let mut want = runner(&cfg, load(), images, 2.0, 0, dtype);
     let mut got = runner_on(&cfg, load(), images, 2.0, 0, dtype, make(bf16));
     let (w, g) = (
@@ -82,9 +73,7 @@ fn demo_logits_match_cpu(make: MakeBackend, bf16: bool, images: usize, bound: f6
 /// Sampled generation (top-k 0, cfg 2: the demo defaults) draws the same tokens as the CPU: same Philox streams,
 /// same filtered distributions up to f32 summation order.
 fn demo_tokens_match_cpu(make: MakeBackend, images: usize) {
-    let dir = root().join("models/demo");
-    let cfg = llamagen::model::GptConfig::from_json_file(&dir.join("gpt.config.json")).unwrap();
-    let load = || weights::load_state_dict(&dir.join("gpt.safetensors")).unwrap();
+    let (cfg, load) = demo_gpt();
     let cond = Condition::Classes((0..images).map(|i| i % cfg.num_classes).collect());
     let index: Vec<u64> = (0..images as u64).map(|i| 5 + 3 * i).collect();
     let mut want = runner(&cfg, load(), images, 2.0, 0, Dtype::F32);

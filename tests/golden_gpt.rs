@@ -6,7 +6,6 @@ use llamagen::backend::cpu::CpuBackend;
 use llamagen::model::gpt::{Condition, GptOptions, GptRunner};
 use llamagen::model::Dtype;
 use llamagen::sample::sampler::SamplingParams;
-use llamagen::weights;
 use support::golden::*;
 use support::*;
 
@@ -104,17 +103,9 @@ fn bf16_mode_stays_within_its_bound(make: MakeBackend) {
 /// The demo model (the one users run first) against the portable family: f32 logits within summation-order noise,
 /// bf16 logits within the bf16 bound of the f32 model.
 fn demo_model_matches_the_portable_family(make: MakeBackend) {
-    let dir = root().join("models/demo");
-    let cfg = llamagen::model::GptConfig::from_json_file(&dir.join("gpt.config.json")).unwrap();
-    let load = || weights::load_state_dict(&dir.join("gpt.safetensors")).unwrap();
+    let (cfg, load) = demo_gpt();
     let cond = Condition::Classes(vec![1, 4, 7]);
-    let toks: Vec<Vec<u32>> = (0..3)
-        .map(|i| {
-            (0..cfg.block_size)
-                .map(|j| ((7 * i + 13 * j) % cfg.vocab_size) as u32)
-                .collect()
-        })
-        .collect();
+    let toks = demo_tokens(&cfg, 3);
     let want = runner(&cfg, load(), 3, 2.0, 0, Dtype::F32)
         .teacher_force(&cond, &toks)
         .unwrap();

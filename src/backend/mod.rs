@@ -1,6 +1,6 @@
 //! Backends: one implementation of every runtime op per device. `cpu` is the reference and the engine for machines
 //! without a GPU.
-pub mod conv_common;
+pub mod common;
 pub mod cpu;
 pub mod cuda;
 

@@ -25,6 +25,13 @@ pub struct GptArgs {
     pub image_size: Option<usize>,
 }
 
+impl GptArgs {
+    /// Whether any GPT flag was given (else the bundled demo model may run).
+    pub fn given(&self) -> bool {
+        self.gpt.is_some() || self.gpt_config.is_some() || self.gpt_model.is_some()
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct VqArgs {
     /// VQ tokenizer weights: safetensors or an official .pt release.
@@ -44,6 +51,13 @@ pub enum Device {
     Cpu,
     Cuda,
     CudaEmu,
+}
+
+impl VqArgs {
+    /// Whether any VQ flag was given.
+    pub fn given(&self) -> bool {
+        self.vq.is_some() || self.vq_config.is_some() || self.vq_model.is_some()
+    }
 }
 
 /// `--device`, the same on every subcommand that runs a model.
@@ -126,10 +140,15 @@ pub fn backend(device: Device, dtype: Dtype) -> Result<Box<dyn Backend>> {
 }
 
 pub fn load_weights(path: &Path) -> Result<StateDict> {
+    load_weights_where(path, &|_| true)
+}
+
+/// `load_weights`, reading only the tensors `keep` accepts.
+pub fn load_weights_where(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<StateDict> {
     if !path.exists() {
         bail!("{}: no such file", path.display());
     }
-    Ok(weights::load_state_dict(path)?)
+    Ok(weights::load_state_dict_where(path, "", keep)?)
 }
 
 /// A config embedded as safetensors metadata `config`, or `<stem>.config.json` beside the weights.
@@ -214,12 +233,9 @@ pub fn vq_runner(a: &VqArgs, with_encoder: bool, device: Device) -> Result<VqRun
     let cfg = vq_config(a)?;
     let path = a.vq.as_ref().context("no VQ weights given: pass --vq WEIGHTS")?;
     let t = std::time::Instant::now();
-    if !path.exists() {
-        bail!("{}: no such file", path.display());
-    }
     // Decoding alone never reads the encoder half of the file.
     let decoder_only = |name: &str| with_encoder || !(name.starts_with("encoder.") || name.starts_with("quant_conv."));
-    let mut sd = weights::load_state_dict_where(path, "", &decoder_only)?;
+    let mut sd = load_weights_where(path, &decoder_only)?;
     tracing::debug!("VQ weights read in {:.3} s", t.elapsed().as_secs_f64());
     Ok(VqRunner::new(cfg, &mut sd, with_encoder, backend(device, Dtype::F32)?)?)
 }

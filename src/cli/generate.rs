@@ -112,13 +112,12 @@ fn read_captions(a: &GenerateArgs, t: usize, dim: usize) -> Result<Option<(Vec<f
 
 /// With no model flags at all, the bundled demo model runs, with its tuned sampling defaults and class names.
 fn use_demo(a: &mut GenerateArgs) -> Result<Option<Vec<String>>> {
-    let g = &a.gpt;
-    if g.gpt.is_some() || g.gpt_config.is_some() || g.gpt_model.is_some() || a.synthetic_weights {
+    if a.gpt.given() || a.synthetic_weights {
         return Ok(None);
     }
     let demo = args::demo_model()?;
     a.gpt.gpt = Some(demo.gpt);
-    if a.vq.vq.is_none() && a.vq.vq_config.is_none() && a.vq.vq_model.is_none() {
+    if !a.vq.given() {
         a.vq.vq = Some(demo.vq);
     }
     a.cfg_scale = a.cfg_scale.or(Some(demo.cfg_scale));

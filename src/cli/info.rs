@@ -52,20 +52,12 @@ fn mib(bytes: usize) -> String {
 
 pub fn run(mut a: InfoArgs) -> Result<()> {
     print_backend(a.device.resolve())?;
-    let no_model = [
-        a.gpt.gpt.is_some(),
-        a.gpt.gpt_config.is_some(),
-        a.gpt.gpt_model.is_some(),
-    ]
-    .into_iter()
-    .chain([a.vq.vq.is_some(), a.vq.vq_config.is_some(), a.vq.vq_model.is_some()])
-    .all(|given| !given);
-    if no_model {
+    if !a.gpt.given() && !a.vq.given() {
         let demo = args::demo_model()?;
         println!("model: the bundled demo ({})", demo.dir.display());
         (a.gpt.gpt, a.vq.vq) = (Some(demo.gpt), Some(demo.vq));
     }
-    let vq = if a.vq.vq.is_some() || a.vq.vq_config.is_some() || a.vq.vq_model.is_some() {
+    let vq = if a.vq.given() {
         Some(args::vq_config(&a.vq)?)
     } else {
         None
@@ -79,7 +71,7 @@ pub fn run(mut a: InfoArgs) -> Result<()> {
             v.codebook_embed_dim
         );
     }
-    if a.gpt.gpt.is_none() && a.gpt.gpt_config.is_none() && a.gpt.gpt_model.is_none() {
+    if !a.gpt.given() {
         return Ok(());
     }
     let cfg = args::gpt_config(&a.gpt, vq.as_ref().map(|v| v.downsample()).unwrap_or(16))?;

@@ -420,9 +420,5 @@ pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
         "l2_normalize_rows: {} values are not rows of {dim}",
         x.len()
     );
-    x.chunks_mut(dim).for_each(|v| {
-        // `F.normalize`: the norm accumulated in f64 and rounded once, floored at 1e-12.
-        let norm = (v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32).max(1e-12);
-        v.iter_mut().for_each(|x| *x /= norm);
-    });
+    x.chunks_mut(dim).for_each(crate::backend::common::l2_normalize);
 }

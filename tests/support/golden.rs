@@ -35,6 +35,26 @@ pub fn cpu(bf16: bool) -> Box<dyn Backend> {
     cpu_family(KernelFamily::Portable)(bf16)
 }
 
+/// The bundled demo model's GPT: its config and a loader of its weights.
+pub fn demo_gpt() -> (GptConfig, impl Fn() -> StateDict) {
+    let dir = root().join("models/demo");
+    let cfg = GptConfig::from_json_file(&dir.join("gpt.config.json")).unwrap();
+    (cfg, move || {
+        weights::load_state_dict(&dir.join("gpt.safetensors")).unwrap()
+    })
+}
+
+/// A fixed teacher-forcing sequence per image (token j of image i: (7i + 13j) mod V).
+pub fn demo_tokens(cfg: &GptConfig, images: usize) -> Vec<Vec<u32>> {
+    (0..images)
+        .map(|i| {
+            (0..cfg.block_size)
+                .map(|j| ((7 * i + 13 * j) % cfg.vocab_size) as u32)
+                .collect()
+        })
+        .collect()
+}
+
 pub fn config(case: &str) -> GptConfig {
     GptConfig::from_json_file(&data(&format!("{case}.config.json"))).unwrap()
 }

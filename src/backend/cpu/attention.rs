@@ -8,7 +8,7 @@
 use super::kv_cache::Head;
 use super::simd::{self, Widen8};
 use super::team::Team;
-use super::{round_bf16, KernelFamily, KvCache};
+use super::{round_bf16, KernelFamily, KvCache, OutPtr};
 use std::arch::x86_64::*;
 
 /// q `[B', L, D]` at positions `pos..pos+L`; `mask` `[B', T]` (1 = visible) or None; out `[B', L, D]`.
@@ -32,21 +32,17 @@ pub fn attention(
     let d = heads * head_dim;
     let seq = cache.spec.seq;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    struct Out(*mut f32, *mut f32);
-    // SAFETY: task (b, h) writes only out[(b·L + l)·D + h·d_h ..][..d_h] and scores[bh·seq..][..seq] for its own
-    // b and h.
-    unsafe impl Sync for Out {}
     assert!(
         scores.len() >= batch * heads * seq,
         "attention: scores scratch too short"
     );
-    let simd = kernels >= KernelFamily::Avx2 && head_dim % 8 == 0;
-    let o = Out(out.as_mut_ptr(), scores.as_mut_ptr());
+    let simd = kernels >= KernelFamily::Avx2 && head_dim.is_multiple_of(8);
+    // Task (b, h) writes only out[(b·L + l)·D + h·d_h ..][..d_h] and scores[bh·seq..][..seq] for its own b and h.
+    let (o, s) = (OutPtr(out.as_mut_ptr()), OutPtr(scores.as_mut_ptr()));
     Team::global().run(batch * heads, &|bh| {
         let (b, h) = (bh / heads, bh % heads);
-        let o = &o;
-        // SAFETY: see `Out`.
-        let sc = unsafe { std::slice::from_raw_parts_mut(o.1.add(bh * seq), seq) };
+        // SAFETY: this task's row of scores (see above).
+        let sc = unsafe { s.slice(bh * seq, seq) };
         let (keys, values) = (cache.head(layer, 0, b, h), cache.head(layer, 1, b, h));
         for l in 0..len {
             let p = pos + l;
@@ -55,8 +51,8 @@ pub fn attention(
                 _ => true,
             };
             let qv = &q[(b * len + l) * d + h * head_dim..][..head_dim];
-            // SAFETY: see `Out`.
-            let dst = unsafe { std::slice::from_raw_parts_mut(o.0.add((b * len + l) * d + h * head_dim), head_dim) };
+            // SAFETY: this task's head of output row (b, l) (see above).
+            let dst = unsafe { o.slice((b * len + l) * d + h * head_dim, head_dim) };
             let sc = &mut sc[..=p];
             match (keys, values, simd) {
                 // SAFETY: the family includes AVX2 + FMA (checked against the CPU by the backend); d_h % 8 == 0.
@@ -211,7 +207,7 @@ mod tests {
                     head_dim: hd,
                     storage,
                 };
-                let mut cache = KvCache::new(spec.clone());
+                let mut cache = KvCache::new(spec);
                 for b in 0..batch {
                     for h in 0..heads {
                         for p in 0..pos + len {

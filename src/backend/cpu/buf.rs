@@ -62,14 +62,6 @@ impl<T: Pod + Send + Sync> Buf<T> {
         Buf { inner: Inner::Vec(v) }
     }
 
-    /// `v` as it is when small; copied into huge pages when large.
-    pub fn from_vec(v: Vec<T>) -> Self {
-        if std::mem::size_of_val(v.as_slice()) < HUGE {
-            return Buf { inner: Inner::Vec(v) };
-        }
-        Self::from_fill(v.len(), |off, b| b.copy_from_slice(&v[off..off + b.len()]))
-    }
-
     /// Memory the caller must fill completely before reading (`from_fill` does). Zero-filled when small: a `Vec`
     /// cannot hold uninitialised values, and zeroing a small buffer costs nothing.
     fn uninit(len: usize) -> Self {
@@ -228,8 +220,6 @@ mod tests {
             assert!(b.iter().enumerate().all(|(i, &v)| v == i as f32), "len {len}");
             let z = Buf::<bf16>::zeroed(len);
             assert!(z.iter().all(|v| v.to_bits() == 0));
-            let v: Vec<u16> = (0..len).map(|i| i as u16).collect();
-            assert_eq!(&*Buf::from_vec(v.clone()), &v[..]);
         }
     }
 

@@ -1,13 +1,7 @@
 //! The VQ quantizer's codebook operations (spec §9): row normalisation, decode lookup and encode
 //! (nearest code).
+use crate::backend::common::l2_normalize as normalize;
 use rayon::prelude::*;
-
-/// `v / max(||v||_2, 1e-12)` like `F.normalize`; the norm is accumulated in f64 and rounded once.
-fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32;
-    let d = norm.max(1e-12);
-    v.iter_mut().for_each(|x| *x /= d);
-}
 
 /// Decode lookup: `codes` (n * h * w, raster order per image) -> latent (n, dim, h, w) from the
 /// already normalised codebook (size, dim). On a code `>= size` nothing is written and

@@ -3,7 +3,7 @@
 //! tokenizers that do. Written as the definition, a direct scatter loop with f64 accumulation, so it is obviously
 //! right and slow: every input pixel adds `x · W[ci, co, ky, kx]` to output `(iy·s − p + ky, ix·s − p + kx)`.
 
-pub use crate::backend::conv_common::conv_transpose_out_size as out_size;
+pub use crate::backend::common::conv_transpose_out_size as out_size;
 
 /// x: (n, c_in, h, w); weight: (c_in, c_out, kh, kw) as PyTorch stores it; bias: (c_out);
 /// out: (n, c_out, oh, ow) with oh = out_size(h, kh, stride, pad, output_padding) (likewise ow).

@@ -96,14 +96,4 @@ impl KvCache {
             KvData::Bf16(d) => Head::Bf16(&d[i..i + len]),
         }
     }
-
-    #[inline]
-    pub fn row(&self, layer: usize, kv: usize, b: usize, h: usize, p: usize) -> Row<'_> {
-        let i = self.index(layer, kv, b, h, p);
-        let hd = self.spec.head_dim;
-        match &self.data {
-            KvData::F32(d) => Row::F32(&d[i..i + hd]),
-            KvData::Bf16(d) => Row::Bf16(&d[i..i + hd]),
-        }
-    }
 }

@@ -14,10 +14,6 @@ use super::simd::hsum;
 use half::bf16;
 use std::arch::x86_64::*;
 
-pub fn available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
-
 /// A weight element type the kernel can widen 16 at a time.
 pub trait Lanes: Copy {
     /// Whether x must be laid out by `deinterleave` first (the order `load16` returns weights in).

@@ -10,13 +10,7 @@ use super::OutPtr;
 use half::bf16;
 use std::arch::x86_64::*;
 
-pub fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bf16")
-        && is_x86_feature_detected!("avx512bw")
-}
-
-/// y[M, N] = x[M, K] · Wᵀ with W `[N, K]` bf16. Caller checks `available()`. `xb` is the caller's reusable
+/// y[M, N] = x[M, K] · Wᵀ with W `[N, K]` bf16. The caller's kernel family is `avx512bf16`. `xb` is the caller's reusable
 /// buffer for x rounded to bf16 (so a decode step allocates nothing once warm).
 #[allow(clippy::too_many_arguments)]
 pub fn matvec(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, tile: usize, xb: &mut Vec<u16>, y: &mut [f32]) {
@@ -28,7 +22,7 @@ pub fn matvec(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, tile: usize, 
     Team::global().run(n.div_ceil(tile), &|t| {
         let out = out;
         let (n0, n1) = (t * tile, ((t + 1) * tile).min(n));
-        // SAFETY: `available()` was checked by the caller; indices stay inside x (m·k), w (n·k) and y (m·n), and
+        // SAFETY: the caller's family is `avx512bf16`, which `KernelFamily::checked` verified on this CPU; indices stay inside x (m·k), w (n·k) and y (m·n), and
         // this task writes only columns n0..n1.
         unsafe { tile_rows(xb, m, k, wbits, n, n0, n1, out.0) };
     });

@@ -85,6 +85,17 @@ pub(crate) struct OutPtr(pub *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The `len` floats at `off` of the shared buffer.
+    ///
+    /// # Safety
+    /// They lie inside the buffer, and no other task reads or writes them while the slice lives.
+    pub(crate) unsafe fn slice<'a>(&self, off: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: the caller's guarantees.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) }
+    }
+}
+
 /// 64-byte aligned arena blocks.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
@@ -131,11 +142,6 @@ impl CpuBackend {
         Ok(Self::build(round_bf16, KernelFamily::checked(kernels)?))
     }
 
-    /// The kernel family this backend runs.
-    pub fn kernels(&self) -> KernelFamily {
-        self.kernels
-    }
-
     fn build(round_bf16: bool, kernels: KernelFamily) -> Self {
         CpuBackend {
             weights: Vec::new(),
@@ -170,12 +176,17 @@ impl Backend for CpuBackend {
         // The linear layers' weights, streamed every decode step, go into one huge-page buffer per dtype: f32 ones
         // copied there, bf16 ones rounded there, each source freed as soon as it is copied (so the peak stays near
         // one copy of the weights).
-        let streamed = |w: &Weight| w.layout == Layout::Plain && 4 * w.data.len() >= STREAMED_MIN_BYTES;
-        let is_streamed: Vec<bool> = weights.iter().map(streamed).collect();
+        let is_streamed: Vec<bool> = weights
+            .iter()
+            .map(|w| w.layout == Layout::Plain && 4 * w.data.len() >= STREAMED_MIN_BYTES)
+            .collect();
         let mut take = |storage| -> (Vec<usize>, Vec<Mutex<Vec<f32>>>) {
-            let picked = weights.iter_mut().filter(|w| streamed(w) && w.storage == storage);
+            let picked = weights
+                .iter_mut()
+                .zip(&is_streamed)
+                .filter(|(w, &s)| s && w.storage == storage);
             picked
-                .map(|w| (w.data.len(), Mutex::new(std::mem::take(&mut w.data))))
+                .map(|(w, _)| (w.data.len(), Mutex::new(std::mem::take(&mut w.data))))
                 .unzip()
         };
         let (f32_lens, f32_src) = take(Storage::F32);

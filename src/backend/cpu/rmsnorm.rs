@@ -24,10 +24,8 @@ pub fn rmsnorm(x: &[f32], d: usize, w: &[f32], eps: f32, round: bool, y: &mut [f
     if rows * d >= 1 << 15 {
         let out = OutPtr(y.as_mut_ptr());
         Team::global().run(rows, &|r| {
-            let out = &out;
             // SAFETY: task r writes only row r of y.
-            let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * d), d) };
-            work((&x[r * d..(r + 1) * d], yr));
+            work((&x[r * d..(r + 1) * d], unsafe { out.slice(r * d, d) }));
         });
     } else {
         x.chunks(d).zip(y.chunks_mut(d)).for_each(work);

@@ -101,12 +101,7 @@ pub unsafe fn silu_mul<const ROUND: bool>(a: &[f32], b: &[f32], out: &mut [f32])
         i += 8;
     }
     for j in body..n {
-        let s = super::swiglu::silu(a[j]);
-        out[j] = if ROUND {
-            super::round_bf16(super::round_bf16(s) * b[j])
-        } else {
-            s * b[j]
-        };
+        out[j] = super::swiglu::swiglu_one(a[j], b[j], ROUND);
     }
 }
 
@@ -175,7 +170,7 @@ mod tests {
         // SAFETY: the cfg above.
         unsafe { silu_mul::<true>(&a, &b, &mut rounded) };
         for i in 0..203 {
-            let want = super::super::round_bf16(super::super::round_bf16(super::super::swiglu::silu(a[i])) * b[i]);
+            let want = super::super::swiglu::swiglu_one(a[i], b[i], true);
             assert!(
                 (rounded[i] - want).abs() <= want.abs() / 128.0,
                 "{i}: {} vs {want}",

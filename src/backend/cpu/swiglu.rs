@@ -8,6 +8,16 @@ pub fn silu(a: f32) -> f32 {
     a / (1.0 + (-a).exp())
 }
 
+/// One output: `silu(a) · b`, in bf16 mode with the reference's two roundings.
+#[inline]
+pub fn swiglu_one(a: f32, b: f32, round: bool) -> f32 {
+    if round {
+        round_bf16(round_bf16(silu(a)) * b)
+    } else {
+        silu(a) * b
+    }
+}
+
 /// Elements per task: a decode step's 2 × 2048 (GPT-B, one image with guidance) in 4 tasks.
 const GRAIN: usize = 1024;
 
@@ -23,9 +33,8 @@ pub fn swiglu(ab: &[f32], f: usize, round: bool, kernels: KernelFamily, out: &mu
         let (r, c) = (t / chunks, t % chunks);
         let span = c * GRAIN..((c + 1) * GRAIN).min(f);
         let (a, b) = (&ab[r * 2 * f..][span.clone()], &ab[r * 2 * f + f..][span.clone()]);
-        let o = &o;
         // SAFETY: task (r, c) writes only its own span of row r.
-        let out = unsafe { std::slice::from_raw_parts_mut(o.0.add(r * f + span.start), span.len()) };
+        let out = unsafe { o.slice(r * f + span.start, span.len()) };
         if kernels >= KernelFamily::Avx2 {
             // SAFETY: the family includes AVX2 + FMA, and the backend checked the CPU has them.
             unsafe {
@@ -37,11 +46,7 @@ pub fn swiglu(ab: &[f32], f: usize, round: bool, kernels: KernelFamily, out: &mu
             }
         } else {
             for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-                *o = if round {
-                    round_bf16(round_bf16(silu(a)) * b)
-                } else {
-                    silu(a) * b
-                };
+                *o = swiglu_one(a, b, round);
             }
         }
     });

@@ -154,11 +154,6 @@ impl Team {
         }
     }
 
-    /// Threads that run a job's tasks, the caller included.
-    pub fn threads(&self) -> usize {
-        self.workers + 1
-    }
-
     /// Runs `f(0)`, ..., `f(n - 1)`, each exactly once, spread over the team; returns when all have finished.
     /// A panic in a task is re-raised here once every task has finished.
     pub fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
@@ -190,12 +185,6 @@ impl Team {
         if job.panicked.load(SeqCst) {
             panic!("a CPU backend task panicked");
         }
-    }
-
-    /// `f(range)` over `0..len` cut into ranges of `grain` (the last shorter), as one job.
-    pub fn for_ranges(&self, len: usize, grain: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-        let grain = grain.max(len.div_ceil(MAX_TASKS)).max(1);
-        self.run(len.div_ceil(grain), &|t| f(t * grain..((t + 1) * grain).min(len)));
     }
 }
 
@@ -277,20 +266,5 @@ mod tests {
             n.fetch_add(1, SeqCst);
         });
         assert_eq!(n.load(SeqCst), 10);
-    }
-
-    #[test]
-    fn ranges_cover_everything_once() {
-        let team = Team::new(2);
-        for (len, grain) in [(0usize, 4usize), (10, 3), (100, 1), (7, 100)] {
-            let seen: Vec<AtomicU32> = (0..len).map(|_| AtomicU32::new(0)).collect();
-            team.for_ranges(len, grain, &|r| {
-                assert!(r.len() <= grain.max(1));
-                r.for_each(|i| {
-                    seen[i].fetch_add(1, SeqCst);
-                })
-            });
-            assert!(seen.iter().all(|s| s.load(SeqCst) == 1));
-        }
     }
 }

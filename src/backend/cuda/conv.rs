@@ -9,7 +9,7 @@
 //! file for the design.
 use super::kernels::{self, Conv2dParams, ConvTranspose2dParams, UpsampleConvParams};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, LaunchConfig, Launcher};
-use crate::backend::conv_common;
+use crate::backend::common;
 use crate::Result;
 
 /// The kernels require exactly this block size (they trap otherwise).
@@ -202,11 +202,11 @@ pub fn conv2d<L: Launcher + ?Sized>(
 /// Folds a torch 3×3 weight (c_out, c_in, 3, 3) into the four phase weights [`upsample_conv`] reads, layout
 /// (phase = a·2 + b, c_out, c_in, dy, dx): phase (a, b) = (Y % 2, X % 2) of the output, and each phase slice is a
 /// torch-layout (c_out, c_in, 2, 2) conv weight over the input padded by one pixel. 16·c_out·c_in floats. The
-/// sums are `conv_common::upsample_phase_weights`' (same values bit for bit, only permuted), so the kernel and the
+/// sums are `common::upsample_phase_weights`' (same values bit for bit, only permuted), so the kernel and the
 /// CPU's `upsample_conv3x3` multiply the same numbers. Done once, at weight upload.
 pub fn upsample_fold_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     // cpu layout: (a, b, dy, dx, c_out, c_in)
-    let cpu_w = conv_common::upsample_phase_weights(weight, c_out, c_in);
+    let cpu_w = common::upsample_phase_weights(weight, c_out, c_in);
     let mut g = vec![0f32; cpu_w.len()];
     for phase in 0..4 {
         for tap in 0..4 {
@@ -269,7 +269,7 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
 
 /// torch ConvTranspose2d (dilation 1, groups 1) + bias: x (n, c_in, h, w); weight (c_in, c_out, kh, kw) as PyTorch
 /// stores it; out (n, c_out, oh, ow) with oh = (h − 1)·stride − 2·pad + kh + output_padding (likewise ow,
-/// `conv_common::conv_transpose_out_size`). `pad` and `output_padding` apply to both dimensions; like PyTorch,
+/// `common::conv_transpose_out_size`). `pad` and `output_padding` apply to both dimensions; like PyTorch,
 /// output_padding must be smaller than the stride. `tile` as in [`conv2d`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d<L: Launcher + ?Sized>(
@@ -305,7 +305,7 @@ pub fn conv_transpose2d<L: Launcher + ?Sized>(
             format!("output_padding {output_padding} must be smaller than stride {stride}"),
         ));
     }
-    let size = |i, k| conv_common::conv_transpose_out_size(i, k, stride, pad, output_padding);
+    let size = |i, k| common::conv_transpose_out_size(i, k, stride, pad, output_padding);
     let (oh, ow) = size(h, kh).zip(size(w, kw)).ok_or_else(|| {
         invalid(
             op,

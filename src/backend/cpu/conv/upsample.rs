@@ -1,7 +1,7 @@
 //! Nearest x2 upsample then 3x3 conv, as four 2x2 convs of the input (no upsampled image).
 use super::*;
 
-pub use crate::backend::conv_common::{upsample_phase_weights, FOLD};
+pub use crate::backend::common::{upsample_phase_weights, FOLD};
 
 /// Nearest-neighbour x2 upsample then a 3x3 stride-1 pad-1 conv, without materialising the
 /// upsampled image. x: (n, c_in, h, w); `phase_weights` from `upsample_phase_weights`;
