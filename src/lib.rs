@@ -12,3 +12,4 @@ pub use error::{Error, Result};
 pub mod model;
 pub mod pipeline;
 pub mod runtime;
+pub mod serve;

@@ -311,6 +311,7 @@ fn cost_model_matches_the_spec_for_gpt_b() {
         images: 1,
         cfg_scale: 4.0,
         sampling: SamplingParams::default(),
+        continuous: false,
     };
     let ids = fake_ids(&cfg);
     let (pre, dec) = (

@@ -54,6 +54,64 @@ impl KvSpec {
     }
 }
 
+/// Where the rows of a `rope` / `attention` run sit in the KV cache.
+#[derive(Clone, Copy, Debug)]
+pub enum Placement<'a> {
+    /// Row b is cache row b, its queries at positions `pos..pos + L` (a batch whose images all run in step).
+    Uniform { pos: usize },
+    /// Row b is cache row `table[2b]`, its queries at positions `table[2b + 1]..` (continuous batching: rows join
+    /// and leave at any step, each in its own cache slot).
+    PerRow(&'a [i32]),
+}
+
+impl Placement<'_> {
+    /// (cache row, first position) of run row `b`; valid after `check`.
+    #[inline]
+    pub fn at(&self, b: usize) -> (usize, usize) {
+        match self {
+            Placement::Uniform { pos } => (b, *pos),
+            Placement::PerRow(t) => (t[2 * b] as usize, t[2 * b + 1] as usize),
+        }
+    }
+
+    /// Refuses a placement that would read or write outside the cache: `rows` run rows of `len` positions each in a
+    /// cache of `kv_rows` rows × `seq` positions.
+    pub fn check(&self, rows: usize, len: usize, kv_rows: usize, seq: usize) -> Result<()> {
+        let bad = |m: String| Err(crate::Error::Invalid(m));
+        match self {
+            Placement::Uniform { pos } => {
+                if rows > kv_rows {
+                    return bad(format!("{rows} rows in a KV cache of {kv_rows}"));
+                }
+                if pos + len > seq {
+                    return bad(format!(
+                        "positions {pos}..{} are outside the KV cache ({seq} positions)",
+                        pos + len
+                    ));
+                }
+            }
+            Placement::PerRow(t) => {
+                if t.len() != 2 * rows {
+                    return bad(format!("row table of {} values for {rows} rows (2 per row)", t.len()));
+                }
+                for (b, r) in t.chunks_exact(2).enumerate() {
+                    let (slot, pos) = (r[0], r[1]);
+                    if slot < 0 || slot as usize >= kv_rows {
+                        return bad(format!("row {b}: cache slot {slot} is outside 0..{kv_rows}"));
+                    }
+                    if pos < 0 || pos as usize + len > seq {
+                        return bad(format!(
+                            "row {b}: positions {pos}..{} are outside the KV cache ({seq} positions)",
+                            pos as i64 + len as i64
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 pub trait Backend: Send {
     fn name(&self) -> &'static str;
     /// Uploads the weight table once (weights are addressed by `WeightId` = index in this slice).

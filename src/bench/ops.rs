@@ -271,7 +271,7 @@ fn rope(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
     let qkv = o.f32_in("qkv", &[rows, 1, 3 * D]);
-    o.node(Op::Rope { layer: 0, table }, &[qkv], &[rows, 1, D], DType::F32)
+    o.node(Op::Rope { layer: 0, table, per_row: false }, &[qkv], &[rows, 1, D], DType::F32)
 }
 
 fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
@@ -279,7 +279,7 @@ fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
     let q = o.f32_in("q", &[rows, 1, D]);
-    o.node(Op::Attention { layer: 0 }, &[q], &[rows, 1, D], DType::F32)
+    o.node(Op::Attention { layer: 0, per_row: false }, &[q], &[rows, 1, D], DType::F32)
 }
 
 fn swiglu(rows: usize) -> Result<OpSpec> {

@@ -4,6 +4,7 @@ mod bench;
 mod convert;
 mod generate;
 mod info;
+mod serve;
 mod tokenizer;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ pub enum Command {
     Merge(convert::MergeArgs),
     /// Measure speed (llama-bench style): stages, images/s, tokens/s and % of the machine's ceilings over a sweep.
     Bench(bench::BenchArgs),
+    /// Serve the model over HTTP (JSON API, web page, metrics) with continuous batching.
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -59,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::convert(a),
         Command::Merge(a) => convert::merge(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

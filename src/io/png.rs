@@ -104,28 +104,24 @@ fn torch_cubic_taps(input: usize, output: usize) -> Vec<([usize; 4], [f32; 4])> 
 
 /// Encode HWC RGB u8 as PNG and write it atomically.
 pub fn write_png_rgb(path: &Path, hwc: &[u8], h: usize, w: usize) -> Result<()> {
+    let buf = encode_png_rgb(hwc, h, w).map_err(|e| Error::format(path, e))?;
+    super::write_atomic(path, &buf)
+}
+
+/// Encode HWC RGB u8 as PNG bytes (the same bytes `write_png_rgb` writes).
+pub fn encode_png_rgb(hwc: &[u8], h: usize, w: usize) -> std::result::Result<Vec<u8>, String> {
     use image::ImageEncoder;
     if hwc.len() != h * w * 3 || h == 0 || w == 0 {
-        return Err(Error::Invalid(format!(
-            "{}: cannot write a {h}x{w} RGB image from {} bytes",
-            path.display(),
-            hwc.len()
-        )));
+        return Err(format!("cannot write a {h}x{w} RGB image from {} bytes", hwc.len()));
     }
-    let (wu, hu) = match (u32::try_from(w), u32::try_from(h)) {
-        (Ok(w), Ok(h)) => (w, h),
-        _ => {
-            return Err(Error::Invalid(format!(
-                "{}: image {h}x{w} too large for PNG",
-                path.display()
-            )))
-        }
+    let (Ok(wu), Ok(hu)) = (u32::try_from(w), u32::try_from(h)) else {
+        return Err(format!("image {h}x{w} too large for PNG"));
     };
     let mut buf = Vec::new();
     image::codecs::png::PngEncoder::new(&mut buf)
         .write_image(hwc, wu, hu, image::ExtendedColorType::Rgb8)
-        .map_err(|e| Error::format(path, format!("PNG encoding failed: {e}")))?;
-    super::write_atomic(path, &buf)
+        .map_err(|e| format!("PNG encoding failed: {e}"))?;
+    Ok(buf)
 }
 
 /// Padding between and around grid cells, in pixels, and its value: black, as torchvision's `make_grid`

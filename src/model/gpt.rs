@@ -31,7 +31,7 @@ impl Condition {
     }
 }
 
-fn round_vec(v: &mut [f32], dtype: Dtype) {
+pub(super) fn round_vec(v: &mut [f32], dtype: Dtype) {
     if dtype == Dtype::Bf16 {
         v.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
     }
@@ -225,6 +225,7 @@ impl GptRunner {
             images: opts.batch,
             cfg_scale: opts.cfg_scale,
             sampling: opts.sampling,
+            continuous: false,
         };
         let kv = kv_spec(&cfg, spec.rows(), opts.dtype);
         let graphs = vec![
@@ -273,6 +274,7 @@ impl GptRunner {
             images,
             cfg_scale: self.opts.cfg_scale,
             sampling: self.opts.sampling,
+            continuous: false,
         };
         let p = self
             .session
@@ -420,6 +422,7 @@ impl GptRunner {
             images: b,
             cfg_scale: self.opts.cfg_scale,
             sampling: self.opts.sampling,
+            continuous: false,
         };
         let id = self
             .session

@@ -33,12 +33,18 @@ pub struct GptGraphSpec {
     pub images: usize,
     pub cfg_scale: f32,
     pub sampling: SamplingParams,
+    /// Continuous batching (`serve`): `images` counts rows (a guided image has two, placed anywhere), each row's
+    /// cache slot and position come from the input `rows` I32 `[rows, 2]`, and the graph ends at the logits: the
+    /// scheduler mixes and samples every request with its own settings.
+    pub continuous: bool,
 }
 
 impl GptGraphSpec {
     /// Rows run through the transformer: `[cond; uncond]` when guidance is on (scale > 1 strictly).
     pub fn rows(&self) -> usize {
-        if self.cfg_scale > 1.0 {
+        if self.continuous {
+            self.images
+        } else if self.cfg_scale > 1.0 {
             2 * self.images
         } else {
             self.images
@@ -152,6 +158,11 @@ fn blocks(
         }
     };
     let act = [rows, len, d];
+    let place = match (spec.continuous, g.find("rows")) {
+        (false, _) => None,
+        (true, Some(t)) => Some(t),
+        (true, None) => Some(g.input("rows", &[rows, 2], DType::I32)),
+    };
     for (i, l) in w.layers.iter().enumerate() {
         let eps = cfg.norm_eps as f32;
         let hn = g.push(
@@ -175,16 +186,21 @@ fn blocks(
             Op::Rope {
                 layer: i,
                 table: w.rope,
+                per_row: place.is_some(),
             },
-            &[qkv],
+            &[&[qkv][..], place.as_slice()].concat(),
             format!("l{i}.q"),
             &act,
             DType::F32,
         );
         let mut att_in = vec![q];
         att_in.extend(mask);
+        att_in.extend(place);
         let att = g.push(
-            Op::Attention { layer: i },
+            Op::Attention {
+                layer: i,
+                per_row: place.is_some(),
+            },
             &att_in,
             format!("l{i}.att"),
             &act,
@@ -226,7 +242,6 @@ fn blocks(
 /// Final norm, LM head on the last position, CFG + sampling (spec §3.4 step 3, §5.2-5.3).
 fn head(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, x: TensorId, len: usize) {
     let (rows, d) = (spec.rows(), cfg.dim);
-    let index = g.input("image_index", &[spec.images], DType::I32);
     // Only the last position's logits are used: take it before the (row-wise) final norm and the LM head.
     let last = if len > 1 {
         g.push(Op::TakeLast, &[x], "last", &[rows, d], DType::F32)
@@ -251,6 +266,10 @@ fn head(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, x
         DType::F32,
     );
     g.mark_output(logits);
+    if spec.continuous {
+        return;
+    }
+    let index = g.input("image_index", &[spec.images], DType::I32);
     let tokens = g.push(
         Op::Sampling {
             cfg_scale: spec.cfg_scale,

@@ -2,6 +2,7 @@
 //! of runtime ops from a config, with weights bound by their official state-dict names.
 pub mod config;
 pub mod gpt;
+pub mod gpt_continuous;
 pub mod gpt_graph;
 pub mod rope_table;
 pub mod vq;

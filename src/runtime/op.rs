@@ -17,10 +17,13 @@ pub enum Op {
     Rmsnorm { w: WeightId, eps: f32 },
     /// qkv `[B', L, 3D]` -> rotated q `[B', L, D]`; rotated k and v are written into the KV cache of `layer` at positions
     /// `pos .. pos + L` (pos from the step parameters). Condition positions get zero q and k (the official zero RoPE rows).
-    Rope { layer: usize, table: WeightId },
+    /// `per_row`: input 1 is a row table I32 `[B', 2]` of (cache slot, first position) per row instead (continuous
+    /// batching, `backend::Placement::PerRow`).
+    Rope { layer: usize, table: WeightId, per_row: bool },
     /// q `[B', L, D]` over the KV cache of `layer` -> `[B', L, D]`. Optional input 1: condition-key mask `[B', T]`
-    /// (t2i padding; 1 = visible), with the diagonal always visible.
-    Attention { layer: usize },
+    /// (t2i padding; 1 = visible), with the diagonal always visible. `per_row`: the last input is the row table, as
+    /// for `Rope`.
+    Attention { layer: usize, per_row: bool },
     /// `[M, 2F]` (w1|w3 outputs side by side) -> `silu(a) · b`, `[M, F]`.
     Swiglu,
     /// `[B, La, D]` ++ `[B, Lb, D]` -> `[B, La + Lb, D]` along the sequence axis.

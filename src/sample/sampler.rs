@@ -417,6 +417,31 @@ pub fn sample(logits: &[f32], p: &SamplingParams, u: f32, scratch: &mut SamplerS
     }
 }
 
+/// One image's token at generation step `step`: the CFG mix when `uncond` is given (written to `mix`), the filters,
+/// and the draw from the image's own RNG stream (seed, image index, step). Every CPU sampler of the engine (the
+/// batch op and the serving scheduler) goes through here, so they cannot drift apart.
+#[allow(clippy::too_many_arguments)]
+pub fn draw(
+    cond: &[f32],
+    uncond: Option<&[f32]>,
+    cfg_scale: f32,
+    p: &SamplingParams,
+    seed: u64,
+    index: u64,
+    step: u32,
+    mix: &mut [f32],
+    scratch: &mut SamplerScratch,
+) -> u32 {
+    let row: &[f32] = match uncond {
+        Some(u) => {
+            cfg_mix(cond, u, cfg_scale, mix);
+            mix
+        }
+        None => cond,
+    };
+    sample(row, p, super::rng::uniform(seed, index, step), scratch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

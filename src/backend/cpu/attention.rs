@@ -9,9 +9,10 @@ use super::kv_cache::Head;
 use super::simd::{self, Widen8};
 use super::team::Team;
 use super::{round_bf16, KernelFamily, KvCache, OutPtr};
+use crate::backend::Placement;
 use std::arch::x86_64::*;
 
-/// q `[B', L, D]` at positions `pos..pos+L`; `mask` `[B', T]` (1 = visible) or None; out `[B', L, D]`.
+/// q `[B', L, D]`, row b at positions `pos_b..pos_b+L` over cache row `slot_b` (`place`, checked by the caller); `mask` `[B', T]` (1 = visible) or None; out `[B', L, D]`.
 /// `scores` is caller-owned scratch of at least B'·H·seq floats, so a decode step allocates nothing.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -20,7 +21,7 @@ pub fn attention(
     len: usize,
     heads: usize,
     head_dim: usize,
-    pos: usize,
+    place: Placement,
     mask: Option<(&[f32], usize)>,
     cache: &KvCache,
     layer: usize,
@@ -43,7 +44,8 @@ pub fn attention(
         let (b, h) = (bh / heads, bh % heads);
         // SAFETY: this task's row of scores (see above).
         let sc = unsafe { s.slice(bh * seq, seq) };
-        let (keys, values) = (cache.head(layer, 0, b, h), cache.head(layer, 1, b, h));
+        let (slot, pos) = place.at(b);
+        let (keys, values) = (cache.head(layer, 0, slot, h), cache.head(layer, 1, slot, h));
         for l in 0..len {
             let p = pos + l;
             let visible = |k: usize| match mask {

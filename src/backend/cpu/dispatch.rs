@@ -1,6 +1,7 @@
 //! Node dispatch: resolves a node's tensors to arena slices and calls the op's CPU implementation.
 use super::{attention, codebook, conv, embed, gelu, groupnorm, matmul, rmsnorm, rope, sampling, swiglu, vq_attention};
 use super::{CpuBackend, CpuWeight};
+use crate::backend::Placement;
 use crate::runtime::{Graph, Node, Op, Plan, StepParams, TensorId};
 use crate::{Error, Result};
 
@@ -46,6 +47,15 @@ impl Views<'_> {
     #[allow(clippy::mut_from_ref)]
     fn i32_mut(&self, t: TensorId) -> &mut [i32] {
         self.get_mut(t)
+    }
+}
+
+/// The KV placement of a rope / attention node: its row table, or every row at the step's position.
+fn placement<'a>(per_row: bool, table: Option<&'a [i32]>, step: &StepParams) -> Result<Placement<'a>> {
+    match (per_row, table) {
+        (true, Some(t)) => Ok(Placement::PerRow(t)),
+        (true, None) => Err(Error::Invalid("a per-row rope / attention node has no row table input".into())),
+        (false, _) => Ok(Placement::Uniform { pos: step.pos }),
     }
 }
 
@@ -113,45 +123,38 @@ impl CpuBackend {
                     v.f32_mut(out),
                 );
             }
-            Op::Rope { layer, table } => {
+            Op::Rope { layer, table, per_row } => {
                 let s = g.shape(ins[0]);
                 let (b, l) = (s[0], s[1]);
                 let tab = weight_f32(&self.weights[table.0 as usize], "rope table")?;
+                let place = placement(*per_row, ins.get(1).map(|&t| v.i32(t)), step)?;
                 let kv = self
                     .kv
                     .as_mut()
                     .ok_or_else(|| Error::Invalid("rope: no KV cache allocated".into()))?;
                 let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
-                rope::rope(
-                    v.f32(ins[0]),
-                    b,
-                    l,
-                    h,
-                    hd,
-                    step.pos,
-                    tab,
-                    kv,
-                    *layer,
-                    round,
-                    v.f32_mut(out),
-                );
+                place.check(b, l, kv.spec.batch, kv.spec.seq.min(tab.len() / hd.max(1)))?;
+                rope::rope(v.f32(ins[0]), b, l, h, hd, place, tab, kv, *layer, round, v.f32_mut(out));
             }
-            Op::Attention { layer } => {
+            Op::Attention { layer, per_row } => {
                 let s = g.shape(ins[0]);
                 let (b, l) = (s[0], s[1]);
                 let kv = self
                     .kv
                     .as_ref()
                     .ok_or_else(|| Error::Invalid("attention: no KV cache allocated".into()))?;
-                let mask = ins.get(1).map(|&m| (v.f32(m), g.shape(m)[1]));
+                let place = placement(*per_row, per_row.then(|| v.i32(ins[ins.len() - 1])), step)?;
+                let masked = ins.len() == 2 + usize::from(*per_row);
+                let mask = masked.then(|| (v.f32(ins[1]), g.shape(ins[1])[1]));
                 let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
+                place.check(b, l, kv.spec.batch, kv.spec.seq)?;
                 attention::attention(
                     v.f32(ins[0]),
                     b,
                     l,
                     h,
                     hd,
-                    step.pos,
+                    place,
                     mask,
                     kv,
                     *layer,

@@ -2,6 +2,7 @@
 //! last d_h/4 by its column), fused with the write of k and v into the KV cache at their absolute positions.
 //! Condition positions have all-zero table rows, so their q and k become exact zeros (the official behaviour).
 use super::{round_bf16, KvCache};
+use crate::backend::Placement;
 
 #[inline]
 fn rotate(x: &[f32], cs: &[f32], out: &mut [f32], round: bool) {
@@ -14,7 +15,8 @@ fn rotate(x: &[f32], cs: &[f32], out: &mut [f32], round: bool) {
     }
 }
 
-/// qkv `[B', L, 3D]` at positions `pos..pos+L` -> rotated q `[B', L, D]`; k (rotated) and v go into `cache`.
+/// qkv `[B', L, 3D]`, row b at positions `pos_b..pos_b+L` of cache row `slot_b` (`place`, checked by the caller) ->
+/// rotated q `[B', L, D]`; k (rotated) and v go into `cache`.
 #[allow(clippy::too_many_arguments)]
 pub fn rope(
     qkv: &[f32],
@@ -22,7 +24,7 @@ pub fn rope(
     len: usize,
     heads: usize,
     head_dim: usize,
-    pos: usize,
+    place: Placement,
     table: &[f32],
     cache: &mut KvCache,
     layer: usize,
@@ -34,6 +36,7 @@ pub fn rope(
     let mut kbuf = [0f32; 256];
     let krot = &mut kbuf[..head_dim];
     for b in 0..batch {
+        let (slot, pos) = place.at(b);
         for l in 0..len {
             let p = pos + l;
             let row = &qkv[(b * len + l) * 3 * d..][..3 * d];
@@ -47,8 +50,8 @@ pub fn rope(
                     round,
                 );
                 rotate(&row[d + hs..d + hs + head_dim], cs, krot, round);
-                cache.write(layer, 0, b, h, p, krot);
-                cache.write(layer, 1, b, h, p, &row[2 * d + hs..2 * d + hs + head_dim]);
+                cache.write(layer, 0, slot, h, p, krot);
+                cache.write(layer, 1, slot, h, p, &row[2 * d + hs..2 * d + hs + head_dim]);
             }
         }
     }

@@ -2,7 +2,6 @@
 //! its own counter-based RNG stream (seed, image index, step). Both CFG halves receive the same token.
 use super::team::Team;
 use crate::runtime::StepParams;
-use crate::sample::rng;
 use crate::sample::sampler::{self, SamplerScratch, SamplingParams};
 
 /// Per-image workspace, allocated on the first step and reused.
@@ -67,14 +66,18 @@ pub fn sampling(
             )
         };
         let cond = &logits[i * vocab..(i + 1) * vocab];
-        let row: &[f32] = if cfg && step.cfg_active {
-            sampler::cfg_mix(cond, &logits[(b + i) * vocab..(b + i + 1) * vocab], cfg_scale, mix);
-            mix
-        } else {
-            cond
-        };
-        let u = rng::uniform(step.seed, image_index[i] as u64, step.step);
-        *out = sampler::sample(row, params, u, sc);
+        let uncond = (cfg && step.cfg_active).then(|| &logits[(b + i) * vocab..(b + i + 1) * vocab]);
+        *out = sampler::draw(
+            cond,
+            uncond,
+            cfg_scale,
+            params,
+            step.seed,
+            image_index[i] as u64,
+            step.step,
+            mix,
+            sc,
+        );
     });
     for (i, &t) in scratch.picked[..b].iter().enumerate() {
         tokens[i] = t as i32;

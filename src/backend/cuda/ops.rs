@@ -173,7 +173,11 @@ impl<D: Device> CudaBackend<D> {
                     let (x, y) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     gemm::gemm::<T, D>(&self.dev, x, self.wptr(*w, "matmul")?, residual, y, m, n, k)
                 }
-                Op::Rope { layer, table } => {
+                Op::Rope { per_row: true, .. } | Op::Attention { per_row: true, .. } => Err(Error::Invalid(
+                    "per-row KV placement (continuous batching, `llamagen serve`) runs on the CPU backend only so far"
+                        .into(),
+                )),
+                Op::Rope { layer, table, .. } => {
                     let s = g.shape(ins[0]);
                     let (b, l) = (s[0], s[1]);
                     let (cache, spec) = self.kv_ptr::<T>("rope")?;
@@ -193,7 +197,7 @@ impl<D: Device> CudaBackend<D> {
                         None,
                     )
                 }
-                Op::Attention { layer } => {
+                Op::Attention { layer, .. } => {
                     let s = g.shape(ins[0]);
                     let (b, l) = (s[0], s[1]);
                     let spec = self.kv_ptr::<T>("attention")?.1;
