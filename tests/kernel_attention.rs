@@ -16,7 +16,7 @@ use llamagen::backend::cuda::attention::{
 use llamagen::backend::cuda::emu::{EmuDevice, Sched};
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::{DevPtr, Elem};
-use llamagen::backend::{KvSpec, Storage};
+use llamagen::backend::{KvSpec, Placement, Storage};
 
 mod support;
 use support::devices::*;
@@ -175,7 +175,7 @@ fn run<T: TestElem, D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case) -> f64 {
         c.len,
         c.heads,
         c.hd,
-        c.pos,
+        Placement::Uniform { pos: c.pos },
         c.mask.as_ref().map(|(m, t)| (m.as_slice(), *t)),
         &cache,
         c.layer,

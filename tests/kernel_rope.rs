@@ -10,7 +10,7 @@ use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::DevPtr;
 use llamagen::backend::cuda::rope;
-use llamagen::backend::{KvSpec, Storage};
+use llamagen::backend::{KvSpec, Placement, Storage};
 
 mod support;
 use support::devices::*;
@@ -97,7 +97,7 @@ fn run_case<D: TestDevice>(
         c.len,
         c.heads,
         c.hd,
-        c.pos,
+        Placement::Uniform { pos: c.pos },
         &table,
         &mut cache,
         c.layer,

@@ -38,11 +38,11 @@ fn setup(case: &str, dtype: Dtype) -> (GptConfig, Vec<Graph>, Session) {
         images: 3,
         cfg_scale: 4.0,
         sampling: SamplingParams {
-        continuous: false,
             temperature: 1.0,
             top_k: 50,
             top_p: 0.9,
         },
+        continuous: false,
     };
     let graphs = vec![
         gpt_graph::prefill(&cfg, &ids, &spec),

@@ -88,9 +88,11 @@ fn check(
     let want: Vec<Vec<Vec<u32>>> = cases.iter().map(|c| reference(cfg, sd, dtype, c, make)).collect();
     let gpt = ContinuousGpt::new(cfg.clone(), &mut sd(), dtype, slots, make(dtype == Dtype::Bf16)).unwrap();
     let vq = VqRunner::synthetic(vq, false, make(false)).unwrap();
+    // Finished images decode in groups of up to 3 (the VQ decoder must not mix images up).
+    let vq_batch = 3;
     let queue = Queue::new(1024);
     let metrics = Arc::new(Metrics::default());
-    let sched = Scheduler::new(gpt, vq, Arc::clone(&queue), Arc::clone(&metrics));
+    let sched = Scheduler::new(gpt, vq, vq_batch, Arc::clone(&queue), Arc::clone(&metrics));
     let worker = std::thread::spawn(move || sched.run());
     let mut replies = Vec::new();
     for c in cases {

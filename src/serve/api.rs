@@ -131,7 +131,7 @@ async fn health(State(s): State<AppState>) -> Response {
     if s.queue.is_closed() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"}))).into_response();
     }
-    Json(json!({"status": "ok", "queue_images": s.queue.waiting()})).into_response()
+    Json(json!({"status": "ok", "queue_requests": s.queue.waiting()})).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -186,7 +186,7 @@ async fn generate(s: &AppState, body: &[u8]) -> Result<serde_json::Value, ApiErr
         let (message, retry) = match why {
             Refused::Full => (
                 format!(
-                    "the queue is full ({} images waiting, --max-queue {}): retry later",
+                    "the queue is full ({} requests waiting, --max-queue {}): retry later",
                     s.queue.waiting(),
                     s.model.max_queue
                 ),

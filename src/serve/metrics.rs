@@ -7,6 +7,9 @@ use std::sync::Mutex;
 /// of a large model on a CPU).
 const STEP_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, f64::INFINITY];
 
+/// The parts of a scheduler step.
+pub const STAGES: [&str; 5] = ["prefill", "decode", "sample", "vq_decode", "png"];
+
 #[derive(Default)]
 pub struct Metrics {
     queue: AtomicU64,
@@ -16,13 +19,15 @@ pub struct Metrics {
     abandoned: AtomicU64,
     /// Answers by HTTP status of `POST /v1/images/generations`.
     responses: Mutex<Vec<(u16, u64)>>,
+    /// Seconds spent per scheduler stage, in `STAGES` order.
+    stages: Mutex<[f64; STAGES.len()]>,
     /// (bucket counts, sum, count) of step times.
     steps: Mutex<([u64; STEP_BUCKETS.len()], f64, u64)>,
 }
 
 impl Metrics {
-    pub fn set_queue(&self, images: usize) {
-        self.queue.store(images as u64, Relaxed);
+    pub fn set_queue(&self, requests: usize) {
+        self.queue.store(requests as u64, Relaxed);
     }
     pub fn set_running(&self, rows: usize) {
         self.running.store(rows as u64, Relaxed);
@@ -54,6 +59,11 @@ impl Metrics {
         }
     }
 
+    /// Adds `seconds` to stage `STAGES[stage]`.
+    pub fn add_stage(&self, stage: usize, seconds: f64) {
+        self.stages.lock().unwrap_or_else(|e| e.into_inner())[stage] += seconds;
+    }
+
     pub fn observe_step(&self, seconds: f64) {
         let mut h = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = STEP_BUCKETS.iter().position(|&ub| seconds <= ub) {
@@ -69,7 +79,7 @@ impl Metrics {
         let mut scalar = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        scalar("llamagen_queue_images", "gauge", "Images waiting for a batch slot.", self.queue.load(Relaxed));
+        scalar("llamagen_queue_requests", "gauge", "Requests waiting to start.", self.queue.load(Relaxed));
         scalar("llamagen_running_rows", "gauge", "Rows in the last decode step (two per guided image).", self.running.load(Relaxed));
         scalar("llamagen_images_generated_total", "counter", "Images generated.", self.images.load(Relaxed));
         scalar("llamagen_tokens_generated_total", "counter", "Image tokens sampled.", self.tokens.load(Relaxed));
@@ -80,6 +90,14 @@ impl Metrics {
         );
         for (code, n) in self.responses.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(o, "llamagen_responses_total{{code=\"{code}\"}} {n}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP llamagen_stage_seconds_total Scheduler time per stage.\n# TYPE llamagen_stage_seconds_total counter"
+        );
+        let stages = *self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, secs) in STAGES.iter().zip(stages) {
+            let _ = writeln!(o, "llamagen_stage_seconds_total{{stage=\"{name}\"}} {secs}");
         }
         let (counts, sum, count) = *self.steps.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(

@@ -22,6 +22,8 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// HTTP worker threads (parsing and base64 only; the model has its own thread).
     pub http_threads: usize,
+    /// Finished images per VQ decode (see `scheduler::Scheduler`).
+    pub vq_batch: usize,
 }
 
 /// Serves until SIGTERM or Ctrl-C, then stops admitting, answers every accepted request and returns.
@@ -35,7 +37,7 @@ pub fn serve(
 ) -> Result<()> {
     let queue = scheduler::Queue::new(opts.max_queue);
     let metrics = Arc::new(metrics::Metrics::default());
-    let sched = scheduler::Scheduler::new(gpt, vq, Arc::clone(&queue), Arc::clone(&metrics));
+    let sched = scheduler::Scheduler::new(gpt, vq, opts.vq_batch, Arc::clone(&queue), Arc::clone(&metrics));
     let worker = std::thread::Builder::new()
         .name("llamagen-scheduler".into())
         .spawn(move || sched.run())
