@@ -5,9 +5,11 @@
  * is invisible to every query except the query at position k itself (the reference's forced diagonal).
  *
  * Entry points (kernels/llamagen_kernels.h), T = float or __nv_bfloat16, all with AttentionParams:
- *   attention_decode_<T> (q [B', L, D], kv cache, mask [B', T] or unused, step, out [B', L, D], ws f32)
- *   attention_combine_<T>(ws, step, out)                        merges the split-KV partials of attention_decode
- *   attention_tiled_<T>  (q, kv cache, mask, step, out)         prefill / full recompute, L up to the cache length
+ *   attention_decode_<T> (q [B', L, D], kv cache, mask [B', T] or unused, step, rows, out [B', L, D], ws f32)
+ *   attention_combine_<T>(ws, step, rows, out)                  merges the split-KV partials of attention_decode
+ *   attention_tiled_<T>  (q, kv cache, mask, step, rows, out)   prefill / full recompute, L up to the cache length
+ * With p.per_row, sequence b reads cache row rows[2b] from position rows[2b + 1] instead of (b, step->pos)
+ * (continuous batching); everything else is unchanged.
  * D = heads·d_h, head h at features h·d_h..; the cache is [layer][k|v][cache_batch][head][seq][d_h] in T (what the
  * rope kernel writes; backend::cpu::kv_cache). Scores, softmax and the P·V sums are f32; the bf16 kernels round only
  * the output, exactly as backend::cpu::attention does with round = true. A position outside the cache
@@ -93,6 +95,11 @@ static __device__ __forceinline__ bool pos_valid(int pos, const AttentionParams&
     return pos >= 0 && pos <= p.seq - p.len;
 }
 
+/* The placement of sequence b, and whether it fits the cache. */
+static __device__ __forceinline__ bool place_valid(const RowPlace& at, const AttentionParams& p) {
+    return pos_valid(at.pos, p) && at.slot >= 0 && at.slot < p.cache_batch;
+}
+
 /* Key row (kv = 0) or value row (kv = 1) of position k for sequence b, head h. */
 template <typename T>
 static __device__ __forceinline__ const T* cache_row(const T* __restrict__ cache, const AttentionParams& p, int kv,
@@ -114,7 +121,8 @@ static __device__ __forceinline__ bool key_visible(const T* __restrict__ mask, c
 
 template <typename T, int CH, bool VEC>
 static __device__ void decode_impl(const T* __restrict__ q, const T* __restrict__ kv, const T* __restrict__ mask,
-                                   int pos, T* __restrict__ out, float* __restrict__ ws, const AttentionParams& p) {
+                                   int slot, int pos, T* __restrict__ out, float* __restrict__ ws,
+                                   const AttentionParams& p) {
     const int r = (int)blockIdx.z, h = (int)blockIdx.y, s = (int)blockIdx.x;
     const int b = r / p.len, l = r % p.len;
     const int qp = pos + l;
@@ -145,8 +153,8 @@ static __device__ void decode_impl(const T* __restrict__ q, const T* __restrict_
         float kf[CH], vf[CH];
         float dot = 0.0f;
         if (vis && active) {
-            load_chunk<T, CH, VEC>(cache_row(kv, p, 0, b, h, k) + c * CH, kf);
-            load_chunk<T, CH, VEC>(cache_row(kv, p, 1, b, h, k) + c * CH, vf);
+            load_chunk<T, CH, VEC>(cache_row(kv, p, 0, slot, h, k) + c * CH, kf);
+            load_chunk<T, CH, VEC>(cache_row(kv, p, 1, slot, h, k) + c * CH, vf);
 #pragma unroll
             for (int j = 0; j < CH; j++) dot += qv[j] * kf[j];
         } else {
@@ -229,10 +237,10 @@ static __device__ void write_nan_rows(T* __restrict__ out, size_t row_off, int d
 template <typename T>
 static __device__ __forceinline__ void decode_entry(const T* __restrict__ q, const T* __restrict__ kv,
                                                     const T* __restrict__ mask, const StepState* __restrict__ step,
-                                                    T* __restrict__ out, float* __restrict__ ws,
-                                                    const AttentionParams& p) {
-    const int pos = step->pos;
-    if (!pos_valid(pos, p)) {
+                                                    const int32_t* __restrict__ rows, T* __restrict__ out,
+                                                    float* __restrict__ ws, const AttentionParams& p) {
+    const RowPlace at = row_place(rows, step, p.per_row, (int)blockIdx.z / p.len);
+    if (!place_valid(at, p)) {
         if (p.splits == 1)
             write_nan_rows(out, (size_t)blockIdx.z * p.heads * p.head_dim + (size_t)blockIdx.y * p.head_dim,
                            p.head_dim);
@@ -242,43 +250,47 @@ static __device__ __forceinline__ void decode_entry(const T* __restrict__ q, con
     const bool al16 = aligned16(q) && aligned16(kv);
     const bool al8 = ((reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(kv)) & 7) == 0;
     if (p.head_dim % CH16 == 0 && al16)
-        decode_impl<T, CH16, true>(q, kv, mask, pos, out, ws, p);
+        decode_impl<T, CH16, true>(q, kv, mask, at.slot, at.pos, out, ws, p);
     else if (CH16 > 4 && al8) /* bf16, d_h a multiple of 4 only (d_h = 100): 8-byte loads */
-        decode_impl<T, 4, true>(q, kv, mask, pos, out, ws, p);
+        decode_impl<T, 4, true>(q, kv, mask, at.slot, at.pos, out, ws, p);
     else
-        decode_impl<T, 4, false>(q, kv, mask, pos, out, ws, p);
+        decode_impl<T, 4, false>(q, kv, mask, at.slot, at.pos, out, ws, p);
 }
 
 extern "C" __global__ void attention_decode_f32(const float* __restrict__ q, const float* __restrict__ kv,
                                                 const float* __restrict__ mask, const StepState* __restrict__ step,
-                                                float* __restrict__ out, float* __restrict__ ws, AttentionParams p) {
-    decode_entry<float>(q, kv, mask, step, out, ws, p);
+                                                const int32_t* __restrict__ rows, float* __restrict__ out,
+                                                float* __restrict__ ws, AttentionParams p) {
+    decode_entry<float>(q, kv, mask, step, rows, out, ws, p);
 }
 
 extern "C" __global__ void attention_decode_bf16(const __nv_bfloat16* __restrict__ q,
                                                  const __nv_bfloat16* __restrict__ kv,
                                                  const __nv_bfloat16* __restrict__ mask,
-                                                 const StepState* __restrict__ step, __nv_bfloat16* __restrict__ out,
-                                                 float* __restrict__ ws, AttentionParams p) {
-    decode_entry<__nv_bfloat16>(q, kv, mask, step, out, ws, p);
+                                                 const StepState* __restrict__ step, const int32_t* __restrict__ rows,
+                                                 __nv_bfloat16* __restrict__ out, float* __restrict__ ws,
+                                                 AttentionParams p) {
+    decode_entry<__nv_bfloat16>(q, kv, mask, step, rows, out, ws, p);
 }
 
 /* ---- combine: one block per (query row, head), threads over the features --------------------------------------- */
 
 template <typename T>
 static __device__ __forceinline__ void combine_impl(const float* __restrict__ ws, const StepState* __restrict__ step,
-                                                    T* __restrict__ out, const AttentionParams& p) {
-    const int pos = step->pos;
+                                                    const int32_t* __restrict__ rows, T* __restrict__ out,
+                                                    const AttentionParams& p) {
     const int d = p.head_dim;
     const size_t nrh = (size_t)p.batch * p.len * p.heads;
     for (size_t rh = blockIdx.x; rh < nrh; rh += gridDim.x) {
         const size_t row_off = rh * (size_t)d; /* (r·heads + h)·d_h = r·D + h·d_h */
-        if (!pos_valid(pos, p)) {
+        const size_t r = rh / (size_t)p.heads;
+        const RowPlace at = row_place(rows, step, p.per_row, (int)(r / (size_t)p.len));
+        if (!place_valid(at, p)) {
             write_nan_rows(out, row_off, d);
             continue;
         }
-        const int l = (int)((rh / (size_t)p.heads) % (size_t)p.len);
-        const int used = (pos + l) / p.split_keys + 1; /* splits that hold keys 0..=p */
+        const int l = (int)(r % (size_t)p.len);
+        const int used = (at.pos + l) / p.split_keys + 1; /* splits that hold keys 0..=p */
         const float* ml = ws + nrh * p.splits * (size_t)d + rh * p.splits * 2;
         const float* acc = ws + rh * p.splits * (size_t)d;
         float M = -INFINITY;
@@ -295,13 +307,15 @@ static __device__ __forceinline__ void combine_impl(const float* __restrict__ ws
 }
 
 extern "C" __global__ void attention_combine_f32(const float* __restrict__ ws, const StepState* __restrict__ step,
-                                                 float* __restrict__ out, AttentionParams p) {
-    combine_impl<float>(ws, step, out, p);
+                                                 const int32_t* __restrict__ rows, float* __restrict__ out,
+                                                 AttentionParams p) {
+    combine_impl<float>(ws, step, rows, out, p);
 }
 
 extern "C" __global__ void attention_combine_bf16(const float* __restrict__ ws, const StepState* __restrict__ step,
-                                                  __nv_bfloat16* __restrict__ out, AttentionParams p) {
-    combine_impl<__nv_bfloat16>(ws, step, out, p);
+                                                  const int32_t* __restrict__ rows, __nv_bfloat16* __restrict__ out,
+                                                  AttentionParams p) {
+    combine_impl<__nv_bfloat16>(ws, step, rows, out, p);
 }
 
 /* ---- tiled: prefill and full recompute ------------------------------------------------------------------------- */
@@ -322,7 +336,7 @@ static __device__ __forceinline__ void stage_rows(float* __restrict__ dst, int d
 
 template <typename T, bool VEC>
 static __device__ void tiled_impl(const T* __restrict__ q, const T* __restrict__ kv, const T* __restrict__ mask,
-                                  int pos, T* __restrict__ out, const AttentionParams& p) {
+                                  int slot, int pos, T* __restrict__ out, const AttentionParams& p) {
     constexpr int QW = ATTN_TILE_QW, BK = ATTN_TILE_K, FPL = ATTN_MAX_HEAD_DIM / 32; /* features per lane */
     const int d = p.head_dim, D = p.heads * d;
     const int h = (int)blockIdx.y, b = (int)blockIdx.z;
@@ -350,8 +364,8 @@ static __device__ void tiled_impl(const T* __restrict__ q, const T* __restrict__
         for (int t = 0; t < FPL; t++) acc[j][t] = 0.0f;
     }
 
-    const T* kbase = cache_row(kv, p, 0, b, h, 0);
-    const T* vbase = cache_row(kv, p, 1, b, h, 0);
+    const T* kbase = cache_row(kv, p, 0, slot, h, 0);
+    const T* vbase = cache_row(kv, p, 1, slot, h, 0);
     for (int kt = 0; kt < kend; kt += BK) {
         const int nk = min(BK, kend - kt);
         __syncthreads(); /* every warp is done with the previous tile */
@@ -411,9 +425,10 @@ static __device__ void tiled_impl(const T* __restrict__ q, const T* __restrict__
 template <typename T>
 static __device__ __forceinline__ void tiled_entry(const T* __restrict__ q, const T* __restrict__ kv,
                                                    const T* __restrict__ mask, const StepState* __restrict__ step,
-                                                   T* __restrict__ out, const AttentionParams& p) {
-    const int pos = step->pos;
-    if (!pos_valid(pos, p)) {
+                                                   const int32_t* __restrict__ rows, T* __restrict__ out,
+                                                   const AttentionParams& p) {
+    const RowPlace at = row_place(rows, step, p.per_row, (int)blockIdx.z);
+    if (!place_valid(at, p)) {
         const int BQ = (int)(blockDim.x >> 5) * ATTN_TILE_QW;
         const int D = p.heads * p.head_dim;
         for (int qi = (int)blockIdx.x * BQ; qi < min(p.len, (int)(blockIdx.x + 1) * BQ); qi++)
@@ -424,21 +439,22 @@ static __device__ __forceinline__ void tiled_entry(const T* __restrict__ q, cons
     /* 4-element chunks: 16 bytes in f32, 8 bytes in bf16; d_h % 4 == 0 keeps every row aligned like the base. */
     constexpr uintptr_t A = 4 * sizeof(T) - 1;
     if (((reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(kv)) & A) == 0)
-        tiled_impl<T, true>(q, kv, mask, pos, out, p);
+        tiled_impl<T, true>(q, kv, mask, at.slot, at.pos, out, p);
     else
-        tiled_impl<T, false>(q, kv, mask, pos, out, p);
+        tiled_impl<T, false>(q, kv, mask, at.slot, at.pos, out, p);
 }
 
 extern "C" __global__ void attention_tiled_f32(const float* __restrict__ q, const float* __restrict__ kv,
                                                const float* __restrict__ mask, const StepState* __restrict__ step,
-                                               float* __restrict__ out, AttentionParams p) {
-    tiled_entry<float>(q, kv, mask, step, out, p);
+                                               const int32_t* __restrict__ rows, float* __restrict__ out,
+                                               AttentionParams p) {
+    tiled_entry<float>(q, kv, mask, step, rows, out, p);
 }
 
 extern "C" __global__ void attention_tiled_bf16(const __nv_bfloat16* __restrict__ q,
                                                 const __nv_bfloat16* __restrict__ kv,
                                                 const __nv_bfloat16* __restrict__ mask,
-                                                const StepState* __restrict__ step, __nv_bfloat16* __restrict__ out,
-                                                AttentionParams p) {
-    tiled_entry<__nv_bfloat16>(q, kv, mask, step, out, p);
+                                                const StepState* __restrict__ step, const int32_t* __restrict__ rows,
+                                                __nv_bfloat16* __restrict__ out, AttentionParams p) {
+    tiled_entry<__nv_bfloat16>(q, kv, mask, step, rows, out, p);
 }

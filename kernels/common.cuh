@@ -15,6 +15,8 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "llamagen_kernels.h" /* StepState (row_place) */
+
 #ifdef __CUEMU__
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::cuemu::dynamic_smem())
 #else
@@ -48,6 +50,17 @@ template <typename T> struct __align__(16) Pack16 {
     static constexpr int N = 16 / sizeof(T);
     T v[N];
 };
+/* Where sequence b of a rope / attention launch sits: its KV-cache row and first position. The row table (continuous
+ * batching: rows[2b], rows[2b + 1]) when per_row, else row b at step->pos (a batch running in step). */
+struct RowPlace {
+    int slot, pos;
+};
+static __device__ __forceinline__ RowPlace row_place(const int32_t* __restrict__ rows, const StepState* __restrict__ step,
+                                                     int per_row, int b) {
+    if (per_row) return RowPlace{rows[2 * b], rows[2 * b + 1]};
+    return RowPlace{b, step->pos};
+}
+
 static __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 template <typename T> static __device__ __forceinline__ Pack16<T> load16(const T* p) {
     Pack16<T> r;

@@ -45,7 +45,8 @@ typedef struct SwigluParams {
 
 /* rope_*: qkv [batch, len, 3·heads·head_dim] (q | k | v) at absolute positions step->pos + l; rotated q
  * [batch, len, heads·head_dim]; rotated k and v into the KV cache [layers][k|v][kv_batch][heads][seq][head_dim] of
- * `layer`. table [table_rows, head_dim/2, 2] (cos, sin). */
+ * `layer`. table [table_rows, head_dim/2, 2] (cos, sin). per_row != 0: sequence b goes to cache row rows[2b] at
+ * positions rows[2b + 1] + l instead (continuous batching); `rows` is not read otherwise. */
 typedef struct RopeParams {
     int32_t batch;
     int32_t len;
@@ -55,6 +56,7 @@ typedef struct RopeParams {
     int32_t seq;
     int32_t layer;
     int32_t table_rows;
+    int32_t per_row;
 } RopeParams;
 
 /* embed_*: ids [rows] -> rows of table [n, d]. */
@@ -88,7 +90,8 @@ typedef struct GroupnormParams {
 /* attention_*: q [batch, len, heads·head_dim] at positions pos..pos+len (pos = step->pos) over the KV cache
  * [layers][k|v][cache_batch][heads][seq][head_dim]; mask [batch, mask_len] (1 = visible) or mask_len = 0 for none.
  * attention_decode splits each (query, head) over `splits` blocks of `split_keys` keys (splits = 1: no workspace, no
- * combine); attention_tiled ignores both. scale = 1/sqrt(head_dim). */
+ * combine); attention_tiled ignores both. scale = 1/sqrt(head_dim). per_row != 0: sequence b reads cache row rows[2b]
+ * at positions rows[2b + 1]..(+len) instead of (b, step->pos), as in rope_*. */
 typedef struct AttentionParams {
     int32_t batch;
     int32_t len;
@@ -101,6 +104,7 @@ typedef struct AttentionParams {
     int32_t split_keys;
     int32_t splits;
     float scale;
+    int32_t per_row;
 } AttentionParams;
 
 /* sampling_*: one token per image from logits [rows, vocab], rows = 2·images with CFG (cond rows first) else
@@ -248,10 +252,10 @@ typedef struct CuemuLaunchOptions {
                  __nv_bfloat16* __restrict__ y, ElementwiseParams p))                                                  \
     X(copy_rows, (const __nv_bfloat16* __restrict__ src, __nv_bfloat16* __restrict__ dst, CopyRowsParams p))           \
     X(rope_f32, (const float* __restrict__ qkv, const float* __restrict__ table, const StepState* __restrict__ step,   \
-                 float* __restrict__ q, float* __restrict__ cache, RopeParams p))                                      \
+                 const int32_t* __restrict__ rows, float* __restrict__ q, float* __restrict__ cache, RopeParams p))    \
     X(rope_bf16, (const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ table,                              \
-                  const StepState* __restrict__ step, __nv_bfloat16* __restrict__ q, __nv_bfloat16* __restrict__ cache,\
-                  RopeParams p))                                                                                       \
+                  const StepState* __restrict__ step, const int32_t* __restrict__ rows, __nv_bfloat16* __restrict__ q, \
+                  __nv_bfloat16* __restrict__ cache, RopeParams p))                                                    \
     X(embed_f32, (const int32_t* __restrict__ ids, const float* __restrict__ table, float* __restrict__ out,           \
                   int32_t* __restrict__ err, EmbedParams p))                                                           \
     X(embed_bf16, (const int32_t* __restrict__ ids, const __nv_bfloat16* __restrict__ table,                           \
@@ -264,20 +268,22 @@ typedef struct CuemuLaunchOptions {
     X(groupnorm_f32, (const float* __restrict__ x, const float* __restrict__ part, const float* __restrict__ gamma,    \
                       const float* __restrict__ beta, float* __restrict__ y, GroupnormParams p))                       \
     X(attention_decode_f32, (const float* __restrict__ q, const float* __restrict__ kv, const float* __restrict__ mask,\
-                             const StepState* __restrict__ step, float* __restrict__ out, float* __restrict__ ws,      \
-                             AttentionParams p))                                                                       \
+                             const StepState* __restrict__ step, const int32_t* __restrict__ rows,                     \
+                             float* __restrict__ out, float* __restrict__ ws, AttentionParams p))                      \
     X(attention_decode_bf16, (const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv,               \
                               const __nv_bfloat16* __restrict__ mask, const StepState* __restrict__ step,              \
-                              __nv_bfloat16* __restrict__ out, float* __restrict__ ws, AttentionParams p))             \
-    X(attention_combine_f32, (const float* __restrict__ ws, const StepState* __restrict__ step, float* __restrict__ out,\
-                              AttentionParams p))                                                                      \
+                              const int32_t* __restrict__ rows, __nv_bfloat16* __restrict__ out,                       \
+                              float* __restrict__ ws, AttentionParams p))                                              \
+    X(attention_combine_f32, (const float* __restrict__ ws, const StepState* __restrict__ step,                        \
+                              const int32_t* __restrict__ rows, float* __restrict__ out, AttentionParams p))           \
     X(attention_combine_bf16, (const float* __restrict__ ws, const StepState* __restrict__ step,                       \
-                               __nv_bfloat16* __restrict__ out, AttentionParams p))                                    \
+                               const int32_t* __restrict__ rows, __nv_bfloat16* __restrict__ out, AttentionParams p))  \
     X(attention_tiled_f32, (const float* __restrict__ q, const float* __restrict__ kv, const float* __restrict__ mask, \
-                            const StepState* __restrict__ step, float* __restrict__ out, AttentionParams p))           \
+                            const StepState* __restrict__ step, const int32_t* __restrict__ rows,                      \
+                            float* __restrict__ out, AttentionParams p))                                               \
     X(attention_tiled_bf16, (const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv,                \
                              const __nv_bfloat16* __restrict__ mask, const StepState* __restrict__ step,               \
-                             __nv_bfloat16* __restrict__ out, AttentionParams p))                                      \
+                             const int32_t* __restrict__ rows, __nv_bfloat16* __restrict__ out, AttentionParams p))    \
     X(sampling_f32, (const float* __restrict__ logits, const int32_t* __restrict__ image_index,                        \
                      const StepState* __restrict__ step, int32_t* __restrict__ tokens, uint32_t* __restrict__ work,    \
                      SamplingParams p))                                                                                \

@@ -2,18 +2,19 @@
  * rope.cu: 2-D rotary embedding of q and k, fused with the KV-cache write (the GPT's attention input).
  *
  * Entry points (kernels/llamagen_kernels.h):
- *   rope_f32 (qkv f32 [B', L, 3D], table f32 [R, d_h/2, 2], step, q f32 [B', L, D], cache f32, RopeParams)
- *   rope_bf16(qkv bf16, table f32, step, q bf16, cache bf16, RopeParams)
+ *   rope_f32 (qkv f32 [B', L, 3D], table f32 [R, d_h/2, 2], step, rows, q f32 [B', L, D], cache f32, RopeParams)
+ *   rope_bf16(qkv bf16, table f32, step, rows, q bf16, cache bf16, RopeParams)
  * Row l of sequence b sits at absolute position p = step->pos + l (read from device memory, so a captured graph
- * replays for every decode step). Interleaved pairs (x[2j], x[2j+1]) of every head rotate by table row p:
+ * replays for every decode step) in cache row b; with p.per_row, at rows[2b + 1] + l in cache row rows[2b]
+ * (continuous batching: every sequence its own slot and position). Interleaved pairs (x[2j], x[2j+1]) of every head rotate by table row p:
  *   y0 = x0·cos − x1·sin,  y1 = x1·cos + x0·sin
  * q goes to the output, rotated k and unrotated v to the cache of `layer` at [layer][k|v][b][head][p][·]
  * (layout [layers][2][kv_batch][heads][seq][head_dim], the activation dtype). Condition positions have all-zero
  * table rows, so their q and k become exact zeros (the official behaviour). The products and the sum are
  * evaluated without FMA contraction (__fmul_rn/__fadd_rn), as backend::cpu::rope does, so f32 is bit-exact; bf16
  * widens to f32, rotates and rounds once (round = true in the CPU reference); v is copied bit for bit.
- * Rows with p ≥ min(seq, table_rows) are skipped: the host validates pos before it writes StepState (the kernel
- * cannot report it), and this keeps a bad pos from writing outside the cache.
+ * Rows with p ≥ min(seq, table_rows), or a cache row outside kv_batch, are skipped: the host validates positions
+ * before it writes them (the kernel cannot report it), and this keeps a bad one from writing outside the cache.
  *
  * Design: one work item = 4 consecutive features (two pairs; head_dim is a multiple of 4, so an item never straddles
  * heads, and its 4 table values are one 16-byte load). Grid (items / blockDim, rows), items = 3·D/4 per token
@@ -106,17 +107,18 @@ static __device__ __forceinline__ F4 rotate4(const F4& x, const F4& cs) {
 
 template <typename T>
 static __device__ __forceinline__ void rope_impl(const T* __restrict__ qkv, const float* __restrict__ table,
-                                                 const StepState* __restrict__ step, T* __restrict__ q,
-                                                 T* __restrict__ cache, const RopeParams& p) {
+                                                 const StepState* __restrict__ step, const int32_t* __restrict__ rows,
+                                                 T* __restrict__ q, T* __restrict__ cache, const RopeParams& p) {
     constexpr int VB = 4 * (int)sizeof(T); /* bytes of one 4-element item */
     const bool vec = (reinterpret_cast<uintptr_t>(qkv) % VB) == 0 && (reinterpret_cast<uintptr_t>(q) % VB) == 0 &&
                      (reinterpret_cast<uintptr_t>(cache) % VB) == 0 && aligned16(table);
-    const int pos = step->pos;
     const int d = p.heads * p.head_dim, per_part = d / 4, items = 3 * per_part, hq = p.head_dim / 4;
-    const int rows = p.batch * p.len, limit = min(p.seq, p.table_rows);
-    for (int row = (int)blockIdx.y; row < rows; row += (int)gridDim.y) {
-        const int b = row / p.len, l = row - b * p.len, ap = pos + l;
-        if (ap < 0 || ap >= limit) continue;
+    const int nrows = p.batch * p.len, limit = min(p.seq, p.table_rows);
+    for (int row = (int)blockIdx.y; row < nrows; row += (int)gridDim.y) {
+        const int b = row / p.len, l = row - b * p.len;
+        const RowPlace at = row_place(rows, step, p.per_row, b);
+        const int ap = at.pos + l;
+        if (ap < 0 || ap >= limit || at.slot < 0 || at.slot >= p.kv_batch) continue;
         const T* src = qkv + (size_t)row * (size_t)(3 * d);
         for (int it = (int)(blockIdx.x * blockDim.x + threadIdx.x); it < items; it += (int)(gridDim.x * blockDim.x)) {
             const int part = it / per_part, g = it - part * per_part; /* part 0 = q, 1 = k, 2 = v */
@@ -127,9 +129,9 @@ static __device__ __forceinline__ void rope_impl(const T* __restrict__ qkv, cons
                 store4(q + (size_t)row * d + 4 * g, rotate4(load4(x, vec), cs), vec);
                 continue;
             }
-            const size_t slot = ((((size_t)p.layer * 2 + (size_t)(part - 1)) * p.kv_batch + b) * p.heads + h) *
+            const size_t ci = ((((size_t)p.layer * 2 + (size_t)(part - 1)) * p.kv_batch + at.slot) * p.heads + h) *
                                     (size_t)p.seq + (size_t)ap;
-            T* dst = cache + slot * p.head_dim + f;
+            T* dst = cache + ci * p.head_dim + f;
             if (part == 1) {
                 const F4 cs = load4(table + (size_t)ap * p.head_dim + f, vec);
                 store4(dst, rotate4(load4(x, vec), cs), vec);
@@ -141,13 +143,13 @@ static __device__ __forceinline__ void rope_impl(const T* __restrict__ qkv, cons
 }
 
 extern "C" __global__ void rope_f32(const float* __restrict__ qkv, const float* __restrict__ table,
-                                    const StepState* __restrict__ step, float* __restrict__ q,
-                                    float* __restrict__ cache, RopeParams p) {
-    rope_impl<float>(qkv, table, step, q, cache, p);
+                                    const StepState* __restrict__ step, const int32_t* __restrict__ rows,
+                                    float* __restrict__ q, float* __restrict__ cache, RopeParams p) {
+    rope_impl<float>(qkv, table, step, rows, q, cache, p);
 }
 
 extern "C" __global__ void rope_bf16(const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ table,
-                                     const StepState* __restrict__ step, __nv_bfloat16* __restrict__ q,
-                                     __nv_bfloat16* __restrict__ cache, RopeParams p) {
-    rope_impl<__nv_bfloat16>(qkv, table, step, q, cache, p);
+                                     const StepState* __restrict__ step, const int32_t* __restrict__ rows,
+                                     __nv_bfloat16* __restrict__ q, __nv_bfloat16* __restrict__ cache, RopeParams p) {
+    rope_impl<__nv_bfloat16>(qkv, table, step, rows, q, cache, p);
 }

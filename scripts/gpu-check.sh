@@ -52,12 +52,12 @@ note '```'
 grep -E '^test |rel L2|equal|test result' "$out/tests.log" | head -60 >> "$report"
 note '```'
 
-# 1b. The kernel tests on the GPU: every tests/kernel_<op>.rs (and kernels_emu) has `gpu_*` tests that run the same
+# 1b. The kernel tests on the GPU: every tests/kernel_<op>.rs (and kernels_emu, serve_scheduler) has `gpu_*` tests that run the same
 # cases as on the emulator, against the CPU backend, with guarded buffers checked after every launch.
 section "Kernel tests on the GPU"
 note "| test binary | result | tests |"
 note "|---|---|---|"
-for exe in "$B"/kernel_* "$B"/kernels_emu; do
+for exe in "$B"/kernel_* "$B"/kernels_emu "$B"/serve_scheduler; do
     [ -x "$exe" ] || continue
     name=$(basename "$exe")
     klog="$out/kernel-tests-$name.log"

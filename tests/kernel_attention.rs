@@ -72,6 +72,8 @@ struct Case {
     /// Element offsets of q and the cache inside their device buffers (misalignment tests).
     q_off: usize,
     kv_off: usize,
+    /// Continuous batching: (cache row, first position) per sequence, instead of (b, pos).
+    rows: Option<Vec<i32>>,
 }
 
 impl Case {
@@ -90,6 +92,19 @@ impl Case {
             opts: AttentionOptions::default(),
             q_off: 0,
             kv_off: 0,
+            rows: None,
+        }
+    }
+    fn placed(mut self, rows: Vec<i32>) -> Case {
+        assert_eq!(rows.len(), 2 * self.batch);
+        self.rows = Some(rows);
+        self
+    }
+    /// Positions written in cache row `b` (the rest stays NaN and must never be read).
+    fn written(&self, b: usize) -> usize {
+        match &self.rows {
+            None => self.pos + self.len,
+            Some(t) => t.chunks(2).find(|r| r[0] as usize == b).map_or(0, |r| r[1] as usize + self.len),
         }
     }
     fn spec(&self, storage: Storage) -> KvSpec {
@@ -141,11 +156,10 @@ fn run<T: TestElem, D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case) -> f64 {
     let n = c.batch * c.len * dm;
     // Cache: written positions 0..pos+len of the used layer get values; everything else is NaN (must not be read).
     let mut full = vec![f32::NAN; spec.elems()];
-    let written = c.pos + c.len;
     for kv in 0..2 {
         for b in 0..c.cache_batch {
             for h in 0..c.heads {
-                for p in 0..written.min(c.seq) {
+                for p in 0..c.written(b).min(c.seq) {
                     let base = ((((c.layer * 2 + kv) * c.cache_batch + b) * c.heads + h) * c.seq + p) * c.hd;
                     for e in 0..c.hd {
                         full[base + e] = rng.uniform(-2.0, 2.0);
@@ -175,7 +189,10 @@ fn run<T: TestElem, D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case) -> f64 {
         c.len,
         c.heads,
         c.hd,
-        Placement::Uniform { pos: c.pos },
+        match &c.rows {
+            Some(t) => Placement::PerRow(t),
+            None => Placement::Uniform { pos: c.pos },
+        },
         c.mask.as_ref().map(|(m, t)| (m.as_slice(), *t)),
         &cache,
         c.layer,
@@ -199,6 +216,7 @@ fn run<T: TestElem, D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case) -> f64 {
         }],
         "step",
     );
+    let rowsb = c.rows.as_ref().map(|t| dev.upload(t, "rows"));
     let mut out = dev.alloc::<T>(n, "out");
     let mut ws = dev.alloc::<f32>(attention_workspace_len(&spec, c.batch, c.len, c.opts), "workspace");
     let esz = size_of::<T>() as u64;
@@ -217,6 +235,7 @@ fn run<T: TestElem, D: TestDevice>(dev: &D, rng: &mut Rng, c: &Case) -> f64 {
         c.layer,
         maskb.as_ref().map(|m| (m.ptr(), c.mask.as_ref().unwrap().1)),
         stepb.ptr(),
+        rowsb.as_ref().map(|r| r.ptr()),
         out.ptr_mut(),
         ws.ptr_mut(),
         c.batch,
@@ -334,6 +353,41 @@ fn prefill_matches_cpu_on<D: TestDevice>(dev: &D) {
         }
     }
     w.report("prefill");
+}
+
+#[test]
+fn per_row_placement_matches_cpu() {
+    per_row_placement_matches_cpu_on(&EmuDevice::new());
+}
+
+/// Continuous batching: sequences in scattered cache rows, each at its own position (decode with and without
+/// split-KV, a masked t2i-like decode, a prefill of newcomers on both paths), every schedule. Cache rows that no
+/// sequence uses, and positions past each sequence's own, hold NaN: reading one would show.
+fn per_row_placement_matches_cpu_on<D: TestDevice>(dev: &D) {
+    let mut rng = Rng(15);
+    let mut w = Worst::default();
+    for (i, s) in SCHEDS.into_iter().enumerate() {
+        let dev = &dev.with_sched(s);
+        for split in [None, Some(4)] {
+            let mut c = Case::new(4, 1, 2, 64, SEQ, 0)
+                .path(AttentionPath::Decode)
+                .split(split)
+                .placed(vec![5, SEQ as i32 - 1, 0, 0, 3, T_COND as i32, 1, 9]);
+            c.cache_batch = 7;
+            w.both(dev, &mut rng, &c);
+            let masked = c.clone().with_mask(left_padded_mask(&mut rng, 4, T_COND), T_COND);
+            w.both(dev, &mut rng, &masked);
+        }
+        for path in [AttentionPath::Tiled, AttentionPath::Decode] {
+            let mut c = Case::new(2, T_COND, [3, 1, 2][i], 32, 16, 0)
+                .path(path)
+                .with_mask(left_padded_mask(&mut rng, 2, T_COND), T_COND)
+                .placed(vec![2, 0, 0, 0]);
+            c.cache_batch = 3;
+            w.both(dev, &mut rng, &c);
+        }
+    }
+    w.report("per-row placement");
 }
 
 #[test]
@@ -474,6 +528,7 @@ fn position_outside_the_cache_gives_nan_on<D: TestDevice>(dev: &D) {
                 0,
                 None,
                 step.ptr(),
+                None,
                 out.ptr_mut(),
                 ws.ptr_mut(),
                 2,
@@ -506,6 +561,7 @@ fn position_outside_the_cache_gives_nan_on<D: TestDevice>(dev: &D) {
             0,
             None,
             step.ptr(),
+            None,
             out.ptr_mut(),
             ws.ptr_mut(),
             2,
@@ -747,6 +803,7 @@ fn launcher_rejects_bad_shapes() {
             layer,
             mp,
             step.ptr(),
+            None,
             out.ptr_mut(),
             ws.ptr_mut(),
             batch,
@@ -772,6 +829,7 @@ fn launcher_rejects_bad_shapes() {
         0,
         None,
         step.ptr(),
+        None,
         out.ptr_mut(),
         ws.ptr_mut(),
         2,
@@ -790,6 +848,7 @@ fn launcher_rejects_bad_shapes() {
         0,
         None,
         step.ptr(),
+        None,
         outb.ptr_mut(),
         ws.ptr_mut(),
         2,
@@ -809,6 +868,7 @@ fn gpu_attention_matches_cpu() {
     let g = GpuTest::new();
     decode_matches_cpu_on(&g);
     prefill_matches_cpu_on(&g);
+    per_row_placement_matches_cpu_on(&g);
     full_recompute_matches_cpu_on(&g);
     misaligned_pointers_fall_back_on(&g);
     position_outside_the_cache_gives_nan_on(&g);

@@ -47,6 +47,8 @@ struct Case {
     len: usize,
     pos: usize,
     layer: usize,
+    /// Continuous batching: (cache row, first position) per sequence, instead of (b, pos).
+    rows: Option<Vec<i32>>,
 }
 
 fn cache_f32(c: &KvCache) -> Vec<f32> {
@@ -97,7 +99,10 @@ fn run_case<D: TestDevice>(
         c.len,
         c.heads,
         c.hd,
-        Placement::Uniform { pos: c.pos },
+        match &c.rows {
+            Some(t) => Placement::PerRow(t),
+            None => Placement::Uniform { pos: c.pos },
+        },
         &table,
         &mut cache,
         c.layer,
@@ -108,6 +113,7 @@ fn run_case<D: TestDevice>(
 
     let tb = dev.upload(&table, "table");
     let sb = dev.upload(&[step(c.pos)], "step");
+    let rb = c.rows.as_ref().map(|t| dev.upload(t, "rows"));
     let padded: Vec<f32> = [0.0].iter().take(usize::from(misalign)).chain(&qkv).copied().collect();
     let (got_q, got_cache) = if bf {
         let xb = dev.upload(&to_bf16(&padded), "qkv");
@@ -118,6 +124,7 @@ fn run_case<D: TestDevice>(
             offset(xb.ptr(), usize::from(misalign)),
             tb.ptr(),
             sb.ptr(),
+            rb.as_ref().map(|r| r.ptr()),
             qb.ptr_mut(),
             cb.ptr_mut(),
             c.batch,
@@ -137,6 +144,7 @@ fn run_case<D: TestDevice>(
             offset(xb.ptr(), usize::from(misalign)),
             tb.ptr(),
             sb.ptr(),
+            rb.as_ref().map(|r| r.ptr()),
             qb.ptr_mut(),
             cb.ptr_mut(),
             c.batch,
@@ -149,7 +157,7 @@ fn run_case<D: TestDevice>(
         (qb.to_vec(), cb.to_vec())
     };
     let what = format!(
-        "rope_{} T={} g={} heads={} hd={} batch={}/{} len={} pos={} layer={} block={block:?}",
+        "rope_{} T={} g={} heads={} hd={} batch={}/{} len={} pos={} layer={} rows={:?} block={block:?}",
         if bf { "bf16" } else { "f32" },
         c.cls,
         c.grid,
@@ -159,7 +167,8 @@ fn run_case<D: TestDevice>(
         c.kv_batch,
         c.len,
         c.pos,
-        c.layer
+        c.layer,
+        c.rows
     );
     let (eq, mq) = nmse(&got_q, &want_q, &format!("{what}: q"));
     assert!(eq <= NMSE_BOUND, "{what}: q NMSE {eq:.3e} (max abs err {mq:.3e})");
@@ -172,7 +181,7 @@ fn run_case<D: TestDevice>(
     }
     let (ec, _) = nmse(&got_cache, &want_cache, &format!("{what}: cache"));
     // Condition positions rotate by an all-zero table row: q and k become exact zeros.
-    if c.pos < c.cls {
+    if c.pos < c.cls && c.rows.is_none() {
         let rows_cond = c.cls - c.pos;
         for b in 0..c.batch {
             for l in 0..rows_cond.min(c.len) {
@@ -216,6 +225,7 @@ fn rope_matches_cpu_on<D: TestDevice>(dev: &D) {
                             len,
                             pos,
                             layer,
+                            rows: None,
                         };
                         let (eq, ec) = run_case(dev, &mut rng, &c, bf, block, false);
                         let w = if bf { &mut worst_bf16 } else { &mut worst_f32 };
@@ -248,11 +258,48 @@ fn rope_all_schedules_on<D: TestDevice>(dev: &D) {
                 len,
                 pos,
                 layer: 1,
+                rows: None,
             };
             run_case(&dev.with_sched(s), &mut rng, &c, true, Some(33), false);
             run_case(&dev.with_sched(s), &mut rng, &c, true, Some(33), true);
             run_case(&dev.with_sched(s), &mut rng, &c, false, Some(33), false);
             run_case(&dev.with_sched(s), &mut rng, &c, false, Some(33), true);
+        }
+    }
+}
+
+#[test]
+fn rope_per_row_matches_cpu() {
+    rope_per_row_matches_cpu_on(&EmuDevice::new());
+}
+
+/// Continuous batching: sequences in scattered cache rows at their own positions (decode steps at the first image
+/// token, the middle and the last; a prefill of two newcomers), every schedule, both dtypes, aligned or not.
+fn rope_per_row_matches_cpu_on<D: TestDevice>(dev: &D) {
+    let mut rng = Rng(13);
+    let (cls, grid) = (7usize, 3usize);
+    let seq = (cls + grid * grid) as i32;
+    let cases: [(usize, Vec<i32>); 2] = [
+        (1, vec![4, seq - 1, 0, cls as i32, 2, 11]),
+        (cls, vec![3, 0, 1, 0]),
+    ];
+    for (k, s) in SCHEDS.into_iter().enumerate() {
+        for (len, rows) in &cases {
+            let c = Case {
+                cls,
+                grid,
+                heads: 2,
+                hd: 32,
+                kv_batch: 5,
+                batch: rows.len() / 2,
+                len: *len,
+                pos: 0,
+                layer: k % 2,
+                rows: Some(rows.clone()),
+            };
+            for bf in [false, true] {
+                run_case(&dev.with_sched(s), &mut rng, &c, bf, Some(64), k == 1);
+            }
         }
     }
 }
@@ -289,6 +336,7 @@ fn rope_positions_past_the_cache_write_nothing_on<D: TestDevice>(dev: &D) {
         x.ptr(),
         t.ptr(),
         st.ptr(),
+        None,
         q.ptr_mut(),
         cache.ptr_mut(),
         2,
@@ -307,6 +355,7 @@ fn rope_positions_past_the_cache_write_nothing_on<D: TestDevice>(dev: &D) {
         x.ptr(),
         t.ptr(),
         st.ptr(),
+        None,
         q.ptr_mut(),
         cache.ptr_mut(),
         1,
@@ -346,6 +395,7 @@ fn rope_launcher_rejects_bad_shapes() {
             x.ptr(),
             t.ptr(),
             st.ptr(),
+            None,
             q.ptr_mut(),
             cache.ptr_mut(),
             b,
@@ -383,5 +433,6 @@ fn gpu_rope_matches_cpu() {
     let g = GpuTest::new();
     rope_matches_cpu_on(&g);
     rope_all_schedules_on(&g);
+    rope_per_row_matches_cpu_on(&g);
     rope_positions_past_the_cache_write_nothing_on(&g);
 }

@@ -87,7 +87,8 @@ fn check(
 ) {
     let want: Vec<Vec<Vec<u32>>> = cases.iter().map(|c| reference(cfg, sd, dtype, c, make)).collect();
     let gpt = ContinuousGpt::new(cfg.clone(), &mut sd(), dtype, slots, make(dtype == Dtype::Bf16)).unwrap();
-    let vq = VqRunner::synthetic(vq, false, make(false)).unwrap();
+    // The VQ stage is not what is tested here (only the tokens are compared): always the CPU's.
+    let vq = VqRunner::synthetic(vq, false, golden::cpu(false)).unwrap();
     // Finished images decode in groups of up to 3 (the VQ decoder must not mix images up).
     let vq_batch = 3;
     let queue = Queue::new(1024);
@@ -189,3 +190,49 @@ fn tiny_t2i(make: MakeBackend) {
 }
 
 cpu_family_tests!(demo_f32, demo_bf16, tiny_c2i, tiny_t2i);
+
+/// The CUDA kernels' per-row rope and attention (`--device cuda-emu`, and a real GPU in scripts/gpu-check.sh).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod cuda {
+    use llamagen::backend::cuda::emu::EmuDevice;
+    use llamagen::backend::cuda::gpu::GpuDevice;
+    use llamagen::backend::cuda::launch::Dtype as Act;
+    use llamagen::backend::cuda::CudaBackend;
+    use llamagen::backend::Backend;
+
+    fn act(bf16: bool) -> Act {
+        if bf16 {
+            Act::Bf16
+        } else {
+            Act::F32
+        }
+    }
+
+    fn emu(bf16: bool) -> Box<dyn Backend> {
+        Box::new(CudaBackend::new(EmuDevice::new(), act(bf16)).unwrap())
+    }
+
+    fn gpu(bf16: bool) -> Box<dyn Backend> {
+        let dev = GpuDevice::new(0).unwrap_or_else(|e| panic!("no usable GPU for a gpu_* test: {e}"));
+        Box::new(CudaBackend::new(dev, act(bf16)).unwrap())
+    }
+
+    #[test]
+    fn emu_tiny_c2i() {
+        super::tiny_c2i(&emu)
+    }
+
+    #[test]
+    fn emu_tiny_t2i() {
+        super::tiny_t2i(&emu)
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh"]
+    fn gpu_serving_matches_the_batch_runner() {
+        super::tiny_c2i(&gpu);
+        super::tiny_t2i(&gpu);
+        super::demo_f32(&gpu);
+        super::demo_bf16(&gpu);
+    }
+}

@@ -171,6 +171,14 @@ impl ContinuousGpt {
     /// `[rows, V]` (which predict the next token).
     pub fn decode(&mut self, rows: &[StepRow]) -> Result<Vec<f32>> {
         self.check_slots(rows.iter().map(|r| r.slot))?;
+        // The CUDA kernels cannot report a bad position from the device: every row is checked here.
+        let (t, seq) = (self.cfg.cls_token_num, self.cfg.cache_len());
+        if let Some(r) = rows.iter().find(|r| r.pos < t || r.pos >= seq) {
+            return Err(Error::Invalid(format!(
+                "slot {}: position {} is outside the image positions {t}..{seq}",
+                r.slot, r.pos
+            )));
+        }
         let (_, decode) = self.graphs_for(rows.len())?;
         let v = self.cfg.vocab_size;
         let ids: Vec<i32> = rows

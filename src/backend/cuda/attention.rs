@@ -123,7 +123,8 @@ fn tiled_shared_bytes(warps: usize, d: usize) -> usize {
 /// condition keys `0..t`, or `None`. `step` is one [`StepState`] in device memory; only its `pos` is read. A `pos`
 /// outside `0..=seq − len` yields NaN outputs (the kernels cannot report errors from a graph replay). `workspace`
 /// holds at least [`attention_workspace_len`] f32 (may be empty when that is 0). `batch <= spec.batch`; the cache's
-/// sequence b serves q's sequence b.
+/// sequence b serves q's sequence b, unless `rows` (continuous batching, I32 `[batch, 2]`) places sequence b at cache
+/// row `rows[2b]` and positions `rows[2b + 1]..` (the caller checks them; a bad one yields NaN rows).
 #[allow(clippy::too_many_arguments)]
 pub fn attention<T: Elem, L: Launcher + ?Sized>(
     l: &L,
@@ -133,6 +134,7 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
     layer: usize,
     mask: Option<(DevPtr<'_, T>, usize)>,
     step: DevPtr<'_, StepState>,
+    rows_table: Option<DevPtr<'_, i32>>,
     out: DevPtrMut<'_, T>,
     workspace: DevPtrMut<'_, f32>,
     batch: usize,
@@ -200,6 +202,9 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
     check_len(op, "out", out.len(), n)?;
     check_len(op, "kv", kv.len(), spec.elems())?;
     check_len(op, "step", step.len(), 1)?;
+    if let Some(t) = &rows_table {
+        check_len(op, "rows", t.len(), 2 * batch)?;
+    }
     let mask_len = match &mask {
         None => 0,
         Some((m, t)) => {
@@ -228,6 +233,7 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
         split_keys: to_i32(op, "split_keys", plan.split_keys)?,
         splits: to_i32(op, "splits", plan.splits)?,
         scale: 1.0 / (d as f32).sqrt(),
+        per_row: i32::from(rows_table.is_some()),
     };
     to_i32(op, "batch·len·D", n)?;
     if heads > 65535 {
@@ -235,6 +241,9 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
     }
     // Without a mask the kernels never read it; q is a valid pointer of the right type to pass in its place.
     let mask_ptr = mask.map(|(m, _)| m).unwrap_or(q);
+    // Likewise the row table without per_row.
+    // SAFETY: a pointer value the kernels never dereference when per_row = 0.
+    let rows_ptr = rows_table.unwrap_or(unsafe { step.cast() });
 
     if plan.tiled {
         let shared = tiled_shared_bytes(warps, d);
@@ -253,10 +262,10 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
         return unsafe {
             match T::DTYPE {
                 Dtype::F32 => {
-                    kernels::attention_tiled_f32(l, cfg, q.cast(), kv.cast(), mask_ptr.cast(), step, out.cast(), p)
+                    kernels::attention_tiled_f32(l, cfg, q.cast(), kv.cast(), mask_ptr.cast(), step, rows_ptr, out.cast(), p)
                 }
                 Dtype::Bf16 => {
-                    kernels::attention_tiled_bf16(l, cfg, q.cast(), kv.cast(), mask_ptr.cast(), step, out.cast(), p)
+                    kernels::attention_tiled_bf16(l, cfg, q.cast(), kv.cast(), mask_ptr.cast(), step, rows_ptr, out.cast(), p)
                 }
             }
         };
@@ -286,6 +295,7 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
                 kv.cast(),
                 mask_ptr.cast(),
                 step,
+                rows_ptr,
                 out.cast(),
                 workspace,
                 p,
@@ -297,6 +307,7 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
                 kv.cast(),
                 mask_ptr.cast(),
                 step,
+                rows_ptr,
                 out.cast(),
                 workspace,
                 p,
@@ -311,8 +322,8 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
     // SAFETY: as above.
     unsafe {
         match T::DTYPE {
-            Dtype::F32 => kernels::attention_combine_f32(l, ccfg, ws_read, step, out2.cast(), p),
-            Dtype::Bf16 => kernels::attention_combine_bf16(l, ccfg, ws_read, step, out2.cast(), p),
+            Dtype::F32 => kernels::attention_combine_f32(l, ccfg, ws_read, step, rows_ptr, out2.cast(), p),
+            Dtype::Bf16 => kernels::attention_combine_bf16(l, ccfg, ws_read, step, rows_ptr, out2.cast(), p),
         }
     }
 }

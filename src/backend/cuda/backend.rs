@@ -211,7 +211,8 @@ impl<D: Device> CudaBackend<D> {
     fn check_positions(&self, g: &Graph, step: &StepParams) -> Result<()> {
         if let Some((_, spec)) = &self.kv {
             for n in &g.nodes {
-                if let crate::runtime::Op::Rope { .. } = n.op {
+                // Per-row placements are checked by whoever writes the row table (model::gpt_continuous).
+                if let crate::runtime::Op::Rope { per_row: false, .. } = n.op {
                     let len = g.shape(n.inputs[0])[1];
                     if step.pos + len > spec.seq {
                         return Err(Error::Invalid(format!(

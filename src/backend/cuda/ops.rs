@@ -173,21 +173,22 @@ impl<D: Device> CudaBackend<D> {
                     let (x, y) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     gemm::gemm::<T, D>(&self.dev, x, self.wptr(*w, "matmul")?, residual, y, m, n, k)
                 }
-                Op::Rope { per_row: true, .. } | Op::Attention { per_row: true, .. } => Err(Error::Invalid(
-                    "per-row KV placement (continuous batching, `llamagen serve`) runs on the CPU backend only so far"
-                        .into(),
-                )),
-                Op::Rope { layer, table, .. } => {
+                Op::Rope { layer, table, per_row } => {
                     let s = g.shape(ins[0]);
                     let (b, l) = (s[0], s[1]);
                     let (cache, spec) = self.kv_ptr::<T>("rope")?;
                     let (qkv, q) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     let tab = self.wptr::<f32>(*table, "rope table")?;
+                    let rows = match per_row {
+                        true => Some(self.t::<i32>(g, plan, ins[1])?),
+                        false => None,
+                    };
                     rope::rope::<T, D>(
                         &self.dev,
                         qkv,
                         tab,
                         self.step_ptr(),
+                        rows,
                         q,
                         cache,
                         b,
@@ -197,7 +198,7 @@ impl<D: Device> CudaBackend<D> {
                         None,
                     )
                 }
-                Op::Attention { layer, .. } => {
+                Op::Attention { layer, per_row } => {
                     let s = g.shape(ins[0]);
                     let (b, l) = (s[0], s[1]);
                     let spec = self.kv_ptr::<T>("attention")?.1;
@@ -205,9 +206,13 @@ impl<D: Device> CudaBackend<D> {
                     let (wa, wn) = self.workspace::<f32>("attention", attention_workspace_len(&spec, b, l, opts))?;
                     let (kv, _) = self.kv_ptr::<T>("attention")?;
                     let kv = DevPtr::from_raw(kv.addr(), kv.len());
-                    let mask = match ins.get(1) {
-                        Some(&m) => Some((self.t(g, plan, m)?, g.shape(m)[1])),
-                        None => None,
+                    let mask = match ins.len() == 2 + usize::from(*per_row) {
+                        true => Some((self.t(g, plan, ins[1])?, g.shape(ins[1])[1])),
+                        false => None,
+                    };
+                    let rows = match per_row {
+                        true => Some(self.t::<i32>(g, plan, ins[ins.len() - 1])?),
+                        false => None,
                     };
                     let (q, o) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     let ws = DevPtrMut::from_raw(wa, wn);
@@ -219,6 +224,7 @@ impl<D: Device> CudaBackend<D> {
                         *layer,
                         mask,
                         self.step_ptr(),
+                        rows,
                         o,
                         ws,
                         b,

@@ -24,6 +24,8 @@ pub fn config(rows: usize, heads: usize, head_dim: usize, block: Option<u32>) ->
 /// - `table`: the rotary table of `model::rope_table::rope_table`, `[rows, head_dim/2, 2]` (cos, sin) with
 ///   rows = `table.len() / head_dim`, row index = absolute position;
 /// - `step`: device `StepState`; row l of every sequence is at absolute position `step.pos + l`;
+/// - `rows_table`: None, or (continuous batching) I32 `[batch, 2]`: sequence b goes to cache row `rows[2b]` at
+///   positions `rows[2b + 1] + l` (checked by the caller; a row outside the cache is skipped);
 /// - `q`: `[batch, len, D]`, the rotated q;
 /// - `cache`: the whole KV cache of geometry `kv` (`[layers][k|v][kv.batch][heads][seq][head_dim]`, dtype `T`): the
 ///   rotated k and the unrotated v of sequence b go to `[layer][0|1][b][h][pos + l]`; nothing else is written.
@@ -37,6 +39,7 @@ pub fn rope<T: Elem, L: Launcher + ?Sized>(
     qkv: DevPtr<'_, T>,
     table: DevPtr<'_, f32>,
     step: DevPtr<'_, StepState>,
+    rows_table: Option<DevPtr<'_, i32>>,
     q: DevPtrMut<'_, T>,
     cache: DevPtrMut<'_, T>,
     batch: usize,
@@ -104,6 +107,9 @@ pub fn rope<T: Elem, L: Launcher + ?Sized>(
     check_len(op, "q", q.len(), rows * d)?;
     check_len(op, "cache", cache.len(), kv.elems())?;
     check_len(op, "step", step.len(), 1)?;
+    if let Some(t) = &rows_table {
+        check_len(op, "rows", t.len(), 2 * batch)?;
+    }
     to_i32(op, "qkv elements", n_qkv)?;
     let p = RopeParams {
         batch: to_i32(op, "batch", batch)?,
@@ -114,13 +120,16 @@ pub fn rope<T: Elem, L: Launcher + ?Sized>(
         seq: to_i32(op, "seq", kv.seq)?,
         layer: to_i32(op, "layer", layer)?,
         table_rows: to_i32(op, "table rows", table_rows)?,
+        per_row: i32::from(rows_table.is_some()),
     };
+    // SAFETY: without per_row the kernel never dereferences `rows`: any pointer value will do.
+    let rows_ptr = rows_table.unwrap_or(unsafe { step.cast() });
     let cfg = config(rows, heads, hd, block);
     // SAFETY: T::DTYPE names the element type the chosen kernel reads and writes.
     unsafe {
         match T::DTYPE {
-            Dtype::F32 => kernels::rope_f32(l, cfg, qkv.cast(), table, step, q.cast(), cache.cast(), p),
-            Dtype::Bf16 => kernels::rope_bf16(l, cfg, qkv.cast(), table, step, q.cast(), cache.cast(), p),
+            Dtype::F32 => kernels::rope_f32(l, cfg, qkv.cast(), table, step, rows_ptr, q.cast(), cache.cast(), p),
+            Dtype::Bf16 => kernels::rope_bf16(l, cfg, qkv.cast(), table, step, rows_ptr, q.cast(), cache.cast(), p),
         }
     }
 }
