@@ -4,9 +4,9 @@ use super::metrics::Metrics;
 use super::scheduler::{ImageSpec, Job, Queue, Refused, Reply, Settings};
 use crate::model::gpt_continuous::RowCondition;
 use crate::sample::sampler::SamplingParams;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -53,6 +53,8 @@ pub struct AppState {
     pub queue: Arc<Queue>,
     pub metrics: Arc<Metrics>,
     pub model: Arc<ModelInfo>,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
 }
 
 /// The body of `POST /v1/images/generations`. Unknown fields are refused, naming them.
@@ -112,14 +114,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(state: AppState, body_limit: usize) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
         .route("/v1/images/generations", post(generations))
-        .layer(DefaultBodyLimit::max(body_limit))
+        // The generations handler enforces the state's limit itself (from Content-Length before reading a byte).
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -152,8 +155,11 @@ async fn models(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"object": "list", "data": [m]}))
 }
 
-async fn generations(State(s): State<AppState>, body: Bytes) -> Response {
-    let r = generate(&s, &body).await;
+async fn generations(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let r = match read_body(&headers, body, s.body_limit).await {
+        Ok(bytes) => generate(&s, &bytes).await,
+        Err(e) => Err(e),
+    };
     let status = match &r {
         Ok(_) => 200,
         Err(e) => e.status.as_u16(),
@@ -229,6 +235,24 @@ async fn generate(s: &AppState, body: &[u8]) -> Result<serde_json::Value, ApiErr
         })
         .collect();
     Ok(json!({"created": created, "data": data}))
+}
+
+/// The body, refused with 413 when its Content-Length (or, without one, what arrives) is over `limit`.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = |n: String| ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("the request body ({n}) is over the limit of {limit} bytes"),
+        param: None,
+        retry_after: None,
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        return Err(too_large(format!("{n} bytes")));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large("more bytes".into()))
 }
 
 fn server_error(message: String) -> ApiError {

@@ -46,6 +46,7 @@ pub fn serve(
         queue: Arc::clone(&queue),
         metrics,
         model: Arc::new(model),
+        body_limit: opts.body_limit,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.http_threads.max(1))
@@ -61,7 +62,7 @@ pub fn serve(
             .local_addr()
             .map_err(|e| Error::Invalid(format!("listening socket: {e}")))?;
         on_listen(addr);
-        axum::serve(listener, api::router(state, opts.body_limit))
+        axum::serve(listener, api::router(state))
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
                 tracing::info!("shutting down: no new requests; finishing the accepted ones");
