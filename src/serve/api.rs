@@ -495,6 +495,44 @@ mod tests {
     }
 
     #[test]
+    fn t2i_requests_carry_caption_features() {
+        let m = ModelInfo {
+            model_type: "t2i",
+            num_classes: 0,
+            class_names: None,
+            cls_token_num: 3,
+            caption_dim: 2,
+            ..model()
+        };
+        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let embs = b64(crate::io::npy::npy_bytes_f32(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let mask = b64(crate::io::npy::npy_bytes_f32(&[3], &[0.0, 1.0, 1.0]));
+        let body = format!("{{\"caption_embs\": \"{embs}\", \"caption_mask\": \"{mask}\", \"n\": 2}}");
+        let (_, imgs) = validate(&parse(body.as_bytes()).unwrap(), &m).unwrap();
+        let want = RowCondition::Caption {
+            embs: Some(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            mask: vec![0.0, 1.0, 1.0],
+        };
+        assert!(imgs.len() == 2 && imgs.iter().all(|i| i.cond == want));
+        // Without a mask every position is valid.
+        let body = format!("{{\"caption_embs\": \"{embs}\"}}");
+        let (_, imgs) = validate(&parse(body.as_bytes()).unwrap(), &m).unwrap();
+        assert!(matches!(&imgs[0].cond, RowCondition::Caption { mask, .. } if mask == &vec![1.0; 3]));
+        let wrong = b64(crate::io::npy::npy_bytes_f32(&[2, 3], &[0.0; 6]));
+        let cases = [
+            format!("{{\"caption_embs\": \"{wrong}\"}}"),
+            "{\"caption_embs\": \"not base64!\"}".to_string(),
+            "{\"class\": 3}".to_string(),
+            "{}".to_string(),
+            format!("{{\"caption_embs\": \"{embs}\", \"caption_mask\": \"{embs}\"}}"),
+        ];
+        for body in cases {
+            let e = validate(&parse(body.as_bytes()).unwrap(), &m).err().unwrap_or_else(|| panic!("{body}: accepted"));
+            assert_eq!(e.status.as_u16(), 422, "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn good_requests_fill_defaults_and_indices() {
         let (s, imgs) = check("{\"class_name\": \"sneaker\", \"n\": 3, \"seed\": 7, \"first_index\": 5}").unwrap();
         assert_eq!(s.cfg_scale, 2.0);
