@@ -16,7 +16,7 @@ use llamagen::backend::cuda::attention::{
 use llamagen::backend::cuda::emu::{EmuDevice, Sched};
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::{DevPtr, Elem};
-use llamagen::backend::{KvSpec, Placement, Storage};
+use llamagen::backend::{KvSpec, Placement, Dtype};
 
 mod support;
 use support::devices::*;
@@ -32,12 +32,12 @@ const F32_NMSE: f64 = 1e-10;
 const BF16_NMSE: f64 = 1e-5;
 
 trait TestElem: Elem {
-    const STORAGE: Storage;
+    const STORAGE: Dtype;
     fn from_f32s(v: &[f32]) -> Vec<Self>;
     fn to_f32s(v: &[Self]) -> Vec<f32>;
 }
 impl TestElem for f32 {
-    const STORAGE: Storage = Storage::F32;
+    const STORAGE: Dtype = Dtype::F32;
     fn from_f32s(v: &[f32]) -> Vec<f32> {
         v.to_vec()
     }
@@ -46,7 +46,7 @@ impl TestElem for f32 {
     }
 }
 impl TestElem for bf16 {
-    const STORAGE: Storage = Storage::Bf16;
+    const STORAGE: Dtype = Dtype::Bf16;
     fn from_f32s(v: &[f32]) -> Vec<bf16> {
         to_bf16(v)
     }
@@ -107,7 +107,7 @@ impl Case {
             Some(t) => t.chunks(2).find(|r| r[0] as usize == b).map_or(0, |r| r[1] as usize + self.len),
         }
     }
-    fn spec(&self, storage: Storage) -> KvSpec {
+    fn spec(&self, storage: Dtype) -> KvSpec {
         KvSpec {
             layers: self.layers,
             batch: self.cache_batch,
@@ -404,7 +404,7 @@ fn full_recompute_matches_cpu_on<D: TestDevice>(dev: &D) {
         let len = t + n;
         let mask = left_padded_mask(&mut rng, 2, t);
         let c = Case::new(2, len, heads, hd, len + 3, 0).with_mask(mask, t);
-        assert!(attention_plan(&c.spec(Storage::F32), 2, len, c.opts).tiled);
+        assert!(attention_plan(&c.spec(Dtype::F32), 2, len, c.opts).tiled);
         w.both(dev, &mut rng, &c);
     }
     // A chunk of queries that starts after the condition (pos > 0, L > DECODE_MAX_LEN), masked and not.
@@ -505,7 +505,7 @@ fn position_outside_the_cache_gives_nan_on<D: TestDevice>(dev: &D) {
             heads: 2,
             seq: 10,
             head_dim: 32,
-            storage: Storage::F32,
+            storage: Dtype::F32,
         };
         let n = 2 * len * 64;
         let q = dev.upload(&vec![0.5f32; n], "q");
@@ -581,7 +581,7 @@ fn split_policy_and_workspace() {
         heads,
         seq,
         head_dim,
-        storage: Storage::Bf16,
+        storage: Dtype::Bf16,
     };
     let auto = AttentionOptions::default();
     // GPT-XL c2i 384 px, 8 images with CFG: 320 (row, head) pairs fill the GPU, no split, no workspace.
@@ -619,7 +619,7 @@ fn launcher_rejects_bad_shapes() {
         heads: 2,
         seq: 8,
         head_dim: 32,
-        storage: Storage::F32,
+        storage: Dtype::F32,
     };
     let q = dev.upload(&vec![0f32; 2 * 2 * 64], "q");
     let kv = dev.upload(&vec![0f32; good.elems()], "kv");
@@ -682,7 +682,7 @@ fn launcher_rejects_bad_shapes() {
         (
             (
                 KvSpec {
-                    storage: Storage::Bf16,
+                    storage: Dtype::Bf16,
                     ..good
                 },
                 0,

@@ -10,7 +10,7 @@ use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::DevPtr;
 use llamagen::backend::cuda::rope;
-use llamagen::backend::{KvSpec, Placement, Storage};
+use llamagen::backend::{KvSpec, Placement, Dtype};
 
 mod support;
 use support::devices::*;
@@ -76,7 +76,7 @@ fn run_case<D: TestDevice>(
         heads: c.heads,
         seq,
         head_dim: c.hd,
-        storage: if bf { Storage::Bf16 } else { Storage::F32 },
+        storage: if bf { Dtype::Bf16 } else { Dtype::F32 },
     };
     let d = c.heads * c.hd;
     let mut qkv: Vec<f32> = (0..c.batch * c.len * 3 * d).map(|_| rng.uniform(-2.0, 2.0)).collect();
@@ -326,7 +326,7 @@ fn rope_positions_past_the_cache_write_nothing_on<D: TestDevice>(dev: &D) {
         heads: 2,
         seq: 5,
         head_dim: 8,
-        storage: Storage::F32,
+        storage: Dtype::F32,
     };
     let (x, t, mut cache) = f32_setup(dev, &spec, 4);
     let mut q = dev.upload(&vec![7.0f32; 4 * 16], "q");
@@ -384,7 +384,7 @@ fn rope_launcher_rejects_bad_shapes() {
         heads: 2,
         seq: 5,
         head_dim: 8,
-        storage: Storage::F32,
+        storage: Dtype::F32,
     };
     let (x, t, mut cache) = f32_setup(&dev, &spec, 4);
     let mut q = dev.alloc::<f32>(4 * 16, "q");
@@ -415,7 +415,7 @@ fn rope_launcher_rejects_bad_shapes() {
     let odd = KvSpec { head_dim: 6, ..spec };
     assert!(e(1, 1, &odd, 0, None).contains("not a multiple of 4"));
     let bf = KvSpec {
-        storage: Storage::Bf16,
+        storage: Dtype::Bf16,
         ..spec
     };
     assert!(e(1, 1, &bf, 0, None).contains("does not match the activation dtype"));

@@ -7,12 +7,36 @@ pub mod cuda;
 use crate::runtime::{Graph, Node, Plan, StepParams, TensorId};
 use crate::Result;
 
-/// How a weight is stored on the device.
+/// The engine's one precision vocabulary: how weights, activations and the KV cache are stored and computed.
+/// f32 is the bit-faithful reference; bf16 rounds to nearest even where the official GPU code stores bf16 tensors
+/// (`--dtype bf16`), accumulating in f32. (`runtime::Scalar` is a different thing: the element type of a graph tensor,
+/// f32 or i32; file formats have their own element types.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Storage {
+pub enum Dtype {
     F32,
-    /// Rounded to bf16 (nearest even) at upload: the official GPU setting for the GPT.
     Bf16,
+}
+
+impl Dtype {
+    /// The activation dtype of a backend that rounds activations to bf16 when `bf16`.
+    pub fn activations(bf16: bool) -> Self {
+        if bf16 {
+            Dtype::Bf16
+        } else {
+            Dtype::F32
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "f32" | "float32" | "fp32" => Ok(Dtype::F32),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            _ => Err(crate::Error::Invalid(format!("--dtype `{s}`: expected f32 or bf16"))),
+        }
+    }
 }
 
 /// Layout transformations a backend applies once at upload.
@@ -33,7 +57,7 @@ pub struct Weight {
     pub name: String,
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
-    pub storage: Storage,
+    pub storage: Dtype,
     pub layout: Layout,
 }
 
@@ -45,7 +69,7 @@ pub struct KvSpec {
     pub heads: usize,
     pub seq: usize,
     pub head_dim: usize,
-    pub storage: Storage,
+    pub storage: Dtype,
 }
 
 impl KvSpec {

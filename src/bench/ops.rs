@@ -3,9 +3,9 @@
 //! model step pays for that node. Used by `benches/ops.rs` (criterion) and `llamagen bench --ops`.
 use super::cost::{graph_cost, Cost, Widths};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
+use crate::backend::{Backend, KvSpec, Layout, Dtype, Weight};
 use crate::model::rope_table::rope_table;
-use crate::runtime::{DType, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
+use crate::runtime::{Scalar, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::synth::value_f32;
 use crate::Result;
@@ -38,14 +38,14 @@ impl OpBench {
     /// Whether the output is integer (tokens, codes), so two backends must agree exactly.
     pub fn output_is_int(&self) -> bool {
         let g = self.session.graph(self.id);
-        g.find("out").is_some_and(|t| g.info(t).dtype == DType::I32)
+        g.find("out").is_some_and(|t| g.info(t).dtype == Scalar::I32)
     }
 
     /// The op's output: f32 values, or i32 tokens widened.
     pub fn output(&self) -> Result<Vec<f32>> {
         let g = self.session.graph(self.id);
         let out = g.find("out").expect("every op bench has an `out` tensor");
-        if g.info(out).dtype == DType::I32 {
+        if g.info(out).dtype == Scalar::I32 {
             Ok(self
                 .session
                 .read_i32(self.id, "out")?
@@ -100,12 +100,12 @@ struct One {
     weights: Vec<Weight>,
     inputs: Vec<Input>,
     kv: Option<KvSpec>,
-    storage: Storage,
+    storage: Dtype,
     step: StepParams,
 }
 
 impl One {
-    fn new(phase: Phase, storage: Storage) -> Self {
+    fn new(phase: Phase, storage: Dtype) -> Self {
         One {
             g: Graph::new(phase),
             weights: Vec::new(),
@@ -121,7 +121,7 @@ impl One {
         }
     }
 
-    fn weight_as(&mut self, name: &str, shape: &[usize], storage: Storage, layout: Layout) -> WeightId {
+    fn weight_as(&mut self, name: &str, shape: &[usize], storage: Dtype, layout: Layout) -> WeightId {
         self.weights.push(Weight {
             name: name.into(),
             shape: shape.to_vec(),
@@ -139,26 +139,26 @@ impl One {
 
     /// A small or VQ weight, always f32.
     fn small(&mut self, name: &str, shape: &[usize]) -> WeightId {
-        self.weight_as(name, shape, Storage::F32, Layout::Plain)
+        self.weight_as(name, shape, Dtype::F32, Layout::Plain)
     }
 
     fn f32_in(&mut self, name: &str, shape: &[usize]) -> TensorId {
-        let t = self.g.input(name, shape, DType::F32);
+        let t = self.g.input(name, shape, Scalar::F32);
         self.inputs.push(Input::F32(t));
         t
     }
 
     /// An I32 input with values spread over `0..range`.
     fn i32_in(&mut self, name: &str, shape: &[usize], range: i32) -> TensorId {
-        let t = self.g.input(name, shape, DType::I32);
+        let t = self.g.input(name, shape, Scalar::I32);
         self.inputs.push(Input::I32(t, range));
         t
     }
 
-    fn node(mut self, op: Op, ins: &[TensorId], shape: &[usize], dtype: DType) -> Result<OpSpec> {
+    fn node(mut self, op: Op, ins: &[TensorId], shape: &[usize], dtype: Scalar) -> Result<OpSpec> {
         let out = self.g.push(op, ins, "out", shape, dtype);
         self.g.mark_output(out);
-        let bf16 = self.storage == Storage::Bf16;
+        let bf16 = self.storage == Dtype::Bf16;
         let widths = if bf16 { Widths::BF16 } else { Widths::F32 };
         let cost = graph_cost(&self.g, self.step.pos, widths);
         Ok(OpSpec { one: self, cost, bf16 })
@@ -210,11 +210,11 @@ impl OpSpec {
     }
 }
 
-fn storage(bf16: bool) -> Storage {
+fn storage(bf16: bool) -> Dtype {
     if bf16 {
-        Storage::Bf16
+        Dtype::Bf16
     } else {
-        Storage::F32
+        Dtype::F32
     }
 }
 
@@ -222,7 +222,7 @@ fn embed(rows: usize, bf16: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
     let table = o.big("tok_embeddings.weight", &[V, D]);
     let ids = o.i32_in("ids", &[rows], V as i32);
-    o.node(Op::Embed { table }, &[ids], &[rows, 1, D], DType::F32)
+    o.node(Op::Embed { table }, &[ids], &[rows, 1, D], Scalar::F32)
 }
 
 /// `x [m, k] · Wᵀ`, W `[n, k]`; with a residual when `add`.
@@ -232,17 +232,17 @@ fn matmul(m: usize, k: usize, n: usize, bf16: bool, add: bool) -> Result<OpSpec>
     let x = o.f32_in("x", &[m, k]);
     if add {
         let r = o.f32_in("residual", &[m, n]);
-        o.node(Op::MatmulAdd { w }, &[x, r], &[m, n], DType::F32)
+        o.node(Op::MatmulAdd { w }, &[x, r], &[m, n], Scalar::F32)
     } else {
-        o.node(Op::Matmul { w }, &[x], &[m, n], DType::F32)
+        o.node(Op::Matmul { w }, &[x], &[m, n], Scalar::F32)
     }
 }
 
 fn rmsnorm(rows: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Decode, Storage::F32);
+    let mut o = One::new(Phase::Decode, Dtype::F32);
     let w = o.small("norm.weight", &[D]);
     let x = o.f32_in("x", &[rows, 1, D]);
-    o.node(Op::Rmsnorm { w, eps: 1e-5 }, &[x], &[rows, 1, D], DType::F32)
+    o.node(Op::Rmsnorm { w, eps: 1e-5 }, &[x], &[rows, 1, D], Scalar::F32)
 }
 
 fn kv(rows: usize, bf16: bool) -> KvSpec {
@@ -264,14 +264,14 @@ fn rope(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
         name: "rope.table".into(),
         shape: vec![n],
         data: tab,
-        storage: Storage::F32,
+        storage: Dtype::F32,
         layout: Layout::Plain,
     });
     let table = WeightId(0);
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
     let qkv = o.f32_in("qkv", &[rows, 1, 3 * D]);
-    o.node(Op::Rope { layer: 0, table, per_row: false }, &[qkv], &[rows, 1, D], DType::F32)
+    o.node(Op::Rope { layer: 0, table, per_row: false }, &[qkv], &[rows, 1, D], Scalar::F32)
 }
 
 fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
@@ -279,36 +279,36 @@ fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
     let q = o.f32_in("q", &[rows, 1, D]);
-    o.node(Op::Attention { layer: 0, per_row: false }, &[q], &[rows, 1, D], DType::F32)
+    o.node(Op::Attention { layer: 0, per_row: false }, &[q], &[rows, 1, D], Scalar::F32)
 }
 
 fn swiglu(rows: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Decode, Storage::F32);
+    let mut o = One::new(Phase::Decode, Dtype::F32);
     let x = o.f32_in("ab", &[rows, 1, 2 * F]);
-    o.node(Op::Swiglu, &[x], &[rows, 1, F], DType::F32)
+    o.node(Op::Swiglu, &[x], &[rows, 1, F], Scalar::F32)
 }
 
 fn gelu(rows: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Prefill, Storage::F32);
+    let mut o = One::new(Phase::Prefill, Dtype::F32);
     let x = o.f32_in("x", &[rows, D]);
-    o.node(Op::GeluTanh, &[x], &[rows, D], DType::F32)
+    o.node(Op::GeluTanh, &[x], &[rows, D], Scalar::F32)
 }
 
 fn take_last(rows: usize, len: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Prefill, Storage::F32);
+    let mut o = One::new(Phase::Prefill, Dtype::F32);
     let x = o.f32_in("x", &[rows, len, D]);
-    o.node(Op::TakeLast, &[x], &[rows, D], DType::F32)
+    o.node(Op::TakeLast, &[x], &[rows, D], Scalar::F32)
 }
 
 fn concat(rows: usize, la: usize, lb: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Prefill, Storage::F32);
+    let mut o = One::new(Phase::Prefill, Dtype::F32);
     let a = o.f32_in("a", &[rows, la, D]);
     let b = o.f32_in("b", &[rows, lb, D]);
-    o.node(Op::Concat, &[a, b], &[rows, la + lb, D], DType::F32)
+    o.node(Op::Concat, &[a, b], &[rows, la + lb, D], Scalar::F32)
 }
 
 fn sampling(images: usize, top_k: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Decode, Storage::F32);
+    let mut o = One::new(Phase::Decode, Dtype::F32);
     let logits = o.f32_in("logits", &[2 * images, V]);
     let index = o.i32_in("image_index", &[images], 1 << 20);
     let params = SamplingParams {
@@ -317,26 +317,26 @@ fn sampling(images: usize, top_k: usize) -> Result<OpSpec> {
         top_p: 1.0,
     };
     let op = Op::Sampling { cfg_scale: 4.0, params };
-    o.node(op, &[logits, index], &[2 * images], DType::I32)
+    o.node(op, &[logits, index], &[2 * images], Scalar::I32)
 }
 
 fn codebook(n: usize, grid: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::VqDecode, Storage::F32);
+    let mut o = One::new(Phase::VqDecode, Dtype::F32);
     let cb = o.small("quantize.embedding.weight", &[V, 8]);
     let codes = o.i32_in("codes", &[n * grid * grid], V as i32);
-    o.node(Op::Codebook { codebook: cb }, &[codes], &[n, 8, grid, grid], DType::F32)
+    o.node(Op::Codebook { codebook: cb }, &[codes], &[n, 8, grid, grid], Scalar::F32)
 }
 
 fn quantize(n: usize, grid: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::VqEncode, Storage::F32);
+    let mut o = One::new(Phase::VqEncode, Dtype::F32);
     let cb = o.small("quantize.embedding.weight", &[V, 8]);
     let z = o.f32_in("z", &[n, 8, grid, grid]);
-    o.node(Op::Quantize { codebook: cb }, &[z], &[n * grid * grid], DType::I32)
+    o.node(Op::Quantize { codebook: cb }, &[z], &[n * grid * grid], Scalar::I32)
 }
 
 /// `k`×`k` conv, stride 1, same padding, `ci` -> `co` channels at `hw`×`hw`, optionally with a residual.
 fn conv(ci: usize, co: usize, k: usize, hw: usize, residual: bool) -> Result<OpSpec> {
-    let mut o = One::new(Phase::VqDecode, Storage::F32);
+    let mut o = One::new(Phase::VqDecode, Dtype::F32);
     let w = o.small("conv.weight", &[co, ci, k, k]);
     let b = o.small("conv.bias", &[co]);
     let x = o.f32_in("x", &[1, ci, hw, hw]);
@@ -352,19 +352,19 @@ fn conv(ci: usize, co: usize, k: usize, hw: usize, residual: bool) -> Result<OpS
         stride: 1,
         pad: [p; 4],
     };
-    o.node(op, &ins, &[1, co, hw, hw], DType::F32)
+    o.node(op, &ins, &[1, co, hw, hw], Scalar::F32)
 }
 
 fn upsample_conv(c: usize, hw: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::VqDecode, Storage::F32);
-    let w = o.weight_as("up.conv.weight", &[c, c, 3, 3], Storage::F32, Layout::UpsamplePhases);
+    let mut o = One::new(Phase::VqDecode, Dtype::F32);
+    let w = o.weight_as("up.conv.weight", &[c, c, 3, 3], Dtype::F32, Layout::UpsamplePhases);
     let b = o.small("up.conv.bias", &[c]);
     let x = o.f32_in("x", &[1, c, hw, hw]);
-    o.node(Op::UpsampleConv { w, b }, &[x], &[1, c, 2 * hw, 2 * hw], DType::F32)
+    o.node(Op::UpsampleConv { w, b }, &[x], &[1, c, 2 * hw, 2 * hw], Scalar::F32)
 }
 
 fn groupnorm(c: usize, hw: usize, silu: bool) -> Result<OpSpec> {
-    let mut o = One::new(Phase::VqDecode, Storage::F32);
+    let mut o = One::new(Phase::VqDecode, Dtype::F32);
     let gamma = o.small("norm.weight", &[c]);
     let beta = o.small("norm.bias", &[c]);
     let x = o.f32_in("x", &[1, c, hw, hw]);
@@ -375,11 +375,11 @@ fn groupnorm(c: usize, hw: usize, silu: bool) -> Result<OpSpec> {
         eps: 1e-6,
         silu,
     };
-    o.node(op, &[x], &[1, c, hw, hw], DType::F32)
+    o.node(op, &[x], &[1, c, hw, hw], Scalar::F32)
 }
 
 fn vq_attention(c: usize, hw: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::VqDecode, Storage::F32);
+    let mut o = One::new(Phase::VqDecode, Dtype::F32);
     let mut lin = |n: &str| {
         [
             o.small(&format!("attn.{n}.weight"), &[c, c, 1, 1]),
@@ -394,14 +394,14 @@ fn vq_attention(c: usize, hw: usize) -> Result<OpSpec> {
     };
     let x = o.f32_in("x", &[1, c, hw, hw]);
     let normed = o.f32_in("normed", &[1, c, hw, hw]);
-    o.node(op, &[x, normed], &[1, c, hw, hw], DType::F32)
+    o.node(op, &[x, normed], &[1, c, hw, hw], Scalar::F32)
 }
 
 fn add(c: usize, hw: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::VqDecode, Storage::F32);
+    let mut o = One::new(Phase::VqDecode, Dtype::F32);
     let a = o.f32_in("a", &[1, c, hw, hw]);
     let b = o.f32_in("b", &[1, c, hw, hw]);
-    o.node(Op::Add, &[a, b], &[1, c, hw, hw], DType::F32)
+    o.node(Op::Add, &[a, b], &[1, c, hw, hw], Scalar::F32)
 }
 
 macro_rules! case {

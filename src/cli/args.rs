@@ -119,8 +119,8 @@ pub fn device_label(device: Device) -> Result<String> {
 
 /// The backend for `--device`: activations (and the KV cache) in bf16 when `dtype` is bf16.
 pub fn backend(device: Device, dtype: Dtype) -> Result<Box<dyn Backend>> {
-    use llamagen::backend::cuda::{self, launch};
-    let act = launch::Dtype::activations(dtype == Dtype::Bf16);
+    use llamagen::backend::cuda;
+    let act = dtype;
     match device {
         Device::Cpu => {
             let family = cpu_family()?;

@@ -4,7 +4,7 @@ use super::config::{GptConfig, ModelType};
 use super::gpt_graph::{self, GptGraphSpec, GptWeightIds, LayerIds};
 use super::rope_table::rope_table;
 use super::Dtype;
-use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
+use crate::backend::{Backend, KvSpec, Layout, Weight};
 use crate::runtime::{GraphId, Session, StepParams, WeightId};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::StateDict;
@@ -42,7 +42,7 @@ struct Table {
 }
 
 impl Table {
-    fn add(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>, storage: Storage) -> WeightId {
+    fn add(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>, storage: Dtype) -> WeightId {
         self.weights.push(Weight {
             name: name.into(),
             shape,
@@ -63,11 +63,7 @@ pub fn bind_weights(
     sd: &mut StateDict,
     dtype: Dtype,
 ) -> Result<(Vec<Weight>, GptWeightIds, Option<Vec<f32>>)> {
-    let big = if dtype == Dtype::Bf16 {
-        Storage::Bf16
-    } else {
-        Storage::F32
-    };
+    let big = dtype;
     let shapes: std::collections::HashMap<String, Vec<usize>> = cfg.weight_shapes().into_iter().collect();
     let mut take = |name: &str| -> Result<Vec<f32>> {
         let shape = &shapes[name];
@@ -79,7 +75,7 @@ pub fn bind_weights(
     let small = |t: &mut Table, name: &str, data: Vec<f32>| {
         let mut data = data;
         round_vec(&mut data, dtype);
-        t.add(name, vec![data.len()], data, Storage::F32)
+        t.add(name, vec![data.len()], data, Dtype::F32)
     };
     let (cls_table, cap_fc, uncond) = match cfg.model_type {
         ModelType::C2i => {
@@ -112,7 +108,7 @@ pub fn bind_weights(
     );
     let rope = {
         let tab = rope_table(cfg.cls_token_num, cfg.grid(), cfg.head_dim(), cfg.rope_base);
-        t.add("rope.table", vec![tab.len()], tab, Storage::F32)
+        t.add("rope.table", vec![tab.len()], tab, Dtype::F32)
     };
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
@@ -179,11 +175,7 @@ pub fn kv_spec(cfg: &GptConfig, rows: usize, dtype: Dtype) -> KvSpec {
         heads: cfg.n_head,
         seq: cfg.cache_len(),
         head_dim: cfg.head_dim(),
-        storage: if dtype == Dtype::Bf16 {
-            Storage::Bf16
-        } else {
-            Storage::F32
-        },
+        storage: dtype,
     }
 }
 

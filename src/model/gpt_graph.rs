@@ -1,6 +1,6 @@
 //! The GPT as runtime graphs: prefill (condition positions) and one decode step. Reads like spec §3.4.
 use super::config::{GptConfig, ModelType};
-use crate::runtime::{DType, Graph, Op, Phase, TensorId, WeightId};
+use crate::runtime::{Scalar, Graph, Op, Phase, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
 
 /// Weight ids of the GPT's table (see `gpt::bind_weights`).
@@ -59,7 +59,7 @@ pub fn prefill(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph 
     let (rows, t, d) = (spec.rows(), cfg.cls_token_num, cfg.dim);
     let x = match cfg.model_type {
         ModelType::C2i => {
-            let ids = g.input("cond_ids", &[rows], DType::I32);
+            let ids = g.input("cond_ids", &[rows], Scalar::I32);
             g.push(
                 Op::Embed {
                     table: w.cls_table.expect("c2i table"),
@@ -67,15 +67,15 @@ pub fn prefill(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph 
                 &[ids],
                 "cond_emb",
                 &[rows, 1, d],
-                DType::F32,
+                Scalar::F32,
             )
         }
         ModelType::T2i => {
             let (fc1, fc2) = w.cap_fc.expect("t2i caption MLP");
-            let cap = g.input("caption", &[rows, t, cfg.caption_dim], DType::F32);
-            let h = g.push(Op::Matmul { w: fc1 }, &[cap], "cap_fc1", &[rows, t, d], DType::F32);
-            let h = g.push(Op::GeluTanh, &[h], "cap_gelu", &[rows, t, d], DType::F32);
-            g.push(Op::Matmul { w: fc2 }, &[h], "cond_emb", &[rows, t, d], DType::F32)
+            let cap = g.input("caption", &[rows, t, cfg.caption_dim], Scalar::F32);
+            let h = g.push(Op::Matmul { w: fc1 }, &[cap], "cap_fc1", &[rows, t, d], Scalar::F32);
+            let h = g.push(Op::GeluTanh, &[h], "cap_gelu", &[rows, t, d], Scalar::F32);
+            g.push(Op::Matmul { w: fc2 }, &[h], "cond_emb", &[rows, t, d], Scalar::F32)
         }
     };
     let x = blocks(&mut g, cfg, w, spec, x, t);
@@ -88,13 +88,13 @@ pub fn prefill(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph 
 pub fn decode(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph {
     let mut g = Graph::new(Phase::Decode);
     let rows = spec.rows();
-    let ids = g.input("ids", &[rows], DType::I32);
+    let ids = g.input("ids", &[rows], Scalar::I32);
     let x = g.push(
         Op::Embed { table: w.tok },
         &[ids],
         "tok_emb",
         &[rows, 1, cfg.dim],
-        DType::F32,
+        Scalar::F32,
     );
     let x = blocks(&mut g, cfg, w, spec, x, 1);
     head(&mut g, cfg, w, spec, x, 1);
@@ -110,15 +110,15 @@ pub fn full(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, fed: usize) 
     let keep = g.nodes.iter().position(|n| n.output == cond).expect("cond_emb node") + 1;
     g.nodes.truncate(keep);
     let (rows, t, d) = (spec.rows(), cfg.cls_token_num, cfg.dim);
-    let ids = g.input("ids", &[rows, fed], DType::I32);
+    let ids = g.input("ids", &[rows, fed], Scalar::I32);
     let tok = g.push(
         Op::Embed { table: w.tok },
         &[ids],
         "tok_emb",
         &[rows, fed, d],
-        DType::F32,
+        Scalar::F32,
     );
-    let x = g.push(Op::Concat, &[cond, tok], "seq", &[rows, t + fed, d], DType::F32);
+    let x = g.push(Op::Concat, &[cond, tok], "seq", &[rows, t + fed, d], Scalar::F32);
     let x = blocks(&mut g, cfg, w, spec, x, t + fed);
     let xn = g.push(
         Op::Rmsnorm {
@@ -128,14 +128,14 @@ pub fn full(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, fed: usize) 
         &[x],
         "final_norm_all",
         &[rows, t + fed, d],
-        DType::F32,
+        Scalar::F32,
     );
     let logits = g.push(
         Op::Matmul { w: w.output },
         &[xn],
         "logits_all",
         &[rows, t + fed, cfg.vocab_size],
-        DType::F32,
+        Scalar::F32,
     );
     g.mark_output(logits);
     g
@@ -154,14 +154,14 @@ fn blocks(
     let mask = match g.find("cond_mask") {
         Some(m) => Some(m),
         None => {
-            (cfg.model_type == ModelType::T2i).then(|| g.input("cond_mask", &[rows, cfg.cls_token_num], DType::F32))
+            (cfg.model_type == ModelType::T2i).then(|| g.input("cond_mask", &[rows, cfg.cls_token_num], Scalar::F32))
         }
     };
     let act = [rows, len, d];
     let place = match (spec.continuous, g.find("rows")) {
         (false, _) => None,
         (true, Some(t)) => Some(t),
-        (true, None) => Some(g.input("rows", &[rows, 2], DType::I32)),
+        (true, None) => Some(g.input("rows", &[rows, 2], Scalar::I32)),
     };
     for (i, l) in w.layers.iter().enumerate() {
         let eps = cfg.norm_eps as f32;
@@ -173,14 +173,14 @@ fn blocks(
             &[x],
             format!("l{i}.attn_norm"),
             &act,
-            DType::F32,
+            Scalar::F32,
         );
         let qkv = g.push(
             Op::Matmul { w: l.wqkv },
             &[hn],
             format!("l{i}.qkv"),
             &[rows, len, 3 * d],
-            DType::F32,
+            Scalar::F32,
         );
         let q = g.push(
             Op::Rope {
@@ -191,7 +191,7 @@ fn blocks(
             &[&[qkv][..], place.as_slice()].concat(),
             format!("l{i}.q"),
             &act,
-            DType::F32,
+            Scalar::F32,
         );
         let mut att_in = vec![q];
         att_in.extend(mask);
@@ -204,36 +204,36 @@ fn blocks(
             &att_in,
             format!("l{i}.att"),
             &act,
-            DType::F32,
+            Scalar::F32,
         );
         let h = g.push(
             Op::MatmulAdd { w: l.wo },
             &[att, x],
             format!("l{i}.h"),
             &act,
-            DType::F32,
+            Scalar::F32,
         );
         let fnorm = g.push(
             Op::Rmsnorm { w: l.ffn_norm, eps },
             &[h],
             format!("l{i}.ffn_norm"),
             &act,
-            DType::F32,
+            Scalar::F32,
         );
         let ab = g.push(
             Op::Matmul { w: l.w13 },
             &[fnorm],
             format!("l{i}.w13"),
             &[rows, len, 2 * f],
-            DType::F32,
+            Scalar::F32,
         );
-        let s = g.push(Op::Swiglu, &[ab], format!("l{i}.swiglu"), &[rows, len, f], DType::F32);
+        let s = g.push(Op::Swiglu, &[ab], format!("l{i}.swiglu"), &[rows, len, f], Scalar::F32);
         x = g.push(
             Op::MatmulAdd { w: l.w2 },
             &[s, h],
             format!("l{i}.out"),
             &act,
-            DType::F32,
+            Scalar::F32,
         );
     }
     x
@@ -244,7 +244,7 @@ fn head(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, x
     let (rows, d) = (spec.rows(), cfg.dim);
     // Only the last position's logits are used: take it before the (row-wise) final norm and the LM head.
     let last = if len > 1 {
-        g.push(Op::TakeLast, &[x], "last", &[rows, d], DType::F32)
+        g.push(Op::TakeLast, &[x], "last", &[rows, d], Scalar::F32)
     } else {
         x
     };
@@ -256,20 +256,20 @@ fn head(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, x
         &[last],
         "final_norm",
         &[rows, d],
-        DType::F32,
+        Scalar::F32,
     );
     let logits = g.push(
         Op::Matmul { w: w.output },
         &[xn],
         "logits",
         &[rows, cfg.vocab_size],
-        DType::F32,
+        Scalar::F32,
     );
     g.mark_output(logits);
     if spec.continuous {
         return;
     }
-    let index = g.input("image_index", &[spec.images], DType::I32);
+    let index = g.input("image_index", &[spec.images], Scalar::I32);
     let tokens = g.push(
         Op::Sampling {
             cfg_scale: spec.cfg_scale,
@@ -278,7 +278,7 @@ fn head(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, x
         &[logits, index],
         "tokens",
         &[rows],
-        DType::I32,
+        Scalar::I32,
     );
     g.mark_output(tokens);
 }

@@ -11,19 +11,4 @@ pub use config::{GptConfig, ModelType, VqConfig};
 
 /// `--dtype`: f32 is the bit-faithful reference; bf16 stores GPT weights and KV cache in bf16 (the official GPU
 /// setting), accumulating in f32. The VQ tokenizer always runs in f32, as in the reference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dtype {
-    F32,
-    Bf16,
-}
-
-impl std::str::FromStr for Dtype {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
-        match s {
-            "f32" | "float32" | "fp32" => Ok(Dtype::F32),
-            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            _ => Err(crate::Error::Invalid(format!("--dtype `{s}`: expected f32 or bf16"))),
-        }
-    }
-}
+pub use crate::backend::Dtype;

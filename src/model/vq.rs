@@ -1,8 +1,8 @@
 //! The VQ tokenizer as runtime graphs: decode (codes -> image) and encode (image -> codes), spec §6-§9.
 //! Always f32, as in the reference.
 use super::config::VqConfig;
-use crate::backend::{Backend, Layout, Storage, Weight};
-use crate::runtime::{DType, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
+use crate::backend::{Backend, Layout, Dtype, Weight};
+use crate::runtime::{Scalar, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
 use crate::weights::StateDict;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ impl Binder<'_> {
             name: name.into(),
             shape: shape.to_vec(),
             data,
-            storage: Storage::F32,
+            storage: Dtype::F32,
             layout,
         });
         let id = WeightId(self.weights.len() as u32 - 1);
@@ -107,7 +107,7 @@ impl<'a, 'b> Builder<'a, 'b> {
             &ins,
             p,
             &[n, co, oh, ow],
-            DType::F32,
+            Scalar::F32,
         ))
     }
 
@@ -126,7 +126,7 @@ impl<'a, 'b> Builder<'a, 'b> {
             &[x],
             p,
             &[n, c, h, w],
-            DType::F32,
+            Scalar::F32,
         ))
     }
 
@@ -161,7 +161,7 @@ impl<'a, 'b> Builder<'a, 'b> {
             v: lin("v")?,
             proj: lin("proj_out")?,
         };
-        Ok(self.g.push(op, &[x, normed], p, &[n, c, h, w], DType::F32))
+        Ok(self.g.push(op, &[x, normed], p, &[n, c, h, w], Scalar::F32))
     }
 
     fn upsample(&mut self, x: TensorId, p: &str) -> Result<TensorId> {
@@ -175,7 +175,7 @@ impl<'a, 'b> Builder<'a, 'b> {
             &[x],
             p,
             &[n, c, 2 * h, 2 * w],
-            DType::F32,
+            Scalar::F32,
         ))
     }
 }
@@ -183,13 +183,13 @@ impl<'a, 'b> Builder<'a, 'b> {
 fn decoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, h: usize, w: usize) -> Result<Graph> {
     let dim = cfg.codebook_embed_dim;
     let (mut x, cb) = Builder::start(cfg, b, Phase::VqDecode)?;
-    let codes = x.g.input("codes", &[n * h * w], DType::I32);
+    let codes = x.g.input("codes", &[n * h * w], Scalar::I32);
     let z = x.g.push(
         Op::Codebook { codebook: cb },
         &[codes],
         "latent",
         &[n, dim, h, w],
-        DType::F32,
+        Scalar::F32,
     );
     let z = x.conv(z, "post_quant_conv", cfg.z_channels, 1, 1, [0; 4], None)?;
     let mult = &cfg.decoder_ch_mult;
@@ -224,7 +224,7 @@ fn decoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, h: usize, w: usize) -
 fn encoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, size_h: usize, size_w: usize) -> Result<Graph> {
     let dim = cfg.codebook_embed_dim;
     let (mut x, cb) = Builder::start(cfg, b, Phase::VqEncode)?;
-    let img = x.g.input("image", &[n, 3, size_h, size_w], DType::F32);
+    let img = x.g.input("image", &[n, 3, size_h, size_w], Scalar::F32);
     let mult = &cfg.encoder_ch_mult;
     let levels = mult.len();
     let mut t = x.conv(img, "encoder.conv_in", cfg.ch, 3, 1, [1; 4], None)?;
@@ -258,7 +258,7 @@ fn encoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, size_h: usize, size_w
     let z = x.conv(t, "quant_conv", dim, 1, 1, [0; 4], None)?;
     let [_, _, h, w] = x.dims(z);
     let codes =
-        x.g.push(Op::Quantize { codebook: cb }, &[z], "codes", &[n * h * w], DType::I32);
+        x.g.push(Op::Quantize { codebook: cb }, &[z], "codes", &[n * h * w], Scalar::I32);
     x.g.mark_output(codes);
     Ok(x.g)
 }

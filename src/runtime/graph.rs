@@ -9,12 +9,12 @@ pub struct TensorId(pub u32);
 pub struct WeightId(pub u32);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
+pub enum Scalar {
     F32,
     I32,
 }
 
-impl DType {
+impl Scalar {
     pub fn size(self) -> usize {
         4
     }
@@ -42,7 +42,7 @@ pub enum Phase {
 pub struct TensorInfo {
     pub name: String,
     pub shape: Vec<usize>,
-    pub dtype: DType,
+    pub dtype: Scalar,
     pub role: Role,
 }
 
@@ -75,7 +75,7 @@ impl Graph {
         }
     }
 
-    fn add(&mut self, name: String, shape: Vec<usize>, dtype: DType, role: Role) -> TensorId {
+    fn add(&mut self, name: String, shape: Vec<usize>, dtype: Scalar, role: Role) -> TensorId {
         self.tensors.push(TensorInfo {
             name,
             shape,
@@ -85,7 +85,7 @@ impl Graph {
         TensorId(self.tensors.len() as u32 - 1)
     }
 
-    pub fn input(&mut self, name: &str, shape: &[usize], dtype: DType) -> TensorId {
+    pub fn input(&mut self, name: &str, shape: &[usize], dtype: Scalar) -> TensorId {
         self.add(name.to_string(), shape.to_vec(), dtype, Role::Input)
     }
 
@@ -96,7 +96,7 @@ impl Graph {
         inputs: &[TensorId],
         name: impl Into<String>,
         shape: &[usize],
-        dtype: DType,
+        dtype: Scalar,
     ) -> TensorId {
         let out = self.add(name.into(), shape.to_vec(), dtype, Role::Intermediate);
         self.nodes.push(Node {

@@ -74,7 +74,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{DType, Op, Phase};
+    use crate::runtime::{Scalar, Op, Phase};
 
     /// Checks the invariant directly: at every node, the tensors that must hold a value occupy disjoint bytes.
     fn assert_disjoint(g: &Graph, p: &Plan) {
@@ -113,12 +113,12 @@ mod tests {
     #[test]
     fn live_tensors_never_share_bytes_and_dead_ones_are_reused() {
         let mut g = Graph::new(Phase::Decode);
-        let x = g.input("x", &[10, 7], DType::F32);
+        let x = g.input("x", &[10, 7], Scalar::F32);
         let mut cur = x;
         for i in 0..6 {
-            cur = g.push(Op::GeluTanh, &[cur], format!("t{i}"), &[10, 7 + i], DType::F32);
+            cur = g.push(Op::GeluTanh, &[cur], format!("t{i}"), &[10, 7 + i], Scalar::F32);
         }
-        let s = g.push(Op::Add, &[x, cur], "sum", &[10, 7], DType::F32);
+        let s = g.push(Op::Add, &[x, cur], "sum", &[10, 7], Scalar::F32);
         g.mark_output(s);
         let p = Plan::new(&g);
         assert_disjoint(&g, &p);

@@ -131,7 +131,7 @@ impl StateDict {
 
 /// Element types found in weight files. Only the floating ones become state-dict entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
+pub enum FileDtype {
     F64,
     F32,
     F16,
@@ -144,36 +144,36 @@ pub enum DType {
     Bool,
 }
 
-impl DType {
+impl FileDtype {
     pub fn size(self) -> usize {
         match self {
-            DType::F64 | DType::I64 => 8,
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 | DType::I16 => 2,
-            DType::I8 | DType::U8 | DType::Bool => 1,
+            FileDtype::F64 | FileDtype::I64 => 8,
+            FileDtype::F32 | FileDtype::I32 => 4,
+            FileDtype::F16 | FileDtype::BF16 | FileDtype::I16 => 2,
+            FileDtype::I8 | FileDtype::U8 | FileDtype::Bool => 1,
         }
     }
 
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
+        matches!(self, FileDtype::F64 | FileDtype::F32 | FileDtype::F16 | FileDtype::BF16)
     }
 }
 
 /// Little-endian element `i` of `bytes` as f32; `None` for non-float types. Callers bound-check `i`.
-pub(crate) fn float_at(dtype: DType, bytes: &[u8], i: usize) -> Option<f32> {
+pub(crate) fn float_at(dtype: FileDtype, bytes: &[u8], i: usize) -> Option<f32> {
     let s = dtype.size();
     let b = bytes.get(i * s..i * s + s)?;
     Some(match dtype {
-        DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-        DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-        DType::F64 => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+        FileDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        FileDtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        FileDtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        FileDtype::F64 => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
         _ => return None,
     })
 }
 
 /// Converts a contiguous little-endian float buffer; `None` for non-float types or a ragged length.
-pub(crate) fn floats_to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
+pub(crate) fn floats_to_f32(dtype: FileDtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let size = dtype.size();
     if !bytes.len().is_multiple_of(size) || !dtype.is_float() || size == 0 {
         return None;
@@ -189,24 +189,24 @@ pub(crate) fn floats_to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
 }
 
 /// Whole-slice loops (not float_at per element) so the compiler can vectorise the hot f32 path.
-fn convert_block(dtype: DType, src: &[u8], dst: &mut [f32]) {
+fn convert_block(dtype: FileDtype, src: &[u8], dst: &mut [f32]) {
     match dtype {
-        DType::F32 => {
+        FileDtype::F32 => {
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
                 *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        DType::F16 => {
+        FileDtype::F16 => {
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
-        DType::BF16 => {
+        FileDtype::BF16 => {
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
-        DType::F64 => {
+        FileDtype::F64 => {
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(8)) {
                 *d = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
             }

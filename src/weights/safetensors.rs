@@ -2,7 +2,7 @@
 //!
 //! The header is parsed and validated here (rather than through the `safetensors` crate) so that
 //! every defect — truncation especially — is reported with the file and tensor it concerns.
-use super::{numel, DType};
+use super::{numel, FileDtype};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ const MAX_HEADER: u64 = 100 << 20;
 
 #[derive(Clone, Debug)]
 struct Entry {
-    dtype: DType,
+    dtype: FileDtype,
     shape: Vec<usize>,
     /// Absolute byte range in the file.
     start: usize,
@@ -35,18 +35,18 @@ impl std::fmt::Debug for SafeTensorsFile {
     }
 }
 
-fn parse_dtype(s: &str) -> Option<DType> {
+fn parse_dtype(s: &str) -> Option<FileDtype> {
     Some(match s {
-        "F64" => DType::F64,
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "I64" => DType::I64,
-        "I32" => DType::I32,
-        "I16" => DType::I16,
-        "I8" => DType::I8,
-        "U8" => DType::U8,
-        "BOOL" => DType::Bool,
+        "F64" => FileDtype::F64,
+        "F32" => FileDtype::F32,
+        "F16" => FileDtype::F16,
+        "BF16" => FileDtype::BF16,
+        "I64" => FileDtype::I64,
+        "I32" => FileDtype::I32,
+        "I16" => FileDtype::I16,
+        "I8" => FileDtype::I8,
+        "U8" => FileDtype::U8,
+        "BOOL" => FileDtype::Bool,
         _ => return None,
     })
 }
@@ -116,7 +116,7 @@ impl SafeTensorsFile {
         Ok(self.entry(name)?.shape.clone())
     }
 
-    pub fn dtype(&self, name: &str) -> Result<DType> {
+    pub fn dtype(&self, name: &str) -> Result<FileDtype> {
         Ok(self.entry(name)?.dtype)
     }
 
@@ -143,11 +143,11 @@ impl SafeTensorsFile {
         let e = self.entry(name)?;
         let b = &self.map[e.start..e.end];
         let data = match e.dtype {
-            DType::I64 => b
+            FileDtype::I64 => b
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect(),
-            DType::I32 => b
+            FileDtype::I32 => b
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
                 .collect(),
@@ -158,7 +158,7 @@ impl SafeTensorsFile {
 
     pub fn u8(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
         let e = self.entry(name)?;
-        if e.dtype != DType::U8 {
+        if e.dtype != FileDtype::U8 {
             return Err(self.wrong_type(name, e.dtype, "U8"));
         }
         Ok((e.shape.clone(), self.map[e.start..e.end].to_vec()))
@@ -170,7 +170,7 @@ impl SafeTensorsFile {
             .ok_or_else(|| Error::tensor(name, format!("not found in {}", self.path.display())))
     }
 
-    fn wrong_type(&self, name: &str, found: DType, want: &str) -> Error {
+    fn wrong_type(&self, name: &str, found: FileDtype, want: &str) -> Error {
         Error::tensor(
             name,
             format!("has dtype {found:?} in {}, expected {want}", self.path.display()),

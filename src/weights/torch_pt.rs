@@ -4,7 +4,7 @@
 //! storages). `data.pkl` is interpreted by a small pickle VM whose only callables are an allow-list of
 //! torch rebuild functions and storage types, modelled here as data; any other global is refused
 //! before anything is built, so a hostile checkpoint cannot run code.
-use super::{numel, DType, StateDict, Tensor};
+use super::{numel, FileDtype, StateDict, Tensor};
 use crate::{Error, Result};
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -21,12 +21,12 @@ enum Global {
     /// Wraps a rebuild call with a tensor subclass and `__dict__` state; both are dropped.
     RebuildFromTypeV2,
     RebuildParameter,
-    Storage(DType),
+    Storage(FileDtype),
     TensorClass,
 }
 
 fn resolve_global(module: &str, name: &str) -> std::result::Result<Global, String> {
-    use DType::*;
+    use FileDtype::*;
     Ok(match (module, name) {
         ("collections", "OrderedDict") => Global::OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
@@ -53,7 +53,7 @@ fn resolve_global(module: &str, name: &str) -> std::result::Result<Global, Strin
 #[derive(Debug)]
 struct StorageRef {
     key: String,
-    dtype: DType,
+    dtype: FileDtype,
     numel: usize,
 }
 

@@ -180,7 +180,7 @@ unsafe fn attend_avx2<T: Widen8>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{KvSpec, Placement, Storage};
+    use crate::backend::{KvSpec, Placement, Dtype};
 
     /// The AVX2 path against the portable loops: decode (one query) and prefill (several), with and without the
     /// t2i mask, f32 and bf16 caches, head dims 8 to 128, sequence lengths across the 8-lane tails.
@@ -200,7 +200,7 @@ mod tests {
             (2, 2, 24, 33, 32, 1, true),
             (1, 4, 64, 264, 263, 1, false),
         ] {
-            for storage in [Storage::F32, Storage::Bf16] {
+            for storage in [Dtype::F32, Dtype::Bf16] {
                 let spec = KvSpec {
                     layers: 1,
                     batch,
@@ -224,7 +224,7 @@ mod tests {
                 let t = 4.min(pos + len);
                 let mask: Vec<f32> = (0..batch * t).map(|i| ((i * 7) % 3 != 0) as u8 as f32).collect();
                 let mask = masked.then_some((&mask[..], t));
-                let bf16 = storage == Storage::Bf16;
+                let bf16 = storage == Dtype::Bf16;
                 let mut scores = vec![0f32; batch * heads * seq];
                 let run = |family, scores: &mut [f32]| {
                     let mut out = vec![f32::NAN; q.len()];

@@ -1,7 +1,7 @@
 //! The static KV cache, `[layer][k|v][batch][head][seq][head_dim]`, allocated once and written in place.
 use super::matmul::dot_bf16;
 use super::Buf;
-use crate::backend::{KvSpec, Storage};
+use crate::backend::{KvSpec, Dtype};
 use half::bf16;
 
 pub enum KvData {
@@ -61,8 +61,8 @@ impl KvCache {
     pub fn new(spec: KvSpec) -> Self {
         let n = spec.elems();
         let data = match spec.storage {
-            Storage::F32 => KvData::F32(Buf::zeroed(n)),
-            Storage::Bf16 => KvData::Bf16(Buf::zeroed(n)),
+            Dtype::F32 => KvData::F32(Buf::zeroed(n)),
+            Dtype::Bf16 => KvData::Bf16(Buf::zeroed(n)),
         };
         KvCache { spec, data }
     }

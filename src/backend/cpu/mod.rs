@@ -23,7 +23,7 @@ pub mod team;
 pub(crate) mod testutil;
 pub mod vq_attention;
 
-use crate::backend::{Backend, KvSpec, Layout, Storage, Weight};
+use crate::backend::{Backend, KvSpec, Layout, Dtype, Weight};
 use crate::runtime::{Graph, Plan, StepParams, TensorId};
 use crate::{Error, Result};
 pub use buf::Buf;
@@ -189,8 +189,8 @@ impl Backend for CpuBackend {
                 .map(|(w, _)| (w.data.len(), Mutex::new(std::mem::take(&mut w.data))))
                 .unzip()
         };
-        let (f32_lens, f32_src) = take(Storage::F32);
-        let (bf16_lens, bf16_src) = take(Storage::Bf16);
+        let (f32_lens, f32_src) = take(Dtype::F32);
+        let (bf16_lens, bf16_src) = take(Dtype::Bf16);
         let source =
             |src: &[Mutex<Vec<f32>>], i: usize| std::mem::take(&mut *src[i].lock().unwrap_or_else(|p| p.into_inner()));
         let mut f32_bufs = Buf::packed(&f32_lens, |i, d| d.copy_from_slice(&source(&f32_src, i))).into_iter();
@@ -204,8 +204,8 @@ impl Backend for CpuBackend {
             .iter()
             .zip(&is_streamed)
             .map(|(w, &packed)| match (packed, w.storage) {
-                (true, Storage::F32) => f32_bufs.next().map(WeightData::F32),
-                (true, Storage::Bf16) => bf16_bufs.next().map(WeightData::Bf16),
+                (true, Dtype::F32) => f32_bufs.next().map(WeightData::F32),
+                (true, Dtype::Bf16) => bf16_bufs.next().map(WeightData::Bf16),
                 _ => None,
             })
             .collect();
@@ -221,8 +221,8 @@ impl Backend for CpuBackend {
                         let (prep, data) = conv::prepare(w.layout, &w.shape, w.data, kernels);
                         (WeightData::F32(Buf::vec(data)), prep)
                     }
-                    (None, Layout::Plain, Storage::F32) => (WeightData::F32(Buf::vec(w.data)), conv::Prep::Torch),
-                    (None, Layout::Plain, Storage::Bf16) => (WeightData::Bf16(to_bf16(&w.data)), conv::Prep::Torch),
+                    (None, Layout::Plain, Dtype::F32) => (WeightData::F32(Buf::vec(w.data)), conv::Prep::Torch),
+                    (None, Layout::Plain, Dtype::Bf16) => (WeightData::Bf16(to_bf16(&w.data)), conv::Prep::Torch),
                 };
                 CpuWeight {
                     name: w.name,

@@ -7,7 +7,7 @@
 //! full recompute. Neither launch configuration depends on the position: grids are sized for the whole cache.
 use super::kernels::{self, AttentionParams, StepState};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, LaunchConfig, Launcher};
-use crate::backend::{KvSpec, Storage};
+use crate::backend::KvSpec;
 use crate::Result;
 
 /// Largest query count per sequence that [`AttentionPath::Auto`] sends to the decode kernels (each query is its own
@@ -155,10 +155,7 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
             format!("head_dim = {d} must be a multiple of 4 up to {MAX_HEAD_DIM}"),
         ));
     }
-    let storage_ok = matches!(
-        (T::DTYPE, spec.storage),
-        (Dtype::F32, Storage::F32) | (Dtype::Bf16, Storage::Bf16)
-    );
+    let storage_ok = T::DTYPE == spec.storage;
     if !storage_ok {
         return Err(invalid(
             op,

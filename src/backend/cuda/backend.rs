@@ -18,8 +18,8 @@
 use super::device::{Device, DeviceBuffer};
 use super::kernels::StepState;
 use super::launch::{DevPtr, DevPtrMut, Dtype};
-use crate::backend::{Backend, KvSpec, Storage, Weight};
-use crate::runtime::{DType, Graph, Phase, Plan, StepParams, TensorId};
+use crate::backend::{Backend, KvSpec, Weight};
+use crate::runtime::{Scalar, Graph, Phase, Plan, StepParams, TensorId};
 use crate::{Error, Result};
 use half::bf16;
 use std::collections::HashMap;
@@ -167,7 +167,7 @@ impl<D: Device> CudaBackend<D> {
         Ok(())
     }
 
-    fn dtype_check(g: &Graph, t: TensorId, want: DType) -> Result<()> {
+    fn dtype_check(g: &Graph, t: TensorId, want: Scalar) -> Result<()> {
         let info = g.info(t);
         if info.dtype != want {
             return Err(Error::Invalid(format!(
@@ -179,7 +179,7 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// A host write must fill the tensor exactly, in its dtype.
-    fn element_check(g: &Graph, t: TensorId, want: DType, have: usize) -> Result<()> {
+    fn element_check(g: &Graph, t: TensorId, want: Scalar, have: usize) -> Result<()> {
         Self::dtype_check(g, t, want)?;
         let info = g.info(t);
         if info.numel() != have {
@@ -246,12 +246,12 @@ impl<D: Device> Backend for CudaBackend<D> {
         for w in weights {
             let data = super::ops::prepare_weight(&w)?;
             let (dtype, buf) = match w.storage {
-                Storage::F32 => {
+                Dtype::F32 => {
                     let b = self.dev.alloc(4 * data.len(), &w.name)?;
                     self.dev.write(&b, 0, bytes_of(&data))?;
                     (Dtype::F32, b)
                 }
-                Storage::Bf16 => {
+                Dtype::Bf16 => {
                     let h: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
                     let b = self.dev.alloc(2 * h.len(), &w.name)?;
                     self.dev.write(&b, 0, bytes_of(&h))?;
@@ -270,8 +270,8 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn alloc_kv(&mut self, spec: KvSpec) -> Result<()> {
         let want = match spec.storage {
-            Storage::F32 => Dtype::F32,
-            Storage::Bf16 => Dtype::Bf16,
+            Dtype::F32 => Dtype::F32,
+            Dtype::Bf16 => Dtype::Bf16,
         };
         if want != self.act {
             return Err(Error::Invalid(format!(
@@ -297,7 +297,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn write_f32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[f32]) -> Result<()> {
-        Self::element_check(g, t, DType::F32, data.len())?;
+        Self::element_check(g, t, Scalar::F32, data.len())?;
         let (addr, _) = self.slot(g, plan, t)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         let off = (addr - arena.addr()) as usize;
@@ -311,7 +311,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn write_i32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[i32]) -> Result<()> {
-        Self::element_check(g, t, DType::I32, data.len())?;
+        Self::element_check(g, t, Scalar::I32, data.len())?;
         let (addr, _) = self.slot(g, plan, t)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         self.dev.write(arena, (addr - arena.addr()) as usize, bytes_of(data))
@@ -319,7 +319,7 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn read_f32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<f32>> {
         let (addr, n) = self.slot(g, plan, t)?;
-        Self::dtype_check(g, t, DType::F32)?;
+        Self::dtype_check(g, t, Scalar::F32)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         let off = (addr - arena.addr()) as usize;
         let mut raw = vec![0u8; n * self.act_bytes()];
@@ -336,7 +336,7 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn read_i32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<i32>> {
         let (addr, n) = self.slot(g, plan, t)?;
-        Self::dtype_check(g, t, DType::I32)?;
+        Self::dtype_check(g, t, Scalar::I32)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         let mut raw = vec![0u8; 4 * n];
         self.dev.read(arena, (addr - arena.addr()) as usize, &mut raw)?;
@@ -357,7 +357,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         if sa == da {
             return Ok(());
         }
-        let bytes = n * if si.dtype == DType::I32 { 4 } else { self.act_bytes() };
+        let bytes = n * if si.dtype == Scalar::I32 { 4 } else { self.act_bytes() };
         self.dev.copy(da, sa, bytes)
     }
 

@@ -226,23 +226,8 @@ pub trait Launcher {
     fn launch(&self, name: &str, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> crate::Result<()>;
 }
 
-/// Activation dtypes with a kernel variant each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dtype {
-    F32,
-    Bf16,
-}
-
-impl Dtype {
-    /// The activation dtype of a backend that rounds activations to bf16 when `bf16` (the CPU backend's flag).
-    pub fn activations(bf16: bool) -> Self {
-        if bf16 {
-            Dtype::Bf16
-        } else {
-            Dtype::F32
-        }
-    }
-}
+/// Activation dtypes, each with a kernel variant: the engine's one `Dtype`.
+pub use crate::backend::Dtype;
 
 /// An activation element type: `f32` or `bf16`.
 pub trait Elem: DeviceRepr {

@@ -2,7 +2,7 @@
 //! reference is `backend::cpu::rope::rope`, the cache layout `backend::cpu::kv_cache`).
 use super::kernels::{self, RopeParams, StepState};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, LaunchConfig, Launcher};
-use crate::backend::{KvSpec, Storage};
+use crate::backend::KvSpec;
 use crate::Result;
 
 /// Threads per block: one thread per 4 features; 128 splits a token's 3·D/4 items (960 at GPT-XL, 576 at GPT-B)
@@ -59,10 +59,7 @@ pub fn rope<T: Elem, L: Launcher + ?Sized>(
     if !hd.is_multiple_of(4) {
         return Err(invalid(op, format!("head_dim = {hd} is not a multiple of 4")));
     }
-    let storage_ok = matches!(
-        (T::DTYPE, kv.storage),
-        (Dtype::F32, Storage::F32) | (Dtype::Bf16, Storage::Bf16)
-    );
+    let storage_ok = T::DTYPE == kv.storage;
     if !storage_ok {
         return Err(invalid(
             op,
