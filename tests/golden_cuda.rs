@@ -5,32 +5,12 @@
 //!   there a missing GPU is a failure.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod support;
-use llamagen::backend::cuda::emu::EmuDevice;
-use llamagen::backend::cuda::gpu::GpuDevice;
-use llamagen::backend::cuda::launch::Dtype as Act;
-use llamagen::backend::cuda::CudaBackend;
-use llamagen::backend::Backend;
 use llamagen::model::gpt::Condition;
 use llamagen::model::Dtype;
 use support::golden::*;
 use support::*;
 
-fn act(bf16: bool) -> Act {
-    if bf16 {
-        Act::Bf16
-    } else {
-        Act::F32
-    }
-}
-
-fn emu(bf16: bool) -> Box<dyn Backend> {
-    Box::new(CudaBackend::new(EmuDevice::new(), act(bf16)).unwrap())
-}
-
-fn gpu(bf16: bool) -> Box<dyn Backend> {
-    let dev = GpuDevice::new(0).unwrap_or_else(|e| panic!("no usable GPU for a gpu_* test: {e}"));
-    Box::new(CudaBackend::new(dev, act(bf16)).unwrap())
-}
+use support::devices::{emu_backend as emu, gpu_backend as gpu};
 
 /// The demo model (dim 128, 8 layers, vocab 512): teacher-forced logits of the backend against the CPU backend's
 /// portable family in the same dtype, on a few images with guidance.

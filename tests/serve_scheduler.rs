@@ -194,28 +194,7 @@ cpu_family_tests!(demo_f32, demo_bf16, tiny_c2i, tiny_t2i);
 /// The CUDA kernels' per-row rope and attention (`--device cuda-emu`, and a real GPU in scripts/gpu-check.sh).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod cuda {
-    use llamagen::backend::cuda::emu::EmuDevice;
-    use llamagen::backend::cuda::gpu::GpuDevice;
-    use llamagen::backend::cuda::launch::Dtype as Act;
-    use llamagen::backend::cuda::CudaBackend;
-    use llamagen::backend::Backend;
-
-    fn act(bf16: bool) -> Act {
-        if bf16 {
-            Act::Bf16
-        } else {
-            Act::F32
-        }
-    }
-
-    fn emu(bf16: bool) -> Box<dyn Backend> {
-        Box::new(CudaBackend::new(EmuDevice::new(), act(bf16)).unwrap())
-    }
-
-    fn gpu(bf16: bool) -> Box<dyn Backend> {
-        let dev = GpuDevice::new(0).unwrap_or_else(|e| panic!("no usable GPU for a gpu_* test: {e}"));
-        Box::new(CudaBackend::new(dev, act(bf16)).unwrap())
-    }
+    use crate::support::devices::{emu_backend as emu, gpu_backend as gpu};
 
     #[test]
     fn emu_tiny_c2i() {

@@ -250,6 +250,29 @@ pub struct Demo {
     pub top_k: i64,
 }
 
+/// With no GPT flag (and no synthetic weights) the bundled demo model runs: its weights fill the model flags, its
+/// tuned cfg scale and top-k the defaults left unset. Returns its class names, or None when a model was given.
+pub fn use_demo(
+    gpt: &mut GptArgs,
+    vq: &mut VqArgs,
+    cfg_scale: &mut Option<f32>,
+    top_k: &mut Option<i64>,
+    synthetic_weights: bool,
+) -> Result<Option<Vec<String>>> {
+    if gpt.given() || synthetic_weights {
+        return Ok(None);
+    }
+    let demo = demo_model()?;
+    gpt.gpt = Some(demo.gpt);
+    if !vq.given() {
+        vq.vq = Some(demo.vq);
+    }
+    *cfg_scale = cfg_scale.or(Some(demo.cfg_scale));
+    *top_k = top_k.or(Some(demo.top_k));
+    tracing::info!("no model given: the bundled demo model from {}", demo.dir.display());
+    Ok(Some(demo.class_names))
+}
+
 /// Tuned sampling defaults shipped beside the demo weights.
 #[derive(serde::Deserialize)]
 struct DemoDefaults {

@@ -110,27 +110,8 @@ fn read_captions(a: &GenerateArgs, t: usize, dim: usize) -> Result<Option<(Vec<f
     Ok(Some((embs, mask)))
 }
 
-/// With no model flags at all, the bundled demo model runs, with its tuned sampling defaults and class names.
-fn use_demo(a: &mut GenerateArgs) -> Result<Option<Vec<String>>> {
-    if a.gpt.given() || a.synthetic_weights {
-        return Ok(None);
-    }
-    let demo = args::demo_model()?;
-    a.gpt.gpt = Some(demo.gpt);
-    if !a.vq.given() {
-        a.vq.vq = Some(demo.vq);
-    }
-    a.cfg_scale = a.cfg_scale.or(Some(demo.cfg_scale));
-    a.top_k = a.top_k.or(Some(demo.top_k));
-    tracing::info!(
-        "no model given: running the bundled demo model from {}",
-        demo.dir.display()
-    );
-    Ok(Some(demo.class_names))
-}
-
 pub fn run(mut a: GenerateArgs) -> Result<()> {
-    let class_names = use_demo(&mut a)?;
+    let class_names = args::use_demo(&mut a.gpt, &mut a.vq, &mut a.cfg_scale, &mut a.top_k, a.synthetic_weights)?;
     let (cfg_scale, top_k) = (a.cfg_scale.unwrap_or(4.0), a.top_k.unwrap_or(2000));
     let shard: Shard = a.shard.parse()?;
     if top_k < 0 {

@@ -58,18 +58,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(mut a: ServeArgs) -> Result<()> {
-    let mut class_names = None;
-    if !a.gpt.given() && !a.synthetic_weights {
-        let demo = args::demo_model()?;
-        a.gpt.gpt = Some(demo.gpt);
-        if !a.vq.given() {
-            a.vq.vq = Some(demo.vq);
-        }
-        a.cfg_scale = a.cfg_scale.or(Some(demo.cfg_scale));
-        a.top_k = a.top_k.or(Some(demo.top_k));
-        class_names = Some(demo.class_names);
-        tracing::info!("no model given: serving the bundled demo model from {}", demo.dir.display());
-    }
+    let class_names = args::use_demo(&mut a.gpt, &mut a.vq, &mut a.cfg_scale, &mut a.top_k, a.synthetic_weights)?;
     if !(1..=4096).contains(&a.max_batch) {
         bail!("--max-batch {} must be in 1..=4096", a.max_batch);
     }

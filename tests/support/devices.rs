@@ -13,6 +13,8 @@ use llamagen::backend::cuda::device::{Device, DeviceBuffer};
 use llamagen::backend::cuda::emu::{EmuBuffer, EmuDevice, Sched, CANARY_BYTES};
 use llamagen::backend::cuda::gpu::{GpuBuffer, GpuDevice};
 use llamagen::backend::cuda::launch::{DevPtr, DevPtrMut, DeviceRepr, KernelArg, LaunchConfig, Launcher};
+use llamagen::backend::cuda::CudaBackend;
+use llamagen::backend::{Backend, Dtype};
 use llamagen::{Error, Result};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -300,4 +302,15 @@ impl<T: DeviceRepr> Drop for GpuTestBuf<T> {
         let _ = self.dev.dev.synchronize();
         self.dev.live.borrow_mut().remove(&self.id);
     }
+}
+
+/// The CUDA backend over the emulator (`--device cuda-emu`), activations in bf16 when asked.
+pub fn emu_backend(bf16: bool) -> Box<dyn Backend> {
+    Box::new(CudaBackend::new(EmuDevice::new(), Dtype::activations(bf16)).unwrap())
+}
+
+/// The CUDA backend on GPU 0; a `gpu_*` test without a usable GPU fails here, naming why.
+pub fn gpu_backend(bf16: bool) -> Box<dyn Backend> {
+    let dev = GpuDevice::new(0).unwrap_or_else(|e| panic!("no usable GPU for a gpu_* test: {e}"));
+    Box::new(CudaBackend::new(dev, Dtype::activations(bf16)).unwrap())
 }
