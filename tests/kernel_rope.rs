@@ -5,7 +5,7 @@
 
 use half::bf16;
 use llamagen::backend::cpu::kv_cache::KvData;
-use llamagen::backend::cpu::{self, KvCache};
+use llamagen::backend::cpu::{self, KernelFamily, KvCache};
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::DevPtr;
@@ -86,29 +86,31 @@ fn run_case<D: TestDevice>(
         round_all(&mut qkv);
         round_all(&mut pattern);
     }
-    let mut cache = KvCache::new(spec);
-    cache.data = if bf {
-        KvData::Bf16(llamagen::backend::cpu::Buf::vec(to_bf16(&pattern)))
-    } else {
-        KvData::F32(llamagen::backend::cpu::Buf::vec(pattern.clone()))
-    };
-    let mut want_q = vec![0f32; c.batch * c.len * d];
-    cpu::rope::rope(
-        &qkv,
-        c.batch,
-        c.len,
-        c.heads,
-        c.hd,
-        match &c.rows {
+    // The CPU reference, once per kernel family this CPU has: every family must give the same bits.
+    let cpu = |family: KernelFamily| {
+        let mut cache = KvCache::new(spec);
+        cache.data = if bf {
+            KvData::Bf16(llamagen::backend::cpu::Buf::vec(to_bf16(&pattern)))
+        } else {
+            KvData::F32(llamagen::backend::cpu::Buf::vec(pattern.clone()))
+        };
+        let mut q = vec![0f32; c.batch * c.len * d];
+        let place = match &c.rows {
             Some(t) => Placement::PerRow(t),
             None => Placement::Uniform { pos: c.pos },
-        },
-        &table,
-        &mut cache,
-        c.layer,
-        bf,
-        &mut want_q,
-    );
+        };
+        cpu::rope::rope(
+            &qkv, c.batch, c.len, c.heads, c.hd, place, &table, &mut cache, c.layer, bf, family, &mut q,
+        );
+        (q, cache)
+    };
+    let (want_q, cache) = cpu(KernelFamily::Portable);
+    for family in KernelFamily::all_supported() {
+        let (q, other) = cpu(family);
+        let same = q.iter().zip(&want_q).all(|(a, b)| a.to_bits() == b.to_bits())
+            && cache_f32(&other).iter().zip(cache_f32(&cache)).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "CPU family {family}: rope differs from the portable family's bits");
+    }
     let want_cache = cache_f32(&cache);
 
     let tb = dev.upload(&table, "table");

@@ -86,6 +86,19 @@ impl KvCache {
         }
     }
 
+    /// A handle through which parallel tasks write disjoint rows of the cache (see `KvWriter::write`).
+    pub fn writer(&mut self) -> KvWriter<'_> {
+        let ptr = match &mut self.data {
+            KvData::F32(d) => KvPtr::F32(d.as_mut_ptr()),
+            KvData::Bf16(d) => KvPtr::Bf16(d.as_mut_ptr()),
+        };
+        KvWriter {
+            cache: std::marker::PhantomData,
+            spec: self.spec,
+            ptr,
+        }
+    }
+
     /// Every position of one (layer, k|v, batch row, head).
     #[inline]
     pub fn head(&self, layer: usize, kv: usize, b: usize, h: usize) -> Head<'_> {
@@ -94,6 +107,46 @@ impl KvCache {
         match &self.data {
             KvData::F32(d) => Head::F32(&d[i..i + len]),
             KvData::Bf16(d) => Head::Bf16(&d[i..i + len]),
+        }
+    }
+}
+
+enum KvPtr {
+    F32(*mut f32),
+    Bf16(*mut bf16),
+}
+
+/// Shared write access to a cache for tasks that each own a disjoint set of (layer, k|v, row, head, position) rows.
+pub struct KvWriter<'a> {
+    cache: std::marker::PhantomData<&'a mut KvCache>,
+    spec: KvSpec,
+    ptr: KvPtr,
+}
+
+// SAFETY: `write` is unsafe and requires that no two tasks write the same row; the pointer outlives the writer.
+unsafe impl Send for KvWriter<'_> {}
+unsafe impl Sync for KvWriter<'_> {}
+
+impl KvWriter<'_> {
+    /// `KvCache::write` from a parallel task.
+    ///
+    /// # Safety
+    /// The indices lie inside the cache, and no other task writes or reads that row meanwhile.
+    #[inline]
+    pub unsafe fn write(&self, layer: usize, kv: usize, b: usize, h: usize, p: usize, v: &[f32]) {
+        let s = &self.spec;
+        let i = ((((layer * 2 + kv) * s.batch + b) * s.heads + h) * s.seq + p) * s.head_dim;
+        let hd = s.head_dim;
+        debug_assert!(i + hd <= s.elems() && v.len() == hd);
+        // SAFETY: the caller's guarantees.
+        unsafe {
+            match self.ptr {
+                KvPtr::F32(d) => std::slice::from_raw_parts_mut(d.add(i), hd).copy_from_slice(v),
+                KvPtr::Bf16(d) => std::slice::from_raw_parts_mut(d.add(i), hd)
+                    .iter_mut()
+                    .zip(v)
+                    .for_each(|(o, &x)| *o = bf16::from_f32(x)),
+            }
         }
     }
 }
