@@ -7,7 +7,7 @@
 use llamagen::backend::cpu;
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::{self, SoftmaxRowsParams};
-use llamagen::backend::cuda::launch::LaunchConfig;
+use llamagen::backend::cuda::launch::{DevPtrMut, LaunchConfig};
 use llamagen::backend::cuda::vq_attention::{vq_attention, vq_attention_workspace_len};
 
 mod support;
@@ -30,16 +30,7 @@ fn softmax_rows_match_cpu_formula_on<D: TestDevice>(dev: &D) {
     for (rows, len, grid) in [(3usize, 2100usize, 2u32), (5, 35, 5), (2, 1, 2)] {
         let s: Vec<f32> = (0..rows * len).map(|_| rng.uniform(-20.0, 20.0)).collect();
         let mut want = s.clone();
-        for row in want.chunks_mut(len) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f64;
-            for v in row.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v as f64;
-            }
-            let inv = (1.0 / sum) as f32;
-            row.iter_mut().for_each(|v| *v *= inv);
-        }
+        cpu::vq_attention::softmax_rows(&mut want, len);
         for sched in SCHEDS {
             let d = dev.with_sched(sched);
             let mut sd = d.upload(&s, "s");
@@ -144,82 +135,14 @@ fn vq_attention_rejects_bad_shapes() {
     let mut ws = dev.alloc::<f32>(wsl, "ws");
     let mut short = dev.alloc::<f32>(wsl - 1, "short");
     let (x, wp, bp) = (a.ptr(), w.ptr(), b.ptr());
-    let r = vq_attention(
-        &dev,
-        x,
-        x,
-        wp,
-        bp,
-        wp,
-        bp,
-        wp,
-        bp,
-        wp,
-        bp,
-        out.ptr_mut(),
-        short.ptr_mut(),
-        n,
-        c,
-        hw,
-    );
-    assert!(r.is_err(), "workspace too short");
-    let r = vq_attention(
-        &dev,
-        x,
-        x,
-        wp,
-        bp,
-        wp,
-        bp,
-        wp,
-        bp,
-        wp,
-        bp,
-        out.ptr_mut(),
-        ws.ptr_mut(),
-        n,
-        c + 1,
-        hw,
-    );
-    assert!(r.is_err(), "inputs too short for c + 1");
-    let r = vq_attention(
-        &dev,
-        x,
-        x,
-        wp,
-        bp,
-        wp,
-        bp,
-        wp,
-        bp,
-        wp,
-        bp,
-        out.ptr_mut(),
-        ws.ptr_mut(),
-        0,
-        c,
-        hw,
-    );
-    assert!(r.is_err(), "n = 0");
-    vq_attention(
-        &dev,
-        x,
-        x,
-        wp,
-        bp,
-        wp,
-        bp,
-        wp,
-        bp,
-        wp,
-        bp,
-        out.ptr_mut(),
-        ws.ptr_mut(),
-        n,
-        c,
-        hw,
-    )
-    .unwrap();
+    // The same weights for all four 1×1 convs; only the workspace and the shape vary.
+    let mut run = |ws: DevPtrMut<'_, f32>, n: usize, c: usize| {
+        vq_attention(&dev, x, x, wp, bp, wp, bp, wp, bp, wp, bp, out.ptr_mut(), ws, n, c, hw)
+    };
+    assert!(run(short.ptr_mut(), n, c).is_err(), "workspace too short");
+    assert!(run(ws.ptr_mut(), n, c + 1).is_err(), "inputs too short for c + 1");
+    assert!(run(ws.ptr_mut(), 0, c).is_err(), "n = 0");
+    run(ws.ptr_mut(), n, c).unwrap();
 }
 
 /// The cases above on the GPU (scripts/gpu-check.sh); fails without one.

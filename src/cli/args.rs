@@ -5,6 +5,7 @@ use llamagen::backend::cpu::{CpuBackend, KernelFamily};
 use llamagen::backend::Backend;
 use llamagen::model::vq::VqRunner;
 use llamagen::model::{Dtype, GptConfig, VqConfig};
+use llamagen::sample::sampler::SamplingParams;
 use llamagen::weights::{self, StateDict};
 use std::path::{Path, PathBuf};
 
@@ -248,6 +249,43 @@ pub struct Demo {
     pub class_names: Vec<String>,
     pub cfg_scale: f32,
     pub top_k: i64,
+}
+
+/// The sampling flags shared by `generate` and `serve`, checked, with the official demo sampler's defaults for
+/// the unset ones (cfg scale 4.0, top-k 2000). Returns the cfg scale and the sampling parameters.
+pub fn sampling(cfg_scale: Option<f32>, top_k: Option<i64>, temperature: f32, top_p: f32) -> Result<(f32, SamplingParams)> {
+    let (cfg_scale, top_k) = (cfg_scale.unwrap_or(4.0), top_k.unwrap_or(2000));
+    if top_k < 0 {
+        bail!("--top-k {top_k} must be >= 0 (0 = all tokens)");
+    }
+    if !(cfg_scale >= 0.0) || !cfg_scale.is_finite() {
+        bail!("--cfg-scale {cfg_scale} must be a finite number >= 0");
+    }
+    let p = SamplingParams {
+        temperature,
+        top_k: top_k as usize,
+        top_p,
+    };
+    p.validate()?;
+    Ok((cfg_scale, p))
+}
+
+/// A GPT and a VQ tokenizer belong together: every token the GPT can draw must be a code of the tokenizer.
+pub fn check_pair(gpt: &GptConfig, vq: &VqConfig, a: &VqArgs) -> Result<()> {
+    if gpt.vocab_size > vq.codebook_size {
+        let vq_name = match (&a.vq_config, &a.vq_model, &a.vq) {
+            (Some(p), _, _) | (None, None, Some(p)) => p.display().to_string(),
+            (None, Some(m), _) => m.clone(),
+            _ => "--vq".into(),
+        };
+        bail!(
+            "the GPT's vocab_size {} is larger than the VQ tokenizer's codebook_size {} ({vq_name}): \
+             they must belong together",
+            gpt.vocab_size,
+            vq.codebook_size
+        );
+    }
+    Ok(())
 }
 
 /// With no GPT flag (and no synthetic weights) the bundled demo model runs: its weights fill the model flags, its

@@ -7,7 +7,6 @@ use llamagen::model::gpt::{GptOptions, GptRunner};
 use llamagen::model::{Dtype, ModelType};
 use llamagen::pipeline::outputs::Settings;
 use llamagen::pipeline::{self, GenerateJob, ImagePlan, Shard};
-use llamagen::sample::sampler::SamplingParams;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -112,23 +111,11 @@ fn read_captions(a: &GenerateArgs, t: usize, dim: usize) -> Result<Option<(Vec<f
 
 pub fn run(mut a: GenerateArgs) -> Result<()> {
     let class_names = args::use_demo(&mut a.gpt, &mut a.vq, &mut a.cfg_scale, &mut a.top_k, a.synthetic_weights)?;
-    let (cfg_scale, top_k) = (a.cfg_scale.unwrap_or(4.0), a.top_k.unwrap_or(2000));
+    let (cfg_scale, sampling) = args::sampling(a.cfg_scale, a.top_k, a.temperature, a.top_p)?;
     let shard: Shard = a.shard.parse()?;
-    if top_k < 0 {
-        bail!("--top-k {top_k} must be >= 0 (0 = all tokens)");
-    }
-    if !(cfg_scale >= 0.0) || !cfg_scale.is_finite() {
-        bail!("--cfg-scale {cfg_scale} must be a finite number >= 0");
-    }
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let sampling = SamplingParams {
-        temperature: a.temperature,
-        top_k: top_k as usize,
-        top_p: a.top_p,
-    };
-    sampling.validate()?;
     let dtype: Dtype = a.dtype.into();
     // The VQ config first: its downsampling fixes the token grid of a preset GPT.
     let vq_cfg = if a.no_images {
@@ -139,19 +126,7 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     let downsample = vq_cfg.as_ref().map(|c| c.downsample()).unwrap_or(16);
     let cfg = args::gpt_config(&a.gpt, downsample)?;
     if let Some(v) = &vq_cfg {
-        if cfg.vocab_size > v.codebook_size {
-            let vq_name = match (&a.vq.vq_config, &a.vq.vq_model, &a.vq.vq) {
-                (Some(p), _, _) | (None, None, Some(p)) => p.display().to_string(),
-                (None, Some(m), _) => m.clone(),
-                _ => "--vq".into(),
-            };
-            bail!(
-                "the GPT's vocab_size {} is larger than the VQ tokenizer's codebook_size {} ({vq_name}): \
-                 they must belong together",
-                cfg.vocab_size,
-                v.codebook_size
-            );
-        }
+        args::check_pair(&cfg, v, &a.vq)?;
     }
     let captions = read_captions(&a, cfg.cls_token_num, cfg.caption_dim)?;
     match cfg.model_type {
@@ -222,7 +197,7 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
             cfg_scale,
             cfg_interval: a.cfg_interval,
             temperature: a.temperature,
-            top_k: top_k as usize,
+            top_k: sampling.top_k,
             top_p: a.top_p,
             dtype: format!("{dtype:?}").to_lowercase(),
             image_size: vq_cfg.as_ref().map(|_| cfg.grid() * downsample),

@@ -68,34 +68,16 @@ pub fn run(mut a: ServeArgs) -> Result<()> {
     if !(0..=1 << 20).contains(&a.max_queue) {
         bail!("--max-queue {} must be in 0..=1048576", a.max_queue);
     }
-    let (cfg_scale, top_k) = (a.cfg_scale.unwrap_or(4.0), a.top_k.unwrap_or(2000));
-    if !(cfg_scale.is_finite() && cfg_scale >= 0.0) {
-        bail!("--cfg-scale {cfg_scale} must be a finite number >= 0");
-    }
-    if top_k < 0 {
-        bail!("--top-k {top_k} must be >= 0 (0 = all tokens)");
-    }
+    let (cfg_scale, sampling) = args::sampling(a.cfg_scale, a.top_k, a.temperature, a.top_p)?;
     if a.cfg_interval < -1 {
         bail!("--cfg-interval {} must be >= -1", a.cfg_interval);
     }
-    llamagen::sample::sampler::SamplingParams {
-        temperature: a.temperature,
-        top_k: top_k as usize,
-        top_p: a.top_p,
-    }
-    .validate()?;
     let dtype: Dtype = a.dtype.into();
     let device = a.device.resolve();
     let vq_cfg = args::vq_config(&a.vq)?;
     let downsample = vq_cfg.downsample();
     let cfg = args::gpt_config(&a.gpt, downsample)?;
-    if cfg.vocab_size > vq_cfg.codebook_size {
-        bail!(
-            "the GPT's vocab_size {} is larger than the VQ codebook ({}): they must belong together",
-            cfg.vocab_size,
-            vq_cfg.codebook_size
-        );
-    }
+    args::check_pair(&cfg, &vq_cfg, &a.vq)?;
     let max_batch = a.max_batch as usize;
     let vq = if a.synthetic_weights {
         VqRunner::synthetic(vq_cfg.clone(), false, args::backend(device, Dtype::F32)?)?
@@ -132,9 +114,9 @@ pub fn run(mut a: ServeArgs) -> Result<()> {
         defaults: Defaults {
             cfg_scale,
             cfg_interval: a.cfg_interval,
-            top_k: top_k as usize,
-            top_p: a.top_p,
-            temperature: a.temperature,
+            top_k: sampling.top_k,
+            top_p: sampling.top_p,
+            temperature: sampling.temperature,
         },
         device: args::device_label(device)?,
         dtype: format!("{dtype:?}").to_lowercase(),

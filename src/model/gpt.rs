@@ -179,6 +179,12 @@ pub fn kv_spec(cfg: &GptConfig, rows: usize, dtype: Dtype) -> KvSpec {
     }
 }
 
+/// Whether guidance applies to image token `token` (≥ 1: drawn after decode iteration `token − 1`): iterations
+/// i > `cfg_interval` run unguided, −1 keeps guidance on throughout (the official `cfg_interval`).
+pub fn guided_at(cfg_interval: i64, token: u32) -> bool {
+    !(cfg_interval > -1 && token as i64 - 1 > cfg_interval)
+}
+
 #[derive(Clone, Debug)]
 pub struct GptOptions {
     pub dtype: Dtype,
@@ -390,7 +396,7 @@ impl GptRunner {
         for i in 0..n.saturating_sub(1) {
             step.pos = t + i;
             step.step = i as u32 + 1;
-            step.cfg_active = !(self.opts.cfg_interval > -1 && i as i64 > self.opts.cfg_interval);
+            step.cfg_active = guided_at(self.opts.cfg_interval, step.step);
             self.session.run(decode, &step)?;
             let toks = self.session.read_i32(decode, "tokens")?;
             out.iter_mut().zip(&toks).for_each(|(o, &tk)| o.push(tk as u32));

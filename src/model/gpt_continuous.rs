@@ -148,15 +148,14 @@ impl ContinuousGpt {
                             mask.len()
                         )));
                     }
+                    let start = x.len();
                     x.extend_from_slice(e);
+                    // The caption features only: the unconditional embedding is already stored at the model's dtype.
+                    if embs.is_some() {
+                        round_vec(&mut x[start..], self.dtype);
+                    }
                     m.extend_from_slice(mask);
                     self.masks[r.slot] = mask.clone();
-                }
-                // The caption features only: the unconditional embedding is already stored at the model's dtype.
-                for (r, chunk) in rows.iter().zip(x.chunks_mut(t * cd)) {
-                    if matches!(r.cond, RowCondition::Caption { embs: Some(_), .. }) {
-                        round_vec(chunk, self.dtype);
-                    }
                 }
                 self.session.write_f32(prefill, "caption", &x)?;
                 self.session.write_f32(prefill, "cond_mask", &m)?;

@@ -59,6 +59,32 @@ pub struct Node {
     pub output: TensorId,
 }
 
+impl Node {
+    /// The optional inputs of a `rope` / `attention` node, by the convention of `Op::Rope` and `Op::Attention`:
+    /// (condition mask, row table). (None, None) for every other op; an error for a per-row node without its table.
+    pub fn kv_inputs(&self) -> crate::Result<(Option<TensorId>, Option<TensorId>)> {
+        let (per_row, mask) = match self.op {
+            Op::Rope { per_row, .. } => (per_row, None),
+            Op::Attention { per_row, .. } => {
+                let masked = self.inputs.len() == 2 + usize::from(per_row);
+                (per_row, masked.then(|| self.inputs[1]))
+            }
+            _ => return Ok((None, None)),
+        };
+        let rows = match (per_row, self.inputs.len()) {
+            (false, _) => None,
+            (true, n) if n >= 2 => Some(self.inputs[n - 1]),
+            (true, _) => {
+                return Err(crate::Error::Invalid(format!(
+                    "a per-row {} node has no row table input",
+                    self.op.name()
+                )))
+            }
+        };
+        Ok((mask, rows))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Graph {
     pub phase: Phase,

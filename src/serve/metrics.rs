@@ -7,8 +7,18 @@ use std::sync::Mutex;
 /// of a large model on a CPU).
 const STEP_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, f64::INFINITY];
 
-/// The parts of a scheduler step.
-pub const STAGES: [&str; 5] = ["prefill", "decode", "sample", "vq_decode", "png"];
+/// The parts of a scheduler step, timed separately.
+#[derive(Clone, Copy, Debug)]
+pub enum Stage {
+    Prefill,
+    Decode,
+    Sample,
+    VqDecode,
+    Png,
+}
+
+/// Their names in the exposition, in `Stage` order.
+const STAGES: [&str; 5] = ["prefill", "decode", "sample", "vq_decode", "png"];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -59,9 +69,8 @@ impl Metrics {
         }
     }
 
-    /// Adds `seconds` to stage `STAGES[stage]`.
-    pub fn add_stage(&self, stage: usize, seconds: f64) {
-        self.stages.lock().unwrap_or_else(|e| e.into_inner())[stage] += seconds;
+    pub fn add_stage(&self, stage: Stage, seconds: f64) {
+        self.stages.lock().unwrap_or_else(|e| e.into_inner())[stage as usize] += seconds;
     }
 
     pub fn observe_step(&self, seconds: f64) {

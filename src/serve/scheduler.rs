@@ -6,8 +6,9 @@
 //!
 //! Sampling is per image with its request's settings, from the image's own RNG stream (seed, index, step), through
 //! `sampler::draw`, the function the batch CLI's sampling op calls: so a served image is the CLI's image.
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Stage};
 use crate::io::png;
+use crate::model::gpt::guided_at;
 use crate::model::gpt_continuous::{ContinuousGpt, NewRow, RowCondition, StepRow};
 use crate::model::vq::VqRunner;
 use crate::sample::sampler::{self, SamplerScratch, SamplingParams};
@@ -24,6 +25,17 @@ pub struct Settings {
     pub cfg_interval: i64,
     pub sampling: SamplingParams,
     pub seed: u64,
+}
+
+impl Settings {
+    /// KV rows per image: two (conditional and unconditional) when guidance is on (scale > 1 strictly).
+    fn rows_per_image(&self) -> usize {
+        if self.cfg_scale > 1.0 {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 /// One image of a request: its index (the RNG stream with the seed) and its condition.
@@ -129,6 +141,12 @@ struct Running {
     tokens: Vec<u32>,
 }
 
+impl Running {
+    fn kv_slots(&self) -> impl Iterator<Item = usize> {
+        std::iter::once(self.slots.0).chain(self.slots.1)
+    }
+}
+
 /// A finished image waits at most this many steps for others to share its VQ decode.
 const VQ_MAX_WAIT_STEPS: u64 = 16;
 
@@ -177,12 +195,12 @@ impl Scheduler {
             }
             self.drop_abandoned();
             let t = Instant::now();
-            let tokens = self.running.len();
+            let was_running = self.running.len();
             if let Err(e) = self.step() {
                 self.fail_all(&format!("generation failed: {e}"));
                 continue;
             }
-            if tokens + self.running.len() > 0 {
+            if was_running + self.running.len() > 0 {
                 self.metrics.observe_step(t.elapsed().as_secs_f64());
             }
         }
@@ -194,21 +212,18 @@ impl Scheduler {
         let queue = Arc::clone(&self.queue);
         let mut s = queue.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let busy = !self.running.is_empty()
-                || !self.finished.is_empty()
-                || self.active.iter().flatten().any(|a| !a.pending.is_empty());
             // Take new jobs only while the batch could admit them (after the images of started jobs that still
             // wait): the queue bound then holds for real.
             let waiting_rows: usize = self
                 .active
                 .iter()
                 .flatten()
-                .map(|a| a.pending.len() * self.rows_per_image(&a.settings))
+                .map(|a| a.pending.len() * a.settings.rows_per_image())
                 .sum();
             let mut room = self.free.len().saturating_sub(waiting_rows);
             while room > 0 {
                 let Some(job) = s.jobs.pop_front() else { break };
-                room = room.saturating_sub(job.images.len() * self.rows_per_image(&job.settings));
+                room = room.saturating_sub(job.images.len() * job.settings.rows_per_image());
                 self.active.push(Some(Active {
                     results: vec![None; job.images.len()],
                     pending: job.images.into_iter().enumerate().collect(),
@@ -217,7 +232,9 @@ impl Scheduler {
                 }));
             }
             self.metrics.set_queue(s.jobs.len());
-            let has_work = busy || self.active.iter().flatten().any(|a| !a.pending.is_empty());
+            let has_work = !self.running.is_empty()
+                || !self.finished.is_empty()
+                || self.active.iter().flatten().any(|a| !a.pending.is_empty());
             if has_work {
                 return true;
             }
@@ -226,14 +243,6 @@ impl Scheduler {
             }
             self.metrics.set_running(0);
             s = queue.wake.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn rows_per_image(&self, s: &Settings) -> usize {
-        if s.cfg_scale > 1.0 {
-            2
-        } else {
-            1
         }
     }
 
@@ -251,19 +260,13 @@ impl Scheduler {
     /// Frees the slots of every running image of job `j` and forgets it, answering `reply` if given.
     fn finish_job(&mut self, j: usize, reply: Option<Reply>) {
         self.finished.retain(|(r, _)| r.job != j);
-        let mut freed = Vec::new();
+        let free = &mut self.free;
         self.running.retain(|r| {
             if r.job == j {
-                freed.push(r.slots);
-                false
-            } else {
-                true
+                free.extend(r.kv_slots());
             }
+            r.job != j
         });
-        for (c, u) in freed {
-            self.free.push(c);
-            self.free.extend(u);
-        }
         if let Some(mut a) = self.active[j].take() {
             if let (Some(tx), Some(r)) = (a.reply.take(), reply) {
                 let _ = tx.send(r);
@@ -291,7 +294,7 @@ impl Scheduler {
         let mut admitted = Vec::new();
         'admit: for j in 0..self.active.len() {
             let Some(a) = self.active[j].as_mut() else { continue };
-            let rows = if a.settings.cfg_scale > 1.0 { 2 } else { 1 };
+            let rows = a.settings.rows_per_image();
             while let Some((k, img)) = a.pending.front() {
                 if self.free.len() < rows {
                     break 'admit;
@@ -325,7 +328,7 @@ impl Scheduler {
         if !new_rows.is_empty() {
             let t = Instant::now();
             let logits = self.gpt.prefill(&new_rows)?;
-            self.metrics.add_stage(0, t.elapsed().as_secs_f64());
+            self.metrics.add_stage(Stage::Prefill, t.elapsed().as_secs_f64());
             let mut r = 0;
             for img in &mut admitted {
                 let guided = img.slots.1.map(|_| r + 1);
@@ -361,19 +364,19 @@ impl Scheduler {
             let t = Instant::now();
             let logits = self.gpt.decode(&rows)?;
             let t1 = Instant::now();
-            self.metrics.add_stage(1, (t1 - t).as_secs_f64());
+            self.metrics.add_stage(Stage::Decode, (t1 - t).as_secs_f64());
             for (i, c) in who {
                 let (job, index, step, guided) = {
                     let img = &self.running[i];
                     (img.job, img.index, img.tokens.len() as u32, img.slots.1.map(|_| c + 1))
                 };
                 let s = &self.active[job].as_ref().expect("running job is active").settings;
-                let interval_off = s.cfg_interval > -1 && (step as i64 - 1) > s.cfg_interval;
-                let tok = self.draw(&logits, c, guided.filter(|_| !interval_off), job, index, step);
+                let on = guided_at(s.cfg_interval, step);
+                let tok = self.draw(&logits, c, guided.filter(|_| on), job, index, step);
                 self.running[i].tokens.push(tok);
             }
             self.metrics.add_tokens(self.running.len() as u64);
-            self.metrics.add_stage(2, t1.elapsed().as_secs_f64());
+            self.metrics.add_stage(Stage::Sample, t1.elapsed().as_secs_f64());
         }
         self.retire()
     }
@@ -404,8 +407,7 @@ impl Scheduler {
         while i < self.running.len() {
             if self.running[i].tokens.len() >= n {
                 let r = self.running.swap_remove(i);
-                self.free.push(r.slots.0);
-                self.free.extend(r.slots.1);
+                self.free.extend(r.kv_slots());
                 self.finished.push((r, self.steps));
             } else {
                 i += 1;
@@ -427,7 +429,7 @@ impl Scheduler {
         let img = self.vq.decode(&flat, done.len(), g, g)?;
         let px = png::to_u8_hwc(&img, done.len(), side, side);
         let t1 = Instant::now();
-        self.metrics.add_stage(3, (t1 - t).as_secs_f64());
+        self.metrics.add_stage(Stage::VqDecode, (t1 - t).as_secs_f64());
         let sz = side * side * 3;
         for (m, r) in done.into_iter().enumerate() {
             let png = png::encode_png_rgb(&px[m * sz..(m + 1) * sz], side, side).map_err(crate::Error::Invalid)?;
@@ -449,7 +451,7 @@ impl Scheduler {
                 self.finish_job(r.job, Some(Ok(images)));
             }
         }
-        self.metrics.add_stage(4, t1.elapsed().as_secs_f64());
+        self.metrics.add_stage(Stage::Png, t1.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -51,11 +51,10 @@ impl Views<'_> {
 }
 
 /// The KV placement of a rope / attention node: its row table, or every row at the step's position.
-fn placement<'a>(per_row: bool, table: Option<&'a [i32]>, step: &StepParams) -> Result<Placement<'a>> {
-    match (per_row, table) {
-        (true, Some(t)) => Ok(Placement::PerRow(t)),
-        (true, None) => Err(Error::Invalid("a per-row rope / attention node has no row table input".into())),
-        (false, _) => Ok(Placement::Uniform { pos: step.pos }),
+fn placement<'a>(table: Option<&'a [i32]>, step: &StepParams) -> Placement<'a> {
+    match table {
+        Some(t) => Placement::PerRow(t),
+        None => Placement::Uniform { pos: step.pos },
     }
 }
 
@@ -123,11 +122,12 @@ impl CpuBackend {
                     v.f32_mut(out),
                 );
             }
-            Op::Rope { layer, table, per_row } => {
+            Op::Rope { layer, table, .. } => {
                 let s = g.shape(ins[0]);
                 let (b, l) = (s[0], s[1]);
                 let tab = weight_f32(&self.weights[table.0 as usize], "rope table")?;
-                let place = placement(*per_row, ins.get(1).map(|&t| v.i32(t)), step)?;
+                let (_, rows) = node.kv_inputs()?;
+                let place = placement(rows.map(|t| v.i32(t)), step);
                 let kv = self
                     .kv
                     .as_mut()
@@ -136,16 +136,16 @@ impl CpuBackend {
                 place.check(b, l, kv.spec.batch, kv.spec.seq.min(tab.len() / hd.max(1)))?;
                 rope::rope(v.f32(ins[0]), b, l, h, hd, place, tab, kv, *layer, round, self.kernels, v.f32_mut(out));
             }
-            Op::Attention { layer, per_row } => {
+            Op::Attention { layer, .. } => {
                 let s = g.shape(ins[0]);
                 let (b, l) = (s[0], s[1]);
                 let kv = self
                     .kv
                     .as_ref()
                     .ok_or_else(|| Error::Invalid("attention: no KV cache allocated".into()))?;
-                let place = placement(*per_row, per_row.then(|| v.i32(ins[ins.len() - 1])), step)?;
-                let masked = ins.len() == 2 + usize::from(*per_row);
-                let mask = masked.then(|| (v.f32(ins[1]), g.shape(ins[1])[1]));
+                let (mask, rows) = node.kv_inputs()?;
+                let place = placement(rows.map(|t| v.i32(t)), step);
+                let mask = mask.map(|m| (v.f32(m), g.shape(m)[1]));
                 let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
                 place.check(b, l, kv.spec.batch, kv.spec.seq)?;
                 attention::attention(

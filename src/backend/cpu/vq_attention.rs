@@ -38,8 +38,8 @@ fn pointwise(dst: &mut [f32], init: Option<&[f32]>, w: &[f32], bias: &[f32], src
     );
 }
 
-/// In-place softmax of each row, max-subtracted as torch does.
-fn softmax_rows(s: &mut [f32], len: usize) {
+/// In-place softmax of each row, max-subtracted as torch does (the reference of `vq_attention_softmax_f32`).
+pub fn softmax_rows(s: &mut [f32], len: usize) {
     s.par_chunks_mut(len).for_each(|row| {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f64;

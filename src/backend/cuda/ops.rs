@@ -173,15 +173,15 @@ impl<D: Device> CudaBackend<D> {
                     let (x, y) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     gemm::gemm::<T, D>(&self.dev, x, self.wptr(*w, "matmul")?, residual, y, m, n, k)
                 }
-                Op::Rope { layer, table, per_row } => {
+                Op::Rope { layer, table, .. } => {
                     let s = g.shape(ins[0]);
                     let (b, l) = (s[0], s[1]);
                     let (cache, spec) = self.kv_ptr::<T>("rope")?;
                     let (qkv, q) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     let tab = self.wptr::<f32>(*table, "rope table")?;
-                    let rows = match per_row {
-                        true => Some(self.t::<i32>(g, plan, ins[1])?),
-                        false => None,
+                    let rows = match node.kv_inputs()?.1 {
+                        Some(t) => Some(self.t::<i32>(g, plan, t)?),
+                        None => None,
                     };
                     rope::rope::<T, D>(
                         &self.dev,
@@ -198,7 +198,7 @@ impl<D: Device> CudaBackend<D> {
                         None,
                     )
                 }
-                Op::Attention { layer, per_row } => {
+                Op::Attention { layer, .. } => {
                     let s = g.shape(ins[0]);
                     let (b, l) = (s[0], s[1]);
                     let spec = self.kv_ptr::<T>("attention")?.1;
@@ -206,13 +206,14 @@ impl<D: Device> CudaBackend<D> {
                     let (wa, wn) = self.workspace::<f32>("attention", attention_workspace_len(&spec, b, l, opts))?;
                     let (kv, _) = self.kv_ptr::<T>("attention")?;
                     let kv = DevPtr::from_raw(kv.addr(), kv.len());
-                    let mask = match ins.len() == 2 + usize::from(*per_row) {
-                        true => Some((self.t(g, plan, ins[1])?, g.shape(ins[1])[1])),
-                        false => None,
+                    let (mask, rows) = node.kv_inputs()?;
+                    let mask = match mask {
+                        Some(m) => Some((self.t(g, plan, m)?, g.shape(m)[1])),
+                        None => None,
                     };
-                    let rows = match per_row {
-                        true => Some(self.t::<i32>(g, plan, ins[ins.len() - 1])?),
-                        false => None,
+                    let rows = match rows {
+                        Some(t) => Some(self.t::<i32>(g, plan, t)?),
+                        None => None,
                     };
                     let (q, o) = (self.t(g, plan, ins[0])?, self.t_mut(g, plan, out)?);
                     let ws = DevPtrMut::from_raw(wa, wn);
