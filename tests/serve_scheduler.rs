@@ -134,6 +134,7 @@ fn check(
     worker.join().unwrap();
     let total: usize = cases.iter().map(|c| c.conds.len()).sum();
     assert_eq!(metrics.images(), total as u64);
+    assert_eq!(metrics.tokens(), (total * cfg.block_size) as u64, "{what}: every sampled token counted once");
 }
 
 fn demo_vq() -> VqConfig {

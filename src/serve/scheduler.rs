@@ -336,6 +336,7 @@ impl Scheduler {
                 img.tokens.push(tok);
                 r += 1 + usize::from(guided.is_some());
             }
+            self.metrics.add_tokens(admitted.len() as u64);
             self.running.append(&mut admitted);
         }
         let n = self.gpt.cfg.block_size;
@@ -365,6 +366,7 @@ impl Scheduler {
             let logits = self.gpt.decode(&rows)?;
             let t1 = Instant::now();
             self.metrics.add_stage(Stage::Decode, (t1 - t).as_secs_f64());
+            self.metrics.add_tokens(who.len() as u64);
             for (i, c) in who {
                 let (job, index, step, guided) = {
                     let img = &self.running[i];
@@ -375,7 +377,6 @@ impl Scheduler {
                 let tok = self.draw(&logits, c, guided.filter(|_| on), job, index, step);
                 self.running[i].tokens.push(tok);
             }
-            self.metrics.add_tokens(self.running.len() as u64);
             self.metrics.add_stage(Stage::Sample, t1.elapsed().as_secs_f64());
         }
         self.retire()
