@@ -16,7 +16,7 @@ use llamagen::backend::cuda::attention::{
 use llamagen::backend::cuda::emu::{EmuDevice, Sched};
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::{DevPtr, Elem};
-use llamagen::backend::{KvSpec, Placement, Dtype};
+use llamagen::backend::{Dtype, KvSpec, Placement};
 
 mod support;
 use support::devices::*;
@@ -104,7 +104,10 @@ impl Case {
     fn written(&self, b: usize) -> usize {
         match &self.rows {
             None => self.pos + self.len,
-            Some(t) => t.chunks(2).find(|r| r[0] as usize == b).map_or(0, |r| r[1] as usize + self.len),
+            Some(t) => t
+                .chunks(2)
+                .find(|r| r[0] as usize == b)
+                .map_or(0, |r| r[1] as usize + self.len),
         }
     }
     fn spec(&self, storage: Dtype) -> KvSpec {

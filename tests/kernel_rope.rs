@@ -10,7 +10,7 @@ use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::DevPtr;
 use llamagen::backend::cuda::rope;
-use llamagen::backend::{KvSpec, Placement, Dtype};
+use llamagen::backend::{Dtype, KvSpec, Placement};
 
 mod support;
 use support::devices::*;
@@ -108,8 +108,14 @@ fn run_case<D: TestDevice>(
     for family in KernelFamily::all_supported() {
         let (q, other) = cpu(family);
         let same = q.iter().zip(&want_q).all(|(a, b)| a.to_bits() == b.to_bits())
-            && cache_f32(&other).iter().zip(cache_f32(&cache)).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "CPU family {family}: rope differs from the portable family's bits");
+            && cache_f32(&other)
+                .iter()
+                .zip(cache_f32(&cache))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "CPU family {family}: rope differs from the portable family's bits"
+        );
     }
     let want_cache = cache_f32(&cache);
 
@@ -281,10 +287,7 @@ fn rope_per_row_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(13);
     let (cls, grid) = (7usize, 3usize);
     let seq = (cls + grid * grid) as i32;
-    let cases: [(usize, Vec<i32>); 2] = [
-        (1, vec![4, seq - 1, 0, cls as i32, 2, 11]),
-        (cls, vec![3, 0, 1, 0]),
-    ];
+    let cases: [(usize, Vec<i32>); 2] = [(1, vec![4, seq - 1, 0, cls as i32, 2, 11]), (cls, vec![3, 0, 1, 0])];
     for (k, s) in SCHEDS.into_iter().enumerate() {
         for (len, rows) in &cases {
             let c = Case {

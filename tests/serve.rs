@@ -115,14 +115,41 @@ fn served_images_equal_the_cli_while_sharing_the_batch() {
     // 3 images in the batch: the requests below (11 images) queue, join mid-run and share steps.
     let s = Server::start(&["--max-batch", "3"]);
     let reqs = [
-        (json!({"class": 7, "n": 4, "seed": 3}), vec!["--class", "7", "--num-images", "4", "--seed", "3"]),
+        (
+            json!({"class": 7, "n": 4, "seed": 3}),
+            vec!["--class", "7", "--num-images", "4", "--seed", "3"],
+        ),
         (
             json!({"class_name": "Bag", "n": 3, "seed": 9, "first_index": 2, "cfg_scale": 1.0, "top_k": 50}),
-            vec!["--class", "8", "--num-images", "5", "--seed", "9", "--cfg-scale", "1.0", "--top-k", "50"],
+            vec![
+                "--class",
+                "8",
+                "--num-images",
+                "5",
+                "--seed",
+                "9",
+                "--cfg-scale",
+                "1.0",
+                "--top-k",
+                "50",
+            ],
         ),
         (
             json!({"class": 0, "n": 4, "seed": 1, "cfg_scale": 3.5, "top_p": 0.8, "temperature": 0.7}),
-            vec!["--class", "0", "--num-images", "4", "--seed", "1", "--cfg-scale", "3.5", "--top-p", "0.8", "--temperature", "0.7"],
+            vec![
+                "--class",
+                "0",
+                "--num-images",
+                "4",
+                "--seed",
+                "1",
+                "--cfg-scale",
+                "3.5",
+                "--top-p",
+                "0.8",
+                "--temperature",
+                "0.7",
+            ],
         ),
     ];
     let served: Vec<Value> = std::thread::scope(|sc| {
@@ -149,7 +176,10 @@ fn served_images_equal_the_cli_while_sharing_the_batch() {
         assert_eq!(got.len() as u64, body["n"].as_u64().unwrap());
         for (index, png) in got {
             let want = std::fs::read(dir.join(format!("{index:06}.png"))).unwrap();
-            assert!(png == want, "request {k} ({body}): image {index} differs from the CLI's");
+            assert!(
+                png == want,
+                "request {k} ({body}): image {index} differs from the CLI's"
+            );
         }
         assert!(v["created"].as_u64().unwrap() > 1_700_000_000);
     }
@@ -189,10 +219,16 @@ fn bad_requests_get_4xx_naming_the_culprit() {
     c.read_exact(&mut head).expect("an answer before the body");
     assert_eq!(&head, b"HTTP/1.1 413", "a body over the limit");
     assert_eq!(s.get("/v1/nothing").0, 404);
-    assert_eq!(ureq::get(&format!("{}/v1/images/generations", s.url)).call().err().map(|e| match e {
-        ureq::Error::Status(c, _) => c,
-        _ => 0,
-    }), Some(405));
+    assert_eq!(
+        ureq::get(&format!("{}/v1/images/generations", s.url))
+            .call()
+            .err()
+            .map(|e| match e {
+                ureq::Error::Status(c, _) => c,
+                _ => 0,
+            }),
+        Some(405)
+    );
     // Still serving.
     let (status, v, _) = s.post("{\"class\": 2}");
     assert_eq!(status, 200, "{v}");
@@ -212,7 +248,9 @@ fn a_full_queue_answers_503_with_retry_after() {
         let long = sc.spawn(|| s.post("{\"class\": 1, \"n\": 12}"));
         s.wait_for("the long request to run", |s| s.metric("llamagen_running_rows") > 0.0);
         let waiting = sc.spawn(|| s.post("{\"class\": 2, \"n\": 2}"));
-        s.wait_for("the second request to queue", |s| s.metric("llamagen_queue_requests") == 1.0);
+        s.wait_for("the second request to queue", |s| {
+            s.metric("llamagen_queue_requests") == 1.0
+        });
         let (status, v, retry) = s.post("{\"class\": 1, \"n\": 3}");
         assert_eq!(status, 503, "{v}");
         assert_eq!(retry.as_deref(), Some("1"));

@@ -37,7 +37,13 @@ fn settings(cfg_scale: f32, cfg_interval: i64, top_k: usize, top_p: f32, tempera
 }
 
 /// The reference: each request alone through the batch runner.
-fn reference(cfg: &GptConfig, sd: &dyn Fn() -> StateDict, dtype: Dtype, case: &Case, make: MakeBackend) -> Vec<Vec<u32>> {
+fn reference(
+    cfg: &GptConfig,
+    sd: &dyn Fn() -> StateDict,
+    dtype: Dtype,
+    case: &Case,
+    make: MakeBackend,
+) -> Vec<Vec<u32>> {
     let s = &case.settings;
     let n = case.conds.len();
     let opts = GptOptions {
@@ -61,7 +67,9 @@ fn reference(cfg: &GptConfig, sd: &dyn Fn() -> StateDict, dtype: Dtype, case: &C
         RowCondition::Caption { .. } => {
             let (mut embs, mut mask) = (Vec::new(), Vec::new());
             for c in &case.conds {
-                let RowCondition::Caption { embs: Some(e), mask: m } = c else { unreachable!() };
+                let RowCondition::Caption { embs: Some(e), mask: m } = c else {
+                    unreachable!()
+                };
                 embs.extend_from_slice(e);
                 mask.extend_from_slice(m);
             }
@@ -126,15 +134,25 @@ fn check(
         assert_eq!(got.len(), want.len(), "{what} request {k}");
         for (j, (g, w)) in got.iter().zip(want).enumerate() {
             assert_eq!(g.index, cases[k].first + j as u64);
-            assert_eq!(&g.tokens, w, "{what}: request {k} image {j} differs from the batch runner's");
-            assert!(g.png.starts_with(b"\x89PNG"), "{what}: request {k} image {j} is not a PNG");
+            assert_eq!(
+                &g.tokens, w,
+                "{what}: request {k} image {j} differs from the batch runner's"
+            );
+            assert!(
+                g.png.starts_with(b"\x89PNG"),
+                "{what}: request {k} image {j} is not a PNG"
+            );
         }
     }
     queue.close();
     worker.join().unwrap();
     let total: usize = cases.iter().map(|c| c.conds.len()).sum();
     assert_eq!(metrics.images(), total as u64);
-    assert_eq!(metrics.tokens(), (total * cfg.block_size) as u64, "{what}: every sampled token counted once");
+    assert_eq!(
+        metrics.tokens(),
+        (total * cfg.block_size) as u64,
+        "{what}: every sampled token counted once"
+    );
 }
 
 fn demo_vq() -> VqConfig {
@@ -146,10 +164,26 @@ fn class_cases() -> Vec<Case> {
     // Small requests first, so the later ones join while earlier ones decode (FIFO admission would otherwise keep
     // a large first request's images in lockstep with everything queued behind it).
     vec![
-        Case { settings: settings(1.5, -1, 1, 1.0, 0.0, 5), first: 0, conds: classes(&[4]) },
-        Case { settings: settings(1.0, -1, 0, 1.0, 0.9, 11), first: 4, conds: classes(&[7, 7]) },
-        Case { settings: settings(3.0, 10, 20, 0.9, 1.0, 2), first: 1, conds: classes(&[1, 5, 9]) },
-        Case { settings: settings(2.0, -1, 0, 1.0, 1.0, 11), first: 0, conds: classes(&[3, 3, 3, 8, 0]) },
+        Case {
+            settings: settings(1.5, -1, 1, 1.0, 0.0, 5),
+            first: 0,
+            conds: classes(&[4]),
+        },
+        Case {
+            settings: settings(1.0, -1, 0, 1.0, 0.9, 11),
+            first: 4,
+            conds: classes(&[7, 7]),
+        },
+        Case {
+            settings: settings(3.0, 10, 20, 0.9, 1.0, 2),
+            first: 1,
+            conds: classes(&[1, 5, 9]),
+        },
+        Case {
+            settings: settings(2.0, -1, 0, 1.0, 1.0, 11),
+            first: 0,
+            conds: classes(&[3, 3, 3, 8, 0]),
+        },
     ]
 }
 
@@ -169,13 +203,24 @@ fn demo_bf16(make: MakeBackend) {
 
 fn tiny_c2i(make: MakeBackend) {
     let cfg = golden::config("gpt_tiny_c2i");
-    check("tiny c2i", &cfg, &|| golden::tiny_weights("gpt_tiny_c2i"), demo_vq(), Dtype::F32, 6, &class_cases(), make);
+    check(
+        "tiny c2i",
+        &cfg,
+        &|| golden::tiny_weights("gpt_tiny_c2i"),
+        demo_vq(),
+        Dtype::F32,
+        6,
+        &class_cases(),
+        make,
+    );
 }
 
 fn tiny_t2i(make: MakeBackend) {
     let case = "gpt_tiny_t2i";
     let cfg = golden::config(case);
-    let Condition::Captions { embs, mask } = golden::condition(case, &cfg) else { unreachable!() };
+    let Condition::Captions { embs, mask } = golden::condition(case, &cfg) else {
+        unreachable!()
+    };
     let (t, cd) = (cfg.cls_token_num, cfg.caption_dim);
     let b = mask.len() / t;
     let cap = |i: usize| RowCondition::Caption {
@@ -183,11 +228,32 @@ fn tiny_t2i(make: MakeBackend) {
         mask: mask[i * t..(i + 1) * t].to_vec(),
     };
     let cases = vec![
-        Case { settings: settings(4.0, -1, 0, 1.0, 1.0, 3), first: 0, conds: (0..b).map(cap).collect() },
-        Case { settings: settings(1.0, -1, 5, 1.0, 1.0, 3), first: 2, conds: vec![cap(b - 1)] },
-        Case { settings: settings(7.5, 4, 0, 0.8, 1.0, 9), first: 0, conds: vec![cap(0), cap(b - 1)] },
+        Case {
+            settings: settings(4.0, -1, 0, 1.0, 1.0, 3),
+            first: 0,
+            conds: (0..b).map(cap).collect(),
+        },
+        Case {
+            settings: settings(1.0, -1, 5, 1.0, 1.0, 3),
+            first: 2,
+            conds: vec![cap(b - 1)],
+        },
+        Case {
+            settings: settings(7.5, 4, 0, 0.8, 1.0, 9),
+            first: 0,
+            conds: vec![cap(0), cap(b - 1)],
+        },
     ];
-    check("tiny t2i", &cfg, &|| golden::tiny_weights(case), demo_vq(), Dtype::F32, 5, &cases, make);
+    check(
+        "tiny t2i",
+        &cfg,
+        &|| golden::tiny_weights(case),
+        demo_vq(),
+        Dtype::F32,
+        5,
+        &cases,
+        make,
+    );
 }
 
 cpu_family_tests!(demo_f32, demo_bf16, tiny_c2i, tiny_t2i);

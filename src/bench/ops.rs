@@ -3,9 +3,9 @@
 //! model step pays for that node. Used by `benches/ops.rs` (criterion) and `llamagen bench --ops`.
 use super::cost::{graph_cost, Cost, Widths};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, KvSpec, Layout, Dtype, Weight};
+use crate::backend::{Backend, Dtype, KvSpec, Layout, Weight};
 use crate::model::rope_table::rope_table;
-use crate::runtime::{Scalar, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
+use crate::runtime::{Graph, GraphId, Op, Phase, Scalar, Session, StepParams, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::synth::value_f32;
 use crate::Result;
@@ -271,7 +271,16 @@ fn rope(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
     let qkv = o.f32_in("qkv", &[rows, 1, 3 * D]);
-    o.node(Op::Rope { layer: 0, table, per_row: false }, &[qkv], &[rows, 1, D], Scalar::F32)
+    o.node(
+        Op::Rope {
+            layer: 0,
+            table,
+            per_row: false,
+        },
+        &[qkv],
+        &[rows, 1, D],
+        Scalar::F32,
+    )
 }
 
 fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
@@ -279,7 +288,15 @@ fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
     let q = o.f32_in("q", &[rows, 1, D]);
-    o.node(Op::Attention { layer: 0, per_row: false }, &[q], &[rows, 1, D], Scalar::F32)
+    o.node(
+        Op::Attention {
+            layer: 0,
+            per_row: false,
+        },
+        &[q],
+        &[rows, 1, D],
+        Scalar::F32,
+    )
 }
 
 fn swiglu(rows: usize) -> Result<OpSpec> {
@@ -324,7 +341,12 @@ fn codebook(n: usize, grid: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Dtype::F32);
     let cb = o.small("quantize.embedding.weight", &[V, 8]);
     let codes = o.i32_in("codes", &[n * grid * grid], V as i32);
-    o.node(Op::Codebook { codebook: cb }, &[codes], &[n, 8, grid, grid], Scalar::F32)
+    o.node(
+        Op::Codebook { codebook: cb },
+        &[codes],
+        &[n, 8, grid, grid],
+        Scalar::F32,
+    )
 }
 
 fn quantize(n: usize, grid: usize) -> Result<OpSpec> {

@@ -253,7 +253,12 @@ pub struct Demo {
 
 /// The sampling flags shared by `generate` and `serve`, checked, with the official demo sampler's defaults for
 /// the unset ones (cfg scale 4.0, top-k 2000). Returns the cfg scale and the sampling parameters.
-pub fn sampling(cfg_scale: Option<f32>, top_k: Option<i64>, temperature: f32, top_p: f32) -> Result<(f32, SamplingParams)> {
+pub fn sampling(
+    cfg_scale: Option<f32>,
+    top_k: Option<i64>,
+    temperature: f32,
+    top_p: f32,
+) -> Result<(f32, SamplingParams)> {
     let (cfg_scale, top_k) = (cfg_scale.unwrap_or(4.0), top_k.unwrap_or(2000));
     if top_k < 0 {
         bail!("--top-k {top_k} must be >= 0 (0 = all tokens)");

@@ -110,7 +110,13 @@ fn read_captions(a: &GenerateArgs, t: usize, dim: usize) -> Result<Option<(Vec<f
 }
 
 pub fn run(mut a: GenerateArgs) -> Result<()> {
-    let class_names = args::use_demo(&mut a.gpt, &mut a.vq, &mut a.cfg_scale, &mut a.top_k, a.synthetic_weights)?;
+    let class_names = args::use_demo(
+        &mut a.gpt,
+        &mut a.vq,
+        &mut a.cfg_scale,
+        &mut a.top_k,
+        a.synthetic_weights,
+    )?;
     let (cfg_scale, sampling) = args::sampling(a.cfg_scale, a.top_k, a.temperature, a.top_p)?;
     let shard: Shard = a.shard.parse()?;
     if a.batch_size == 0 {

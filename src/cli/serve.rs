@@ -58,7 +58,13 @@ pub struct ServeArgs {
 }
 
 pub fn run(mut a: ServeArgs) -> Result<()> {
-    let class_names = args::use_demo(&mut a.gpt, &mut a.vq, &mut a.cfg_scale, &mut a.top_k, a.synthetic_weights)?;
+    let class_names = args::use_demo(
+        &mut a.gpt,
+        &mut a.vq,
+        &mut a.cfg_scale,
+        &mut a.top_k,
+        a.synthetic_weights,
+    )?;
     if !(1..=4096).contains(&a.max_batch) {
         bail!("--max-batch {} must be in 1..=4096", a.max_batch);
     }
@@ -89,12 +95,21 @@ pub fn run(mut a: ServeArgs) -> Result<()> {
     } else {
         args::load_weights(a.gpt.gpt.as_ref().context("no GPT weights given: pass --gpt WEIGHTS")?)?
     };
-    let gpt = ContinuousGpt::new(cfg.clone(), &mut sd, dtype, 2 * max_batch, args::backend(device, dtype)?)?;
+    let gpt = ContinuousGpt::new(
+        cfg.clone(),
+        &mut sd,
+        dtype,
+        2 * max_batch,
+        args::backend(device, dtype)?,
+    )?;
     drop(sd);
     let id = match (&a.gpt.gpt_model, &a.gpt.gpt) {
         (Some(m), _) => m.clone(),
         (None, Some(_)) if class_names.is_some() => "demo".to_string(),
-        (None, Some(p)) => p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        (None, Some(p)) => p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         (None, None) => "llamagen".into(),
     };
     let t2i = cfg.model_type == ModelType::T2i;

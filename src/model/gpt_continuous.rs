@@ -55,7 +55,13 @@ pub struct ContinuousGpt {
 
 impl ContinuousGpt {
     /// Binds the weights and allocates a KV cache of `slots` rows (two per guided image).
-    pub fn new(cfg: GptConfig, sd: &mut StateDict, dtype: Dtype, slots: usize, backend: Box<dyn Backend>) -> Result<Self> {
+    pub fn new(
+        cfg: GptConfig,
+        sd: &mut StateDict,
+        dtype: Dtype,
+        slots: usize,
+        backend: Box<dyn Backend>,
+    ) -> Result<Self> {
         if slots == 0 {
             return Err(Error::Invalid("continuous batching needs at least one KV slot".into()));
         }
@@ -95,7 +101,9 @@ impl ContinuousGpt {
             sampling: SamplingParams::default(),
             continuous: true,
         };
-        let p = self.session.add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec))?;
+        let p = self
+            .session
+            .add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec))?;
         let d = self.session.add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec))?;
         self.graphs.push((rows, p, d));
         Ok((p, d))
@@ -105,7 +113,9 @@ impl ContinuousGpt {
         let mut seen = vec![false; self.slots];
         for s in slots {
             if s >= self.slots || std::mem::replace(&mut seen[s], true) {
-                return Err(Error::Invalid(format!("slot {s} is out of range or used twice in one run")));
+                return Err(Error::Invalid(format!(
+                    "slot {s} is out of range or used twice in one run"
+                )));
             }
         }
         Ok(())
@@ -132,14 +142,20 @@ impl ContinuousGpt {
             }
             ModelType::T2i => {
                 let cd = self.cfg.caption_dim;
-                let (mut x, mut m) = (Vec::with_capacity(rows.len() * t * cd), Vec::with_capacity(rows.len() * t));
+                let (mut x, mut m) = (
+                    Vec::with_capacity(rows.len() * t * cd),
+                    Vec::with_capacity(rows.len() * t),
+                );
                 for r in rows {
                     let RowCondition::Caption { embs, mask } = &r.cond else {
                         return Err(Error::Invalid("a t2i model takes caption rows".into()));
                     };
                     let e = match embs {
                         Some(e) => e.as_slice(),
-                        None => self.uncond.as_deref().ok_or_else(|| Error::Invalid("no uncond embedding".into()))?,
+                        None => self
+                            .uncond
+                            .as_deref()
+                            .ok_or_else(|| Error::Invalid("no uncond embedding".into()))?,
                     };
                     if e.len() != t * cd || mask.len() != t {
                         return Err(Error::Invalid(format!(

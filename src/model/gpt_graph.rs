@@ -1,6 +1,6 @@
 //! The GPT as runtime graphs: prefill (condition positions) and one decode step. Reads like spec §3.4.
 use super::config::{GptConfig, ModelType};
-use crate::runtime::{Scalar, Graph, Op, Phase, TensorId, WeightId};
+use crate::runtime::{Graph, Op, Phase, Scalar, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
 
 /// Weight ids of the GPT's table (see `gpt::bind_weights`).

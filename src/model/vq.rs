@@ -1,8 +1,8 @@
 //! The VQ tokenizer as runtime graphs: decode (codes -> image) and encode (image -> codes), spec §6-§9.
 //! Always f32, as in the reference.
 use super::config::VqConfig;
-use crate::backend::{Backend, Layout, Dtype, Weight};
-use crate::runtime::{Scalar, Graph, GraphId, Op, Phase, Session, StepParams, TensorId, WeightId};
+use crate::backend::{Backend, Dtype, Layout, Weight};
+use crate::runtime::{Graph, GraphId, Op, Phase, Scalar, Session, StepParams, TensorId, WeightId};
 use crate::weights::StateDict;
 use crate::{Error, Result};
 use std::collections::HashMap;

@@ -6,6 +6,6 @@ pub mod op;
 pub mod plan;
 
 pub use exec::{GraphId, Session, StepParams};
-pub use graph::{Scalar, Graph, Node, Phase, Role, TensorId, TensorInfo, WeightId};
+pub use graph::{Graph, Node, Phase, Role, Scalar, TensorId, TensorInfo, WeightId};
 pub use op::Op;
 pub use plan::Plan;

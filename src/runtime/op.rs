@@ -19,7 +19,11 @@ pub enum Op {
     /// `pos .. pos + L` (pos from the step parameters). Condition positions get zero q and k (the official zero RoPE rows).
     /// `per_row`: input 1 is a row table I32 `[B', 2]` of (cache slot, first position) per row instead (continuous
     /// batching, `backend::Placement::PerRow`).
-    Rope { layer: usize, table: WeightId, per_row: bool },
+    Rope {
+        layer: usize,
+        table: WeightId,
+        per_row: bool,
+    },
     /// q `[B', L, D]` over the KV cache of `layer` -> `[B', L, D]`. Optional input 1: condition-key mask `[B', T]`
     /// (t2i padding; 1 = visible), with the diagonal always visible. `per_row`: the last input is the row table, as
     /// for `Rope`.

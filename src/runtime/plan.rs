@@ -74,7 +74,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{Scalar, Op, Phase};
+    use crate::runtime::{Op, Phase, Scalar};
 
     /// Checks the invariant directly: at every node, the tensors that must hold a value occupy disjoint bytes.
     fn assert_disjoint(g: &Graph, p: &Plan) {

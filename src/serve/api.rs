@@ -132,7 +132,11 @@ async fn page() -> Html<&'static str> {
 
 async fn health(State(s): State<AppState>) -> Response {
     if s.queue.is_closed() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting down"})),
+        )
+            .into_response();
     }
     Json(json!({"status": "ok", "queue_requests": s.queue.waiting()})).into_response()
 }
@@ -252,7 +256,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
         return Err(too_large(format!("{n} bytes")));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large("more bytes".into()))
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large("more bytes".into()))
 }
 
 fn server_error(message: String) -> ApiError {
@@ -273,7 +279,11 @@ fn parse(body: &[u8]) -> Result<GenerationRequest, ApiError> {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_data() {
-                let at = if path == "." { String::new() } else { format!("field `{path}`: ") };
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!("field `{path}`: ")
+                };
                 Err(ApiError {
                     status: StatusCode::UNPROCESSABLE_ENTITY,
                     message: format!("{at}{inner}"),
@@ -295,12 +305,18 @@ fn parse(body: &[u8]) -> Result<GenerationRequest, ApiError> {
 fn validate(r: &GenerationRequest, m: &ModelInfo) -> Result<(Settings, Vec<ImageSpec>), ApiError> {
     if let Some(model) = &r.model {
         if model != &m.id {
-            return Err(unprocessable("model", format!("model `{model}` is not served here (this server runs `{}`)", m.id)));
+            return Err(unprocessable(
+                "model",
+                format!("model `{model}` is not served here (this server runs `{}`)", m.id),
+            ));
         }
     }
     if let Some(f) = &r.response_format {
         if f != "b64_json" {
-            return Err(unprocessable("response_format", format!("response_format `{f}`: only b64_json is supported")));
+            return Err(unprocessable(
+                "response_format",
+                format!("response_format `{f}`: only b64_json is supported"),
+            ));
         }
     }
     let n = r.n.unwrap_or(1);
@@ -310,20 +326,32 @@ fn validate(r: &GenerationRequest, m: &ModelInfo) -> Result<(Settings, Vec<Image
     let n = n as usize;
     let first = r.first_index.unwrap_or(0);
     if first.checked_add(n as u64).is_none_or(|e| e > i32::MAX as u64) {
-        return Err(unprocessable("first_index", format!("first_index {first} + n is too large")));
+        return Err(unprocessable(
+            "first_index",
+            format!("first_index {first} + n is too large"),
+        ));
     }
     let d = &m.defaults;
     let cfg_scale = r.cfg_scale.unwrap_or(d.cfg_scale as f64);
     if !(cfg_scale.is_finite() && (0.0..=1000.0).contains(&cfg_scale)) {
-        return Err(unprocessable("cfg_scale", format!("cfg_scale {cfg_scale} must be in 0..=1000")));
+        return Err(unprocessable(
+            "cfg_scale",
+            format!("cfg_scale {cfg_scale} must be in 0..=1000"),
+        ));
     }
     let cfg_interval = r.cfg_interval.unwrap_or(d.cfg_interval);
     if cfg_interval < -1 {
-        return Err(unprocessable("cfg_interval", format!("cfg_interval {cfg_interval} must be >= -1")));
+        return Err(unprocessable(
+            "cfg_interval",
+            format!("cfg_interval {cfg_interval} must be >= -1"),
+        ));
     }
     let top_k = r.top_k.unwrap_or(d.top_k as i64);
     if top_k < 0 || top_k as usize > m.vocab_size {
-        return Err(unprocessable("top_k", format!("top_k {top_k} is outside 0..={} (0 = all)", m.vocab_size)));
+        return Err(unprocessable(
+            "top_k",
+            format!("top_k {top_k} is outside 0..={} (0 = all)", m.vocab_size),
+        ));
     }
     let top_p = r.top_p.unwrap_or(d.top_p as f64);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -331,7 +359,10 @@ fn validate(r: &GenerationRequest, m: &ModelInfo) -> Result<(Settings, Vec<Image
     }
     let temperature = r.temperature.unwrap_or(d.temperature as f64);
     if !(temperature.is_finite() && (0.0..=100.0).contains(&temperature)) {
-        return Err(unprocessable("temperature", format!("temperature {temperature} must be in 0..=100")));
+        return Err(unprocessable(
+            "temperature",
+            format!("temperature {temperature} must be in 0..=100"),
+        ));
     }
     let settings = Settings {
         cfg_scale: cfg_scale as f32,
@@ -356,19 +387,28 @@ fn validate(r: &GenerationRequest, m: &ModelInfo) -> Result<(Settings, Vec<Image
 fn condition(r: &GenerationRequest, m: &ModelInfo) -> Result<RowCondition, ApiError> {
     if m.model_type == "t2i" {
         if r.class.is_some() || r.class_name.is_some() {
-            return Err(unprocessable("class", "this model is text-conditional: send caption_embs"));
+            return Err(unprocessable(
+                "class",
+                "this model is text-conditional: send caption_embs",
+            ));
         }
         return caption(r, m);
     }
     if r.caption_embs.is_some() || r.caption_mask.is_some() {
-        return Err(unprocessable("caption_embs", "this model is class-conditional: send class or class_name"));
+        return Err(unprocessable(
+            "caption_embs",
+            "this model is class-conditional: send class or class_name",
+        ));
     }
     match (r.class, &r.class_name) {
         (Some(_), Some(_)) => Err(unprocessable("class", "give class or class_name, not both")),
         (None, None) => Err(unprocessable("class", "class (an id) or class_name is required")),
         (Some(c), None) => {
             if c < 0 || c as usize >= m.num_classes {
-                return Err(unprocessable("class", format!("class {c} is outside 0..{}", m.num_classes)));
+                return Err(unprocessable(
+                    "class",
+                    format!("class {c} is outside 0..{}", m.num_classes),
+                ));
             }
             Ok(RowCondition::Class(c as usize))
         }
@@ -376,7 +416,9 @@ fn condition(r: &GenerationRequest, m: &ModelInfo) -> Result<RowCondition, ApiEr
             let names = m.class_names.as_deref().unwrap_or_default();
             match names.iter().position(|x| x.eq_ignore_ascii_case(name)) {
                 Some(c) => Ok(RowCondition::Class(c)),
-                None if names.is_empty() => Err(unprocessable("class_name", "this model has no class names: send class")),
+                None if names.is_empty() => {
+                    Err(unprocessable("class_name", "this model has no class names: send class"))
+                }
                 None => Err(unprocessable(
                     "class_name",
                     format!("class_name `{name}` is not one of: {}", names.join(", ")),
@@ -395,13 +437,21 @@ fn caption(r: &GenerationRequest, m: &ModelInfo) -> Result<RowCondition, ApiErro
         crate::io::npy::parse_npy(&bytes, std::path::Path::new(field)).map_err(|e| unprocessable(field, e.to_string()))
     };
     let Some(e) = &r.caption_embs else {
-        return Err(unprocessable("caption_embs", "caption_embs (a base64 .npy of T5 features) is required"));
+        return Err(unprocessable(
+            "caption_embs",
+            "caption_embs (a base64 .npy of T5 features) is required",
+        ));
     };
     let e = npy("caption_embs", e)?;
     if !(e.shape == [t, cd] || e.shape == [1, t, cd]) {
-        return Err(unprocessable("caption_embs", format!("caption_embs shape {:?}, expected [{t}, {cd}]", e.shape)));
+        return Err(unprocessable(
+            "caption_embs",
+            format!("caption_embs shape {:?}, expected [{t}, {cd}]", e.shape),
+        ));
     }
-    let embs = e.to_f32().ok_or_else(|| unprocessable("caption_embs", "caption_embs is not a float array"))?;
+    let embs = e
+        .to_f32()
+        .ok_or_else(|| unprocessable("caption_embs", "caption_embs is not a float array"))?;
     if embs.iter().any(|v| !v.is_finite()) {
         return Err(unprocessable("caption_embs", "caption_embs holds a non-finite value"));
     }
@@ -410,9 +460,14 @@ fn caption(r: &GenerationRequest, m: &ModelInfo) -> Result<RowCondition, ApiErro
         Some(b) => {
             let a = npy("caption_mask", b)?;
             if !(a.shape == [t] || a.shape == [1, t]) {
-                return Err(unprocessable("caption_mask", format!("caption_mask shape {:?}, expected [{t}]", a.shape)));
+                return Err(unprocessable(
+                    "caption_mask",
+                    format!("caption_mask shape {:?}, expected [{t}]", a.shape),
+                ));
             }
-            let v = a.to_f32().ok_or_else(|| unprocessable("caption_mask", "caption_mask is not numeric"))?;
+            let v = a
+                .to_f32()
+                .ok_or_else(|| unprocessable("caption_mask", "caption_mask is not numeric"))?;
             if v.iter().any(|&x| x != 0.0 && x != 1.0) {
                 return Err(unprocessable("caption_mask", "caption_mask values must be 0 or 1"));
             }
@@ -488,7 +543,11 @@ mod tests {
                 Ok(_) => panic!("{body}: accepted"),
                 Err(e) => {
                     assert_eq!(e.status.as_u16(), status, "{body}: {}", e.message);
-                    assert!(e.message.contains(word), "{body}: message `{}` lacks `{word}`", e.message);
+                    assert!(
+                        e.message.contains(word),
+                        "{body}: message `{}` lacks `{word}`",
+                        e.message
+                    );
                 }
             }
         }
@@ -527,7 +586,9 @@ mod tests {
             format!("{{\"caption_embs\": \"{embs}\", \"caption_mask\": \"{embs}\"}}"),
         ];
         for body in cases {
-            let e = validate(&parse(body.as_bytes()).unwrap(), &m).err().unwrap_or_else(|| panic!("{body}: accepted"));
+            let e = validate(&parse(body.as_bytes()).unwrap(), &m)
+                .err()
+                .unwrap_or_else(|| panic!("{body}: accepted"));
             assert_eq!(e.status.as_u16(), 422, "{body}: {}", e.message);
         }
     }
@@ -541,7 +602,10 @@ mod tests {
         assert_eq!(imgs.iter().map(|i| i.index).collect::<Vec<_>>(), vec![5, 6, 7]);
         assert!(imgs.iter().all(|i| i.cond == RowCondition::Class(1)));
         let (s, imgs) = check("{\"class\": 9, \"top_k\": 5, \"top_p\": 0.5, \"temperature\": 0}").unwrap();
-        assert_eq!((s.sampling.top_k, s.sampling.top_p, s.sampling.temperature), (5, 0.5, 0.0));
+        assert_eq!(
+            (s.sampling.top_k, s.sampling.top_p, s.sampling.temperature),
+            (5, 0.5, 0.0)
+        );
         assert_eq!(imgs.len(), 1);
     }
 }

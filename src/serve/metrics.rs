@@ -5,7 +5,20 @@ use std::sync::Mutex;
 
 /// Upper bounds (seconds) of the step-time histogram's buckets: 1 ms (a demo-model step) to 2.5 s (a large batch
 /// of a large model on a CPU).
-const STEP_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, f64::INFINITY];
+const STEP_BUCKETS: [f64; 12] = [
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    f64::INFINITY,
+];
 
 /// The parts of a scheduler step, timed separately.
 #[derive(Clone, Copy, Debug)]
@@ -88,11 +101,36 @@ impl Metrics {
         let mut scalar = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        scalar("llamagen_queue_requests", "gauge", "Requests waiting to start.", self.queue.load(Relaxed));
-        scalar("llamagen_running_rows", "gauge", "Rows in the last decode step (two per guided image).", self.running.load(Relaxed));
-        scalar("llamagen_images_generated_total", "counter", "Images generated.", self.images.load(Relaxed));
-        scalar("llamagen_tokens_generated_total", "counter", "Image tokens sampled.", self.tokens.load(Relaxed));
-        scalar("llamagen_requests_abandoned_total", "counter", "Requests dropped because the client went away.", self.abandoned.load(Relaxed));
+        scalar(
+            "llamagen_queue_requests",
+            "gauge",
+            "Requests waiting to start.",
+            self.queue.load(Relaxed),
+        );
+        scalar(
+            "llamagen_running_rows",
+            "gauge",
+            "Rows in the last decode step (two per guided image).",
+            self.running.load(Relaxed),
+        );
+        scalar(
+            "llamagen_images_generated_total",
+            "counter",
+            "Images generated.",
+            self.images.load(Relaxed),
+        );
+        scalar(
+            "llamagen_tokens_generated_total",
+            "counter",
+            "Image tokens sampled.",
+            self.tokens.load(Relaxed),
+        );
+        scalar(
+            "llamagen_requests_abandoned_total",
+            "counter",
+            "Requests dropped because the client went away.",
+            self.abandoned.load(Relaxed),
+        );
         let _ = writeln!(
             o,
             "# HELP llamagen_responses_total Answers to image requests, by HTTP status.\n# TYPE llamagen_responses_total counter"
@@ -116,10 +154,17 @@ impl Metrics {
         let mut cum = 0;
         for (ub, c) in STEP_BUCKETS.iter().zip(counts) {
             cum += c;
-            let le = if ub.is_infinite() { "+Inf".to_string() } else { format!("{ub}") };
+            let le = if ub.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                format!("{ub}")
+            };
             let _ = writeln!(o, "llamagen_step_seconds_bucket{{le=\"{le}\"}} {cum}");
         }
-        let _ = writeln!(o, "llamagen_step_seconds_sum {sum}\nllamagen_step_seconds_count {count}");
+        let _ = writeln!(
+            o,
+            "llamagen_step_seconds_sum {sum}\nllamagen_step_seconds_count {count}"
+        );
         o
     }
 }

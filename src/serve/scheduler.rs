@@ -356,7 +356,11 @@ impl Scheduler {
                 pos,
             });
             if let Some(u) = img.slots.1 {
-                rows.push(StepRow { slot: u, token: tok, pos });
+                rows.push(StepRow {
+                    slot: u,
+                    token: tok,
+                    pos,
+                });
             }
             who.push((i, c));
         }

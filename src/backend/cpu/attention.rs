@@ -180,7 +180,7 @@ unsafe fn attend_avx2<T: Widen8>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{KvSpec, Placement, Dtype};
+    use crate::backend::{Dtype, KvSpec, Placement};
 
     /// The AVX2 path against the portable loops: decode (one query) and prefill (several), with and without the
     /// t2i mask, f32 and bf16 caches, head dims 8 to 128, sequence lengths across the 8-lane tails.
@@ -229,7 +229,18 @@ mod tests {
                 let run = |family, scores: &mut [f32]| {
                     let mut out = vec![f32::NAN; q.len()];
                     attention(
-                        &q, batch, len, heads, hd, Placement::Uniform { pos }, mask, &cache, 0, bf16, family, scores,
+                        &q,
+                        batch,
+                        len,
+                        heads,
+                        hd,
+                        Placement::Uniform { pos },
+                        mask,
+                        &cache,
+                        0,
+                        bf16,
+                        family,
+                        scores,
                         &mut out,
                     );
                     out

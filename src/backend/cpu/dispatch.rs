@@ -134,7 +134,20 @@ impl CpuBackend {
                     .ok_or_else(|| Error::Invalid("rope: no KV cache allocated".into()))?;
                 let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
                 place.check(b, l, kv.spec.batch, kv.spec.seq.min(tab.len() / hd.max(1)))?;
-                rope::rope(v.f32(ins[0]), b, l, h, hd, place, tab, kv, *layer, round, self.kernels, v.f32_mut(out));
+                rope::rope(
+                    v.f32(ins[0]),
+                    b,
+                    l,
+                    h,
+                    hd,
+                    place,
+                    tab,
+                    kv,
+                    *layer,
+                    round,
+                    self.kernels,
+                    v.f32_mut(out),
+                );
             }
             Op::Attention { layer, .. } => {
                 let s = g.shape(ins[0]);

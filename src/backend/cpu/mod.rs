@@ -23,7 +23,7 @@ pub mod team;
 pub(crate) mod testutil;
 pub mod vq_attention;
 
-use crate::backend::{Backend, KvSpec, Layout, Dtype, Weight};
+use crate::backend::{Backend, Dtype, KvSpec, Layout, Weight};
 use crate::runtime::{Graph, Plan, StepParams, TensorId};
 use crate::{Error, Result};
 pub use buf::Buf;

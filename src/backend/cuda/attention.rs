@@ -258,12 +258,28 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
         // SAFETY: T::DTYPE names the element type the chosen kernel reads and writes.
         return unsafe {
             match T::DTYPE {
-                Dtype::F32 => {
-                    kernels::attention_tiled_f32(l, cfg, q.cast(), kv.cast(), mask_ptr.cast(), step, rows_ptr, out.cast(), p)
-                }
-                Dtype::Bf16 => {
-                    kernels::attention_tiled_bf16(l, cfg, q.cast(), kv.cast(), mask_ptr.cast(), step, rows_ptr, out.cast(), p)
-                }
+                Dtype::F32 => kernels::attention_tiled_f32(
+                    l,
+                    cfg,
+                    q.cast(),
+                    kv.cast(),
+                    mask_ptr.cast(),
+                    step,
+                    rows_ptr,
+                    out.cast(),
+                    p,
+                ),
+                Dtype::Bf16 => kernels::attention_tiled_bf16(
+                    l,
+                    cfg,
+                    q.cast(),
+                    kv.cast(),
+                    mask_ptr.cast(),
+                    step,
+                    rows_ptr,
+                    out.cast(),
+                    p,
+                ),
             }
         };
     }

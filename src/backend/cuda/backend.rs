@@ -19,7 +19,7 @@ use super::device::{Device, DeviceBuffer};
 use super::kernels::StepState;
 use super::launch::{DevPtr, DevPtrMut, Dtype};
 use crate::backend::{Backend, KvSpec, Weight};
-use crate::runtime::{Scalar, Graph, Phase, Plan, StepParams, TensorId};
+use crate::runtime::{Graph, Phase, Plan, Scalar, StepParams, TensorId};
 use crate::{Error, Result};
 use half::bf16;
 use std::collections::HashMap;
