@@ -7,7 +7,8 @@
  *   - Pack16<T>: 16-byte vector loads and stores (LDG.128 / STG.128);
  *   - warp and block reductions (sum, max) built from shuffles and per-warp partials, correct for any block size
  *     1..1024 (a halving loop from blockDim/2 silently drops elements when blockDim is not a power of two);
- *   - mma_m16n8k16_bf16: the tensor-core MMA wrapper (inline PTX on the GPU, the emulator's warp collective here).
+ *   - mma_m16n8k16_bf16: the tensor-core MMA wrapper (inline PTX on the GPU, the emulator's warp collective here);
+ *   - cp_async16 / cp_async_commit / cp_async_wait<N> (LDGSTS) and ldmatrix_x{1,2,4}[_trans] (LDSM), likewise.
  */
 #ifndef LLAMAGEN_COMMON_CUH
 #define LLAMAGEN_COMMON_CUH
@@ -144,6 +145,86 @@ static __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint3
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
                    "f"(c[3]));
+#endif
+}
+
+/* ---- asynchronous copies and ldmatrix (sm_80+) -------------------------------------------------------------- */
+
+/* 16 bytes global -> shared without passing through registers (LDGSTS; .cg: cached in L2 only), of which
+ * src_bytes (0 or 16 here) are read and the rest zero-filled: a tile's out-of-range rows cost no branch. Both
+ * addresses 16-byte aligned. Visible to this thread after the cp_async_wait covering its group, to the block after
+ * that and a __syncthreads. */
+static __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+#ifdef __CUEMU__
+    ::cuemu::cp_async(smem, gmem, 16, (unsigned)src_bytes);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+#endif
+}
+/* Closes the group of the copies issued since the last commit. */
+static __device__ __forceinline__ void cp_async_commit() {
+#ifdef __CUEMU__
+    ::cuemu::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+/* Waits until at most N of this thread's committed groups are still in flight. */
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+#ifdef __CUEMU__
+    ::cuemu::cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+/* ldmatrix.m8n8.x4 (LDSM): four 8x8 b16 matrices from shared memory, lane 8j + i passing the 16-byte-aligned
+ * address of row i of matrix j; r[j] receives matrix j's row lane/4, columns 2(lane%4) and +1 (the A/B fragment
+ * word of mma.m16n8k16), or with _trans column lane/4, rows 2(lane%4) and +1. All 32 lanes. */
+static __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem) {
+#ifdef __CUEMU__
+    ::cuemu::ldmatrix(r, smem, 4, 0);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* smem) {
+#ifdef __CUEMU__
+    ::cuemu::ldmatrix(r, smem, 4, 1);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+/* x2 and x1: lanes 0..15 (x2) or 0..7 (x1) give the addresses; the other lanes' are ignored. */
+static __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* smem) {
+#ifdef __CUEMU__
+    ::cuemu::ldmatrix(r, smem, 2, 0);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
+#endif
+}
+static __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* smem) {
+#ifdef __CUEMU__
+    ::cuemu::ldmatrix(r, smem, 2, 1);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
+#endif
+}
+static __device__ __forceinline__ void ldmatrix_x1(uint32_t r[1], const void* smem) {
+#ifdef __CUEMU__
+    ::cuemu::ldmatrix(r, smem, 1, 0);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(s));
 #endif
 }
 

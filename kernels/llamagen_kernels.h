@@ -330,7 +330,9 @@ typedef struct CuemuLaunchOptions {
     X(selftest_bf16_convert, (const float* f, __nv_bfloat16* to_bf16, const __nv_bfloat16* b, float* to_f32,          \
                               int32_t n))                                                                              \
     X(selftest_mma_bf16, (const __nv_bfloat16* a, const __nv_bfloat16* bt, const float* c, float* d))                 \
-    X(selftest_sync_count, (int32_t* out))
+    X(selftest_sync_count, (int32_t* out))                                                                            \
+    X(selftest_ldmatrix, (const __nv_bfloat16* in, uint32_t* out))                                                     \
+    X(selftest_cp_async, (const float* in, const float* in2, float* out, int32_t flags))
 
 /* Prototypes, for nvcc and the emulator only. */
 #if defined(__CUDACC__) || defined(__CUEMU__)

@@ -186,3 +186,45 @@ extern "C" __global__ void selftest_sync_count(int32_t* out) {
     __syncthreads();
     if (c != first[0] || a != first[1] || o != first[2]) atomicAdd(&out[3], 1);
 }
+
+/* ldmatrix probes. `in` holds four 8x8 bf16 matrices (row-major, 16-byte rows); out[v][lane][j] receives word j of
+ * variant v: 0 x4, 1 x4.trans, 2 x2, 3 x2.trans, 4 x1 (128 words per variant, unused words 0). The rows are placed
+ * in shared memory in reverse order so that a lane's address, not the data's position, decides what it gets. */
+extern "C" __global__ void selftest_ldmatrix(const __nv_bfloat16* in, uint32_t* out) {
+    __shared__ __align__(16) __nv_bfloat16 tile[32 * 8];
+    const int lane = (int)threadIdx.x & 31;
+    for (int i = lane; i < 32 * 8; i += 32) tile[(31 - i / 8) * 8 + i % 8] = in[i];
+    __syncwarp();
+    const __nv_bfloat16* row = tile + (31 - lane) * 8; /* row lane%8 of matrix lane/8 */
+    uint32_t r[4];
+    for (int v = 0; v < 5; v++) {
+        r[0] = r[1] = r[2] = r[3] = 0;
+        if (v == 0) ldmatrix_x4(r, row);
+        if (v == 1) ldmatrix_x4_trans(r, row);
+        if (v == 2) ldmatrix_x2(r, row);
+        if (v == 3) ldmatrix_x2_trans(r, row);
+        if (v == 4) ldmatrix_x1(r, row);
+        for (int j = 0; j < 4; j++) out[(v * 32 + lane) * 4 + j] = r[j];
+    }
+}
+
+/* cp.async probe, one block of n threads, 4 floats each, through dynamic shared memory (poisoned per block).
+ * Thread t copies in[4t..4t+4) to tile[t], then reads its neighbour's tile[(t+1) % n] into out[8t..8t+4); it then
+ * refills tile[t] from in2 (threads t % 5 == 4 with src-size 0: zeros) and reads the neighbour's again into
+ * out[8t+4..8t+8). flags bit 0: wait for the copies (wait_group 0) before the barrier; bit 1: barrier before the
+ * refill. Either missing is a bug the emulator must expose under some schedule. */
+extern "C" __global__ void selftest_cp_async(const float* in, const float* in2, float* out, int32_t flags) {
+    DYNAMIC_SHARED(float, tile);
+    const int t = (int)threadIdx.x, n = (int)blockDim.x, nb = (t + 1) % n;
+    cp_async16(tile + 4 * t, in + 4 * t, 16);
+    cp_async_commit();
+    if (flags & 1) cp_async_wait<0>();
+    __syncthreads();
+    for (int j = 0; j < 4; j++) out[8 * t + j] = tile[4 * nb + j];
+    if (flags & 2) __syncthreads();
+    cp_async16(tile + 4 * t, in2 + 4 * t, t % 5 == 4 ? 0 : 16);
+    cp_async_commit();
+    if (flags & 1) cp_async_wait<0>();
+    __syncthreads();
+    for (int j = 0; j < 4; j++) out[8 * t + 4 + j] = tile[4 * nb + j];
+}

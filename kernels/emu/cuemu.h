@@ -125,6 +125,17 @@ void warp_sync(unsigned mask);
 unsigned warp_activemask();
 /* The m16n8k16 bf16 tensor-core MMA, all 32 lanes of a full warp (kernels call it through common.cuh). */
 void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
+/* cp.async (sm_80): a 16-byte (or 4/8) global -> shared copy of which src_bytes are read and the rest zero-filled,
+ * landing at any time between the call and the cp_async_wait that covers its commit group. The emulator lands it
+ * as late as allowed under the forward schedule, at once under reverse, and either way at random under shuffle,
+ * so a missing wait (reading a stage still in flight) and a missing barrier before re-filling a stage (a copy
+ * overwriting data other threads still read) each show under some schedule. */
+void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
+void cp_async_commit();
+/* Lands every copy of this thread's committed groups except the newest n. */
+void cp_async_wait(int n);
+/* ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16, all 32 lanes: lane 8j + i gives row i of matrix j. */
+void ldmatrix(uint32_t* r, const void* addr, int num, int trans);
 /* Aborts the process with a message naming the kernel, block and thread. */
 [[noreturn]] void trap(const char* what);
 inline unsigned char* dynamic_smem() { return cuemu_bcur->dyn_smem; }

@@ -85,7 +85,7 @@ constexpr size_t kInSlot = 48;             /* per-lane deposit: the mma operands
 constexpr size_t kOutSlot = 16;
 
 enum FiberState : uint8_t { kReady, kWaitBarrier, kWaitWarp, kDone };
-enum WarpKind : int { kNone = 0, kShfl, kBallot, kSyncwarp, kMma };
+enum WarpKind : int { kNone = 0, kShfl, kBallot, kSyncwarp, kMma, kLdsm };
 enum Sched : int { kForward = 0, kReverse = 1, kShuffle = 2 };
 
 const char* kind_name(int k) {
@@ -98,16 +98,30 @@ const char* kind_name(int k) {
         return "__syncwarp";
     case kMma:
         return "mma.sync";
+    case kLdsm:
+        return "ldmatrix";
     default:
         return "(none)";
     }
 }
+
+/* One cp.async in flight: lands when its group is waited for (or earlier, by the schedule's choice). */
+struct Copy {
+    unsigned char* dst;
+    const unsigned char* src;
+    uint32_t group;
+    uint8_t bytes, src_bytes;
+};
+constexpr unsigned kMaxCopies = 64; /* in flight per thread: a 4-stage pipeline of 8 copies per stage is 32 */
 
 struct Fiber {
     ThreadCtx ctx;
     void* sp;
     FiberState state;
     uint32_t wait_gen;
+    uint32_t groups; /* cp.async groups committed */
+    uint32_t ncopies;
+    Copy copies[kMaxCopies];
 };
 
 struct Round {
@@ -260,6 +274,47 @@ void complete_barrier(Worker* w) {
     w->bar_acc_or = 0;
 }
 
+/* ldmatrix (PTX ISA, "Warp-level matrix load instruction: ldmatrix"): lanes 8j..8j+7 give the 16-byte rows of
+ * matrix j; lane l receives, per matrix, the 32-bit word of row l/4 at columns 2(l%4), 2(l%4)+1, or with .trans
+ * the elements at column l/4 of rows 2(l%4) and 2(l%4)+1. */
+void complete_ldmatrix(Worker* w, Warp& wp, uint32_t p) {
+    if (p != 0xffffffffu) {
+        char buf[160];
+        snprintf(buf, sizeof buf, "ldmatrix needs all 32 lanes of the warp; participants 0x%08x", p);
+        die(std::string(buf) + " in " + block_name(w));
+    }
+    int num, trans;
+    memcpy(&num, wp.in[0] + 8, 4);
+    memcpy(&trans, wp.in[0] + 12, 4);
+    uint16_t m[4][8][8];
+    for (unsigned l = 0; l < 32; l++) {
+        int ln, lt;
+        memcpy(&ln, wp.in[l] + 8, 4);
+        memcpy(&lt, wp.in[l] + 12, 4);
+        if (ln != num || lt != trans) die("ldmatrix: lanes of one warp disagree on .x" + std::to_string(num) +
+                                          " / .trans (lane " + std::to_string(l) + ") in " + block_name(w));
+        if ((int)(l / 8) >= num) continue;
+        const unsigned char* row;
+        memcpy(&row, wp.in[l], 8);
+        if (reinterpret_cast<uintptr_t>(row) & 15) {
+            char buf[160];
+            snprintf(buf, sizeof buf, "ldmatrix: lane %u's row address %p is not 16-byte aligned", l, (const void*)row);
+            die(std::string(buf) + " in " + block_name(w));
+        }
+        memcpy(m[l / 8][l % 8], row, 16);
+    }
+    for (unsigned l = 0; l < 32; l++) {
+        uint32_t r[4] = {0, 0, 0, 0};
+        for (int j = 0; j < num; j++) {
+            const unsigned q = l >> 2, c = 2 * (l & 3);
+            const uint16_t lo = trans ? m[j][c][q] : m[j][q][c];
+            const uint16_t hi = trans ? m[j][c + 1][q] : m[j][q][c + 1];
+            r[j] = (uint32_t)lo | ((uint32_t)hi << 16);
+        }
+        memcpy(wp.out[l], r, 16);
+    }
+}
+
 void complete_round(Worker* w, Warp& wp, Round& rd) {
     const uint32_t p = rd.arrived;
     switch (rd.kind) {
@@ -327,6 +382,9 @@ void complete_round(Worker* w, Warp& wp, Round& rd) {
         }
         break;
     }
+    case kLdsm:
+        complete_ldmatrix(w, wp, p);
+        break;
     default:
         break;
     }
@@ -393,9 +451,28 @@ const unsigned char* warp_arrive(unsigned mask, int kind, const void* in, unsign
     return wp.out[lane];
 }
 
+void land_copy(const Copy& c) {
+    memcpy(c.dst, c.src, c.src_bytes);
+    memset(c.dst + c.src_bytes, 0, (size_t)(c.bytes - c.src_bytes));
+}
+
+/* Lands (in issue order) this thread's copies of groups < below_group and keeps the rest. */
+void land_copies(Fiber* f, uint32_t below_group) {
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < f->ncopies; i++) {
+        if (f->copies[i].group < below_group) {
+            land_copy(f->copies[i]);
+        } else {
+            f->copies[kept++] = f->copies[i];
+        }
+    }
+    f->ncopies = kept;
+}
+
 [[noreturn]] void fiber_exit() {
     Worker* w = tl_worker;
     Fiber* f = tl_fiber;
+    land_copies(f, UINT32_MAX); /* a GPU would still complete them */
     f->state = kDone;
     w->live--;
     Warp& wp = w->warps[f->ctx.warp];
@@ -457,6 +534,8 @@ void prepare_fiber(Worker* w, Fiber* f, unsigned i, uint64_t fpstate) {
     f->sp = &top[-9];                                        /* ≡ 8 mod 16, so fiber_entry starts with rsp ≡ 8 */
     f->state = kReady;
     f->wait_gen = 0;
+    f->groups = 0;
+    f->ncopies = 0;
 }
 
 uint64_t splitmix(uint64_t& s) {
@@ -725,6 +804,58 @@ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], con
     memcpy(ops + 24, c, 16);
     const unsigned char* r = warp_arrive(0xffffffffu, kMma, ops, sizeof ops, -1);
     memcpy(d, r, 16);
+}
+
+void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+    Worker* w = tl_worker;
+    Fiber* f = tl_fiber;
+    if (!w || !f) {
+        fprintf(stderr, "cuemu: cp.async called outside a kernel launch\n");
+        abort();
+    }
+    if ((bytes != 4 && bytes != 8 && bytes != 16) || src_bytes > bytes) {
+        die("cp.async of " + std::to_string(bytes) + " bytes with src-size " + std::to_string(src_bytes) +
+            " (4, 8 or 16 bytes, src-size <= size) in " + block_name(w) + ", " + thread_name(f));
+    }
+    if ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) % bytes) {
+        char buf[200];
+        snprintf(buf, sizeof buf, "cp.async of %u bytes from %p to %p: both must be %u-byte aligned", bytes, src, dst,
+                 bytes);
+        die(std::string(buf) + " in " + block_name(w) + ", " + thread_name(f));
+    }
+    Copy c{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), f->groups, (uint8_t)bytes,
+           (uint8_t)src_bytes};
+    const int sched = w->launch->sched;
+    if (sched == kReverse || (sched == kShuffle && (splitmix(w->rng) & 1))) {
+        land_copy(c);
+        return;
+    }
+    if (f->ncopies == kMaxCopies) {
+        die("more than " + std::to_string(kMaxCopies) + " cp.async in flight in one thread (" + block_name(w) + ", " +
+            thread_name(f) + ")");
+    }
+    f->copies[f->ncopies++] = c;
+}
+
+void cp_async_commit() {
+    if (tl_fiber) tl_fiber->groups++;
+}
+
+void cp_async_wait(int n) {
+    Fiber* f = tl_fiber;
+    if (!f) return;
+    const uint32_t keep = n < 0 ? 0u : (uint32_t)n;
+    land_copies(f, f->groups > keep ? f->groups - keep : 0u);
+}
+
+void ldmatrix(uint32_t* r, const void* addr, int num, int trans) {
+    if (num != 1 && num != 2 && num != 4) die("ldmatrix .x" + std::to_string(num) + " (x1, x2 or x4)");
+    unsigned char ops[16];
+    memcpy(ops, &addr, 8);
+    memcpy(ops + 8, &num, 4);
+    memcpy(ops + 12, &trans, 4);
+    const unsigned char* out = warp_arrive(0xffffffffu, kLdsm, ops, sizeof ops, -1);
+    memcpy(r, out, 4 * (size_t)num);
 }
 
 void trap(const char* what) {
