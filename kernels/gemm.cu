@@ -77,90 +77,161 @@ static __device__ __forceinline__ void store_out_bf16(const bf16* __restrict__ r
     y[i] = from_float<bf16>(p.has_residual ? to_float(r[i]) + lin : lin);
 }
 
-/* ---- gemm_tiled_bf16 ------------------------------------------------------------------------------------------ */
+/* ---- gemm_tiled_<BM>x<BN>_bf16 ------------------------------------------------------------------------------- */
 
-#define TILE_M 64
-#define TILE_N 64
-#define TILE_K 32
-#define TILE_LD 40 /* TILE_K + 8: 80-byte rows, 16-byte aligned and bank-conflict-free for the fragment reads */
-#define TILE_THREADS 128
+#define TK 32     /* k per pipeline stage: one 64-byte row segment = 4 chunks of 16 bytes per tile row */
+#define STAGES 3  /* cp.async stages in flight: copies of tiles kt+1, kt+2 overlap the mma of tile kt */
 
-extern "C" __global__ void gemm_tiled_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                           const bf16* __restrict__ r, bf16* __restrict__ y, GemmParams p) {
-    __shared__ __align__(16) bf16 xs[TILE_M * TILE_LD];
-    __shared__ __align__(16) bf16 ws[TILE_N * TILE_LD];
+/* Byte offset of 16-byte chunk c (0..3) of row `row` in a stage tile of 64-byte rows. XOR swizzle: the 8 rows an
+ * ldmatrix phase reads (rows r..r+7, r % 8 == 0, one logical chunk) land in 8 distinct 16-byte bank groups
+ * ((row & 1)·4 + (c ^ ((row >> 1) & 3))), and so do the 8 chunks one cp.async phase writes (rows 2i, 2i+1,
+ * chunks 0..3): both conflict-free, with no padding. */
+static __device__ __forceinline__ int swz(int row, int c) { return row * 64 + ((c ^ ((row >> 1) & 3)) << 4); }
+
+template <int BM, int BN, int WARPS_M, int WARPS_N> struct TiledGemm {
+    static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+    static constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N; /* warp tile */
+    static constexpr int MI = WTM / 16, NI = WTN / 8;              /* mma tiles per warp */
+    static constexpr int STAGE_BYTES = (BM + BN) * TK * 2;
+    static constexpr int CLD = BN + 8; /* epilogue tile row, bf16: 16-byte aligned, fragment writes conflict-free */
+    static constexpr int SMEM = STAGES * STAGE_BYTES > BM * CLD * 2 ? STAGES * STAGE_BYTES : BM * CLD * 2;
+    static_assert(NI % 2 == 0, "B fragments are loaded two n8 tiles per ldmatrix.x4");
+    static_assert(((BM + BN) * 4) % THREADS == 0, "whole chunks per thread");
+    static_assert(SMEM <= 48 * 1024, "dynamic shared memory without the opt-in attribute");
+};
+
+template <int BM, int BN, int WARPS_M, int WARPS_N>
+static __device__ __forceinline__ void gemm_tiled(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                                  const bf16* __restrict__ r, bf16* __restrict__ y, const GemmParams& p) {
+    typedef TiledGemm<BM, BN, WARPS_M, WARPS_N> G;
+    DYNAMIC_SHARED(unsigned char, smem);
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const int m0 = (int)blockIdx.y * TILE_M, n0 = (int)blockIdx.x * TILE_N;
-    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const int m0 = (int)blockIdx.y * BM, n0 = (int)blockIdx.x * BN;
+    const int wm = (warp / WARPS_N) * G::WTM, wn = (warp % WARPS_N) * G::WTN;
+    /* cp.async needs 16-byte aligned sources: rows of k % 8 == 0 elements from aligned bases. Otherwise the same
+     * pipeline stages through registers (plain loads, zero-padded), the GPT never takes that path. */
     const bool vec = p.k % 8 == 0 && aligned16(x) && aligned16(w);
+    const int ktiles = ceil_div(p.k, TK);
 
-    /* Staging: chunk c = tid + 128 i (i < 2) is row c / 4, k offset 8 (c % 4) of the 64 × 32 tile. */
-    Pack16<bf16> xr[2], wr[2];
-    auto fetch = [&](int k0) {
+    /* Stage s of tile kt: chunk c = tid + THREADS·i is row c / 4 (A rows first, then B rows), k chunk c % 4. */
+    auto load_stage = [&](int s, int kt) {
+        unsigned char* base = smem + s * G::STAGE_BYTES;
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int c = tid + TILE_THREADS * i, row = c >> 2, kq = (c & 3) * 8;
-            const int gm = m0 + row, gn = n0 + row;
-            xr[i] = load_chunk8(gm < p.m ? x + (size_t)gm * (size_t)p.k : nullptr, k0 + kq, p.k, vec);
-            wr[i] = load_chunk8(gn < p.n ? w + (size_t)gn * (size_t)p.k : nullptr, k0 + kq, p.k, vec);
+        for (int i = 0; i < (BM + BN) * 4 / G::THREADS; i++) {
+            const int c = tid + G::THREADS * i, row = c >> 2, kc = c & 3, kk = kt * TK + kc * 8;
+            const bool is_a = row < BM;
+            const int grow = is_a ? m0 + row : n0 + row - BM, lim = is_a ? p.m : p.n;
+            const bf16* src = is_a ? x : w;
+            unsigned char* dst = base + (is_a ? 0 : BM * 64) + swz(is_a ? row : row - BM, kc);
+            const bool in = grow < lim && kk < p.k;
+            if (vec) {
+                const bf16* g = in ? src + (size_t)grow * (size_t)p.k + kk : src;
+                cp_async16(dst, g, in ? 16 : 0);
+            } else {
+                const bf16* rowp = grow < lim ? src + (size_t)grow * (size_t)p.k : nullptr;
+                store16(reinterpret_cast<bf16*>(dst), load_chunk8(rowp, kk, p.k, false));
+            }
         }
     };
 
-    float acc[2][4][4];
+    float acc[G::MI][G::NI][4];
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < G::MI; mi++)
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++)
+        for (int ni = 0; ni < G::NI; ni++)
 #pragma unroll
             for (int j = 0; j < 4; j++) acc[mi][ni][j] = 0.0f;
 
-    fetch(0);
-    for (int k0 = 0; k0 < p.k; k0 += TILE_K) {
-        __syncthreads(); /* every warp is done reading the previous tile */
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int c = tid + TILE_THREADS * i, row = c >> 2, kq = (c & 3) * 8;
-            store16(xs + row * TILE_LD + kq, xr[i]);
-            store16(ws + row * TILE_LD + kq, wr[i]);
-        }
-        __syncthreads();
-        if (k0 + TILE_K < p.k) fetch(k0 + TILE_K);
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < ktiles) load_stage(s, s);
+        cp_async_commit(); /* empty groups keep the wait count uniform */
+    }
+    /* ldmatrix lane roles: A x4 = (rows 0-7 | 8-15) × (k 0-7 | 8-15) in fragment order a0..a3; B x4 = two n8 tiles
+     * × (k 0-7 | 8-15) = b[ni][0], b[ni][1], b[ni+1][0], b[ni+1][1]. */
+    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_kc = lane >> 4;
+    const int b_row = (lane & 7) + (lane >> 4) * 8, b_kc = (lane >> 3) & 1;
+    for (int kt = 0; kt < ktiles; kt++) {
+        cp_async_wait<STAGES - 2>(); /* this thread's copies of tile kt have landed ... */
+        __syncthreads();             /* ... everyone's, and everyone is done with the stage refilled below */
+        if (kt + STAGES - 1 < ktiles) load_stage((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+        cp_async_commit();
+        const unsigned char* as = smem + (kt % STAGES) * G::STAGE_BYTES;
+        const unsigned char* bs = as + BM * 64;
 #pragma unroll
-        for (int kk = 0; kk < TILE_K; kk += 16) {
-            uint32_t a[2][4], b[4][2];
+        for (int ks = 0; ks < 2; ks++) {
+            uint32_t a[G::MI][4], b[G::NI][2];
 #pragma unroll
-            for (int mi = 0; mi < 2; mi++) {
-                const bf16* lo = xs + (wm + mi * 16 + g) * TILE_LD + kk + 2 * t;
-                const bf16* hi = lo + 8 * TILE_LD;
-                a[mi][0] = *reinterpret_cast<const uint32_t*>(lo);
-                a[mi][1] = *reinterpret_cast<const uint32_t*>(hi);
-                a[mi][2] = *reinterpret_cast<const uint32_t*>(lo + 8);
-                a[mi][3] = *reinterpret_cast<const uint32_t*>(hi + 8);
+            for (int mi = 0; mi < G::MI; mi++) ldmatrix_x4(a[mi], as + swz(wm + mi * 16 + a_row, 2 * ks + a_kc));
+#pragma unroll
+            for (int ni = 0; ni < G::NI; ni += 2) {
+                uint32_t t4[4];
+                ldmatrix_x4(t4, bs + swz(wn + ni * 8 + b_row, 2 * ks + b_kc));
+                b[ni][0] = t4[0];
+                b[ni][1] = t4[1];
+                b[ni + 1][0] = t4[2];
+                b[ni + 1][1] = t4[3];
             }
 #pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-                const bf16* col = ws + (wn + ni * 8 + g) * TILE_LD + kk + 2 * t;
-                b[ni][0] = *reinterpret_cast<const uint32_t*>(col);
-                b[ni][1] = *reinterpret_cast<const uint32_t*>(col + 8);
-            }
+            for (int mi = 0; mi < G::MI; mi++)
 #pragma unroll
-            for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++) mma_m16n8k16_bf16(acc[mi][ni], a[mi], b[ni], acc[mi][ni]);
+                for (int ni = 0; ni < G::NI; ni++) mma_m16n8k16_bf16(acc[mi][ni], a[mi], b[ni], acc[mi][ni]);
         }
     }
+    cp_async_wait<0>();
+    __syncthreads(); /* the pipeline's buffers become the output tile */
 
+    /* Epilogue through shared memory: the linear output rounded to bf16 into a [BM][CLD] tile, then 16-byte rows
+     * segments out (full 32-byte sectors), with the residual read the same way and the second rounding. */
+    bf16* cs = reinterpret_cast<bf16*>(smem);
+    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < G::MI; mi++)
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++) {
-            const int row = m0 + wm + mi * 16 + g, col = n0 + wn + ni * 8 + 2 * t;
-            store_out_bf16(r, y, p, row, col, acc[mi][ni][0]);
-            store_out_bf16(r, y, p, row, col + 1, acc[mi][ni][1]);
-            store_out_bf16(r, y, p, row + 8, col, acc[mi][ni][2]);
-            store_out_bf16(r, y, p, row + 8, col + 1, acc[mi][ni][3]);
+        for (int ni = 0; ni < G::NI; ni++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = wm + mi * 16 + g + 8 * h, col = wn + ni * 8 + 2 * t;
+                *reinterpret_cast<__nv_bfloat162*>(cs + row * G::CLD + col) =
+                    __floats2bfloat162_rn(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+            }
+    __syncthreads();
+    const bool vout = p.n % 8 == 0 && aligned16(y) && (!p.has_residual || aligned16(r));
+    for (int e = tid; e < BM * BN / 8; e += G::THREADS) {
+        const int row = e / (BN / 8), col = (e % (BN / 8)) * 8, gm = m0 + row, gn = n0 + col;
+        if (gm >= p.m || gn >= p.n) continue;
+        const Pack16<bf16> lin = load16(cs + row * G::CLD + col);
+        const size_t o = (size_t)gm * (size_t)p.n + (size_t)gn;
+        if (vout && gn + 8 <= p.n) {
+            Pack16<bf16> out = lin;
+            if (p.has_residual) {
+                const Pack16<bf16> res = load16(r + o);
+#pragma unroll
+                for (int j = 0; j < 8; j++) out.v[j] = from_float<bf16>(to_float(res.v[j]) + to_float(lin.v[j]));
+            }
+            store16(y + o, out);
+        } else {
+            for (int j = 0; j < 8 && gn + j < p.n; j++) {
+                const float v = to_float(lin.v[j]);
+                y[o + j] = from_float<bf16>(p.has_residual ? to_float(r[o + j]) + v : v);
+            }
         }
+    }
+}
+
+/* The three tile shapes (launcher: backend::cuda::gemm::Tile): 8 warps of 64×32 warp tiles, 4 of 64×32, 4 of
+ * 32×32. Dynamic shared memory: TiledGemm<..>::SMEM bytes (48 KiB, 36 KiB, 24 KiB). */
+extern "C" __global__ __launch_bounds__(256) void gemm_tiled_128x128_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ r,
+                            bf16* __restrict__ y, GemmParams p) {
+    gemm_tiled<128, 128, 2, 4>(x, w, r, y, p);
+}
+extern "C" __global__ __launch_bounds__(128) void gemm_tiled_128x64_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ r,
+                           bf16* __restrict__ y, GemmParams p) {
+    gemm_tiled<128, 64, 2, 2>(x, w, r, y, p);
+}
+extern "C" __global__ __launch_bounds__(128) void gemm_tiled_64x64_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ r,
+                          bf16* __restrict__ y, GemmParams p) {
+    gemm_tiled<64, 64, 2, 2>(x, w, r, y, p);
 }
 
 /* ---- gemm_small_bf16 ------------------------------------------------------------------------------------------ */

@@ -118,7 +118,7 @@ typedef struct SamplingParams {
     int32_t top_k;
     float top_p;
 } SamplingParams;
-/* gemm_tiled_bf16, gemm_small_*: y[m, n] = x[m, k] · w[n, k]ᵀ (+ r[m, n] when has_residual != 0), every matrix
+/* gemm_tiled_*_bf16, gemm_small_*: y[m, n] = x[m, k] · w[n, k]ᵀ (+ r[m, n] when has_residual != 0), every matrix
  * row-major and contiguous (w is nn.Linear's [out, in] weight). r may be null when has_residual == 0. */
 typedef struct GemmParams {
     int32_t m;
@@ -292,8 +292,12 @@ typedef struct CuemuLaunchOptions {
                       SamplingParams p))                                                                               \
     X(sampling_uniform, (const int32_t* __restrict__ image_index, const StepState* __restrict__ step,                  \
                          uint32_t* __restrict__ words, float* __restrict__ u, int32_t n))                              \
-    X(gemm_tiled_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,                      \
-                        const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))             \
+    X(gemm_tiled_128x128_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,              \
+                               const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))      \
+    X(gemm_tiled_128x64_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,               \
+                              const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))       \
+    X(gemm_tiled_64x64_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,                \
+                             const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))        \
     X(gemm_small_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,                      \
                         const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))             \
     X(gemm_small_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ r,          \

@@ -9,7 +9,7 @@ use llamagen::backend::cpu;
 use llamagen::backend::cpu::matmul::WeightRef;
 use llamagen::backend::cpu::KernelFamily;
 use llamagen::backend::cuda::emu::EmuDevice;
-use llamagen::backend::cuda::gemm::{self, GemmPath, Strided};
+use llamagen::backend::cuda::gemm::{self, GemmPath, Strided, Tile};
 
 mod support;
 use support::devices::*;
@@ -116,17 +116,17 @@ fn gemm_matches_cpu_on<D: TestDevice>(dev: &D) {
         for (ki, &k) in [64usize, 100, 136].iter().enumerate() {
             for (ni, &n) in [8usize, 100, 257].iter().enumerate() {
                 let res = (mi + ki + ni) % 2 == 0;
-                run(dev, m, n, k, res, true, GemmPath::Tiled);
+                run(dev, m, n, k, res, true, GemmPath::Tiled(None));
                 run(dev, m, n, k, !res, true, GemmPath::Small(None));
-                run(dev, m, n, k, res, false, GemmPath::Tiled);
+                run(dev, m, n, k, res, false, GemmPath::Tiled(None));
                 run(dev, m, n, k, !res, false, GemmPath::Small(None));
             }
         }
     }
     // k = 768 (the GPT-B width) once per path; the small kernel with 1, 3 and 8 warps splitting k; Auto.
-    run(dev, 16, 100, 768, true, true, GemmPath::Tiled);
+    run(dev, 16, 100, 768, true, true, GemmPath::Tiled(None));
     run(dev, 16, 100, 768, true, true, GemmPath::Small(None));
-    run(dev, 16, 100, 768, true, false, GemmPath::Tiled);
+    run(dev, 16, 100, 768, true, false, GemmPath::Tiled(None));
     run(dev, 16, 100, 768, true, false, GemmPath::Small(None));
     for warps in [1, 3, 8] {
         run(dev, 33, 24, 200, true, true, GemmPath::Small(Some(warps)));
@@ -138,21 +138,78 @@ fn gemm_matches_cpu_on<D: TestDevice>(dev: &D) {
     // A missing barrier shows only under some orders.
     for s in SCHEDS {
         let d = dev.with_sched(s);
-        run(&d, 70, 72, 80, true, true, GemmPath::Tiled);
+        run(&d, 70, 72, 80, true, true, GemmPath::Tiled(None));
         run(&d, 17, 16, 300, true, true, GemmPath::Small(Some(4)));
-        run(&d, 70, 72, 40, true, false, GemmPath::Tiled);
+        run(&d, 70, 72, 40, true, false, GemmPath::Tiled(None));
         run(&d, 17, 16, 300, true, false, GemmPath::Small(Some(4)));
     }
     println!("gemm: {cases} cases, worst NMSE f32 {worst_f32:.3e}, bf16 {worst_bf16:.3e}");
+}
+
+/// Every tile of the tensor-core GEMM at shapes around its edges: partial tiles in m and n, k of one to nine
+/// pipeline stages (the 3-stage ring wraps), k % 32 != 0 (the last stage zero-filled by cp.async) and k % 8 != 0
+/// (the register-staged fallback); n % 8 != 0 for the scalar epilogue. The ring is the part a wrong wait or a
+/// missing barrier breaks, and the three schedules land the copies late, early and at random.
+#[test]
+fn gemm_tiles_match_cpu() {
+    gemm_tiles_match_cpu_on(&EmuDevice::new());
+}
+
+fn gemm_tiles_match_cpu_on<D: TestDevice>(dev: &D) {
+    let mut rng = Rng(23);
+    let mut worst = 0f64;
+    for (i, tile) in Tile::ALL.into_iter().enumerate() {
+        let (bm, bn) = tile.dims();
+        let shapes = [
+            (1, 8, 32),
+            (bm - 1, bn + 8, 200),
+            (bm + 3, 2 * bn - 5, 96),
+            (2 * bm, bn, 288),
+            (17, 40, 100),
+            (bm + 1, 24, 36),
+        ];
+        for (j, &(m, n, k)) in shapes.iter().enumerate() {
+            let d = dev.with_sched(SCHEDS[(i + j) % 3]);
+            let e = gemm_case(&d, &mut rng, m, n, k, j % 2 == 0, true, GemmPath::Tiled(Some(tile)));
+            worst = worst.max(e);
+        }
+        for s in SCHEDS {
+            let e = gemm_case(
+                &dev.with_sched(s),
+                &mut rng,
+                bm + 5,
+                bn + 16,
+                160,
+                true,
+                true,
+                GemmPath::Tiled(Some(tile)),
+            );
+            worst = worst.max(e);
+        }
+    }
+    println!("gemm tiles: worst NMSE {worst:.3e}");
+}
+
+#[test]
+fn gemm_tile_choice() {
+    // The biggest tile that still gives the 132 SMs of an H100 a block each, else 64×64.
+    assert_eq!(gemm::pick_tile(1920, 2304), Tile::T128x128);
+    assert_eq!(gemm::pick_tile(1024, 2304), Tile::T128x128);
+    assert_eq!(gemm::pick_tile(512, 2304), Tile::T128x64);
+    assert_eq!(gemm::pick_tile(128, 2304), Tile::T64x64);
+    assert_eq!(gemm::pick_tile(65, 768), Tile::T64x64);
+    for t in Tile::ALL {
+        assert!(t.blocks(1920, 2304) >= gemm::TARGET_SMS);
+    }
 }
 
 #[test]
 fn gemm_auto_path_and_unaligned_fallback() {
     use llamagen::backend::cuda::launch::Dtype;
     assert_eq!(gemm::auto_path(Dtype::Bf16, 64), GemmPath::Small(None));
-    assert_eq!(gemm::auto_path(Dtype::Bf16, 65), GemmPath::Tiled);
+    assert_eq!(gemm::auto_path(Dtype::Bf16, 65), GemmPath::Tiled(None));
     assert_eq!(gemm::auto_path(Dtype::F32, 16), GemmPath::Small(None));
-    assert_eq!(gemm::auto_path(Dtype::F32, 65), GemmPath::Tiled);
+    assert_eq!(gemm::auto_path(Dtype::F32, 65), GemmPath::Tiled(None));
     assert_eq!(gemm::small_warps(768, 768), 8);
     assert_eq!(gemm::small_warps(16384, 768), 1);
     assert_eq!(gemm::small_warps(8, 40), 2);
@@ -183,7 +240,7 @@ fn gemm_unaligned_fallback_on<D: TestDevice>(dev: &D) {
     );
     let xd = dev.upload(&to_bf16(&x), "x");
     let wd = dev.upload(&wb, "w");
-    for path in [GemmPath::Tiled, GemmPath::Small(None)] {
+    for path in [GemmPath::Tiled(None), GemmPath::Small(None)] {
         let mut yd = dev.alloc::<bf16>(m * n, "y");
         // SAFETY: one element into the live buffer, m·k elements remain.
         let xs = unsafe { llamagen::backend::cuda::launch::DevPtr::from_raw(xd.addr() + 2, m * k) };
@@ -206,7 +263,7 @@ fn gemm_unaligned_fallback_on<D: TestDevice>(dev: &D) {
     );
     let xd = dev.upload(&x, "x");
     let wd = dev.upload(&w, "w");
-    for path in [GemmPath::Tiled, GemmPath::Small(None)] {
+    for path in [GemmPath::Tiled(None), GemmPath::Small(None)] {
         let mut yd = dev.alloc::<f32>(m * n, "y");
         // SAFETY: one element into the live buffer, m·k elements remain.
         let xs = unsafe { llamagen::backend::cuda::launch::DevPtr::from_raw(xd.addr() + 4, m * k) };
@@ -229,7 +286,10 @@ fn gemm_rejects_bad_shapes() {
     assert!(g(0, 8, 16, false, GemmPath::Auto, &mut y).is_err());
     assert!(g(4, 8, 0, false, GemmPath::Auto, &mut y).is_err());
     assert!(g(5, 8, 16, false, GemmPath::Auto, &mut y).is_err(), "x too short");
-    assert!(g(4, 9, 16, false, GemmPath::Tiled, &mut y).is_err(), "w too short");
+    assert!(
+        g(4, 9, 16, false, GemmPath::Tiled(None), &mut y).is_err(),
+        "w too short"
+    );
     assert!(g(4, 8, 16, true, GemmPath::Auto, &mut y).is_err(), "residual too short");
     assert!(g(4, 8, 16, false, GemmPath::Small(Some(0)), &mut y).is_err());
     assert!(g(4, 8, 16, false, GemmPath::Small(Some(9)), &mut y).is_err());
@@ -249,7 +309,17 @@ fn gemm_rejects_bad_shapes() {
         GemmPath::Small(Some(9)),
     );
     assert!(small_f32.is_err(), "9 warps");
-    let short_y = gemm::gemm_with(&dev, xf.ptr(), wf.ptr(), None, yf.ptr_mut(), 4, 9, 16, GemmPath::Tiled);
+    let short_y = gemm::gemm_with(
+        &dev,
+        xf.ptr(),
+        wf.ptr(),
+        None,
+        yf.ptr_mut(),
+        4,
+        9,
+        16,
+        GemmPath::Tiled(None),
+    );
     assert!(short_y.is_err(), "w and y too short for n = 9");
 
     let a = dev.alloc::<f32>(12, "a");
@@ -463,6 +533,7 @@ fn gemm_strided_matches_reference_on<D: TestDevice>(dev: &D) {
 fn gpu_gemm_matches_cpu() {
     let g = GpuTest::new();
     gemm_matches_cpu_on(&g);
+    gemm_tiles_match_cpu_on(&g);
     gemm_unaligned_fallback_on(&g);
     gemm_strided_matches_reference_on(&g);
 }

@@ -8,18 +8,78 @@
 use super::kernels::{self, GemmParams, GemmStridedParams};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, LaunchConfig, Launcher};
 use crate::Result;
+use half::bf16;
 
 /// Which kernel [`gemm_with`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmPath {
     /// The launcher's choice ([`auto_path`]).
     Auto,
-    /// bf16: `gemm_tiled_bf16` (tensor cores, 64×64 tiles). f32: `gemm_strided_f32` with the matmul strides.
-    Tiled,
+    /// bf16: `gemm_tiled_<tile>_bf16` (tensor cores, cp.async pipeline, ldmatrix) with this tile (`None`:
+    /// [`pick_tile`]). f32: `gemm_strided_f32` with the matmul strides (the tile is ignored).
+    Tiled(Option<Tile>),
     /// The weight-streaming decode kernels, `gemm_small_bf16` (tensor cores, grid.y over m in groups of 64) or
     /// `gemm_small_f32` (SIMT, groups of 16), with this many warps per block splitting k (1..=8; `None`:
     /// [`small_warps`]). They work for any m and are the fast path for m ≤ [`SMALL_M_MAX`].
     Small(Option<u32>),
+}
+
+/// The block tile of the tensor-core GEMM: rows of x × rows of w per block (kernels/gemm.cu `TiledGemm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 8 warps of 64×32, 48 KiB of shared memory.
+    T128x128,
+    /// 4 warps of 64×32, 36 KiB.
+    T128x64,
+    /// 4 warps of 32×32, 24 KiB.
+    T64x64,
+}
+
+impl Tile {
+    pub const ALL: [Tile; 3] = [Tile::T128x128, Tile::T128x64, Tile::T64x64];
+
+    /// (rows of x, rows of w) per block.
+    pub fn dims(self) -> (usize, usize) {
+        match self {
+            Tile::T128x128 => (128, 128),
+            Tile::T128x64 => (128, 64),
+            Tile::T64x64 => (64, 64),
+        }
+    }
+
+    fn threads(self) -> u32 {
+        match self {
+            Tile::T128x128 => 256,
+            _ => 128,
+        }
+    }
+
+    /// Dynamic shared memory: three pipeline stages of (BM + BN) rows × 32 bf16 (the epilogue's output tile reuses
+    /// them and is smaller).
+    fn shared_bytes(self) -> u32 {
+        let (bm, bn) = self.dims();
+        (3 * (bm + bn) * 64) as u32
+    }
+
+    /// Blocks of the grid for an m × n output.
+    pub fn blocks(self, m: usize, n: usize) -> usize {
+        let (bm, bn) = self.dims();
+        m.div_ceil(bm) * n.div_ceil(bn)
+    }
+}
+
+/// Streaming multiprocessors the tile choice aims to fill (H100 SXM: 132; A100: 108).
+pub const TARGET_SMS: usize = 132;
+
+/// The largest tile whose grid still gives every SM of an H100 a block (larger tiles re-read x and w less: a
+/// 128×128 tile loads 2·128·k values for 128² outputs, a 64×64 tile twice as many per output); when even 64×64
+/// leaves SMs idle, 64×64 (most blocks). GPT-B qkv (n = 2304): at 64 images with CFG (m = 128) 64×64 (72
+/// blocks; fewer than the SMs, where split-K would help); t2i prefill of 16 captions (m = 1920) 128×128 (270).
+pub fn pick_tile(m: usize, n: usize) -> Tile {
+    Tile::ALL
+        .into_iter()
+        .find(|t| t.blocks(m, n) >= TARGET_SMS)
+        .unwrap_or(Tile::T64x64)
 }
 
 /// Largest m for which [`auto_path`] picks the small-m kernels.
@@ -34,7 +94,7 @@ pub fn auto_path(_dtype: Dtype, m: usize) -> GemmPath {
     if m <= SMALL_M_MAX {
         GemmPath::Small(None)
     } else {
-        GemmPath::Tiled
+        GemmPath::Tiled(None)
     }
 }
 
@@ -93,7 +153,7 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
         GemmPath::Auto => auto_path(T::DTYPE, m),
         p => p,
     };
-    if T::DTYPE == Dtype::F32 && path == GemmPath::Tiled {
+    if T::DTYPE == Dtype::F32 && matches!(path, GemmPath::Tiled(_)) {
         // SAFETY: T is f32 here.
         let (x, w, y) = unsafe { (x.cast::<f32>(), w.cast::<f32>(), y.cast::<f32>()) };
         let r = residual.map(|r| unsafe { r.cast::<f32>() });
@@ -117,7 +177,7 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
     };
     // SAFETY: a null pointer is never dereferenced: has_residual = 0 tells the kernel.
     let r = residual.unwrap_or(unsafe { DevPtr::from_raw(0, 0) });
-    let (cfg, small) = match path {
+    let (cfg, tile) = match path {
         GemmPath::Small(warps) => {
             let warps = warps.unwrap_or_else(|| small_warps(n, k));
             if !(1..=8).contains(&warps) {
@@ -130,25 +190,30 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
             }
             (
                 LaunchConfig::new([n.div_ceil(8) as u32, gy as u32, 1], [32 * warps, 1, 1]),
-                true,
+                None,
             )
         }
-        _ => {
-            let gy = m.div_ceil(64);
+        GemmPath::Tiled(tile) => {
+            let tile = tile.unwrap_or_else(|| pick_tile(m, n));
+            let (bm, bn) = tile.dims();
+            let gy = m.div_ceil(bm);
             if gy > 65535 {
                 return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
             }
-            (
-                LaunchConfig::new([n.div_ceil(64) as u32, gy as u32, 1], [128, 1, 1]),
-                false,
-            )
+            let grid = [n.div_ceil(bn) as u32, gy as u32, 1];
+            let cfg = LaunchConfig::new(grid, [tile.threads(), 1, 1]).with_shared(tile.shared_bytes());
+            (cfg, Some(tile))
         }
+        GemmPath::Auto => unreachable!("resolved by auto_path above"),
     };
     // SAFETY: T::DTYPE names the element type the chosen kernel reads and writes (f32 tiled returned above).
     unsafe {
-        match (T::DTYPE, small) {
-            (Dtype::Bf16, true) => kernels::gemm_small_bf16(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p),
-            (Dtype::Bf16, false) => kernels::gemm_tiled_bf16(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p),
+        let (xb, wb, rb) = (x.cast::<bf16>(), w.cast::<bf16>(), r.cast::<bf16>());
+        match (T::DTYPE, tile) {
+            (Dtype::Bf16, None) => kernels::gemm_small_bf16(l, cfg, xb, wb, rb, y.cast(), p),
+            (Dtype::Bf16, Some(Tile::T128x128)) => kernels::gemm_tiled_128x128_bf16(l, cfg, xb, wb, rb, y.cast(), p),
+            (Dtype::Bf16, Some(Tile::T128x64)) => kernels::gemm_tiled_128x64_bf16(l, cfg, xb, wb, rb, y.cast(), p),
+            (Dtype::Bf16, Some(Tile::T64x64)) => kernels::gemm_tiled_64x64_bf16(l, cfg, xb, wb, rb, y.cast(), p),
             (Dtype::F32, _) => kernels::gemm_small_f32(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p),
         }
     }
