@@ -34,7 +34,18 @@
  * probabilities are broadcast by shuffles. Online softmax across tiles; no tensor cores (correctness first: the
  * prefill runs once per image, the full recompute only as a check).
  *
- * Napkin math (H100 SXM: 3.35 TB/s HBM3, ~67 TFLOP/s f32 non-tensor):
+ * Flash (attention_flash_bf16, the bf16 prefill / recompute when d_h % 8 == 0 and q, kv are 16-byte aligned): grid
+ * (ceil(L / 64), heads, B'), 4 warps of 16 queries. Q (64 × DP, DP = d_h padded to 64 or 128 by cp.async's zero
+ * fill) and K/V tiles of BKV = 64 (DP 64) or 32 (DP 128) keys are staged by cp.async into 128-byte-XOR-swizzled
+ * shared memory, K/V double-buffered so the copies of tile j+1 overlap the mma of tile j. Per warp and tile:
+ * S = Q·Kᵀ by mma m16n8k16 (Q fragments held in registers, K by ldmatrix.x4), scale and masks on the C fragment,
+ * online softmax with the row max/sum over the 4 lanes of a row (two shuffles), then O += P·V with P from the S
+ * registers as the A operand and V by ldmatrix.x4.trans. P goes in as bf16 hi + bf16 lo (two mmas): 16 significant
+ * bits, so the output keeps the CPU's f32 P·V up to summation order (NMSE 1e-8 against 4e-6 with P rounded to bf16
+ * as FlashAttention does), for a third more tensor work. Warps skip key tiles entirely after their last query
+ * (causal). The output goes through the warp's rows of the Q tile, 16-byte stores.
+ *
+ * Napkin math (H100 SXM: 3.35 TB/s HBM3, ~67 TFLOP/s f32 non-tensor, ~990 TFLOP/s dense bf16 tensor):
  *   decode, GPT-XL (H = 20, d_h = 64) c2i 384 px, batch 8 with CFG (16 rows), bf16, at the last position p = 576:
  *     K+V read = 16·20·577·64·2·2 B = 47.3 MB per layer → 14 µs at the roofline (7 µs averaged over the image);
  *     4·16·20·577·64 = 47 MFLOP, negligible. 320 (row, head) blocks fill 132 SMs: one split, no combine launch.
@@ -45,13 +56,17 @@
  *     f32 peak, K/V 16·20·120·64·2·2 B = 9.8 MB read once per 16-query block (L2-resident).
  *   full recompute, t2i 512 px (L = 1143): 16·20·1143·572·64·4 ≈ 54 GFLOP → 0.8 ms per layer at the f32 peak,
  *     shared-memory bound in practice (a few times slower): acceptable for a check, a tensor-core (mma) version is
- *     the upgrade if the recompute ever runs in production.
+ *     the upgrade if the recompute ever runs in production. The flash kernel does the same in 3 mmas of 2 FLOPs
+ *     per (query, key, feature) pair after causal skipping: 16·20·1143·572·64·6 ≈ 80 GFLOP of tensor work →
+ *     ~0.1 ms per layer at the dense bf16 peak (more realistically 0.2-0.3 ms at mma.sync's ~60 % of it).
  * Measured: not yet on a GPU (no device in the development environment).
  */
 #include <cuda_bf16.h>
 
 #include "common.cuh"
 #include "llamagen_kernels.h"
+
+typedef __nv_bfloat16 bf16;
 
 #define ATTN_TILE_K 32 /* keys per tile of attention_tiled: one per lane */
 #define ATTN_TILE_QW 4 /* queries per warp in attention_tiled */
@@ -457,4 +472,226 @@ extern "C" __global__ void attention_tiled_bf16(const __nv_bfloat16* __restrict_
                                                 const StepState* __restrict__ step, const int32_t* __restrict__ rows,
                                                 __nv_bfloat16* __restrict__ out, AttentionParams p) {
     tiled_entry<__nv_bfloat16>(q, kv, mask, step, rows, out, p);
+}
+
+/* ---- flash: the bf16 prefill on tensor cores ------------------------------------------------------------------ */
+
+#define FLASH_BQ 64 /* queries per block: 16 per warp, one m16 tile */
+#define FLASH_THREADS 128
+
+/* Byte offset of 16-byte chunk c of row `row` in a tile of RB-byte rows (RB = 128 or 256): the 128-byte XOR
+ * swizzle, so the 8 rows of an ldmatrix phase (same logical chunk) and the 8 chunks of a cp.async phase land in 8
+ * distinct bank groups. */
+template <int RB> static __device__ __forceinline__ int fswz(int row, int c) { return row * RB + ((c ^ (row & 7)) << 4); }
+
+static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+/* DP: head_dim padded to 64 or 128 (zero-filled by cp.async past d); BKV: keys per tile (64 or 32, so that Q plus two
+ * stages of K and V fit 48 KiB). */
+template <int DP, int BKV>
+static __device__ void flash_impl(const bf16* __restrict__ q, const bf16* __restrict__ kv, const bf16* __restrict__ mask,
+                                  int slot, int pos, bf16* __restrict__ out, const AttentionParams& p) {
+    constexpr int RB = DP * 2, CH = DP / 8, KS = DP / 16, NT = BKV / 8, NO = DP / 8;
+    const int d = p.head_dim, D = p.heads * d;
+    const int h = (int)blockIdx.y, b = (int)blockIdx.z;
+    const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int q0 = (int)blockIdx.x * FLASH_BQ;
+    if (q0 >= p.len) return; /* uniform: a grid larger than needed */
+    const int nq = min(FLASH_BQ, p.len - q0);
+    const int kend = pos + q0 + nq; /* keys 0..kend-1 are seen by some query of the block */
+
+    DYNAMIC_SHARED(float, smem); /* nvcc: one type per extern __shared__ name in a file (the other kernels') */
+    unsigned char* sq = reinterpret_cast<unsigned char*>(smem); /* [64][RB]: Q, later the output tile */
+    unsigned char* skv = sq + FLASH_BQ * RB;                      /* [2 stages][K: BKV rows | V: BKV rows][RB] */
+    const bf16* qbase = q + ((size_t)b * p.len + q0) * (size_t)D + (size_t)h * d;
+    const bf16* kbase = cache_row(kv, p, 0, slot, h, 0);
+    const bf16* vbase = cache_row(kv, p, 1, slot, h, 0);
+
+    for (int c = tid; c < FLASH_BQ * CH; c += FLASH_THREADS) {
+        const int row = c / CH, ch = c % CH;
+        const bool in = row < nq && ch * 8 < d;
+        cp_async16(sq + fswz<RB>(row, ch), in ? qbase + (size_t)row * D + ch * 8 : qbase, in ? 16 : 0);
+    }
+    auto load_kv = [&](int s, int kt) {
+        unsigned char* base = skv + s * 2 * BKV * RB;
+        for (int c = tid; c < 2 * BKV * CH; c += FLASH_THREADS) {
+            const int row = c / CH, ch = c % CH, key = kt + row % BKV;
+            const bool in = key < kend && ch * 8 < d;
+            const bf16* src = (row < BKV ? kbase : vbase) + (size_t)key * d + ch * 8;
+            cp_async16(base + fswz<RB>(row, ch), in ? src : kbase, in ? 16 : 0);
+        }
+    };
+    load_kv(0, 0);
+    cp_async_commit();
+
+    /* This thread's two query rows: r = 0 → warp·16 + g, r = 1 → + 8 (the C fragment's rows). */
+    int qp[2];
+    bool qok[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int qi = warp * 16 + g + 8 * r;
+        qok[r] = qi < nq;
+        qp[r] = pos + q0 + qi;
+    }
+    const bool warp_rows = warp * 16 < nq;
+    const int warp_last = pos + q0 + min(warp * 16 + 15, nq - 1); /* the warp's last query position */
+
+    float o[NO][4], m[2] = {-INFINITY, -INFINITY}, lsum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < NO; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) o[i][j] = 0.0f;
+    uint32_t qa[KS][4];
+    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_kc = lane >> 4;   /* A / V.trans lane roles */
+    const int b_row = (lane & 7) + (lane >> 4) * 8, b_kc = (lane >> 3) & 1; /* K (B operand) lane roles */
+
+    const int ntiles = ceil_div(kend, BKV);
+    for (int j = 0; j < ntiles; j++) {
+        if (j + 1 < ntiles) load_kv((j + 1) & 1, (j + 1) * BKV);
+        cp_async_commit();
+        cp_async_wait<1>(); /* Q and tile j have landed (this thread's copies) ... */
+        __syncthreads();    /* ... and everyone's */
+        if (j == 0) {
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) ldmatrix_x4(qa[ks], sq + fswz<RB>(warp * 16 + a_row, 2 * ks + a_kc));
+        }
+        const int kt = j * BKV;
+        /* Warp-uniform skips: no valid query rows, or every key of the tile after the warp's last query. */
+        if (warp_rows && kt <= warp_last) {
+            const unsigned char* ks_ = skv + (j & 1) * 2 * BKV * RB;
+            const unsigned char* vs_ = ks_ + BKV * RB;
+            float s[NT][4];
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) s[n][i] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+                for (int n = 0; n < NT; n += 2) {
+                    uint32_t kb[4];
+                    ldmatrix_x4(kb, ks_ + fswz<RB>(n * 8 + b_row, 2 * ks + b_kc));
+                    const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+                    mma_m16n8k16_bf16(s[n], qa[ks], b0, s[n]);
+                    mma_m16n8k16_bf16(s[n + 1], qa[ks], b1, s[n + 1]);
+                }
+            /* Scale, causal + condition mask, online softmax over the tile (rows shared by the 4 lanes of a g). */
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int r = i >> 1, key = kt + n * 8 + 2 * t + (i & 1);
+                    const bool vis = qok[r] && key <= qp[r] && key_visible(mask, p, b, key, qp[r]);
+                    s[n][i] = vis ? s[n][i] * p.scale : -INFINITY;
+                    mx[r] = fmaxf(mx[r], s[n][i]);
+                }
+            float alpha[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+                const float mn = fmaxf(m[r], mx[r]);
+                alpha[r] = mn == -INFINITY ? 1.0f : exp_diff(m[r], mn);
+                m[r] = mn;
+            }
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int r = i >> 1;
+                    s[n][i] = s[n][i] == -INFINITY ? 0.0f : expf(s[n][i] - m[r]);
+                }
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float ps = 0.0f;
+#pragma unroll
+                for (int n = 0; n < NT; n++) ps += s[n][2 * r] + s[n][2 * r + 1];
+                lsum[r] = lsum[r] * alpha[r] + ps; /* this lane's share; the 4 lanes are summed at the end */
+            }
+#pragma unroll
+            for (int i = 0; i < NO; i++)
+#pragma unroll
+                for (int jj = 0; jj < 4; jj++) o[i][jj] *= alpha[jj >> 1];
+            /* O += P·V with P = hi + lo, both bf16 (16 significant bits: P's rounding is 2^-17 relative, far below
+             * the output's bf16 rounding, so the result stays the CPU's f32 P·V up to summation order). */
+#pragma unroll
+            for (int kk = 0; kk < BKV / 16; kk++) {
+                uint32_t ahi[4], alo[4];
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        const float x0 = s[2 * kk + half][2 * r], x1 = s[2 * kk + half][2 * r + 1];
+                        const float h0 = quantize<bf16>(x0), h1 = quantize<bf16>(x1);
+                        ahi[2 * half + r] = pack_bf16x2(h0, h1);
+                        alo[2 * half + r] = pack_bf16x2(x0 - h0, x1 - h1);
+                    }
+#pragma unroll
+                for (int nf = 0; nf < NO; nf += 2) {
+                    uint32_t vb[4];
+                    ldmatrix_x4_trans(vb, vs_ + fswz<RB>(kk * 16 + a_row, nf + a_kc));
+                    const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+                    mma_m16n8k16_bf16(o[nf], ahi, b0, o[nf]);
+                    mma_m16n8k16_bf16(o[nf], alo, b0, o[nf]);
+                    mma_m16n8k16_bf16(o[nf + 1], ahi, b1, o[nf + 1]);
+                    mma_m16n8k16_bf16(o[nf + 1], alo, b1, o[nf + 1]);
+                }
+            }
+        }
+        __syncthreads(); /* everyone is done with stage j & 1 before iteration j + 1 refills it */
+    }
+
+    /* Normalise, round, and write through the warp's own 16 rows of the Q tile: 16-byte row segments out. */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        lsum[r] += __shfl_xor_sync(FULL_MASK, lsum[r], 1);
+        lsum[r] += __shfl_xor_sync(FULL_MASK, lsum[r], 2);
+    }
+    if (!warp_rows) return; /* uniform over the warp; no barrier follows */
+#pragma unroll
+    for (int nf = 0; nf < NO; nf++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const float inv = 1.0f / lsum[r];
+            *reinterpret_cast<uint32_t*>(sq + fswz<RB>(warp * 16 + g + 8 * r, nf) + 4 * t) =
+                pack_bf16x2(o[nf][2 * r] * inv, o[nf][2 * r + 1] * inv);
+        }
+    __syncwarp();
+    const bool vout = aligned16(out);
+    for (int c = lane; c < 16 * CH; c += 32) {
+        const int row = warp * 16 + c / CH, ch = c % CH;
+        if (row >= nq || ch * 8 >= d) continue;
+        bf16* dst = out + ((size_t)b * p.len + q0 + row) * (size_t)D + (size_t)h * d + ch * 8;
+        const bf16* src = reinterpret_cast<const bf16*>(sq + fswz<RB>(row, ch));
+        if (vout) {
+            store16(dst, load16(src));
+        } else {
+            for (int e = 0; e < 8; e++) dst[e] = src[e];
+        }
+    }
+}
+
+/* bf16 prefill / full recompute on tensor cores: grid (ceil(L / 64), heads, B'), 128 threads; head_dim a multiple
+ * of 8 up to 128, q and kv 16-byte aligned (the launcher checks; otherwise attention_tiled_bf16 runs). Dynamic
+ * shared memory: 64·DP·2 + 2·2·BKV·DP·2 bytes (40 KiB at d_h <= 64, 48 KiB at d_h <= 128). */
+extern "C" __global__ void attention_flash_bf16(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv,
+                                                const __nv_bfloat16* __restrict__ mask,
+                                                const StepState* __restrict__ step, const int32_t* __restrict__ rows,
+                                                __nv_bfloat16* __restrict__ out, AttentionParams p) {
+    const RowPlace at = row_place(rows, step, p.per_row, (int)blockIdx.z);
+    if (!place_valid(at, p)) {
+        const int D = p.heads * p.head_dim;
+        for (int qi = (int)blockIdx.x * FLASH_BQ; qi < min(p.len, (int)(blockIdx.x + 1) * FLASH_BQ); qi++)
+            write_nan_rows(out, ((size_t)blockIdx.z * p.len + qi) * (size_t)D + (size_t)blockIdx.y * p.head_dim,
+                           p.head_dim);
+        return;
+    }
+    if (p.head_dim <= 64)
+        flash_impl<64, 64>(q, kv, mask, at.slot, at.pos, out, p);
+    else
+        flash_impl<128, 32>(q, kv, mask, at.slot, at.pos, out, p);
 }

@@ -284,6 +284,9 @@ typedef struct CuemuLaunchOptions {
     X(attention_tiled_bf16, (const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv,                \
                              const __nv_bfloat16* __restrict__ mask, const StepState* __restrict__ step,               \
                              const int32_t* __restrict__ rows, __nv_bfloat16* __restrict__ out, AttentionParams p))    \
+    X(attention_flash_bf16, (const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kv,                \
+                             const __nv_bfloat16* __restrict__ mask, const StepState* __restrict__ step,               \
+                             const int32_t* __restrict__ rows, __nv_bfloat16* __restrict__ out, AttentionParams p))    \
     X(sampling_f32, (const float* __restrict__ logits, const int32_t* __restrict__ image_index,                        \
                      const StepState* __restrict__ step, int32_t* __restrict__ tokens, uint32_t* __restrict__ work,    \
                      SamplingParams p))                                                                                \

@@ -3,8 +3,9 @@
 //! `backend::cpu::kv_cache`).
 //!
 //! Two schedules: decode (flash-decoding, split-KV with a combine launch when the (query, head) pairs cannot fill
-//! the GPU) for a few queries per sequence, and a tiled kernel (K/V tiles in shared memory) for the prefill and the
-//! full recompute. Neither launch configuration depends on the position: grids are sized for the whole cache.
+//! the GPU) for a few queries per sequence, and a tiled kernel for the prefill and the full recompute: in bf16 the
+//! tensor-core flash attention (`attention_flash_bf16`: cp.async K/V double buffer, ldmatrix, mma for Q·Kᵀ and
+//! P·V), otherwise (f32, head_dim not a multiple of 8, offset pointers) the SIMT `attention_tiled_*`. Neither launch configuration depends on the position: grids are sized for the whole cache.
 use super::kernels::{self, AttentionParams, StepState};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, LaunchConfig, Launcher};
 use crate::backend::KvSpec;
@@ -25,6 +26,9 @@ pub const DEFAULT_BLOCK: u32 = 128;
 /// Keys per tile and queries per warp of `attention_tiled` (ATTN_TILE_K, ATTN_TILE_QW in the kernel).
 const TILE_K: usize = 32;
 const TILE_QW: usize = 4;
+/// Queries per block and threads of `attention_flash_bf16` (FLASH_BQ, FLASH_THREADS).
+const FLASH_BQ: usize = 64;
+const FLASH_THREADS: u32 = 128;
 /// Static + dynamic shared memory a block may use without the opt-in attribute.
 const MAX_SHARED: usize = 48 << 10;
 
@@ -54,6 +58,9 @@ pub struct AttentionOptions {
 pub struct AttentionPlan {
     /// `attention_tiled_*` (one launch) instead of `attention_decode_*` (+ `attention_combine_*` when split).
     pub tiled: bool,
+    /// Tiled in bf16 with head_dim a multiple of 8: `attention_flash_bf16` (tensor cores, 128 threads, whatever
+    /// `block` says) when q and the cache are 16-byte aligned, which they are unless a caller offsets them.
+    pub flash: bool,
     /// Decode: keys per split and the number of splits, `splits·split_keys >= seq` (1 and seq when not split).
     pub split_keys: usize,
     pub splits: usize,
@@ -74,11 +81,13 @@ pub fn attention_plan(spec: &KvSpec, batch: usize, len: usize, opts: AttentionOp
     };
     let threads = opts.block.unwrap_or(DEFAULT_BLOCK);
     if tiled {
+        let flash = spec.storage == Dtype::Bf16 && spec.head_dim % 8 == 0 && spec.head_dim <= MAX_HEAD_DIM;
         return AttentionPlan {
             tiled,
+            flash,
+            threads,
             split_keys: seq,
             splits: 1,
-            threads,
         };
     }
     let split_keys = match opts.split_keys {
@@ -96,6 +105,7 @@ pub fn attention_plan(spec: &KvSpec, batch: usize, len: usize, opts: AttentionOp
     };
     AttentionPlan {
         tiled,
+        flash: false,
         split_keys,
         splits: seq.div_ceil(split_keys),
         threads,
@@ -111,6 +121,12 @@ pub fn attention_workspace_len(spec: &KvSpec, batch: usize, len: usize, opts: At
     } else {
         batch * len * spec.heads * plan.splits * (spec.head_dim + 2)
     }
+}
+
+/// Q tile plus two stages of K and V tiles, head_dim padded to 64 (64-key tiles) or 128 (32-key tiles).
+fn flash_shared_bytes(d: usize) -> usize {
+    let (dp, bkv) = if d <= 64 { (64, 64) } else { (128, 32) };
+    (FLASH_BQ + 4 * bkv) * dp * 2
 }
 
 fn tiled_shared_bytes(warps: usize, d: usize) -> usize {
@@ -242,6 +258,29 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
     // SAFETY: a pointer value the kernels never dereference when per_row = 0.
     let rows_ptr = rows_table.unwrap_or(unsafe { step.cast() });
 
+    let aligned = (q.addr() | kv.addr()) % 16 == 0;
+    if plan.flash && aligned {
+        if batch > 65535 {
+            return Err(invalid(op, format!("batch = {batch} exceeds the grid's 65535")));
+        }
+        let gx = len.div_ceil(FLASH_BQ) as u32;
+        let shared = flash_shared_bytes(d) as u32;
+        let cfg = LaunchConfig::new([gx, heads as u32, batch as u32], [FLASH_THREADS, 1, 1]).with_shared(shared);
+        // SAFETY: plan.flash implies bf16 storage, and T::DTYPE == storage was checked above.
+        return unsafe {
+            kernels::attention_flash_bf16(
+                l,
+                cfg,
+                q.cast(),
+                kv.cast(),
+                mask_ptr.cast(),
+                step,
+                rows_ptr,
+                out.cast(),
+                p,
+            )
+        };
+    }
     if plan.tiled {
         let shared = tiled_shared_bytes(warps, d);
         if shared > MAX_SHARED {
