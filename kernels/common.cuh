@@ -148,7 +148,47 @@ static __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint3
 #endif
 }
 
+/* x rounded to TF32 (10 mantissa bits, to nearest, ties away from zero: cvt.rna.tf32.f32), as f32 bits with the
+ * low 13 bits zero, the form mma .tf32 operands must have. */
+static __device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef __CUEMU__
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u; /* finite: add half an ulp of TF32 */
+    return u;
+#else
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+
+/* D = A·B + C on one 16x8x8 TF32 tile (operands from to_tf32), C and D f32; all 32 lanes. Fragments: a[0] = A[g][t],
+ * a[1] = A[g+8][t], a[2] = A[g][t+4], a[3] = A[g+8][t+4]; b[0] = B[t][g], b[1] = B[t+4][g]; c/d as m16n8k16. */
+static __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                                        const float c[4]) {
+#ifdef __CUEMU__
+    ::cuemu::mma_m16n8k8_tf32(d, a, b, c);
+#else
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%11,%12,%13};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+                   "f"(c[3]));
+#endif
+}
+
 /* ---- asynchronous copies and ldmatrix (sm_80+) -------------------------------------------------------------- */
+
+/* 4 bytes global -> shared (LDGSTS.32, .ca), src_bytes 0 or 4: the element gathers of the implicit-GEMM convs. */
+static __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int src_bytes) {
+#ifdef __CUEMU__
+    ::cuemu::cp_async(smem, gmem, 4, (unsigned)src_bytes);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+#endif
+}
 
 /* 16 bytes global -> shared without passing through registers (LDGSTS; .cg: cached in L2 only), of which
  * src_bytes (0 or 16 here) are read and the rest zero-filled: a tile's out-of-range rows cost no branch. Both

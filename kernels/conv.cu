@@ -100,11 +100,17 @@ template <int KH, int KW, bool PHASE> struct ConvGeo {
         const int ohw = oh * ow, img = p / ohw, q = p - img * ohw, oy = q / ow, ox = q - oy * ow;
         return Pix{x + (size_t)img * c_in * h * wd, oy * stride - top, ox * stride - left};
     }
-    __device__ __forceinline__ float gather(const Pix& px, int k) const {
+    /* Address of input term k of pixel px, and whether it lies inside the image (else the term is padding). */
+    __device__ __forceinline__ const float* at(const Pix& px, int k, bool& in) const {
         const int taps = khv() * kwv(), ci = k / taps, r = k - ci * taps, ky = r / kwv(), kx = r - ky * kwv();
         const int iy = px.iy0 + ky, ix = px.ix0 + kx;
-        return (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)wd ? __ldg(px.xi + ((size_t)ci * h + iy) * wd + ix)
-                                                                         : 0.0f;
+        in = (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)wd;
+        return px.xi + ((size_t)ci * h + iy) * wd + ix;
+    }
+    __device__ __forceinline__ float gather(const Pix& px, int k) const {
+        bool in;
+        const float* a = at(px, k, in);
+        return in ? __ldg(a) : 0.0f;
     }
     __device__ __forceinline__ float weight(int m, int k) const { return __ldg(w + (size_t)m * K + k); }
     /* Output element of pixel p, channel 0; channels are cstride() apart. */
@@ -309,4 +315,194 @@ extern "C" __global__ void conv_transpose2d_f32(const float* __restrict__ x, con
 extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void conv_transpose2d_t128_f32(const float* __restrict__ x, const float* __restrict__ w,
                               const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p) {
     conv_transpose2d_entry<T128>(x, w, bias, out, p);
+}
+
+/* ---- tensor cores: TF32 implicit GEMM (conv2d_tc_f32, upsample_conv_tc_f32) ----------------------------------- */
+
+/* The same implicit GEMM (M = c_out, N = pixels, K = c_in·kh·kw) on mma.m16n8k8 TF32: 128 × 128 tile, 8 warps of
+ * 64 × 32, K step 16, a 3-stage cp.async pipeline (48 KiB). A (weights, [m][k] with k contiguous) is copied in
+ * 16-byte chunks (4-byte ones when K % 4 != 0, e.g. conv_in's K = 27) into 64-byte rows swizzled like gemm.cu's,
+ * read by ldmatrix.x4, which hands a lane exactly its TF32 A fragment (an 8×8 b16 matrix is an 8×4 f32 one).
+ * B (the im2col gather, [k][pixel]) is copied element by element with 4-byte cp.async, zero-filled where the tap
+ * falls in the padding or past K, into rows of 128 floats with the pixel index XOR-ed by (k & 3)·8: the gather's
+ * 32 consecutive pixels and the fragment reads B[t][g], B[t+4][g] are both conflict-free. p.tf32_passes: 1 = plain
+ * TF32 (operands rounded to 10 mantissa bits: ~1e-3 relative per product, ~1e-4 on a K = 1152 sum), 3 = 3xTF32
+ * (a = big + small, D += a_s·b_b + a_b·b_s + a_b·b_b: ~f32 accuracy at 3× the tensor work, still ~2.5× the f32
+ * FMA peak on an H100). The epilogue is the SIMT kernel's: + bias, then + residual. */
+#define TC_BM 128
+#define TC_BN 128
+#define TC_BK 16
+#define TC_STAGES 3
+#define TC_A_BYTES (TC_BM * TC_BK * 4)
+#define TC_STAGE_BYTES (TC_A_BYTES + TC_BK * TC_BN * 4)
+
+static __device__ __forceinline__ int tc_swz(int row, int c) { return row * 64 + ((c ^ ((row >> 1) & 3)) << 4); }
+static __device__ __forceinline__ int tc_bidx(int k, int n) { return k * TC_BN + (n ^ ((k & 3) << 3)); }
+static __device__ __forceinline__ float bits_f32(uint32_t u) { return __uint_as_float(u); }
+
+template <int PASSES, class G>
+static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, const float* __restrict__ bias,
+                                                     const float* residual, float* out, unsigned char* smem) {
+    constexpr int WARPS_N = 4, MI = 4, NI = 4;
+    if (blockDim.x != CONV_THREADS || blockDim.y != 1 || blockDim.z != 1) __trap();
+    const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t = lane & 3;
+    const int m0 = (int)blockIdx.y * TC_BM, p0 = (int)blockIdx.x * TC_BN, K = g.K;
+    const int wm = (warp / WARPS_N) * 64, wn = (warp % WARPS_N) * 32;
+    const bool avec = K % 4 == 0 && (reinterpret_cast<uintptr_t>(g.w) & 15) == 0;
+    const int ktiles = ceil_div(K, TC_BK);
+
+    /* B loader: pixel p0 + tid % 128, k rows tid / 128 + 2i (i < 8); the pixel decoding happens once. */
+    const int bp = tid % TC_BN, bk = tid / TC_BN;
+    const bool pvalid = p0 + bp < N;
+    const typename G::Pix px = g.pixel(pvalid ? p0 + bp : 0);
+    auto load_stage = [&](int s, int kt) {
+        unsigned char* as = smem + s * TC_STAGE_BYTES;
+        float* bs = reinterpret_cast<float*>(as + TC_A_BYTES);
+        const int k0 = kt * TC_BK;
+        if (avec) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int c = tid + CONV_THREADS * i, row = c >> 2, kc = c & 3, m = m0 + row, k = k0 + 4 * kc;
+                const bool in = m < M && k < K;
+                cp_async16(as + tc_swz(row, kc), in ? g.w + (size_t)m * K + k : g.w, in ? 16 : 0);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int e = tid + CONV_THREADS * i, row = e >> 4, kk = e & 15, m = m0 + row, k = k0 + kk;
+                const bool in = m < M && k < K;
+                cp_async4(as + tc_swz(row, kk >> 2) + 4 * (kk & 3), in ? g.w + (size_t)m * K + k : g.w, in ? 4 : 0);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int kk = bk + 2 * i, k = k0 + kk;
+            bool in = false;
+            const float* src = (pvalid && k < K) ? g.at(px, k, in) : g.x;
+            cp_async4(bs + tc_bidx(kk, bp), in ? src : g.x, in ? 4 : 0);
+        }
+    };
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NI; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < TC_STAGES - 1; s++) {
+        if (s < ktiles) load_stage(s, s);
+        cp_async_commit();
+    }
+    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_kc = lane >> 4;
+    for (int kt = 0; kt < ktiles; kt++) {
+        cp_async_wait<TC_STAGES - 2>();
+        __syncthreads();
+        if (kt + TC_STAGES - 1 < ktiles) load_stage((kt + TC_STAGES - 1) % TC_STAGES, kt + TC_STAGES - 1);
+        cp_async_commit();
+        const unsigned char* as = smem + (kt % TC_STAGES) * TC_STAGE_BYTES;
+        const float* bs = reinterpret_cast<const float*>(as + TC_A_BYTES);
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            uint32_t ab[MI][4], asm_[MI][4], bb[NI][2], bsm[NI][2];
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++) {
+                uint32_t raw[4];
+                ldmatrix_x4(raw, as + tc_swz(wm + mi * 16 + a_row, 2 * ks + a_kc));
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    ab[mi][e] = to_tf32(bits_f32(raw[e]));
+                    if (PASSES == 3) asm_[mi][e] = to_tf32(bits_f32(raw[e]) - bits_f32(ab[mi][e]));
+                }
+            }
+#pragma unroll
+            for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const float v = bs[tc_bidx(8 * ks + t + 4 * h, wn + 8 * ni + gq)];
+                    bb[ni][h] = to_tf32(v);
+                    if (PASSES == 3) bsm[ni][h] = to_tf32(v - bits_f32(bb[ni][h]));
+                }
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+                for (int ni = 0; ni < NI; ni++) {
+                    if (PASSES == 3) {
+                        mma_m16n8k8_tf32(acc[mi][ni], asm_[mi], bb[ni], acc[mi][ni]);
+                        mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bsm[ni], acc[mi][ni]);
+                    }
+                    mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bb[ni], acc[mi][ni]);
+                }
+        }
+    }
+    cp_async_wait<0>();
+
+    const size_t cs = g.cstride();
+#pragma unroll
+    for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int p = p0 + wn + 8 * ni + 2 * t + (e & 1);
+            if (p >= N) continue;
+            const size_t base = g.out_base(p);
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++) {
+                const int m = m0 + wm + 16 * mi + gq + 8 * (e >> 1);
+                if (m >= M) continue;
+                const size_t o = base + (size_t)m * cs;
+                float v = acc[mi][ni][e] + (bias ? bias[m] : 0.0f);
+                if (residual) v += residual[o];
+                out[o] = v;
+            }
+        }
+}
+
+template <int KH, int KW, int PASSES>
+static __device__ __forceinline__ void conv2d_tc_run(const float* x, const float* w, const float* bias,
+                                                     const float* residual, float* out, const Conv2dParams& p,
+                                                     unsigned char* smem) {
+    ConvGeo<KH, KW, false> g;
+    g.x = x, g.w = w, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = p.kh, g.kw = p.kw, g.stride = p.stride;
+    g.top = p.pad_top, g.left = p.pad_left, g.oh = p.oh, g.ow = p.ow, g.c_out = p.c_out;
+    g.K = p.c_in * p.kh * p.kw, g.a = 0, g.b = 0;
+    conv_igemm_tc<PASSES>(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr,
+                          p.has_residual ? residual : nullptr, out, smem);
+}
+
+template <int PASSES>
+static __device__ __forceinline__ void conv2d_tc_entry(const float* x, const float* w, const float* bias,
+                                                       const float* residual, float* out, const Conv2dParams& p,
+                                                       unsigned char* smem) {
+    if (p.kh == 3 && p.kw == 3) conv2d_tc_run<3, 3, PASSES>(x, w, bias, residual, out, p, smem);
+    else if (p.kh == 1 && p.kw == 1) conv2d_tc_run<1, 1, PASSES>(x, w, bias, residual, out, p, smem);
+    else conv2d_tc_run<0, 0, PASSES>(x, w, bias, residual, out, p, smem);
+}
+
+/* Dynamic shared memory: TC_STAGES · TC_STAGE_BYTES = 48 KiB; p.tf32_passes 1 or 3 (anything else traps). */
+extern "C" __global__ __launch_bounds__(CONV_THREADS) void conv2d_tc_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                                                          const float* __restrict__ bias, const float* residual,
+                                                                          float* out, Conv2dParams p) {
+    DYNAMIC_SHARED(float, smem);
+    unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
+    if (p.tf32_passes == 3) conv2d_tc_entry<3>(x, w, bias, residual, out, p, sm);
+    else if (p.tf32_passes == 1) conv2d_tc_entry<1>(x, w, bias, residual, out, p, sm);
+    else __trap();
+}
+
+extern "C" __global__ __launch_bounds__(CONV_THREADS) void upsample_conv_tc_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                                                                 const float* __restrict__ bias, float* __restrict__ out,
+                                                                                 UpsampleConvParams p) {
+    DYNAMIC_SHARED(float, smem);
+    unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
+    const int phase = (int)blockIdx.z, a = phase >> 1, b = phase & 1;
+    ConvGeo<2, 2, true> g;
+    g.K = p.c_in * 4;
+    g.x = x, g.w = w + (size_t)phase * p.c_out * g.K, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = 2, g.kw = 2;
+    g.stride = 1, g.top = 1 - a, g.left = 1 - b, g.oh = p.h, g.ow = p.w, g.c_out = p.c_out, g.a = a, g.b = b;
+    const float* bi = p.has_bias ? bias : nullptr;
+    if (p.tf32_passes == 3) conv_igemm_tc<3>(g, p.c_out, p.n * p.h * p.w, bi, nullptr, out, sm);
+    else if (p.tf32_passes == 1) conv_igemm_tc<1>(g, p.c_out, p.n * p.h * p.w, bi, nullptr, out, sm);
+    else __trap();
 }

@@ -171,6 +171,7 @@ typedef struct Conv2dParams {
     int32_t ow;
     int32_t has_bias;     /* 0: the bias pointer is not read */
     int32_t has_residual; /* 0: the residual pointer is not read */
+    int32_t tf32_passes;  /* conv2d_tc_f32 only: 1 = TF32, 3 = 3xTF32 (~f32); the SIMT kernels ignore it */
 } Conv2dParams;
 
 /* upsample_conv_f32: nearest x2 then 3x3 pad-1 conv, input (n, c_in, h, w), output (n, c_out, 2h, 2w); weights
@@ -182,6 +183,7 @@ typedef struct UpsampleConvParams {
     int32_t w;
     int32_t c_out;
     int32_t has_bias;
+    int32_t tf32_passes; /* upsample_conv_tc_f32 only, as in Conv2dParams */
 } UpsampleConvParams;
 
 /* conv_transpose2d_f32: torch ConvTranspose2d, weight (c_in, c_out, kh, kw), dilation 1, groups 1. */
@@ -312,6 +314,10 @@ typedef struct CuemuLaunchOptions {
                    const float* residual, float* out, Conv2dParams p))                                                 \
     X(conv2d_t128_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,      \
                         const float* residual, float* out, Conv2dParams p))                                            \
+    X(conv2d_tc_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,        \
+                      const float* residual, float* out, Conv2dParams p))                                              \
+    X(upsample_conv_tc_f32, (const float* __restrict__ x, const float* __restrict__ w,                                 \
+                             const float* __restrict__ bias, float* __restrict__ out, UpsampleConvParams p))           \
     X(upsample_conv_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,    \
                           float* __restrict__ out, UpsampleConvParams p))                                              \
     X(upsample_conv_t128_f32, (const float* __restrict__ x, const float* __restrict__ w,                               \
@@ -339,7 +345,8 @@ typedef struct CuemuLaunchOptions {
     X(selftest_mma_bf16, (const __nv_bfloat16* a, const __nv_bfloat16* bt, const float* c, float* d))                 \
     X(selftest_sync_count, (int32_t* out))                                                                            \
     X(selftest_ldmatrix, (const __nv_bfloat16* in, uint32_t* out))                                                     \
-    X(selftest_cp_async, (const float* in, const float* in2, float* out, int32_t flags))
+    X(selftest_cp_async, (const float* in, const float* in2, float* out, int32_t flags))                              \
+    X(selftest_mma_tf32, (const float* a, const float* bt, const float* c, float* d))
 
 /* Prototypes, for nvcc and the emulator only. */
 #if defined(__CUDACC__) || defined(__CUEMU__)

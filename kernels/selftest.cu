@@ -228,3 +228,19 @@ extern "C" __global__ void selftest_cp_async(const float* in, const float* in2, 
     __syncthreads();
     for (int j = 0; j < 4; j++) out[8 * t + 4 + j] = tile[4 * nb + j];
 }
+
+/* One warp: d (16x8, row-major) = a (16x8, row-major) · bt (8x8, row-major = B column-major) + c, on the TF32
+ * tensor-core tile; the operands are rounded with to_tf32 (exact for the test's multiples of 1/4). */
+extern "C" __global__ void selftest_mma_tf32(const float* a, const float* bt, const float* c, float* d) {
+    const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t ar[4] = {to_tf32(a[g * 8 + t]), to_tf32(a[(g + 8) * 8 + t]), to_tf32(a[g * 8 + t + 4]),
+                            to_tf32(a[(g + 8) * 8 + t + 4])};
+    const uint32_t br[2] = {to_tf32(bt[g * 8 + t]), to_tf32(bt[g * 8 + t + 4])};
+    const float cr[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
+    float dr[4];
+    mma_m16n8k8_tf32(dr, ar, br, cr);
+    d[g * 8 + 2 * t] = dr[0];
+    d[g * 8 + 2 * t + 1] = dr[1];
+    d[(g + 8) * 8 + 2 * t] = dr[2];
+    d[(g + 8) * 8 + 2 * t + 1] = dr[3];
+}

@@ -117,6 +117,76 @@ fn cp_async_bugs_show() {
     );
 }
 
+#[test]
+fn mma_tf32_tile() {
+    mma_tf32_tile_on(&EmuDevice::new());
+}
+
+/// The m16n8k8 TF32 fragment layout: values are multiples of 1/4 (exact in TF32, products and sums exact in f32),
+/// distinct and asymmetric, so a swapped or transposed fragment cannot cancel out; then to_tf32's rounding
+/// (cvt.rna: to nearest, ties away from zero) through an identity product.
+fn mma_tf32_tile_on<D: TestDevice>(dev: &D) {
+    let mut s = 17u32;
+    let mut q = || {
+        s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        ((s >> 16) % 33) as f32 * 0.25 - 4.0
+    };
+    let a: Vec<f32> = (0..16 * 8).map(|_| q()).collect();
+    let bt: Vec<f32> = (0..8 * 8).map(|_| q()).collect();
+    let c: Vec<f32> = (0..16 * 8).map(|_| q()).collect();
+    let mut want = vec![0f32; 16 * 8];
+    for m in 0..16 {
+        for n in 0..8 {
+            let dot: f32 = (0..8).map(|k| a[m * 8 + k] * bt[n * 8 + k]).sum();
+            want[m * 8 + n] = dot + c[m * 8 + n];
+        }
+    }
+    let (ab, bb, cb) = (dev.upload(&a, "a"), dev.upload(&bt, "bt"), dev.upload(&c, "c"));
+    let mut d = dev.alloc::<f32>(16 * 8, "d");
+    kernels::selftest_mma_tf32(
+        dev,
+        LaunchConfig::linear(1, 32),
+        ab.ptr(),
+        bb.ptr(),
+        cb.ptr(),
+        d.ptr_mut(),
+    )
+    .unwrap();
+    assert_eq!(d.to_vec(), want);
+    // Rounding: A = I·(1 + 2^-12) rounds to 1 (below half an ulp), 1 + 3·2^-12 to 1 + 2^-10, and the tie
+    // 1 + 2^-11 away from zero to 1 + 2^-10; B = I, C = 0, so d reads back to_tf32 of the diagonal.
+    let vals = [
+        1.0 + 2f32.powi(-12),
+        1.0 + 3.0 * 2f32.powi(-12),
+        1.0 + 2f32.powi(-11),
+        -(1.0 + 2f32.powi(-11)),
+    ];
+    let rounded = [1.0, 1.0 + 2f32.powi(-10), 1.0 + 2f32.powi(-10), -(1.0 + 2f32.powi(-10))];
+    let mut a = vec![0f32; 16 * 8];
+    for (i, v) in vals.iter().enumerate() {
+        a[i * 8 + i] = *v;
+    }
+    let eye: Vec<f32> = (0..64).map(|i| if i % 9 == 0 { 1.0 } else { 0.0 }).collect();
+    let (ab, bb, cb) = (
+        dev.upload(&a, "a"),
+        dev.upload(&eye, "bt"),
+        dev.upload(&vec![0f32; 128], "c"),
+    );
+    kernels::selftest_mma_tf32(
+        dev,
+        LaunchConfig::linear(1, 32),
+        ab.ptr(),
+        bb.ptr(),
+        cb.ptr(),
+        d.ptr_mut(),
+    )
+    .unwrap();
+    let got = d.to_vec();
+    for (i, r) in rounded.iter().enumerate() {
+        assert_eq!(got[i * 8 + i], *r, "to_tf32({})", vals[i]);
+    }
+}
+
 /// The probes on the GPU (scripts/gpu-check.sh): confirms the fragment reading and cp.async's zero fill there.
 #[test]
 #[ignore = "needs a GPU: scripts/gpu-check.sh"]
@@ -124,4 +194,5 @@ fn gpu_ldmatrix_and_cp_async() {
     let g = GpuTest::new();
     ldmatrix_fragments_on(&g);
     cp_async_waits_and_zero_fill_on(&g);
+    mma_tf32_tile_on(&g);
 }

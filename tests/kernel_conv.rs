@@ -13,8 +13,21 @@ mod support;
 use support::devices::*;
 use support::emu_check::*;
 
-/// Every case runs both kernel variants.
-const TILES: [Tile; 2] = [Tile::T64, Tile::T128];
+/// Every case runs both SIMT kernel variants (bit-identical to each other) and both tensor-core ones.
+const TILES: [Tile; 4] = [Tile::T64, Tile::T128, Tile::Tf32x3, Tile::Tf32];
+
+/// NMSE bound of a tile's output against the f32 CPU reference. The SIMT tiles: [`F32_NMSE`]. 3xTF32 splits each
+/// operand into two TF32 halves and drops only small·small (2^-22 relative per product) besides f32 summation
+/// order: the same bound holds (measured worst 7.1e-14 on the emulator, whose mma sums in f64). TF32 rounds each operand to 10 mantissa bits (relative
+/// error ≤ 2^-11): measured worst NMSE 3.5e-7 on
+/// these cases; the bound 2e-6 is ~6× that and ~1000× below one wrong tap (1/K ≈ 2e-3).
+fn bound(tile: Tile) -> f64 {
+    match tile {
+        Tile::Tf32 => TF32_NMSE,
+        _ => F32_NMSE,
+    }
+}
+const TF32_NMSE: f64 = 2e-6;
 
 /// NMSE bound for every f32 case. Each output is a sum of K = c_in·kh·kw ≤ 48·9 products, accumulated in f32 by
 /// both sides but in different orders (the kernel: k = (ci, ky, kx) ascending, one fmaf each; the CPU: a blocked
@@ -96,17 +109,19 @@ fn conv_case<D: TestDevice>(dev: &D, rng: &mut Rng, c: ConvCase) -> f64 {
         )
         .unwrap();
         let (e, max) = nmse(&ob.to_vec(), &want, &format!("{c:?} {tile:?}"));
+        let b = bound(tile);
         assert!(
-            e <= F32_NMSE,
-            "conv2d {c:?} {tile:?}: NMSE {e:.3e} > {F32_NMSE:.0e} (max abs err {max:.3e})"
+            e <= b,
+            "conv2d {c:?} {tile:?}: NMSE {e:.3e} > {b:.0e} (max abs err {max:.3e})"
         );
-        // both tiles sum each output over k in the same order with one fmaf per term: bit-identical
+        // both SIMT tiles sum each output over k in the same order with one fmaf per term: bit-identical
         match &first {
             None => first = Some(ob.to_vec()),
-            Some(f) => assert!(
+            Some(f) if tile == Tile::T128 => assert!(
                 f.iter().zip(&ob.to_vec()).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{c:?}: T64 != T128"
             ),
+            Some(_) => {}
         }
         worst = worst.max(e);
     }
@@ -364,10 +379,11 @@ fn upsample_case<D: TestDevice>(
         .unwrap();
         let what = format!("upsample_conv n={n} {c_in}->{c_out} {h}x{w} bias={bias} {tile:?}");
         let (e, max) = nmse(&ob.to_vec(), &want, &what);
-        assert!(e <= F32_NMSE, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
+        let b = bound(tile);
+        assert!(e <= b, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
         let (e2, max2) = nmse(&ob.to_vec(), &direct, &what);
         assert!(
-            e2 <= F32_NMSE,
+            e2 <= b,
             "{what} vs upsample-then-conv: NMSE {e2:.3e} (max abs err {max2:.3e})"
         );
         worst = worst.max(e).max(e2);
@@ -442,7 +458,7 @@ fn transpose_case<D: TestDevice>(
     );
     let (xb, wb, bb) = (dev.upload(&x, "x"), dev.upload(&wt, "w"), dev.upload(&b, "bias"));
     let mut worst = 0f64;
-    for tile in TILES {
+    for tile in [Tile::T64, Tile::T128] {
         let mut ob = dev.alloc::<f32>(out_len, "out");
         conv::conv_transpose2d(
             dev,

@@ -125,6 +125,8 @@ void warp_sync(unsigned mask);
 unsigned warp_activemask();
 /* The m16n8k16 bf16 tensor-core MMA, all 32 lanes of a full warp (kernels call it through common.cuh). */
 void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
+/* The m16n8k8 TF32 tensor-core MMA (operands already rounded to TF32; see runtime.cpp). */
+void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
 /* cp.async (sm_80): a 16-byte (or 4/8) global -> shared copy of which src_bytes are read and the rest zero-filled,
  * landing at any time between the call and the cp_async_wait that covers its commit group. The emulator lands it
  * as late as allowed under the forward schedule, at once under reverse, and either way at random under shuffle,

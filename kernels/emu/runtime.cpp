@@ -85,7 +85,7 @@ constexpr size_t kInSlot = 48;             /* per-lane deposit: the mma operands
 constexpr size_t kOutSlot = 16;
 
 enum FiberState : uint8_t { kReady, kWaitBarrier, kWaitWarp, kDone };
-enum WarpKind : int { kNone = 0, kShfl, kBallot, kSyncwarp, kMma, kLdsm };
+enum WarpKind : int { kNone = 0, kShfl, kBallot, kSyncwarp, kMma, kLdsm, kMmaTf32 };
 enum Sched : int { kForward = 0, kReverse = 1, kShuffle = 2 };
 
 const char* kind_name(int k) {
@@ -100,6 +100,8 @@ const char* kind_name(int k) {
         return "mma.sync";
     case kLdsm:
         return "ldmatrix";
+    case kMmaTf32:
+        return "mma.sync.m16n8k8.tf32";
     default:
         return "(none)";
     }
@@ -315,6 +317,59 @@ void complete_ldmatrix(Worker* w, Warp& wp, uint32_t p) {
     }
 }
 
+/* mma.m16n8k8 .tf32 (PTX ISA, "Matrix Fragments for mma.m16n8k8" with .tf32): g = lane >> 2, t = lane & 3,
+ * a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4], a3 = A[g+8][t+4]; b0 = B[t][g], b1 = B[t+4][g]; C/D as m16n8k16.
+ * Operands must already be TF32 (low 13 bits zero: kernels round with cvt.rna.tf32.f32); a set low bit means a
+ * kernel passed raw f32, which the hardware would silently truncate, so it aborts here. Products of TF32 values
+ * are exact in f64 and summed there, rounded once. */
+void complete_mma_tf32(Worker* w, Warp& wp, uint32_t p) {
+    if (p != 0xffffffffu) {
+        char buf[160];
+        snprintf(buf, sizeof buf, "mma.sync.m16n8k8.tf32 needs all 32 lanes of the warp; participants 0x%08x", p);
+        die(std::string(buf) + " in " + block_name(w));
+    }
+    float a[16][8], b[8][8];
+    for (unsigned l = 0; l < 32; l++) {
+        const unsigned g = l >> 2, t = l & 3;
+        uint32_t ar[4], br[2];
+        memcpy(ar, wp.in[l], 16);
+        memcpy(br, wp.in[l] + 16, 8);
+        for (unsigned i = 0; i < 6; i++) {
+            const uint32_t v = i < 4 ? ar[i] : br[i - 4];
+            if ((v & 0x1fffu) && (v & 0x7f800000u) != 0x7f800000u) {
+                char buf[200];
+                snprintf(buf, sizeof buf,
+                         "mma.tf32: lane %u operand %u = 0x%08x is not TF32 (low 13 bits set; round it with "
+                         "cvt.rna.tf32.f32 / to_tf32)", l, i, v);
+                die(std::string(buf) + " in " + block_name(w));
+            }
+        }
+        auto f = [](uint32_t v) {
+            float x;
+            memcpy(&x, &v, 4);
+            return x;
+        };
+        a[g][t] = f(ar[0]);
+        a[g + 8][t] = f(ar[1]);
+        a[g][t + 4] = f(ar[2]);
+        a[g + 8][t + 4] = f(ar[3]);
+        b[t][g] = f(br[0]);
+        b[t + 4][g] = f(br[1]);
+    }
+    for (unsigned l = 0; l < 32; l++) {
+        const unsigned g = l >> 2, t = l & 3;
+        float c[4], d[4];
+        memcpy(c, wp.in[l] + 24, 16);
+        for (unsigned i = 0; i < 4; i++) {
+            const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+            double acc = 0.0;
+            for (unsigned k = 0; k < 8; k++) acc += (double)a[row][k] * (double)b[k][col];
+            d[i] = (float)(acc + (double)c[i]);
+        }
+        memcpy(wp.out[l], d, 16);
+    }
+}
+
 void complete_round(Worker* w, Warp& wp, Round& rd) {
     const uint32_t p = rd.arrived;
     switch (rd.kind) {
@@ -384,6 +439,9 @@ void complete_round(Worker* w, Warp& wp, Round& rd) {
     }
     case kLdsm:
         complete_ldmatrix(w, wp, p);
+        break;
+    case kMmaTf32:
+        complete_mma_tf32(w, wp, p);
         break;
     default:
         break;
@@ -846,6 +904,15 @@ void cp_async_wait(int n) {
     if (!f) return;
     const uint32_t keep = n < 0 ? 0u : (uint32_t)n;
     land_copies(f, f->groups > keep ? f->groups - keep : 0u);
+}
+
+void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    unsigned char ops[40];
+    memcpy(ops, a, 16);
+    memcpy(ops + 16, b, 8);
+    memcpy(ops + 24, c, 16);
+    const unsigned char* r = warp_arrive(0xffffffffu, kMmaTf32, ops, sizeof ops, -1);
+    memcpy(d, r, 16);
 }
 
 void ldmatrix(uint32_t* r, const void* addr, int num, int trans) {

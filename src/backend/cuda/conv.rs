@@ -22,13 +22,27 @@ pub enum Tile {
     T64,
     /// 128 × 128, 8 × 8 outputs per thread, K step 8 (`*_t128_f32`): twice the FMAs per shared-memory load.
     T128,
+    /// 128 × 128 on tensor cores, TF32 (`conv2d_tc_f32` / `upsample_conv_tc_f32` with one pass): operands rounded
+    /// to 10 mantissa bits, ~1e-4 relative error on the VQ's sums. Opt-in (`--vq-math tf32`), never picked.
+    Tf32,
+    /// The same with 3xTF32 (big + small halves, three mmas): f32-level error at 3× the tensor work.
+    Tf32x3,
 }
 
 impl Tile {
     pub fn dims(self) -> (usize, usize) {
         match self {
             Tile::T64 => (64, 64),
-            Tile::T128 => (128, 128),
+            Tile::T128 | Tile::Tf32 | Tile::Tf32x3 => (128, 128),
+        }
+    }
+
+    /// The tensor-core kernels' pass count (`tf32_passes`), 0 for the SIMT tiles.
+    fn tf32_passes(self) -> i32 {
+        match self {
+            Tile::Tf32 => 1,
+            Tile::Tf32x3 => 3,
+            _ => 0,
         }
     }
 
@@ -37,6 +51,8 @@ impl Tile {
         match self {
             Tile::T64 => (16 * (64 + 4) + 16 * 64) * 4,
             Tile::T128 => (8 * (128 + 4) + 8 * 128) * 4,
+            // three stages of A (128 × 16) and B (16 × 128) f32
+            Tile::Tf32 | Tile::Tf32x3 => 3 * (128 * 16 + 16 * 128) * 4,
         }
     }
 
@@ -186,6 +202,7 @@ pub fn conv2d<L: Launcher + ?Sized>(
         ow: to_i32(op, "ow", ow)?,
         has_bias: bias.is_some() as i32,
         has_residual: residual.is_some() as i32,
+        tf32_passes: tile.tf32_passes(),
     };
     to_i32(op, "n·oh·ow", pixels)?;
     to_i32(op, "c_in·kh·kw", product(op, "c_in·kh·kw", &[c_in, kh, kw])?)?;
@@ -196,6 +213,7 @@ pub fn conv2d<L: Launcher + ?Sized>(
     match tile {
         Tile::T64 => kernels::conv2d_f32(l, cfg, x, weight, b, r, out, p),
         Tile::T128 => kernels::conv2d_t128_f32(l, cfg, x, weight, b, r, out, p),
+        Tile::Tf32 | Tile::Tf32x3 => kernels::conv2d_tc_f32(l, cfg, x, weight, b, r, out, p),
     }
 }
 
@@ -259,11 +277,13 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
         w: to_i32(op, "w", w)?,
         c_out: to_i32(op, "c_out", c_out)?,
         has_bias: bias.is_some() as i32,
+        tf32_passes: tile.tf32_passes(),
     };
     let (cfg, b) = (config(tile, pixels, c_out, 4), bias.unwrap_or_else(absent));
     match tile {
         Tile::T64 => kernels::upsample_conv_f32(l, cfg, x, folded, b, out, p),
         Tile::T128 => kernels::upsample_conv_t128_f32(l, cfg, x, folded, b, out, p),
+        Tile::Tf32 | Tile::Tf32x3 => kernels::upsample_conv_tc_f32(l, cfg, x, folded, b, out, p),
     }
 }
 
@@ -346,6 +366,7 @@ pub fn conv_transpose2d<L: Launcher + ?Sized>(
     match tile {
         Tile::T64 => kernels::conv_transpose2d_f32(l, cfg, x, weight, b, out, p),
         Tile::T128 => kernels::conv_transpose2d_t128_f32(l, cfg, x, weight, b, out, p),
+        Tile::Tf32 | Tile::Tf32x3 => Err(invalid(op, format!("no tensor-core kernel for tile {tile:?}"))),
     }
 }
 
