@@ -69,12 +69,42 @@ pub struct DeviceArgs {
     /// portable|avx2|avx512|avx512bf16 forces a kernel family below the best this CPU has.
     #[arg(long, value_enum)]
     pub device: Option<Device>,
+    /// Arithmetic of the VQ decoder's convolutions on CUDA: f32 (CUDA cores, faithful), tf32x3 (tensor cores,
+    /// split TF32: f32-level error) or tf32 (tensor cores, ~1e-4 relative error: see the README's table).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub vq_dtype: VqDtypeArg,
 }
 
 impl DeviceArgs {
     pub fn resolve(self) -> Device {
         resolve_device(self.device)
     }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VqDtypeArg {
+    F32,
+    Tf32x3,
+    Tf32,
+}
+
+/// The backend of the VQ tokenizer: f32 activations, and the conv kernels `--vq-dtype` asks for (tensor-core ones
+/// exist on CUDA only).
+pub fn vq_backend(d: DeviceArgs) -> Result<Box<dyn Backend>> {
+    use llamagen::backend::cuda::conv::Tile;
+    let device = d.resolve();
+    let tile = match d.vq_dtype {
+        VqDtypeArg::F32 => None,
+        VqDtypeArg::Tf32x3 => Some(Tile::Tf32x3),
+        VqDtypeArg::Tf32 => Some(Tile::Tf32),
+    };
+    if tile.is_some() && device == Device::Cpu {
+        bail!(
+            "--vq-dtype {:?} runs on tensor cores: it needs --device cuda or cuda-emu (the CPU computes in f32)",
+            d.vq_dtype
+        );
+    }
+    backend_with(device, Dtype::F32, tile)
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +150,15 @@ pub fn device_label(device: Device) -> Result<String> {
 
 /// The backend for `--device`: activations (and the KV cache) in bf16 when `dtype` is bf16.
 pub fn backend(device: Device, dtype: Dtype) -> Result<Box<dyn Backend>> {
+    backend_with(device, dtype, None)
+}
+
+/// [`backend`] with the conv kernel variant of the CUDA backends (`None`: the launcher's f32 choice).
+fn backend_with(
+    device: Device,
+    dtype: Dtype,
+    conv: Option<llamagen::backend::cuda::conv::Tile>,
+) -> Result<Box<dyn Backend>> {
     use llamagen::backend::cuda;
     let act = dtype;
     match device {
@@ -131,10 +170,12 @@ pub fn backend(device: Device, dtype: Dtype) -> Result<Box<dyn Backend>> {
         Device::Cuda => {
             let dev = cuda::gpu::GpuDevice::new(0)?;
             tracing::info!("CUDA device: {}", cuda::device::Device::describe(&dev));
-            Ok(Box::new(cuda::CudaBackend::new(dev, act)?))
+            Ok(Box::new(cuda::CudaBackend::new(dev, act)?.with_conv_tile(conv)))
         }
         #[cfg(llamagen_cuemu)]
-        Device::CudaEmu => Ok(Box::new(cuda::CudaBackend::new(cuda::emu::EmuDevice::new(), act)?)),
+        Device::CudaEmu => Ok(Box::new(
+            cuda::CudaBackend::new(cuda::emu::EmuDevice::new(), act)?.with_conv_tile(conv),
+        )),
         #[cfg(not(llamagen_cuemu))]
         Device::CudaEmu => bail!("--device cuda-emu: the CUDA emulator runs on x86-64 Linux only"),
     }
@@ -230,7 +271,7 @@ pub fn vq_config(a: &VqArgs) -> Result<VqConfig> {
     bail!("no VQ tokenizer given: pass --vq WEIGHTS (with --vq-config or --vq-model if the file carries no config)")
 }
 
-pub fn vq_runner(a: &VqArgs, with_encoder: bool, device: Device) -> Result<VqRunner> {
+pub fn vq_runner(a: &VqArgs, with_encoder: bool, device: DeviceArgs) -> Result<VqRunner> {
     let cfg = vq_config(a)?;
     let path = a.vq.as_ref().context("no VQ weights given: pass --vq WEIGHTS")?;
     let t = std::time::Instant::now();
@@ -238,7 +279,7 @@ pub fn vq_runner(a: &VqArgs, with_encoder: bool, device: Device) -> Result<VqRun
     let decoder_only = |name: &str| with_encoder || !(name.starts_with("encoder.") || name.starts_with("quant_conv."));
     let mut sd = load_weights_where(path, &decoder_only)?;
     tracing::debug!("VQ weights read in {:.3} s", t.elapsed().as_secs_f64());
-    Ok(VqRunner::new(cfg, &mut sd, with_encoder, backend(device, Dtype::F32)?)?)
+    Ok(VqRunner::new(cfg, &mut sd, with_encoder, vq_backend(device)?)?)
 }
 
 /// The bundled demo model (issue: a trained model so the main job runs offline).

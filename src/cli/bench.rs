@@ -175,14 +175,14 @@ fn vq_config(a: &BenchArgs, presets: bool) -> Result<Option<(VqConfig, String)>>
 }
 
 fn vq_runner(a: &BenchArgs, cfg: &VqConfig) -> Result<VqRunner> {
-    let backend = args::backend(a.device.resolve(), Dtype::F32)?;
+    let backend = args::vq_backend(a.device)?;
     if a.synthetic_weights {
         return Ok(VqRunner::synthetic(cfg.clone(), false, backend)?);
     }
     if a.vq.vq.is_none() && (a.vq.vq_model.is_some() || a.vq.vq_config.is_some()) {
         bail!("a VQ preset or config without weights needs --synthetic-weights (or --vq WEIGHTS)");
     }
-    args::vq_runner(&a.vq, false, a.device.resolve())
+    args::vq_runner(&a.vq, false, a.device)
 }
 
 /// (label, config) of every GPT in the sweep.

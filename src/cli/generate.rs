@@ -168,9 +168,9 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         Some(c) if a.synthetic_weights => Some(llamagen::model::vq::VqRunner::synthetic(
             c.clone(),
             false,
-            args::backend(a.device.resolve(), Dtype::F32)?,
+            args::vq_backend(a.device)?,
         )?),
-        Some(_) => Some(args::vq_runner(&a.vq, false, a.device.resolve())?),
+        Some(_) => Some(args::vq_runner(&a.vq, false, a.device)?),
         None => None,
     };
     let mut sd = if a.synthetic_weights {

@@ -86,9 +86,9 @@ pub fn run(mut a: ServeArgs) -> Result<()> {
     args::check_pair(&cfg, &vq_cfg, &a.vq)?;
     let max_batch = a.max_batch as usize;
     let vq = if a.synthetic_weights {
-        VqRunner::synthetic(vq_cfg.clone(), false, args::backend(device, Dtype::F32)?)?
+        VqRunner::synthetic(vq_cfg.clone(), false, args::vq_backend(a.device)?)?
     } else {
-        args::vq_runner(&a.vq, false, device)?
+        args::vq_runner(&a.vq, false, a.device)?
     };
     let mut sd = if a.synthetic_weights {
         llamagen::weights::synth::state_dict(&cfg.weight_shapes())

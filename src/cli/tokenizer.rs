@@ -105,7 +105,7 @@ pub fn decode(a: DecodeArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let (b, h, w, ids) = read_tokens(&a.tokens)?;
-    let mut vq = args::vq_runner(&a.vq, false, a.device.resolve())?;
+    let mut vq = args::vq_runner(&a.vq, false, a.device)?;
     if let Some((i, t)) = ids
         .iter()
         .enumerate()
@@ -151,7 +151,7 @@ fn load_images(paths: &[PathBuf], size: usize, f: usize) -> Result<Vec<f32>> {
 }
 
 pub fn encode(a: EncodeArgs) -> Result<()> {
-    let mut vq = args::vq_runner(&a.vq, true, a.device.resolve())?;
+    let mut vq = args::vq_runner(&a.vq, true, a.device)?;
     let f = vq.cfg.downsample();
     let x = load_images(&a.images, a.image_size, f)?;
     let n = a.images.len();
@@ -164,7 +164,7 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
 }
 
 pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
-    let mut vq = args::vq_runner(&a.vq, true, a.device.resolve())?;
+    let mut vq = args::vq_runner(&a.vq, true, a.device)?;
     let f = vq.cfg.downsample();
     let x = load_images(&a.images, a.image_size, f)?;
     ensure_dir(&a.out)?;

@@ -48,6 +48,8 @@ pub struct CudaBackend<D: Device> {
     workspaces: HashMap<&'static str, D::Buf>,
     /// Per decode graph (by [`fingerprint`]): completed runs, and the captured device graph once there is one.
     replays: HashMap<u64, (u32, Option<usize>)>,
+    /// The conv kernel variant for every conv node (`None`: the launcher's f32 choice per shape).
+    pub(super) conv_tile: Option<super::conv::Tile>,
 }
 
 /// Identifies a graph with its plan: a captured device graph bakes in every node and arena address, so it may only
@@ -97,7 +99,14 @@ impl<D: Device> CudaBackend<D> {
             err_tables: Default::default(),
             workspaces: HashMap::new(),
             replays: HashMap::new(),
+            conv_tile: None,
         })
+    }
+
+    /// Runs every conv node with this kernel variant (`--vq-dtype`: the TF32 tensor-core tiles).
+    pub fn with_conv_tile(mut self, tile: Option<super::conv::Tile>) -> Self {
+        self.conv_tile = tile;
+        self
     }
 
     pub fn device(&self) -> &D {

@@ -295,7 +295,7 @@ impl<D: Device> CudaBackend<D> {
                         geo,
                         *stride,
                         *pad,
-                        None,
+                        self.conv_tile,
                     )
                 }
                 Op::UpsampleConv { w, b } => {
@@ -311,7 +311,7 @@ impl<D: Device> CudaBackend<D> {
                         o,
                         (s[0], s[1], s[2], s[3]),
                         oshape[1],
-                        None,
+                        self.conv_tile,
                     )
                 }
                 Op::Groupnorm {
