@@ -48,7 +48,8 @@ fn main() {
         println!("cargo:warning=CUDA emulator not built: it needs x86-64 Linux (fiber context switch)");
     }
 
-    let nvcc = compile_with_nvcc(&root, &out, &cu_files);
+    let mut nvcc = compile_with_nvcc(&root, &out, &cu_files);
+    nvcc.sass = sass_mix(&root, &nvcc);
     let rust = rust_source(&api, &modules, &nvcc, &out, emulator);
     fs::write(out.join("kernels_gen.rs"), rust).unwrap();
 }
@@ -338,6 +339,7 @@ fn build_emulator(root: &Path, out: &Path, cu_files: &[PathBuf]) {
         .flag(k.join("emu/cuemu.h").to_str().unwrap());
     b.file(k.join("emu/runtime.cpp"));
     b.file(k.join("emu/registry.cpp"));
+    b.file(k.join("emu/stats.cpp"));
     b.file(out.join("llamagen_layouts.cpp"));
     for f in cu_files {
         b.file(f);
@@ -373,6 +375,8 @@ struct Nvcc {
     /// module -> (ptx, sm_80 cubin, sm_90 cubin) paths
     images: BTreeMap<String, [PathBuf; 3]>,
     report: String,
+    /// [`sass_mix`] of the images.
+    sass: String,
 }
 
 fn find_nvcc(root: &Path) -> Result<PathBuf, String> {
@@ -421,6 +425,7 @@ fn compile_with_nvcc(root: &Path, out: &Path, cu_files: &[PathBuf]) -> Nvcc {
         error: None,
         images: BTreeMap::new(),
         report: String::new(),
+        sass: String::new(),
     };
     let nvcc = match find_nvcc(root) {
         Ok(p) => p,
@@ -550,6 +555,98 @@ fn compile_with_nvcc(root: &Path, out: &Path, cu_files: &[PathBuf]) -> Nvcc {
         r.error = Some(msg);
     }
     r
+}
+
+/// cuobjdump: `$CUOBJDUMP`, `.toolchain/cuobjdump/nvidia/cu13/bin/cuobjdump` (scripts/setup.sh), then `PATH`. It needs
+/// nvdisasm beside it or on `PATH`.
+fn find_cuobjdump(root: &Path) -> Option<PathBuf> {
+    if let Ok(p) = env::var("CUOBJDUMP") {
+        return (!p.is_empty() && Path::new(&p).is_file()).then(|| PathBuf::from(p));
+    }
+    let local = root.join(".toolchain/cuobjdump/nvidia/cu13/bin/cuobjdump");
+    if local.is_file() {
+        return Some(local);
+    }
+    Command::new("cuobjdump").arg("--version").output().ok()?;
+    Some(PathBuf::from("cuobjdump"))
+}
+
+/// The SASS instruction mix of every kernel of every cubin: the instructions the kernel lab reports (tensor-core
+/// MMAs, ldmatrix, cp.async, 16-byte global loads and stores, ...), one line per kernel and arch.
+fn sass_mix(root: &Path, nvcc: &Nvcc) -> String {
+    const KINDS: [&str; 11] = [
+        "HMMA", "LDSM", "LDGSTS", "LDG128", "LDG", "STG128", "STG", "LDS", "STS", "BAR", "ALL",
+    ];
+    if nvcc.images.is_empty() {
+        return "# no cubins (nvcc missing or failed)\n".into();
+    }
+    let Some(tool) = find_cuobjdump(root) else {
+        return "# cuobjdump not found (scripts/setup.sh installs it into .toolchain/cuobjdump)\n".into();
+    };
+    println!("cargo:rerun-if-env-changed=CUOBJDUMP");
+    let mut path = tool.parent().map(|d| d.as_os_str().to_owned()).unwrap_or_default();
+    path.push(":");
+    path.push(env::var_os("PATH").unwrap_or_default());
+    let mut text = String::new();
+    for [_, c80, c90] in nvcc.images.values() {
+        for (arch, cubin) in [("sm_80", c80), ("sm_90", c90)] {
+            let o = match Command::new(&tool).arg("-sass").arg(cubin).env("PATH", &path).output() {
+                Ok(o) if o.status.success() => o,
+                Ok(o) => return format!("# cuobjdump failed: {}\n", String::from_utf8_lossy(&o.stderr).trim()),
+                Err(e) => return format!("# cuobjdump: {e}\n"),
+            };
+            let mut cur: Option<(String, [usize; 11])> = None;
+            let flush = |cur: &mut Option<(String, [usize; 11])>, text: &mut String| {
+                if let Some((k, c)) = cur.take() {
+                    let counts: Vec<String> = KINDS.iter().zip(c).map(|(n, v)| format!("{n}={v}")).collect();
+                    text.push_str(&format!("{k} {arch} {}\n", counts.join(" ")));
+                }
+            };
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                if let Some(p) = line.find("Function : ") {
+                    flush(&mut cur, &mut text);
+                    cur = Some((line[p + 11..].trim().to_string(), [0; 11]));
+                    continue;
+                }
+                let (Some((_, c)), Some(end)) = (cur.as_mut(), line.find("*/")) else {
+                    continue;
+                };
+                if !line.trim_start().starts_with("/*") {
+                    continue;
+                }
+                let mut toks = line[end + 2..].split_whitespace();
+                let mut op = toks.next().unwrap_or("");
+                if op.starts_with('@') {
+                    op = toks.next().unwrap_or("");
+                }
+                let op = op.trim_end_matches(';');
+                if op.is_empty() || op.starts_with("/*") {
+                    continue;
+                }
+                let base = op.split('.').next().unwrap_or("");
+                let wide = op.split('.').any(|p| p == "128");
+                let kind = match base {
+                    "HMMA" => Some(0),
+                    "LDSM" => Some(1),
+                    "LDGSTS" => Some(2),
+                    "LDG" if wide => Some(3),
+                    "LDG" => Some(4),
+                    "STG" if wide => Some(5),
+                    "STG" => Some(6),
+                    "LDS" => Some(7),
+                    "STS" => Some(8),
+                    "BAR" => Some(9),
+                    _ => None,
+                };
+                if let Some(i) = kind {
+                    c[i] += 1;
+                }
+                c[10] += 1;
+            }
+            flush(&mut cur, &mut text);
+        }
+    }
+    text
 }
 
 /// ptxas -v output -> (kernel, "N regs, S B smem, K B stack, spills X/Y B") per entry function.
@@ -745,18 +842,23 @@ fn rust_source(api: &Api, modules: &BTreeMap<String, String>, nvcc: &Nvcc, out: 
     let report = out.join("gpu/ptxas.txt");
     fs::create_dir_all(out.join("gpu")).unwrap();
     fs::write(&report, &nvcc.report).unwrap();
+    let mix = out.join("gpu/sass_mix.txt");
+    fs::write(&mix, &nvcc.sass).unwrap();
     writeln!(
         s,
         "/// How the GPU images were built.\n#[derive(Clone, Copy, Debug)]\npub struct NvccStatus {{\n    \
          pub path: Option<&'static str>,\n    pub version: &'static str,\n    \
          /// Why [`MODULES`] is empty: nvcc not found, or its error output.\n    pub error: Option<&'static str>,\n    \
-         /// ptxas -v output of the cubin builds.\n    pub ptxas_report: &'static str,\n}}\n\n\
+         /// ptxas -v output of the cubin builds.\n    pub ptxas_report: &'static str,\n    \
+         /// SASS instruction mix per kernel and arch (cuobjdump), one line each: `kernel arch NAME=count ...`;\n    \
+         /// a line starting with `#` says why it is missing.\n    pub sass_mix: &'static str,\n}}\n\n\
          pub const NVCC: NvccStatus = NvccStatus {{\n    path: {:?},\n    version: {:?},\n    error: {:?},\n    \
-         ptxas_report: include_str!({:?}),\n}};",
+         ptxas_report: include_str!({:?}),\n    sass_mix: include_str!({:?}),\n}};",
         nvcc.path.as_ref().map(|p| p.display().to_string()),
         nvcc.version,
         nvcc.error,
-        report.display().to_string()
+        report.display().to_string(),
+        mix.display().to_string()
     )
     .unwrap();
     s

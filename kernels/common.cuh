@@ -64,11 +64,17 @@ static __device__ __forceinline__ RowPlace row_place(const int32_t* __restrict__
 
 static __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 template <typename T> static __device__ __forceinline__ Pack16<T> load16(const T* p) {
+#ifdef __CUEMU__
+    ::cuemu::note_access(p, 16, 0);
+#endif
     Pack16<T> r;
     *reinterpret_cast<int4*>(&r) = *reinterpret_cast<const int4*>(p);
     return r;
 }
 template <typename T> static __device__ __forceinline__ void store16(T* p, const Pack16<T>& v) {
+#ifdef __CUEMU__
+    ::cuemu::note_access(p, 16, 1);
+#endif
     *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&v);
 }
 

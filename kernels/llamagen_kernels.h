@@ -235,6 +235,24 @@ typedef struct CuemuLaunchOptions {
     uint32_t seed;
 } CuemuLaunchOptions;
 
+/* The kernel lab's counters since cuemu_stats_enable(1) (kernels/emu/stats.cpp), saturating at 2^32 - 1. Only the
+ * instrumented accesses count: cp.async, load16/store16 (common.cuh), __ldg, ldmatrix; plain loads and stores don't. */
+typedef struct CuemuStats {
+    uint32_t mma_bf16;             /* mma.m16n8k16 bf16 (4096 FLOPs each) */
+    uint32_t mma_tf32;             /* mma.m16n8k8 tf32 (2048 FLOPs each) */
+    uint32_t ldsm_phases;          /* ldmatrix 8x8 matrices read */
+    uint32_t ldsm_wavefronts;      /* ... and the shared-memory passes they took (= phases when conflict-free) */
+    uint32_t ldsm_worst_ways;      /* the worst bank conflict of any one matrix */
+    uint32_t global_requests;      /* warp-level instrumented global accesses */
+    uint32_t global_sectors;       /* 32-byte sectors they touched */
+    uint32_t global_ideal_sectors; /* the fewest sectors holding the distinct bytes each request asked for */
+    uint32_t global_bytes;         /* distinct bytes per request, summed */
+    uint32_t shared_requests;      /* warp-level instrumented shared accesses (cp.async stores, load16/store16) */
+    uint32_t shared_phases;        /* 128-byte phases they need at least */
+    uint32_t shared_wavefronts;    /* passes actually needed (bank conflicts add passes) */
+    uint32_t shared_worst_ways;    /* the worst bank conflict of any one phase */
+} CuemuStats;
+
 /* ---------------------------------------------------------------------------------------------------------------
  * The kernel table
  * ------------------------------------------------------------------------------------------------------------- */
@@ -385,6 +403,9 @@ const char* cuemu_last_error(void);
 /* Argument signature of a kernel, e.g. "P,P,P,S12" (P pointer, i int32, u uint32, f float, S<n> struct of n bytes).
  * Returns 0 and NUL-terminates into buf, or CUEMU_ERR_UNKNOWN_KERNEL. */
 int cuemu_kernel_signature(const char* name, char* buf, uint32_t len);
+/* The kernel lab: on != 0 zeroes the counters and starts counting, 0 stops; read them with cuemu_stats_read. */
+void cuemu_stats_enable(int on);
+void cuemu_stats_read(CuemuStats* out);
 /* Number of registered kernels and the i-th name (NULL past the end). */
 int cuemu_kernel_count(void);
 const char* cuemu_kernel_name(int i);

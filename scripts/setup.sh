@@ -18,6 +18,19 @@ else
     echo "warning: installing nvcc from PyPI failed; the GPU kernels will not be built" >&2
 fi
 
+# cuobjdump + nvdisasm (read-only tools over the cubins: the kernel lab's SASS instruction mix, built into the binary
+# by build.rs). 13.2 is the oldest on PyPI; reading sm_80/sm_90 cubins made by nvcc 13.0 needs no matching version.
+CUOBJDUMP_LOCAL=.toolchain/cuobjdump/nvidia/cu13/bin/cuobjdump
+if [ -x "$CUOBJDUMP_LOCAL" ] && [ -x .toolchain/cuobjdump/nvidia/cu13/bin/nvdisasm ]; then
+    echo "cuobjdump already installed in .toolchain/cuobjdump"
+elif python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-input --upgrade \
+    --target .toolchain/cuobjdump nvidia-cuda-cuobjdump==13.2.78 nvidia-cuda-nvdisasm==13.2.78; then
+    echo "installed cuobjdump: $("$CUOBJDUMP_LOCAL" --version | grep release)"
+    touch build.rs
+else
+    echo "warning: installing cuobjdump from PyPI failed; the kernel lab will lack the SASS instruction mix" >&2
+fi
+
 # One build: the test build also builds the binary (the CLI tests run it), with the same dependency features as
 # `cargo test`; a separate `cargo build` would compile rayon, serde, gemm and the crate a second time (dev-dependencies
 # turn on other features of them), ~2.5 of ~6.5 minutes on the 2-core box.

@@ -138,6 +138,8 @@ void cp_async_commit();
 void cp_async_wait(int n);
 /* ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16, all 32 lanes: lane 8j + i gives row i of matrix j. */
 void ldmatrix(uint32_t* r, const void* addr, int num, int trans);
+/* The kernel lab: notes a global or shared access of `size` bytes by the calling thread (no-op unless counting). */
+void note_access(const void* p, unsigned size, int store);
 /* Aborts the process with a message naming the kernel, block and thread. */
 [[noreturn]] void trap(const char* what);
 inline unsigned char* dynamic_smem() { return cuemu_bcur->dyn_smem; }
@@ -387,7 +389,10 @@ static inline unsigned __brev(unsigned x) {
     x = ((x >> 8) & 0x00ff00ffu) | ((x & 0x00ff00ffu) << 8);
     return (x >> 16) | (x << 16);
 }
-template <typename T> static inline T __ldg(const T* p) { return *p; }
+template <typename T> static inline T __ldg(const T* p) {
+    cuemu::note_access(p, sizeof(T), 0);
+    return *p;
+}
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
 static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }

@@ -3,8 +3,29 @@
 #define CUEMU_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include <vector>
 
 namespace cuemu {
+/* ---- the kernel lab's counters (stats.cpp) -------------------------------------------------------------------- */
+
+/* One instrumented memory access of one lane. `site` is the calling instruction's address in the kernel (the
+ * wrappers are inlined, the recorder is not): the k-th access of each lane at one site is one warp request, as the
+ * hardware issues one instruction, also when some lanes skip the site (padding, bounds). */
+struct AccessRec {
+    uint64_t site;
+    uint8_t lane, size, shared, store;
+    uint64_t addr;
+};
+/* Whether counting is on (cuemu_stats_enable); checked before anything is recorded. */
+bool stats_on();
+/* Folds one warp's access log of a finished block into the totals, then clears it. */
+void stats_flush_warp(std::vector<AccessRec>& log);
+/* ldmatrix: the 16-byte row addresses of one 8-row phase (matrix). */
+void stats_ldmatrix_phase(const uint64_t rows[8]);
+void stats_count_mma(int tf32);
+
 struct KernelEntry {
     const char* name;
     /* Runs the kernel body once for the current fiber: casts args[i] to the i-th parameter type and calls it. */

@@ -172,6 +172,7 @@ struct Worker {
     Fiber fibers[kMaxThreads];
     Warp warps[kMaxWarps];
     uint16_t order[kMaxThreads];
+    std::vector<AccessRec> access_log[kMaxWarps]; /* the kernel lab's, while counting */
 };
 
 __thread Worker* tl_worker = nullptr;
@@ -304,6 +305,13 @@ void complete_ldmatrix(Worker* w, Warp& wp, uint32_t p) {
             die(std::string(buf) + " in " + block_name(w));
         }
         memcpy(m[l / 8][l % 8], row, 16);
+    }
+    if (stats_on()) {
+        for (int j = 0; j < num; j++) {
+            uint64_t rows[8];
+            for (int i = 0; i < 8; i++) memcpy(&rows[i], wp.in[8 * j + i], 8);
+            stats_ldmatrix_phase(rows);
+        }
     }
     for (unsigned l = 0; l < 32; l++) {
         uint32_t r[4] = {0, 0, 0, 0};
@@ -688,6 +696,7 @@ void run_block(Worker* w, const Launch* l, uint64_t b) {
     tl_fiber = nullptr;
     cuemu_tcur = nullptr;
     cuemu_bcur = nullptr;
+    for (unsigned k = 0; k < w->nwarps; k++) stats_flush_warp(w->access_log[k]);
 }
 
 /* ------------------------------------------------------------------------------------------------------------- */
@@ -862,14 +871,37 @@ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], con
     memcpy(ops + 24, c, 16);
     const unsigned char* r = warp_arrive(0xffffffffu, kMma, ops, sizeof ops, -1);
     memcpy(d, r, 16);
+    if (stats_on() && tl_fiber->ctx.lane == 0) stats_count_mma(0);
 }
 
-void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+/* The kernel lab: one access of the calling thread into its warp's log (shared when inside the block's dynamic
+ * shared memory; static __shared__ arrays, being thread_local objects, count as global here). */
+void record(const void* p, unsigned size, int store, uint64_t site) {
+    Worker* w = tl_worker;
+    Fiber* f = tl_fiber;
+    if (!w || !f) return;
+    const auto a = reinterpret_cast<uintptr_t>(p), s = reinterpret_cast<uintptr_t>(w->block.dyn_smem);
+    const bool shared = a >= s && a < s + w->block.dyn_smem_bytes;
+    w->access_log[f->ctx.warp].push_back(
+        AccessRec{site, (uint8_t)f->ctx.lane, (uint8_t)size, (uint8_t)shared, (uint8_t)store, (uint64_t)a});
+}
+
+__attribute__((noinline)) void note_access(const void* p, unsigned size, int store) {
+    if (!stats_on() || !tl_fiber) return;
+    record(p, size, store, reinterpret_cast<uint64_t>(__builtin_return_address(0)));
+}
+
+__attribute__((noinline)) void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
     Worker* w = tl_worker;
     Fiber* f = tl_fiber;
     if (!w || !f) {
         fprintf(stderr, "cuemu: cp.async called outside a kernel launch\n");
         abort();
+    }
+    if (stats_on()) { /* one instruction: a global read (of what is really read) and a shared write */
+        const uint64_t site = reinterpret_cast<uint64_t>(__builtin_return_address(0));
+        if (src_bytes > 0) record(src, src_bytes, 0, site);
+        record(dst, bytes, 1, site);
     }
     if ((bytes != 4 && bytes != 8 && bytes != 16) || src_bytes > bytes) {
         die("cp.async of " + std::to_string(bytes) + " bytes with src-size " + std::to_string(src_bytes) +
@@ -913,6 +945,7 @@ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2], cons
     memcpy(ops + 24, c, 16);
     const unsigned char* r = warp_arrive(0xffffffffu, kMmaTf32, ops, sizeof ops, -1);
     memcpy(d, r, 16);
+    if (stats_on() && tl_fiber->ctx.lane == 0) stats_count_mma(1);
 }
 
 void ldmatrix(uint32_t* r, const void* addr, int num, int trans) {

@@ -3,6 +3,7 @@
 //! and single-op graphs at real LlamaGen shapes.
 pub mod ceiling;
 pub mod cost;
+pub mod lab;
 pub mod ops;
 
 pub use ceiling::Ceilings;

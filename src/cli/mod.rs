@@ -4,6 +4,7 @@ mod bench;
 mod convert;
 mod generate;
 mod info;
+mod lab;
 mod serve;
 mod tokenizer;
 
@@ -46,6 +47,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve the model over HTTP (JSON API, web page, metrics) with continuous batching.
     Serve(serve::ServeArgs),
+    /// The kernel lab: each hot CUDA kernel's counted efficiency (emulator), cubin figures and roofline estimate.
+    Lab(lab::LabArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -63,5 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Merge(a) => convert::merge(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Lab(a) => lab::run(a),
     }
 }

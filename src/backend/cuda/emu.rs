@@ -9,7 +9,7 @@
 //! Kernel bugs that the emulator itself detects (a barrier reached by part of a block, a deadlock, a warp collective
 //! called by part of a warp) print a message naming the kernel, block and thread, then abort the process, as a GPU
 //! fault ends a CUDA context.
-use super::kernels::CuemuLaunchOptions;
+use super::kernels::{CuemuLaunchOptions, CuemuStats};
 use super::launch::{signature, DevPtr, DevPtrMut, DeviceRepr, KernelArg, LaunchConfig, Launcher};
 use crate::{Error, Result};
 use std::alloc::{self, Layout};
@@ -33,7 +33,26 @@ mod ffi {
         pub fn cuemu_kernel_signature(name: *const c_char, buf: *mut c_char, len: u32) -> c_int;
         pub fn cuemu_kernel_count() -> c_int;
         pub fn cuemu_kernel_name(i: c_int) -> *const c_char;
+        pub fn cuemu_stats_enable(on: c_int);
+        pub fn cuemu_stats_read(out: *mut CuemuStats);
     }
+}
+
+/// The kernel lab's counters (kernels/emu/stats.cpp) over the launches `f` makes: mma counts, ldmatrix and
+/// shared-memory bank conflicts, global sectors against the ideal. One counting scope at a time in the process (the
+/// counters are global); launches by other threads meanwhile would count too.
+pub fn count<R>(f: impl FnOnce() -> R) -> (R, CuemuStats) {
+    static SCOPE: Mutex<()> = Mutex::new(());
+    let _g = SCOPE.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: plain C calls on the emulator's global counters; `out` is a valid CuemuStats.
+    unsafe { ffi::cuemu_stats_enable(1) };
+    let r = f();
+    let mut out = CuemuStats::default();
+    unsafe {
+        ffi::cuemu_stats_enable(0);
+        ffi::cuemu_stats_read(&mut out);
+    }
+    (r, out)
 }
 
 /// Bytes of canary before and after every buffer (a multiple of 256, so the data stays 256-byte aligned).
