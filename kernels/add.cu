@@ -15,7 +15,7 @@ template <typename T>
 static __device__ __forceinline__ void add_impl(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y,
                                                 int n) {
     for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += (int)(gridDim.x * blockDim.x))
-        y[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
+        gst(y + i, from_float<T>(to_float(gld(a + i)) + to_float(gld(b + i))));
 }
 
 extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,

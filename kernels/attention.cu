@@ -90,12 +90,12 @@ static __device__ __forceinline__ void load_chunk(const T* __restrict__ p, float
         for (int j = 0; j < CH; j++) f[j] = to_float(v.v[j]);
     } else if constexpr (VEC && CH * sizeof(T) == 8) {
         Pack8<T> v;
-        *reinterpret_cast<uint2*>(&v) = *reinterpret_cast<const uint2*>(p);
+        *reinterpret_cast<uint2*>(&v) = gld(reinterpret_cast<const uint2*>(p));
 #pragma unroll
         for (int j = 0; j < CH; j++) f[j] = to_float(v.v[j]);
     } else {
 #pragma unroll
-        for (int j = 0; j < CH; j++) f[j] = to_float(p[j]);
+        for (int j = 0; j < CH; j++) f[j] = to_float(gld(p + j));
     }
 }
 
@@ -225,7 +225,7 @@ static __device__ void decode_impl(const T* __restrict__ q, const T* __restrict_
         for (int i = tid; i < d; i += (int)blockDim.x) {
             float a = 0.0f;
             for (int w = 0; w < nwarps; w++) a += s_acc[w * d + i] * exp_diff(s_m[w], M);
-            out[row_off + i] = from_float<T>(a * inv);
+            gst(out + row_off + i, from_float<T>(a * inv));
         }
     } else {
         const size_t part = ((size_t)r * (size_t)p.heads + (size_t)h) * (size_t)p.splits + (size_t)s;
@@ -234,7 +234,7 @@ static __device__ void decode_impl(const T* __restrict__ q, const T* __restrict_
         for (int i = tid; i < d; i += (int)blockDim.x) {
             float a = 0.0f;
             for (int w = 0; w < nwarps; w++) a += s_acc[w * d + i] * exp_diff(s_m[w], M);
-            wacc[i] = a;
+            gst(wacc + i, a);
         }
         if (tid == 0) {
             wml[0] = M;
@@ -246,7 +246,7 @@ static __device__ void decode_impl(const T* __restrict__ q, const T* __restrict_
 /* NaN into this block's share of the output rows when pos does not fit the cache. */
 template <typename T>
 static __device__ void write_nan_rows(T* __restrict__ out, size_t row_off, int d) {
-    for (int i = (int)threadIdx.x; i < d; i += (int)blockDim.x) out[row_off + i] = from_float<T>(NAN);
+    for (int i = (int)threadIdx.x; i < d; i += (int)blockDim.x) gst(out + row_off + i, from_float<T>(NAN));
 }
 
 template <typename T>
@@ -315,8 +315,8 @@ static __device__ __forceinline__ void combine_impl(const float* __restrict__ ws
         const float inv = 1.0f / L;
         for (int i = (int)threadIdx.x; i < d; i += (int)blockDim.x) {
             float a = 0.0f;
-            for (int s = 0; s < used; s++) a += acc[(size_t)s * d + i] * exp_diff(ml[2 * s], M);
-            out[row_off + i] = from_float<T>(a * inv);
+            for (int s = 0; s < used; s++) a += gld(acc + (size_t)s * d + i) * exp_diff(ml[2 * s], M);
+            gst(out + row_off + i, from_float<T>(a * inv));
         }
     }
 }
@@ -432,7 +432,7 @@ static __device__ void tiled_impl(const T* __restrict__ q, const T* __restrict__
 #pragma unroll
         for (int t = 0; t < FPL; t++) {
             const int e = lane + 32 * t;
-            if (e < d) o[e] = from_float<T>(acc[j][t] * inv);
+            if (e < d) gst(o + e, from_float<T>(acc[j][t] * inv));
         }
     }
 }

@@ -46,10 +46,10 @@ extern "C" __global__ void codebook_f32(const int32_t* __restrict__ codes, const
     for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < total; o += (size_t)gridDim.x * blockDim.x) {
         const size_t plane = o / (size_t)p.hw, pos = o - plane * (size_t)p.hw;
         const size_t img = plane / (size_t)p.dim, c = plane - img * (size_t)p.dim;
-        const int code = codes[img * p.hw + pos];
+        const int code = gld(codes + img * p.hw + pos);
         const bool ok = code >= 0 && code < p.size;
         if (!ok && c == 0) record_bad_index(err, code);
-        out[o] = ok ? codebook[(size_t)code * p.dim + c] : 0.0f;
+        gst(out + o, ok ? gld(codebook + (size_t)code * p.dim + c) : 0.0f);
     }
 }
 
@@ -88,7 +88,7 @@ extern "C" __global__ void quantize_f32(const float* __restrict__ z, const float
                 const float* src = z + (size_t)img * dim * p.hw + s;
                 double ss = 0.0;
                 for (int c = 0; c < dim; c++) {
-                    const float x = src[(size_t)c * p.hw];
+                    const float x = gld(src + (size_t)c * p.hw);
                     v[c] = x;
                     ss += (double)x * (double)x;
                 }

@@ -78,6 +78,38 @@ template <typename T> static __device__ __forceinline__ void store16(T* p, const
     *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&v);
 }
 
+/* Four consecutive elements (8 bytes of bf16, 16 of f32); p must be aligned to their size. */
+template <typename T> struct __align__(4 * sizeof(T)) Pack4 {
+    T v[4];
+};
+template <typename T> static __device__ __forceinline__ Pack4<T> load4(const T* p) {
+#ifdef __CUEMU__
+    ::cuemu::note_access(p, sizeof(Pack4<T>), 0);
+#endif
+    return *reinterpret_cast<const Pack4<T>*>(p);
+}
+template <typename T> static __device__ __forceinline__ void store4(T* p, const Pack4<T>& v) {
+#ifdef __CUEMU__
+    ::cuemu::note_access(p, sizeof(Pack4<T>), 1);
+#endif
+    *reinterpret_cast<Pack4<T>*>(p) = v;
+}
+
+/* One global load or store that the kernel lab counts under the emulator (kernels/emu/stats.cpp); on the GPU a plain
+ * access. Kernels whose coalescing is worth seeing use these (and load16/store16) for their global traffic. */
+template <typename T> static __device__ __forceinline__ T gld(const T* p) {
+#ifdef __CUEMU__
+    ::cuemu::note_access(p, sizeof(T), 0);
+#endif
+    return *p;
+}
+template <typename T> static __device__ __forceinline__ void gst(T* p, const T& v) {
+#ifdef __CUEMU__
+    ::cuemu::note_access(p, sizeof(T), 1);
+#endif
+    *p = v;
+}
+
 /* ---- reductions ------------------------------------------------------------------------------------------------ */
 
 struct SumOp {

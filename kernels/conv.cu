@@ -238,8 +238,8 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
             if (m >= M) continue;
             const size_t o = base + (size_t)m * cs;
             float v = acc[i][j] + (bias ? bias[m] : 0.0f);
-            if (residual) v += residual[o];
-            out[o] = v;
+            if (residual) v += gld(residual + o);
+            gst(out + o, v);
         }
     }
 }
@@ -328,13 +328,15 @@ extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void conv_transpose2d_t
  * 32 consecutive pixels and the fragment reads B[t][g], B[t+4][g] are both conflict-free. p.tf32_passes: 1 = plain
  * TF32 (operands rounded to 10 mantissa bits: ~1e-3 relative per product, ~1e-4 on a K = 1152 sum), 3 = 3xTF32
  * (a = big + small, D += a_s·b_b + a_b·b_s + a_b·b_b: ~f32 accuracy at 3× the tensor work, still ~2.5× the f32
- * FMA peak on an H100). The epilogue is the SIMT kernel's: + bias, then + residual. */
+ * FMA peak on an H100). Epilogue: + bias, then + residual, staged through shared memory so that every store
+ * instruction writes 32 consecutive pixels of one channel. */
 #define TC_BM 128
 #define TC_BN 128
 #define TC_BK 16
 #define TC_STAGES 3
 #define TC_A_BYTES (TC_BM * TC_BK * 4)
 #define TC_STAGE_BYTES (TC_A_BYTES + TC_BK * TC_BN * 4)
+#define TC_EPI_LD (TC_BN + 8) /* floats per row of the staged epilogue: 64 rows fit the pipeline's buffers */
 
 static __device__ __forceinline__ int tc_swz(int row, int c) { return row * 64 + ((c ^ ((row >> 1) & 3)) << 4); }
 static __device__ __forceinline__ int tc_bidx(int k, int n) { return k * TC_BN + (n ^ ((k & 3) << 3)); }
@@ -439,24 +441,39 @@ static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, c
     }
     cp_async_wait<0>();
 
+    /* Epilogue through shared memory, half the tile (64 channels x 128 pixels) at a time: the C fragments go in as
+     * 8-byte pairs (row stride TC_EPI_LD = 8 mod 32 banks: each 16-lane phase covers all 32 banks once), then each
+     * warp writes whole rows, 32 consecutive pixels of one channel per instruction, instead of the fragments'
+     * 8 channels x 4 pixel pairs (twice the sectors). */
+    static_assert(64 * TC_EPI_LD * 4 <= TC_STAGES * TC_STAGE_BYTES, "the staged half tile must fit the pipeline");
+    float* st = reinterpret_cast<float*>(smem);
     const size_t cs = g.cstride();
 #pragma unroll
-    for (int ni = 0; ni < NI; ni++)
+    for (int half = 0; half < 2; half++) {
+        __syncthreads(); /* every warp is done with the pipeline's buffers, or with the previous half */
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int p = p0 + wn + 8 * ni + 2 * t + (e & 1);
-            if (p >= N) continue;
-            const size_t base = g.out_base(p);
+        for (int j = 0; j < 2; j++) {
+            const int mi = 2 * half + j;
 #pragma unroll
-            for (int mi = 0; mi < MI; mi++) {
-                const int m = m0 + wm + 16 * mi + gq + 8 * (e >> 1);
-                if (m >= M) continue;
-                const size_t o = base + (size_t)m * cs;
-                float v = acc[mi][ni][e] + (bias ? bias[m] : 0.0f);
-                if (residual) v += residual[o];
-                out[o] = v;
-            }
+            for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const int row = (wm >> 1) + 16 * j + gq + 8 * r, col = wn + 8 * ni + 2 * t;
+                    *reinterpret_cast<float2*>(st + row * TC_EPI_LD + col) =
+                        make_float2(acc[mi][ni][2 * r], acc[mi][ni][2 * r + 1]);
+                }
         }
+        __syncthreads();
+        for (int i = tid; i < 64 * TC_BN; i += CONV_THREADS) {
+            const int row = i / TC_BN, col = i % TC_BN;
+            const int m = m0 + (row >> 5) * 64 + 32 * half + (row & 31), p = p0 + col;
+            if (m >= M || p >= N) continue;
+            const size_t o = g.out_base(p) + (size_t)m * cs;
+            float v = st[row * TC_EPI_LD + col] + (bias ? bias[m] : 0.0f);
+            if (residual) v += gld(residual + o);
+            gst(out + o, v);
+        }
+    }
 }
 
 template <int KH, int KW, int PASSES>

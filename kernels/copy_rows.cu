@@ -25,9 +25,9 @@ extern "C" __global__ void copy_rows(const __nv_bfloat16* __restrict__ src, __nv
         if (words) {
             const uint32_t* s4 = reinterpret_cast<const uint32_t*>(s);
             uint32_t* d4 = reinterpret_cast<uint32_t*>(d);
-            for (int j = start; j < p.len / 2; j += step) d4[j] = s4[j];
+            for (int j = start; j < p.len / 2; j += step) gst(d4 + j, gld(s4 + j));
         } else {
-            for (int j = start; j < p.len; j += step) d[j] = s[j];
+            for (int j = start; j < p.len; j += step) gst(d + j, gld(s + j));
         }
     }
 }

@@ -55,7 +55,7 @@ static __device__ __forceinline__ void embed_impl(const int32_t* __restrict__ id
                 }
                 store16(dst + (size_t)u * V, v);
             } else {
-                dst[u] = ok ? src[u] : from_float<T>(0.0f);
+                gst(dst + u, ok ? gld(src + u) : from_float<T>(0.0f));
             }
         }
     }

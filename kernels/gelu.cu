@@ -20,8 +20,8 @@ template <typename T>
 static __device__ __forceinline__ void gelu_impl(const T* __restrict__ x, T* __restrict__ y, int n) {
     const float beta = 0.7978846f, kappa = 0.044715f;
     for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += (int)(gridDim.x * blockDim.x)) {
-        const float v = to_float(x[i]);
-        y[i] = from_float<T>(0.5f * v * (1.0f + tanhf(beta * (v + kappa * v * v * v))));
+        const float v = to_float(gld(x + i));
+        gst(y + i, from_float<T>(0.5f * v * (1.0f + tanhf(beta * (v + kappa * v * v * v)))));
     }
 }
 

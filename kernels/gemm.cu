@@ -74,7 +74,7 @@ static __device__ __forceinline__ void store_out_bf16(const bf16* __restrict__ r
     if (row >= p.m || col >= p.n) return;
     const size_t i = (size_t)row * (size_t)p.n + (size_t)col;
     const float lin = quantize<bf16>(acc);
-    y[i] = from_float<bf16>(p.has_residual ? to_float(r[i]) + lin : lin);
+    gst(y + i, from_float<bf16>(p.has_residual ? to_float(gld(r + i)) + lin : lin));
 }
 
 /* ---- gemm_tiled_<BM>x<BN>_bf16 ------------------------------------------------------------------------------- */
@@ -315,7 +315,7 @@ static __device__ __forceinline__ Pack16<float> load_chunk4(const float* __restr
     Pack16<float> p;
     if (row != nullptr && vec && k + 4 <= kend) return load16(row + k);
 #pragma unroll
-    for (int j = 0; j < 4; j++) p.v[j] = (row != nullptr && k + j < kend) ? row[k + j] : 0.0f;
+    for (int j = 0; j < 4; j++) p.v[j] = (row != nullptr && k + j < kend) ? gld(row + k + j) : 0.0f;
     return p;
 }
 
@@ -377,7 +377,7 @@ extern "C" __global__ void gemm_small_f32(const float* __restrict__ x, const flo
         const int row = m0 + i, col = n0 + gg;
         if (col >= p.n) continue;
         const size_t o = (size_t)row * (size_t)p.n + (size_t)col;
-        y[o] = p.has_residual ? s + r[o] : s;
+        gst(y + o, p.has_residual ? s + gld(r + o) : s);
     }
 }
 
@@ -408,10 +408,10 @@ extern "C" __global__ void gemm_strided_f32(const float* __restrict__ a, const f
             const int e = tid + ST_THREADS * i;
             const int am = a_kfast ? e >> 4 : e & 63, ak = a_kfast ? e & 15 : e >> 6;
             const int gm = m0 + am, gk = k0 + ak;
-            ar[i] = gm < p.m && gk < p.k ? ab[(int64_t)gm * p.a_sm + (int64_t)gk * p.a_sk] : 0.0f;
+            ar[i] = gm < p.m && gk < p.k ? gld(ab + (int64_t)gm * p.a_sm + (int64_t)gk * p.a_sk) : 0.0f;
             const int bn = b_nfast ? e & 63 : e >> 4, bk = b_nfast ? e >> 6 : e & 15;
             const int gn = n0 + bn, gk2 = k0 + bk;
-            br[i] = gn < p.n && gk2 < p.k ? bb[(int64_t)gk2 * p.b_sk + (int64_t)gn * p.b_sn] : 0.0f;
+            br[i] = gn < p.n && gk2 < p.k ? gld(bb + (int64_t)gk2 * p.b_sk + (int64_t)gn * p.b_sn) : 0.0f;
         }
     };
 
@@ -460,8 +460,8 @@ extern "C" __global__ void gemm_strided_f32(const float* __restrict__ a, const f
             if (gn >= p.n) continue;
             const int64_t o = cb + (int64_t)gm * p.c_sm + (int64_t)gn * p.c_sn;
             float v = p.alpha * acc[i][j] + bm;
-            if (p.has_residual) v += r[o];
-            c[o] = v;
+            if (p.has_residual) v += gld(r + o);
+            gst(c + o, v);
         }
     }
 }

@@ -50,24 +50,24 @@ extern "C" __global__ void groupnorm_stats_f32(const float* __restrict__ x, floa
             float s = 0.0f;
             if (vec) {
                 for (int i = 4 * tid; i < cnt; i += 4 * nt) {
-                    const float4 v = *reinterpret_cast<const float4*>(src + i);
+                    const float4 v = gld(reinterpret_cast<const float4*>(src + i));
                     s += (v.x + v.y) + (v.z + v.w);
                 }
             } else {
-                for (int i = tid; i < cnt; i += nt) s += src[i];
+                for (int i = tid; i < cnt; i += nt) s += gld(src + i);
             }
             const float m = block_reduce_sum(s) / (float)cnt;
             float s1 = 0.0f, s2 = 0.0f;
             if (vec) {
                 for (int i = 4 * tid; i < cnt; i += 4 * nt) {
-                    const float4 v = *reinterpret_cast<const float4*>(src + i);
+                    const float4 v = gld(reinterpret_cast<const float4*>(src + i));
                     const float a = v.x - m, b = v.y - m, c = v.z - m, d = v.w - m;
                     s1 += (a + b) + (c + d);
                     s2 += (a * a + b * b) + (c * c + d * d);
                 }
             } else {
                 for (int i = tid; i < cnt; i += nt) {
-                    const float a = src[i] - m;
+                    const float a = gld(src + i) - m;
                     s1 += a;
                     s2 += a * a;
                 }
@@ -131,17 +131,17 @@ extern "C" __global__ void groupnorm_f32(const float* __restrict__ x, const floa
                 for (int i = 4 * tid; i < cnt; i += 4 * nt) {
                     const int c = c0 + (start + i) / hw;
                     const float scale = rstd * gamma[c], b = beta[c];
-                    float4 v = *reinterpret_cast<const float4*>(x + off + i);
+                    float4 v = gld(reinterpret_cast<const float4*>(x + off + i));
                     v.x = gn_out(v.x, hi, lo, scale, b, silu);
                     v.y = gn_out(v.y, hi, lo, scale, b, silu);
                     v.z = gn_out(v.z, hi, lo, scale, b, silu);
                     v.w = gn_out(v.w, hi, lo, scale, b, silu);
-                    *reinterpret_cast<float4*>(y + off + i) = v;
+                    gst(reinterpret_cast<float4*>(y + off + i), v);
                 }
             } else {
                 for (int i = tid; i < cnt; i += nt) {
                     const int c = c0 + (start + i) / hw;
-                    y[off + i] = gn_out(x[off + i], hi, lo, rstd * gamma[c], beta[c], silu);
+                    gst(y + off + i, gn_out(gld(x + off + i), hi, lo, rstd * gamma[c], beta[c], silu));
                 }
             }
             __syncthreads(); /* st is rewritten for the next chunk */

@@ -238,6 +238,7 @@ typedef struct CuemuLaunchOptions {
 /* The kernel lab's counters since cuemu_stats_enable(1) (kernels/emu/stats.cpp), saturating at 2^32 - 1. Only the
  * instrumented accesses count: cp.async, load16/store16 (common.cuh), __ldg, ldmatrix; plain loads and stores don't. */
 typedef struct CuemuStats {
+    uint32_t launches;             /* kernel launches counted */
     uint32_t mma_bf16;             /* mma.m16n8k16 bf16 (4096 FLOPs each) */
     uint32_t mma_tf32;             /* mma.m16n8k8 tf32 (2048 FLOPs each) */
     uint32_t ldsm_phases;          /* ldmatrix 8x8 matrices read */
@@ -406,6 +407,9 @@ int cuemu_kernel_signature(const char* name, char* buf, uint32_t len);
 /* The kernel lab: on != 0 zeroes the counters and starts counting, 0 stops; read them with cuemu_stats_read. */
 void cuemu_stats_enable(int on);
 void cuemu_stats_read(CuemuStats* out);
+/* The same counters for the index-th kernel launched while counting (in order of first launch); its name into `name`
+ * (NUL-terminated, truncated to name_len). Returns 0 past the last kernel. */
+int cuemu_stats_read_kernel(uint32_t index, char* name, uint32_t name_len, CuemuStats* out);
 /* Number of registered kernels and the i-th name (NULL past the end). */
 int cuemu_kernel_count(void);
 const char* cuemu_kernel_name(int i);

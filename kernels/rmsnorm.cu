@@ -13,7 +13,7 @@
  * elements with 16-byte loads (4 f32 or 8 bf16 per load) when d is a multiple of the vector width and the pointers
  * are 16-byte aligned, scalar loads otherwise; warp shuffles plus per-warp partials reduce the block (common.cuh:
  * exact for non-power-of-two blocks such as 96). Pass 2 re-reads the row (it is ≤ 10 KiB, an L1/L2 hit), scales,
- * multiplies by w and stores with the same vector width. No dynamic shared memory; 33 floats of static shared.
+ * multiplies by w and stores, four elements per lane (w as one 16-byte load). No dynamic shared memory; 33 floats of static shared.
  *
  * Napkin math (GPT-XL: d = 1280; H100 SXM: 3.35 TB/s HBM3, ~67 TFLOP/s f32 non-tensor):
  *   bytes/call = rows·d·2·sizeof(T) (read x, write y) + d·4 (w, shared by all rows); FLOPs/call ≈ 4·rows·d.
@@ -46,7 +46,7 @@ static __device__ __forceinline__ void rmsnorm_row(const T* __restrict__ x, cons
         }
     } else {
         for (int i = tid; i < d; i += nt) {
-            const float v = to_float(x[i]);
+            const float v = to_float(gld(x + i));
             ss += v * v;
         }
     }
@@ -54,18 +54,19 @@ static __device__ __forceinline__ void rmsnorm_row(const T* __restrict__ x, cons
     const float r = rsqrtf(ss / (float)d + eps);
 
     if (vec) {
-        for (int i = tid * V; i < d; i += nt * V) {
-            const Pack16<T> p = load16(x + i);
-            Pack16<float> wv[V / 4];
+        /* Four elements per thread and step, so that the f32 weights are one 16-byte load per lane and each warp
+         * instruction (x, w or y) covers one contiguous span; 8 bf16 per lane would read w as two 16-byte halves
+         * of each lane's 32 bytes, every instruction touching twice the sectors it needs. */
+        for (int i = tid * 4; i < d; i += nt * 4) {
+            const Pack4<T> p = load4(x + i);
+            const Pack16<float> wv = load16(w + i);
+            Pack4<T> o;
 #pragma unroll
-            for (int k = 0; k < V / 4; k++) wv[k] = load16(w + i + 4 * k);
-            Pack16<T> o;
-#pragma unroll
-            for (int j = 0; j < V; j++) o.v[j] = from_float<T>(quantize<T>(to_float(p.v[j]) * r) * wv[j / 4].v[j % 4]);
-            store16(y + i, o);
+            for (int j = 0; j < 4; j++) o.v[j] = from_float<T>(quantize<T>(to_float(p.v[j]) * r) * wv.v[j]);
+            store4(y + i, o);
         }
     } else {
-        for (int i = tid; i < d; i += nt) y[i] = from_float<T>(quantize<T>(to_float(x[i]) * r) * w[i]);
+        for (int i = tid; i < d; i += nt) gst(y + i, from_float<T>(quantize<T>(to_float(gld(x + i)) * r) * gld(w + i)));
     }
 }
 

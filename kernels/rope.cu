@@ -42,11 +42,11 @@ struct F4 {
 static __device__ __forceinline__ F4 load4(const float* p, bool vec) {
     F4 r;
     if (vec) {
-        const float4 t = *reinterpret_cast<const float4*>(p);
+        const float4 t = gld(reinterpret_cast<const float4*>(p));
         r.v[0] = t.x, r.v[1] = t.y, r.v[2] = t.z, r.v[3] = t.w;
     } else {
 #pragma unroll
-        for (int i = 0; i < 4; i++) r.v[i] = p[i];
+        for (int i = 0; i < 4; i++) r.v[i] = gld(p + i);
     }
     return r;
 }
@@ -54,21 +54,21 @@ static __device__ __forceinline__ F4 load4(const __nv_bfloat16* p, bool vec) {
     F4 r;
     if (vec) {
         __nv_bfloat16 t[4];
-        *reinterpret_cast<uint2*>(t) = *reinterpret_cast<const uint2*>(p);
+        *reinterpret_cast<uint2*>(t) = gld(reinterpret_cast<const uint2*>(p));
 #pragma unroll
         for (int i = 0; i < 4; i++) r.v[i] = __bfloat162float(t[i]);
     } else {
 #pragma unroll
-        for (int i = 0; i < 4; i++) r.v[i] = __bfloat162float(p[i]);
+        for (int i = 0; i < 4; i++) r.v[i] = __bfloat162float(gld(p + i));
     }
     return r;
 }
 static __device__ __forceinline__ void store4(float* p, const F4& x, bool vec) {
     if (vec) {
-        *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
+        gst(reinterpret_cast<float4*>(p), make_float4(x.v[0], x.v[1], x.v[2], x.v[3]));
     } else {
 #pragma unroll
-        for (int i = 0; i < 4; i++) p[i] = x.v[i];
+        for (int i = 0; i < 4; i++) gst(p + i, x.v[i]);
     }
 }
 static __device__ __forceinline__ void store4(__nv_bfloat16* p, const F4& x, bool vec) {
@@ -76,21 +76,21 @@ static __device__ __forceinline__ void store4(__nv_bfloat16* p, const F4& x, boo
 #pragma unroll
     for (int i = 0; i < 4; i++) t[i] = __float2bfloat16_rn(x.v[i]);
     if (vec) {
-        *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(t);
+        gst(reinterpret_cast<uint2*>(p), *reinterpret_cast<const uint2*>(t));
     } else {
 #pragma unroll
-        for (int i = 0; i < 4; i++) p[i] = t[i];
+        for (int i = 0; i < 4; i++) gst(p + i, t[i]);
     }
 }
 /* v is copied without a round trip through f32 (bit-exact, NaN payloads included). */
 template <typename T> static __device__ __forceinline__ void copy4(const T* src, T* dst, bool vec) {
     if (vec && sizeof(T) == 4) {
-        *reinterpret_cast<int4*>(dst) = *reinterpret_cast<const int4*>(src);
+        gst(reinterpret_cast<int4*>(dst), gld(reinterpret_cast<const int4*>(src)));
     } else if (vec) {
-        *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
+        gst(reinterpret_cast<uint2*>(dst), gld(reinterpret_cast<const uint2*>(src)));
     } else {
 #pragma unroll
-        for (int i = 0; i < 4; i++) dst[i] = src[i];
+        for (int i = 0; i < 4; i++) gst(dst + i, gld(src + i));
     }
 }
 

@@ -154,26 +154,27 @@ __device__ int block_exclusive_scan(int v, int* total) {
 }
 
 /* Writes the values and ids of every vocabulary entry with pred(i, z[i]) to sv/si in vocabulary order; returns the
- * count. Each thread owns one contiguous slice, so one scan orders everything. */
+ * count. Rounds of blockDim.x consecutive entries, one per thread, each placed by a block scan: every read of z and
+ * every write of sv/si is one contiguous span per warp (a slice per thread would have each warp instruction touch
+ * 32 sectors for 32 floats). V / blockDim.x rounds (16 at V = 16384 with the launcher's 1024 threads). */
 template <typename Pred>
 __device__ int compact(const float* z, int V, Pred pred, float* sv, int32_t* si) {
     const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
-    const int chunk = ceil_div(V, nt);
-    const int lo = min(V, tid * chunk), hi = min(V, lo + chunk);
-    int cnt = 0;
-    for (int i = lo; i < hi; i++) cnt += pred(i, z[i]) ? 1 : 0;
-    int total;
-    int pos = block_exclusive_scan(cnt, &total);
-    for (int i = lo; i < hi; i++) {
-        const float x = z[i];
-        if (pred(i, x)) {
-            sv[pos] = x;
-            si[pos] = i;
-            pos++;
+    int base = 0;
+    for (int r0 = 0; r0 < V; r0 += nt) {
+        const int i = r0 + tid;
+        const float x = i < V ? gld(z + i) : 0.0f;
+        const bool keep = i < V && pred(i, x);
+        int total;
+        const int pos = block_exclusive_scan(keep ? 1 : 0, &total);
+        if (keep) {
+            gst(sv + base + pos, x);
+            gst(si + base + pos, (int32_t)i);
         }
+        base += total;
     }
     __syncthreads();
-    return total;
+    return base;
 }
 
 /* Maximum ignoring NaN (lane_max), over v[0..n). */
@@ -208,7 +209,7 @@ __device__ uint32_t radix_select_kth(const float* z, int V, int k) {
         for (int b = tid; b < 256; b += nt) hist[b] = 0;
         __syncthreads();
         for (int i = tid; i < V; i += nt) {
-            const uint32_t key = ord_key(z[i]);
+            const uint32_t key = ord_key(gld(z + i));
             if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
         }
         __syncthreads();
@@ -333,6 +334,7 @@ __device__ void sampling_impl(const T* __restrict__ logits, const int32_t* __res
                               const StepState* __restrict__ step, int32_t* __restrict__ tokens,
                               uint32_t* __restrict__ work, const SamplingParams& p) {
     __shared__ float blk_w[DRAW_BLOCK];
+    __shared__ float lane8[1024]; /* the partial sums' per-lane accumulators */
     __shared__ int32_t blk_id[DRAW_BLOCK];
     __shared__ int s_block, s_token, s_end, s_last;
     __shared__ float s_cum, s_target;
@@ -358,13 +360,13 @@ __device__ void sampling_impl(const T* __restrict__ logits, const int32_t* __res
         const T* unc = logits + (size_t)(B + img) * V;
         float m = -INFINITY;
         for (int i = tid; i < V; i += nt) {
-            float l = to_float(cond[i]);
+            float l = to_float(gld(cond + i));
             if (mix) {
-                const float u = to_float(unc[i]);
+                const float u = to_float(gld(unc + i));
                 l = __fadd_rn(u, __fmul_rn(p.cfg_scale, __fsub_rn(l, u)));
             }
             const float x = __fdiv_rn(l, tau);
-            z[i] = x;
+            gst(z + i, x);
             m = x > m ? x : m;
         }
         float mx = block_reduce_max(m); /* its barriers also publish z */
@@ -382,25 +384,29 @@ __device__ void sampling_impl(const T* __restrict__ logits, const int32_t* __res
             mx = block_max_of(sv, n);
         }
 
-        /* Weights, then partial sums over blocks of 64 survivors in lane_sum's order. */
-        for (int j = tid; j < n; j += nt) sv[j] = exp_nonpos(sv[j] - mx);
+        /* Weights, then partial sums over blocks of 64 survivors in lane_sum's order: 8 threads per block, thread l
+         * summing w[c + l] over c as the CPU's lane l does, so each group of 8 reads 32 contiguous bytes per step
+         * (one thread per block would read 256-byte strides); the 8 lane sums combine in lane_sum's tree. */
+        for (int j = tid; j < n; j += nt) gst(sv + j, exp_nonpos(gld(sv + j) - mx));
         __syncthreads();
-        const int nblk = ceil_div(n, DRAW_BLOCK);
-        for (int b = tid; b < nblk; b += nt) {
-            const float* w = sv + b * DRAW_BLOCK;
-            const int len = min(DRAW_BLOCK, n - b * DRAW_BLOCK), len8 = len - len % 8;
-            float acc[8];
-#pragma unroll
-            for (int l = 0; l < 8; l++) acc[l] = 0.0f;
-            for (int c = 0; c < len8; c += 8) {
-#pragma unroll
-                for (int l = 0; l < 8; l++) acc[l] += w[c + l];
+        const int nblk = ceil_div(n, DRAW_BLOCK), groups = nt / 8;
+        for (int b0 = 0; b0 < nblk; b0 += groups) {
+            const int g = tid / 8, l = tid % 8, b = b0 + g;
+            const bool on = g < groups && b < nblk;
+            const float* w = sv + (size_t)b * DRAW_BLOCK;
+            const int len = on ? min(DRAW_BLOCK, n - b * DRAW_BLOCK) : 0, len8 = len - len % 8;
+            float acc = 0.0f;
+            for (int c = 0; c < len8; c += 8) acc += gld(w + c + l);
+            lane8[tid] = acc;
+            __syncthreads();
+            if (on && l == 0) {
+                const float* a = lane8 + tid;
+                float s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+                for (int c = len8; c < len; c++) s += w[c];
+                bsum[b] = s;
             }
-            float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-            for (int c = len8; c < len; c++) s += w[c];
-            bsum[b] = s;
+            __syncthreads();
         }
-        __syncthreads();
 
         /* sampler::sample: the running sum over the blocks, sequential like the CPU's. */
         if (tid == 0) {

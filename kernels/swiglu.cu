@@ -54,7 +54,7 @@ static __device__ __forceinline__ void swiglu_impl(const T* __restrict__ ab, T* 
                 store16(o + i, po);
             }
         } else {
-            for (int i = start; i < f; i += stride) o[i] = swiglu_one<T>(a[i], b[i]);
+            for (int i = start; i < f; i += stride) gst(o + i, swiglu_one<T>(gld(a + i), gld(b + i)));
         }
     }
 }

@@ -27,17 +27,17 @@ extern "C" __global__ void vq_attention_softmax_f32(float* __restrict__ s, Softm
     for (int row = (int)blockIdx.x; row < p.rows; row += (int)gridDim.x) {
         float* v = s + (size_t)row * (size_t)p.len;
         float mx = -INFINITY;
-        for (int i = tid; i < p.len; i += nt) mx = fmaxf(mx, v[i]);
+        for (int i = tid; i < p.len; i += nt) mx = fmaxf(mx, gld(v + i));
         mx = block_reduce_max(mx);
         float sum = 0.0f;
         for (int i = tid; i < p.len; i += nt) {
-            const float e = expf(v[i] - mx);
-            v[i] = e;
+            const float e = expf(gld(v + i) - mx);
+            gst(v + i, e);
             sum += e;
         }
         sum = block_reduce_sum(sum);
         const float inv = 1.0f / sum;
-        for (int i = tid; i < p.len; i += nt) v[i] *= inv;
+        for (int i = tid; i < p.len; i += nt) gst(v + i, gld(v + i) * inv);
         /* The next row's first block_reduce rewrites the partials only after its own barrier; the value `inv`
          * came from partial[32], which the next reduction writes after two barriers, so no extra sync is needed. */
     }

@@ -20,11 +20,15 @@ struct AccessRec {
 };
 /* Whether counting is on (cuemu_stats_enable); checked before anything is recorded. */
 bool stats_on();
-/* Folds one warp's access log of a finished block into the totals, then clears it. */
-void stats_flush_warp(std::vector<AccessRec>& log);
+/* The per-kernel counters a launch adds to (besides the totals); created on first use, kept until re-enabled. */
+struct StatsSlot;
+StatsSlot* stats_slot(const char* kernel);
+/* Folds one warp's access log of a finished block into the totals and `slot`, then clears it. */
+void stats_flush_warp(StatsSlot* slot, std::vector<AccessRec>& log);
 /* ldmatrix: the 16-byte row addresses of one 8-row phase (matrix). */
-void stats_ldmatrix_phase(const uint64_t rows[8]);
-void stats_count_mma(int tf32);
+void stats_ldmatrix_phase(StatsSlot* slot, const uint64_t rows[8]);
+void stats_count_mma(StatsSlot* slot, int tf32);
+void stats_count_launch(StatsSlot* slot);
 
 struct KernelEntry {
     const char* name;

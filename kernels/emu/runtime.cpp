@@ -151,6 +151,7 @@ struct Launch {
     int sched;
     uint32_t seed;
     bool lenient;
+    StatsSlot* stats; /* the kernel lab's counters for this kernel, while counting */
     uint64_t nblocks;
     std::atomic<uint64_t> next{0};
 };
@@ -310,7 +311,7 @@ void complete_ldmatrix(Worker* w, Warp& wp, uint32_t p) {
         for (int j = 0; j < num; j++) {
             uint64_t rows[8];
             for (int i = 0; i < 8; i++) memcpy(&rows[i], wp.in[8 * j + i], 8);
-            stats_ldmatrix_phase(rows);
+            stats_ldmatrix_phase(w->launch->stats, rows);
         }
     }
     for (unsigned l = 0; l < 32; l++) {
@@ -696,7 +697,7 @@ void run_block(Worker* w, const Launch* l, uint64_t b) {
     tl_fiber = nullptr;
     cuemu_tcur = nullptr;
     cuemu_bcur = nullptr;
-    for (unsigned k = 0; k < w->nwarps; k++) stats_flush_warp(w->access_log[k]);
+    for (unsigned k = 0; k < w->nwarps; k++) stats_flush_warp(w->launch->stats, w->access_log[k]);
 }
 
 /* ------------------------------------------------------------------------------------------------------------- */
@@ -871,7 +872,7 @@ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], con
     memcpy(ops + 24, c, 16);
     const unsigned char* r = warp_arrive(0xffffffffu, kMma, ops, sizeof ops, -1);
     memcpy(d, r, 16);
-    if (stats_on() && tl_fiber->ctx.lane == 0) stats_count_mma(0);
+    if (stats_on() && tl_fiber->ctx.lane == 0) stats_count_mma(tl_worker->launch->stats, 0);
 }
 
 /* The kernel lab: one access of the calling thread into its warp's log (shared when inside the block's dynamic
@@ -945,7 +946,7 @@ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2], cons
     memcpy(ops + 24, c, 16);
     const unsigned char* r = warp_arrive(0xffffffffu, kMmaTf32, ops, sizeof ops, -1);
     memcpy(d, r, 16);
-    if (stats_on() && tl_fiber->ctx.lane == 0) stats_count_mma(1);
+    if (stats_on() && tl_fiber->ctx.lane == 0) stats_count_mma(tl_worker->launch->stats, 1);
 }
 
 void ldmatrix(uint32_t* r, const void* addr, int num, int trans) {
@@ -1033,6 +1034,8 @@ extern "C" int cuemu_launch_ex(const char* name, const uint32_t grid[3], const u
     l.sched = sched;
     l.seed = opts ? opts->seed : 0;
     l.lenient = len && strcmp(len, "1") == 0;
+    l.stats = stats_on() ? stats_slot(name) : nullptr;
+    if (l.stats) stats_count_launch(l.stats);
     l.nblocks = (uint64_t)grid[0] * grid[1] * grid[2];
     pool().run(&l);
     return CUEMU_OK;

@@ -14,9 +14,13 @@
 #include "../llamagen_kernels.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <atomic>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <set>
+#include <string>
 
 namespace cuemu {
 namespace {
@@ -26,9 +30,26 @@ struct Totals {
     std::atomic<uint64_t> ldsm_req{0}, ldsm_phases{0}, ldsm_waves{0};
     std::atomic<uint64_t> g_req{0}, g_sectors{0}, g_ideal{0}, g_bytes{0};
     std::atomic<uint64_t> s_req{0}, s_phases{0}, s_waves{0};
+    std::atomic<uint64_t> launches{0};
     std::atomic<uint32_t> ldsm_worst{0}, s_worst{0};
 };
 Totals g_t;
+} // namespace
+
+struct StatsSlot {
+    std::string name;
+    Totals t;
+};
+
+namespace {
+std::mutex g_slots_mu;
+std::vector<std::unique_ptr<StatsSlot>> g_slots; /* in order of first launch */
+
+/* Every update goes to the totals and, when the launch has one, to its kernel's slot. */
+template <typename F> void both(StatsSlot* slot, F f) {
+    f(g_t);
+    if (slot) f(slot->t);
+}
 
 void max_into(std::atomic<uint32_t>& a, uint32_t v) {
     uint32_t cur = a.load();
@@ -49,18 +70,31 @@ uint32_t phase_ways(const std::vector<std::pair<uint64_t, uint32_t>>& acc) {
 
 bool stats_on() { return g_on.load(std::memory_order_relaxed) != 0; }
 
-void stats_count_mma(int tf32) { (tf32 ? g_t.mma_tf32 : g_t.mma_bf16).fetch_add(1, std::memory_order_relaxed); }
+StatsSlot* stats_slot(const char* kernel) {
+    std::lock_guard<std::mutex> g(g_slots_mu);
+    for (auto& s : g_slots)
+        if (s->name == kernel) return s.get();
+    g_slots.push_back(std::make_unique<StatsSlot>());
+    g_slots.back()->name = kernel;
+    return g_slots.back().get();
+}
 
-void stats_ldmatrix_phase(const uint64_t rows[8]) {
+void stats_count_mma(StatsSlot* slot, int tf32) {
+    both(slot, [&](Totals& t) { (tf32 ? t.mma_tf32 : t.mma_bf16).fetch_add(1, std::memory_order_relaxed); });
+}
+
+void stats_ldmatrix_phase(StatsSlot* slot, const uint64_t rows[8]) {
     std::vector<std::pair<uint64_t, uint32_t>> acc;
     for (int i = 0; i < 8; i++) acc.emplace_back(rows[i], 16u);
     const uint32_t ways = phase_ways(acc);
-    g_t.ldsm_phases.fetch_add(1, std::memory_order_relaxed);
-    g_t.ldsm_waves.fetch_add(ways, std::memory_order_relaxed);
-    max_into(g_t.ldsm_worst, ways);
+    both(slot, [&](Totals& t) {
+        t.ldsm_phases.fetch_add(1, std::memory_order_relaxed);
+        t.ldsm_waves.fetch_add(ways, std::memory_order_relaxed);
+        max_into(t.ldsm_worst, ways);
+    });
 }
 
-void stats_flush_warp(std::vector<AccessRec>& log) {
+void stats_flush_warp(StatsSlot* slot, std::vector<AccessRec>& log) {
     if (log.empty()) return;
     /* k = how many earlier accesses this lane made at this site (the log is in each lane's program order) */
     std::vector<uint32_t> k(log.size());
@@ -92,27 +126,33 @@ void stats_flush_warp(std::vector<AccessRec>& log) {
             std::sort(r.begin(), r.end(), [](const AccessRec& a, const AccessRec& b) { return a.lane < b.lane; });
             const uint32_t per = std::max<uint32_t>(1, 128u / std::max<uint32_t>(1, r[0].size));
             uint64_t phases = 0, waves = 0;
+            uint32_t worst = 0;
             for (size_t k = 0; k < r.size(); k += per) {
                 std::vector<std::pair<uint64_t, uint32_t>> acc;
                 for (size_t q = k; q < std::min(r.size(), k + per); q++) acc.emplace_back(r[q].addr, r[q].size);
                 const uint32_t ways = phase_ways(acc);
                 phases++;
                 waves += ways;
-                max_into(g_t.s_worst, ways);
+                worst = std::max(worst, ways);
             }
-            g_t.s_req.fetch_add(1, std::memory_order_relaxed);
-            g_t.s_phases.fetch_add(phases, std::memory_order_relaxed);
-            g_t.s_waves.fetch_add(waves, std::memory_order_relaxed);
+            both(slot, [&](Totals& t) {
+                max_into(t.s_worst, worst);
+                t.s_req.fetch_add(1, std::memory_order_relaxed);
+                t.s_phases.fetch_add(phases, std::memory_order_relaxed);
+                t.s_waves.fetch_add(waves, std::memory_order_relaxed);
+            });
         } else {
             std::set<uint64_t> sectors, bytes;
             for (size_t k = i; k < j; k++) {
                 for (uint64_t s = log[k].addr / 32; s <= (log[k].addr + log[k].size - 1) / 32; s++) sectors.insert(s);
                 for (uint64_t b = log[k].addr; b < log[k].addr + log[k].size; b++) bytes.insert(b);
             }
-            g_t.g_req.fetch_add(1, std::memory_order_relaxed);
-            g_t.g_sectors.fetch_add(sectors.size(), std::memory_order_relaxed);
-            g_t.g_ideal.fetch_add((bytes.size() + 31) / 32, std::memory_order_relaxed);
-            g_t.g_bytes.fetch_add(bytes.size(), std::memory_order_relaxed);
+            both(slot, [&](Totals& t) {
+                t.g_req.fetch_add(1, std::memory_order_relaxed);
+                t.g_sectors.fetch_add(sectors.size(), std::memory_order_relaxed);
+                t.g_ideal.fetch_add((bytes.size() + 31) / 32, std::memory_order_relaxed);
+                t.g_bytes.fetch_add(bytes.size(), std::memory_order_relaxed);
+            });
         }
         i = j;
     }
@@ -127,30 +167,59 @@ static uint32_t sat(const std::atomic<uint64_t>& v) {
     return x > 0xffffffffull ? 0xffffffffu : (uint32_t)x;
 }
 
+static void zero(Totals& t) {
+    for (auto* a : {&t.mma_bf16, &t.mma_tf32, &t.ldsm_req, &t.ldsm_phases, &t.ldsm_waves, &t.g_req, &t.g_sectors,
+                    &t.g_ideal, &t.g_bytes, &t.s_req, &t.s_phases, &t.s_waves, &t.launches})
+        a->store(0);
+    t.ldsm_worst.store(0);
+    t.s_worst.store(0);
+}
+
+static void read(const Totals& t, CuemuStats* out) {
+    out->launches = sat(t.launches);
+    out->mma_bf16 = sat(t.mma_bf16);
+    out->mma_tf32 = sat(t.mma_tf32);
+    out->ldsm_phases = sat(t.ldsm_phases);
+    out->ldsm_wavefronts = sat(t.ldsm_waves);
+    out->ldsm_worst_ways = t.ldsm_worst.load();
+    out->global_requests = sat(t.g_req);
+    out->global_sectors = sat(t.g_sectors);
+    out->global_ideal_sectors = sat(t.g_ideal);
+    out->global_bytes = sat(t.g_bytes);
+    out->shared_requests = sat(t.s_req);
+    out->shared_phases = sat(t.s_phases);
+    out->shared_wavefronts = sat(t.s_waves);
+    out->shared_worst_ways = t.s_worst.load();
+}
+
+void cuemu::stats_count_launch(StatsSlot* slot) {
+    both(slot, [](Totals& t) { t.launches.fetch_add(1, std::memory_order_relaxed); });
+}
+
 extern "C" void cuemu_stats_enable(int on) {
     if (on) {
-        for (auto* a : {&g_t.mma_bf16, &g_t.mma_tf32, &g_t.ldsm_req, &g_t.ldsm_phases, &g_t.ldsm_waves, &g_t.g_req,
-                        &g_t.g_sectors, &g_t.g_ideal, &g_t.g_bytes, &g_t.s_req, &g_t.s_phases, &g_t.s_waves})
-            a->store(0);
-        g_t.ldsm_worst.store(0);
-        g_t.s_worst.store(0);
+        std::lock_guard<std::mutex> g(g_slots_mu);
+        zero(g_t);
+        for (auto& k : g_slots) zero(k->t); /* slots are never freed: a launch from another thread may hold one */
     }
     g_on.store(on ? 1 : 0);
 }
 
 extern "C" void cuemu_stats_read(CuemuStats* out) {
-    if (!out) return;
-    out->mma_bf16 = sat(g_t.mma_bf16);
-    out->mma_tf32 = sat(g_t.mma_tf32);
-    out->ldsm_phases = sat(g_t.ldsm_phases);
-    out->ldsm_wavefronts = sat(g_t.ldsm_waves);
-    out->ldsm_worst_ways = g_t.ldsm_worst.load();
-    out->global_requests = sat(g_t.g_req);
-    out->global_sectors = sat(g_t.g_sectors);
-    out->global_ideal_sectors = sat(g_t.g_ideal);
-    out->global_bytes = sat(g_t.g_bytes);
-    out->shared_requests = sat(g_t.s_req);
-    out->shared_phases = sat(g_t.s_phases);
-    out->shared_wavefronts = sat(g_t.s_waves);
-    out->shared_worst_ways = g_t.s_worst.load();
+    if (out) read(g_t, out);
+}
+
+extern "C" int cuemu_stats_read_kernel(uint32_t index, char* name, uint32_t name_len, CuemuStats* out) {
+    std::lock_guard<std::mutex> g(g_slots_mu);
+    const StatsSlot* found = nullptr; /* the index-th kernel launched since counting was enabled */
+    for (auto& k : g_slots)
+        if (k->t.launches.load() > 0 && index-- == 0) {
+            found = k.get();
+            break;
+        }
+    if (!found) return 0;
+    const StatsSlot& s = *found;
+    if (name && name_len > 0) snprintf(name, name_len, "%s", s.name.c_str());
+    if (out) read(s.t, out);
+    return 1;
 }

@@ -22,6 +22,10 @@ pub struct LabArgs {
     /// GPU timing: launches per case after a warm-up.
     #[arg(long, default_value_t = 20)]
     pub reps: u32,
+    /// Also count every kernel the engine launches while generating two images with the bundled demo model
+    /// (bf16 GPT, TF32 VQ decoder) on cuda-emu: the coverage table, at the demo model's small shapes.
+    #[arg(long)]
+    pub engine: bool,
 }
 
 pub fn run(a: LabArgs) -> Result<()> {
@@ -40,6 +44,12 @@ pub fn run(a: LabArgs) -> Result<()> {
         writeln!(table, "| {} | {} | {} | {cols} |", c.kernel, c.shape(), statics(c))?;
     }
     table.push_str(&footer());
+    if a.engine {
+        #[cfg(llamagen_cuemu)]
+        table.push_str(&engine_table()?);
+        #[cfg(not(llamagen_cuemu))]
+        bail!("--engine needs the emulator, which this build lacks");
+    }
     print!("{table}");
     if let Some(p) = &a.out {
         std::fs::write(p, &table).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
@@ -155,4 +165,66 @@ fn timed(c: &Case, reps: u32) -> Result<String> {
     dev.synchronize()?;
     let us = t.elapsed().as_secs_f64() / reps as f64 * 1e6;
     Ok(format!("{us:.1} | {:.2}", c.roofline(&H100) * 1e6 / us))
+}
+
+/// Every kernel of a real `generate` run (the demo model on cuda-emu), counted per kernel.
+#[cfg(llamagen_cuemu)]
+fn engine_table() -> Result<String> {
+    use clap::Parser;
+    use llamagen::backend::cuda::emu;
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        g: super::generate::GenerateArgs,
+    }
+    let dir = std::env::temp_dir().join(format!("llamagen-lab-{}", std::process::id()));
+    let w = Wrap::try_parse_from([
+        "generate",
+        "--device",
+        "cuda-emu",
+        "--dtype",
+        "bf16",
+        "--vq-dtype",
+        "tf32",
+        "--num-images",
+        "2",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+        dir.to_str().unwrap_or("llamagen-lab"),
+    ])?;
+    let (r, kernels) = emu::count_kernels(|| super::generate::run(w.g));
+    let _ = std::fs::remove_dir_all(&dir);
+    r?;
+    let mut t = String::from(
+        "\n### Every kernel of `generate` (demo model, 2 images, bf16 GPT, TF32 VQ) on cuda-emu\n\n| kernel | launches \
+         | global requests | global sectors: ideal / touched | ldmatrix ways (worst) | shared ways (worst) | mma \
+         bf16 / tf32 |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (name, s) in &kernels {
+        let ratio = |a: u32, b: u32| {
+            if b == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}", a as f64 / b as f64)
+            }
+        };
+        writeln!(
+            t,
+            "| {name} | {} | {} | {} ({} / {}) | {} ({}) | {} ({}) | {} / {} |",
+            s.launches,
+            s.global_requests,
+            ratio(s.global_ideal_sectors, s.global_sectors),
+            s.global_ideal_sectors,
+            s.global_sectors,
+            ratio(s.ldsm_wavefronts, s.ldsm_phases),
+            s.ldsm_worst_ways,
+            ratio(s.shared_wavefronts, s.shared_phases),
+            s.shared_worst_ways,
+            s.mma_bf16,
+            s.mma_tf32
+        )?;
+    }
+    Ok(t)
 }

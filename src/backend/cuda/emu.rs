@@ -35,15 +35,17 @@ mod ffi {
         pub fn cuemu_kernel_name(i: c_int) -> *const c_char;
         pub fn cuemu_stats_enable(on: c_int);
         pub fn cuemu_stats_read(out: *mut CuemuStats);
+        pub fn cuemu_stats_read_kernel(index: u32, name: *mut c_char, len: u32, out: *mut CuemuStats) -> c_int;
     }
 }
+
+static STATS_SCOPE: Mutex<()> = Mutex::new(());
 
 /// The kernel lab's counters (kernels/emu/stats.cpp) over the launches `f` makes: mma counts, ldmatrix and
 /// shared-memory bank conflicts, global sectors against the ideal. One counting scope at a time in the process (the
 /// counters are global); launches by other threads meanwhile would count too.
 pub fn count<R>(f: impl FnOnce() -> R) -> (R, CuemuStats) {
-    static SCOPE: Mutex<()> = Mutex::new(());
-    let _g = SCOPE.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = STATS_SCOPE.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: plain C calls on the emulator's global counters; `out` is a valid CuemuStats.
     unsafe { ffi::cuemu_stats_enable(1) };
     let r = f();
@@ -51,6 +53,30 @@ pub fn count<R>(f: impl FnOnce() -> R) -> (R, CuemuStats) {
     unsafe {
         ffi::cuemu_stats_enable(0);
         ffi::cuemu_stats_read(&mut out);
+    }
+    (r, out)
+}
+
+/// [`count`], split by kernel: each kernel `f` launched (in order of its first launch) with its own counters.
+pub fn count_kernels<R>(f: impl FnOnce() -> R) -> (R, Vec<(String, CuemuStats)>) {
+    let _g = STATS_SCOPE.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: plain C calls on the emulator's global counters.
+    unsafe { ffi::cuemu_stats_enable(1) };
+    let r = f();
+    unsafe { ffi::cuemu_stats_enable(0) };
+    let mut out = Vec::new();
+    for i in 0u32.. {
+        let mut name = [0 as c_char; 96];
+        let mut st = CuemuStats::default();
+        // SAFETY: `name` holds `len` bytes (the callee NUL-terminates within them); `st` is a valid CuemuStats.
+        if unsafe { ffi::cuemu_stats_read_kernel(i, name.as_mut_ptr(), name.len() as u32, &mut st) } == 0 {
+            break;
+        }
+        // SAFETY: NUL-terminated by snprintf above.
+        let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        out.push((name, st));
     }
     (r, out)
 }
