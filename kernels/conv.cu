@@ -226,20 +226,41 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
         __syncthreads(); /* the next iteration overwrites the tile */
     }
 
+    /* Epilogue: a thread's 4 consecutive pixels as one float4 where they are 4 consecutive output elements (one
+     * image, 16-byte aligned), so that each warp instruction writes 256 contiguous bytes per channel; scalar
+     * otherwise (upsample phases, odd sizes). */
     const size_t cs = g.cstride();
+    const bool al = aligned16(out) && (residual == nullptr || aligned16(residual)) && (cs & 3) == 0;
 #pragma unroll
-    for (int j = 0; j < TN; j++) {
-        const int p = p0 + 4 * tx + (j & 3) + 64 * (j >> 2);
-        if (p >= N) continue;
-        const size_t base = g.out_base(p);
+    for (int jj = 0; jj < TN / 4; jj++) {
+        const int pq = p0 + 4 * tx + 64 * jj;
+        if (pq >= N) continue;
+        const size_t b0 = g.out_base(pq);
+        const bool v4 = al && pq + 3 < N && (b0 & 3) == 0 && g.out_base(pq + 3) == b0 + 3;
 #pragma unroll
         for (int i = 0; i < TM; i++) {
             const int m = m0 + 4 * ty + (i & 3) + 64 * (i >> 2);
             if (m >= M) continue;
-            const size_t o = base + (size_t)m * cs;
-            float v = acc[i][j] + (bias ? bias[m] : 0.0f);
-            if (residual) v += gld(residual + o);
-            gst(out + o, v);
+            const float bm = bias ? bias[m] : 0.0f;
+            if (v4) {
+                const size_t o = b0 + (size_t)m * cs;
+                float4 v = make_float4(acc[i][4 * jj] + bm, acc[i][4 * jj + 1] + bm, acc[i][4 * jj + 2] + bm,
+                                       acc[i][4 * jj + 3] + bm);
+                if (residual) {
+                    const float4 r = gld(reinterpret_cast<const float4*>(residual + o));
+                    v.x += r.x, v.y += r.y, v.z += r.z, v.w += r.w;
+                }
+                gst(reinterpret_cast<float4*>(out + o), v);
+                continue;
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                if (pq + q >= N) continue;
+                const size_t o = g.out_base(pq + q) + (size_t)m * cs;
+                float v = acc[i][4 * jj + q] + bm;
+                if (residual) v += gld(residual + o);
+                gst(out + o, v);
+            }
         }
     }
 }
