@@ -3,7 +3,8 @@
  * the VQ decoder (1×1 convolutions, the attention products).
  *
  * Entry points (kernels/llamagen_kernels.h):
- *   gemm_tiled_bf16 (x bf16 [m, k], w bf16 [n, k], r bf16 [m, n] or null, y bf16 [m, n], GemmParams)
+ *   gemm_tiled_{128x128,128x64,64x64}_bf16 (x bf16 [m, k], w bf16 [n, k], r bf16 [m, n] or null, y bf16 [m, n],
+ *                    GemmParams)
  *   gemm_small_bf16 (same arguments)
  *   gemm_small_f32  (x, w, r, y f32, GemmParams): the f32 decode path, SIMT, 16 rows of x per block row
  *   gemm_strided_f32(a, b, bias, r, c f32, GemmStridedParams): also the GPT's f32 (faithful) linear layers for
@@ -13,13 +14,13 @@
  * reference's `h = x + self.wo(...)`). f32 follows round = false: y = Σ + r in f32.
  *
  * Design.
- *   gemm_tiled_bf16 (prefill, large batches): 64×64 output tile per block of 4 warps (2×2 warp tiles of 32×32 =
- *     2 m16 × 4 n8 mma tiles each), k in steps of 32. Each thread stages two 16-byte chunks of x and two of w per
- *     step into registers (the next step's fetch overlaps the current step's mma), then into shared memory with
- *     rows padded to 40 bf16 (80 B): the fragment reads (row g, 32-bit word t) hit banks 20g + t mod 32, all
- *     distinct, so they are conflict-free. Partial tiles in m, n and k are zero-filled in shared memory (any k
- *     works; zeros contribute nothing), and 16-byte loads are used only when k % 8 == 0 and x, w are 16-byte
- *     aligned (scalar loads otherwise).
+ *   gemm_tiled_<BM>x<BN>_bf16 (prefill, large batches; 128×128 with 8 warps, 128×64 and 64×64 with 4, each warp
+ *     a 64×32 or 32×32 tile of m16n8k16 mmas; the launcher picks the largest tile that still gives ≥ 132 blocks,
+ *     backend::cuda::gemm::pick_tile): k in stages of 32, a 3-stage cp.async pipeline (16-byte LDGSTS, zero-fill
+ *     past m, n, k), shared rows of 64 bytes with an XOR swizzle of the 16-byte chunks (swz: ldmatrix phases and
+ *     cp.async phases both conflict-free, no padding), A and B fragments by ldmatrix.x4, f32 accumulators; the
+ *     epilogue stages the rounded tile through shared memory so that y (and the residual) move as 16-byte rows.
+ *     Rows whose k % 8 != 0 or unaligned bases take the same pipeline through registers (no cp.async).
  *   gemm_small_bf16 (decode, m ≤ 64 per block row): weight-streaming. A block owns 8 weight rows (one n8 mma
  *     column group) and up to 64 rows of x (4 m16 tiles), its warps split k in interleaved 32-wide chunks. A lane
  *     (g = lane/4, t = lane%4) loads w[n0 + g][kc + 8t .. +8] with one 16-byte load, which is exactly its B fragment
@@ -43,7 +44,9 @@
  *     roofline; FLOPs 2·16·111e6 ≈ 3.6 GFLOP → 3.6 µs of tensor time: memory bound by 20×, hence gemm_small_bf16.
  *     One qkv projection (n = 2304, k = 768): 3.5 MB → 1.1 µs, 288 blocks.
  *   t2i prefill, 16 sequences × 120 tokens (m = 1920), qkv: 6.8 GFLOP → 6.9 µs tensor, 15 MB → 4.5 µs HBM: compute
- *     bound; this kernel (no ldmatrix, no cp.async pipeline, 64×64 tiles) will sit well below the tensor peak.
+ *     bound; 128×128 tiles: 15 × 18 = 270 blocks, ~2 waves on 132 SMs; mma.sync reaches ~60-70 % of the dense
+ *     peak at best (wgmma is needed beyond), so ~11 µs is the realistic target. The kernel lab (docs/KERNELS.md)
+ *     counts its traffic: every global sector ideal, ldmatrix and cp.async stores conflict-free.
  *   VQ 1×1 conv c = 512 at 32×32 (f32): 2·512·512·1024 = 0.54 GFLOP → 8 µs at the f32 peak.
  * Measured: not yet on a GPU (no device in the development environment).
  */

@@ -57,8 +57,9 @@ note '```'
 section "Kernel tests on the GPU"
 note "| test binary | result | tests |"
 note "|---|---|---|"
-for exe in "$B"/kernel_* "$B"/kernels_emu "$B"/serve_scheduler; do
+for exe in "$B"/kernel_* "$B"/kernels_emu "$B"/emu_pipeline "$B"/serve_scheduler; do
     [ -x "$exe" ] || continue
+    [ "$(basename "$exe")" = kernel_lab ] && continue # emulator counts only (an old bundle may hold it)
     name=$(basename "$exe")
     klog="$out/kernel-tests-$name.log"
     "$exe" --ignored --test-threads=1 --nocapture gpu_ > "$klog" 2>&1
@@ -93,9 +94,10 @@ if [ -n "$cs" ]; then
     # sanitizers slow launches down 10-100x, hence the time bound per run.
     [ "${KSAN:-1}" = 0 ] && note "- kernel tests: skipped (KSAN=0)"
     ksan_end=$(($(date +%s) + ${KSAN_BUDGET:-300}))
-    for exe in "$B"/kernel_* "$B"/kernels_emu; do
+    for exe in "$B"/kernel_* "$B"/kernels_emu "$B"/emu_pipeline; do
         [ "${KSAN:-1}" = 0 ] && break
         [ -x "$exe" ] || continue
+        [ "$(basename "$exe")" = kernel_lab ] && continue
         name=$(basename "$exe")
         for tool in memcheck racecheck; do
             slog="$out/sanitizer-$tool-$name.log"
@@ -138,6 +140,16 @@ note ""
 section "Demo model"
 "$B/llamagen" generate --device cuda --num-images 80 --out "$out/demo" >> "$log" 2>&1 && cp "$out/demo/grid.png" "$out/demo-grid-gpu.png"
 note "$(grep -o '[0-9]* images generated.*' "$log" | tail -1)"
+
+# 3b. The kernel lab's cases timed on the GPU beside their roofline estimates (docs/KERNELS.md has the emulator's
+# counts of the same cases).
+section "Kernel lab on the GPU (llamagen lab --device cuda)"
+if timeout 120 "$B/llamagen" lab --device cuda --reps 50 --out "$out/lab.md" > /dev/null 2>> "$log"; then
+    cat "$out/lab.md" >> "$report"
+else
+    note "(llamagen lab failed or timed out: see gpu-check.log)"
+    status=1
+fi
 
 # 4. Last, so that a lease running out costs only these: the criterion op benches on the GPU, bounded to 150 s.
 section "Per-op criterion benches on the GPU (benches/ops.rs, \`<op>/<case>/cuda\`)"

@@ -90,8 +90,9 @@ fn footer() -> String {
     format!(
         "\nEstimates are roofline lower bounds at the spec peaks (dense bf16 / TF32 / f32 FLOP/s and DRAM bandwidth) \
          for the case's useful FLOPs (3xTF32: three mmas each) and fewest bytes; mma.sync kernels reach ~60-70 % of \
-         the dense peak at best. Emulator counts cover the instrumented accesses only (cp.async, 16-byte loads and \
-         stores, __ldg, ldmatrix); plain loads and stores are not seen.{mix}\n"
+         the dense peak at best. Emulator counts cover the accesses made through common.cuh's helpers (gld/gst, \
+         load4/load16, store4/store16, __ldg, cp.async, ldmatrix): every kernel's bulk traffic; a few scalar reads \
+         (bias values, per-block parameters) are not counted.{mix}\n"
     )
 }
 
