@@ -16,8 +16,10 @@
  * once, ‖ẑ‖², ‖ê‖² and ẑ·ê summed in index order in f32 without FMA contraction (__fmul_rn/__fadd_rn), and
  * d = (‖ẑ‖² + ‖ê‖²) − 2ẑ·ê; the lowest index wins exact ties (the reference's strict `<` in index order).
  *
- * Design. codebook_f32: one thread per output element, consecutive threads along the spatial axis so the stores
- * coalesce; the codebook (≤ 512 KB) and the codes stay in L1/L2. quantize_f32: a block takes QP = 4 positions (their
+ * Design. codebook_f32: tiles of 32 positions; the block reads their codebook rows with consecutive threads along
+ * the embedding (a code's row is contiguous) into a shared [dim][33] tile and writes it back with consecutive
+ * threads along the positions (a channel plane is contiguous), so both sides coalesce; dims over 64 take a direct
+ * one-thread-per-output path. The codebook (≤ 512 KB) and the codes stay in L1/L2. quantize_f32: a block takes QP = 4 positions (their
  * ẑ in shared memory, QP·dim floats of dynamic shared), its threads stride over the codes, each keeping its best
  * (d, j) per position, then an argmin over the block (warp shuffles for the first n lanes, per-warp partials): the
  * order (d, then j) is total, so the result does not depend on the block size or the schedule.
@@ -40,20 +42,47 @@ static __device__ __forceinline__ void record_bad_index(int32_t* err, int32_t id
     atomicMax(reinterpret_cast<unsigned int*>(err), (unsigned int)id);
 }
 
+#define CB_TQ 32      /* positions per tile: one warp-wide store per channel */
+#define CB_MAX_DIM 64 /* embedding dims the shared tile holds (LlamaGen: 8); wider ones take the direct path */
 extern "C" __global__ void codebook_f32(const int32_t* __restrict__ codes, const float* __restrict__ codebook,
                                         float* __restrict__ out, int32_t* __restrict__ err, CodebookParams p) {
-    const size_t total = (size_t)p.n * p.dim * p.hw;
-    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < total; o += (size_t)gridDim.x * blockDim.x) {
-        const size_t plane = o / (size_t)p.hw, pos = o - plane * (size_t)p.hw;
-        const size_t img = plane / (size_t)p.dim, c = plane - img * (size_t)p.dim;
-        const int code = gld(codes + img * p.hw + pos);
-        const bool ok = code >= 0 && code < p.size;
-        if (!ok && c == 0) record_bad_index(err, code);
-        gst(out + o, ok ? gld(codebook + (size_t)code * p.dim + c) : 0.0f);
+    const int tid = (int)threadIdx.x, nt = (int)blockDim.x, dim = p.dim;
+    if (dim > CB_MAX_DIM) {
+        const size_t total = (size_t)p.n * dim * p.hw;
+        for (size_t o = (size_t)blockIdx.x * nt + tid; o < total; o += (size_t)gridDim.x * nt) {
+            const size_t plane = o / (size_t)p.hw, pos = o - plane * (size_t)p.hw;
+            const size_t img = plane / (size_t)dim, c = plane - img * (size_t)dim;
+            const int code = gld(codes + img * p.hw + pos);
+            const bool ok = code >= 0 && code < p.size;
+            if (!ok && c == 0) record_bad_index(err, code);
+            gst(out + o, ok ? gld(codebook + (size_t)code * dim + c) : 0.0f);
+        }
+        return;
+    }
+    /* A tile of CB_TQ positions: read with lanes along the embedding (each code's row is contiguous), transposed in
+     * shared memory, written with lanes along the positions (each channel plane is contiguous). */
+    __shared__ float tile[CB_MAX_DIM][CB_TQ + 1];
+    const int npos = p.n * p.hw;
+    for (int p0 = (int)blockIdx.x * CB_TQ; p0 < npos; p0 += (int)gridDim.x * CB_TQ) {
+        const int nq = min(CB_TQ, npos - p0);
+        for (int e = tid; e < nq * dim; e += nt) {
+            const int q = e / dim, c = e - q * dim;
+            const int code = gld(codes + p0 + q);
+            const bool ok = code >= 0 && code < p.size;
+            if (!ok && c == 0) record_bad_index(err, code);
+            tile[c][q] = ok ? gld(codebook + (size_t)code * dim + c) : 0.0f;
+        }
+        __syncthreads();
+        for (int e = tid; e < CB_TQ * dim; e += nt) {
+            const int c = e / CB_TQ, q = e - c * CB_TQ, pp = p0 + q;
+            if (q >= nq) continue;
+            const int img = pp / p.hw, pos = pp - img * p.hw;
+            gst(out + ((size_t)img * dim + c) * p.hw + pos, tile[c][q]);
+        }
+        __syncthreads(); /* the next tile overwrites this one */
     }
 }
 
-/* Is (d2, j2) before (d1, j1): smaller distance, then lower index. */
 static __device__ __forceinline__ bool better(float d2, int j2, float d1, int j1) {
     return d2 < d1 || (d2 == d1 && j2 < j1);
 }

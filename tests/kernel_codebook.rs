@@ -1,6 +1,7 @@
 //! kernels/codebook.cu on the CUDA emulator against `backend::cpu::codebook`: the decode lookup (`codebook_f32`,
-//! with bad codes) and the encoder's nearest code (`quantize_f32`: codebooks of 512 and 1003 codes, dim 8 and odd
-//! dims, non-square grids, exact ties, zero / huge / tiny / NaN latents), odd block sizes, all schedules.
+//! with bad codes, dims up to 70: past the shared tile) and the encoder's nearest code (`quantize_f32`: codebooks
+//! of 512 and 1003 codes, dim 8 and odd dims, non-square grids, exact ties, zero / huge / tiny / NaN latents), odd
+//! block sizes, all schedules.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use llamagen::backend::cpu::codebook::{codebook_lookup, quantize};
@@ -89,7 +90,7 @@ fn codebook_lookup_matches_cpu() {
 fn codebook_lookup_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(31);
     let mut case = 0;
-    for &(size, dim) in &[(512usize, 8usize), (1003, 8), (17, 5), (3, 33)] {
+    for &(size, dim) in &[(512usize, 8usize), (1003, 8), (17, 5), (3, 33), (9, 70)] {
         let cb = normalized_codebook(&mut rng, size, dim);
         for &(n, h, w) in &SHAPES {
             let codes: Vec<u32> = (0..n * h * w).map(|_| rng.below(size as u64) as u32).collect();
