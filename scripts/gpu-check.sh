@@ -78,6 +78,17 @@ note '```'
 cat "$out"/kernel-tests-*.log 2>/dev/null | grep -E 'worst|NMSE|panicked|no GPU' | head -60 >> "$report"
 note '```'
 
+# 1c. Early, so that a short lease still returns it: the kernel lab's cases timed on the GPU beside their
+# roofline estimates (docs/KERNELS.md has the emulator's
+# counts of the same cases).
+section "Kernel lab on the GPU (llamagen lab --device cuda)"
+if timeout 120 "$B/llamagen" lab --device cuda --reps 50 --out "$out/lab.md" > /dev/null 2>> "$log"; then
+    cat "$out/lab.md" >> "$report"
+else
+    note "(llamagen lab failed or timed out: see gpu-check.log)"
+    status=1
+fi
+
 # 2. compute-sanitizer over the small golden case (every kernel of the GPT and the VQ runs in it), then over the
 # kernel GPU tests.
 section "compute-sanitizer"
@@ -140,16 +151,6 @@ note ""
 section "Demo model"
 "$B/llamagen" generate --device cuda --num-images 80 --out "$out/demo" >> "$log" 2>&1 && cp "$out/demo/grid.png" "$out/demo-grid-gpu.png"
 note "$(grep -o '[0-9]* images generated.*' "$log" | tail -1)"
-
-# 3b. The kernel lab's cases timed on the GPU beside their roofline estimates (docs/KERNELS.md has the emulator's
-# counts of the same cases).
-section "Kernel lab on the GPU (llamagen lab --device cuda)"
-if timeout 120 "$B/llamagen" lab --device cuda --reps 50 --out "$out/lab.md" > /dev/null 2>> "$log"; then
-    cat "$out/lab.md" >> "$report"
-else
-    note "(llamagen lab failed or timed out: see gpu-check.log)"
-    status=1
-fi
 
 # 4. Last, so that a lease running out costs only these: the criterion op benches on the GPU, bounded to 150 s.
 section "Per-op criterion benches on the GPU (benches/ops.rs, \`<op>/<case>/cuda\`)"

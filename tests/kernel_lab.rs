@@ -172,3 +172,25 @@ fn sass_shows_tensor_core_pipelines() {
         }
     }
 }
+
+/// Bad lab flags exit non-zero with a message naming the flag, never a panic.
+#[test]
+fn lab_rejects_bad_flags() {
+    for (args, needle) in [
+        (&["lab", "--device", "cpu"][..], "--device cpu"),
+        (&["lab", "--reps", "0"][..], "--reps"),
+        (
+            &["lab", "--quick", "--out", "/nonexistent-dir/lab.md"][..],
+            "/nonexistent-dir/lab.md",
+        ),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_llamagen"))
+            .args(args)
+            .output()
+            .expect("run llamagen lab");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

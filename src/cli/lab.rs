@@ -39,7 +39,9 @@ pub fn run(a: LabArgs) -> Result<()> {
             #[cfg(llamagen_cuemu)]
             Device::CudaEmu => emulated(c)?,
             Device::Cuda => timed(c, a.reps)?,
-            _ => bail!("--device {:?}: the lab runs on cuda-emu or cuda", a.device),
+            Device::Cpu => bail!("--device cpu: the lab runs on cuda-emu (counts) or cuda (timings)"),
+            #[allow(unreachable_patterns)]
+            _ => bail!("--device cuda-emu: this build has no emulator (x86-64 Linux only)"),
         };
         writeln!(table, "| {} | {} | {} | {cols} |", c.kernel, c.shape(), statics(c))?;
     }
