@@ -623,25 +623,14 @@ fn sass_mix(root: &Path, nvcc: &Nvcc) -> String {
                 if op.is_empty() || op.starts_with("/*") {
                     continue;
                 }
+                // the opcode, with "128" appended for 16-byte global accesses (LDG.E.128 -> LDG128)
                 let base = op.split('.').next().unwrap_or("");
-                let wide = op.split('.').any(|p| p == "128");
-                let kind = match base {
-                    "HMMA" => Some(0),
-                    "LDSM" => Some(1),
-                    "LDGSTS" => Some(2),
-                    "LDG" if wide => Some(3),
-                    "LDG" => Some(4),
-                    "STG" if wide => Some(5),
-                    "STG" => Some(6),
-                    "LDS" => Some(7),
-                    "STS" => Some(8),
-                    "BAR" => Some(9),
-                    _ => None,
-                };
-                if let Some(i) = kind {
+                let wide = matches!(base, "LDG" | "STG") && op.split('.').any(|p| p == "128");
+                let name = if wide { format!("{base}128") } else { base.to_string() };
+                if let Some(i) = KINDS[..KINDS.len() - 1].iter().position(|k| *k == name) {
                     c[i] += 1;
                 }
-                c[10] += 1;
+                c[KINDS.len() - 1] += 1;
             }
             flush(&mut cur, &mut text);
         }

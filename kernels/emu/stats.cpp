@@ -27,7 +27,7 @@ namespace {
 std::atomic<int> g_on{0};
 struct Totals {
     std::atomic<uint64_t> mma_bf16{0}, mma_tf32{0};
-    std::atomic<uint64_t> ldsm_req{0}, ldsm_phases{0}, ldsm_waves{0};
+    std::atomic<uint64_t> ldsm_phases{0}, ldsm_waves{0};
     std::atomic<uint64_t> g_req{0}, g_sectors{0}, g_ideal{0}, g_bytes{0};
     std::atomic<uint64_t> s_req{0}, s_phases{0}, s_waves{0};
     std::atomic<uint64_t> launches{0};
@@ -168,7 +168,7 @@ static uint32_t sat(const std::atomic<uint64_t>& v) {
 }
 
 static void zero(Totals& t) {
-    for (auto* a : {&t.mma_bf16, &t.mma_tf32, &t.ldsm_req, &t.ldsm_phases, &t.ldsm_waves, &t.g_req, &t.g_sectors,
+    for (auto* a : {&t.mma_bf16, &t.mma_tf32, &t.ldsm_phases, &t.ldsm_waves, &t.g_req, &t.g_sectors,
                     &t.g_ideal, &t.g_bytes, &t.s_req, &t.s_phases, &t.s_waves, &t.launches})
         a->store(0);
     t.ldsm_worst.store(0);

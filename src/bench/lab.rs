@@ -3,8 +3,8 @@
 //! For every case (a hot kernel at a LlamaGen shape) it combines
 //! - what the CUDA emulator counts while running it (`backend::cuda::emu::count`): tensor-core MMAs, ldmatrix and
 //!   shared-memory bank conflicts (wavefronts per phase), global 32-byte sectors per request against the fewest that
-//!   hold the bytes asked for (coalescing), over the instrumented accesses (cp.async, 16-byte loads and stores,
-//!   `__ldg`; plain pointer accesses are not seen);
+//!   hold the bytes asked for (coalescing), over the accesses made through common.cuh's helpers (`gld`/`gst`,
+//!   `load4`/`load16`, `store4`/`store16`, `__ldg`, cp.async): every kernel's bulk traffic;
 //! - what the cubins say (build.rs): registers, shared memory and spills from ptxas, the SASS instruction mix from
 //!   cuobjdump, and from those the theoretical occupancy on sm_80 and sm_90;
 //! - a roofline estimate of its time on an H100 SXM and an A100 (spec peaks: a lower bound, labelled as such);
@@ -422,13 +422,15 @@ impl Case {
                 k,
                 ..
             } => (32 * w.unwrap_or_else(|| gemm::small_warps(n, k)), 0),
-            Kind::Gemm { path, .. } => match path {
-                gemm::GemmPath::Tiled(Some(gemm::Tile::T128x128)) => (256, 49152),
-                gemm::GemmPath::Tiled(Some(gemm::Tile::T128x64)) => (128, 36864),
-                _ => (128, 24576),
-            },
-            Kind::Prefill { d, .. } => (128, if d <= 64 { 40960 } else { 49152 }),
-            Kind::Decode { d, .. } => (128, 4 * (d as u32 + 2) * 4),
+            Kind::Gemm { path, m, n, .. } => {
+                let tile = match path {
+                    gemm::GemmPath::Tiled(Some(t)) => t,
+                    _ => gemm::pick_tile(m, n),
+                };
+                (tile.threads(), tile.shared_bytes())
+            }
+            Kind::Prefill { d, .. } => (attention::FLASH_THREADS, attention::flash_shared_bytes(d) as u32),
+            Kind::Decode { d, .. } => (128, attention::decode_shared_bytes(4, d) as u32),
             Kind::Conv { tile, .. } | Kind::Upsample { tile, .. } => (conv::THREADS, tile.shared_bytes()),
         }
     }

@@ -135,6 +135,12 @@ fn emulated(c: &Case) -> Result<String> {
     let (r, s) = emu::count(|| c.launch(&dev, &bufs));
     r?;
     let tensor = s.mma_bf16 as f64 * 4096.0 + s.mma_tf32 as f64 * 2048.0;
+    Ok(format!("{:.2} | {}", tensor / c.flops(), memory_cols(&s)))
+}
+
+/// The memory columns of both tables: global sectors ideal / touched, ldmatrix and shared ways (worst).
+#[cfg(llamagen_cuemu)]
+fn memory_cols(s: &llamagen::backend::cuda::kernels::CuemuStats) -> String {
     let ratio = |a: u32, b: u32| {
         if b == 0 {
             "-".to_string()
@@ -142,9 +148,8 @@ fn emulated(c: &Case) -> Result<String> {
             format!("{:.2}", a as f64 / b as f64)
         }
     };
-    Ok(format!(
-        "{:.2} | {} ({} / {}) | {} ({}) | {} ({})",
-        tensor / c.flops(),
+    format!(
+        "{} ({} / {}) | {} ({}) | {} ({})",
         ratio(s.global_ideal_sectors, s.global_sectors),
         s.global_ideal_sectors,
         s.global_sectors,
@@ -152,7 +157,7 @@ fn emulated(c: &Case) -> Result<String> {
         s.ldsm_worst_ways,
         ratio(s.shared_wavefronts, s.shared_phases),
         s.shared_worst_ways
-    ))
+    )
 }
 
 fn timed(c: &Case, reps: u32) -> Result<String> {
@@ -206,25 +211,12 @@ fn engine_table() -> Result<String> {
          bf16 / tf32 |\n|---|---|---|---|---|---|---|\n",
     );
     for (name, s) in &kernels {
-        let ratio = |a: u32, b: u32| {
-            if b == 0 {
-                "-".to_string()
-            } else {
-                format!("{:.2}", a as f64 / b as f64)
-            }
-        };
         writeln!(
             t,
-            "| {name} | {} | {} | {} ({} / {}) | {} ({}) | {} ({}) | {} / {} |",
+            "| {name} | {} | {} | {} | {} / {} |",
             s.launches,
             s.global_requests,
-            ratio(s.global_ideal_sectors, s.global_sectors),
-            s.global_ideal_sectors,
-            s.global_sectors,
-            ratio(s.ldsm_wavefronts, s.ldsm_phases),
-            s.ldsm_worst_ways,
-            ratio(s.shared_wavefronts, s.shared_phases),
-            s.shared_worst_ways,
+            memory_cols(s),
             s.mma_bf16,
             s.mma_tf32
         )?;

@@ -28,7 +28,7 @@ const TILE_K: usize = 32;
 const TILE_QW: usize = 4;
 /// Queries per block and threads of `attention_flash_bf16` (FLASH_BQ, FLASH_THREADS).
 const FLASH_BQ: usize = 64;
-const FLASH_THREADS: u32 = 128;
+pub const FLASH_THREADS: u32 = 128;
 /// Static + dynamic shared memory a block may use without the opt-in attribute.
 const MAX_SHARED: usize = 48 << 10;
 
@@ -124,9 +124,14 @@ pub fn attention_workspace_len(spec: &KvSpec, batch: usize, len: usize, opts: At
 }
 
 /// Q tile plus two stages of K and V tiles, head_dim padded to 64 (64-key tiles) or 128 (32-key tiles).
-fn flash_shared_bytes(d: usize) -> usize {
+pub fn flash_shared_bytes(d: usize) -> usize {
     let (dp, bkv) = if d <= 64 { (64, 64) } else { (128, 32) };
     (FLASH_BQ + 4 * bkv) * dp * 2
+}
+
+/// The decode kernel's per-warp accumulators, maxima and sums, merged across warps.
+pub fn decode_shared_bytes(warps: usize, d: usize) -> usize {
+    warps * (d + 2) * 4
 }
 
 fn tiled_shared_bytes(warps: usize, d: usize) -> usize {
@@ -326,7 +331,7 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
     if rows > 65535 {
         return Err(invalid(op, format!("batch·len = {rows} exceeds the grid's 65535")));
     }
-    let shared = (warps * (d + 2) * 4) as u32;
+    let shared = decode_shared_bytes(warps, d) as u32;
     let cfg =
         LaunchConfig::new([plan.splits as u32, heads as u32, rows as u32], [plan.threads, 1, 1]).with_shared(shared);
     // The decode and combine launches both need `out` and the workspace; they run one after the other on the stream.

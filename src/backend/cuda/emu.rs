@@ -45,25 +45,30 @@ static STATS_SCOPE: Mutex<()> = Mutex::new(());
 /// shared-memory bank conflicts, global sectors against the ideal. One counting scope at a time in the process (the
 /// counters are global); launches by other threads meanwhile would count too.
 pub fn count<R>(f: impl FnOnce() -> R) -> (R, CuemuStats) {
-    let _g = STATS_SCOPE.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: plain C calls on the emulator's global counters; `out` is a valid CuemuStats.
-    unsafe { ffi::cuemu_stats_enable(1) };
-    let r = f();
-    let mut out = CuemuStats::default();
-    unsafe {
-        ffi::cuemu_stats_enable(0);
-        ffi::cuemu_stats_read(&mut out);
-    }
-    (r, out)
+    counting(f, || {
+        let mut out = CuemuStats::default();
+        // SAFETY: `out` is a valid CuemuStats.
+        unsafe { ffi::cuemu_stats_read(&mut out) };
+        out
+    })
 }
 
 /// [`count`], split by kernel: each kernel `f` launched (in order of its first launch) with its own counters.
 pub fn count_kernels<R>(f: impl FnOnce() -> R) -> (R, Vec<(String, CuemuStats)>) {
+    counting(f, read_kernels)
+}
+
+/// Runs `f` with the counters on (zeroed first), then `read` while no other scope can start.
+fn counting<R, T>(f: impl FnOnce() -> R, read: impl FnOnce() -> T) -> (R, T) {
     let _g = STATS_SCOPE.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: plain C calls on the emulator's global counters.
     unsafe { ffi::cuemu_stats_enable(1) };
     let r = f();
     unsafe { ffi::cuemu_stats_enable(0) };
+    (r, read())
+}
+
+fn read_kernels() -> Vec<(String, CuemuStats)> {
     let mut out = Vec::new();
     for i in 0u32.. {
         let mut name = [0 as c_char; 96];
@@ -78,7 +83,7 @@ pub fn count_kernels<R>(f: impl FnOnce() -> R) -> (R, Vec<(String, CuemuStats)>)
             .into_owned();
         out.push((name, st));
     }
-    (r, out)
+    out
 }
 
 /// Bytes of canary before and after every buffer (a multiple of 256, so the data stays 256-byte aligned).

@@ -47,7 +47,8 @@ impl Tile {
         }
     }
 
-    fn threads(self) -> u32 {
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
         match self {
             Tile::T128x128 => 256,
             _ => 128,
@@ -56,7 +57,7 @@ impl Tile {
 
     /// Dynamic shared memory: three pipeline stages of (BM + BN) rows × 32 bf16 (the epilogue's output tile reuses
     /// them and is smaller).
-    fn shared_bytes(self) -> u32 {
+    pub fn shared_bytes(self) -> u32 {
         let (bm, bn) = self.dims();
         (3 * (bm + bn) * 64) as u32
     }
