@@ -50,6 +50,11 @@ fn main() {
 
     let mut nvcc = compile_with_nvcc(&root, &out, &cu_files);
     nvcc.sass = sass_mix(&root, &nvcc);
+    // Tests of the cubins (SASS mix, module table) are reported ignored, with the reason, where nvcc was not found.
+    println!("cargo::rustc-check-cfg=cfg(llamagen_nvcc)");
+    if nvcc.path.is_some() {
+        println!("cargo:rustc-cfg=llamagen_nvcc");
+    }
     let rust = rust_source(&api, &modules, &nvcc, &out, emulator);
     fs::write(out.join("kernels_gen.rs"), rust).unwrap();
 }

@@ -16,8 +16,8 @@
 //! scripts/gpu-check.sh uses within its device lease).
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use llamagen::backend::cuda::{gpu, launch, CudaBackend};
-use llamagen::backend::Backend;
 use llamagen::bench::ops::{cases, OpCase};
+use llamagen::ops::Backend;
 use std::time::Duration;
 
 fn cuda(bf16: bool) -> llamagen::Result<Box<dyn Backend>> {

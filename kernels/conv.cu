@@ -15,12 +15,8 @@
  *       (backend::cuda::conv::upsample_fold_weights: Wp[.., dy, dx] = Σ of the 3×3 taps in FOLD[a][dy] ×
  *       FOLD[b][dx], FOLD = [[{0}, {1,2}], [{0,1}, {2}]]); each phase's slice is a torch-layout 2×2 conv weight.
  *       16 MACs per input pixel and channel pair instead of the 36 of upsample-then-conv (2.25× fewer).
- *   conv_transpose2d_f32(x [n, c_in, h, w], w [c_in, c_out, kh, kw], bias | null, out [n, c_out, oh, ow],
- *                        ConvTranspose2dParams)
- *       torch ConvTranspose2d, dilation 1: out(oy, ox) = Σ x(iy, ix)·W[ci][co][ky][kx] over oy = iy·s − p + ky,
- *       ox = ix·s − p + kx; oh = (h−1)·s − 2p + kh + output_padding (the launcher computes it).
  *
- * Design: one implicit GEMM core for all three, no im2col buffer. GEMM M = output channels, N = output pixels of
+ * Design: one implicit GEMM core for both, no im2col buffer. GEMM M = output channels, N = output pixels of
  * all images flattened (p = (img·oh + oy)·ow + ox, so small images still fill blocks), K = c_in·kh·kw in torch
  * order (k = (ci·kh + ky)·kw + kx). Two tiles, each entry point built for both (`<op>_f32` = T64, `<op>_t128_f32`
  * = T128; the launcher picks, backend::cuda::conv::Tile::pick):
@@ -40,11 +36,6 @@
  * Dynamic shared memory: T64 (16·68 + 16·64)·4 = 8448 B, T128 (8·132 + 8·128)·4 = 8320 B (Tile::shared_bytes).
  * Registers (ptxas, sm_80 | sm_90): T64 ~70-77; T128 capped at 128 by __launch_bounds__(256, 2) for two blocks
  * per SM; upsample_conv_t128 spills 56 B on sm_90 (unverified where; probably the epilogue's index math).
- *
- * conv_transpose2d gathers: output pixel (oy, ox) takes tap ky only where oy + p − ky is a non-negative multiple
- * of s below h·s. With s = 2 and k = 4, 3/4 of the K terms are such structural zeros that the core still
- * multiplies (correct, 4× the necessary FLOPs). A phase split like upsample_conv's is the next step if a
- * tokenizer with transposed convs matters; LlamaGen's VQ has none.
  *
  * Napkin math (VQ-16 decoder, 3×3 128→128 at 256×256, n = 1; H100 SXM: 3.35 TB/s, ~67 TFLOP/s f32 FMA,
  * ~495 TFLOP/s TF32 tensor):
@@ -123,39 +114,6 @@ template <int KH, int KW, bool PHASE> struct ConvGeo {
     __device__ __forceinline__ size_t cstride() const { return PHASE ? (size_t)4 * oh * ow : (size_t)oh * ow; }
 };
 
-/* ConvTranspose2d gather: tap (ky, kx) of output (oy, ox) reads input ((oy + p − ky) / s, (ox + p − kx) / s) when
- * both divide exactly and land inside the image. Weight (c_in, c_out, kh, kw): A[m][k] = W[ci][m][ky][kx]. */
-struct TransGeo {
-    const float* x;
-    const float* w;
-    int c_in, h, wd, kh, kw, stride, pad, oh, ow, c_out, K;
-
-    struct Pix {
-        const float* xi;
-        int oyp, oxp; /* output coordinates plus the padding */
-    };
-    __device__ __forceinline__ Pix pixel(int p) const {
-        const int ohw = oh * ow, img = p / ohw, q = p - img * ohw, oy = q / ow, ox = q - oy * ow;
-        return Pix{x + (size_t)img * c_in * h * wd, oy + pad, ox + pad};
-    }
-    __device__ __forceinline__ float gather(const Pix& px, int k) const {
-        const int taps = kh * kw, ci = k / taps, r = k - ci * taps, ky = r / kw, kx = r - ky * kw;
-        const int ty = px.oyp - ky, tx = px.oxp - kx;
-        if (ty < 0 || tx < 0) return 0.0f;
-        const int iy = ty / stride, ix = tx / stride;
-        if (iy * stride != ty || ix * stride != tx || iy >= h || ix >= wd) return 0.0f;
-        return __ldg(px.xi + ((size_t)ci * h + iy) * wd + ix);
-    }
-    __device__ __forceinline__ float weight(int m, int k) const {
-        const int taps = kh * kw, ci = k / taps, r = k - ci * taps;
-        return __ldg(w + ((size_t)ci * c_out + m) * taps + r);
-    }
-    __device__ __forceinline__ size_t out_base(int p) const {
-        const int ohw = oh * ow, img = p / ohw;
-        return (size_t)img * c_out * ohw + (p - img * ohw);
-    }
-    __device__ __forceinline__ size_t cstride() const { return (size_t)oh * ow; }
-};
 
 /* The implicit GEMM: out tile (blockIdx.y·BM .. +BM channels) × (blockIdx.x·BN .. +BN pixels). M = c_out, N =
  * pixels; g.K terms per output. bias / residual may be null. */
@@ -300,16 +258,6 @@ static __device__ __forceinline__ void upsample_conv_entry(const float* x, const
     conv_igemm<Tl>(g, p.c_out, p.n * p.h * p.w, p.has_bias ? bias : nullptr, nullptr, out, smem);
 }
 
-template <class Tl>
-static __device__ __forceinline__ void conv_transpose2d_entry(const float* x, const float* w, const float* bias,
-                                                              float* out, const ConvTranspose2dParams& p) {
-    DYNAMIC_SHARED(float, smem);
-    TransGeo g;
-    g.x = x, g.w = w, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = p.kh, g.kw = p.kw, g.stride = p.stride;
-    g.pad = p.pad, g.oh = p.oh, g.ow = p.ow, g.c_out = p.c_out, g.K = p.c_in * p.kh * p.kw;
-    conv_igemm<Tl>(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr, nullptr, out, smem);
-}
-
 extern "C" __global__ void conv2d_f32(const float* __restrict__ x, const float* __restrict__ w,
                                       const float* __restrict__ bias, const float* residual, float* out,
                                       Conv2dParams p) {
@@ -328,16 +276,6 @@ extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void upsample_conv_t128
                            float* __restrict__ out, UpsampleConvParams p) {
     upsample_conv_entry<T128>(x, w, bias, out, p);
 }
-extern "C" __global__ void conv_transpose2d_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                                const float* __restrict__ bias, float* __restrict__ out,
-                                                ConvTranspose2dParams p) {
-    conv_transpose2d_entry<T64>(x, w, bias, out, p);
-}
-extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void conv_transpose2d_t128_f32(const float* __restrict__ x, const float* __restrict__ w,
-                              const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p) {
-    conv_transpose2d_entry<T128>(x, w, bias, out, p);
-}
-
 /* ---- tensor cores: TF32 implicit GEMM (conv2d_tc_f32, upsample_conv_tc_f32) ----------------------------------- */
 
 /* The same implicit GEMM (M = c_out, N = pixels, K = c_in·kh·kw) on mma.m16n8k8 TF32: 128 × 128 tile, 8 warps of

@@ -186,26 +186,10 @@ typedef struct UpsampleConvParams {
     int32_t tf32_passes; /* upsample_conv_tc_f32 only, as in Conv2dParams */
 } UpsampleConvParams;
 
-/* conv_transpose2d_f32: torch ConvTranspose2d, weight (c_in, c_out, kh, kw), dilation 1, groups 1. */
-typedef struct ConvTranspose2dParams {
-    int32_t n;
-    int32_t c_in;
-    int32_t h;
-    int32_t w;
-    int32_t c_out;
-    int32_t kh;
-    int32_t kw;
-    int32_t stride;
-    int32_t pad;
-    int32_t oh;
-    int32_t ow;
-    int32_t has_bias;
-} ConvTranspose2dParams;
-
 /* The values that change from one run of a graph to the next, kept in device memory: the host writes them before
  * each run (one small copy on the stream), so a captured CUDA graph replays without being re-recorded. Kernels that
  * depend on them (rope, attention, sampling) take `const StepState* step`; their launch configuration never does
- * (grids are sized for the longest sequence and idle blocks exit). Mirrors runtime::StepParams. */
+ * (grids are sized for the longest sequence and idle blocks exit). Mirrors ops::StepParams. */
 typedef struct StepState {
     int32_t pos;        /* first sequence position covered by this run (0 = the prefill) */
     uint32_t step;      /* generation step, 0 = image token 0: the RNG counter */
@@ -214,7 +198,7 @@ typedef struct StepState {
     uint32_t seed_hi;
 } StepState;
 
-/* gelu_*, add_*: n elements. */
+/* gelu_*: n elements. */
 typedef struct ElementwiseParams {
     int32_t n;
 } ElementwiseParams;
@@ -268,9 +252,6 @@ typedef struct CuemuStats {
     X(swiglu_bf16, (const __nv_bfloat16* __restrict__ ab, __nv_bfloat16* __restrict__ out, SwigluParams p))            \
     X(gelu_f32, (const float* __restrict__ x, float* __restrict__ y, ElementwiseParams p))                             \
     X(gelu_bf16, (const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, ElementwiseParams p))            \
-    X(add_f32, (const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, ElementwiseParams p)) \
-    X(add_bf16, (const __nv_bfloat16* __restrict__ a, const __nv_bfloat16* __restrict__ b,                             \
-                 __nv_bfloat16* __restrict__ y, ElementwiseParams p))                                                  \
     X(copy_rows, (const __nv_bfloat16* __restrict__ src, __nv_bfloat16* __restrict__ dst, CopyRowsParams p))           \
     X(rope_f32, (const float* __restrict__ qkv, const float* __restrict__ table, const StepState* __restrict__ step,   \
                  const int32_t* __restrict__ rows, float* __restrict__ q, float* __restrict__ cache, RopeParams p))    \
@@ -340,11 +321,7 @@ typedef struct CuemuStats {
     X(upsample_conv_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,    \
                           float* __restrict__ out, UpsampleConvParams p))                                              \
     X(upsample_conv_t128_f32, (const float* __restrict__ x, const float* __restrict__ w,                               \
-                               const float* __restrict__ bias, float* __restrict__ out, UpsampleConvParams p))         \
-    X(conv_transpose2d_f32, (const float* __restrict__ x, const float* __restrict__ w,                                 \
-                             const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p))        \
-    X(conv_transpose2d_t128_f32, (const float* __restrict__ x, const float* __restrict__ w,                            \
-                                  const float* __restrict__ bias, float* __restrict__ out, ConvTranspose2dParams p))
+                               const float* __restrict__ bias, float* __restrict__ out, UpsampleConvParams p))
 
 /* Emulator self-test kernels (kernels/selftest.cu): deliberate bugs and collective-semantics probes. They are built
  * by nvcc too, so the same probes can run on a GPU. */

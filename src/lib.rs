@@ -10,6 +10,7 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub mod model;
+pub mod ops;
 pub mod pipeline;
 pub mod runtime;
 pub mod serve;

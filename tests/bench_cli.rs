@@ -315,8 +315,8 @@ fn cost_model_matches_the_spec_for_gpt_b() {
     };
     let ids = fake_ids(&cfg);
     let (pre, dec) = (
-        gpt_graph::prefill(&cfg, &ids, &spec),
-        gpt_graph::decode(&cfg, &ids, &spec),
+        gpt_graph::prefill(&cfg, &ids, &spec).unwrap(),
+        gpt_graph::decode(&cfg, &ids, &spec).unwrap(),
     );
     // A decode step reads every matmul weight once (plus one embedding row per sequence and the KV cache).
     let linear: usize = cfg
@@ -369,7 +369,7 @@ fn op_cases_build_and_run() {
 #[test]
 fn op_cases_run_on_the_cuda_backend() {
     use llamagen::backend::cuda::{emu::EmuDevice, launch, CudaBackend};
-    let emu = |bf16: bool| -> llamagen::Result<Box<dyn llamagen::backend::Backend>> {
+    let emu = |bf16: bool| -> llamagen::Result<Box<dyn llamagen::ops::Backend>> {
         let act = launch::Dtype::activations(bf16);
         Ok(Box::new(CudaBackend::new(EmuDevice::new(), act)?))
     };

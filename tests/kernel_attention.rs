@@ -16,7 +16,7 @@ use llamagen::backend::cuda::attention::{
 use llamagen::backend::cuda::emu::{EmuDevice, Sched};
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::{DevPtr, Elem};
-use llamagen::backend::{Dtype, KvSpec, Placement};
+use llamagen::ops::{Dtype, KvSpec, Placement};
 
 mod support;
 use support::devices::*;

@@ -1,6 +1,6 @@
 //! The `conv` kernels (kernels/conv.cu) on the CUDA emulator against the CPU backend: conv2d_f32 against
 //! `cpu::conv::conv2d` / `conv2d_add`, upsample_conv_f32 against `cpu::conv::upsample_conv3x3` (and against a
-//! conv of the explicitly upsampled image), conv_transpose2d_f32 against `cpu::conv_transpose::conv_transpose2d`;
+//! conv of the explicitly upsampled image);
 //! the three schedules on one case each; and the launchers' shape errors.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
@@ -426,109 +426,6 @@ fn upsample_conv_all_schedules_on<D: TestDevice>(dev: &D) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn transpose_case<D: TestDevice>(
-    dev: &D,
-    rng: &mut Rng,
-    (n, c_in, c_out, h, w): (usize, usize, usize, usize, usize),
-    (kh, kw): (usize, usize),
-    stride: usize,
-    pad: usize,
-    output_padding: usize,
-    bias: bool,
-) -> f64 {
-    let size = |i, k| cpu::conv_transpose::out_size(i, k, stride, pad, output_padding).unwrap();
-    let (oh, ow) = (size(h, kh), size(w, kw));
-    let x = rand_vec(rng, n * c_in * h * w, 2.0);
-    let wt = rand_vec(rng, c_in * c_out * kh * kw, 1.0);
-    let b = rand_vec(rng, c_out, 0.5);
-    let out_len = n * c_out * oh * ow;
-    let mut want = vec![0f32; out_len];
-    let bias_cpu = bias.then_some(&b[..]);
-    cpu::conv_transpose::conv_transpose2d(
-        &x,
-        (n, c_in, h, w),
-        &wt,
-        bias_cpu,
-        (c_out, kh, kw),
-        stride,
-        pad,
-        output_padding,
-        &mut want,
-    );
-    let (xb, wb, bb) = (dev.upload(&x, "x"), dev.upload(&wt, "w"), dev.upload(&b, "bias"));
-    let mut worst = 0f64;
-    for tile in [Tile::T64, Tile::T128] {
-        let mut ob = dev.alloc::<f32>(out_len, "out");
-        conv::conv_transpose2d(
-            dev,
-            xb.ptr(),
-            wb.ptr(),
-            bias.then(|| bb.ptr()),
-            ob.ptr_mut(),
-            (n, c_in, h, w),
-            (c_out, kh, kw),
-            stride,
-            pad,
-            output_padding,
-            Some(tile),
-        )
-        .unwrap();
-        let what = format!(
-            "conv_transpose2d n={n} {c_in}->{c_out} {h}x{w} k={kh}x{kw} s={stride} p={pad} op={output_padding} {tile:?}"
-        );
-        let (e, max) = nmse(&ob.to_vec(), &want, &what);
-        assert!(e <= F32_NMSE, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
-        worst = worst.max(e);
-    }
-    worst
-}
-
-#[test]
-fn conv_transpose2d_matches_cpu() {
-    conv_transpose2d_matches_cpu_on(&EmuDevice::new());
-}
-
-fn conv_transpose2d_matches_cpu_on<D: TestDevice>(dev: &D) {
-    let mut rng = Rng(9);
-    let (mut worst, mut cases) = (0f64, 0usize);
-    let shapes = [(1, 3, 8, 5, 7), (2, 17, 3, 4, 4), (1, 8, 17, 3, 5), (2, 32, 8, 1, 1)];
-    for stride in [1, 2] {
-        for pad in [0, 1] {
-            for output_padding in 0..stride {
-                for k in [(3, 3), (4, 4), (2, 3), (1, 1)] {
-                    let shape = shapes[cases % shapes.len()];
-                    if cpu::conv_transpose::out_size(shape.3, k.0, stride, pad, output_padding).is_none()
-                        || cpu::conv_transpose::out_size(shape.4, k.1, stride, pad, output_padding).is_none()
-                    {
-                        continue;
-                    }
-                    let dev = &dev.with_sched(SCHEDS[cases % 3]);
-                    let e = transpose_case(dev, &mut rng, shape, k, stride, pad, output_padding, cases % 5 != 2);
-                    worst = worst.max(e);
-                    cases += 1;
-                }
-            }
-        }
-    }
-    // stride 3 and a pixel count over one tile
-    worst = worst.max(transpose_case(dev, &mut rng, (2, 6, 5, 4, 5), (3, 3), 3, 1, 2, true));
-    println!("conv_transpose2d_f32: {} cases, worst NMSE {worst:.3e}", cases + 1);
-}
-
-#[test]
-fn conv_transpose2d_all_schedules() {
-    conv_transpose2d_all_schedules_on(&EmuDevice::new());
-}
-
-fn conv_transpose2d_all_schedules_on<D: TestDevice>(dev: &D) {
-    for s in SCHEDS {
-        let mut rng = Rng(17);
-        let e = transpose_case(&dev.with_sched(s), &mut rng, (2, 8, 17, 4, 3), (4, 4), 2, 1, 1, true);
-        println!("conv_transpose2d_f32 {s:?}: NMSE {e:.3e}");
-    }
-}
-
 #[test]
 fn launchers_reject_bad_shapes() {
     let dev = EmuDevice::new();
@@ -741,91 +638,6 @@ fn launchers_reject_bad_shapes() {
     )
     .unwrap();
 
-    // conv_transpose2d: weight (c_in, c_out, kh, kw)
-    let e = err(conv::conv_transpose2d(
-        &dev,
-        x.ptr(),
-        w.ptr(),
-        None,
-        out.ptr_mut(),
-        (1, 3, 2, 2),
-        (8, 3, 3),
-        2,
-        0,
-        2,
-        None,
-    ));
-    assert!(e.contains("output_padding 2 must be smaller than stride 2"), "{e}");
-    let e = err(conv::conv_transpose2d(
-        &dev,
-        x.ptr(),
-        w.ptr(),
-        None,
-        out.ptr_mut(),
-        (1, 3, 1, 1),
-        (8, 1, 1),
-        1,
-        1,
-        0,
-        None,
-    ));
-    assert!(e.contains("empty output"), "{e}");
-    let e = err(conv::conv_transpose2d(
-        &dev,
-        x.ptr(),
-        w.ptr(),
-        None,
-        out.ptr_mut(),
-        (1, 3, 2, 2),
-        (8, 4, 4),
-        1,
-        0,
-        0,
-        None,
-    ));
-    assert!(e.contains("weight has 216 elements, needs 384"), "{e}");
-    let e = err(conv::conv_transpose2d(
-        &dev,
-        x.ptr(),
-        w.ptr(),
-        None,
-        out.ptr_mut(),
-        (2, 3, 5, 7),
-        (8, 3, 3),
-        2,
-        0,
-        1,
-        None,
-    ));
-    assert!(e.contains("out has 560 elements"), "{e}");
-    let e = err(conv::conv_transpose2d(
-        &dev,
-        x.ptr(),
-        w.ptr(),
-        None,
-        out.ptr_mut(),
-        (1, 3, 2, 2),
-        (8, 0, 3),
-        1,
-        0,
-        0,
-        None,
-    ));
-    assert!(e.contains("empty shape: kh = 0"), "{e}");
-    conv::conv_transpose2d(
-        &dev,
-        x.ptr(),
-        w.ptr(),
-        Some(b.ptr()),
-        out.ptr_mut(),
-        (1, 3, 2, 2),
-        (8, 3, 3),
-        2,
-        1,
-        1,
-        None,
-    )
-    .unwrap();
     for buf in [&x, &w, &b, &out, &short, &fw] {
         buf.check_canaries().unwrap();
     }
@@ -854,6 +666,4 @@ fn gpu_conv_matches_cpu() {
     conv2d_residual_in_place_on(&g);
     upsample_conv_matches_cpu_on(&g);
     upsample_conv_all_schedules_on(&g);
-    conv_transpose2d_matches_cpu_on(&g);
-    conv_transpose2d_all_schedules_on(&g);
 }

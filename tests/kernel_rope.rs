@@ -10,7 +10,7 @@ use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::DevPtr;
 use llamagen::backend::cuda::rope;
-use llamagen::backend::{Dtype, KvSpec, Placement};
+use llamagen::ops::{Dtype, KvSpec, Placement};
 
 mod support;
 use support::devices::*;

@@ -45,8 +45,8 @@ fn setup(case: &str, dtype: Dtype) -> (GptConfig, Vec<Graph>, Session) {
         continuous: false,
     };
     let graphs = vec![
-        gpt_graph::prefill(&cfg, &ids, &spec),
-        gpt_graph::decode(&cfg, &ids, &spec),
+        gpt_graph::prefill(&cfg, &ids, &spec).unwrap(),
+        gpt_graph::decode(&cfg, &ids, &spec).unwrap(),
     ];
     let kv = kv_spec(&cfg, spec.rows(), dtype);
     let session = Session::new(

@@ -1,19 +1,12 @@
 //! Arithmetic shared by the backends (and the model, which sits above them), so that every side computes from the
-//! same numbers and shapes: `F.normalize` of a vector, the weight folding behind the VQ decoder's Upsample (nearest
-//! x2, then a 3x3 pad-1 conv), and the output size of a transposed convolution.
+//! same numbers and shapes: `F.normalize` of a vector, and the weight folding behind the VQ decoder's Upsample (nearest
+//! x2, then a 3x3 pad-1 conv).
 
 /// `v / max(||v||_2, 1e-12)` like `F.normalize`; the norm is accumulated in f64 and rounded once.
 pub fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32;
     let d = norm.max(1e-12);
     v.iter_mut().for_each(|x| *x /= d);
-}
-
-/// Output size of one spatial dimension of a transposed conv: `(i − 1)·s − 2p + k + output_padding` (PyTorch's
-/// formula at dilation 1). `None` when it is not positive.
-pub fn conv_transpose_out_size(i: usize, k: usize, stride: usize, pad: usize, output_padding: usize) -> Option<usize> {
-    let full = (i.checked_sub(1)?) * stride + k + output_padding;
-    full.checked_sub(2 * pad).filter(|&o| o > 0)
 }
 
 // Decoder Upsample = nearest x2 then 3x3 pad-1 conv, folded into four 2x2 convs of the input.

@@ -13,7 +13,7 @@ use crate::backend::cuda::device::Device;
 use crate::backend::cuda::kernels::{StepState, NVCC};
 use crate::backend::cuda::launch::{DevPtr, DevPtrMut};
 use crate::backend::cuda::{attention, conv, gemm};
-use crate::backend::{Dtype, KvSpec};
+use crate::ops::{Dtype, KvSpec};
 use crate::Result;
 use half::bf16;
 

@@ -3,9 +3,14 @@
 //! model step pays for that node. Used by `benches/ops.rs` (criterion) and `llamagen bench --ops`.
 use super::cost::{graph_cost, Cost, Widths};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, Dtype, KvSpec, Layout, Weight};
 use crate::model::rope_table::rope_table;
-use crate::runtime::{Graph, GraphId, Op, Phase, Scalar, Session, StepParams, TensorId, WeightId};
+use crate::ops::{
+    attention::Attention, codebook::Codebook, concat::Concat, conv::Conv, embed::Embed, gelu::Gelu,
+    groupnorm::Groupnorm, matmul::Matmul, quantize::Quantize, rmsnorm::Rmsnorm, rope::Rope, sampling::Sampling,
+    swiglu::Swiglu, take_last::TakeLast, upsample_conv::UpsampleConv, vq_attention::VqAttention, Op,
+};
+use crate::ops::{Backend, Dtype, KvSpec, Layout, Weight};
+use crate::runtime::{Graph, GraphId, Phase, Scalar, Session, StepParams, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::synth::value_f32;
 use crate::Result;
@@ -92,6 +97,7 @@ impl OpCase {
 enum Input {
     F32(TensorId),
     I32(TensorId, i32),
+    Mask(TensorId),
 }
 
 /// Builder of a one-node graph, its weights (deterministic synthetic values) and inputs.
@@ -148,15 +154,23 @@ impl One {
         t
     }
 
-    /// An I32 input with values spread over `0..range`.
+    /// A 0/1 F32 mask input (every third key hidden).
+    fn mask_in(&mut self, name: &str, shape: &[usize]) -> TensorId {
+        let t = self.g.input(name, shape, Scalar::F32);
+        self.inputs.push(Input::Mask(t));
+        t
+    }
+
+    /// An I32 input with values spread over `0..range`; `range` −1: a per-row placement table `[rows, 2]` of
+    /// (cache slot rows − 1 − b, first position 0).
     fn i32_in(&mut self, name: &str, shape: &[usize], range: i32) -> TensorId {
         let t = self.g.input(name, shape, Scalar::I32);
         self.inputs.push(Input::I32(t, range));
         t
     }
 
-    fn node(mut self, op: Op, ins: &[TensorId], shape: &[usize], dtype: Scalar) -> Result<OpSpec> {
-        let out = self.g.push(op, ins, "out", shape, dtype);
+    fn node(mut self, op: impl Into<Op>, ins: &[TensorId], shape: &[usize]) -> Result<OpSpec> {
+        let out = self.g.push(op, ins, "out", shape)?;
         self.g.mark_output(out);
         let bf16 = self.storage == Dtype::Bf16;
         let widths = if bf16 { Widths::BF16 } else { Widths::F32 };
@@ -188,8 +202,19 @@ impl OpSpec {
         for inp in &inputs {
             match *inp {
                 Input::F32(t) => {
+                    // A bf16 case's activations are bf16 values, as every op's input is in a bf16 model.
                     let info = g.info(t);
-                    session.write_f32(id, &info.name, &value_f32(&info.name, &info.shape))?;
+                    let mut v = value_f32(&info.name, &info.shape);
+                    if self.bf16 {
+                        v.iter_mut().for_each(|x| *x = crate::ops::round_bf16(*x));
+                    }
+                    session.write_f32(id, &info.name, &v)?;
+                }
+                Input::I32(t, -1) => {
+                    let info = g.info(t);
+                    let rows = info.numel() / 2;
+                    let v: Vec<i32> = (0..rows).flat_map(|b| [(rows - 1 - b) as i32, 0]).collect();
+                    session.write_i32(id, &info.name, &v)?;
                 }
                 Input::I32(t, range) => {
                     let info = g.info(t);
@@ -197,6 +222,11 @@ impl OpSpec {
                         .map(|i| ((i * 7919) % range as usize) as i32)
                         .collect();
                     session.write_i32(id, &info.name, &v)?;
+                }
+                Input::Mask(t) => {
+                    let info = g.info(t);
+                    let v: Vec<f32> = (0..info.numel()).map(|i| if i % 3 == 2 { 0.0 } else { 1.0 }).collect();
+                    session.write_f32(id, &info.name, &v)?;
                 }
             }
         }
@@ -222,27 +252,35 @@ fn embed(rows: usize, bf16: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
     let table = o.big("tok_embeddings.weight", &[V, D]);
     let ids = o.i32_in("ids", &[rows], V as i32);
-    o.node(Op::Embed { table }, &[ids], &[rows, 1, D], Scalar::F32)
+    o.node(Embed { table, rows, d: D }, &[ids], &[rows, 1, D])
 }
 
 /// `x [m, k] · Wᵀ`, W `[n, k]`; with a residual when `add`.
 fn matmul(m: usize, k: usize, n: usize, bf16: bool, add: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
     let w = o.big("w.weight", &[n, k]);
-    let x = o.f32_in("x", &[m, k]);
+    let mut ins = vec![o.f32_in("x", &[m, k])];
     if add {
-        let r = o.f32_in("residual", &[m, n]);
-        o.node(Op::MatmulAdd { w }, &[x, r], &[m, n], Scalar::F32)
-    } else {
-        o.node(Op::Matmul { w }, &[x], &[m, n], Scalar::F32)
+        ins.push(o.f32_in("residual", &[m, n]));
     }
+    o.node(
+        Matmul {
+            w,
+            m,
+            k,
+            n,
+            residual: add,
+        },
+        &ins,
+        &[m, n],
+    )
 }
 
-fn rmsnorm(rows: usize) -> Result<OpSpec> {
+fn rmsnorm(rows: usize, d: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, Dtype::F32);
-    let w = o.small("norm.weight", &[D]);
-    let x = o.f32_in("x", &[rows, 1, D]);
-    o.node(Op::Rmsnorm { w, eps: 1e-5 }, &[x], &[rows, 1, D], Scalar::F32)
+    let w = o.small("norm.weight", &[d]);
+    let x = o.f32_in("x", &[rows, 1, d]);
+    o.node(Rmsnorm { w, rows, d, eps: 1e-5 }, &[x], &[rows, 1, d])
 }
 
 fn kv(rows: usize, bf16: bool) -> KvSpec {
@@ -256,7 +294,7 @@ fn kv(rows: usize, bf16: bool) -> KvSpec {
     }
 }
 
-fn rope(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
+fn rope(rows: usize, len: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
     let tab = rope_table(1, 16, D / H, 10000.0);
     let n = tab.len();
@@ -270,17 +308,17 @@ fn rope(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     let table = WeightId(0);
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
-    let qkv = o.f32_in("qkv", &[rows, 1, 3 * D]);
-    o.node(
-        Op::Rope {
-            layer: 0,
-            table,
-            per_row: false,
-        },
-        &[qkv],
-        &[rows, 1, D],
-        Scalar::F32,
-    )
+    let qkv = o.f32_in("qkv", &[rows, len, 3 * D]);
+    let op = Rope {
+        layer: 0,
+        table,
+        rows,
+        len,
+        heads: H,
+        head_dim: D / H,
+        per_row: false,
+    };
+    o.node(op, &[qkv], &[rows, len, D])
 }
 
 fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
@@ -288,93 +326,183 @@ fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
     let q = o.f32_in("q", &[rows, 1, D]);
-    o.node(
-        Op::Attention {
-            layer: 0,
-            per_row: false,
-        },
-        &[q],
-        &[rows, 1, D],
-        Scalar::F32,
-    )
+    let op = Attention {
+        layer: 0,
+        rows,
+        len: 1,
+        heads: H,
+        head_dim: D / H,
+        mask: None,
+        per_row: false,
+    };
+    o.node(op, &[q], &[rows, 1, D])
 }
 
-fn swiglu(rows: usize) -> Result<OpSpec> {
+/// A prefill of `len` positions from position 0 (so every key attention reads was written): rope fills the KV
+/// cache, then attention (with a t2i condition mask over the first `mask` keys when given, or through a per-row
+/// placement table when `per_row`) is the case's output.
+fn rope_attention(rows: usize, len: usize, bf16: bool, mask: Option<usize>, per_row: bool) -> Result<OpSpec> {
+    let mut o = One::new(Phase::Prefill, storage(bf16));
+    let tab = rope_table(1, 16, D / H, 10000.0);
+    let table = o.weight_as("rope.table", &[tab.len()], Dtype::F32, Layout::Plain);
+    o.weights[table.0 as usize].data = tab;
+    // Per row: cache slot rows − 1 − b, first position 0 (written as the table input's values, see `i32_in`).
+    o.kv = Some(kv(rows, bf16));
+    let qkv = o.f32_in("qkv", &[rows, len, 3 * D]);
+    let place = per_row.then(|| o.i32_in("rows", &[rows, 2], -1));
+    let (heads, head_dim) = (H, D / H);
+    let rope = Rope {
+        layer: 0,
+        table,
+        rows,
+        len,
+        heads,
+        head_dim,
+        per_row,
+    };
+    let q =
+        o.g.push(rope, &[&[qkv][..], place.as_slice()].concat(), "q", &[rows, len, D])?;
+    let mut ins = vec![q];
+    ins.extend(mask.map(|t| o.mask_in("mask", &[rows, t])));
+    ins.extend(place);
+    let att = Attention {
+        layer: 0,
+        rows,
+        len,
+        heads,
+        head_dim,
+        mask,
+        per_row,
+    };
+    o.node(att, &ins, &[rows, len, D])
+}
+
+fn swiglu(rows: usize, f: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, Dtype::F32);
-    let x = o.f32_in("ab", &[rows, 1, 2 * F]);
-    o.node(Op::Swiglu, &[x], &[rows, 1, F], Scalar::F32)
+    let x = o.f32_in("ab", &[rows, 1, 2 * f]);
+    o.node(Swiglu { rows, f }, &[x], &[rows, 1, f])
 }
 
 fn gelu(rows: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Prefill, Dtype::F32);
     let x = o.f32_in("x", &[rows, D]);
-    o.node(Op::GeluTanh, &[x], &[rows, D], Scalar::F32)
+    o.node(Gelu { n: rows * D }, &[x], &[rows, D])
 }
 
 fn take_last(rows: usize, len: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Prefill, Dtype::F32);
     let x = o.f32_in("x", &[rows, len, D]);
-    o.node(Op::TakeLast, &[x], &[rows, D], Scalar::F32)
+    o.node(TakeLast { batch: rows, len, d: D }, &[x], &[rows, D])
 }
 
 fn concat(rows: usize, la: usize, lb: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::Prefill, Dtype::F32);
     let a = o.f32_in("a", &[rows, la, D]);
     let b = o.f32_in("b", &[rows, lb, D]);
-    o.node(Op::Concat, &[a, b], &[rows, la + lb, D], Scalar::F32)
+    o.node(
+        Concat {
+            batch: rows,
+            la,
+            lb,
+            d: D,
+        },
+        &[a, b],
+        &[rows, la + lb, D],
+    )
 }
 
-fn sampling(images: usize, top_k: usize) -> Result<OpSpec> {
+fn sampling(images: usize, vocab: usize, top_k: usize, top_p: f32) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, Dtype::F32);
-    let logits = o.f32_in("logits", &[2 * images, V]);
+    let logits = o.f32_in("logits", &[2 * images, vocab]);
     let index = o.i32_in("image_index", &[images], 1 << 20);
     let params = SamplingParams {
         temperature: 1.0,
         top_k,
-        top_p: 1.0,
+        top_p,
     };
-    let op = Op::Sampling { cfg_scale: 4.0, params };
-    o.node(op, &[logits, index], &[2 * images], Scalar::I32)
+    let op = Sampling {
+        rows: 2 * images,
+        vocab,
+        images,
+        cfg_scale: 4.0,
+        params,
+    };
+    o.node(op, &[logits, index], &[2 * images])
 }
 
-fn codebook(n: usize, grid: usize) -> Result<OpSpec> {
+fn codebook(n: usize, grid: usize, size: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Dtype::F32);
-    let cb = o.small("quantize.embedding.weight", &[V, 8]);
-    let codes = o.i32_in("codes", &[n * grid * grid], V as i32);
-    o.node(
-        Op::Codebook { codebook: cb },
-        &[codes],
-        &[n, 8, grid, grid],
-        Scalar::F32,
-    )
+    let cb = o.small("quantize.embedding.weight", &[size, 8]);
+    let codes = o.i32_in("codes", &[n * grid * grid], size as i32);
+    let op = Codebook {
+        codebook: cb,
+        n,
+        dim: 8,
+        h: grid,
+        w: grid,
+        size,
+    };
+    o.node(op, &[codes], &[n, 8, grid, grid])
 }
 
-fn quantize(n: usize, grid: usize) -> Result<OpSpec> {
+fn quantize(n: usize, grid: usize, size: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqEncode, Dtype::F32);
-    let cb = o.small("quantize.embedding.weight", &[V, 8]);
+    let cb = o.small("quantize.embedding.weight", &[size, 8]);
     let z = o.f32_in("z", &[n, 8, grid, grid]);
-    o.node(Op::Quantize { codebook: cb }, &[z], &[n * grid * grid], Scalar::I32)
+    let op = Quantize {
+        codebook: cb,
+        n,
+        dim: 8,
+        h: grid,
+        w: grid,
+        size,
+    };
+    o.node(op, &[z], &[n * grid * grid])
 }
 
-/// `k`×`k` conv, stride 1, same padding, `ci` -> `co` channels at `hw`×`hw`, optionally with a residual.
-fn conv(ci: usize, co: usize, k: usize, hw: usize, residual: bool) -> Result<OpSpec> {
+/// `k`×`k` conv at `stride` with padding `pad` ([top, bottom, left, right]), `ci` -> `co` channels at `hw`×`hw`,
+/// optionally with a residual.
+fn conv_with(
+    ci: usize,
+    co: usize,
+    k: usize,
+    hw: usize,
+    stride: usize,
+    pad: [usize; 4],
+    residual: bool,
+) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Dtype::F32);
-    let w = o.small("conv.weight", &[co, ci, k, k]);
+    let layout = if k == 3 && stride == 1 && pad == [1; 4] {
+        Layout::Winograd
+    } else {
+        Layout::Conv
+    };
+    let w = o.weight_as("conv.weight", &[co, ci, k, k], Dtype::F32, layout);
     let b = o.small("conv.bias", &[co]);
-    let x = o.f32_in("x", &[1, ci, hw, hw]);
-    let mut ins = vec![x];
-    if residual {
-        ins.push(o.f32_in("residual", &[1, co, hw, hw]));
-    }
-    let p = k / 2;
-    let op = Op::Conv {
+    let op = Conv {
         w,
         b,
+        n: 1,
+        c_in: ci,
+        h: hw,
+        w_in: hw,
+        c_out: co,
         k,
-        stride: 1,
-        pad: [p; 4],
+        stride,
+        pad,
+        residual,
     };
-    o.node(op, &ins, &[1, co, hw, hw], Scalar::F32)
+    let (oh, ow) = op.out_hw();
+    let mut ins = vec![o.f32_in("x", &[1, ci, hw, hw])];
+    if residual {
+        ins.push(o.f32_in("residual", &[1, co, oh, ow]));
+    }
+    o.node(op, &ins, &[1, co, oh, ow])
+}
+
+/// Same padding, stride 1.
+fn conv(ci: usize, co: usize, k: usize, hw: usize, residual: bool) -> Result<OpSpec> {
+    conv_with(ci, co, k, hw, 1, [k / 2; 4], residual)
 }
 
 fn upsample_conv(c: usize, hw: usize) -> Result<OpSpec> {
@@ -382,7 +510,16 @@ fn upsample_conv(c: usize, hw: usize) -> Result<OpSpec> {
     let w = o.weight_as("up.conv.weight", &[c, c, 3, 3], Dtype::F32, Layout::UpsamplePhases);
     let b = o.small("up.conv.bias", &[c]);
     let x = o.f32_in("x", &[1, c, hw, hw]);
-    o.node(Op::UpsampleConv { w, b }, &[x], &[1, c, 2 * hw, 2 * hw], Scalar::F32)
+    let op = UpsampleConv {
+        w,
+        b,
+        n: 1,
+        c_in: c,
+        h: hw,
+        w_in: hw,
+        c_out: c,
+    };
+    o.node(op, &[x], &[1, c, 2 * hw, 2 * hw])
 }
 
 fn groupnorm(c: usize, hw: usize, silu: bool) -> Result<OpSpec> {
@@ -390,14 +527,17 @@ fn groupnorm(c: usize, hw: usize, silu: bool) -> Result<OpSpec> {
     let gamma = o.small("norm.weight", &[c]);
     let beta = o.small("norm.bias", &[c]);
     let x = o.f32_in("x", &[1, c, hw, hw]);
-    let op = Op::Groupnorm {
+    let op = Groupnorm {
         gamma,
         beta,
+        n: 1,
+        c,
+        hw: hw * hw,
         groups: 32,
         eps: 1e-6,
         silu,
     };
-    o.node(op, &[x], &[1, c, hw, hw], Scalar::F32)
+    o.node(op, &[x], &[1, c, hw, hw])
 }
 
 fn vq_attention(c: usize, hw: usize) -> Result<OpSpec> {
@@ -408,22 +548,19 @@ fn vq_attention(c: usize, hw: usize) -> Result<OpSpec> {
             o.small(&format!("attn.{n}.bias"), &[c]),
         ]
     };
-    let op = Op::VqAttention {
-        q: lin("q"),
-        k: lin("k"),
-        v: lin("v"),
-        proj: lin("proj_out"),
+    let (q, k, v, proj) = (lin("q"), lin("k"), lin("v"), lin("proj_out"));
+    let op = VqAttention {
+        q,
+        k,
+        v,
+        proj,
+        n: 1,
+        c,
+        hw: hw * hw,
     };
     let x = o.f32_in("x", &[1, c, hw, hw]);
     let normed = o.f32_in("normed", &[1, c, hw, hw]);
-    o.node(op, &[x, normed], &[1, c, hw, hw], Scalar::F32)
-}
-
-fn add(c: usize, hw: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::VqDecode, Dtype::F32);
-    let a = o.f32_in("a", &[1, c, hw, hw]);
-    let b = o.f32_in("b", &[1, c, hw, hw]);
-    o.node(Op::Add, &[a, b], &[1, c, hw, hw], Scalar::F32)
+    o.node(op, &[x, normed], &[1, c, hw, hw])
 }
 
 macro_rules! case {
@@ -465,17 +602,17 @@ pub fn cases() -> Vec<OpCase> {
             flops
         ),
         case!("gelu", "t2i_cap_b1", gelu(240)),
-        case!("rmsnorm", "decode_b8", rmsnorm(16)),
-        case!("rope", "decode_b8_pos128_f32", rope(16, 128, false)),
+        case!("rmsnorm", "decode_b8", rmsnorm(16, D)),
+        case!("rope", "decode_b8_pos128_f32", rope(16, 1, 128, false)),
         case!("attention", "decode_b8_pos255_f32", attention(16, 255, false)),
         case!("attention", "decode_b8_pos255_bf16", attention(16, 255, true)),
-        case!("swiglu", "decode_b8", swiglu(16)),
+        case!("swiglu", "decode_b8", swiglu(16, F)),
         case!("take_last", "t2i_prefill_b8", take_last(16, 120)),
         case!("concat", "full_b8", concat(16, 1, 255)),
-        case!("sampling", "b8_topk2000", sampling(8, 2000)),
-        case!("sampling", "b8_topk0", sampling(8, 0)),
-        case!("codebook", "vq16_256px_b1", codebook(1, 16)),
-        case!("quantize", "vq16_256px_b1", quantize(1, 16), flops),
+        case!("sampling", "b8_topk2000", sampling(8, V, 2000, 1.0)),
+        case!("sampling", "b8_topk0", sampling(8, V, 0, 1.0)),
+        case!("codebook", "vq16_256px_b1", codebook(1, 16, V)),
+        case!("quantize", "vq16_256px_b1", quantize(1, 16, V), flops),
         case!("conv", "3x3_128ch_256px", conv(128, 128, 3, 256, false), flops),
         case!("conv", "3x3_128ch_256px_res", conv(128, 128, 3, 256, true), flops),
         case!("conv", "3x3_512ch_16px", conv(512, 512, 3, 16, false), flops),
@@ -484,6 +621,58 @@ pub fn cases() -> Vec<OpCase> {
         case!("groupnorm", "128ch_256px_swish", groupnorm(128, 256, true)),
         case!("groupnorm", "128ch_256px", groupnorm(128, 256, false)),
         case!("vq_attention", "512ch_16px", vq_attention(512, 16), flops),
-        case!("add", "128ch_256px", add(128, 256)),
+    ]
+}
+
+/// Every op at small and odd shapes, for checking backends against the plain references (`tests/ops.rs`): each
+/// case runs in well under a second through `ops::reference::RefBackend`, and together they take every path of
+/// every op (bf16 and f32 storage, residual epilogues, 1×1 / 3×3 / stride-2 asymmetric convs, top-k and top-p).
+pub fn reference_cases() -> Vec<OpCase> {
+    vec![
+        case!("embed", "b3_bf16", embed(6, true)),
+        case!("embed", "b1_f32", embed(2, false)),
+        case!("matmul", "m3_f32", matmul(3, 96, 40, false, false)),
+        case!("matmul", "m5_add_f32", matmul(5, 72, 24, false, true)),
+        case!("matmul", "m2_bf16", matmul(2, 64, 48, true, false)),
+        case!("matmul", "m7_add_bf16", matmul(7, 40, 72, true, true)),
+        case!("gelu", "rows3", gelu(3)),
+        case!("rmsnorm", "rows5_d72", rmsnorm(5, 72)),
+        case!("rope", "b2_pos5_f32", rope(2, 1, 5, false)),
+        case!("rope", "b3_prefill4_bf16", rope(3, 4, 0, true)),
+        case!("attention", "b2_prefill9_f32", rope_attention(2, 9, false, None, false)),
+        case!(
+            "attention",
+            "b3_prefill40_bf16",
+            rope_attention(3, 40, true, None, false)
+        ),
+        case!(
+            "attention",
+            "b2_prefill7_mask4_f32",
+            rope_attention(2, 7, false, Some(4), false)
+        ),
+        case!(
+            "attention",
+            "b3_prefill5_per_row_bf16",
+            rope_attention(3, 5, true, None, true)
+        ),
+        case!("swiglu", "rows3_f40", swiglu(3, 40)),
+        case!("take_last", "b2_len5", take_last(2, 5)),
+        case!("concat", "b2_1_3", concat(2, 1, 3)),
+        case!("sampling", "b3_v500_topk20", sampling(3, 500, 20, 1.0)),
+        case!("sampling", "b2_v300_topp", sampling(2, 300, 0, 0.8)),
+        case!("sampling", "b2_v300_all", sampling(2, 300, 0, 1.0)),
+        case!("codebook", "b2_7px", codebook(2, 7, 50)),
+        case!("quantize", "b2_5px", quantize(2, 5, 60)),
+        case!("conv", "3x3_12to20_9px_res", conv(12, 20, 3, 9, true)),
+        case!("conv", "1x1_16to24_6px", conv(16, 24, 1, 6, false)),
+        case!(
+            "conv",
+            "3x3_s2_8to8_10px",
+            conv_with(8, 8, 3, 10, 2, [0, 1, 0, 1], false)
+        ),
+        case!("upsample_conv", "8ch_5px", upsample_conv(8, 5)),
+        case!("groupnorm", "64ch_5px_swish", groupnorm(64, 5, true)),
+        case!("groupnorm", "32ch_3px", groupnorm(32, 3, false)),
+        case!("vq_attention", "32ch_4px", vq_attention(32, 4)),
     ]
 }

@@ -2,9 +2,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use llamagen::backend::cpu::{CpuBackend, KernelFamily};
-use llamagen::backend::Backend;
 use llamagen::model::vq::VqRunner;
 use llamagen::model::{Dtype, GptConfig, VqConfig};
+use llamagen::ops::Backend;
 use llamagen::sample::sampler::SamplingParams;
 use llamagen::weights::{self, StateDict};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@ use super::config::{GptConfig, ModelType};
 use super::gpt_graph::{self, GptGraphSpec, GptWeightIds, LayerIds};
 use super::rope_table::rope_table;
 use super::Dtype;
-use crate::backend::{Backend, KvSpec, Layout, Weight};
+use crate::ops::{Backend, KvSpec, Layout, Weight};
 use crate::runtime::{GraphId, Session, StepParams, WeightId};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::StateDict;
@@ -227,8 +227,8 @@ impl GptRunner {
         };
         let kv = kv_spec(&cfg, spec.rows(), opts.dtype);
         let graphs = vec![
-            gpt_graph::prefill(&cfg, &ids, &spec),
-            gpt_graph::decode(&cfg, &ids, &spec),
+            gpt_graph::prefill(&cfg, &ids, &spec)?,
+            gpt_graph::decode(&cfg, &ids, &spec)?,
         ];
         let session = Session::new(backend, weights, Some(kv), graphs)?;
         Ok(GptRunner {
@@ -276,8 +276,10 @@ impl GptRunner {
         };
         let p = self
             .session
-            .add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec))?;
-        let d = self.session.add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec))?;
+            .add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec)?)?;
+        let d = self
+            .session
+            .add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec)?)?;
         self.graphs.push((images, p, d));
         Ok((p, d))
     }
@@ -392,16 +394,21 @@ impl GptRunner {
         let toks = self.session.read_i32(prefill, "tokens")?;
         out.iter_mut().zip(&toks).for_each(|(o, &tk)| o.push(tk as u32));
         on_token(0);
-        self.session.copy(prefill, "tokens", decode, "ids")?;
+        // The step loop's tensors, looked up once.
+        let (tokens, ids) = (
+            self.session.tensor(decode, "tokens")?,
+            self.session.tensor(decode, "ids")?,
+        );
+        self.session.copy(prefill, "tokens", decode, ids)?;
         for i in 0..n.saturating_sub(1) {
             step.pos = t + i;
             step.step = i as u32 + 1;
             step.cfg_active = guided_at(self.opts.cfg_interval, step.step);
             self.session.run(decode, &step)?;
-            let toks = self.session.read_i32(decode, "tokens")?;
+            let toks = self.session.read_i32(decode, tokens)?;
             out.iter_mut().zip(&toks).for_each(|(o, &tk)| o.push(tk as u32));
             on_token(i + 1);
-            self.session.copy(decode, "tokens", decode, "ids")?;
+            self.session.copy(decode, tokens, decode, ids)?;
         }
         Ok(out)
     }
@@ -424,7 +431,7 @@ impl GptRunner {
         };
         let id = self
             .session
-            .add_graph(gpt_graph::full(&self.cfg, &self.ids, &spec, fed))?;
+            .add_graph(gpt_graph::full(&self.cfg, &self.ids, &spec, fed)?)?;
         self.write_condition(cond, id)?;
         if let Condition::Captions { mask, .. } = cond {
             let mut m = mask.clone();

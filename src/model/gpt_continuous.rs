@@ -9,7 +9,7 @@ use super::config::{GptConfig, ModelType};
 use super::gpt::{bind_weights, kv_spec, round_vec};
 use super::gpt_graph::{self, GptGraphSpec, GptWeightIds};
 use super::Dtype;
-use crate::backend::Backend;
+use crate::ops::Backend;
 use crate::runtime::{GraphId, Session, StepParams};
 use crate::sample::sampler::SamplingParams;
 use crate::weights::StateDict;
@@ -103,8 +103,10 @@ impl ContinuousGpt {
         };
         let p = self
             .session
-            .add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec))?;
-        let d = self.session.add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec))?;
+            .add_graph(gpt_graph::prefill(&self.cfg, &self.ids, &spec)?)?;
+        let d = self
+            .session
+            .add_graph(gpt_graph::decode(&self.cfg, &self.ids, &spec)?)?;
         self.graphs.push((rows, p, d));
         Ok((p, d))
     }

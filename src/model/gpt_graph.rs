@@ -1,7 +1,12 @@
 //! The GPT as runtime graphs: prefill (condition positions) and one decode step. Reads like spec §3.4.
 use super::config::{GptConfig, ModelType};
-use crate::runtime::{Graph, Op, Phase, Scalar, TensorId, WeightId};
+use crate::ops::{
+    attention::Attention, concat::Concat, embed::Embed, gelu::Gelu, matmul::Matmul, rmsnorm::Rmsnorm, rope::Rope,
+    sampling::Sampling, swiglu::Swiglu, take_last::TakeLast,
+};
+use crate::runtime::{Graph, Phase, Scalar, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
+use crate::{Error, Result};
 
 /// Weight ids of the GPT's table (see `gpt::bind_weights`).
 #[derive(Clone, Debug)]
@@ -54,91 +59,96 @@ impl GptGraphSpec {
 
 /// Graph inputs: `cond_ids` I32 [B'] (c2i) or `caption` F32 [B', T, caption_dim] (t2i), plus `cond_mask` F32 [B', T]
 /// for t2i and `image_index` I32 [B]. Outputs: `logits` [B', V] and `tokens` I32 [B'].
-pub fn prefill(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph {
+pub fn prefill(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Result<Graph> {
     let mut g = Graph::new(Phase::Prefill);
     let (rows, t, d) = (spec.rows(), cfg.cls_token_num, cfg.dim);
+    let missing = |what: &str| Error::Invalid(format!("a {:?} GPT without its {what}", cfg.model_type));
     let x = match cfg.model_type {
         ModelType::C2i => {
             let ids = g.input("cond_ids", &[rows], Scalar::I32);
-            g.push(
-                Op::Embed {
-                    table: w.cls_table.expect("c2i table"),
-                },
-                &[ids],
-                "cond_emb",
-                &[rows, 1, d],
-                Scalar::F32,
-            )
+            let table = w.cls_table.ok_or_else(|| missing("class embedding"))?;
+            g.push(Embed { table, rows, d }, &[ids], "cond_emb", &[rows, 1, d])?
         }
         ModelType::T2i => {
-            let (fc1, fc2) = w.cap_fc.expect("t2i caption MLP");
+            let (fc1, fc2) = w.cap_fc.ok_or_else(|| missing("caption MLP"))?;
             let cap = g.input("caption", &[rows, t, cfg.caption_dim], Scalar::F32);
-            let h = g.push(Op::Matmul { w: fc1 }, &[cap], "cap_fc1", &[rows, t, d], Scalar::F32);
-            let h = g.push(Op::GeluTanh, &[h], "cap_gelu", &[rows, t, d], Scalar::F32);
-            g.push(Op::Matmul { w: fc2 }, &[h], "cond_emb", &[rows, t, d], Scalar::F32)
+            let (m, k) = (rows * t, cfg.caption_dim);
+            let mm = |w, k| Matmul {
+                w,
+                m,
+                k,
+                n: d,
+                residual: false,
+            };
+            let h = g.push(mm(fc1, k), &[cap], "cap_fc1", &[rows, t, d])?;
+            let h = g.push(Gelu { n: m * d }, &[h], "cap_gelu", &[rows, t, d])?;
+            g.push(mm(fc2, d), &[h], "cond_emb", &[rows, t, d])?
         }
     };
-    let x = blocks(&mut g, cfg, w, spec, x, t);
-    head(&mut g, cfg, w, spec, x, t);
-    g
+    let x = blocks(&mut g, cfg, w, spec, x, t)?;
+    head(&mut g, cfg, w, spec, x, t)?;
+    Ok(g)
 }
 
 /// Graph inputs: `ids` I32 [B'] (the token fed at this step, same for both CFG halves), `cond_mask` (t2i),
 /// `image_index`. Outputs as for the prefill.
-pub fn decode(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Graph {
+pub fn decode(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec) -> Result<Graph> {
     let mut g = Graph::new(Phase::Decode);
-    let rows = spec.rows();
+    let (rows, d) = (spec.rows(), cfg.dim);
     let ids = g.input("ids", &[rows], Scalar::I32);
-    let x = g.push(
-        Op::Embed { table: w.tok },
-        &[ids],
-        "tok_emb",
-        &[rows, 1, cfg.dim],
-        Scalar::F32,
-    );
-    let x = blocks(&mut g, cfg, w, spec, x, 1);
-    head(&mut g, cfg, w, spec, x, 1);
-    g
+    let x = g.push(Embed { table: w.tok, rows, d }, &[ids], "tok_emb", &[rows, 1, d])?;
+    let x = blocks(&mut g, cfg, w, spec, x, 1)?;
+    head(&mut g, cfg, w, spec, x, 1)?;
+    Ok(g)
 }
 
 /// Full recomputation without reusing the cache: the condition and `fed` image tokens (input `ids` I32 [B', fed])
 /// in one pass over positions 0..T+fed. Output `logits_all` [B', T+fed, V]. A check of the KV-cache path.
-pub fn full(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, fed: usize) -> Graph {
-    let mut g = prefill(cfg, w, spec);
+pub fn full(cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, fed: usize) -> Result<Graph> {
+    let mut g = prefill(cfg, w, spec)?;
     // Keep only the prefill's embedding prologue: cut everything after the condition embedding.
-    let cond = g.find("cond_emb").expect("prefill defines cond_emb");
-    let keep = g.nodes.iter().position(|n| n.output == cond).expect("cond_emb node") + 1;
+    let cut = || Error::Invalid("the prefill graph has no cond_emb node".into());
+    let cond = g.find("cond_emb").ok_or_else(cut)?;
+    let keep = g.nodes.iter().position(|n| n.output == cond).ok_or_else(cut)? + 1;
     g.nodes.truncate(keep);
     let (rows, t, d) = (spec.rows(), cfg.cls_token_num, cfg.dim);
     let ids = g.input("ids", &[rows, fed], Scalar::I32);
     let tok = g.push(
-        Op::Embed { table: w.tok },
+        Embed {
+            table: w.tok,
+            rows: rows * fed,
+            d,
+        },
         &[ids],
         "tok_emb",
         &[rows, fed, d],
-        Scalar::F32,
-    );
-    let x = g.push(Op::Concat, &[cond, tok], "seq", &[rows, t + fed, d], Scalar::F32);
-    let x = blocks(&mut g, cfg, w, spec, x, t + fed);
-    let xn = g.push(
-        Op::Rmsnorm {
-            w: w.norm,
-            eps: cfg.norm_eps as f32,
-        },
-        &[x],
-        "final_norm_all",
-        &[rows, t + fed, d],
-        Scalar::F32,
-    );
-    let logits = g.push(
-        Op::Matmul { w: w.output },
-        &[xn],
-        "logits_all",
-        &[rows, t + fed, cfg.vocab_size],
-        Scalar::F32,
-    );
+    )?;
+    let cat = Concat {
+        batch: rows,
+        la: t,
+        lb: fed,
+        d,
+    };
+    let x = g.push(cat, &[cond, tok], "seq", &[rows, t + fed, d])?;
+    let x = blocks(&mut g, cfg, w, spec, x, t + fed)?;
+    let m = rows * (t + fed);
+    let norm = Rmsnorm {
+        w: w.norm,
+        rows: m,
+        d,
+        eps: cfg.norm_eps as f32,
+    };
+    let xn = g.push(norm, &[x], "final_norm_all", &[rows, t + fed, d])?;
+    let lm = Matmul {
+        w: w.output,
+        m,
+        k: d,
+        n: cfg.vocab_size,
+        residual: false,
+    };
+    let logits = g.push(lm, &[xn], "logits_all", &[rows, t + fed, cfg.vocab_size])?;
     g.mark_output(logits);
-    g
+    Ok(g)
 }
 
 /// The transformer blocks over `len` positions per row (spec §3.4 step 2).
@@ -149,13 +159,12 @@ fn blocks(
     spec: &GptGraphSpec,
     mut x: TensorId,
     len: usize,
-) -> TensorId {
+) -> Result<TensorId> {
     let (rows, d, f) = (spec.rows(), cfg.dim, cfg.ffn_hidden());
+    let t = cfg.cls_token_num;
     let mask = match g.find("cond_mask") {
         Some(m) => Some(m),
-        None => {
-            (cfg.model_type == ModelType::T2i).then(|| g.input("cond_mask", &[rows, cfg.cls_token_num], Scalar::F32))
-        }
+        None => (cfg.model_type == ModelType::T2i).then(|| g.input("cond_mask", &[rows, t], Scalar::F32)),
     };
     let act = [rows, len, d];
     let place = match (spec.continuous, g.find("rows")) {
@@ -163,122 +172,111 @@ fn blocks(
         (true, Some(t)) => Some(t),
         (true, None) => Some(g.input("rows", &[rows, 2], Scalar::I32)),
     };
+    let (m, per_row, eps) = (rows * len, place.is_some(), cfg.norm_eps as f32);
+    let (heads, head_dim) = (cfg.n_head, cfg.head_dim());
+    let mm = |w, k, n, residual| Matmul { w, m, k, n, residual };
     for (i, l) in w.layers.iter().enumerate() {
-        let eps = cfg.norm_eps as f32;
         let hn = g.push(
-            Op::Rmsnorm {
+            Rmsnorm {
                 w: l.attention_norm,
+                rows: m,
+                d,
                 eps,
             },
             &[x],
             format!("l{i}.attn_norm"),
             &act,
-            Scalar::F32,
-        );
+        )?;
         let qkv = g.push(
-            Op::Matmul { w: l.wqkv },
+            mm(l.wqkv, d, 3 * d, false),
             &[hn],
             format!("l{i}.qkv"),
             &[rows, len, 3 * d],
-            Scalar::F32,
-        );
-        let q = g.push(
-            Op::Rope {
-                layer: i,
-                table: w.rope,
-                per_row: place.is_some(),
-            },
-            &[&[qkv][..], place.as_slice()].concat(),
-            format!("l{i}.q"),
-            &act,
-            Scalar::F32,
-        );
+        )?;
+        let rope = Rope {
+            layer: i,
+            table: w.rope,
+            rows,
+            len,
+            heads,
+            head_dim,
+            per_row,
+        };
+        let q = g.push(rope, &[&[qkv][..], place.as_slice()].concat(), format!("l{i}.q"), &act)?;
         let mut att_in = vec![q];
         att_in.extend(mask);
         att_in.extend(place);
-        let att = g.push(
-            Op::Attention {
-                layer: i,
-                per_row: place.is_some(),
-            },
-            &att_in,
-            format!("l{i}.att"),
-            &act,
-            Scalar::F32,
-        );
-        let h = g.push(
-            Op::MatmulAdd { w: l.wo },
-            &[att, x],
-            format!("l{i}.h"),
-            &act,
-            Scalar::F32,
-        );
+        let att = Attention {
+            layer: i,
+            rows,
+            len,
+            heads,
+            head_dim,
+            mask: mask.map(|_| t),
+            per_row,
+        };
+        let att = g.push(att, &att_in, format!("l{i}.att"), &act)?;
+        let h = g.push(mm(l.wo, d, d, true), &[att, x], format!("l{i}.h"), &act)?;
         let fnorm = g.push(
-            Op::Rmsnorm { w: l.ffn_norm, eps },
+            Rmsnorm {
+                w: l.ffn_norm,
+                rows: m,
+                d,
+                eps,
+            },
             &[h],
             format!("l{i}.ffn_norm"),
             &act,
-            Scalar::F32,
-        );
+        )?;
         let ab = g.push(
-            Op::Matmul { w: l.w13 },
+            mm(l.w13, d, 2 * f, false),
             &[fnorm],
             format!("l{i}.w13"),
             &[rows, len, 2 * f],
-            Scalar::F32,
-        );
-        let s = g.push(Op::Swiglu, &[ab], format!("l{i}.swiglu"), &[rows, len, f], Scalar::F32);
-        x = g.push(
-            Op::MatmulAdd { w: l.w2 },
-            &[s, h],
-            format!("l{i}.out"),
-            &act,
-            Scalar::F32,
-        );
+        )?;
+        let s = g.push(Swiglu { rows: m, f }, &[ab], format!("l{i}.swiglu"), &[rows, len, f])?;
+        x = g.push(mm(l.w2, f, d, true), &[s, h], format!("l{i}.out"), &act)?;
     }
-    x
+    Ok(x)
 }
 
 /// Final norm, LM head on the last position, CFG + sampling (spec §3.4 step 3, §5.2-5.3).
-fn head(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, x: TensorId, len: usize) {
-    let (rows, d) = (spec.rows(), cfg.dim);
+fn head(g: &mut Graph, cfg: &GptConfig, w: &GptWeightIds, spec: &GptGraphSpec, x: TensorId, len: usize) -> Result<()> {
+    let (rows, d, vocab) = (spec.rows(), cfg.dim, cfg.vocab_size);
     // Only the last position's logits are used: take it before the (row-wise) final norm and the LM head.
     let last = if len > 1 {
-        g.push(Op::TakeLast, &[x], "last", &[rows, d], Scalar::F32)
+        g.push(TakeLast { batch: rows, len, d }, &[x], "last", &[rows, d])?
     } else {
         x
     };
-    let xn = g.push(
-        Op::Rmsnorm {
-            w: w.norm,
-            eps: cfg.norm_eps as f32,
-        },
-        &[last],
-        "final_norm",
-        &[rows, d],
-        Scalar::F32,
-    );
-    let logits = g.push(
-        Op::Matmul { w: w.output },
-        &[xn],
-        "logits",
-        &[rows, cfg.vocab_size],
-        Scalar::F32,
-    );
+    let norm = Rmsnorm {
+        w: w.norm,
+        rows,
+        d,
+        eps: cfg.norm_eps as f32,
+    };
+    let xn = g.push(norm, &[last], "final_norm", &[rows, d])?;
+    let lm = Matmul {
+        w: w.output,
+        m: rows,
+        k: d,
+        n: vocab,
+        residual: false,
+    };
+    let logits = g.push(lm, &[xn], "logits", &[rows, vocab])?;
     g.mark_output(logits);
     if spec.continuous {
-        return;
+        return Ok(());
     }
     let index = g.input("image_index", &[spec.images], Scalar::I32);
-    let tokens = g.push(
-        Op::Sampling {
-            cfg_scale: spec.cfg_scale,
-            params: spec.sampling,
-        },
-        &[logits, index],
-        "tokens",
-        &[rows],
-        Scalar::I32,
-    );
+    let sampling = Sampling {
+        rows,
+        vocab,
+        images: spec.images,
+        cfg_scale: spec.cfg_scale,
+        params: spec.sampling,
+    };
+    let tokens = g.push(sampling, &[logits, index], "tokens", &[rows])?;
     g.mark_output(tokens);
+    Ok(())
 }

@@ -11,4 +11,4 @@ pub use config::{GptConfig, ModelType, VqConfig};
 
 /// `--dtype`: f32 is the bit-faithful reference; bf16 stores GPT weights and KV cache in bf16 (the official GPU
 /// setting), accumulating in f32. The VQ tokenizer always runs in f32, as in the reference.
-pub use crate::backend::Dtype;
+pub use crate::ops::Dtype;

@@ -1,8 +1,12 @@
 //! The VQ tokenizer as runtime graphs: decode (codes -> image) and encode (image -> codes), spec §6-§9.
 //! Always f32, as in the reference.
 use super::config::VqConfig;
-use crate::backend::{Backend, Dtype, Layout, Weight};
-use crate::runtime::{Graph, GraphId, Op, Phase, Scalar, Session, StepParams, TensorId, WeightId};
+use crate::ops::{
+    codebook::Codebook, conv::Conv, groupnorm::Groupnorm, quantize::Quantize, upsample_conv::UpsampleConv,
+    vq_attention::VqAttention,
+};
+use crate::ops::{Backend, Dtype, Layout, Weight};
+use crate::runtime::{Graph, GraphId, Phase, Scalar, Session, StepParams, TensorId, WeightId};
 use crate::weights::StateDict;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -96,38 +100,38 @@ impl<'a, 'b> Builder<'a, 'b> {
         let ow = (w + pad[2] + pad[3] - k) / stride + 1;
         let mut ins = vec![x];
         ins.extend(residual);
-        Ok(self.g.push(
-            Op::Conv {
-                w: wt,
-                b: bs,
-                k,
-                stride,
-                pad,
-            },
-            &ins,
-            p,
-            &[n, co, oh, ow],
-            Scalar::F32,
-        ))
+        let (c_in, w_in, residual) = (ci, w, residual.is_some());
+        let op = Conv {
+            w: wt,
+            b: bs,
+            n,
+            c_in,
+            h,
+            w_in,
+            c_out: co,
+            k,
+            stride,
+            pad,
+            residual,
+        };
+        self.g.push(op, &ins, p, &[n, co, oh, ow])
     }
 
     fn norm(&mut self, x: TensorId, p: &str, silu: bool) -> Result<TensorId> {
         let [n, c, h, w] = self.dims(x);
         let gamma = self.b.get(&format!("{p}.weight"), &[c], Layout::Plain)?;
         let beta = self.b.get(&format!("{p}.bias"), &[c], Layout::Plain)?;
-        Ok(self.g.push(
-            Op::Groupnorm {
-                gamma,
-                beta,
-                groups: GROUPS,
-                eps: EPS,
-                silu,
-            },
-            &[x],
-            p,
-            &[n, c, h, w],
-            Scalar::F32,
-        ))
+        let op = Groupnorm {
+            gamma,
+            beta,
+            n,
+            c,
+            hw: h * w,
+            groups: GROUPS,
+            eps: EPS,
+            silu,
+        };
+        self.g.push(op, &[x], p, &[n, c, h, w])
     }
 
     /// ResnetBlock: conv2(swish(norm2(conv1(swish(norm1(x)))))) + shortcut(x).
@@ -155,13 +159,17 @@ impl<'a, 'b> Builder<'a, 'b> {
                 self.b.get(&format!("{p}.{name}.bias"), &[c], Layout::Plain)?,
             ])
         };
-        let op = Op::VqAttention {
-            q: lin("q")?,
-            k: lin("k")?,
-            v: lin("v")?,
-            proj: lin("proj_out")?,
+        let (q, k, v, proj) = (lin("q")?, lin("k")?, lin("v")?, lin("proj_out")?);
+        let op = VqAttention {
+            q,
+            k,
+            v,
+            proj,
+            n,
+            c,
+            hw: h * w,
         };
-        Ok(self.g.push(op, &[x, normed], p, &[n, c, h, w], Scalar::F32))
+        self.g.push(op, &[x, normed], p, &[n, c, h, w])
     }
 
     fn upsample(&mut self, x: TensorId, p: &str) -> Result<TensorId> {
@@ -170,13 +178,16 @@ impl<'a, 'b> Builder<'a, 'b> {
             .b
             .get(&format!("{p}.weight"), &[c, c, 3, 3], Layout::UpsamplePhases)?;
         let bs = self.b.get(&format!("{p}.bias"), &[c], Layout::Plain)?;
-        Ok(self.g.push(
-            Op::UpsampleConv { w: wt, b: bs },
-            &[x],
-            p,
-            &[n, c, 2 * h, 2 * w],
-            Scalar::F32,
-        ))
+        let op = UpsampleConv {
+            w: wt,
+            b: bs,
+            n,
+            c_in: c,
+            h,
+            w_in: w,
+            c_out: c,
+        };
+        self.g.push(op, &[x], p, &[n, c, 2 * h, 2 * w])
     }
 }
 
@@ -184,13 +195,20 @@ fn decoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, h: usize, w: usize) -
     let dim = cfg.codebook_embed_dim;
     let (mut x, cb) = Builder::start(cfg, b, Phase::VqDecode)?;
     let codes = x.g.input("codes", &[n * h * w], Scalar::I32);
+    let size = cfg.codebook_size;
     let z = x.g.push(
-        Op::Codebook { codebook: cb },
+        Codebook {
+            codebook: cb,
+            n,
+            dim,
+            h,
+            w,
+            size,
+        },
         &[codes],
         "latent",
         &[n, dim, h, w],
-        Scalar::F32,
-    );
+    )?;
     let z = x.conv(z, "post_quant_conv", cfg.z_channels, 1, 1, [0; 4], None)?;
     let mult = &cfg.decoder_ch_mult;
     let levels = mult.len();
@@ -257,8 +275,15 @@ fn encoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, size_h: usize, size_w
     t = x.conv(t, "encoder.conv_out", cfg.z_channels, 3, 1, [1; 4], None)?;
     let z = x.conv(t, "quant_conv", dim, 1, 1, [0; 4], None)?;
     let [_, _, h, w] = x.dims(z);
-    let codes =
-        x.g.push(Op::Quantize { codebook: cb }, &[z], "codes", &[n * h * w], Scalar::I32);
+    let q = Quantize {
+        codebook: cb,
+        n,
+        dim,
+        h,
+        w,
+        size: cfg.codebook_size,
+    };
+    let codes = x.g.push(q, &[z], "codes", &[n * h * w])?;
     x.g.mark_output(codes);
     Ok(x.g)
 }

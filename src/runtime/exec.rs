@@ -2,29 +2,126 @@
 //! largest plan, so running a graph allocates nothing.
 use super::graph::{Graph, Phase, TensorId};
 use super::plan::Plan;
-use crate::backend::{Backend, KvSpec, Weight};
+use crate::ops::{Args, Backend, KvSpec, Op, RunInfo, Scalar, StepParams, TensorRef, Weight};
 use crate::{Error, Result};
 use std::time::Instant;
 
-/// What changes from one run of the same graph to the next (in device memory on the GPU, so a captured graph can
-/// replay without re-recording).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct StepParams {
-    /// First sequence position covered by this run (0 for the prefill).
-    pub pos: usize,
-    /// Generation step (0 = image token 0): the RNG counter.
-    pub step: u32,
-    /// Classifier-free guidance on for this step (`--cfg-interval` turns it off).
-    pub cfg_active: bool,
-    /// Run seed: with the image index, the key of each image's RNG stream.
-    pub seed: u64,
+/// A graph ready to run: its plan, every node's tensors resolved to arena slots once, and its replay key.
+struct Planned {
+    g: Graph,
+    plan: Plan,
+    nodes: Vec<(Vec<TensorRef>, TensorRef)>,
+    key: u64,
+}
+
+impl Planned {
+    fn new(g: Graph) -> Self {
+        let plan = Plan::new(&g);
+        let r = |t: TensorId| tensor_ref(&g, &plan, t);
+        let nodes = g
+            .nodes
+            .iter()
+            .map(|n| (n.inputs.iter().map(|&t| r(t)).collect(), r(n.output)))
+            .collect();
+        let key = fingerprint(&g, &plan);
+        Planned { g, plan, nodes, key }
+    }
+
+    fn tref(&self, t: TensorId) -> TensorRef {
+        tensor_ref(&self.g, &self.plan, t)
+    }
+}
+
+fn tensor_ref(g: &Graph, plan: &Plan, t: TensorId) -> TensorRef {
+    let info = g.info(t);
+    TensorRef {
+        offset: plan.offsets[t.0 as usize],
+        numel: info.numel(),
+        scalar: info.dtype,
+    }
+}
+
+/// Identifies a graph with its plan: a recorded device graph bakes in every node and arena address, so it may only
+/// replay for the same nodes over the same offsets.
+fn fingerprint(g: &Graph, plan: &Plan) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    plan.offsets.hash(&mut h);
+    for n in &g.nodes {
+        format!("{:?}", n.op).hash(&mut h);
+        n.inputs.hash(&mut h);
+        n.output.hash(&mut h);
+    }
+    for t in &g.tensors {
+        t.shape.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// A graph tensor, named for host reads and writes by its id (look it up once with [`Session::tensor`]) or, for a
+/// one-off access, by its name.
+pub trait TensorKey {
+    fn id_in(&self, g: &Graph) -> Result<TensorId>;
+}
+
+impl TensorKey for TensorId {
+    fn id_in(&self, g: &Graph) -> Result<TensorId> {
+        match (self.0 as usize) < g.tensors.len() {
+            true => Ok(*self),
+            false => Err(Error::Invalid(format!("graph has no tensor {}", self.0))),
+        }
+    }
+}
+
+impl TensorKey for &str {
+    fn id_in(&self, g: &Graph) -> Result<TensorId> {
+        g.find(self)
+            .ok_or_else(|| Error::Invalid(format!("graph has no tensor `{self}`")))
+    }
+}
+
+impl TensorKey for &String {
+    fn id_in(&self, g: &Graph) -> Result<TensorId> {
+        self.as_str().id_in(g)
+    }
+}
+
+/// Every weight a node reads exists and has the shape its descriptor needs.
+fn check_weights(g: &Graph, weights: &[Weight]) -> Result<()> {
+    for n in &g.nodes {
+        for (id, want) in n.op.weights() {
+            let Some(w) = weights.get(id.0 as usize) else {
+                return Err(Error::Invalid(format!(
+                    "op `{}` reads weight {} of {}",
+                    n.op.name(),
+                    id.0,
+                    weights.len()
+                )));
+            };
+            let fits = w.shape.len() == want.len() && w.shape.iter().zip(&want).all(|(&s, d)| d.is_none_or(|d| d == s));
+            if !fits {
+                let want: Vec<String> = want.iter().map(|d| d.map_or("_".into(), |d| d.to_string())).collect();
+                return Err(Error::tensor(
+                    &w.name,
+                    format!(
+                        "has shape {:?}; op `{}` needs [{}]",
+                        w.shape,
+                        n.op.name(),
+                        want.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// All graphs of a session share one arena: a graph's inputs stay valid across runs of that graph, but running
 /// another graph may overwrite them, so write a graph's inputs after the other graphs it follows have run.
 pub struct Session {
     backend: Box<dyn Backend>,
-    graphs: Vec<(Graph, Plan)>,
+    graphs: Vec<Planned>,
+    kv: Option<KvSpec>,
     /// Opt-in per-node timing (`set_profiling`); off, `run` goes straight to `Backend::run`.
     profiling: bool,
     /// Per graph: accumulated (seconds, runs) of whole runs, and (seconds, calls) per node. Sized when a graph is
@@ -112,6 +209,9 @@ impl Session {
         kv: Option<KvSpec>,
         graphs: Vec<Graph>,
     ) -> Result<Self> {
+        for g in &graphs {
+            check_weights(g, &weights)?;
+        }
         let t = std::time::Instant::now();
         backend.load_weights(weights)?;
         tracing::debug!(
@@ -122,31 +222,27 @@ impl Session {
         if let Some(kv) = kv {
             backend.alloc_kv(kv)?;
         }
-        let graphs: Vec<(Graph, Plan)> = graphs
-            .into_iter()
-            .map(|g| {
-                let p = Plan::new(&g);
-                (g, p)
-            })
-            .collect();
-        let arena = graphs.iter().map(|(_, p)| p.size).max().unwrap_or(0);
+        let graphs: Vec<Planned> = graphs.into_iter().map(Planned::new).collect();
+        let arena = graphs.iter().map(|p| p.plan.size).max().unwrap_or(0);
         backend.reserve_arena(arena)?;
         tracing::debug!(backend = backend.name(), arena_bytes = arena, "session ready");
-        let timings = graphs.iter().map(|(g, _)| GraphTimings::new(g)).collect();
+        let timings = graphs.iter().map(|p| GraphTimings::new(&p.g)).collect();
         Ok(Session {
             backend,
             graphs,
+            kv,
             profiling: false,
             timings,
         })
     }
 
     /// Adds a graph (e.g. a smaller last batch) to a running session; the arena grows if the new plan needs more.
+    /// Its weights were checked against the table of the first graphs' model: a new graph reads the same table.
     pub fn add_graph(&mut self, g: Graph) -> Result<GraphId> {
-        let p = Plan::new(&g);
-        self.backend.reserve_arena(p.size)?;
-        self.timings.push(GraphTimings::new(&g));
-        self.graphs.push((g, p));
+        let p = Planned::new(g);
+        self.backend.reserve_arena(p.plan.size)?;
+        self.timings.push(GraphTimings::new(&p.g));
+        self.graphs.push(p);
         Ok(GraphId(self.graphs.len() - 1))
     }
 
@@ -155,30 +251,49 @@ impl Session {
     }
 
     pub fn arena_bytes(&self) -> usize {
-        self.graphs.iter().map(|(_, p)| p.size).max().unwrap_or(0)
+        self.graphs.iter().map(|p| p.plan.size).max().unwrap_or(0)
     }
 
     pub fn graph(&self, id: GraphId) -> &Graph {
-        &self.graphs[id.0].0
+        &self.graphs[id.0].g
     }
 
-    fn tensor(&self, id: GraphId, name: &str) -> Result<TensorId> {
-        self.graphs[id.0]
-            .0
-            .find(name)
-            .ok_or_else(|| Error::Invalid(format!("graph has no tensor `{name}`")))
+    /// The tensor of graph `id` named `name` (look it up once, then use the id).
+    pub fn tensor(&self, id: GraphId, name: &str) -> Result<TensorId> {
+        name.id_in(&self.graphs[id.0].g)
     }
 
-    pub fn write_f32(&mut self, id: GraphId, name: &str, data: &[f32]) -> Result<()> {
-        let t = self.tensor(id, name)?;
-        let (g, p) = &self.graphs[id.0];
-        self.backend.write_f32(g, p, t, data)
+    /// The tensor's slot after checking its element type and, for a write, the number of values given.
+    fn slot(&self, id: GraphId, key: impl TensorKey, want: Scalar, have: Option<usize>) -> Result<TensorRef> {
+        let p = &self.graphs[id.0];
+        let t = key.id_in(&p.g)?;
+        let info = p.g.info(t);
+        if info.dtype != want {
+            return Err(Error::Invalid(format!(
+                "tensor `{}` is {:?}, not {want:?}",
+                info.name, info.dtype
+            )));
+        }
+        if have.is_some_and(|n| n != info.numel()) {
+            return Err(Error::Invalid(format!(
+                "tensor `{}` {:?} needs {} values, got {}",
+                info.name,
+                info.shape,
+                info.numel(),
+                have.unwrap_or(0)
+            )));
+        }
+        Ok(p.tref(t))
     }
 
-    pub fn write_i32(&mut self, id: GraphId, name: &str, data: &[i32]) -> Result<()> {
-        let t = self.tensor(id, name)?;
-        let (g, p) = &self.graphs[id.0];
-        self.backend.write_i32(g, p, t, data)
+    pub fn write_f32(&mut self, id: GraphId, t: impl TensorKey, data: &[f32]) -> Result<()> {
+        let t = self.slot(id, t, Scalar::F32, Some(data.len()))?;
+        self.backend.write_f32(t, data)
+    }
+
+    pub fn write_i32(&mut self, id: GraphId, t: impl TensorKey, data: &[i32]) -> Result<()> {
+        let t = self.slot(id, t, Scalar::I32, Some(data.len()))?;
+        self.backend.write_i32(t, data)
     }
 
     /// Waits for every run issued so far (GPU backends run asynchronously).
@@ -186,44 +301,97 @@ impl Session {
         self.backend.synchronize()
     }
 
-    pub fn read_f32(&self, id: GraphId, name: &str) -> Result<Vec<f32>> {
-        let t = self.tensor(id, name)?;
-        let (g, p) = &self.graphs[id.0];
-        self.backend.read_f32(g, p, t)
+    pub fn read_f32(&self, id: GraphId, t: impl TensorKey) -> Result<Vec<f32>> {
+        let t = self.slot(id, t, Scalar::F32, None)?;
+        self.backend.read_f32(t)
     }
 
-    pub fn read_i32(&self, id: GraphId, name: &str) -> Result<Vec<i32>> {
-        let t = self.tensor(id, name)?;
-        let (g, p) = &self.graphs[id.0];
-        self.backend.read_i32(g, p, t)
+    pub fn read_i32(&self, id: GraphId, t: impl TensorKey) -> Result<Vec<i32>> {
+        let t = self.slot(id, t, Scalar::I32, None)?;
+        self.backend.read_i32(t)
     }
 
     /// Device-side copy between graphs (e.g. sampled tokens -> next step's input ids).
-    pub fn copy(&mut self, from: GraphId, src: &str, to: GraphId, dst: &str) -> Result<()> {
-        let s = self.tensor(from, src)?;
-        let d = self.tensor(to, dst)?;
-        let (gs, ps) = &self.graphs[from.0];
-        let (gd, pd) = &self.graphs[to.0];
-        self.backend.copy(gs, ps, s, gd, pd, d)
+    pub fn copy(&mut self, from: GraphId, src: impl TensorKey, to: GraphId, dst: impl TensorKey) -> Result<()> {
+        let (gs, gd) = (&self.graphs[from.0], &self.graphs[to.0]);
+        let (si, di) = (src.id_in(&gs.g)?, dst.id_in(&gd.g)?);
+        let (s, d) = (gs.tref(si), gd.tref(di));
+        if s.numel != d.numel || s.scalar != d.scalar {
+            return Err(Error::Invalid(format!(
+                "copy {} -> {}: {} {:?} vs {} {:?} elements",
+                gs.g.info(si).name,
+                gd.g.info(di).name,
+                s.numel,
+                s.scalar,
+                d.numel,
+                d.scalar
+            )));
+        }
+        if s == d {
+            return Ok(());
+        }
+        self.backend.copy(s, d)
     }
 
+    /// The kernels read the position from device memory and cannot report it: positions past the KV cache are refused
+    /// here, before anything runs (per-row placements are checked by whoever writes the row table, and by the ops).
+    fn check_positions(&self, p: &Planned, step: &StepParams) -> Result<()> {
+        let Some(spec) = &self.kv else { return Ok(()) };
+        for n in &p.g.nodes {
+            if let Op::Rope(r) = &n.op {
+                if !r.per_row && step.pos + r.len > spec.seq {
+                    return Err(Error::Invalid(format!(
+                        "positions {}..{} are outside the KV cache ({} positions)",
+                        step.pos,
+                        step.pos + r.len,
+                        spec.seq
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs graph `id`: the one executor. Each node's op goes to the backend's implementation of it; a backend may
+    /// replay a recorded run instead (`Backend::begin_run`). Profiled, every node is timed and waited for.
     pub fn run(&mut self, id: GraphId, step: &StepParams) -> Result<()> {
-        let (g, p) = &self.graphs[id.0];
+        let p = &self.graphs[id.0];
+        self.check_positions(p, step)?;
+        let b = &mut *self.backend;
+        let run = RunInfo {
+            key: p.key,
+            replayable: p.g.phase == Phase::Decode && !self.profiling,
+        };
+        if b.begin_run(run, step)? {
+            return Ok(());
+        }
+        let exec = |b: &mut dyn Backend, i: usize| {
+            let (ins, out) = &p.nodes[i];
+            p.g.nodes[i].op.exec(b, &Args { ins, out: *out, step })
+        };
         if !self.profiling {
-            return self.backend.run(g, p, step);
+            let r = (0..p.nodes.len()).try_for_each(|i| exec(b, i));
+            let end = b.end_run(run, r.is_ok());
+            return r.and(end);
         }
         // One clock read per node boundary (a vDSO call, ~20 ns): the end of node i is the start of node i + 1.
         let t = &mut self.timings[id.0];
         let start = Instant::now();
         let mut last = start;
-        for (i, node) in g.nodes.iter().enumerate() {
-            self.backend.run_node(g, p, node, step)?;
+        let mut r = Ok(());
+        for i in 0..p.nodes.len() {
+            r = exec(b, i).and_then(|_| b.synchronize());
+            if r.is_err() {
+                break;
+            }
             let now = Instant::now();
             let slot = &mut t.nodes[i];
             slot.0 += (now - last).as_secs_f64();
             slot.1 += 1;
             last = now;
         }
+        let end = b.end_run(run, r.is_ok());
+        r.and(end)?;
         t.run.0 += (last - start).as_secs_f64();
         t.run.1 += 1;
         Ok(())
@@ -250,7 +418,8 @@ impl Session {
     /// Accumulated timings since the last reset, per graph and per (graph, op name).
     pub fn profile(&self) -> Profile {
         let mut prof = Profile::default();
-        for (i, ((g, _), t)) in self.graphs.iter().zip(&self.timings).enumerate() {
+        for (i, (p, t)) in self.graphs.iter().zip(&self.timings).enumerate() {
+            let g = &p.g;
             if t.run.1 == 0 {
                 continue;
             }

@@ -1,24 +1,9 @@
 //! A static graph: a tensor table and a list of nodes in execution order (built once per config, batch and phase).
-use super::op::Op;
+use crate::ops::{Op, Scalar};
+use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(pub u32);
-
-/// Index into the model's weight table (weights live outside the arena, uploaded once).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct WeightId(pub u32);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scalar {
-    F32,
-    I32,
-}
-
-impl Scalar {
-    pub fn size(self) -> usize {
-        4
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -59,32 +44,6 @@ pub struct Node {
     pub output: TensorId,
 }
 
-impl Node {
-    /// The optional inputs of a `rope` / `attention` node, by the convention of `Op::Rope` and `Op::Attention`:
-    /// (condition mask, row table). (None, None) for every other op; an error for a per-row node without its table.
-    pub fn kv_inputs(&self) -> crate::Result<(Option<TensorId>, Option<TensorId>)> {
-        let (per_row, mask) = match self.op {
-            Op::Rope { per_row, .. } => (per_row, None),
-            Op::Attention { per_row, .. } => {
-                let masked = self.inputs.len() == 2 + usize::from(per_row);
-                (per_row, masked.then(|| self.inputs[1]))
-            }
-            _ => return Ok((None, None)),
-        };
-        let rows = match (per_row, self.inputs.len()) {
-            (false, _) => None,
-            (true, n) if n >= 2 => Some(self.inputs[n - 1]),
-            (true, _) => {
-                return Err(crate::Error::Invalid(format!(
-                    "a per-row {} node has no row table input",
-                    self.op.name()
-                )))
-            }
-        };
-        Ok((mask, rows))
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Graph {
     pub phase: Phase,
@@ -115,22 +74,43 @@ impl Graph {
         self.add(name.to_string(), shape.to_vec(), dtype, Role::Input)
     }
 
-    /// Appends a node producing a new tensor.
+    /// Appends a node producing a new tensor of `shape`, after checking the inputs and the output against the op's
+    /// descriptor (element counts and types): a graph that builds is a graph every backend can run.
     pub fn push(
         &mut self,
-        op: Op,
+        op: impl Into<Op>,
         inputs: &[TensorId],
         name: impl Into<String>,
         shape: &[usize],
-        dtype: Scalar,
-    ) -> TensorId {
-        let out = self.add(name.into(), shape.to_vec(), dtype, Role::Intermediate);
+    ) -> Result<TensorId> {
+        let (op, name) = (op.into(), name.into());
+        let io = op.io();
+        let bad = |m: String| Err(Error::Invalid(format!("graph node `{name}` ({}): {m}", op.name())));
+        if inputs.len() != io.inputs.len() {
+            return bad(format!("{} inputs, the op takes {}", inputs.len(), io.inputs.len()));
+        }
+        for (i, (&t, &(numel, scalar))) in inputs.iter().zip(&io.inputs).enumerate() {
+            let info = self.info(t);
+            if info.numel() != numel || info.dtype != scalar {
+                return bad(format!(
+                    "input {i} `{}` is {:?} {:?}, the op needs {numel} {scalar:?} elements",
+                    info.name, info.shape, info.dtype
+                ));
+            }
+        }
+        if shape.iter().product::<usize>() != io.output.0 {
+            return bad(format!(
+                "output shape {shape:?}, the op writes {} elements",
+                io.output.0
+            ));
+        }
+        let out = self.add(name, shape.to_vec(), io.output.1, Role::Intermediate);
         self.nodes.push(Node {
             op,
             inputs: inputs.to_vec(),
             output: out,
         });
-        out
+        Ok(out)
     }
 
     pub fn mark_output(&mut self, t: TensorId) {

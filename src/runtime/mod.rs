@@ -1,11 +1,10 @@
-//! The graph runtime: a static graph of LlamaGen-specific ops, a liveness planner that gives every intermediate an
-//! offset in one arena, and an executor that walks the graph on a [`crate::backend::Backend`].
+//! The graph runtime: a static graph of ops (`crate::ops`), a liveness planner that gives every intermediate an
+//! offset in one arena, and the executor that walks a graph on a [`Backend`].
 pub mod exec;
 pub mod graph;
-pub mod op;
 pub mod plan;
 
-pub use exec::{GraphId, Session, StepParams};
-pub use graph::{Graph, Node, Phase, Role, Scalar, TensorId, TensorInfo, WeightId};
-pub use op::Op;
+pub use crate::ops::{Backend, KvSpec, Op, Scalar, StepParams, WeightId};
+pub use exec::{GraphId, Session, TensorKey};
+pub use graph::{Graph, Node, Phase, Role, TensorId, TensorInfo};
 pub use plan::Plan;

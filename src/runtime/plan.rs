@@ -41,7 +41,7 @@ impl Plan {
         let sizes: Vec<usize> = g
             .tensors
             .iter()
-            .map(|t| (t.numel() * t.dtype.size()).div_ceil(ALIGN) * ALIGN)
+            .map(|t| (t.numel() * 4).div_ceil(ALIGN) * ALIGN)
             .collect();
         // Greedy by size (largest first), first fit among the already placed tensors that are live at the same time.
         let mut order: Vec<usize> = (0..nt).filter(|&i| first[i] != usize::MAX).collect();
@@ -74,7 +74,8 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{Op, Phase, Scalar};
+    use crate::ops::{concat::Concat, gelu::Gelu};
+    use crate::runtime::{Phase, Scalar};
 
     /// Checks the invariant directly: at every node, the tensors that must hold a value occupy disjoint bytes.
     fn assert_disjoint(g: &Graph, p: &Plan) {
@@ -116,9 +117,15 @@ mod tests {
         let x = g.input("x", &[10, 7], Scalar::F32);
         let mut cur = x;
         for i in 0..6 {
-            cur = g.push(Op::GeluTanh, &[cur], format!("t{i}"), &[10, 7 + i], Scalar::F32);
+            cur = g.push(Gelu { n: 70 }, &[cur], format!("t{i}"), &[10, 7]).unwrap();
         }
-        let s = g.push(Op::Add, &[x, cur], "sum", &[10, 7], Scalar::F32);
+        let c = Concat {
+            batch: 1,
+            la: 1,
+            lb: 1,
+            d: 70,
+        };
+        let s = g.push(c, &[x, cur], "both", &[2, 70]).unwrap();
         g.mark_output(s);
         let p = Plan::new(&g);
         assert_disjoint(&g, &p);

@@ -14,7 +14,7 @@ use llamagen::backend::cuda::emu::{EmuBuffer, EmuDevice, Sched, CANARY_BYTES};
 use llamagen::backend::cuda::gpu::{GpuBuffer, GpuDevice};
 use llamagen::backend::cuda::launch::{DevPtr, DevPtrMut, DeviceRepr, KernelArg, LaunchConfig, Launcher};
 use llamagen::backend::cuda::CudaBackend;
-use llamagen::backend::{Backend, Dtype};
+use llamagen::ops::{Backend, Dtype};
 use llamagen::{Error, Result};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

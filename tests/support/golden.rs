@@ -3,11 +3,11 @@
 //! decode and encode.
 use super::*;
 use llamagen::backend::cpu::{CpuBackend, KernelFamily};
-use llamagen::backend::Backend;
 use llamagen::io::png::to_u8_hwc;
 use llamagen::model::gpt::{Condition, GptOptions, GptRunner};
 use llamagen::model::vq::VqRunner;
 use llamagen::model::{Dtype, GptConfig, VqConfig};
+use llamagen::ops::Backend;
 use llamagen::sample::sampler::SamplingParams;
 use llamagen::weights::{self, StateDict};
 

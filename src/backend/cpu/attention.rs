@@ -9,7 +9,7 @@ use super::kv_cache::Head;
 use super::simd::{self, Widen8};
 use super::team::Team;
 use super::{round_bf16, KernelFamily, KvCache, OutPtr};
-use crate::backend::Placement;
+use crate::ops::Placement;
 use std::arch::x86_64::*;
 
 /// q `[B', L, D]`, row b at positions `pos_b..pos_b+L` over cache row `slot_b` (`place`, checked by the caller); `mask` `[B', T]` (1 = visible) or None; out `[B', L, D]`.
@@ -177,10 +177,47 @@ unsafe fn attend_avx2<T: Widen8>(
     }
 }
 
+impl crate::ops::Exec<crate::ops::attention::Attention> for super::CpuBackend {
+    fn exec(&mut self, op: &crate::ops::attention::Attention, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let v = self.views();
+        let (mi, ri) = op.extra_inputs();
+        let place = super::placement(ri.map(|i| v.i32(a.ins[i])), a.step);
+        let mask = mi.map(|i| (v.f32(a.ins[i]), op.mask.unwrap_or(0)));
+        let kv = self
+            .kv
+            .as_ref()
+            .ok_or_else(|| crate::Error::Invalid("attention: no KV cache allocated".into()))?;
+        let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
+        if (h, hd) != (op.heads, op.head_dim) {
+            return Err(crate::Error::Invalid(
+                "attention: the KV cache has another head geometry".into(),
+            ));
+        }
+        place.check(op.rows, op.len, kv.spec.batch, kv.spec.seq)?;
+        let (q, out) = (v.f32(a.ins[0]), v.f32_mut(a.out));
+        attention(
+            q,
+            op.rows,
+            op.len,
+            h,
+            hd,
+            place,
+            mask,
+            kv,
+            op.layer,
+            self.round,
+            self.kernels,
+            &mut self.scores,
+            out,
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Dtype, KvSpec, Placement};
+    use crate::ops::{Dtype, KvSpec, Placement};
 
     /// The AVX2 path against the portable loops: decode (one query) and prefill (several), with and without the
     /// t2i mask, f32 and bf16 caches, head dims 8 to 128, sequence lengths across the 8-lane tails.

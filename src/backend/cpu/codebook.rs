@@ -96,6 +96,21 @@ pub fn quantize(
     }
 }
 
+impl crate::ops::Exec<crate::ops::codebook::Codebook> for super::CpuBackend {
+    fn exec(&mut self, op: &crate::ops::codebook::Codebook, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let v = self.views();
+        let ids = v.i32(a.ins[0]);
+        let codes: Vec<u32> = ids.iter().map(|&c| c as u32).collect();
+        let cb = self.weight_f32(op.codebook, "codebook")?;
+        codebook_lookup(&codes, cb, op.size, op.dim, op.n, op.h, op.w, v.f32_mut(a.out)).map_err(|i| {
+            crate::Error::Invalid(format!(
+                "token id {} is outside the codebook ({} codes)",
+                ids[i], op.size
+            ))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

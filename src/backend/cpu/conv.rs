@@ -24,7 +24,7 @@
 //! 37 -> 15 ms; 512 at 32x32 34 -> 14 ms; 512 at 16x16 11 -> 6 ms; upsample+conv 128 at 128->256 75 -> 55 ms
 //! (phase convs -> Winograd phases).
 use super::KernelFamily;
-use crate::backend::Layout;
+use crate::ops::Layout;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -199,4 +199,25 @@ pub fn upsample_prepared(
         _ => return Err("an upsample conv needs an UpsamplePhases weight".into()),
     }
     Ok(())
+}
+
+impl crate::ops::Exec<crate::ops::conv::Conv> for super::CpuBackend {
+    fn exec(&mut self, op: &crate::ops::conv::Conv, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let v = self.views();
+        let wt = self.w(op.w);
+        let (w, b) = (self.weight_f32(op.w, "conv")?, self.weight_f32(op.b, "conv bias")?);
+        let residual = op.residual.then(|| v.f32(a.ins[1]));
+        let geo = (op.c_out, op.k, op.stride, op.pad);
+        conv_prepared(
+            wt.conv,
+            w,
+            v.f32(a.ins[0]),
+            op.x_shape(),
+            geo,
+            Some(b),
+            residual,
+            v.f32_mut(a.out),
+        )
+        .map_err(|e| crate::Error::tensor(&wt.name, e))
+    }
 }

@@ -9,3 +9,11 @@ pub fn gelu_tanh(x: &[f32], round: bool, out: &mut [f32]) {
         *o = if round { round_bf16(y) } else { y };
     }
 }
+
+impl crate::ops::Exec<crate::ops::gelu::Gelu> for super::CpuBackend {
+    fn exec(&mut self, _: &crate::ops::gelu::Gelu, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let v = self.views();
+        gelu_tanh(v.f32(a.ins[0]), self.round, v.f32_mut(a.out));
+        Ok(())
+    }
+}

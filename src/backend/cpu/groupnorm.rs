@@ -269,6 +269,19 @@ unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 
     }
 }
 
+impl crate::ops::Exec<crate::ops::groupnorm::Groupnorm> for super::CpuBackend {
+    fn exec(&mut self, op: &crate::ops::groupnorm::Groupnorm, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let v = self.views();
+        let (g, b) = (
+            self.weight_f32(op.gamma, "groupnorm")?,
+            self.weight_f32(op.beta, "groupnorm")?,
+        );
+        let (x, y) = (v.f32(a.ins[0]), v.f32_mut(a.out));
+        groupnorm(x, op.n, op.c, op.hw, op.groups, op.eps, g, b, op.silu, self.kernels, y);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The static KV cache, `[layer][k|v][batch][head][seq][head_dim]`, allocated once and written in place.
 use super::matmul::dot_bf16;
 use super::Buf;
-use crate::backend::{Dtype, KvSpec};
+use crate::ops::{Dtype, KvSpec};
 use half::bf16;
 
 pub enum KvData {

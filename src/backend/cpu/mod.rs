@@ -3,8 +3,8 @@
 pub mod attention;
 pub mod buf;
 pub mod codebook;
+pub mod concat;
 pub mod conv;
-pub mod conv_transpose;
 pub mod embed;
 pub mod family;
 pub mod gelu;
@@ -13,18 +13,20 @@ pub mod kv_cache;
 pub mod matmul;
 pub mod matmul_avx2;
 pub mod matmul_avx512;
+pub mod quantize;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
 pub mod simd;
 pub mod swiglu;
+pub mod take_last;
 pub mod team;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod upsample_conv;
 pub mod vq_attention;
 
-use crate::backend::{Backend, Dtype, KvSpec, Layout, Weight};
-use crate::runtime::{Graph, Plan, StepParams, TensorId};
+use crate::ops::{Backend, Dtype, KvSpec, Layout, TensorRef, Weight, WeightId};
 use crate::{Error, Result};
 pub use buf::Buf;
 pub use family::KernelFamily;
@@ -155,13 +157,81 @@ impl CpuBackend {
         }
     }
 
-    fn w(&self, id: crate::runtime::WeightId) -> &CpuWeight {
+    fn w(&self, id: WeightId) -> &CpuWeight {
         &self.weights[id.0 as usize]
     }
 }
 
-fn slot(g: &Graph, plan: &Plan, t: TensorId) -> (usize, usize) {
-    (plan.offsets[t.0 as usize], g.info(t).numel())
+/// Arena views for one node. The planner guarantees that a node's output never shares bytes with a tensor that is
+/// live at the same node (its inputs included), which is what makes handing out `&mut` next to `&` sound; the
+/// executor checked each tensor's element type.
+pub(crate) struct Views {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Views {
+    fn ptr<T: bytemuck::Pod>(&self, t: TensorRef) -> *mut T {
+        const { assert!(std::mem::size_of::<T>() == 4) };
+        assert!(t.offset + 4 * t.numel <= self.len, "tensor outside the arena");
+        // SAFETY: offset + numel·4 lies inside the arena (checked above); the arena is 64-byte aligned.
+        unsafe { self.base.add(t.offset) as *mut T }
+    }
+    pub(crate) fn f32<'a>(&self, t: TensorRef) -> &'a [f32] {
+        // SAFETY: see `ptr` and the struct comment.
+        unsafe { std::slice::from_raw_parts(self.ptr(t), t.numel) }
+    }
+    pub(crate) fn i32<'a>(&self, t: TensorRef) -> &'a [i32] {
+        // SAFETY: see `ptr` and the struct comment.
+        unsafe { std::slice::from_raw_parts(self.ptr(t), t.numel) }
+    }
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn f32_mut<'a>(&self, t: TensorRef) -> &'a mut [f32] {
+        // SAFETY: see the struct comment: the output is disjoint from every other live view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(t), t.numel) }
+    }
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn i32_mut<'a>(&self, t: TensorRef) -> &'a mut [i32] {
+        // SAFETY: as `f32_mut`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(t), t.numel) }
+    }
+}
+
+impl CpuBackend {
+    pub(crate) fn views(&mut self) -> Views {
+        Views {
+            base: self.arena.as_mut_ptr() as *mut u8,
+            len: self.arena.len() * 64,
+        }
+    }
+
+    fn bytes(&mut self, t: TensorRef) -> Result<&mut [u8]> {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena);
+        bytes
+            .get_mut(t.offset..t.offset + 4 * t.numel)
+            .ok_or_else(|| Error::Invalid("cpu backend: tensor outside the arena".into()))
+    }
+
+    /// An f32-stored weight (norms, biases, conv weights, tables of f32 models).
+    fn weight_f32(&self, id: WeightId, what: &str) -> Result<&[f32]> {
+        weight_f32(self.w(id), what)
+    }
+}
+
+fn weight_f32<'a>(w: &'a CpuWeight, what: &str) -> Result<&'a [f32]> {
+    let v = w.f32();
+    if v.is_empty() && w.shape.iter().product::<usize>() > 0 {
+        return Err(Error::tensor(&w.name, format!("{what} needs f32 storage")));
+    }
+    Ok(v)
+}
+
+/// The KV placement of a rope / attention node: its row table, or every row at the step's position.
+fn placement<'a>(table: Option<&'a [i32]>, step: &crate::ops::StepParams) -> crate::ops::Placement<'a> {
+    match table {
+        Some(t) => crate::ops::Placement::PerRow(t),
+        None => crate::ops::Placement::Uniform { pos: step.pos },
+    }
 }
 
 impl Backend for CpuBackend {
@@ -249,72 +319,29 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn write_f32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[f32]) -> Result<()> {
-        let (off, n) = slot(g, plan, t);
-        check_len(g, t, data.len())?;
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena);
-        bytes[off..off + 4 * n].copy_from_slice(bytemuck::cast_slice(data));
+    fn write_f32(&mut self, t: TensorRef, data: &[f32]) -> Result<()> {
+        self.bytes(t)?.copy_from_slice(bytemuck::cast_slice(data));
         Ok(())
     }
 
-    fn write_i32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[i32]) -> Result<()> {
-        let (off, n) = slot(g, plan, t);
-        check_len(g, t, data.len())?;
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena);
-        bytes[off..off + 4 * n].copy_from_slice(bytemuck::cast_slice(data));
+    fn write_i32(&mut self, t: TensorRef, data: &[i32]) -> Result<()> {
+        self.bytes(t)?.copy_from_slice(bytemuck::cast_slice(data));
         Ok(())
     }
 
-    fn read_f32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<f32>> {
-        let (off, n) = slot(g, plan, t);
+    fn read_f32(&self, t: TensorRef) -> Result<Vec<f32>> {
         let bytes: &[u8] = bytemuck::cast_slice(&self.arena);
-        Ok(bytemuck::pod_collect_to_vec(&bytes[off..off + 4 * n]))
+        Ok(bytemuck::pod_collect_to_vec(&bytes[t.offset..t.offset + 4 * t.numel]))
     }
 
-    fn read_i32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<i32>> {
-        let (off, n) = slot(g, plan, t);
+    fn read_i32(&self, t: TensorRef) -> Result<Vec<i32>> {
         let bytes: &[u8] = bytemuck::cast_slice(&self.arena);
-        Ok(bytemuck::pod_collect_to_vec(&bytes[off..off + 4 * n]))
+        Ok(bytemuck::pod_collect_to_vec(&bytes[t.offset..t.offset + 4 * t.numel]))
     }
 
-    fn copy(&mut self, gs: &Graph, ps: &Plan, src: TensorId, gd: &Graph, pd: &Plan, dst: TensorId) -> Result<()> {
-        let (so, n) = slot(gs, ps, src);
-        let (d_o, m) = slot(gd, pd, dst);
-        if n != m {
-            return Err(Error::Invalid(format!(
-                "copy {} -> {}: {n} vs {m} elements",
-                gs.info(src).name,
-                gd.info(dst).name
-            )));
-        }
+    fn copy(&mut self, src: TensorRef, dst: TensorRef) -> Result<()> {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena);
-        bytes.copy_within(so..so + 4 * n, d_o);
+        bytes.copy_within(src.offset..src.offset + 4 * src.numel, dst.offset);
         Ok(())
-    }
-
-    fn run(&mut self, g: &Graph, plan: &Plan, step: &StepParams) -> Result<()> {
-        for node in &g.nodes {
-            self.exec(g, plan, node, step)?;
-        }
-        Ok(())
-    }
-
-    fn run_node(&mut self, g: &Graph, plan: &Plan, node: &crate::runtime::Node, step: &StepParams) -> Result<()> {
-        self.exec(g, plan, node, step)
     }
 }
-
-fn check_len(g: &Graph, t: TensorId, len: usize) -> Result<()> {
-    let info = g.info(t);
-    if info.numel() != len {
-        return Err(Error::Invalid(format!(
-            "tensor `{}` {:?} needs {} values, got {len}",
-            info.name,
-            info.shape,
-            info.numel()
-        )));
-    }
-    Ok(())
-}
-
-mod dispatch;

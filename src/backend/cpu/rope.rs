@@ -4,7 +4,7 @@
 use super::simd::round_bf16_8;
 use super::team::Team;
 use super::{round_bf16, KernelFamily, KvCache, OutPtr};
-use crate::backend::Placement;
+use crate::ops::Placement;
 use std::arch::x86_64::*;
 
 /// Interleaved pairs of `x` rotated by the (cos, sin) pairs of `cs`: `y0 = x0·c − x1·s`, `y1 = x1·c + x0·s`, two
@@ -93,4 +93,40 @@ pub fn rope(
             }
         }
     });
+}
+
+impl crate::ops::Exec<crate::ops::rope::Rope> for super::CpuBackend {
+    fn exec(&mut self, op: &crate::ops::rope::Rope, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let v = self.views();
+        let place = super::placement(op.per_row.then(|| v.i32(a.ins[1])), a.step);
+        let (round, kernels) = (self.round, self.kernels);
+        let tab = super::weight_f32(&self.weights[op.table.0 as usize], "rope table")?;
+        let kv = self
+            .kv
+            .as_mut()
+            .ok_or_else(|| crate::Error::Invalid("rope: no KV cache allocated".into()))?;
+        let (h, hd) = (kv.spec.heads, kv.spec.head_dim);
+        if (h, hd) != (op.heads, op.head_dim) {
+            return Err(crate::Error::Invalid(
+                "rope: the KV cache has another head geometry".into(),
+            ));
+        }
+        place.check(op.rows, op.len, kv.spec.batch, kv.spec.seq.min(tab.len() / hd.max(1)))?;
+        let q = v.f32_mut(a.out);
+        rope(
+            v.f32(a.ins[0]),
+            op.rows,
+            op.len,
+            h,
+            hd,
+            place,
+            tab,
+            kv,
+            op.layer,
+            round,
+            kernels,
+            q,
+        );
+        Ok(())
+    }
 }

@@ -1,7 +1,7 @@
 //! `sampling`: CFG mix, temperature, top-k, top-p and the categorical draw for every image of the batch, each from
 //! its own counter-based RNG stream (seed, image index, step). Both CFG halves receive the same token.
 use super::team::Team;
-use crate::runtime::StepParams;
+use crate::ops::StepParams;
 use crate::sample::sampler::{self, SamplerScratch, SamplingParams};
 
 /// Per-image workspace, allocated on the first step and reused.
@@ -84,5 +84,24 @@ pub fn sampling(
         if cfg {
             tokens[b + i] = t as i32;
         }
+    }
+}
+
+impl crate::ops::Exec<crate::ops::sampling::Sampling> for super::CpuBackend {
+    fn exec(&mut self, op: &crate::ops::sampling::Sampling, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let v = self.views();
+        let (logits, index, tokens) = (v.f32(a.ins[0]), v.i32(a.ins[1]), v.i32_mut(a.out));
+        sampling(
+            logits,
+            op.rows,
+            op.vocab,
+            index,
+            op.cfg_scale,
+            &op.params,
+            a.step,
+            &mut self.sampling,
+            tokens,
+        );
+        Ok(())
     }
 }

@@ -156,6 +156,32 @@ fn attend(
     }
 }
 
+impl crate::ops::Exec<crate::ops::vq_attention::VqAttention> for super::CpuBackend {
+    fn exec(&mut self, op: &crate::ops::vq_attention::VqAttention, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let v = self.views();
+        let f = |id| self.weight_f32(id, "vq attention");
+        let (x, normed, out) = (v.f32(a.ins[0]), v.f32(a.ins[1]), v.f32_mut(a.out));
+        let (q, k, vv, p) = (op.q, op.k, op.v, op.proj);
+        vq_attention(
+            x,
+            normed,
+            op.n,
+            op.c,
+            op.hw,
+            f(q[0])?,
+            f(q[1])?,
+            f(k[0])?,
+            f(k[1])?,
+            f(vv[0])?,
+            f(vv[1])?,
+            f(p[0])?,
+            f(p[1])?,
+            out,
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

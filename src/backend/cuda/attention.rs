@@ -8,7 +8,7 @@
 //! P·V), otherwise (f32, head_dim not a multiple of 8, offset pointers) the SIMT `attention_tiled_*`. Neither launch configuration depends on the position: grids are sized for the whole cache.
 use super::kernels::{self, AttentionParams, StepState};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, LaunchConfig, Launcher};
-use crate::backend::KvSpec;
+use crate::ops::KvSpec;
 use crate::Result;
 
 /// Largest query count per sequence that [`AttentionPath::Auto`] sends to the decode kernels (each query is its own
@@ -382,5 +382,33 @@ pub fn attention<T: Elem, L: Launcher + ?Sized>(
             Dtype::F32 => kernels::attention_combine_f32(l, ccfg, ws_read, step, rows_ptr, out2.cast(), p),
             Dtype::Bf16 => kernels::attention_combine_bf16(l, ccfg, ws_read, step, rows_ptr, out2.cast(), p),
         }
+    }
+}
+
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::attention::Attention> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::attention::Attention, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let (b, l) = (op.rows, op.len);
+        let opts = AttentionOptions::default();
+        let (mi, ri) = op.extra_inputs();
+        // SAFETY: q, out, the mask and the cache in the activation type, the row table i32; out is disjoint from q.
+        super::ops::by_act!(self, T => unsafe {
+            let spec = self.kv_ptr::<T>("attention")?.1;
+            if (spec.heads, spec.head_dim) != (op.heads, op.head_dim) {
+                return Err(crate::Error::Invalid("attention: the KV cache has another head geometry".into()));
+            }
+            let ws = self.ws::<f32>("attention", attention_workspace_len(&spec, b, l, opts))?;
+            let (kv, _) = self.kv_ptr::<T>("attention")?;
+            let kv = DevPtr::from_raw(kv.addr(), kv.len());
+            let mask = match mi {
+                Some(i) => Some((self.t(a.ins[i])?, op.mask.unwrap_or(0))),
+                None => None,
+            };
+            let rows = match ri {
+                Some(i) => Some(self.t::<i32>(a.ins[i])?),
+                None => None,
+            };
+            let (q, o) = (self.t(a.ins[0])?, self.t_mut(a.out)?);
+            attention::<T, D>(&self.dev, q, kv, &spec, op.layer, mask, self.step_ptr(), rows, o, ws, b, l, opts)
+        })
     }
 }

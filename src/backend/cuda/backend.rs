@@ -18,8 +18,7 @@
 use super::device::{Device, DeviceBuffer};
 use super::kernels::StepState;
 use super::launch::{DevPtr, DevPtrMut, Dtype};
-use crate::backend::{Backend, KvSpec, Weight};
-use crate::runtime::{Graph, Phase, Plan, Scalar, StepParams, TensorId};
+use crate::ops::{Backend, KvSpec, RunInfo, StepParams, TensorRef, Weight};
 use crate::{Error, Result};
 use half::bf16;
 use std::collections::HashMap;
@@ -46,40 +45,12 @@ pub struct CudaBackend<D: Device> {
     pub(super) err_tables: [Option<(String, usize)>; ERR_WORDS],
     /// Named op workspaces (attention partials, sampling scratch, VQ attention), grown on demand.
     workspaces: HashMap<&'static str, D::Buf>,
-    /// Per decode graph (by [`fingerprint`]): completed runs, and the captured device graph once there is one.
+    /// Per replayable graph (by its `RunInfo::key`): completed runs, and the captured device graph once there is one.
     replays: HashMap<u64, (u32, Option<usize>)>,
+    /// A capture is in progress (begun in `begin_run`, ended in `end_run`).
+    capturing: bool,
     /// The conv kernel variant for every conv node (`None`: the launcher's f32 choice per shape).
     pub(super) conv_tile: Option<super::conv::Tile>,
-}
-
-/// Identifies a graph with its plan: a captured device graph bakes in every node and arena address, so it may only
-/// replay for the same nodes over the same offsets (graphs are not keyed by address: the session's graph list moves).
-fn fingerprint(g: &Graph, plan: &Plan) -> u64 {
-    use std::fmt::Write;
-    use std::hash::{Hash, Hasher};
-    // Hashes formatted text without allocating it.
-    struct W<'a>(&'a mut std::collections::hash_map::DefaultHasher);
-    impl Write for W<'_> {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            s.hash(self.0);
-            Ok(())
-        }
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    plan.offsets.hash(&mut h);
-    for n in &g.nodes {
-        let _ = write!(W(&mut h), "{:?}", n.op);
-        n.inputs.hash(&mut h);
-        n.output.hash(&mut h);
-    }
-    for t in &g.tensors {
-        t.shape.hash(&mut h);
-    }
-    h.finish()
-}
-
-fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
-    bytemuck::cast_slice(v)
 }
 
 impl<D: Device> CudaBackend<D> {
@@ -99,6 +70,7 @@ impl<D: Device> CudaBackend<D> {
             err_tables: Default::default(),
             workspaces: HashMap::new(),
             replays: HashMap::new(),
+            capturing: false,
             conv_tile: None,
         })
     }
@@ -121,12 +93,15 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// Device address and element count of a graph tensor.
-    pub(super) fn slot(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<(u64, usize)> {
+    pub(super) fn slot(&self, t: TensorRef) -> Result<(u64, usize)> {
         let arena = self
             .arena
             .as_ref()
             .ok_or_else(|| Error::Invalid("cuda backend: no arena reserved".into()))?;
-        Ok((arena.addr() + plan.offsets[t.0 as usize] as u64, g.info(t).numel()))
+        if t.offset + 4 * t.numel > arena.bytes() {
+            return Err(Error::Invalid("cuda backend: tensor outside the arena".into()));
+        }
+        Ok((arena.addr() + t.offset as u64, t.numel))
     }
 
     /// A typed read-only pointer to a tensor.
@@ -134,14 +109,14 @@ impl<D: Device> CudaBackend<D> {
     /// # Safety
     /// `T` must be the tensor's storage type (the activation type for F32 tensors, i32 for I32 ones), and no pointer
     /// handed out for the same node may write it (the planner keeps a node's output disjoint from its live inputs).
-    pub(super) unsafe fn t<T>(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<DevPtr<'_, T>> {
-        let (a, n) = self.slot(g, plan, t)?;
+    pub(super) unsafe fn t<T>(&self, t: TensorRef) -> Result<DevPtr<'_, T>> {
+        let (a, n) = self.slot(t)?;
         Ok(DevPtr::from_raw(a, n))
     }
 
     /// A typed writable pointer to a tensor. # Safety: as [`Self::t`].
-    pub(super) unsafe fn t_mut<T>(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<DevPtrMut<'_, T>> {
-        let (a, n) = self.slot(g, plan, t)?;
+    pub(super) unsafe fn t_mut<T>(&self, t: TensorRef) -> Result<DevPtrMut<'_, T>> {
+        let (a, n) = self.slot(t)?;
         Ok(DevPtrMut::from_raw(a, n))
     }
 
@@ -176,31 +151,6 @@ impl<D: Device> CudaBackend<D> {
         Ok(())
     }
 
-    fn dtype_check(g: &Graph, t: TensorId, want: Scalar) -> Result<()> {
-        let info = g.info(t);
-        if info.dtype != want {
-            return Err(Error::Invalid(format!(
-                "tensor `{}` is {:?}, not {want:?}",
-                info.name, info.dtype
-            )));
-        }
-        Ok(())
-    }
-
-    /// A host write must fill the tensor exactly, in its dtype.
-    fn element_check(g: &Graph, t: TensorId, want: Scalar, have: usize) -> Result<()> {
-        Self::dtype_check(g, t, want)?;
-        let info = g.info(t);
-        if info.numel() != have {
-            return Err(Error::Invalid(format!(
-                "tensor `{}` has {} elements, {have} given",
-                info.name,
-                info.numel()
-            )));
-        }
-        Ok(())
-    }
-
     fn write_step(&self, step: &StepParams) -> Result<()> {
         let pos = i32::try_from(step.pos).map_err(|_| Error::Invalid(format!("position {} too large", step.pos)))?;
         let s = StepState {
@@ -213,35 +163,6 @@ impl<D: Device> CudaBackend<D> {
         // SAFETY: a #[repr(C)] struct of five 4-byte scalars, no padding.
         let b = unsafe { std::slice::from_raw_parts(&s as *const StepState as *const u8, size_of::<StepState>()) };
         self.dev.write(&self.step, 0, b)
-    }
-
-    /// The kernels read the position from device memory and cannot report it: positions past the cache are refused
-    /// here, before anything runs.
-    fn check_positions(&self, g: &Graph, step: &StepParams) -> Result<()> {
-        if let Some((_, spec)) = &self.kv {
-            for n in &g.nodes {
-                // Per-row placements are checked by whoever writes the row table (model::gpt_continuous).
-                if let crate::runtime::Op::Rope { per_row: false, .. } = n.op {
-                    let len = g.shape(n.inputs[0])[1];
-                    if step.pos + len > spec.seq {
-                        return Err(Error::Invalid(format!(
-                            "positions {}..{} are outside the KV cache ({} positions)",
-                            step.pos,
-                            step.pos + len,
-                            spec.seq
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn run_nodes(&mut self, g: &Graph, plan: &Plan) -> Result<()> {
-        for node in &g.nodes {
-            self.exec(g, plan, node)?;
-        }
-        Ok(())
     }
 }
 
@@ -305,9 +226,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         Ok(())
     }
 
-    fn write_f32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[f32]) -> Result<()> {
-        Self::element_check(g, t, Scalar::F32, data.len())?;
-        let (addr, _) = self.slot(g, plan, t)?;
+    fn write_f32(&mut self, t: TensorRef, data: &[f32]) -> Result<()> {
+        let (addr, _) = self.slot(t)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         let off = (addr - arena.addr()) as usize;
         match self.act {
@@ -319,16 +239,14 @@ impl<D: Device> Backend for CudaBackend<D> {
         }
     }
 
-    fn write_i32(&mut self, g: &Graph, plan: &Plan, t: TensorId, data: &[i32]) -> Result<()> {
-        Self::element_check(g, t, Scalar::I32, data.len())?;
-        let (addr, _) = self.slot(g, plan, t)?;
+    fn write_i32(&mut self, t: TensorRef, data: &[i32]) -> Result<()> {
+        let (addr, _) = self.slot(t)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         self.dev.write(arena, (addr - arena.addr()) as usize, bytes_of(data))
     }
 
-    fn read_f32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<f32>> {
-        let (addr, n) = self.slot(g, plan, t)?;
-        Self::dtype_check(g, t, Scalar::F32)?;
+    fn read_f32(&self, t: TensorRef) -> Result<Vec<f32>> {
+        let (addr, n) = self.slot(t)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         let off = (addr - arena.addr()) as usize;
         let mut raw = vec![0u8; n * self.act_bytes()];
@@ -343,9 +261,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         })
     }
 
-    fn read_i32(&self, g: &Graph, plan: &Plan, t: TensorId) -> Result<Vec<i32>> {
-        let (addr, n) = self.slot(g, plan, t)?;
-        Self::dtype_check(g, t, Scalar::I32)?;
+    fn read_i32(&self, t: TensorRef) -> Result<Vec<i32>> {
+        let (addr, n) = self.slot(t)?;
         let arena = self.arena.as_ref().expect("slot checked the arena");
         let mut raw = vec![0u8; 4 * n];
         self.dev.read(arena, (addr - arena.addr()) as usize, &mut raw)?;
@@ -353,58 +270,64 @@ impl<D: Device> Backend for CudaBackend<D> {
         Ok(bytemuck::pod_collect_to_vec(&raw))
     }
 
-    fn copy(&mut self, gs: &Graph, ps: &Plan, src: TensorId, gd: &Graph, pd: &Plan, dst: TensorId) -> Result<()> {
-        let (sa, n) = self.slot(gs, ps, src)?;
-        let (da, m) = self.slot(gd, pd, dst)?;
-        let (si, di) = (gs.info(src), gd.info(dst));
-        if n != m || si.dtype != di.dtype {
-            return Err(Error::Invalid(format!(
-                "copy {} -> {}: {n} {:?} vs {m} {:?} elements",
-                si.name, di.name, si.dtype, di.dtype
-            )));
-        }
-        if sa == da {
-            return Ok(());
-        }
-        let bytes = n * if si.dtype == Scalar::I32 { 4 } else { self.act_bytes() };
+    fn copy(&mut self, src: TensorRef, dst: TensorRef) -> Result<()> {
+        let (sa, n) = self.slot(src)?;
+        let (da, _) = self.slot(dst)?;
+        let bytes = n * if src.scalar == crate::ops::Scalar::I32 {
+            4
+        } else {
+            self.act_bytes()
+        };
         self.dev.copy(da, sa, bytes)
     }
 
-    fn run(&mut self, g: &Graph, plan: &Plan, step: &StepParams) -> Result<()> {
-        self.check_positions(g, step)?;
+    /// Replayable runs (decode steps) on a device that supports it: the first run executes eagerly (it grows the
+    /// workspaces, and allocation is not allowed while capturing), the second is captured and replayed, later ones
+    /// replay. Only the step state is written before each replay.
+    fn begin_run(&mut self, run: RunInfo, step: &StepParams) -> Result<bool> {
         self.write_step(step)?;
-        if g.phase != Phase::Decode || !self.dev.supports_graphs() {
-            return self.run_nodes(g, plan);
+        if !run.replayable || !self.dev.supports_graphs() {
+            return Ok(false);
         }
-        let key = fingerprint(g, plan);
-        let (runs, captured) = self.replays.get(&key).copied().unwrap_or((0, None));
-        match captured {
-            Some(id) => self.dev.replay(id)?,
-            // The first run grows the workspaces (allocation is not allowed while capturing).
-            None if runs == 0 => self.run_nodes(g, plan)?,
-            None => {
+        match self.replays.get(&run.key).copied().unwrap_or((0, None)) {
+            (_, Some(id)) => {
+                self.dev.replay(id)?;
+                self.replays.entry(run.key).or_insert((0, None)).0 += 1;
+                Ok(true)
+            }
+            (0, None) => Ok(false),
+            (_, None) => {
                 self.dev.synchronize()?;
                 self.dev.begin_capture()?;
-                let recorded = self.run_nodes(g, plan);
-                let id = self.dev.end_capture();
-                recorded?;
-                let id = id?;
-                self.replays.insert(key, (runs, Some(id)));
-                self.dev.replay(id)?;
+                self.capturing = true;
+                Ok(false)
             }
         }
-        let e = self.replays.entry(key).or_insert((0, None));
-        e.0 += 1;
+    }
+
+    fn end_run(&mut self, run: RunInfo, ok: bool) -> Result<()> {
+        if self.capturing {
+            self.capturing = false;
+            let id = self.dev.end_capture();
+            if !ok {
+                return Ok(());
+            }
+            let id = id?;
+            let e = self.replays.entry(run.key).or_insert((0, None));
+            e.1 = Some(id);
+            self.dev.replay(id)?;
+        }
+        if ok && run.replayable {
+            self.replays.entry(run.key).or_insert((0, None)).0 += 1;
+        }
         Ok(())
     }
 
     fn synchronize(&mut self) -> Result<()> {
         self.dev.synchronize()
     }
+}
 
-    fn run_node(&mut self, g: &Graph, plan: &Plan, node: &crate::runtime::Node, step: &StepParams) -> Result<()> {
-        self.write_step(step)?;
-        self.exec(g, plan, node)?;
-        self.dev.synchronize()
-    }
+fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
 }

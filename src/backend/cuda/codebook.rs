@@ -114,3 +114,39 @@ pub fn quantize<L: Launcher + ?Sized>(
     let cfg = LaunchConfig::linear(blocks, block.unwrap_or(QUANTIZE_BLOCK)).with_shared(shared as u32);
     kernels::quantize_f32(l, cfg, z, codebook, codes, p)
 }
+
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::codebook::Codebook> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::codebook::Codebook, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        self.f32_only("codebook")?;
+        let err = self.err_word(super::ops::ERR_CODEBOOK, op.codebook);
+        // SAFETY: codes i32, the latent f32 (checked above).
+        unsafe {
+            let (codes, o) = (self.t(a.ins[0])?, self.t_mut(a.out)?);
+            let cb = self.wptr(op.codebook, "codebook")?;
+            codebook(&self.dev, codes, cb, o, err, op.n, op.dim, op.h, op.w, op.size, None)
+        }
+    }
+}
+
+// The encoder's nearest-code search shares the codebook kernels' file (`codebook.cu`).
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::quantize::Quantize> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::quantize::Quantize, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        self.f32_only("quantize")?;
+        // SAFETY: z f32 (checked above), codes i32.
+        unsafe {
+            let (z, o) = (self.t(a.ins[0])?, self.t_mut(a.out)?);
+            quantize(
+                &self.dev,
+                z,
+                self.wptr(op.codebook, "codebook")?,
+                o,
+                op.n,
+                op.dim,
+                op.h,
+                op.w,
+                op.size,
+                None,
+            )
+        }
+    }
+}

@@ -1,13 +1,12 @@
 //! `conv` launchers (kernels/conv.cu), f32 NCHW: [`conv2d`] (torch Conv2d with bias and an optional fused
 //! residual; CPU reference `backend::cpu::conv::conv2d` / `conv2d_add`), [`upsample_conv`] (nearest ×2 then 3×3
 //! pad-1 conv over four output phases; CPU reference `backend::cpu::conv::upsample_conv3x3`) with its host-side
-//! weight fold [`upsample_fold_weights`], and [`conv_transpose2d`] (torch ConvTranspose2d; CPU reference
-//! `backend::cpu::conv_transpose::conv_transpose2d`).
+//! weight fold [`upsample_fold_weights`].
 //!
-//! All three are one implicit GEMM (no im2col buffer, no workspace): 256-thread blocks, each a 64 × 64 or
+//! Both are one implicit GEMM (no im2col buffer, no workspace): 256-thread blocks, each a 64 × 64 or
 //! 128 × 128 tile ([`Tile`]) of output channels × output pixels, pixels of all images flattened; see the kernel
 //! file for the design.
-use super::kernels::{self, Conv2dParams, ConvTranspose2dParams, UpsampleConvParams};
+use super::kernels::{self, Conv2dParams, UpsampleConvParams};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, LaunchConfig, Launcher};
 use crate::backend::common;
 use crate::Result;
@@ -18,7 +17,7 @@ pub const THREADS: u32 = 256;
 /// Output tile of one block (output channels × output pixels), one kernel variant each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tile {
-    /// 64 × 64, 4 × 4 outputs per thread, K step 16 (`conv2d_f32`, `upsample_conv_f32`, `conv_transpose2d_f32`).
+    /// 64 × 64, 4 × 4 outputs per thread, K step 16 (`conv2d_f32`, `upsample_conv_f32`).
     T64,
     /// 128 × 128, 8 × 8 outputs per thread, K step 8 (`*_t128_f32`): twice the FMAs per shared-memory load.
     T128,
@@ -287,86 +286,41 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
     }
 }
 
-/// torch ConvTranspose2d (dilation 1, groups 1) + bias: x (n, c_in, h, w); weight (c_in, c_out, kh, kw) as PyTorch
-/// stores it; out (n, c_out, oh, ow) with oh = (h − 1)·stride − 2·pad + kh + output_padding (likewise ow,
-/// `common::conv_transpose_out_size`). `pad` and `output_padding` apply to both dimensions; like PyTorch,
-/// output_padding must be smaller than the stride. `tile` as in [`conv2d`].
-#[allow(clippy::too_many_arguments)]
-pub fn conv_transpose2d<L: Launcher + ?Sized>(
-    l: &L,
-    x: DevPtr<'_, f32>,
-    weight: DevPtr<'_, f32>,
-    bias: Option<DevPtr<'_, f32>>,
-    out: DevPtrMut<'_, f32>,
-    (n, c_in, h, w): (usize, usize, usize, usize),
-    (c_out, kh, kw): (usize, usize, usize),
-    stride: usize,
-    pad: usize,
-    output_padding: usize,
-    tile: Option<Tile>,
-) -> Result<()> {
-    let op = "conv_transpose2d";
-    nonzero(
-        op,
-        &[
-            ("n", n),
-            ("c_in", c_in),
-            ("h", h),
-            ("w", w),
-            ("c_out", c_out),
-            ("kh", kh),
-            ("kw", kw),
-            ("stride", stride),
-        ],
-    )?;
-    if output_padding >= stride {
-        return Err(invalid(
-            op,
-            format!("output_padding {output_padding} must be smaller than stride {stride}"),
-        ));
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::conv::Conv> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::conv::Conv, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        self.f32_only("conv")?;
+        let (wt, bias) = (self.wptr(op.w, "conv")?, self.wptr(op.b, "conv bias")?);
+        // SAFETY: f32 activations (checked above); the output is disjoint from the input and the residual.
+        unsafe {
+            let residual = if op.residual { Some(self.t(a.ins[1])?) } else { None };
+            let (x, o) = (self.t(a.ins[0])?, self.t_mut(a.out)?);
+            let geo = (op.c_out, op.k, op.k);
+            conv2d(
+                &self.dev,
+                x,
+                wt,
+                Some(bias),
+                residual,
+                o,
+                op.x_shape(),
+                geo,
+                op.stride,
+                op.pad,
+                self.conv_tile,
+            )
+        }
     }
-    let size = |i, k| common::conv_transpose_out_size(i, k, stride, pad, output_padding);
-    let (oh, ow) = size(h, kh).zip(size(w, kw)).ok_or_else(|| {
-        invalid(
-            op,
-            format!("empty output for {h}x{w}, kernel {kh}x{kw}, stride {stride}, padding {pad}"),
-        )
-    })?;
-    let pixels = product(op, "n·oh·ow", &[n, oh, ow])?;
-    check_len(op, "x", x.len(), product(op, "x size", &[n, c_in, h, w])?)?;
-    check_len(
-        op,
-        "weight",
-        weight.len(),
-        product(op, "weight size", &[c_in, c_out, kh, kw])?,
-    )?;
-    check_len(op, "out", out.len(), product(op, "out size", &[pixels, c_out])?)?;
-    if let Some(b) = &bias {
-        check_len(op, "bias", b.len(), c_out)?;
-    }
-    let tile = tile_for(op, tile, pixels, c_out)?;
-    to_i32(op, "n·oh·ow", pixels)?;
-    to_i32(op, "c_in·kh·kw", product(op, "c_in·kh·kw", &[c_in, kh, kw])?)?;
-    let p = ConvTranspose2dParams {
-        n: to_i32(op, "n", n)?,
-        c_in: to_i32(op, "c_in", c_in)?,
-        h: to_i32(op, "h", h)?,
-        w: to_i32(op, "w", w)?,
-        c_out: to_i32(op, "c_out", c_out)?,
-        kh: to_i32(op, "kh", kh)?,
-        kw: to_i32(op, "kw", kw)?,
-        stride: to_i32(op, "stride", stride)?,
-        pad: to_i32(op, "pad", pad)?,
-        oh: to_i32(op, "oh", oh)?,
-        ow: to_i32(op, "ow", ow)?,
-        has_bias: bias.is_some() as i32,
-    };
-    to_i32(op, "oh + pad", oh + pad)?;
-    let (cfg, b) = (config(tile, pixels, c_out, 1), bias.unwrap_or_else(absent));
-    match tile {
-        Tile::T64 => kernels::conv_transpose2d_f32(l, cfg, x, weight, b, out, p),
-        Tile::T128 => kernels::conv_transpose2d_t128_f32(l, cfg, x, weight, b, out, p),
-        Tile::Tf32 | Tile::Tf32x3 => Err(invalid(op, format!("no tensor-core kernel for tile {tile:?}"))),
+}
+
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::upsample_conv::UpsampleConv> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::upsample_conv::UpsampleConv, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        self.f32_only("upsample_conv")?;
+        let (wt, bias) = (self.wptr(op.w, "upsample conv")?, self.wptr(op.b, "upsample bias")?);
+        // SAFETY: f32 activations (checked above); the output is disjoint from the input.
+        unsafe {
+            let (x, o) = (self.t(a.ins[0])?, self.t_mut(a.out)?);
+            upsample_conv(&self.dev, x, wt, Some(bias), o, op.x_shape(), op.c_out, self.conv_tile)
+        }
     }
 }
 

@@ -100,3 +100,18 @@ pub fn groupnorm<L: Launcher + ?Sized>(
     kernels::groupnorm_stats_f32(l, cfg, x, w1, p)?;
     kernels::groupnorm_f32(l, cfg, x, w2, gamma, beta, y, p)
 }
+
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::groupnorm::Groupnorm> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::groupnorm::Groupnorm, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        self.f32_only("groupnorm")?;
+        let ws = self.ws::<f32>("groupnorm", groupnorm_workspace_len(op.n, op.c, op.hw, op.groups, None))?;
+        let (ga, be) = (self.wptr(op.gamma, "groupnorm")?, self.wptr(op.beta, "groupnorm")?);
+        // SAFETY: f32 activations (checked above); the output is disjoint from the input.
+        unsafe {
+            let (x, y) = (self.t(a.ins[0])?, self.t_mut(a.out)?);
+            groupnorm(
+                &self.dev, x, ga, be, y, ws, op.n, op.c, op.hw, op.groups, op.eps, op.silu, None, None,
+            )
+        }
+    }
+}

@@ -227,7 +227,7 @@ pub trait Launcher {
 }
 
 /// Activation dtypes, each with a kernel variant: the engine's one `Dtype`.
-pub use crate::backend::Dtype;
+pub use crate::ops::Dtype;
 
 /// An activation element type: `f32` or `bf16`.
 pub trait Elem: DeviceRepr {

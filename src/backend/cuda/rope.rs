@@ -2,7 +2,7 @@
 //! reference is `backend::cpu::rope::rope`, the cache layout `backend::cpu::kv_cache`).
 use super::kernels::{self, RopeParams, StepState};
 use super::launch::{check_len, invalid, to_i32, DevPtr, DevPtrMut, Dtype, Elem, LaunchConfig, Launcher};
-use crate::backend::KvSpec;
+use crate::ops::KvSpec;
 use crate::Result;
 
 /// Threads per block: one thread per 4 features; 128 splits a token's 3·D/4 items (960 at GPT-XL, 576 at GPT-B)
@@ -128,5 +128,22 @@ pub fn rope<T: Elem, L: Launcher + ?Sized>(
             Dtype::F32 => kernels::rope_f32(l, cfg, qkv.cast(), table, step, rows_ptr, q.cast(), cache.cast(), p),
             Dtype::Bf16 => kernels::rope_bf16(l, cfg, qkv.cast(), table, step, rows_ptr, q.cast(), cache.cast(), p),
         }
+    }
+}
+
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::rope::Rope> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::rope::Rope, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let tab = self.wptr::<f32>(op.table, "rope table")?;
+        // SAFETY: qkv, q and the cache in the activation type, the row table i32; q is disjoint from qkv.
+        super::ops::by_act!(self, T => unsafe {
+            let (cache, spec) = self.kv_ptr::<T>("rope")?;
+            if (spec.heads, spec.head_dim) != (op.heads, op.head_dim) {
+                return Err(crate::Error::Invalid("rope: the KV cache has another head geometry".into()));
+            }
+            let (qkv, q) = (self.t(a.ins[0])?, self.t_mut(a.out)?);
+            let rows = if op.per_row { Some(self.t::<i32>(a.ins[1])?) } else { None };
+            let step = self.step_ptr();
+            rope::<T, D>(&self.dev, qkv, tab, step, rows, q, cache, op.rows, op.len, &spec, op.layer, None)
+        })
     }
 }

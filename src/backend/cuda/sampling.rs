@@ -132,3 +132,16 @@ pub fn sampling_uniform<L: Launcher + ?Sized>(
     let cfg = LaunchConfig::linear(n.div_ceil(128).clamp(1, 65535) as u32, 128);
     kernels::sampling_uniform(l, cfg, image_index, step, words, u, to_i32(op, "n", n)?)
 }
+
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::sampling::Sampling> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::sampling::Sampling, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        let ws = self.ws::<u32>("sampling", sampling_workspace_len(op.images, op.vocab))?;
+        // SAFETY: logits in the activation type, the image index and tokens i32.
+        super::ops::by_act!(self, T => unsafe {
+            let (logits, idx, toks) = (self.t(a.ins[0])?, self.t(a.ins[1])?, self.t_mut(a.out)?);
+            let (images, rows, vocab) = (op.images, op.rows, op.vocab);
+            let step = self.step_ptr();
+            sampling::<T, D>(&self.dev, logits, idx, step, toks, ws, images, rows, vocab, op.cfg_scale, &op.params, None)
+        })
+    }
+}

@@ -148,3 +148,30 @@ pub fn vq_attention<L: Launcher + ?Sized>(
         gemm_strided(l, wo, view(&workspace, q_off, total), Some(bo), Some(x), out, &conv)
     }
 }
+
+impl<D: super::device::Device> crate::ops::Exec<crate::ops::vq_attention::VqAttention> for super::CudaBackend<D> {
+    fn exec(&mut self, op: &crate::ops::vq_attention::VqAttention, a: &crate::ops::Args<'_>) -> crate::Result<()> {
+        self.f32_only("vq_attention")?;
+        let ws = self.ws::<f32>("vq_attention", vq_attention_workspace_len(op.n, op.c, op.hw))?;
+        let wp = |id| self.wptr::<f32>(id, "vq attention");
+        let (q, k, v, p) = (op.q, op.k, op.v, op.proj);
+        let w = [
+            wp(q[0])?,
+            wp(q[1])?,
+            wp(k[0])?,
+            wp(k[1])?,
+            wp(v[0])?,
+            wp(v[1])?,
+            wp(p[0])?,
+            wp(p[1])?,
+        ];
+        // SAFETY: f32 activations (checked above); the output is disjoint from both inputs.
+        unsafe {
+            let (x, normed, o) = (self.t(a.ins[0])?, self.t(a.ins[1])?, self.t_mut(a.out)?);
+            let [wq, bq, wk, bk, wv, bv, wo, bo] = w;
+            vq_attention(
+                &self.dev, x, normed, wq, bq, wk, bk, wv, bv, wo, bo, o, ws, op.n, op.c, op.hw,
+            )
+        }
+    }
+}

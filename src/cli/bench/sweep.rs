@@ -206,11 +206,7 @@ impl Job<'_> {
             Some(v) => {
                 let vs = v.session().context("VQ session")?;
                 let vg = find_graph(vs, Phase::VqDecode, "codes", b * g * g).context("VQ decode graph")?;
-                let vw = Widths {
-                    weight: 4,
-                    codebook: v.cfg.codebook_size,
-                };
-                Some(op_costs(vs.graph(vg), &[0], vw))
+                Some(op_costs(vs.graph(vg), &[0], Widths::F32))
             }
             None => None,
         };

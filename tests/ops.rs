@@ -1,0 +1,138 @@
+//! Every op, every backend, against the plain references of `llamagen::ops` (`ops::reference::RefBackend`): the
+//! small cases of `bench::ops::reference_cases` (odd shapes, f32 and bf16 storage, residual epilogues, all conv
+//! kinds, top-k and top-p) run through the same one-node `Session` as the engine, on
+//!
+//! - the CPU backend under every kernel family (one test per family: on a CPU that lacks a family its test is
+//!   reported ignored, with the reason, never passed),
+//! - the CUDA kernels on the emulator (`cuda-emu`), and on a GPU in `gpu_ops_match_the_references` (ignored unless
+//!   asked for: scripts/gpu-check.sh).
+//!
+//! Bounds, from the arithmetic (normalised error ‖got − ref‖₂ / ‖ref‖₂; the references accumulate in f64):
+//! - f32: 1e-5. Summation order over ≤ 1 000 terms costs ~1e-7; the Winograd F(4×4, 3×3) convs of the CPU and the
+//!   fast exp of its groupnorm/softmax paths stay below 3e-6 (measured; see `conv::tests::winograd_error`).
+//! - bf16: 2⁻⁸ ≈ 3.9e-3. The inputs are bf16 values and bf16 products are exact in f32, so a backend and the
+//!   reference differ only in summation order (f32 vs f64) before each output is rounded to bf16: at most one
+//!   bf16 ulp per element (2⁻⁸ relative), where the two sums fall on either side of a rounding boundary.
+//! - Copies and lookups (embed, concat, take_last, codebook) and the integer outputs (quantize, sampling): exact.
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod support;
+
+use llamagen::backend::cpu::{CpuBackend, KernelFamily};
+use llamagen::bench::ops::{reference_cases, OpCase};
+use llamagen::ops::reference::RefBackend;
+use llamagen::ops::Backend;
+use llamagen::Result;
+
+fn bound(case: &OpCase, bf16: bool) -> f64 {
+    match case.op {
+        "embed" | "concat" | "take_last" | "codebook" | "quantize" | "sampling" => 0.0,
+        _ if bf16 => 1.0 / 256.0,
+        _ => 1e-5,
+    }
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Runs every case on `make`'s backend and on the reference; returns one line per case, failing on the first case
+/// out of bounds (naming it, the backend and the error).
+fn check_all(label: &str, make: &dyn Fn(bool) -> Result<Box<dyn Backend>>, skip: &dyn Fn(&OpCase) -> bool) {
+    let mut checked = 0;
+    for case in reference_cases() {
+        if skip(&case) {
+            continue;
+        }
+        let mut reference = case.build_on(&|bf16| Ok(Box::new(RefBackend::new(bf16)))).unwrap();
+        let mut got = case
+            .build_on(make)
+            .unwrap_or_else(|e| panic!("{label} {}: {e}", case.id()));
+        reference.run().unwrap();
+        got.run().unwrap_or_else(|e| panic!("{label} {}: {e}", case.id()));
+        let (g, w) = (got.output().unwrap(), reference.output().unwrap());
+        assert!(
+            g.iter().all(|v| v.is_finite()),
+            "{label} {}: non-finite output",
+            case.id()
+        );
+        // A case whose reference output is all zeros would compare nothing.
+        assert!(
+            w.iter().any(|&v| v != 0.0),
+            "{} : the reference output is all zeros",
+            case.id()
+        );
+        let e = rel_l2(&g, &w);
+        let b = bound(&case, got.bf16);
+        println!("{label:>16} {:<36} rel L2 {e:.2e} (bound {b:.0e})", case.id());
+        assert!(e <= b, "{label} {}: rel L2 {e:.3e} > {b:e}", case.id());
+        checked += 1;
+    }
+    assert!(checked >= 20, "{label}: only {checked} cases ran");
+}
+
+fn cpu_family(family: KernelFamily) {
+    let make = move |bf16| -> Result<Box<dyn Backend>> { Ok(Box::new(CpuBackend::with_kernels(bf16, family)?)) };
+    check_all(&format!("cpu/{family}"), &make, &|_| false);
+}
+
+#[test]
+#[cfg_attr(not(llamagen_cpu_portable), ignore = "unreachable")]
+fn cpu_portable_matches_the_references() {
+    cpu_family(KernelFamily::Portable);
+}
+
+#[test]
+#[cfg_attr(not(llamagen_cpu_avx2), ignore = "this CPU lacks AVX2 + FMA")]
+fn cpu_avx2_matches_the_references() {
+    cpu_family(KernelFamily::Avx2);
+}
+
+#[test]
+#[cfg_attr(not(llamagen_cpu_avx512), ignore = "this CPU lacks AVX-512F + BW")]
+fn cpu_avx512_matches_the_references() {
+    cpu_family(KernelFamily::Avx512);
+}
+
+#[test]
+#[cfg_attr(not(llamagen_cpu_avx512bf16), ignore = "this CPU lacks AVX-512 BF16")]
+fn cpu_avx512bf16_matches_the_references() {
+    cpu_family(KernelFamily::Avx512Bf16);
+}
+
+/// The VQ ops exist in f32 only on the CUDA backend (as in the reference tokenizer); every case here is f32 for
+/// them, so no case is skipped.
+#[test]
+fn emu_matches_the_references() {
+    let make = |bf16| -> Result<Box<dyn Backend>> { Ok(support::devices::emu_backend(bf16)) };
+    check_all("cuda-emu", &make, &|_| false);
+}
+
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh"]
+fn gpu_ops_match_the_references() {
+    let make = |bf16| -> Result<Box<dyn Backend>> { Ok(support::devices::gpu_backend(bf16)) };
+    check_all("cuda", &make, &|_| false);
+}
+
+/// The references are not vacuous: a wrong reference output is caught (a case compared with itself off by one
+/// element's sign fails), and every op of the op set has at least one reference case.
+#[test]
+fn every_op_has_a_reference_case_and_a_wrong_output_is_caught() {
+    let cases = reference_cases();
+    for op in llamagen::ops::NAMES {
+        assert!(cases.iter().any(|c| c.op == *op), "no reference case for op `{op}`");
+    }
+    let case = cases.iter().find(|c| c.op == "rmsnorm").unwrap();
+    let mut r = case.build_on(&|bf16| Ok(Box::new(RefBackend::new(bf16)))).unwrap();
+    r.run().unwrap();
+    let want = r.output().unwrap();
+    let mut bad = want.clone();
+    bad[3] = -bad[3] + 1.0;
+    assert!(rel_l2(&bad, &want) > bound(case, false));
+}
