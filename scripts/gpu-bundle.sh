@@ -18,7 +18,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
-    case "$name" in kernel_lab) ;; golden_cuda | kernels_emu | emu_pipeline | kernel_* | serve_scheduler) objcopy --strip-debug "$exe" "$stage/$name" ;; esac
+    case "$name" in kernel_lab) ;; golden_cuda | kernels | emulator | ops | emu_pipeline | serve_scheduler) objcopy --strip-debug "$exe" "$stage/$name" ;; esac
 done
 # The criterion op benches (benches/ops.rs), run on the GPU as `ops --bench`.
 cargo bench --locked --no-run --message-format=json 2>/dev/null |

@@ -52,12 +52,12 @@ note '```'
 grep -E '^test |rel L2|equal|test result' "$out/tests.log" | head -60 >> "$report"
 note '```'
 
-# 1b. The kernel tests on the GPU: every tests/kernel_<op>.rs (and kernels_emu, serve_scheduler) has `gpu_*` tests that run the same
+# 1b. The kernel tests on the GPU: every tests/kernels/<op>.rs (and emulator, ops, serve_scheduler) has `gpu_*` tests that run the same
 # cases as on the emulator, against the CPU backend, with guarded buffers checked after every launch.
 section "Kernel tests on the GPU"
 note "| test binary | result | tests |"
 note "|---|---|---|"
-for exe in "$B"/kernel_* "$B"/kernels_emu "$B"/emu_pipeline "$B"/serve_scheduler; do
+for exe in "$B"/kernels "$B"/emulator "$B"/ops "$B"/emu_pipeline "$B"/serve_scheduler; do
     [ -x "$exe" ] || continue
     [ "$(basename "$exe")" = kernel_lab ] && continue # emulator counts only (an old bundle may hold it)
     name=$(basename "$exe")
@@ -105,7 +105,7 @@ if [ -n "$cs" ]; then
     # sanitizers slow launches down 10-100x, hence the time bound per run.
     [ "${KSAN:-1}" = 0 ] && note "- kernel tests: skipped (KSAN=0)"
     ksan_end=$(($(date +%s) + ${KSAN_BUDGET:-300}))
-    for exe in "$B"/kernel_* "$B"/kernels_emu "$B"/emu_pipeline; do
+    for exe in "$B"/kernels "$B"/emulator "$B"/emu_pipeline; do
         [ "${KSAN:-1}" = 0 ] && break
         [ -x "$exe" ] || continue
         [ "$(basename "$exe")" = kernel_lab ] && continue

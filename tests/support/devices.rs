@@ -1,5 +1,5 @@
 //! The devices the kernel tests run on: one [`TestDevice`] trait over the CUDA emulator ([`EmuDevice`]) and the real
-//! GPU ([`GpuTest`], a thin test wrapper over [`GpuDevice`]), so every case of tests/kernel_<op>.rs is written once and
+//! GPU ([`GpuTest`], a thin test wrapper over [`GpuDevice`]), so every case of tests/kernels/<op>.rs is written once and
 //! runs on both. The emulator runs by default; the `gpu_*` tests (ignored unless asked for, see
 //! scripts/gpu-check.sh) run the same sweeps on device 0 and fail — never pass — when no GPU is there.
 //!

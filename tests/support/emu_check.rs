@@ -1,4 +1,4 @@
-//! Helpers of the kernel tests (tests/kernels_emu.rs and tests/kernel_<op>.rs): deterministic inputs, dtype
+//! Helpers of the kernel tests (tests/emulator.rs and tests/kernels/<op>.rs): deterministic inputs, dtype
 //! round trips, and the normalised error every kernel is judged by.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 use half::bf16;

@@ -6,7 +6,6 @@
 //! by summation order; the kernel keeps the CPU's order everywhere, so no draw is excused here, and a mismatch is a
 //! bug. A χ² test checks the draws against the exact filtered distribution from `sampler::probabilities`, and the
 //! Philox stream is checked word for word against `rng::philox4x32_10` / `rng::uniform`.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use llamagen::backend::cpu::sampling::{sampling as cpu_sampling, SamplingScratch};
 use llamagen::backend::cuda::emu::{EmuDevice, Sched};
@@ -17,9 +16,8 @@ use llamagen::runtime::StepParams;
 use llamagen::sample::rng;
 use llamagen::sample::sampler::{self, SamplerScratch, SamplingParams};
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 fn step_state(seed: u64, step: u32, cfg_active: bool) -> StepState {
     StepState {

@@ -1,8 +1,7 @@
 //! gemm (tiled bf16 on tensor cores, small-m bf16, f32 via the strided kernel) and the strided batched f32 GEMM
 //! under the CPU emulator, against the CPU backend (`cpu::matmul::matmul`) or, for the strided GEMM that the CPU
 //! has no twin of, an f64 loop over its definition.
-//! `cargo test --release --test kernel_gemm -- --nocapture` prints the worst errors.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+//! `cargo test --release --test kernels gemm -- --nocapture` prints the worst errors.
 
 use half::bf16;
 use llamagen::backend::cpu;
@@ -11,9 +10,8 @@ use llamagen::backend::cpu::KernelFamily;
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::gemm::{self, GemmPath, Strided, Tile};
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 /// NMSE bounds.
 /// f32: the kernels and the CPU sum the same exact products in different orders (and the CPU's AVX/FMA grouping

@@ -2,16 +2,14 @@
 //! `cpu::conv::conv2d` / `conv2d_add`, upsample_conv_f32 against `cpu::conv::upsample_conv3x3` (and against a
 //! conv of the explicitly upsampled image);
 //! the three schedules on one case each; and the launchers' shape errors.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use llamagen::backend::cpu;
 use llamagen::backend::cuda::conv::{self, Tile};
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::launch::DevPtr;
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 /// Every case runs both SIMT kernel variants (bit-identical to each other) and both tensor-core ones.
 const TILES: [Tile; 4] = [Tile::T64, Tile::T128, Tile::Tf32x3, Tile::Tf32];

@@ -1,7 +1,6 @@
 //! kernels/rope.cu on the CUDA emulator against `backend::cpu::rope::rope`: the rotated q and the whole KV cache
 //! buffer (pre-filled with a pattern, so a write to a wrong slot or a missing write shows), for the prefill, decode
 //! steps at the first, a middle and the last position, and the full recompute, f32 and bf16, head_dim 32/64/100.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use half::bf16;
 use llamagen::backend::cpu::kv_cache::KvData;
@@ -12,9 +11,8 @@ use llamagen::backend::cuda::launch::DevPtr;
 use llamagen::backend::cuda::rope;
 use llamagen::ops::{Dtype, KvSpec, Placement};
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 /// Both dtypes are bit-exact against the CPU: the kernel forms the same two products and one sum per output, without
 /// FMA contraction (__fmul_rn/__fadd_rn on the GPU; the emulator keeps them opaque to g++'s contraction), from the

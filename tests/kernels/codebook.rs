@@ -2,7 +2,6 @@
 //! with bad codes, dims up to 70: past the shared tile) and the encoder's nearest code (`quantize_f32`: codebooks
 //! of 512 and 1003 codes, dim 8 and odd dims, non-square grids, exact ties, zero / huge / tiny / NaN latents), odd
 //! block sizes, all schedules.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use llamagen::backend::cpu::codebook::{codebook_lookup, quantize};
 use llamagen::backend::cuda::codebook as gpu;
@@ -10,9 +9,8 @@ use llamagen::backend::cuda::embed::bad_index;
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::model::vq::l2_normalize_rows;
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 // Both kernels are compared exactly: the lookup is a copy, and quantize_f32 evaluates every distance with the
 // reference's operations in the reference's order (f64 norm, no FMA contraction), so its indices equal the CPU's

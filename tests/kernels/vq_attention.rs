@@ -1,8 +1,7 @@
 //! vq_attention (the VQ decoder's single-head self-attention: 1×1 projections as GEMMs, a row softmax, the output
 //! projection and the residual) and its softmax kernel under the CPU emulator, against the CPU backend
 //! (`cpu::vq_attention`) and an f64-summed softmax.
-//! `cargo test --release --test kernel_vq_attention -- --nocapture` prints the worst errors.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+//! `cargo test --release --test kernels vq_attention -- --nocapture` prints the worst errors.
 
 use llamagen::backend::cpu;
 use llamagen::backend::cuda::emu::EmuDevice;
@@ -10,9 +9,8 @@ use llamagen::backend::cuda::kernels::{self, SoftmaxRowsParams};
 use llamagen::backend::cuda::launch::{DevPtrMut, LaunchConfig};
 use llamagen::backend::cuda::vq_attention::{vq_attention, vq_attention_workspace_len};
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 /// vq_attention (f32): five GEMMs and an exp, the softmax sum in f32 instead of the CPU's f64: the kernels and the
 /// CPU sum the same products in different orders, ~√k·2^-24 relative per element (NMSE ~k·2^-48); 1e-10 still

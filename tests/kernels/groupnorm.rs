@@ -1,16 +1,14 @@
 //! kernels/groupnorm.cu on the CUDA emulator against `backend::cpu::groupnorm`: channels 32/64 in 32 groups and
 //! other group counts, spatial 5×7, 16×16, 1×1, with and without swish, chunk sizes that split groups into many
 //! blocks (the f64 merge), a large-mean case (|mean|/std up to 1e4), a constant group, odd block sizes, all schedules.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use llamagen::backend::cpu::groupnorm::groupnorm as cpu_groupnorm;
 use llamagen::backend::cpu::KernelFamily;
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::groupnorm::{groupnorm, groupnorm_workspace_len};
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 /// NMSE bound against the CPU. The statistics differ only in rounding (CPU: shifted f64 sums; kernel: centred f32
 /// chunk sums merged in f64), i.e. rstd and the mean agree to a few f32 ulp; the normalisation may contract into FMA

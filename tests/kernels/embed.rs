@@ -1,6 +1,5 @@
 //! kernels/embed.cu on the CUDA emulator against `backend::cpu::embed`: f32 and bf16 tables, row widths that are
 //! and are not multiples of the 16-byte vector, odd block sizes, all schedules, and bad ids (zero row, error word).
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use half::bf16;
 use llamagen::backend::cpu::conv::Prep;
@@ -8,9 +7,8 @@ use llamagen::backend::cpu::{self, CpuWeight, WeightData};
 use llamagen::backend::cuda::embed;
 use llamagen::backend::cuda::emu::EmuDevice;
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 /// A copy: bit-exact in both dtypes (the CPU widens bf16 rows exactly, the kernel copies bf16 bits), bound 0.
 const NMSE_BOUND: f64 = 0.0;

@@ -4,7 +4,6 @@
 //! dims 4..128 (incl. 36 and 100, not multiples of 8), the split-KV path with several splits, odd block sizes, the
 //! three schedules, misaligned pointers (scalar and 8-byte fallbacks), positions outside the cache, shape errors.
 //! Cache slots that the kernels must not read (other layers, positions after pos + len) hold NaN.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use half::bf16;
 use llamagen::backend::cpu::attention::attention as cpu_attention;
@@ -18,9 +17,8 @@ use llamagen::backend::cuda::kernels::StepState;
 use llamagen::backend::cuda::launch::{DevPtr, Elem};
 use llamagen::ops::{Dtype, KvSpec, Placement};
 
-mod support;
-use support::devices::*;
-use support::emu_check::*;
+use crate::support::devices::*;
+use crate::support::emu_check::*;
 
 /// NMSE bounds. f32: the kernels differ from the CPU only in summation order (dot products, online softmax
 /// rescaling, split merges): relative errors ~1e-7 per output, NMSE ~1e-14 on the emulator; 1e-10 leaves room for the
