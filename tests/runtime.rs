@@ -160,3 +160,62 @@ fn a_decode_step_allocates_nothing() {
         );
     }
 }
+
+/// A node is checked against its op when it is pushed (element counts and types, naming the node), and a weight
+/// against every op that reads it when the session is built or a graph added (naming the weight).
+#[test]
+fn graphs_and_weights_are_checked_against_the_op_descriptors() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    use llamagen::ops::reference::RefBackend;
+    use llamagen::ops::{rmsnorm::Rmsnorm, Layout, Weight, WeightId};
+    use llamagen::runtime::{Phase, Scalar};
+    let mut g = Graph::new(Phase::Decode);
+    let x = g.input("x", &[2, 8], Scalar::F32);
+    let ids = g.input("ids", &[16], Scalar::I32);
+    let norm = |d| Rmsnorm {
+        w: WeightId(0),
+        rows: 2,
+        d,
+        eps: 1e-5,
+    };
+    let e = g.push(norm(6), &[x], "bad_norm", &[2, 6]).unwrap_err().to_string();
+    assert!(e.contains("bad_norm") && e.contains("needs 12 F32"), "{e}");
+    let e = g.push(norm(8), &[ids], "int_norm", &[2, 8]).unwrap_err().to_string();
+    assert!(e.contains("int_norm") && e.contains("I32"), "{e}");
+    let e = g.push(norm(8), &[x, x], "two", &[2, 8]).unwrap_err().to_string();
+    assert!(e.contains("2 inputs, the op takes 1"), "{e}");
+    let e = g.push(norm(8), &[x], "wide", &[2, 9]).unwrap_err().to_string();
+    assert!(e.contains("output shape [2, 9]"), "{e}");
+    let y = g.push(norm(8), &[x], "y", &[2, 8]).unwrap();
+    g.mark_output(y);
+    let weight = |n: usize| Weight {
+        name: "norm.weight".into(),
+        shape: vec![n],
+        data: vec![1.0; n],
+        storage: Dtype::F32,
+        layout: Layout::Plain,
+    };
+    let e = Session::new(Box::new(RefBackend::new(false)), vec![weight(7)], None, vec![g.clone()]);
+    let e = e.err().expect("a 7-wide norm weight for an 8-wide rmsnorm").to_string();
+    assert!(
+        e.contains("norm.weight") && e.contains("[7]") && e.contains("needs [8]"),
+        "{e}"
+    );
+    let mut s = Session::new(Box::new(RefBackend::new(false)), vec![weight(8)], None, vec![g.clone()]).unwrap();
+    s.write_f32(llamagen::runtime::GraphId(0), "x", &[1.0; 16]).unwrap();
+    s.run(llamagen::runtime::GraphId(0), &Default::default()).unwrap();
+    let out = s.read_f32(llamagen::runtime::GraphId(0), "y").unwrap();
+    assert!(out.iter().all(|&v| (v - 1.0).abs() < 1e-6), "{out:?}");
+    // A graph added later reads the same weight table and is checked too.
+    let mut g2 = Graph::new(Phase::Decode);
+    let x2 = g2.input("x", &[1, 4], Scalar::F32);
+    let r = Rmsnorm {
+        w: WeightId(0),
+        rows: 1,
+        d: 4,
+        eps: 1e-5,
+    };
+    g2.push(r, &[x2], "y", &[1, 4]).unwrap();
+    let e = s.add_graph(g2).unwrap_err().to_string();
+    assert!(e.contains("norm.weight") && e.contains("needs [4]"), "{e}");
+}

@@ -86,29 +86,21 @@ impl TensorKey for &String {
     }
 }
 
-/// Every weight a node reads exists and has the shape its descriptor needs.
-fn check_weights(g: &Graph, weights: &[Weight]) -> Result<()> {
+/// Every weight a node reads exists and has the shape its descriptor needs (weights as (name, shape)).
+fn check_weights(g: &Graph, weights: &[(String, Vec<usize>)]) -> Result<()> {
     for n in &g.nodes {
         for (id, want) in n.op.weights() {
-            let Some(w) = weights.get(id.0 as usize) else {
-                return Err(Error::Invalid(format!(
-                    "op `{}` reads weight {} of {}",
-                    n.op.name(),
-                    id.0,
-                    weights.len()
-                )));
+            let Some((name, shape)) = weights.get(id.0 as usize) else {
+                let (op, n) = (n.op.name(), weights.len());
+                return Err(Error::Invalid(format!("op `{op}` reads weight {} of {n}", id.0)));
             };
-            let fits = w.shape.len() == want.len() && w.shape.iter().zip(&want).all(|(&s, d)| d.is_none_or(|d| d == s));
+            let fits = shape.len() == want.len() && shape.iter().zip(&want).all(|(&s, d)| d.is_none_or(|d| d == s));
             if !fits {
                 let want: Vec<String> = want.iter().map(|d| d.map_or("_".into(), |d| d.to_string())).collect();
+                let op = n.op.name();
                 return Err(Error::tensor(
-                    &w.name,
-                    format!(
-                        "has shape {:?}; op `{}` needs [{}]",
-                        w.shape,
-                        n.op.name(),
-                        want.join(", ")
-                    ),
+                    name,
+                    format!("has shape {shape:?}; op `{op}` needs [{}]", want.join(", ")),
                 ));
             }
         }
@@ -122,6 +114,8 @@ pub struct Session {
     backend: Box<dyn Backend>,
     graphs: Vec<Planned>,
     kv: Option<KvSpec>,
+    /// (name, shape) of every weight, for checking the graphs added later.
+    weight_shapes: Vec<(String, Vec<usize>)>,
     /// Opt-in per-node timing (`set_profiling`); off, `run` goes straight to `Backend::run`.
     profiling: bool,
     /// Per graph: accumulated (seconds, runs) of whole runs, and (seconds, calls) per node. Sized when a graph is
@@ -209,8 +203,10 @@ impl Session {
         kv: Option<KvSpec>,
         graphs: Vec<Graph>,
     ) -> Result<Self> {
+        let weight_shapes: Vec<(String, Vec<usize>)> =
+            weights.iter().map(|w| (w.name.clone(), w.shape.clone())).collect();
         for g in &graphs {
-            check_weights(g, &weights)?;
+            check_weights(g, &weight_shapes)?;
         }
         let t = std::time::Instant::now();
         backend.load_weights(weights)?;
@@ -231,14 +227,15 @@ impl Session {
             backend,
             graphs,
             kv,
+            weight_shapes,
             profiling: false,
             timings,
         })
     }
 
     /// Adds a graph (e.g. a smaller last batch) to a running session; the arena grows if the new plan needs more.
-    /// Its weights were checked against the table of the first graphs' model: a new graph reads the same table.
     pub fn add_graph(&mut self, g: Graph) -> Result<GraphId> {
+        check_weights(&g, &self.weight_shapes)?;
         let p = Planned::new(g);
         self.backend.reserve_arena(p.plan.size)?;
         self.timings.push(GraphTimings::new(&p.g));
