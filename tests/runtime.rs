@@ -186,6 +186,35 @@ fn graphs_and_weights_are_checked_against_the_op_descriptors() {
     assert!(e.contains("2 inputs, the op takes 1"), "{e}");
     let e = g.push(norm(8), &[x], "wide", &[2, 9]).unwrap_err().to_string();
     assert!(e.contains("output shape [2, 9]"), "{e}");
+    // Geometries an op cannot have are refused before their sizes are computed.
+    use llamagen::ops::{conv::Conv, groupnorm::Groupnorm};
+    let conv = Conv {
+        w: WeightId(0),
+        b: WeightId(1),
+        n: 1,
+        c_in: 1,
+        h: 2,
+        w_in: 8,
+        c_out: 1,
+        k: 3,
+        stride: 1,
+        pad: [0; 4],
+        residual: false,
+    };
+    let e = g.push(conv, &[x], "small_conv", &[1]).unwrap_err().to_string();
+    assert!(e.contains("small_conv") && e.contains("kernel 3"), "{e}");
+    let gn = Groupnorm {
+        gamma: WeightId(0),
+        beta: WeightId(0),
+        n: 1,
+        c: 16,
+        hw: 1,
+        groups: 3,
+        eps: 1e-6,
+        silu: false,
+    };
+    let e = g.push(gn, &[x], "gn", &[16]).unwrap_err().to_string();
+    assert!(e.contains("16 channels in 3 groups"), "{e}");
     let y = g.push(norm(8), &[x], "y", &[2, 8]).unwrap();
     g.mark_output(y);
     let weight = |n: usize| Weight {

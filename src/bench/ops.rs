@@ -154,7 +154,7 @@ impl One {
         t
     }
 
-    /// A 0/1 F32 mask input (every third key hidden).
+    /// A 0/1 F32 mask input `[rows, keys]` (alternate keys hidden, see `start`).
     fn mask_in(&mut self, name: &str, shape: &[usize]) -> TensorId {
         let t = self.g.input(name, shape, Scalar::F32);
         self.inputs.push(Input::Mask(t));
@@ -224,8 +224,11 @@ impl OpSpec {
                     session.write_i32(id, &info.name, &v)?;
                 }
                 Input::Mask(t) => {
+                    // Row b hides the keys k with k + b odd: the last key in one row, the first in the next.
                     let info = g.info(t);
-                    let v: Vec<f32> = (0..info.numel()).map(|i| if i % 3 == 2 { 0.0 } else { 1.0 }).collect();
+                    let keys = info.shape[1];
+                    let hidden = |i: usize| (i % keys + i / keys) % 2 == 1;
+                    let v: Vec<f32> = (0..info.numel()).map(|i| if hidden(i) { 0.0 } else { 1.0 }).collect();
                     session.write_f32(id, &info.name, &v)?;
                 }
             }
@@ -276,8 +279,8 @@ fn matmul(m: usize, k: usize, n: usize, bf16: bool, add: bool) -> Result<OpSpec>
     )
 }
 
-fn rmsnorm(rows: usize, d: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Decode, Dtype::F32);
+fn rmsnorm(rows: usize, d: usize, bf16: bool) -> Result<OpSpec> {
+    let mut o = One::new(Phase::Decode, storage(bf16));
     let w = o.small("norm.weight", &[d]);
     let x = o.f32_in("x", &[rows, 1, d]);
     o.node(Rmsnorm { w, rows, d, eps: 1e-5 }, &[x], &[rows, 1, d])
@@ -377,14 +380,14 @@ fn rope_attention(rows: usize, len: usize, bf16: bool, mask: Option<usize>, per_
     o.node(att, &ins, &[rows, len, D])
 }
 
-fn swiglu(rows: usize, f: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Decode, Dtype::F32);
+fn swiglu(rows: usize, f: usize, bf16: bool) -> Result<OpSpec> {
+    let mut o = One::new(Phase::Decode, storage(bf16));
     let x = o.f32_in("ab", &[rows, 1, 2 * f]);
     o.node(Swiglu { rows, f }, &[x], &[rows, 1, f])
 }
 
-fn gelu(rows: usize) -> Result<OpSpec> {
-    let mut o = One::new(Phase::Prefill, Dtype::F32);
+fn gelu(rows: usize, bf16: bool) -> Result<OpSpec> {
+    let mut o = One::new(Phase::Prefill, storage(bf16));
     let x = o.f32_in("x", &[rows, D]);
     o.node(Gelu { n: rows * D }, &[x], &[rows, D])
 }
@@ -601,12 +604,12 @@ pub fn cases() -> Vec<OpCase> {
             matmul(240, 2048, D, false, false),
             flops
         ),
-        case!("gelu", "t2i_cap_b1", gelu(240)),
-        case!("rmsnorm", "decode_b8", rmsnorm(16, D)),
+        case!("gelu", "t2i_cap_b1", gelu(240, false)),
+        case!("rmsnorm", "decode_b8", rmsnorm(16, D, false)),
         case!("rope", "decode_b8_pos128_f32", rope(16, 1, 128, false)),
         case!("attention", "decode_b8_pos255_f32", attention(16, 255, false)),
         case!("attention", "decode_b8_pos255_bf16", attention(16, 255, true)),
-        case!("swiglu", "decode_b8", swiglu(16, F)),
+        case!("swiglu", "decode_b8", swiglu(16, F, false)),
         case!("take_last", "t2i_prefill_b8", take_last(16, 120)),
         case!("concat", "full_b8", concat(16, 1, 255)),
         case!("sampling", "b8_topk2000", sampling(8, V, 2000, 1.0)),
@@ -635,8 +638,10 @@ pub fn reference_cases() -> Vec<OpCase> {
         case!("matmul", "m5_add_f32", matmul(5, 72, 24, false, true)),
         case!("matmul", "m2_bf16", matmul(2, 64, 48, true, false)),
         case!("matmul", "m7_add_bf16", matmul(7, 40, 72, true, true)),
-        case!("gelu", "rows3", gelu(3)),
-        case!("rmsnorm", "rows5_d72", rmsnorm(5, 72)),
+        case!("gelu", "rows3_f32", gelu(3, false)),
+        case!("gelu", "rows2_bf16", gelu(2, true)),
+        case!("rmsnorm", "rows5_d72_f32", rmsnorm(5, 72, false)),
+        case!("rmsnorm", "rows3_d96_bf16", rmsnorm(3, 96, true)),
         case!("rope", "b2_pos5_f32", rope(2, 1, 5, false)),
         case!("rope", "b3_prefill4_bf16", rope(3, 4, 0, true)),
         case!("attention", "b2_prefill9_f32", rope_attention(2, 9, false, None, false)),
@@ -655,7 +660,8 @@ pub fn reference_cases() -> Vec<OpCase> {
             "b3_prefill5_per_row_bf16",
             rope_attention(3, 5, true, None, true)
         ),
-        case!("swiglu", "rows3_f40", swiglu(3, 40)),
+        case!("swiglu", "rows3_f40_f32", swiglu(3, 40, false)),
+        case!("swiglu", "rows4_f24_bf16", swiglu(4, 24, true)),
         case!("take_last", "b2_len5", take_last(2, 5)),
         case!("concat", "b2_1_3", concat(2, 1, 3)),
         case!("sampling", "b3_v500_topk20", sampling(3, 500, 20, 1.0)),

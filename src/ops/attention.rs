@@ -36,6 +36,13 @@ impl Attention {
 impl OpDesc for Attention {
     const NAME: &'static str = "attention";
 
+    fn validate(&self) -> Result<()> {
+        if self.head_dim == 0 || self.heads == 0 {
+            return super::invalid(Self::NAME, format!("{} heads of {}", self.heads, self.head_dim));
+        }
+        Ok(())
+    }
+
     fn io(&self) -> Io {
         let n = self.rows * self.len * self.d();
         let mut inputs = vec![(n, Scalar::F32)];

@@ -39,6 +39,15 @@ impl Conv {
 impl OpDesc for Conv {
     const NAME: &'static str = "conv";
 
+    fn validate(&self) -> Result<()> {
+        let [t, b, l, r] = self.pad;
+        if self.k == 0 || self.stride == 0 || self.h + t + b < self.k || self.w_in + l + r < self.k {
+            let (k, s, h, w, pad) = (self.k, self.stride, self.h, self.w_in, self.pad);
+            return super::invalid(Self::NAME, format!("kernel {k}, stride {s} on {h}x{w} padded {pad:?}"));
+        }
+        Ok(())
+    }
+
     fn io(&self) -> Io {
         let (oh, ow) = self.out_hw();
         let out = self.n * self.c_out * oh * ow;

@@ -19,6 +19,13 @@ pub struct Groupnorm {
 impl OpDesc for Groupnorm {
     const NAME: &'static str = "groupnorm";
 
+    fn validate(&self) -> Result<()> {
+        if self.groups == 0 || self.c % self.groups != 0 {
+            return super::invalid(Self::NAME, format!("{} channels in {} groups", self.c, self.groups));
+        }
+        Ok(())
+    }
+
     fn io(&self) -> Io {
         let x = self.n * self.c * self.hw;
         Io::f32(&[x], x)

@@ -105,6 +105,10 @@ pub type WeightNeed = (WeightId, Vec<Option<usize>>);
 pub trait OpDesc: Clone + std::fmt::Debug + PartialEq + Into<Op> {
     /// The op's one name: `kernels/<name>.cu`, `ops/<name>.rs`, `backend/{cpu,cuda}/<name>.rs`, its tests and bench.
     const NAME: &'static str;
+    /// Refuses a geometry the op cannot have (checked by `Graph::push` before anything else).
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
     fn io(&self) -> Io;
     fn weights(&self) -> Vec<WeightNeed> {
         Vec::new()
@@ -147,6 +151,9 @@ macro_rules! op_set {
             pub fn io(&self) -> Io {
                 match self { $(Op::$variant(d) => d.io()),+ }
             }
+            pub fn validate(&self) -> Result<()> {
+                match self { $(Op::$variant(d) => d.validate()),+ }
+            }
             pub fn weights(&self) -> Vec<WeightNeed> {
                 match self { $(Op::$variant(d) => d.weights()),+ }
             }
@@ -184,6 +191,11 @@ op_set! {
     UpsampleConv: upsample_conv::UpsampleConv,
     Groupnorm: groupnorm::Groupnorm,
     VqAttention: vq_attention::VqAttention,
+}
+
+/// The error of a descriptor's `validate`.
+pub(crate) fn invalid(op: &str, why: String) -> Result<()> {
+    Err(crate::Error::Invalid(format!("op `{op}`: {why}")))
 }
 
 /// Rounds to the nearest bf16 (ties to even), as a float: where the official code stores a bf16 tensor.

@@ -29,6 +29,14 @@ impl Rope {
 impl OpDesc for Rope {
     const NAME: &'static str = "rope";
 
+    /// The 2D rotation splits a head into two halves of interleaved pairs.
+    fn validate(&self) -> Result<()> {
+        if self.head_dim == 0 || self.head_dim % 4 != 0 {
+            return super::invalid(Self::NAME, format!("head dim {} is not a multiple of 4", self.head_dim));
+        }
+        Ok(())
+    }
+
     fn io(&self) -> Io {
         let rl = self.rows * self.len;
         let mut inputs = vec![(rl * 3 * self.d(), Scalar::F32)];

@@ -20,6 +20,17 @@ pub struct Sampling {
 impl OpDesc for Sampling {
     const NAME: &'static str = "sampling";
 
+    fn validate(&self) -> Result<()> {
+        if self.vocab == 0 || (self.rows != self.images && self.rows != 2 * self.images) {
+            let (r, i, v) = (self.rows, self.images, self.vocab);
+            return super::invalid(
+                Self::NAME,
+                format!("{r} rows for {i} images (1 or 2 each), vocabulary {v}"),
+            );
+        }
+        Ok(())
+    }
+
     fn io(&self) -> Io {
         Io {
             inputs: vec![(self.rows * self.vocab, Scalar::F32), (self.images, Scalar::I32)],

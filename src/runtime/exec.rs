@@ -206,6 +206,7 @@ impl Session {
         let weight_shapes: Vec<(String, Vec<usize>)> =
             weights.iter().map(|w| (w.name.clone(), w.shape.clone())).collect();
         for g in &graphs {
+            g.check()?;
             check_weights(g, &weight_shapes)?;
         }
         let t = std::time::Instant::now();
@@ -235,6 +236,7 @@ impl Session {
 
     /// Adds a graph (e.g. a smaller last batch) to a running session; the arena grows if the new plan needs more.
     pub fn add_graph(&mut self, g: Graph) -> Result<GraphId> {
+        g.check()?;
         check_weights(&g, &self.weight_shapes)?;
         let p = Planned::new(g);
         self.backend.reserve_arena(p.plan.size)?;

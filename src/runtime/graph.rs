@@ -84,6 +84,9 @@ impl Graph {
         shape: &[usize],
     ) -> Result<TensorId> {
         let (op, name) = (op.into(), name.into());
+        if let Err(e) = op.validate() {
+            return Err(Error::Invalid(format!("graph node `{name}`: {e}")));
+        }
         let io = op.io();
         let bad = |m: String| Err(Error::Invalid(format!("graph node `{name}` ({}): {m}", op.name())));
         if inputs.len() != io.inputs.len() {
@@ -111,6 +114,29 @@ impl Graph {
             output: out,
         });
         Ok(out)
+    }
+
+    /// Every node against its op again (`push` checks each node as it is added; a graph edited through its public
+    /// fields is checked here when a session takes it).
+    pub fn check(&self) -> Result<()> {
+        for n in &self.nodes {
+            n.op.validate()?;
+            let io = n.op.io();
+            let counts: Vec<(usize, crate::ops::Scalar)> = n
+                .inputs
+                .iter()
+                .map(|&t| (self.info(t).numel(), self.info(t).dtype))
+                .collect();
+            let out = (self.info(n.output).numel(), self.info(n.output).dtype);
+            if counts != io.inputs || out != io.output {
+                let name = &self.info(n.output).name;
+                return Err(Error::Invalid(format!(
+                    "graph node `{name}` ({}) does not match its op",
+                    n.op.name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn mark_output(&mut self, t: TensorId) {

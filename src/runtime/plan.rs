@@ -74,7 +74,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{concat::Concat, gelu::Gelu};
+    use crate::ops::{concat::Concat, gelu::Gelu, swiglu::Swiglu};
     use crate::runtime::{Phase, Scalar};
 
     /// Checks the invariant directly: at every node, the tensors that must hold a value occupy disjoint bytes.
@@ -114,22 +114,25 @@ mod tests {
     #[test]
     fn live_tensors_never_share_bytes_and_dead_ones_are_reused() {
         let mut g = Graph::new(Phase::Decode);
-        let x = g.input("x", &[10, 7], Scalar::F32);
-        let mut cur = x;
-        for i in 0..6 {
-            cur = g.push(Gelu { n: 70 }, &[cur], format!("t{i}"), &[10, 7]).unwrap();
-        }
-        let c = Concat {
+        // Sizes that shrink and grow (512 B down to 128 B and back), so first fit meets holes of several sizes.
+        let x = g.input("x", &[1, 128], Scalar::F32);
+        let cat = |d| Concat {
             batch: 1,
             la: 1,
             lb: 1,
-            d: 70,
+            d,
         };
-        let s = g.push(c, &[x, cur], "both", &[2, 70]).unwrap();
+        let s0 = g.push(Swiglu { rows: 1, f: 64 }, &[x], "s0", &[1, 64]).unwrap();
+        let s1 = g.push(Swiglu { rows: 1, f: 32 }, &[s0], "s1", &[1, 32]).unwrap();
+        let g1 = g.push(Gelu { n: 32 }, &[s1], "g1", &[1, 32]).unwrap();
+        let c = g.push(cat(32), &[g1, s1], "c", &[1, 64]).unwrap();
+        let s2 = g.push(Swiglu { rows: 1, f: 32 }, &[c], "s2", &[1, 32]).unwrap();
+        let g2 = g.push(Gelu { n: 32 }, &[s2], "g2", &[1, 32]).unwrap();
+        let s = g.push(cat(32), &[g2, g1], "both", &[2, 32]).unwrap();
         g.mark_output(s);
         let p = Plan::new(&g);
         assert_disjoint(&g, &p);
-        // A chain needs x, two alternating temporaries and the output: far less than the sum of all tensors.
+        // Far less than the sum of all tensors: dead ones are reused.
         let total: usize = g.tensors.iter().map(|t| (t.numel() * 4).div_ceil(ALIGN) * ALIGN).sum();
         assert!(p.size <= 4 * 512, "arena {} bytes, sum of tensors {}", p.size, total);
         assert!(p.size < total);

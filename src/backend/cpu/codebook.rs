@@ -98,7 +98,7 @@ pub fn quantize(
 
 impl crate::ops::Exec<crate::ops::codebook::Codebook> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::codebook::Codebook, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let ids = v.i32(a.ins[0]);
         let codes: Vec<u32> = ids.iter().map(|&c| c as u32).collect();
         let cb = self.weight_f32(op.codebook, "codebook")?;

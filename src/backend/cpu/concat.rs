@@ -3,7 +3,7 @@ use crate::ops::{concat::Concat, Args, Exec};
 
 impl Exec<Concat> for super::CpuBackend {
     fn exec(&mut self, op: &Concat, a: &Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let (x, y, o) = (v.f32(a.ins[0]), v.f32(a.ins[1]), v.f32_mut(a.out));
         let (la, lb) = (op.la * op.d, op.lb * op.d);
         for i in 0..op.batch {

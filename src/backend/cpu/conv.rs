@@ -203,7 +203,7 @@ pub fn upsample_prepared(
 
 impl crate::ops::Exec<crate::ops::conv::Conv> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::conv::Conv, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let wt = self.w(op.w);
         let (w, b) = (self.weight_f32(op.w, "conv")?, self.weight_f32(op.b, "conv bias")?);
         let residual = op.residual.then(|| v.f32(a.ins[1]));

@@ -15,7 +15,7 @@ pub fn embed(ids: &[i32], table: &CpuWeight, d: usize, out: &mut [f32]) -> Resul
 
 impl crate::ops::Exec<crate::ops::embed::Embed> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::embed::Embed, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let t = self.w(op.table);
         embed(v.i32(a.ins[0]), t, op.d, v.f32_mut(a.out))
             .map_err(|id| crate::Error::Invalid(format!("id {id} is outside `{}` ({} rows)", t.name, t.shape[0])))

@@ -12,7 +12,7 @@ pub fn gelu_tanh(x: &[f32], round: bool, out: &mut [f32]) {
 
 impl crate::ops::Exec<crate::ops::gelu::Gelu> for super::CpuBackend {
     fn exec(&mut self, _: &crate::ops::gelu::Gelu, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         gelu_tanh(v.f32(a.ins[0]), self.round, v.f32_mut(a.out));
         Ok(())
     }

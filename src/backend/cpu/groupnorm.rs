@@ -271,7 +271,7 @@ unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 
 
 impl crate::ops::Exec<crate::ops::groupnorm::Groupnorm> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::groupnorm::Groupnorm, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let (g, b) = (
             self.weight_f32(op.gamma, "groupnorm")?,
             self.weight_f32(op.beta, "groupnorm")?,

@@ -171,7 +171,7 @@ impl Dot for [bf16] {
 
 impl crate::ops::Exec<crate::ops::matmul::Matmul> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::matmul::Matmul, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let residual = op.residual.then(|| v.f32(a.ins[1]));
         let wt = &self.weights[op.w.0 as usize];
         let (x, y) = (v.f32(a.ins[0]), v.f32_mut(a.out));

@@ -167,14 +167,13 @@ impl CpuBackend {
 /// executor checked each tensor's element type.
 pub(crate) struct Views {
     base: *mut u8,
-    len: usize,
 }
 
 impl Views {
     fn ptr<T: bytemuck::Pod>(&self, t: TensorRef) -> *mut T {
         const { assert!(std::mem::size_of::<T>() == 4) };
-        assert!(t.offset + 4 * t.numel <= self.len, "tensor outside the arena");
-        // SAFETY: offset + numel·4 lies inside the arena (checked above); the arena is 64-byte aligned.
+        // SAFETY: `CpuBackend::views` checked that the node's tensors lie inside the arena at 4-byte aligned offsets
+        // (the arena itself is 64-byte aligned).
         unsafe { self.base.add(t.offset) as *mut T }
     }
     pub(crate) fn f32<'a>(&self, t: TensorRef) -> &'a [f32] {
@@ -198,11 +197,32 @@ impl Views {
 }
 
 impl CpuBackend {
-    pub(crate) fn views(&mut self) -> Views {
-        Views {
-            base: self.arena.as_mut_ptr() as *mut u8,
-            len: self.arena.len() * 64,
+    /// The arena views of one node, after checking what makes them sound: every tensor inside the arena at a
+    /// 4-byte aligned offset, and the output disjoint from every input (the planner's promise, checked here because
+    /// `Exec` is public).
+    pub(crate) fn views(&mut self, a: &crate::ops::Args<'_>) -> Result<Views> {
+        let len = self.arena.len() * 64;
+        let span = |t: &TensorRef| {
+            let end = t.numel.checked_mul(4).and_then(|b| b.checked_add(t.offset));
+            match end {
+                Some(end) if end <= len && t.offset % 4 == 0 => Ok(t.offset..end),
+                _ => Err(Error::Invalid(format!(
+                    "cpu backend: tensor {t:?} outside the arena ({len} bytes)"
+                ))),
+            }
+        };
+        let out = span(&a.out)?;
+        for t in a.ins {
+            let r = span(t)?;
+            if r.start < out.end && out.start < r.end && !r.is_empty() && !out.is_empty() {
+                return Err(Error::Invalid(
+                    "cpu backend: a node's output overlaps one of its inputs".into(),
+                ));
+            }
         }
+        Ok(Views {
+            base: self.arena.as_mut_ptr() as *mut u8,
+        })
     }
 
     fn bytes(&mut self, t: TensorRef) -> Result<&mut [u8]> {

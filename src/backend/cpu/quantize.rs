@@ -4,7 +4,7 @@ use crate::ops::{quantize::Quantize, Args, Exec};
 
 impl Exec<Quantize> for super::CpuBackend {
     fn exec(&mut self, op: &Quantize, a: &Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let cb = self.weight_f32(op.codebook, "codebook")?;
         let hw = op.h * op.w;
         let mut idx = vec![0u32; op.n * hw];

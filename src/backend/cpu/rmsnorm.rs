@@ -34,7 +34,7 @@ pub fn rmsnorm(x: &[f32], d: usize, w: &[f32], eps: f32, round: bool, y: &mut [f
 
 impl crate::ops::Exec<crate::ops::rmsnorm::Rmsnorm> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::rmsnorm::Rmsnorm, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let w = self.weight_f32(op.w, "rmsnorm")?;
         rmsnorm(v.f32(a.ins[0]), op.d, w, op.eps, self.round, v.f32_mut(a.out));
         Ok(())

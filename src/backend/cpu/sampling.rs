@@ -89,7 +89,7 @@ pub fn sampling(
 
 impl crate::ops::Exec<crate::ops::sampling::Sampling> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::sampling::Sampling, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let (logits, index, tokens) = (v.f32(a.ins[0]), v.i32(a.ins[1]), v.i32_mut(a.out));
         sampling(
             logits,

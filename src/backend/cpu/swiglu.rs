@@ -54,7 +54,7 @@ pub fn swiglu(ab: &[f32], f: usize, round: bool, kernels: KernelFamily, out: &mu
 
 impl crate::ops::Exec<crate::ops::swiglu::Swiglu> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::swiglu::Swiglu, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         swiglu(v.f32(a.ins[0]), op.f, self.round, self.kernels, v.f32_mut(a.out));
         Ok(())
     }

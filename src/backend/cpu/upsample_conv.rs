@@ -4,7 +4,7 @@ use crate::ops::{upsample_conv::UpsampleConv, Args, Exec};
 
 impl Exec<UpsampleConv> for super::CpuBackend {
     fn exec(&mut self, op: &UpsampleConv, a: &Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let wt = self.w(op.w);
         let (w, b) = (
             self.weight_f32(op.w, "upsample conv")?,

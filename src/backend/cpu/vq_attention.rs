@@ -158,7 +158,7 @@ fn attend(
 
 impl crate::ops::Exec<crate::ops::vq_attention::VqAttention> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::vq_attention::VqAttention, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let v = self.views();
+        let v = self.views(a)?;
         let f = |id| self.weight_f32(id, "vq attention");
         let (x, normed, out) = (v.f32(a.ins[0]), v.f32(a.ins[1]), v.f32_mut(a.out));
         let (q, k, vv, p) = (op.q, op.k, op.v, op.proj);
