@@ -98,6 +98,8 @@ enum Input {
     F32(TensorId),
     I32(TensorId, i32),
     Mask(TensorId),
+    /// A per-row placement table `[rows, 2]`: row b in cache slot b at this position.
+    Rows(TensorId, i32),
 }
 
 /// Builder of a one-node graph, its weights (deterministic synthetic values) and inputs.
@@ -209,6 +211,11 @@ impl OpSpec {
                         v.iter_mut().for_each(|x| *x = crate::ops::round_bf16(*x));
                     }
                     session.write_f32(id, &info.name, &v)?;
+                }
+                Input::Rows(t, pos) => {
+                    let info = g.info(t);
+                    let v: Vec<i32> = (0..info.numel() as i32 / 2).flat_map(|b| [b, pos]).collect();
+                    session.write_i32(id, &info.name, &v)?;
                 }
                 Input::I32(t, -1) => {
                     let info = g.info(t);
@@ -378,6 +385,43 @@ fn rope_attention(rows: usize, len: usize, bf16: bool, mask: Option<usize>, per_
         per_row,
     };
     o.node(att, &ins, &[rows, len, D])
+}
+
+/// A decode step at position `pos`: a prefill rope writes positions 0..pos of the cache, a per-row rope the
+/// position `pos` itself, and attention's one query per row reads all pos + 1 keys (the decode kernels, split over
+/// the keys from 64 on, with their merge).
+fn decode_attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
+    let mut o = One::new(Phase::Decode, storage(bf16));
+    let tab = rope_table(1, 16, D / H, 10000.0);
+    let table = o.weight_as("rope.table", &[tab.len()], Dtype::F32, Layout::Plain);
+    o.weights[table.0 as usize].data = tab;
+    o.kv = Some(kv(rows, bf16));
+    let (heads, head_dim) = (H, D / H);
+    let rope = |len, per_row| Rope {
+        layer: 0,
+        table,
+        rows,
+        len,
+        heads,
+        head_dim,
+        per_row,
+    };
+    let past = o.f32_in("qkv_past", &[rows, pos, 3 * D]);
+    o.g.push(rope(pos, false), &[past], "q_past", &[rows, pos, D])?;
+    let qkv = o.f32_in("qkv", &[rows, 1, 3 * D]);
+    let place = o.g.input("rows", &[rows, 2], Scalar::I32);
+    o.inputs.push(Input::Rows(place, pos as i32));
+    let q = o.g.push(rope(1, true), &[qkv, place], "q", &[rows, 1, D])?;
+    let att = Attention {
+        layer: 0,
+        rows,
+        len: 1,
+        heads,
+        head_dim,
+        mask: None,
+        per_row: true,
+    };
+    o.node(att, &[q, place], &[rows, 1, D])
 }
 
 fn swiglu(rows: usize, f: usize, bf16: bool) -> Result<OpSpec> {
@@ -660,6 +704,13 @@ pub fn reference_cases() -> Vec<OpCase> {
             "b3_prefill5_per_row_bf16",
             rope_attention(3, 5, true, None, true)
         ),
+        case!(
+            "attention",
+            "b2_prefill6_mask3_per_row_f32",
+            rope_attention(2, 6, false, Some(3), true)
+        ),
+        case!("attention", "b2_decode_pos150_f32", decode_attention(2, 150, false)),
+        case!("attention", "b3_decode_pos90_bf16", decode_attention(3, 90, true)),
         case!("swiglu", "rows3_f40_f32", swiglu(3, 40, false)),
         case!("swiglu", "rows4_f24_bf16", swiglu(4, 24, true)),
         case!("take_last", "b2_len5", take_last(2, 5)),
