@@ -391,7 +391,7 @@ impl<D: super::device::Device> crate::ops::Exec<crate::ops::attention::Attention
         let opts = AttentionOptions::default();
         let (mi, ri) = op.extra_inputs();
         // SAFETY: q, out, the mask and the cache in the activation type, the row table i32; out is disjoint from q.
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             let spec = self.kv_ptr::<T>("attention")?.1;
             if (spec.heads, spec.head_dim) != (op.heads, op.head_dim) {
                 return Err(crate::Error::Invalid("attention: the KV cache has another head geometry".into()));

@@ -1,6 +1,6 @@
 //! The CUDA backend: the runtime's [`Backend`] over a [`Device`] — the GPU, or the CPU emulator running the very same
-//! kernels (`--device cuda-emu`). This file owns device memory and the graph walk; `ops.rs` maps each node to its
-//! launcher.
+//! kernels (`--device cuda-emu`). This file owns device memory and the run hooks (CUDA-graph capture and replay);
+//! each op's `Exec` impl sits with its launcher (`<op>.rs`), and `exec.rs` holds what they share.
 //!
 //! Memory, all allocated once: the weight table (uploaded at load, bf16 or f32 as the model asks, conv weights of an
 //! upsampling conv folded into their four phase kernels on the host), the static KV cache
@@ -145,7 +145,7 @@ impl<D: Device> CudaBackend<D> {
                 // Cleared, so that the next run starts clean (the words are sticky on the device).
                 self.dev.zero(self.err.addr(), 4 * ERR_WORDS)?;
                 let (table, rows) = self.err_tables[slot].clone().unwrap_or_default();
-                return Err(Error::Invalid(super::ops::bad_id_message(slot, id, &table, rows)));
+                return Err(Error::Invalid(super::exec::bad_id_message(slot, id, &table, rows)));
             }
         }
         Ok(())
@@ -174,7 +174,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     fn load_weights(&mut self, weights: Vec<Weight>) -> Result<()> {
         self.weights.clear();
         for w in weights {
-            let data = super::ops::prepare_weight(&w)?;
+            let data = super::exec::prepare_weight(&w)?;
             let (dtype, buf) = match w.storage {
                 Dtype::F32 => {
                     let b = self.dev.alloc(4 * data.len(), &w.name)?;

@@ -118,7 +118,7 @@ pub fn quantize<L: Launcher + ?Sized>(
 impl<D: super::device::Device> crate::ops::Exec<crate::ops::codebook::Codebook> for super::CudaBackend<D> {
     fn exec(&mut self, op: &crate::ops::codebook::Codebook, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         self.f32_only("codebook")?;
-        let err = self.err_word(super::ops::ERR_CODEBOOK, op.codebook);
+        let err = self.err_word(super::exec::ERR_CODEBOOK, op.codebook);
         // SAFETY: codes i32, the latent f32 (checked above).
         unsafe {
             let (codes, o) = (self.t(a.ins[0])?, self.t_mut(a.out)?);

@@ -47,7 +47,7 @@ impl<D: super::device::Device> crate::ops::Exec<crate::ops::take_last::TakeLast>
         let (b, l, d) = (op.batch, op.len, op.d);
         // SAFETY: float tensors are stored as the activation type; the output is disjoint from the input, and the
         // source pointer starts inside it (row l − 1 of sequence 0).
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             let x: DevPtr<'_, T> = self.t(a.ins[0])?;
             let src = DevPtr::from_raw(x.addr() + ((l - 1) * d * size_of::<T>()) as u64, x.len() - (l - 1) * d);
             copy_rows::<T, D>(&self.dev, src, l * d, self.t_mut(a.out)?, d, b, d)
@@ -60,7 +60,7 @@ impl<D: super::device::Device> crate::ops::Exec<crate::ops::concat::Concat> for 
         let (b, la, lb, d) = (op.batch, op.la, op.lb, op.d);
         let row = (la + lb) * d;
         // SAFETY: as for take_last; the two copies write disjoint columns of the output rows.
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             let o: DevPtrMut<'_, T> = self.t_mut(a.out)?;
             let (oa, on) = (o.addr(), o.len());
             copy_rows::<T, D>(&self.dev, self.t(a.ins[0])?, la * d, DevPtrMut::from_raw(oa, on), row, b, la * d)?;

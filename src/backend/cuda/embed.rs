@@ -70,9 +70,9 @@ pub fn embed<T: Elem, L: Launcher + ?Sized>(
 impl<D: super::device::Device> crate::ops::Exec<crate::ops::embed::Embed> for super::CudaBackend<D> {
     fn exec(&mut self, op: &crate::ops::embed::Embed, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         let n = self.w(op.table).shape[0];
-        let err = self.err_word(super::ops::ERR_EMBED, op.table);
+        let err = self.err_word(super::exec::ERR_EMBED, op.table);
         // SAFETY: ids are i32, the output the activation type; the table is stored as the activation type (checked).
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             let (ids, o) = (self.t(a.ins[0])?, self.t_mut(a.out)?);
             embed::<T, D>(&self.dev, ids, self.wptr(op.table, "embed")?, o, err, op.rows, n, op.d, None)
         })

@@ -30,7 +30,7 @@ pub fn gelu<T: Elem, L: Launcher + ?Sized>(l: &L, x: DevPtr<'_, T>, y: DevPtrMut
 impl<D: super::device::Device> crate::ops::Exec<crate::ops::gelu::Gelu> for super::CudaBackend<D> {
     fn exec(&mut self, op: &crate::ops::gelu::Gelu, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         // SAFETY: float tensors are stored as the activation type; the output is disjoint from the input.
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             gelu::<T, D>(&self.dev, self.t(a.ins[0])?, self.t_mut(a.out)?, op.n)
         })
     }

@@ -10,8 +10,8 @@
 //! - [`device`]: what the backend needs from a device (memory, copies, launches, graph capture); implemented by
 //!   [`gpu::GpuDevice`] (the driver API, loaded at run time) and `emu::EmuDevice` (x86-64 Linux: host memory
 //!   standing in for device memory, with canaries checked after every launch).
-//! - [`backend::CudaBackend`]: the runtime backend over either device (`--device cuda` / `--device cuda-emu`); `ops`
-//!   maps graph nodes to launchers.
+//! - [`backend::CudaBackend`]: the runtime backend over either device (`--device cuda` / `--device cuda-emu`); each
+//!   launcher module also holds its op's `Exec` impl, `exec` what those impls share.
 pub mod attention;
 pub mod backend;
 pub mod codebook;
@@ -19,13 +19,13 @@ pub mod conv;
 pub mod copy_rows;
 pub mod device;
 pub mod embed;
+mod exec;
 pub mod gelu;
 pub mod gemm;
 pub mod gpu;
 pub mod groupnorm;
 pub mod kernels;
 pub mod launch;
-mod ops;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;

@@ -57,7 +57,7 @@ impl<D: super::device::Device> crate::ops::Exec<crate::ops::rmsnorm::Rmsnorm> fo
     fn exec(&mut self, op: &crate::ops::rmsnorm::Rmsnorm, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         let wt = self.wptr::<f32>(op.w, "rmsnorm")?;
         // SAFETY: float tensors are stored as the activation type; the output is disjoint from the input.
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             rmsnorm::<T, D>(&self.dev, self.t(a.ins[0])?, wt, self.t_mut(a.out)?, op.rows, op.d, op.eps, None)
         })
     }

@@ -135,7 +135,7 @@ impl<D: super::device::Device> crate::ops::Exec<crate::ops::rope::Rope> for supe
     fn exec(&mut self, op: &crate::ops::rope::Rope, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         let tab = self.wptr::<f32>(op.table, "rope table")?;
         // SAFETY: qkv, q and the cache in the activation type, the row table i32; q is disjoint from qkv.
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             let (cache, spec) = self.kv_ptr::<T>("rope")?;
             if (spec.heads, spec.head_dim) != (op.heads, op.head_dim) {
                 return Err(crate::Error::Invalid("rope: the KV cache has another head geometry".into()));

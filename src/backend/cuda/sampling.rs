@@ -137,7 +137,7 @@ impl<D: super::device::Device> crate::ops::Exec<crate::ops::sampling::Sampling> 
     fn exec(&mut self, op: &crate::ops::sampling::Sampling, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         let ws = self.ws::<u32>("sampling", sampling_workspace_len(op.images, op.vocab))?;
         // SAFETY: logits in the activation type, the image index and tokens i32.
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             let (logits, idx, toks) = (self.t(a.ins[0])?, self.t(a.ins[1])?, self.t_mut(a.out)?);
             let (images, rows, vocab) = (op.images, op.rows, op.vocab);
             let step = self.step_ptr();

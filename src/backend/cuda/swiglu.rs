@@ -51,7 +51,7 @@ pub fn swiglu<T: Elem, L: Launcher + ?Sized>(
 impl<D: super::device::Device> crate::ops::Exec<crate::ops::swiglu::Swiglu> for super::CudaBackend<D> {
     fn exec(&mut self, op: &crate::ops::swiglu::Swiglu, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         // SAFETY: float tensors are stored as the activation type; the output is disjoint from the input.
-        super::ops::by_act!(self, T => unsafe {
+        super::exec::by_act!(self, T => unsafe {
             swiglu::<T, D>(&self.dev, self.t(a.ins[0])?, self.t_mut(a.out)?, op.rows, op.f, None)
         })
     }
