@@ -20,7 +20,7 @@ impl OpDesc for Groupnorm {
     const NAME: &'static str = "groupnorm";
 
     fn validate(&self) -> Result<()> {
-        if self.groups == 0 || self.c % self.groups != 0 {
+        if self.groups == 0 || !self.c.is_multiple_of(self.groups) {
             return super::invalid(Self::NAME, format!("{} channels in {} groups", self.c, self.groups));
         }
         Ok(())

@@ -31,7 +31,7 @@ impl OpDesc for Rope {
 
     /// The 2D rotation splits a head into two halves of interleaved pairs.
     fn validate(&self) -> Result<()> {
-        if self.head_dim == 0 || self.head_dim % 4 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(4) {
             return super::invalid(Self::NAME, format!("head dim {} is not a multiple of 4", self.head_dim));
         }
         Ok(())
