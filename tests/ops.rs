@@ -20,12 +20,37 @@
 mod support;
 
 use llamagen::backend::cpu::{CpuBackend, KernelFamily};
-use llamagen::bench::ops::{reference_cases, OpCase};
+use llamagen::bench::ops::{examples, reference_cases, MakeBackend, OpBench};
 use llamagen::ops::reference::RefBackend;
 use llamagen::ops::Backend;
 use llamagen::Result;
 
-fn bound(case: &OpCase, bf16: bool) -> f64 {
+/// A case of the op named `op`: its id and how to build it on a backend.
+struct Case {
+    op: &'static str,
+    id: String,
+    build: Box<dyn Fn(MakeBackend) -> Result<OpBench>>,
+}
+
+/// The ops' own examples, then the cases of the ops that need a hand-built graph.
+fn cases() -> Vec<Case> {
+    let mut v: Vec<Case> = examples()
+        .into_iter()
+        .map(|e| Case {
+            op: e.op.name(),
+            id: e.id(),
+            build: Box::new(move |m| e.build_on(m)),
+        })
+        .collect();
+    v.extend(reference_cases().into_iter().map(|c| Case {
+        op: c.op,
+        id: c.id(),
+        build: Box::new(move |m| c.build_on(m)),
+    }));
+    v
+}
+
+fn bound(case: &Case, bf16: bool) -> f64 {
     match case.op {
         "embed" | "concat" | "take_last" | "codebook" | "quantize" | "sampling" => 0.0,
         // One bf16 ulp is at most 2⁻⁷ relative; with ≤ 5 % of elements off by one, rel L2 ≤ 2⁻⁷·√0.05.
@@ -71,37 +96,35 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 
 /// Runs every case on `make`'s backend and on the reference; returns one line per case, failing on the first case
 /// out of bounds (naming it, the backend and the error).
-fn check_all(label: &str, make: &dyn Fn(bool) -> Result<Box<dyn Backend>>, skip: &dyn Fn(&OpCase) -> bool) {
+fn check_all(label: &str, make: &dyn Fn(bool) -> Result<Box<dyn Backend>>, skip: &dyn Fn(&Case) -> bool) {
     let mut checked = 0;
-    for case in reference_cases() {
+    for case in cases() {
         if skip(&case) {
             continue;
         }
-        let mut reference = case.build_on(&|bf16| Ok(Box::new(RefBackend::new(bf16)))).unwrap();
-        let mut got = case
-            .build_on(make)
-            .unwrap_or_else(|e| panic!("{label} {}: {e}", case.id()));
+        let mut reference = (case.build)(&|bf16| Ok(Box::new(RefBackend::new(bf16)))).unwrap();
+        let mut got = (case.build)(make).unwrap_or_else(|e| panic!("{label} {}: {e}", case.id));
         reference.run().unwrap();
-        got.run().unwrap_or_else(|e| panic!("{label} {}: {e}", case.id()));
+        got.run().unwrap_or_else(|e| panic!("{label} {}: {e}", case.id));
         let (g, w) = (got.output().unwrap(), reference.output().unwrap());
         assert!(
             g.iter().all(|v| v.is_finite()),
             "{label} {}: non-finite output",
-            case.id()
+            case.id
         );
         // A case whose reference output is all zeros would compare nothing.
         assert!(
             w.iter().any(|&v| v != 0.0),
             "{} : the reference output is all zeros",
-            case.id()
+            case.id
         );
         let e = rel_l2(&g, &w);
         let b = bound(&case, got.bf16);
         if got.bf16 && b > 0.0 {
-            check_bf16(&format!("{label} {}", case.id()), &g, &w);
+            check_bf16(&format!("{label} {}", case.id), &g, &w);
         }
-        println!("{label:>16} {:<36} rel L2 {e:.2e} (bound {b:.0e})", case.id());
-        assert!(e <= b, "{label} {}: rel L2 {e:.3e} > {b:e}", case.id());
+        println!("{label:>16} {:<36} rel L2 {e:.2e} (bound {b:.0e})", case.id);
+        assert!(e <= b, "{label} {}: rel L2 {e:.3e} > {b:e}", case.id);
         checked += 1;
     }
     assert!(checked >= 20, "{label}: only {checked} cases ran");
@@ -155,12 +178,12 @@ fn gpu_ops_match_the_references() {
 /// element's sign fails), and every op of the op set has at least one reference case.
 #[test]
 fn every_op_has_a_reference_case_and_a_wrong_output_is_caught() {
-    let cases = reference_cases();
+    let cases = cases();
     for op in llamagen::ops::NAMES {
         assert!(cases.iter().any(|c| c.op == *op), "no reference case for op `{op}`");
     }
     let case = cases.iter().find(|c| c.op == "rmsnorm").unwrap();
-    let mut r = case.build_on(&|bf16| Ok(Box::new(RefBackend::new(bf16)))).unwrap();
+    let mut r = (case.build)(&|bf16| Ok(Box::new(RefBackend::new(bf16)))).unwrap();
     r.run().unwrap();
     let want = r.output().unwrap();
     let mut bad = want.clone();

@@ -107,21 +107,6 @@ pub fn vq_backend(d: DeviceArgs) -> Result<Box<dyn Backend>> {
     backend_with(device, Dtype::F32, tile)
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DtypeArg {
-    F32,
-    Bf16,
-}
-
-impl From<DtypeArg> for Dtype {
-    fn from(d: DtypeArg) -> Dtype {
-        match d {
-            DtypeArg::F32 => Dtype::F32,
-            DtypeArg::Bf16 => Dtype::Bf16,
-        }
-    }
-}
-
 /// `--device` when given, else cuda when a GPU is usable (driver, device and embedded kernels), else cpu.
 pub fn resolve_device(d: Option<Device>) -> Device {
     d.unwrap_or_else(|| {

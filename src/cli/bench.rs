@@ -5,7 +5,7 @@
 //!
 //! The split comes from the session's per-node profiling (`Session::set_profiling`): `sampling` is the sampling
 //! node of every step, `decode_step` the rest of the decode graph, `prefill` the rest of the prefill graph.
-use super::args::{self, Device, DtypeArg, GptArgs, VqArgs};
+use super::args::{self, Device, GptArgs, VqArgs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use llamagen::bench::ceiling::{Bound, Ceilings};
@@ -64,7 +64,7 @@ pub struct BenchArgs {
     pub top_k: Vec<usize>,
     /// GPT dtypes, comma-separated: f32, bf16 (the VQ decoder always runs in f32).
     #[arg(long, value_delimiter = ',', value_enum, default_value = "f32")]
-    pub dtype: Vec<DtypeArg>,
+    pub dtype: Vec<Dtype>,
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
     #[arg(long, default_value_t = 1.0)]
@@ -305,7 +305,7 @@ pub fn run(mut a: BenchArgs) -> Result<()> {
     if let Some(c) = a.cfg_scale.iter().find(|c| !(c.is_finite() && **c >= 0.0)) {
         bail!("--cfg-scale {c} must be a finite number >= 0");
     }
-    let dtypes: Vec<Dtype> = a.dtype.iter().map(|&d| d.into()).collect();
+    let dtypes: Vec<Dtype> = a.dtype.clone();
     let mut vq = vq_config(&a, !a.gpt_model.is_empty())?;
     let downsample = vq.as_ref().map_or(16, |(v, _)| v.downsample());
     let mut models = gpt_configs(&a, downsample)?;

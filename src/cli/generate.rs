@@ -1,5 +1,5 @@
 //! `llamagen generate`.
-use super::args::{self, DtypeArg, GptArgs, VqArgs};
+use super::args::{self, GptArgs, VqArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llamagen::io::npy;
@@ -51,8 +51,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// f32: the bit-faithful reference; bf16: GPT weights and KV cache in bf16 (the official GPU setting).
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
     #[command(flatten)]
     pub device: args::DeviceArgs,
     /// Output directory (PNGs, grid.png, manifest.jsonl; rerunning resumes).
@@ -122,7 +122,7 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let dtype: Dtype = a.dtype.into();
+    let dtype: Dtype = a.dtype;
     // The VQ config first: its downsampling fixes the token grid of a preset GPT.
     let vq_cfg = if a.no_images {
         None

@@ -1,9 +1,10 @@
 //! `llamagen info`: the backend that would run (device, CPU kernel family), and a model's config, parameter count
 //! and memory estimate (the bundled demo model when no model flag is given).
-use super::args::{self, Device, DtypeArg, GptArgs, VqArgs};
+use super::args::{self, Device, GptArgs, VqArgs};
 use anyhow::Result;
 use clap::Args;
 use llamagen::backend::cpu::KernelFamily;
+use llamagen::ops::Dtype;
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
@@ -18,8 +19,8 @@ pub struct InfoArgs {
     #[arg(long, default_value_t = 4.0)]
     pub cfg_scale: f32,
     /// GPT weights and KV cache dtype for the memory estimate (as `generate --dtype`).
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
     #[command(flatten)]
     pub device: args::DeviceArgs,
 }
@@ -98,8 +99,8 @@ pub fn run(mut a: InfoArgs) -> Result<()> {
         cfg.cache_len()
     );
     let bytes = match a.dtype {
-        DtypeArg::F32 => 4,
-        DtypeArg::Bf16 => 2,
+        Dtype::F32 => 4,
+        Dtype::Bf16 => 2,
     };
     let dtype = format!("{:?}", a.dtype).to_lowercase();
     println!("  weights ({dtype}): {}", mib(bytes * params));

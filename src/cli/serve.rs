@@ -1,5 +1,5 @@
 //! `llamagen serve`.
-use super::args::{self, DtypeArg, GptArgs, VqArgs};
+use super::args::{self, GptArgs, VqArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llamagen::model::gpt_continuous::ContinuousGpt;
@@ -47,8 +47,8 @@ pub struct ServeArgs {
     /// decode ~3× faster per image; 1 decodes each image at once (lowest latency).
     #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     pub vq_batch: i64,
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
     #[command(flatten)]
     pub device: args::DeviceArgs,
     /// Deterministic synthetic weights (the golden fixtures' generator) for load tests of preset sizes: images are
@@ -78,7 +78,7 @@ pub fn run(mut a: ServeArgs) -> Result<()> {
     if a.cfg_interval < -1 {
         bail!("--cfg-interval {} must be >= -1", a.cfg_interval);
     }
-    let dtype: Dtype = a.dtype.into();
+    let dtype: Dtype = a.dtype;
     let device = a.device.resolve();
     let vq_cfg = args::vq_config(&a.vq)?;
     let downsample = vq_cfg.downsample();

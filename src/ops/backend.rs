@@ -7,7 +7,8 @@ use crate::Result;
 /// f32 is the bit-faithful reference; bf16 rounds to nearest even where the official GPU code stores bf16 tensors
 /// (`--dtype bf16`), accumulating in f32. (`ops::Scalar` is a different thing: the element type of a graph tensor,
 /// f32 or i32; file formats have their own element types.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// (Also the `--dtype` flag's values: `f32`, `bf16`.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dtype {
     F32,
     Bf16,

@@ -27,6 +27,10 @@ impl OpDesc for Concat {
         }
     }
 
+    fn examples() -> Vec<(Self, bool)> {
+        vec![(Concat { batch: 2, la: 1, lb: 3, d: 40 }, false), (Concat { batch: 3, la: 2, lb: 1, d: 8 }, true)]
+    }
+
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let (x, y) = (r.f32(0)?, r.f32(1)?);
         let (a, b) = (self.la * self.d, self.lb * self.d);

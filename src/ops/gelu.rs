@@ -23,6 +23,10 @@ impl OpDesc for Gelu {
     }
 
     /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, evaluated in f64.
+    fn examples() -> Vec<(Self, bool)> {
+        vec![(Gelu { n: 2304 }, false), (Gelu { n: 1536 }, true), (Gelu { n: 5 }, false)]
+    }
+
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let c = (2.0 / std::f64::consts::PI).sqrt();
         let y = r

@@ -42,6 +42,12 @@ impl OpDesc for Groupnorm {
         }
     }
 
+    fn examples() -> Vec<(Self, bool)> {
+        let (gamma, beta) = (WeightId(0), WeightId(1));
+        let gn = |c, hw, silu| Groupnorm { gamma, beta, n: 1, c, hw, groups: 32, eps: 1e-6, silu };
+        vec![(gn(64, 25, true), false), (gn(32, 9, false), false)]
+    }
+
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let (x, gamma, beta) = (r.f32(0)?, &r.w(self.gamma)?.data, &r.w(self.beta)?.data);
         let (c, hw) = (self.c, self.hw);

@@ -16,23 +16,6 @@ pub mod backend;
 pub mod cost;
 pub mod reference;
 
-pub mod attention;
-pub mod codebook;
-pub mod concat;
-pub mod conv;
-pub mod embed;
-pub mod gelu;
-pub mod groupnorm;
-pub mod matmul;
-pub mod quantize;
-pub mod rmsnorm;
-pub mod rope;
-pub mod sampling;
-pub mod swiglu;
-pub mod take_last;
-pub mod upsample_conv;
-pub mod vq_attention;
-
 pub use backend::{Backend, Dtype, KvSpec, Layout, Placement, RunInfo, Weight};
 pub use cost::{Cost, CostAt, Widths};
 pub use reference::{RefCtx, RefData};
@@ -117,6 +100,12 @@ pub trait OpDesc: Clone + std::fmt::Debug + PartialEq + Into<Op> {
     fn cost(&self, at: &CostAt) -> Cost;
     /// The plain reference: reads the node's inputs and weights from `r`, writes its output there.
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()>;
+    /// Small examples of the op alone (descriptor, run in bf16), which `tests/ops.rs` runs on every backend against
+    /// the reference with synthetic weights (f32, by `weights()`'s shapes) and F32 inputs. Ops that need a KV cache,
+    /// integer inputs, a prepared weight layout or bf16 weights have their cases in `bench::ops::reference_cases`.
+    fn examples() -> Vec<(Self, bool)> {
+        Vec::new()
+    }
 }
 
 /// A backend's implementation of op `O`.
@@ -124,10 +113,21 @@ pub trait Exec<O> {
     fn exec(&mut self, op: &O, a: &Args<'_>) -> Result<()>;
 }
 
-/// The op list: one line per op generates the [`Op`] enum, its dispatch to [`Exec`], and the [`Kernels`] bound (a
-/// backend implements every op or does not compile).
+/// The op list: one line per op declares its module here and in both backends, and generates the [`Op`] enum, its
+/// dispatch to [`Exec`], and the [`Kernels`] bound (a backend implements every op or does not compile).
 macro_rules! op_set {
-    ($($variant:ident: $module:ident::$ty:ident),+ $(,)?) => {
+    ($d:tt; $($variant:ident: $module:ident::$ty:ident),+ $(,)?) => {
+        $(pub mod $module;)+
+
+        /// `each_op_module!(m)` calls macro `m` with every op's module name: the backends declare their per-op
+        /// modules (`backend/{cpu,cuda}/<op>.rs`) from this one list.
+        macro_rules! each_op_module {
+            ($d callback:ident) => {
+                $d callback!($($module),+);
+            };
+        }
+        pub(crate) use each_op_module;
+
         /// A node's op: one variant per op, holding its descriptor.
         #[derive(Clone, Debug, PartialEq)]
         pub enum Op {
@@ -163,6 +163,12 @@ macro_rules! op_set {
             pub fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
                 match self { $(Op::$variant(d) => d.reference(r)),+ }
             }
+            /// Every op's `OpDesc::examples`.
+            pub fn examples() -> Vec<(Op, bool)> {
+                let mut v = Vec::new();
+                $(v.extend(<$module::$ty as OpDesc>::examples().into_iter().map(|(d, bf16)| (Op::from(d), bf16)));)+
+                v
+            }
             /// Runs the op on backend `b`.
             pub fn exec<B: Kernels + ?Sized>(&self, b: &mut B, a: &Args<'_>) -> Result<()> {
                 match self { $(Op::$variant(d) => Exec::<$module::$ty>::exec(b, d, a)),+ }
@@ -174,7 +180,7 @@ macro_rules! op_set {
     };
 }
 
-op_set! {
+op_set! { $;
     Embed: embed::Embed,
     Matmul: matmul::Matmul,
     Gelu: gelu::Gelu,

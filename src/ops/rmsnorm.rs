@@ -30,6 +30,11 @@ impl OpDesc for Rmsnorm {
         }
     }
 
+    fn examples() -> Vec<(Self, bool)> {
+        let w = WeightId(0);
+        vec![(Rmsnorm { w, rows: 5, d: 72, eps: 1e-5 }, false), (Rmsnorm { w, rows: 3, d: 96, eps: 1e-6 }, true)]
+    }
+
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let (x, w) = (r.f32(0)?, &r.w(self.w)?.data);
         let mut y = Vec::with_capacity(x.len());

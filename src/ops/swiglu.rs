@@ -24,6 +24,10 @@ impl OpDesc for Swiglu {
         }
     }
 
+    fn examples() -> Vec<(Self, bool)> {
+        vec![(Swiglu { rows: 3, f: 40 }, false), (Swiglu { rows: 4, f: 24 }, true)]
+    }
+
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let ab = r.f32(0)?;
         let f = self.f;

@@ -25,6 +25,10 @@ impl OpDesc for TakeLast {
         }
     }
 
+    fn examples() -> Vec<(Self, bool)> {
+        vec![(TakeLast { batch: 2, len: 5, d: 24 }, false), (TakeLast { batch: 3, len: 1, d: 16 }, true)]
+    }
+
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let x = r.f32(0)?;
         let (l, d) = (self.len, self.d);

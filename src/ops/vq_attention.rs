@@ -41,6 +41,11 @@ impl OpDesc for VqAttention {
         }
     }
 
+    fn examples() -> Vec<(Self, bool)> {
+        let w = |i: u32| [WeightId(2 * i), WeightId(2 * i + 1)];
+        vec![(VqAttention { q: w(0), k: w(1), v: w(2), proj: w(3), n: 1, c: 32, hw: 16 }, false)]
+    }
+
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let (x, normed) = (r.f32(0)?, r.f32(1)?);
         let (c, hw) = (self.c, self.hw);

@@ -1,30 +1,21 @@
-//! The CPU backend: the reference every kernel is checked against, and the engine for users without a GPU.
-//! One file per op (same names as the kernels); this file owns memory (weights, KV cache, arena) and dispatch.
-pub mod attention;
+//! The CPU backend: the engine for users without a GPU, checked like every kernel against the plain references of
+//! `crate::ops`. One file per op (named like the op), with its `Exec` impl; this file owns memory (weights, KV cache,
+//! arena) and the arena views the impls take.
 pub mod buf;
-pub mod codebook;
-pub mod concat;
-pub mod conv;
-pub mod embed;
 pub mod family;
-pub mod gelu;
-pub mod groupnorm;
 pub mod kv_cache;
-pub mod matmul;
 pub mod matmul_avx2;
 pub mod matmul_avx512;
-pub mod quantize;
-pub mod rmsnorm;
-pub mod rope;
-pub mod sampling;
 pub mod simd;
-pub mod swiglu;
-pub mod take_last;
 pub mod team;
+
+/// One module per op, named like it (the list is `ops::op_set!`): the CPU implementation and its `Exec` impl.
+macro_rules! op_modules {
+    ($($m:ident),+) => { $(pub mod $m;)+ };
+}
+crate::ops::each_op_module!(op_modules);
 #[cfg(test)]
 pub(crate) mod testutil;
-pub mod upsample_conv;
-pub mod vq_attention;
 
 use crate::ops::{Backend, Dtype, KvSpec, Layout, TensorRef, Weight, WeightId};
 use crate::{Error, Result};
