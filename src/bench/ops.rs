@@ -738,6 +738,9 @@ pub fn reference_cases() -> Vec<OpCase> {
         case!("matmul", "m5_add_f32", matmul(5, 72, 24, false, true)),
         case!("matmul", "m2_bf16", matmul(2, 64, 48, true, false)),
         case!("matmul", "m7_add_bf16", matmul(7, 40, 72, true, true)),
+        // Past the small-m kernels' 64 rows: the CUDA backend's tensor-core tiles (bf16) and strided f32 GEMM.
+        case!("matmul", "m130_add_bf16_tiled", matmul(130, 96, 80, true, true)),
+        case!("matmul", "m70_f32_tiled", matmul(70, 40, 72, false, false)),
         case!("rope", "b2_pos5_f32", rope(2, 1, 5, false)),
         case!("rope", "b3_prefill4_bf16", rope(3, 4, 0, true)),
         case!("attention", "b2_prefill9_f32", rope_attention(2, 9, false, None, false)),
