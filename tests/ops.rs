@@ -24,6 +24,7 @@ use llamagen::bench::ops::{examples, reference_cases, MakeBackend, OpBench};
 use llamagen::ops::reference::RefBackend;
 use llamagen::ops::Backend;
 use llamagen::Result;
+use support::rel_l2;
 
 /// A case of the op named `op`: its id and how to build it on a backend.
 struct Case {
@@ -82,16 +83,6 @@ fn check_bf16(what: &str, got: &[f32], want: &[f32]) {
     let n = got.len();
     assert!(frac <= 0.05, "{what}: {off} of {n} outputs differ from the reference");
     println!("{what:>52}: bf16 values, {off} of {n} one ulp off");
-}
-
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
-    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
 }
 
 /// Runs every case on `make`'s backend and on the reference; returns one line per case, failing on the first case

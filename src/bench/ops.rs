@@ -98,8 +98,8 @@ enum Input {
     F32(TensorId),
     I32(TensorId, i32),
     Mask(TensorId),
-    /// A per-row placement table `[rows, 2]`: row b in cache slot b at this position.
-    Rows(TensorId, i32),
+    /// A per-row placement table (`One::rows_in`) at this first position.
+    Rows(TensorId, usize),
 }
 
 /// Builder of a one-node graph, its weights (deterministic synthetic values) and inputs.
@@ -156,6 +156,27 @@ impl One {
         t
     }
 
+    /// GPT-B's rotary table at 256 px (1 condition position, a 16×16 grid), as the model builds it.
+    fn rope_table(&mut self) -> WeightId {
+        let data = rope_table(1, 16, D / H, 10000.0);
+        self.weights.push(Weight {
+            name: "rope.table".into(),
+            shape: vec![data.len()],
+            data,
+            storage: Dtype::F32,
+            layout: Layout::Plain,
+        });
+        WeightId(self.weights.len() as u32 - 1)
+    }
+
+    /// A per-row placement table `[rows, 2]`: row b in cache slot rows − 1 − b (not the identity), first position
+    /// `pos`.
+    fn rows_in(&mut self, rows: usize, pos: usize) -> TensorId {
+        let t = self.g.input("rows", &[rows, 2], Scalar::I32);
+        self.inputs.push(Input::Rows(t, pos));
+        t
+    }
+
     /// A 0/1 F32 mask input `[rows, keys]` (alternate keys hidden, see `start`).
     fn mask_in(&mut self, name: &str, shape: &[usize]) -> TensorId {
         let t = self.g.input(name, shape, Scalar::F32);
@@ -163,8 +184,7 @@ impl One {
         t
     }
 
-    /// An I32 input with values spread over `0..range`; `range` −1: a per-row placement table `[rows, 2]` of
-    /// (cache slot rows − 1 − b, first position 0).
+    /// An I32 input with values spread over `0..range`.
     fn i32_in(&mut self, name: &str, shape: &[usize], range: i32) -> TensorId {
         let t = self.g.input(name, shape, Scalar::I32);
         self.inputs.push(Input::I32(t, range));
@@ -214,13 +234,8 @@ impl OpSpec {
                 }
                 Input::Rows(t, pos) => {
                     let info = g.info(t);
-                    let v: Vec<i32> = (0..info.numel() as i32 / 2).flat_map(|b| [b, pos]).collect();
-                    session.write_i32(id, &info.name, &v)?;
-                }
-                Input::I32(t, -1) => {
-                    let info = g.info(t);
                     let rows = info.numel() / 2;
-                    let v: Vec<i32> = (0..rows).flat_map(|b| [(rows - 1 - b) as i32, 0]).collect();
+                    let v: Vec<i32> = (0..rows).flat_map(|b| [(rows - 1 - b) as i32, pos as i32]).collect();
                     session.write_i32(id, &info.name, &v)?;
                 }
                 Input::I32(t, range) => {
@@ -306,16 +321,7 @@ fn kv(rows: usize, bf16: bool) -> KvSpec {
 
 fn rope(rows: usize, len: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
-    let tab = rope_table(1, 16, D / H, 10000.0);
-    let n = tab.len();
-    o.weights.push(Weight {
-        name: "rope.table".into(),
-        shape: vec![n],
-        data: tab,
-        storage: Dtype::F32,
-        layout: Layout::Plain,
-    });
-    let table = WeightId(0);
+    let table = o.rope_table();
     o.kv = Some(kv(rows, bf16));
     o.step.pos = pos;
     let qkv = o.f32_in("qkv", &[rows, len, 3 * D]);
@@ -353,13 +359,10 @@ fn attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
 /// placement table when `per_row`) is the case's output.
 fn rope_attention(rows: usize, len: usize, bf16: bool, mask: Option<usize>, per_row: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Prefill, storage(bf16));
-    let tab = rope_table(1, 16, D / H, 10000.0);
-    let table = o.weight_as("rope.table", &[tab.len()], Dtype::F32, Layout::Plain);
-    o.weights[table.0 as usize].data = tab;
-    // Per row: cache slot rows − 1 − b, first position 0 (written as the table input's values, see `i32_in`).
+    let table = o.rope_table();
     o.kv = Some(kv(rows, bf16));
     let qkv = o.f32_in("qkv", &[rows, len, 3 * D]);
-    let place = per_row.then(|| o.i32_in("rows", &[rows, 2], -1));
+    let place = per_row.then(|| o.rows_in(rows, 0));
     let (heads, head_dim) = (H, D / H);
     let rope = Rope {
         layer: 0,
@@ -387,14 +390,12 @@ fn rope_attention(rows: usize, len: usize, bf16: bool, mask: Option<usize>, per_
     o.node(att, &ins, &[rows, len, D])
 }
 
-/// A decode step at position `pos`: a prefill rope writes positions 0..pos of the cache, a per-row rope the
-/// position `pos` itself, and attention's one query per row reads all pos + 1 keys (the decode kernels, split over
+/// A decode step at position `pos`: a prefill rope writes positions 0..pos of every cache row, a per-row rope
+/// (row b in slot rows − 1 − b) the position `pos` itself, and attention's one query per row reads all pos + 1 keys (the decode kernels, split over
 /// the keys from 64 on, with their merge).
 fn decode_attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     let mut o = One::new(Phase::Decode, storage(bf16));
-    let tab = rope_table(1, 16, D / H, 10000.0);
-    let table = o.weight_as("rope.table", &[tab.len()], Dtype::F32, Layout::Plain);
-    o.weights[table.0 as usize].data = tab;
+    let table = o.rope_table();
     o.kv = Some(kv(rows, bf16));
     let (heads, head_dim) = (H, D / H);
     let rope = |len, per_row| Rope {
@@ -409,8 +410,7 @@ fn decode_attention(rows: usize, pos: usize, bf16: bool) -> Result<OpSpec> {
     let past = o.f32_in("qkv_past", &[rows, pos, 3 * D]);
     o.g.push(rope(pos, false), &[past], "q_past", &[rows, pos, D])?;
     let qkv = o.f32_in("qkv", &[rows, 1, 3 * D]);
-    let place = o.g.input("rows", &[rows, 2], Scalar::I32);
-    o.inputs.push(Input::Rows(place, pos as i32));
+    let place = o.rows_in(rows, pos);
     let q = o.g.push(rope(1, true), &[qkv, place], "q", &[rows, 1, D])?;
     let att = Attention {
         layer: 0,

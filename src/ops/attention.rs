@@ -75,10 +75,11 @@ impl OpDesc for Attention {
             Some(i) => Some(r.f32(i)?),
             None => None,
         };
-        let place = match ri {
-            Some(i) => Placement::PerRow(r.i32(i)?),
-            None => Placement::Uniform { pos: r.step.pos },
+        let rows_table = match ri {
+            Some(i) => Some(r.i32(i)?),
+            None => None,
         };
+        let place = Placement::of(rows_table, r.step);
         let (d, hd, t) = (self.d(), self.head_dim, self.mask.unwrap_or(0));
         let kv = r.kv()?;
         if kv.spec.heads != self.heads || kv.spec.head_dim != hd {

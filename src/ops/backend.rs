@@ -85,6 +85,16 @@ pub enum Placement<'a> {
     PerRow(&'a [i32]),
 }
 
+impl<'a> Placement<'a> {
+    /// A rope / attention node's placement: its row table when it has one, else every row at the step's position.
+    pub fn of(table: Option<&'a [i32]>, step: &super::StepParams) -> Self {
+        match table {
+            Some(t) => Placement::PerRow(t),
+            None => Placement::Uniform { pos: step.pos },
+        }
+    }
+}
+
 impl Placement<'_> {
     /// (cache row, first position) of run row `b`; valid after `check`.
     #[inline]

@@ -65,10 +65,7 @@ impl OpDesc for Rope {
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let (qkv, table) = (r.f32(0)?, &r.w(self.table)?.data);
         let rows_table = if self.per_row { Some(r.i32(1)?) } else { None };
-        let place = match rows_table {
-            Some(t) => Placement::PerRow(t),
-            None => Placement::Uniform { pos: r.step.pos },
-        };
+        let place = Placement::of(rows_table, r.step);
         let (d, hd) = (self.d(), self.head_dim);
         let round = r.round;
         let rnd = |x: f32| if round { super::round_bf16(x) } else { x };

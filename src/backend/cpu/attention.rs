@@ -181,7 +181,7 @@ impl crate::ops::Exec<crate::ops::attention::Attention> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::attention::Attention, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         let v = self.views(a)?;
         let (mi, ri) = op.extra_inputs();
-        let place = super::placement(ri.map(|i| v.i32(a.ins[i])), a.step);
+        let place = crate::ops::Placement::of(ri.map(|i| v.i32(a.ins[i])), a.step);
         let mask = mi.map(|i| (v.f32(a.ins[i]), op.mask.unwrap_or(0)));
         let kv = self
             .kv

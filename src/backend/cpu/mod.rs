@@ -237,14 +237,6 @@ fn weight_f32<'a>(w: &'a CpuWeight, what: &str) -> Result<&'a [f32]> {
     Ok(v)
 }
 
-/// The KV placement of a rope / attention node: its row table, or every row at the step's position.
-fn placement<'a>(table: Option<&'a [i32]>, step: &crate::ops::StepParams) -> crate::ops::Placement<'a> {
-    match table {
-        Some(t) => crate::ops::Placement::PerRow(t),
-        None => crate::ops::Placement::Uniform { pos: step.pos },
-    }
-}
-
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"

@@ -98,7 +98,7 @@ pub fn rope(
 impl crate::ops::Exec<crate::ops::rope::Rope> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::rope::Rope, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         let v = self.views(a)?;
-        let place = super::placement(op.per_row.then(|| v.i32(a.ins[1])), a.step);
+        let place = crate::ops::Placement::of(op.per_row.then(|| v.i32(a.ins[1])), a.step);
         let (round, kernels) = (self.round, self.kernels);
         let tab = super::weight_f32(&self.weights[op.table.0 as usize], "rope table")?;
         let kv = self
