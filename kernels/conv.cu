@@ -115,10 +115,164 @@ template <int KH, int KW, bool PHASE> struct ConvGeo {
 };
 
 
-/* The implicit GEMM: out tile (blockIdx.y·BM .. +BM channels) × (blockIdx.x·BN .. +BN pixels). M = c_out, N =
- * pixels; g.K terms per output. bias / residual may be null. */
-template <class Tl, class G>
-static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, const float* __restrict__ bias,
+/* ---- halo tiles: a block's input rows staged once per 16 channels -------------------------------------------- */
+
+/* For a 3×3 stride-1 pad-1 conv (and the upsample's phases, whose 2×2 taps cover the same 3×3 neighbourhood) a
+ * block's 128 (T64: 64) output pixels are a rectangle of rh = 128 / rw rows × rw columns of the flattened (image, row) × column
+ * grid, and the inputs all its taps read are that rectangle grown by one pixel on each side. The halo path stages
+ * that region of 16 input channels at a time in shared memory with aligned 16-byte cp.async (every global request
+ * a whole, aligned span: the gathers' shifted rows cost 5 sectors per 4, or 3 per 2 on 16-wide images) and reads
+ * every tap from there: each input element leaves global memory (rh + 2) / rh times per block instead of up to 9.
+ * Rows of the flattened grid are consecutive image rows, so a tap that would cross into the next or previous image
+ * is masked to the zero padding (the top / bottom flags of each pixel). Layout per channel: rh + 2 rows of rs floats,
+ * input column x0 + c at float 4 + c of its row. Whole-width tiles (rw = w) need only zero pads, and the 4 floats
+ * before row j + 1 serve as row j's right pad: rs = rw + 4, plus 4 after the last row. Partial rows (w > 32) load
+ * the aligned 4-float chunks on both sides (zero-filled outside the image): rs = rw + 8. Two buffers (the next
+ * chunk lands while this one is read), at most 16 · 240 floats each. The host picks rw (halo_width): rw = w for
+ * w in {8, 16, 32}, 32 for larger multiples of 32; c_in % 16 == 0, so K is whole chunks of 144 (3×3) or 64 (2×2)
+ * terms and no K tile straddles two. The terms are summed in the same order as the gathers (k ascending). */
+#define HALO_CH 16
+#define HALO_MAX_CS 240
+#define HALO_BYTES (2 * HALO_CH * HALO_MAX_CS * 4)
+
+template <class P> struct Halo {
+    /* The geometry is read from the kernel's parameters (constant bank) each time it is needed rather than held in
+     * registers: the SIMT 128 × 128 tile is at its 128-register cap. */
+    const P& p;     /* n, c_in, h, w, halo_rw (Conv2dParams / UpsampleConvParams) */
+    const float* x; /* input (n, c_in, h, w) */
+    float* s;       /* two buffers of HALO_CH · cs floats */
+    int tile;       /* the block's output pixels: 128, or 64 for the T64 SIMT tile */
+
+    __device__ __forceinline__ Halo(const P& p_, const float* x_, float* s_, int tile_) : p(p_), x(x_), s(s_), tile(tile_) {
+        if (rw() <= 0 || tile % rw() != 0 || p.w % rw() != 0 || (rw() & 3) != 0 || cs() > HALO_MAX_CS ||
+            p.c_in % HALO_CH != 0 || !aligned16(x))
+            __trap(); /* the host's halo_width guarantees these */
+    }
+    __device__ __forceinline__ int rw() const { return p.halo_rw; }
+    __device__ __forceinline__ bool full() const { return p.halo_rw == p.w; }
+    __device__ __forceinline__ int rh() const { return tile / p.halo_rw; }
+    __device__ __forceinline__ int rs() const { return p.halo_rw + (full() ? 4 : 8); }
+    __device__ __forceinline__ int cs() const { return (rh() + 2) * rs() + (full() ? 4 : 0); }
+    __device__ __forceinline__ int r0() const { return ((int)blockIdx.x / (p.w / p.halo_rw)) * rh(); }
+    __device__ __forceinline__ int x0() const { return ((int)blockIdx.x % (p.w / p.halo_rw)) * p.halo_rw; }
+    /* Flattened output pixel ((img·h + y)·w + x) of tile pixel n, -1 past the last row. */
+    __device__ __forceinline__ int pixel(int n) const {
+        const int r = r0() + n / rw();
+        return r < p.n * p.h ? r * p.w + x0() + n % rw() : -1;
+    }
+    /* Whole-width tiles: the pads are never loaded; zero them once in both buffers (before the first barrier). */
+    __device__ __forceinline__ void zero_pads(int tid) const {
+        if (!full()) return;
+        const int rows = rh() + 3;
+        for (int i = tid; i < 2 * HALO_CH * rows; i += CONV_THREADS) {
+            const int ch = i / rows, j = i - ch * rows;
+            *reinterpret_cast<float4*>(s + ch * cs() + j * rs()) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    }
+    __device__ __forceinline__ const float* buf(int chunk) const { return s + (chunk & 1) * HALO_CH * cs(); }
+    /* Issues the copies of channels 16·chunk .. +16 into buffer chunk & 1 (the caller commits). */
+    __device__ __forceinline__ void load(int chunk, int tid) const {
+        float* b = s + (chunk & 1) * HALO_CH * cs();
+        const int q0 = full() ? 1 : 0, nq = full() ? rw() / 4 : rw() / 4 + 2, per_ch = (rh() + 2) * nq;
+        const int r0v = r0(), x0v = x0(), rsv = rs(), csv = cs(), rows = p.n * p.h;
+        for (int i = tid; i < HALO_CH * per_ch; i += CONV_THREADS) {
+            const int ch = i / per_ch, r = i - ch * per_ch, j = r / nq, q = q0 + (r - j * nq);
+            const int row = r0v - 1 + j, col = x0v - 4 + 4 * q;
+            const bool in = row >= 0 && row < rows && col >= 0 && col < p.w;
+            const int img = in ? row / p.h : 0, iy = in ? row - img * p.h : 0;
+            const float* src = x + (((size_t)img * p.c_in + HALO_CH * chunk + ch) * p.h + iy) * p.w + col;
+            cp_async16(b + ch * csv + j * rsv + 4 * q, in ? src : x, in ? 16 : 0);
+        }
+    }
+    /* A tile pixel's place in a buffer and whether it sits on its image's top (bit 0) or bottom (bit 1) row. */
+    struct Pix {
+        int off, edge;
+    };
+    __device__ __forceinline__ Pix pix(int n) const {
+        const int hr = n / rw(), hc = n - hr * rw(), y = (r0() + hr) % p.h;
+        return Pix{hr * rs() + 3 + hc, (y == 0 ? 1 : 0) | (y == p.h - 1 ? 2 : 0)};
+    }
+    /* Term kl of a chunk (k order as in the weights: (ci, ky, kx) for 3×3, (ci, dy, dx) for phase (a, b)) as a
+     * buffer offset and its row tap ky3 in 0..2 (the 3×3 neighbourhood). */
+    template <bool PHASE> __device__ __forceinline__ void term(int kl, int a, int b, int& off, int& ky3) const {
+        int ci, kx3;
+        if (PHASE) {
+            ci = kl >> 2, ky3 = a + ((kl >> 1) & 1), kx3 = b + (kl & 1);
+        } else {
+            ci = kl / 9;
+            const int tap = kl - 9 * ci;
+            ky3 = tap / 3, kx3 = tap - 3 * ky3;
+        }
+        off = ci * cs() + ky3 * rs() + kx3;
+    }
+    static __device__ __forceinline__ float at(const float* b, int off, int ky3, const Pix& p) {
+        const bool pad = (ky3 == 0 && (p.edge & 1)) || (ky3 == 2 && (p.edge & 2));
+        return pad ? 0.0f : b[off + p.off];
+    }
+};
+
+/* The B operand (input terms) of the SIMT implicit GEMM, two sources with one interface: pixel(n) maps tile pixel
+ * n to its flattened output pixel (-1: none), own(n) makes n this thread's loader pixel, value(k) is its term k
+ * (0 where the term is padding or k ≥ K), and three hooks around the K loop's first barrier keep a staged source
+ * in step. */
+template <class G> struct GatherB {
+    G g;
+    int p0, N;
+    typename G::Pix px;
+    bool ok;
+    __device__ __forceinline__ int pixel(int n) const { return p0 + n < N ? p0 + n : -1; }
+    __device__ __forceinline__ void own(int n) {
+        ok = p0 + n < N;
+        px = g.pixel(ok ? p0 + n : 0);
+    }
+    __device__ __forceinline__ float value(int k) const { return ok && k < g.K ? g.gather(px, k) : 0.0f; }
+    __device__ __forceinline__ void prologue(int) {}
+    __device__ __forceinline__ void before_barrier(int) {}
+    __device__ __forceinline__ void after_barrier(int, int) {}
+};
+
+/* From a halo (3×3 convs; the SIMT upsample gathers): chunk c's buffer is complete (waited before the barrier) when the first load of its terms is about
+ * to run, and chunk c + 1 is issued just after that barrier, into the buffer of chunk c − 1, whose last terms every
+ * thread loaded in the previous iteration. */
+template <int TILE> struct HaloB {
+    static constexpr int KC = HALO_CH * 9;
+    Halo<Conv2dParams> hl;
+    typename Halo<Conv2dParams>::Pix px;
+    __device__ __forceinline__ HaloB(const Conv2dParams& p, const float* x, float* s) : hl(p, x, s, TILE) {}
+    __device__ __forceinline__ int K() const { return hl.p.c_in * 9; }
+    __device__ __forceinline__ int pixel(int n) const { return hl.pixel(n); }
+    __device__ __forceinline__ void own(int n) { px = hl.pix(n); }
+    __device__ __forceinline__ float value(int k) const {
+        const int c = k / KC;
+        int off, ky3;
+        hl.template term<false>(k - c * KC, 0, 0, off, ky3);
+        return Halo<Conv2dParams>::at(hl.buf(c), off, ky3, px);
+    }
+    __device__ __forceinline__ void prologue(int tid) {
+        hl.zero_pads(tid);
+        hl.load(0, tid);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        if (KC < K()) hl.load(1, tid);
+        cp_async_commit();
+    }
+    __device__ __forceinline__ void before_barrier(int k_next) {
+        if (k_next < K() && k_next % KC == 0) cp_async_wait<0>();
+    }
+    __device__ __forceinline__ void after_barrier(int k_next, int tid) {
+        if (k_next < K() && k_next % KC == 0 && k_next + KC < K()) {
+            hl.load(k_next / KC + 1, tid);
+            cp_async_commit();
+        }
+    }
+};
+
+/* The implicit GEMM: out tile (blockIdx.y·BM .. +BM channels) × (the source's 128 or 64 tile pixels). M = c_out;
+ * g.K terms per output; g gives the weights and the output addressing, src the input terms. bias / residual may be
+ * null. */
+template <class Tl, class G, class S>
+static __device__ __forceinline__ void conv_igemm(const G& g, S& src, int M, const float* __restrict__ bias,
                                                   const float* residual, float* out, float* smem) {
     constexpr int BM = Tl::BM, BN = Tl::BN, BK = Tl::BK, AS = Tl::AS;
     constexpr int TM = Tl::TM, TN = Tl::TN, A_PER = Tl::A_PER, B_PER = Tl::B_PER;
@@ -126,13 +280,13 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
     float* As = smem;           /* [BK][AS] */
     float* Bs = smem + BK * AS; /* [BK][BN] */
     const int tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int m0 = (int)blockIdx.y * BM, p0 = (int)blockIdx.x * BN, K = g.K;
+    const int m0 = (int)blockIdx.y * BM, K = g.K;
 
-    /* loader roles: A element (m0 + am + (256/BK)·r, k0 + ak); B element (k0 + bk + (256/BN)·r, pixel p0 + bp) */
+    /* loader roles: A element (m0 + am + (256/BK)·r, k0 + ak); B element (k0 + bk + (256/BN)·r, tile pixel bp) */
     const int ak = tid % BK, am = tid / BK;
     const int bp = tid % BN, bk = tid / BN;
-    const bool pvalid = p0 + bp < N;
-    const typename G::Pix px = g.pixel(pvalid ? p0 + bp : 0);
+    src.own(bp);
+    src.prologue(tid);
 
     float ra[A_PER], rb[B_PER];
     auto load = [&](int k0) {
@@ -142,10 +296,7 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
             ra[r] = m < M && ka < K ? g.weight(m, ka) : 0.0f;
         }
 #pragma unroll
-        for (int r = 0; r < B_PER; r++) {
-            const int kb = k0 + bk + (CONV_THREADS / BN) * r;
-            rb[r] = pvalid && kb < K ? g.gather(px, kb) : 0.0f;
-        }
+        for (int r = 0; r < B_PER; r++) rb[r] = src.value(k0 + bk + (CONV_THREADS / BN) * r);
     };
 
     float acc[TM][TN];
@@ -160,7 +311,9 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
         for (int r = 0; r < A_PER; r++) As[ak * AS + am + (CONV_THREADS / BK) * r] = ra[r];
 #pragma unroll
         for (int r = 0; r < B_PER; r++) Bs[(bk + (CONV_THREADS / BN) * r) * BN + bp] = rb[r];
+        src.before_barrier(k0 + BK);
         __syncthreads();
+        src.after_barrier(k0 + BK, tid);
         if (k0 + BK < K) load(k0 + BK); /* in flight while this tile is consumed */
 #pragma unroll
         for (int kk = 0; kk < BK; kk++) {
@@ -191,10 +344,11 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
     const bool al = aligned16(out) && (residual == nullptr || aligned16(residual)) && (cs & 3) == 0;
 #pragma unroll
     for (int jj = 0; jj < TN / 4; jj++) {
-        const int pq = p0 + 4 * tx + 64 * jj;
-        if (pq >= N) continue;
+        const int n0 = 4 * tx + 64 * jj, pq = src.pixel(n0);
+        if (pq < 0) continue;
         const size_t b0 = g.out_base(pq);
-        const bool v4 = al && pq + 3 < N && (b0 & 3) == 0 && g.out_base(pq + 3) == b0 + 3;
+        const int p3 = src.pixel(n0 + 3);
+        const bool v4 = al && p3 == pq + 3 && (b0 & 3) == 0 && g.out_base(p3) == b0 + 3;
 #pragma unroll
         for (int i = 0; i < TM; i++) {
             const int m = m0 + 4 * ty + (i & 3) + 64 * (i >> 2);
@@ -213,8 +367,9 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
             }
 #pragma unroll
             for (int q = 0; q < 4; q++) {
-                if (pq + q >= N) continue;
-                const size_t o = g.out_base(pq + q) + (size_t)m * cs;
+                const int pp = src.pixel(n0 + q);
+                if (pp < 0) continue;
+                const size_t o = g.out_base(pp) + (size_t)m * cs;
                 float v = acc[i][4 * jj + q] + bm;
                 if (residual) v += gld(residual + o);
                 gst(out + o, v);
@@ -223,16 +378,41 @@ static __device__ __forceinline__ void conv_igemm(const G& g, int M, int N, cons
     }
 }
 
-template <class Tl, int KH, int KW>
-static __device__ __forceinline__ void conv2d_run(const float* x, const float* w, const float* bias,
-                                                  const float* residual, float* out, const Conv2dParams& p,
-                                                  float* smem) {
+template <int KH, int KW> static __device__ __forceinline__ ConvGeo<KH, KW, false> conv2d_geo(const float* x,
+                                                                                         const float* w,
+                                                                                         const Conv2dParams& p) {
     ConvGeo<KH, KW, false> g;
     g.x = x, g.w = w, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = p.kh, g.kw = p.kw, g.stride = p.stride;
     g.top = p.pad_top, g.left = p.pad_left, g.oh = p.oh, g.ow = p.ow, g.c_out = p.c_out;
     g.K = p.c_in * p.kh * p.kw, g.a = 0, g.b = 0;
-    conv_igemm<Tl>(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr, p.has_residual ? residual : nullptr,
-                   out, smem);
+    return g;
+}
+
+/* Phase (a, b) of an upsample_conv: the phase's weights are the (c_out, c_in, 2, 2) slice a·2 + b of w. */
+static __device__ __forceinline__ ConvGeo<2, 2, true> phase_geo(const float* x, const float* w,
+                                                                const UpsampleConvParams& p, int a, int b) {
+    ConvGeo<2, 2, true> g;
+    g.K = p.c_in * 4;
+    g.x = x, g.w = w + (size_t)(a * 2 + b) * p.c_out * g.K, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = 2;
+    g.kw = 2, g.stride = 1, g.top = 1 - a, g.left = 1 - b, g.oh = p.h, g.ow = p.w, g.c_out = p.c_out, g.a = a, g.b = b;
+    return g;
+}
+
+template <class Tl, int KH, int KW>
+static __device__ __forceinline__ void conv2d_run(const float* x, const float* w, const float* bias,
+                                                  const float* residual, float* out, const Conv2dParams& p,
+                                                  float* smem) {
+    const auto g = conv2d_geo<KH, KW>(x, w, p);
+    const float* bi = p.has_bias ? bias : nullptr;
+    const float* re = p.has_residual ? residual : nullptr;
+    if (KH == 3 && KW == 3 && p.halo_rw > 0) {
+        HaloB<Tl::BN> src(p, x, smem + Tl::SMEM_FLOATS);
+        conv_igemm<Tl>(g, src, p.c_out, bi, re, out, smem);
+        return;
+    }
+    GatherB<ConvGeo<KH, KW, false>> src;
+    src.g = g, src.p0 = (int)blockIdx.x * Tl::BN, src.N = p.n * p.oh * p.ow;
+    conv_igemm<Tl>(g, src, p.c_out, bi, re, out, smem);
 }
 
 template <class Tl>
@@ -245,17 +425,16 @@ static __device__ __forceinline__ void conv2d_entry(const float* x, const float*
     else conv2d_run<Tl, 0, 0>(x, w, bias, residual, out, p, smem);
 }
 
-/* blockIdx.z = output phase a·2 + b; the phase's weights are the (c_out, c_in, 2, 2) slice z of w. */
+/* blockIdx.z = output phase a·2 + b. Always the gathers: a SIMT phase block stores every other output column, so
+ * its stores, not its loads, are what a halo would leave uncoalesced (the tensor-core kernel pairs the phases). */
 template <class Tl>
 static __device__ __forceinline__ void upsample_conv_entry(const float* x, const float* w, const float* bias,
                                                            float* out, const UpsampleConvParams& p) {
     DYNAMIC_SHARED(float, smem);
-    const int phase = (int)blockIdx.z, a = phase >> 1, b = phase & 1;
-    ConvGeo<2, 2, true> g;
-    g.K = p.c_in * 4;
-    g.x = x, g.w = w + (size_t)phase * p.c_out * g.K, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = 2, g.kw = 2;
-    g.stride = 1, g.top = 1 - a, g.left = 1 - b, g.oh = p.h, g.ow = p.w, g.c_out = p.c_out, g.a = a, g.b = b;
-    conv_igemm<Tl>(g, p.c_out, p.n * p.h * p.w, p.has_bias ? bias : nullptr, nullptr, out, smem);
+    const int phase = (int)blockIdx.z;
+    GatherB<ConvGeo<2, 2, true>> src;
+    src.g = phase_geo(x, w, p, phase >> 1, phase & 1), src.p0 = (int)blockIdx.x * Tl::BN, src.N = p.n * p.h * p.w;
+    conv_igemm<Tl>(src.g, src, p.c_out, p.has_bias ? bias : nullptr, nullptr, out, smem);
 }
 
 extern "C" __global__ void conv2d_f32(const float* __restrict__ x, const float* __restrict__ w,
@@ -282,9 +461,7 @@ extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void upsample_conv_t128
  * 64 × 32, K step 16, a 3-stage cp.async pipeline (48 KiB). A (weights, [m][k] with k contiguous) is copied in
  * 16-byte chunks (4-byte ones when K % 4 != 0, e.g. conv_in's K = 27) into 64-byte rows swizzled like gemm.cu's,
  * read by ldmatrix.x4, which hands a lane exactly its TF32 A fragment (an 8×8 b16 matrix is an 8×4 f32 one).
- * B (the im2col gather, [k][pixel]) is copied element by element with 4-byte cp.async, zero-filled where the tap
- * falls in the padding or past K, into rows of 128 floats with the pixel index XOR-ed by (k & 3)·8: the gather's
- * 32 consecutive pixels and the fragment reads B[t][g], B[t+4][g] are both conflict-free. p.tf32_passes: 1 = plain
+ * B: gathered into a staged tile (conv_igemm_tc), or read from a halo (conv_halo_tc). p.tf32_passes: 1 = plain
  * TF32 (operands rounded to 10 mantissa bits: ~1e-3 relative per product, ~1e-4 on a K = 1152 sum), 3 = 3xTF32
  * (a = big + small, D += a_s·b_b + a_b·b_s + a_b·b_b: ~f32 accuracy at 3× the tensor work, still ~2.5× the f32
  * FMA peak on an H100). Epilogue: + bias, then + residual, staged through shared memory so that every store
@@ -301,16 +478,136 @@ static __device__ __forceinline__ int tc_swz(int row, int c) { return row * 64 +
 static __device__ __forceinline__ int tc_bidx(int k, int n) { return k * TC_BN + (n ^ ((k & 3) << 3)); }
 static __device__ __forceinline__ float bits_f32(uint32_t u) { return __uint_as_float(u); }
 
+/* One k8 step of a warp's 64 × 32 tile: A fragments by ldmatrix from stage `as` (k columns 8·ks ..), B values
+ * (f32, this lane's rows t and t + 4 of n8 block ni) given; PASSES 3 splits both into TF32 big + small. */
+template <int PASSES>
+static __device__ __forceinline__ void tc_mma_step(float (&acc)[4][4][4], const unsigned char* as, int wm, int ks,
+                                                   const float (&bv)[4][2]) {
+    const int lane = (int)threadIdx.x & 31, a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_kc = lane >> 4;
+    uint32_t ab[4][4], asm_[4][4], bb[4][2], bsm[4][2];
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++) {
+        uint32_t raw[4];
+        ldmatrix_x4(raw, as + tc_swz(wm + mi * 16 + a_row, 2 * ks + a_kc));
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            ab[mi][e] = to_tf32(bits_f32(raw[e]));
+            if (PASSES == 3) asm_[mi][e] = to_tf32(bits_f32(raw[e]) - bits_f32(ab[mi][e]));
+        }
+    }
+#pragma unroll
+    for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            bb[ni][h] = to_tf32(bv[ni][h]);
+            if (PASSES == 3) bsm[ni][h] = to_tf32(bv[ni][h] - bits_f32(bb[ni][h]));
+        }
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) {
+            if (PASSES == 3) {
+                mma_m16n8k8_tf32(acc[mi][ni], asm_[mi], bb[ni], acc[mi][ni]);
+                mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bsm[ni], acc[mi][ni]);
+            }
+            mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bb[ni], acc[mi][ni]);
+        }
+}
+
+/* A stage: 128 weight rows × 16 k, row r from wrow(r) (null: zero), in 16-byte chunks where K % 4 == 0 and the
+ * rows are 16-byte aligned (avec), 4-byte ones otherwise (conv_in's K = 27). */
+template <class W>
+static __device__ __forceinline__ void tc_load_a(unsigned char* as, const W& wrow, int k0, int K, bool avec,
+                                                 const float* dummy) {
+    const int tid = (int)threadIdx.x;
+    if (avec) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int c = tid + CONV_THREADS * i, row = c >> 2, kc = c & 3, k = k0 + 4 * kc;
+            const float* r = wrow(row);
+            const bool in = r != nullptr && k < K;
+            cp_async16(as + tc_swz(row, kc), in ? r + k : dummy, in ? 16 : 0);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int e = tid + CONV_THREADS * i, row = e >> 4, kk = e & 15, k = k0 + kk;
+            const float* r = wrow(row);
+            const bool in = r != nullptr && k < K;
+            cp_async4(as + tc_swz(row, kk >> 2) + 4 * (kk & 3), in ? r + k : dummy, in ? 4 : 0);
+        }
+    }
+}
+
+/* Stages half the block's C (warp rows' m blocks 2·half, 2·half + 1: 64 rows × 128 pixels) in st: row
+ * 32·(wm / 64) + (m within the half), as 8-byte pairs (row stride TC_EPI_LD = 8 mod 32 banks: each 16-lane phase
+ * covers all 32 banks once). The caller syncs before (buffers free) and after (rows complete). */
+static __device__ __forceinline__ void tc_stage_half(const float (&acc)[4][4][4], float* st, int half, int wm,
+                                                     int wn) {
+    const int lane = (int)threadIdx.x & 31, gq = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int mi = 2 * half + j;
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int row = (wm >> 1) + 16 * j + gq + 8 * r, col = wn + 8 * ni + 2 * t;
+                *reinterpret_cast<float2*>(st + row * TC_EPI_LD + col) =
+                    make_float2(acc[mi][ni][2 * r], acc[mi][ni][2 * r + 1]);
+            }
+    }
+}
+
+/* Epilogue of a 128-channel block: + bias, then + residual, half the tile at a time through shared memory, so that
+ * each warp writes whole rows, 32 consecutive pixels of one channel per instruction, instead of the fragments'
+ * 8 channels × 4 pixel pairs (twice the sectors). pixel(n): the flattened output pixel of tile pixel n, or -1. */
+template <class G, class P>
+static __device__ __forceinline__ void tc_epilogue(const float (&acc)[4][4][4], const G& g, const P& pixel, int M,
+                                                   int m0, const float* __restrict__ bias, const float* residual,
+                                                   float* out, unsigned char* smem, int wm, int wn) {
+    static_assert(64 * TC_EPI_LD * 4 <= 2 * TC_A_BYTES + HALO_BYTES, "the staged half tile must fit the buffers");
+    float* st = reinterpret_cast<float*>(smem);
+    const size_t cs = g.cstride();
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        __syncthreads(); /* every warp is done with the pipeline's buffers, or with the previous half */
+        tc_stage_half(acc, st, half, wm, wn);
+        __syncthreads();
+        for (int i = (int)threadIdx.x; i < 64 * TC_BN; i += CONV_THREADS) {
+            const int row = i / TC_BN, col = i % TC_BN;
+            const int m = m0 + (row >> 5) * 64 + 32 * half + (row & 31), p = pixel(col);
+            if (m >= M || p < 0) continue;
+            const size_t o = g.out_base(p) + (size_t)m * cs;
+            float v = st[row * TC_EPI_LD + col] + (bias ? bias[m] : 0.0f);
+            if (residual) v += gld(residual + o);
+            gst(out + o, v);
+        }
+    }
+}
+
+static __device__ __forceinline__ void tc_zero(float (&acc)[4][4][4]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+}
+
+/* The gather path: B (the im2col terms, [k][pixel]) copied element by element with 4-byte cp.async, zero-filled
+ * where the tap falls in the padding or past K, into rows of 128 floats with the pixel index XOR-ed by (k & 3)·8:
+ * the gather's 32 consecutive pixels and the fragment reads B[t][g], B[t+4][g] are both conflict-free. 3 stages. */
 template <int PASSES, class G>
 static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, const float* __restrict__ bias,
                                                      const float* residual, float* out, unsigned char* smem) {
-    constexpr int WARPS_N = 4, MI = 4, NI = 4;
     if (blockDim.x != CONV_THREADS || blockDim.y != 1 || blockDim.z != 1) __trap();
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t = lane & 3;
     const int m0 = (int)blockIdx.y * TC_BM, p0 = (int)blockIdx.x * TC_BN, K = g.K;
-    const int wm = (warp / WARPS_N) * 64, wn = (warp % WARPS_N) * 32;
+    const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
     const bool avec = K % 4 == 0 && (reinterpret_cast<uintptr_t>(g.w) & 15) == 0;
     const int ktiles = ceil_div(K, TC_BK);
+    auto wrow = [&](int r) -> const float* { return m0 + r < M ? g.w + (size_t)(m0 + r) * K : nullptr; };
 
     /* B loader: pixel p0 + tid % 128, k rows tid / 128 + 2i (i < 8); the pixel decoding happens once. */
     const int bp = tid % TC_BN, bk = tid / TC_BN;
@@ -320,21 +617,7 @@ static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, c
         unsigned char* as = smem + s * TC_STAGE_BYTES;
         float* bs = reinterpret_cast<float*>(as + TC_A_BYTES);
         const int k0 = kt * TC_BK;
-        if (avec) {
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int c = tid + CONV_THREADS * i, row = c >> 2, kc = c & 3, m = m0 + row, k = k0 + 4 * kc;
-                const bool in = m < M && k < K;
-                cp_async16(as + tc_swz(row, kc), in ? g.w + (size_t)m * K + k : g.w, in ? 16 : 0);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                const int e = tid + CONV_THREADS * i, row = e >> 4, kk = e & 15, m = m0 + row, k = k0 + kk;
-                const bool in = m < M && k < K;
-                cp_async4(as + tc_swz(row, kk >> 2) + 4 * (kk & 3), in ? g.w + (size_t)m * K + k : g.w, in ? 4 : 0);
-            }
-        }
+        tc_load_a(as, wrow, k0, K, avec, g.w);
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const int kk = bk + 2 * i, k = k0 + kk;
@@ -344,20 +627,13 @@ static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, c
         }
     };
 
-    float acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; i++)
-#pragma unroll
-        for (int j = 0; j < NI; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
-
+    float acc[4][4][4];
+    tc_zero(acc);
 #pragma unroll
     for (int s = 0; s < TC_STAGES - 1; s++) {
         if (s < ktiles) load_stage(s, s);
         cp_async_commit();
     }
-    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_kc = lane >> 4;
     for (int kt = 0; kt < ktiles; kt++) {
         cp_async_wait<TC_STAGES - 2>();
         __syncthreads();
@@ -367,70 +643,93 @@ static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, c
         const float* bs = reinterpret_cast<const float*>(as + TC_A_BYTES);
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) {
-            uint32_t ab[MI][4], asm_[MI][4], bb[NI][2], bsm[NI][2];
+            float bv[4][2];
 #pragma unroll
-            for (int mi = 0; mi < MI; mi++) {
-                uint32_t raw[4];
-                ldmatrix_x4(raw, as + tc_swz(wm + mi * 16 + a_row, 2 * ks + a_kc));
+            for (int ni = 0; ni < 4; ni++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    ab[mi][e] = to_tf32(bits_f32(raw[e]));
-                    if (PASSES == 3) asm_[mi][e] = to_tf32(bits_f32(raw[e]) - bits_f32(ab[mi][e]));
-                }
-            }
-#pragma unroll
-            for (int ni = 0; ni < NI; ni++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const float v = bs[tc_bidx(8 * ks + t + 4 * h, wn + 8 * ni + gq)];
-                    bb[ni][h] = to_tf32(v);
-                    if (PASSES == 3) bsm[ni][h] = to_tf32(v - bits_f32(bb[ni][h]));
-                }
-#pragma unroll
-            for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-                for (int ni = 0; ni < NI; ni++) {
-                    if (PASSES == 3) {
-                        mma_m16n8k8_tf32(acc[mi][ni], asm_[mi], bb[ni], acc[mi][ni]);
-                        mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bsm[ni], acc[mi][ni]);
-                    }
-                    mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bb[ni], acc[mi][ni]);
-                }
+                for (int h = 0; h < 2; h++) bv[ni][h] = bs[tc_bidx(8 * ks + t + 4 * h, wn + 8 * ni + gq)];
+            tc_mma_step<PASSES>(acc, as, wm, ks, bv);
         }
     }
     cp_async_wait<0>();
+    auto pixel = [&](int n) { return p0 + n < N ? p0 + n : -1; };
+    tc_epilogue(acc, g, pixel, M, m0, bias, residual, out, smem, wm, wn);
+}
 
-    /* Epilogue through shared memory, half the tile (64 channels x 128 pixels) at a time: the C fragments go in as
-     * 8-byte pairs (row stride TC_EPI_LD = 8 mod 32 banks: each 16-lane phase covers all 32 banks once), then each
-     * warp writes whole rows, 32 consecutive pixels of one channel per instruction, instead of the fragments'
-     * 8 channels x 4 pixel pairs (twice the sectors). */
-    static_assert(64 * TC_EPI_LD * 4 <= TC_STAGES * TC_STAGE_BYTES, "the staged half tile must fit the pipeline");
+/* The halo path (see Halo): 2 stages of A (16 KiB) and the two halo buffers (≤ 30 KiB); the B fragments are read
+ * straight from the halo, so no B tile is built. Chunk c + 1 is issued with the first K tile of chunk c (into the
+ * buffer chunk c − 1 used, free after that tile's barrier) and waited for a chunk later. PHASE: upsample_conv with
+ * both column phases b of row phase a in one block (A rows 0-63: phase (a, 0), 64-127: (a, 1), of channels
+ * blockIdx.y·64 ..): warp row b reads its taps shifted by b, and the epilogue interleaves the two phases, so each
+ * store instruction writes 32 consecutive floats of an output row instead of every other one. */
+template <int PASSES, bool PHASE, class G, class H>
+static __device__ __forceinline__ void conv_halo_tc(const G& g, const H& hl, int M, int a, const float* __restrict__ bias,
+                                                    const float* residual, float* out, unsigned char* smem) {
+    constexpr int KC = HALO_CH * (PHASE ? 4 : 9), TPC = KC / TC_BK;
+    static_assert(KC % TC_BK == 0, "K tiles within chunks");
+    if (blockDim.x != CONV_THREADS || blockDim.y != 1 || blockDim.z != 1) __trap();
+    const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t = lane & 3;
+    const int K = g.K, ktiles = K / TC_BK, chunks = K / KC;
+    const int wm = (warp / 4) * 64, wn = (warp % 4) * 32, wb = PHASE ? wm >> 6 : 0;
+    const int m0 = (int)blockIdx.y * (PHASE ? 64 : TC_BM);
+    /* PHASE: g is phase (a, 0); phase (a, 1)'s weights follow c_out rows later */
+    auto wrow = [&](int r) -> const float* {
+        const int m = m0 + (PHASE ? r & 63 : r);
+        return m < M ? g.w + ((size_t)(PHASE ? (r >> 6) * M : 0) + m) * K : nullptr;
+    };
+    const bool avec = (reinterpret_cast<uintptr_t>(g.w) & 15) == 0 && K % 4 == 0;
+    typename H::Pix px[4];
+#pragma unroll
+    for (int ni = 0; ni < 4; ni++) px[ni] = hl.pix(wn + 8 * ni + gq);
+
+    float acc[4][4][4];
+    tc_zero(acc);
+    hl.zero_pads(tid);
+    tc_load_a(smem, wrow, 0, K, avec, g.w);
+    hl.load(0, tid);
+    cp_async_commit();
+    for (int kt = 0; kt < ktiles; kt++) {
+        cp_async_wait<0>();
+        __syncthreads();
+        if (kt + 1 < ktiles) tc_load_a(smem + ((kt + 1) & 1) * TC_A_BYTES, wrow, (kt + 1) * TC_BK, K, avec, g.w);
+        if (kt % TPC == 0 && kt / TPC + 1 < chunks) hl.load(kt / TPC + 1, tid);
+        cp_async_commit();
+        const unsigned char* as = smem + (kt & 1) * TC_A_BYTES;
+        const float* buf = hl.buf(kt / TPC);
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            int off[2], ky3[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                hl.template term<PHASE>((kt % TPC) * TC_BK + 8 * ks + t + 4 * h, a, wb, off[h], ky3[h]);
+            float bv[4][2];
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) bv[ni][h] = H::at(buf, off[h], ky3[h], px[ni]);
+            tc_mma_step<PASSES>(acc, as, wm, ks, bv);
+        }
+    }
+    cp_async_wait<0>();
+    auto pixel = [&](int n) { return hl.pixel(n); };
+    if (!PHASE) {
+        tc_epilogue(acc, g, pixel, M, m0, bias, residual, out, smem, wm, wn);
+        return;
+    }
+    /* both phases: staged row 32·b + (channel within the half); output x = 2·col + b, b fastest */
     float* st = reinterpret_cast<float*>(smem);
     const size_t cs = g.cstride();
 #pragma unroll
     for (int half = 0; half < 2; half++) {
-        __syncthreads(); /* every warp is done with the pipeline's buffers, or with the previous half */
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const int mi = 2 * half + j;
-#pragma unroll
-            for (int ni = 0; ni < NI; ni++)
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    const int row = (wm >> 1) + 16 * j + gq + 8 * r, col = wn + 8 * ni + 2 * t;
-                    *reinterpret_cast<float2*>(st + row * TC_EPI_LD + col) =
-                        make_float2(acc[mi][ni][2 * r], acc[mi][ni][2 * r + 1]);
-                }
-        }
         __syncthreads();
-        for (int i = tid; i < 64 * TC_BN; i += CONV_THREADS) {
-            const int row = i / TC_BN, col = i % TC_BN;
-            const int m = m0 + (row >> 5) * 64 + 32 * half + (row & 31), p = p0 + col;
-            if (m >= M || p >= N) continue;
-            const size_t o = g.out_base(p) + (size_t)m * cs;
-            float v = st[row * TC_EPI_LD + col] + (bias ? bias[m] : 0.0f);
-            if (residual) v += gld(residual + o);
-            gst(out + o, v);
+        tc_stage_half(acc, st, half, wm, wn);
+        __syncthreads();
+        for (int i = tid; i < 32 * 2 * TC_BN; i += CONV_THREADS) {
+            const int r = i / (2 * TC_BN), col = (i >> 1) % TC_BN, b = i & 1;
+            const int m = m0 + 32 * half + r, p = pixel(col);
+            if (m >= M || p < 0) continue;
+            const size_t o = g.out_base(p) + b + (size_t)m * cs;
+            gst(out + o, st[(32 * b + r) * TC_EPI_LD + col] + (bias ? bias[m] : 0.0f));
         }
     }
 }
@@ -439,12 +738,15 @@ template <int KH, int KW, int PASSES>
 static __device__ __forceinline__ void conv2d_tc_run(const float* x, const float* w, const float* bias,
                                                      const float* residual, float* out, const Conv2dParams& p,
                                                      unsigned char* smem) {
-    ConvGeo<KH, KW, false> g;
-    g.x = x, g.w = w, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = p.kh, g.kw = p.kw, g.stride = p.stride;
-    g.top = p.pad_top, g.left = p.pad_left, g.oh = p.oh, g.ow = p.ow, g.c_out = p.c_out;
-    g.K = p.c_in * p.kh * p.kw, g.a = 0, g.b = 0;
-    conv_igemm_tc<PASSES>(g, p.c_out, p.n * p.oh * p.ow, p.has_bias ? bias : nullptr,
-                          p.has_residual ? residual : nullptr, out, smem);
+    const auto g = conv2d_geo<KH, KW>(x, w, p);
+    const float* bi = p.has_bias ? bias : nullptr;
+    const float* re = p.has_residual ? residual : nullptr;
+    if (KH == 3 && KW == 3 && p.halo_rw > 0) {
+        const Halo<Conv2dParams> hl(p, x, reinterpret_cast<float*>(smem + 2 * TC_A_BYTES), TC_BN);
+        conv_halo_tc<PASSES, false>(g, hl, p.c_out, 0, bi, re, out, smem);
+    } else {
+        conv_igemm_tc<PASSES>(g, p.c_out, p.n * p.oh * p.ow, bi, re, out, smem);
+    }
 }
 
 template <int PASSES>
@@ -456,7 +758,24 @@ static __device__ __forceinline__ void conv2d_tc_entry(const float* x, const flo
     else conv2d_tc_run<0, 0, PASSES>(x, w, bias, residual, out, p, smem);
 }
 
-/* Dynamic shared memory: TC_STAGES · TC_STAGE_BYTES = 48 KiB; p.tf32_passes 1 or 3 (anything else traps). */
+/* Gathers: grid z = phase a·2 + b. Halo (p.halo_rw > 0): grid z = row phase a, both column phases per block. */
+template <int PASSES>
+static __device__ __forceinline__ void upsample_tc_entry(const float* x, const float* w, const float* bias, float* out,
+                                                         const UpsampleConvParams& p, unsigned char* smem) {
+    const float* bi = p.has_bias ? bias : nullptr;
+    if (p.halo_rw > 0) {
+        const int a = (int)blockIdx.z;
+        const Halo<UpsampleConvParams> hl(p, x, reinterpret_cast<float*>(smem + 2 * TC_A_BYTES), TC_BN);
+        conv_halo_tc<PASSES, true>(phase_geo(x, w, p, a, 0), hl, p.c_out, a, bi, nullptr, out, smem);
+    } else {
+        const int phase = (int)blockIdx.z;
+        conv_igemm_tc<PASSES>(phase_geo(x, w, p, phase >> 1, phase & 1), p.c_out, p.n * p.h * p.w, bi, nullptr, out,
+                              smem);
+    }
+}
+
+/* Dynamic shared memory: TC_STAGES · TC_STAGE_BYTES = 48 KiB (gathers), 2 · TC_A_BYTES + HALO_BYTES = 46 KiB (halo);
+ * p.tf32_passes 1 or 3 (anything else traps). */
 extern "C" __global__ __launch_bounds__(CONV_THREADS) void conv2d_tc_f32(const float* __restrict__ x, const float* __restrict__ w,
                                                                           const float* __restrict__ bias, const float* residual,
                                                                           float* out, Conv2dParams p) {
@@ -472,13 +791,7 @@ extern "C" __global__ __launch_bounds__(CONV_THREADS) void upsample_conv_tc_f32(
                                                                                  UpsampleConvParams p) {
     DYNAMIC_SHARED(float, smem);
     unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
-    const int phase = (int)blockIdx.z, a = phase >> 1, b = phase & 1;
-    ConvGeo<2, 2, true> g;
-    g.K = p.c_in * 4;
-    g.x = x, g.w = w + (size_t)phase * p.c_out * g.K, g.c_in = p.c_in, g.h = p.h, g.wd = p.w, g.kh = 2, g.kw = 2;
-    g.stride = 1, g.top = 1 - a, g.left = 1 - b, g.oh = p.h, g.ow = p.w, g.c_out = p.c_out, g.a = a, g.b = b;
-    const float* bi = p.has_bias ? bias : nullptr;
-    if (p.tf32_passes == 3) conv_igemm_tc<3>(g, p.c_out, p.n * p.h * p.w, bi, nullptr, out, sm);
-    else if (p.tf32_passes == 1) conv_igemm_tc<1>(g, p.c_out, p.n * p.h * p.w, bi, nullptr, out, sm);
+    if (p.tf32_passes == 3) upsample_tc_entry<3>(x, w, bias, out, p, sm);
+    else if (p.tf32_passes == 1) upsample_tc_entry<1>(x, w, bias, out, p, sm);
     else __trap();
 }

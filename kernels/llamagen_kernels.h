@@ -172,6 +172,9 @@ typedef struct Conv2dParams {
     int32_t has_bias;     /* 0: the bias pointer is not read */
     int32_t has_residual; /* 0: the residual pointer is not read */
     int32_t tf32_passes;  /* conv2d_tc_f32 only: 1 = TF32, 3 = 3xTF32 (~f32); the SIMT kernels ignore it */
+    int32_t halo_rw;      /* 0: gather each tap from global memory; else the halo-tile path with tiles of halo_rw
+                             columns (3x3 stride 1 pad 1, c_in % 16 == 0, w in {8, 16, 32} or w % 32 == 0:
+                             backend::cuda::conv::halo_width) */
 } Conv2dParams;
 
 /* upsample_conv_f32: nearest x2 then 3x3 pad-1 conv, input (n, c_in, h, w), output (n, c_out, 2h, 2w); weights
@@ -184,6 +187,7 @@ typedef struct UpsampleConvParams {
     int32_t c_out;
     int32_t has_bias;
     int32_t tf32_passes; /* upsample_conv_tc_f32 only, as in Conv2dParams */
+    int32_t halo_rw;     /* as in Conv2dParams (on the low-resolution input) */
 } UpsampleConvParams;
 
 /* The values that change from one run of a graph to the next, kept in device memory: the host writes them before

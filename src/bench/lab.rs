@@ -431,7 +431,12 @@ impl Case {
             }
             Kind::Prefill { d, .. } => (attention::FLASH_THREADS, attention::flash_shared_bytes(d) as u32),
             Kind::Decode { d, .. } => (128, attention::decode_shared_bytes(4, d) as u32),
-            Kind::Conv { tile, .. } | Kind::Upsample { tile, .. } => (conv::THREADS, tile.shared_bytes()),
+            Kind::Conv { tile, c, hw } => (conv::THREADS, conv::shared_bytes(tile, conv_loader(c, hw))),
+            Kind::Upsample { tile, c, hw } => {
+                let tc = matches!(tile, conv::Tile::Tf32 | conv::Tile::Tf32x3);
+                let loader = if tc { conv_loader(c, hw) } else { conv::Loader::Gather };
+                (conv::THREADS, conv::shared_bytes(tile, loader))
+            }
         }
     }
 }
@@ -481,4 +486,9 @@ pub fn occupancy(arch: &str, threads: u32, regs: u32, smem: u32) -> f64 {
     let by_smem = smem_sm / (smem + 1024);
     let blocks = by_regs.min(by_smem).min(2048 / (warps * 32)).min(32);
     (blocks * warps) as f64 / 64.0
+}
+
+/// The loader the conv launchers pick for a case's c channels at hw × hw (the input 16-byte aligned).
+fn conv_loader(c: usize, hw: usize) -> conv::Loader {
+    conv::halo_width(c, hw).map_or(conv::Loader::Gather, |rw| conv::Loader::Halo { rw })
 }

@@ -641,6 +641,171 @@ fn launchers_reject_bad_shapes() {
     }
 }
 
+/// The halo path (input rows staged once per 16 channels) against the gathers: the same terms in the same order,
+/// so every tile's output is bit-identical between the two loaders, and within the f32 / TF32 bound of the CPU.
+/// Shapes: whole-row tiles of 8, 16 and 32 columns, 32-column pieces of 64- and 96-wide rows, bands of rows that
+/// run past the last image (n·h not a multiple of 128 / w) and bands that hold the boundary between two images
+/// (h = 3 and 5 under bands of 4 and 16 rows), residual and bias on and off; upsample_conv's paired phases
+/// (tensor-core tiles) at the same widths.
+#[test]
+fn halo_matches_gather() {
+    halo_matches_gather_on(&EmuDevice::new());
+}
+
+fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
+    let mut rng = Rng(17);
+    let mut cases = 0;
+    for (n, c_in, c_out, h, w, residual) in [
+        (3, 16, 24, 3, 8, true),
+        (2, 32, 8, 8, 16, false),
+        (3, 16, 40, 5, 32, true),
+        (1, 16, 12, 3, 64, false),
+        (2, 16, 130, 2, 96, true),
+    ] {
+        let dev = &dev.with_sched(SCHEDS[cases % 3]);
+        let rw = conv::halo_width(c_in, w).expect("a halo shape");
+        let x = rand_vec(&mut rng, n * c_in * h * w, 2.0);
+        let wt = rand_vec(&mut rng, c_out * c_in * 9, 1.0);
+        let b = rand_vec(&mut rng, c_out, 0.5);
+        let r = rand_vec(&mut rng, n * c_out * h * w, 1.0);
+        let mut want = vec![0f32; r.len()];
+        if residual {
+            cpu::conv::conv2d_add(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &r, &mut want);
+        } else {
+            cpu::conv::conv2d(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &mut want);
+        }
+        let (xb, wb, bb, rb) = (
+            dev.upload(&x, "x"),
+            dev.upload(&wt, "w"),
+            dev.upload(&b, "b"),
+            dev.upload(&r, "r"),
+        );
+        for tile in TILES {
+            let run = |loader| {
+                let mut ob = dev.alloc::<f32>(want.len(), "out");
+                conv::conv2d_with(
+                    dev,
+                    xb.ptr(),
+                    wb.ptr(),
+                    Some(bb.ptr()),
+                    residual.then(|| rb.ptr()),
+                    ob.ptr_mut(),
+                    (n, c_in, h, w),
+                    (c_out, 3, 3),
+                    1,
+                    [1; 4],
+                    Some(tile),
+                    Some(loader),
+                )
+                .unwrap();
+                ob.to_vec()
+            };
+            let (gather, halo) = (run(conv::Loader::Gather), run(conv::Loader::Halo { rw }));
+            let what = format!("conv2d n={n} {c_in}->{c_out} {h}x{w} {tile:?} halo {rw}");
+            let (e, max) = nmse(&halo, &want, &what);
+            assert!(e <= bound(tile), "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
+            let same = gather
+                .iter()
+                .zip(&halo)
+                .filter(|(a, b)| a.to_bits() == b.to_bits())
+                .count();
+            assert_eq!(same, halo.len(), "{what}: halo differs from the gathers");
+        }
+        cases += 1;
+    }
+    for (n, c_in, c_out, h, w) in [(3, 16, 70, 3, 8), (2, 32, 8, 4, 16), (1, 16, 24, 3, 64)] {
+        let dev = &dev.with_sched(SCHEDS[cases % 3]);
+        let rw = conv::halo_width(c_in, w).expect("a halo shape");
+        let x = rand_vec(&mut rng, n * c_in * h * w, 2.0);
+        let wt = rand_vec(&mut rng, c_out * c_in * 9, 1.0);
+        let b = rand_vec(&mut rng, c_out, 0.5);
+        let mut want = vec![0f32; n * c_out * 4 * h * w];
+        let phases = cpu::conv::upsample_phase_weights(&wt, c_out, c_in);
+        cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, &b, c_out, &mut want);
+        let folded = conv::upsample_fold_weights(&wt, c_out, c_in);
+        let (xb, wb, bb) = (dev.upload(&x, "x"), dev.upload(&folded, "folded"), dev.upload(&b, "b"));
+        for tile in [Tile::Tf32x3, Tile::Tf32] {
+            let run = |loader| {
+                let mut ob = dev.alloc::<f32>(want.len(), "out");
+                let shape = (n, c_in, h, w);
+                conv::upsample_conv_with(
+                    dev,
+                    xb.ptr(),
+                    wb.ptr(),
+                    Some(bb.ptr()),
+                    ob.ptr_mut(),
+                    shape,
+                    c_out,
+                    Some(tile),
+                    Some(loader),
+                )
+                .unwrap();
+                ob.to_vec()
+            };
+            let (gather, halo) = (run(conv::Loader::Gather), run(conv::Loader::Halo { rw }));
+            let what = format!("upsample_conv n={n} {c_in}->{c_out} {h}x{w} {tile:?} halo {rw}");
+            let (e, max) = nmse(&halo, &want, &what);
+            assert!(e <= bound(tile), "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
+            let same = gather
+                .iter()
+                .zip(&halo)
+                .filter(|(a, b)| a.to_bits() == b.to_bits())
+                .count();
+            assert_eq!(same, halo.len(), "{what}: halo differs from the gathers");
+        }
+        cases += 1;
+    }
+    println!("halo: {cases} shapes, every tile bit-identical to its gathers");
+}
+
+/// The halo applies only where its tiles do: forcing it elsewhere is an error naming the shape, and the SIMT
+/// upsample always gathers.
+#[test]
+fn halo_refused_where_it_does_not_apply() {
+    let dev = EmuDevice::new();
+    let x = dev.upload(&[0.5f32; 16 * 6 * 12], "x");
+    let w = dev.upload(&[0.5f32; 8 * 16 * 9], "w");
+    let mut out = dev.alloc::<f32>(8 * 6 * 12, "out");
+    for (hw, stride, pad) in [((6, 12), 1, [1; 4]), ((6, 8), 2, [1; 4]), ((6, 8), 1, [0, 1, 0, 1])] {
+        let e = conv::conv2d_with(
+            &dev,
+            x.ptr(),
+            w.ptr(),
+            None,
+            None,
+            out.ptr_mut(),
+            (1, 16, hw.0, hw.1),
+            (8, 3, 3),
+            stride,
+            pad,
+            Some(Tile::T64),
+            Some(conv::Loader::Halo { rw: 8 }),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("halo tiles of 8 columns do not apply"), "{e}");
+    }
+    assert_eq!(conv::halo_width(16, 12), None);
+    assert_eq!(conv::halo_width(24, 16), None);
+    assert_eq!(conv::halo_width(16, 256), Some(32));
+    let fw = dev.upload(&[0.5f32; 16 * 8 * 16], "folded");
+    let mut up = dev.alloc::<f32>(8 * 4 * 4 * 8, "up");
+    let e = conv::upsample_conv_with(
+        &dev,
+        x.ptr(),
+        fw.ptr(),
+        None,
+        up.ptr_mut(),
+        (1, 16, 4, 8),
+        8,
+        Some(Tile::T128),
+        Some(conv::Loader::Halo { rw: 8 }),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("do not apply"), "{e}");
+}
+
 #[test]
 fn tile_choice() {
     // VQ-16 decoder at 256x256 (128 ch) and the encoder's first stage: the big tile; 16x16 stages, conv_out and the
@@ -664,4 +829,5 @@ fn gpu_conv_matches_cpu() {
     conv2d_residual_in_place_on(&g);
     upsample_conv_matches_cpu_on(&g);
     upsample_conv_all_schedules_on(&g);
+    halo_matches_gather_on(&g);
 }

@@ -67,14 +67,55 @@ impl Tile {
     }
 }
 
-/// Grid (ceil(pixels / BN), ceil(c_out / BM), phases) of 256-thread blocks with the tile's shared memory.
-pub fn config(tile: Tile, pixels: usize, c_out: usize, phases: u32) -> LaunchConfig {
+/// Two halo buffers of 16 channels × at most 240 floats (kernels/conv.cu `HALO_BYTES`).
+pub const HALO_BYTES: u32 = 2 * 16 * 240 * 4;
+
+/// Where a block's taps come from: gathered one by one from global memory, or staged once per 16 input channels
+/// in a halo tile of `rw` columns (3×3 stride-1 pad-1 convs and the upsample's phases; see the kernel file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loader {
+    Gather,
+    Halo { rw: u32 },
+}
+
+/// The halo tile width for an input of `c_in` channels and width `w`, when the halo path applies: every 16-channel
+/// chunk whole (c_in % 16 == 0), and the 128-pixel tile whole rows (w in {8, 16, 32}) or 32-column pieces of rows
+/// (w a larger multiple of 32). The caller checks the conv's geometry (3×3, stride 1, pad 1) and the input's
+/// 16-byte alignment.
+pub fn halo_width(c_in: usize, w: usize) -> Option<u32> {
+    if c_in % 16 != 0 {
+        return None;
+    }
+    match w {
+        8 | 16 | 32 => Some(w as u32),
+        _ if w % 32 == 0 => Some(32),
+        _ => None,
+    }
+}
+
+/// Grid (blocks over the pixels, ceil(c_out / BM), phases) of 256-thread blocks with [`shared_bytes`]. Halo: one
+/// block per BN-pixel rectangle (rows of the flattened n·h grid × `rw` columns). `rows` = n·h.
+pub fn config(tile: Tile, loader: Loader, (rows, w): (usize, usize), c_out: usize, phases: u32) -> LaunchConfig {
     let (bm, bn) = tile.dims();
-    LaunchConfig::new(
-        [pixels.div_ceil(bn) as u32, c_out.div_ceil(bm) as u32, phases],
-        [THREADS, 1, 1],
-    )
-    .with_shared(tile.shared_bytes())
+    let blocks = match loader {
+        Loader::Gather => (rows * w).div_ceil(bn),
+        Loader::Halo { rw } => {
+            let rw = rw as usize;
+            rows.div_ceil(bn / rw) * (w / rw)
+        }
+    };
+    LaunchConfig::new([blocks as u32, c_out.div_ceil(bm) as u32, phases], [THREADS, 1, 1])
+        .with_shared(shared_bytes(tile, loader))
+}
+
+/// Dynamic shared memory of a launch: the SIMT tiles get the halo buffers on top of their tile; the tensor-core
+/// kernel keeps two stages of its A tile (128 × 16 f32) and reads B from the halo.
+pub fn shared_bytes(tile: Tile, loader: Loader) -> u32 {
+    match (loader, tile) {
+        (Loader::Gather, t) => t.shared_bytes(),
+        (Loader::Halo { .. }, Tile::Tf32 | Tile::Tf32x3) => 2 * 128 * 16 * 4 + HALO_BYTES,
+        (Loader::Halo { .. }, t) => t.shared_bytes() + HALO_BYTES,
+    }
 }
 
 /// Output size (oh, ow) of a Conv2d, pad = [top, bottom, left, right]; `None` if the kernel exceeds the padded
@@ -130,6 +171,27 @@ fn tile_for(op: &str, tile: Option<Tile>, pixels: usize, c_out: usize) -> Result
     Ok(t)
 }
 
+/// The loader to launch: `asked` if given (the halo only where `halo` says it applies), else the halo where it
+/// applies.
+fn pick_loader(op: &str, asked: Option<Loader>, halo: Option<u32>) -> Result<Loader> {
+    match (asked, halo) {
+        (Some(Loader::Halo { rw }), Some(h)) if rw == h => Ok(Loader::Halo { rw }),
+        (Some(Loader::Halo { rw }), _) => Err(invalid(
+            op,
+            format!("halo tiles of {rw} columns do not apply to this shape ({halo:?} would)"),
+        )),
+        (Some(Loader::Gather), _) | (None, None) => Ok(Loader::Gather),
+        (None, Some(rw)) => Ok(Loader::Halo { rw }),
+    }
+}
+
+fn halo_rw(loader: Loader) -> i32 {
+    match loader {
+        Loader::Gather => 0,
+        Loader::Halo { rw } => rw as i32,
+    }
+}
+
 /// `out = conv2d(x, weight) + bias (+ residual)`, torch Conv2d semantics (cross-correlation, zero padding).
 /// x: (n, c_in, h, w); weight: torch (c_out, c_in, kh, kw); bias: (c_out) or none; residual: same shape as out or
 /// none; out: (n, c_out, oh, ow) with (oh, ow) = [`conv2d_out_size`]. pad = [top, bottom, left, right]. Any
@@ -148,6 +210,26 @@ pub fn conv2d<L: Launcher + ?Sized>(
     stride: usize,
     pad: [usize; 4],
     tile: Option<Tile>,
+) -> Result<()> {
+    conv2d_with(l, x, weight, bias, residual, out, (n, c_in, h, w), (c_out, kh, kw), stride, pad, tile, None)
+}
+
+/// [`conv2d`] with the tap loader chosen too (`None`: the halo where [`halo_width`] allows it; forcing
+/// `Loader::Halo` where it does not is an error). Tests compare the two.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_with<L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, f32>,
+    weight: DevPtr<'_, f32>,
+    bias: Option<DevPtr<'_, f32>>,
+    residual: Option<DevPtr<'_, f32>>,
+    out: DevPtrMut<'_, f32>,
+    (n, c_in, h, w): (usize, usize, usize, usize),
+    (c_out, kh, kw): (usize, usize, usize),
+    stride: usize,
+    pad: [usize; 4],
+    tile: Option<Tile>,
+    loader: Option<Loader>,
 ) -> Result<()> {
     let op = "conv2d";
     nonzero(
@@ -186,6 +268,10 @@ pub fn conv2d<L: Launcher + ?Sized>(
         check_len(op, "residual", r.len(), out_len)?;
     }
     let tile = tile_for(op, tile, pixels, c_out)?;
+    let halo = (kh == 3 && kw == 3 && stride == 1 && pad == [1; 4] && x.addr() % 16 == 0)
+        .then(|| halo_width(c_in, w))
+        .flatten();
+    let loader = pick_loader(op, loader, halo)?;
     let p = Conv2dParams {
         n: to_i32(op, "n", n)?,
         c_in: to_i32(op, "c_in", c_in)?,
@@ -202,13 +288,14 @@ pub fn conv2d<L: Launcher + ?Sized>(
         has_bias: bias.is_some() as i32,
         has_residual: residual.is_some() as i32,
         tf32_passes: tile.tf32_passes(),
+        halo_rw: halo_rw(loader),
     };
     to_i32(op, "n·oh·ow", pixels)?;
     to_i32(op, "c_in·kh·kw", product(op, "c_in·kh·kw", &[c_in, kh, kw])?)?;
     // the kernel's padded coordinates (oy·stride − top + ky) stay in int32
     to_i32(op, "padded input", (h + pad[0] + pad[1]).max(w + pad[2] + pad[3]) * 2)?;
     let (b, r) = (bias.unwrap_or_else(absent), residual.unwrap_or_else(absent));
-    let cfg = config(tile, pixels, c_out, 1);
+    let cfg = config(tile, loader, (n * oh, ow), c_out, 1);
     match tile {
         Tile::T64 => kernels::conv2d_f32(l, cfg, x, weight, b, r, out, p),
         Tile::T128 => kernels::conv2d_t128_f32(l, cfg, x, weight, b, r, out, p),
@@ -251,6 +338,23 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
     c_out: usize,
     tile: Option<Tile>,
 ) -> Result<()> {
+    upsample_conv_with(l, x, folded, bias, out, (n, c_in, h, w), c_out, tile, None)
+}
+
+/// [`upsample_conv`] with the tap loader chosen too, as in [`conv2d_with`]. The halo applies to the tensor-core
+/// tiles only (their blocks pair the two column phases, so that stores are contiguous); the SIMT tiles gather.
+#[allow(clippy::too_many_arguments)]
+pub fn upsample_conv_with<L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, f32>,
+    folded: DevPtr<'_, f32>,
+    bias: Option<DevPtr<'_, f32>>,
+    out: DevPtrMut<'_, f32>,
+    (n, c_in, h, w): (usize, usize, usize, usize),
+    c_out: usize,
+    tile: Option<Tile>,
+    loader: Option<Loader>,
+) -> Result<()> {
     let op = "upsample_conv";
     nonzero(op, &[("n", n), ("c_in", c_in), ("h", h), ("w", w), ("c_out", c_out)])?;
     let pixels = product(op, "n·h·w", &[n, h, w])?;
@@ -269,6 +373,10 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
     // the kernel indexes output rows and columns of the 2h × 2w image in int32
     to_i32(op, "n·2h·2w", product(op, "n·2h·2w", &[4, pixels])?)?;
     to_i32(op, "c_in·4", product(op, "c_in·4", &[c_in, 4])?)?;
+    let tc = matches!(tile, Tile::Tf32 | Tile::Tf32x3);
+    let halo = (tc && x.addr() % 16 == 0).then(|| halo_width(c_in, w)).flatten();
+    let halo = halo.filter(|_| c_out.div_ceil(64) <= 65535);
+    let loader = pick_loader(op, loader, halo)?;
     let p = UpsampleConvParams {
         n: to_i32(op, "n", n)?,
         c_in: to_i32(op, "c_in", c_in)?,
@@ -277,8 +385,15 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
         c_out: to_i32(op, "c_out", c_out)?,
         has_bias: bias.is_some() as i32,
         tf32_passes: tile.tf32_passes(),
+        halo_rw: halo_rw(loader),
     };
-    let (cfg, b) = (config(tile, pixels, c_out, 4), bias.unwrap_or_else(absent));
+    let mut cfg = config(tile, loader, (n * h, w), c_out, 4);
+    if loader != Loader::Gather {
+        // a block: both column phases of one row phase, 64 channels each
+        cfg.grid[1] = c_out.div_ceil(64) as u32;
+        cfg.grid[2] = 2;
+    }
+    let b = bias.unwrap_or_else(absent);
     match tile {
         Tile::T64 => kernels::upsample_conv_f32(l, cfg, x, folded, b, out, p),
         Tile::T128 => kernels::upsample_conv_t128_f32(l, cfg, x, folded, b, out, p),
