@@ -120,6 +120,8 @@ struct Kernel {
 struct Api {
     structs: Vec<CStruct>,
     kernels: Vec<Kernel>,
+    /// `#define NAME <integer>` of the header: parameter values both sides name (`CONV_TC_*`).
+    consts: Vec<(String, i64)>,
 }
 
 fn strip_comments(s: &str) -> String {
@@ -229,7 +231,19 @@ fn parse_header(src: &str) -> Api {
         }
     }
     assert!(!kernels.is_empty(), "{HEADER}: empty kernel table");
-    Api { structs, kernels }
+    let consts = s
+        .lines()
+        .filter_map(|l| {
+            let mut t = l.strip_prefix("#define ")?.split_whitespace();
+            let (name, value) = (t.next()?, t.next()?.parse::<i64>().ok()?);
+            t.next().is_none().then(|| (name.to_string(), value))
+        })
+        .collect();
+    Api {
+        structs,
+        kernels,
+        consts,
+    }
 }
 
 fn matching_paren(s: &str) -> usize {
@@ -702,6 +716,13 @@ fn rust_source(api: &Api, modules: &BTreeMap<String, String>, nvcc: &Nvcc, out: 
          use crate::backend::cuda::launch::{ArgCode, DevPtr, DevPtrMut, KernelArg, LaunchConfig, Launcher};\n\n",
     );
 
+    for (name, value) in &api.consts {
+        writeln!(
+            s,
+            "/// `{name}` of `kernels/llamagen_kernels.h`.\npub const {name}: i32 = {value};"
+        )
+        .unwrap();
+    }
     // Parameter structs.
     for st in &api.structs {
         writeln!(s, "/// Mirror of `{}` in `kernels/llamagen_kernels.h`.", st.name).unwrap();

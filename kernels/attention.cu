@@ -484,11 +484,6 @@ extern "C" __global__ void attention_tiled_bf16(const __nv_bfloat16* __restrict_
  * distinct bank groups. */
 template <int RB> static __device__ __forceinline__ int fswz(int row, int c) { return row * RB + ((c ^ (row & 7)) << 4); }
 
-static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
 /* DP: head_dim padded to 64 or 128 (zero-filled by cp.async past d); BKV: keys per tile (64 or 32, so that Q plus two
  * stages of K and V fit 48 KiB). */
 template <int DP, int BKV>

@@ -186,6 +186,12 @@ static __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint3
 #endif
 }
 
+/* lo and hi rounded to bf16 (nearest even) in one 32-bit mma operand register, lo in the low half (the smaller k). */
+static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
 /* x rounded to TF32 (10 mantissa bits, to nearest, ties away from zero: cvt.rna.tf32.f32), as f32 bits with the
  * low 13 bits zero, the form mma .tf32 operands must have. */
 static __device__ __forceinline__ uint32_t to_tf32(float x) {

@@ -455,17 +455,20 @@ extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void upsample_conv_t128
                            float* __restrict__ out, UpsampleConvParams p) {
     upsample_conv_entry<T128>(x, w, bias, out, p);
 }
-/* ---- tensor cores: TF32 implicit GEMM (conv2d_tc_f32, upsample_conv_tc_f32) ----------------------------------- */
+/* ---- tensor cores: TF32 / bf16 implicit GEMM (conv2d_tc_f32, upsample_conv_tc_f32) ----------------------------- */
 
-/* The same implicit GEMM (M = c_out, N = pixels, K = c_in·kh·kw) on mma.m16n8k8 TF32: 128 × 128 tile, 8 warps of
- * 64 × 32, K step 16, a 3-stage cp.async pipeline (48 KiB). A (weights, [m][k] with k contiguous) is copied in
- * 16-byte chunks (4-byte ones when K % 4 != 0, e.g. conv_in's K = 27) into 64-byte rows swizzled like gemm.cu's,
- * read by ldmatrix.x4, which hands a lane exactly its TF32 A fragment (an 8×8 b16 matrix is an 8×4 f32 one).
- * B: gathered into a staged tile (conv_igemm_tc), or read from a halo (conv_halo_tc). p.tf32_passes: 1 = plain
- * TF32 (operands rounded to 10 mantissa bits: ~1e-3 relative per product, ~1e-4 on a K = 1152 sum), 3 = 3xTF32
- * (a = big + small, D += a_s·b_b + a_b·b_s + a_b·b_b: ~f32 accuracy at 3× the tensor work, still ~2.5× the f32
- * FMA peak on an H100). Epilogue: + bias, then + residual, staged through shared memory so that every store
- * instruction writes 32 consecutive pixels of one channel. */
+/* The same implicit GEMM (M = c_out, N = pixels, K = c_in·kh·kw) on mma.sync: 128 × 128 tile, 8 warps of 64 × 32, K
+ * step 16. A (weights, f32 [m][k] with k contiguous) is copied in 16-byte chunks (4-byte ones when K % 4 != 0, e.g.
+ * conv_in's K = 27) into 64-byte rows swizzled like gemm.cu's, read by ldmatrix.x4, which hands a lane exactly its
+ * TF32 A fragment (an 8×8 b16 matrix is an 8×4 f32 one). B: gathered into a staged tile (conv_igemm_tc, 3-stage
+ * cp.async pipeline, 48 KiB), or read from a halo (conv_halo_tc, 46 KiB). p.tc_math (tc_mma_tile):
+ *   CONV_TC_TF32: operands rounded to 10 mantissa bits (~1e-3 relative per product, ~1e-4 on a K = 1152 sum);
+ *   CONV_TC_TF32X3: a = big + small, D += a_s·b_b + a_b·b_s + a_b·b_b: ~f32 accuracy at 3× the tensor work, still
+ *     ~2.5× the f32 FMA peak on an H100;
+ *   CONV_TC_BF16: operands rounded to bf16 (8 significant bits, products exact in f32), m16n8k16 at twice the TF32
+ *     rate (H100 SXM: 989 against 494 TFLOP/s dense).
+ * Epilogue: + bias, then + residual, staged through shared memory so that every store instruction writes 32
+ * consecutive pixels of one channel. */
 #define TC_BM 128
 #define TC_BN 128
 #define TC_BK 16
@@ -478,40 +481,69 @@ static __device__ __forceinline__ int tc_swz(int row, int c) { return row * 64 +
 static __device__ __forceinline__ int tc_bidx(int k, int n) { return k * TC_BN + (n ^ ((k & 3) << 3)); }
 static __device__ __forceinline__ float bits_f32(uint32_t u) { return __uint_as_float(u); }
 
-/* One k8 step of a warp's 64 × 32 tile: A fragments by ldmatrix from stage `as` (k columns 8·ks ..), B values
- * (f32, this lane's rows t and t + 4 of n8 block ni) given; PASSES 3 splits both into TF32 big + small. */
-template <int PASSES>
-static __device__ __forceinline__ void tc_mma_step(float (&acc)[4][4][4], const unsigned char* as, int wm, int ks,
-                                                   const float (&bv)[4][2]) {
+/* One K tile (16 k) of a warp's 64 × 32 tile: A fragments by ldmatrix from stage `as` (two k8 halves), B values
+ * (f32: bv[ks][ni][h] = B[8·ks + t + 4·h][n8 block ni, column g]) given. TF32: two m16n8k8 per (mi, ni) (3xTF32:
+ * six, both operands split into big + small). BF16: one m16n8k16 per (mi, ni), over the same 16 k in a permuted
+ * order that both operands share: the mma's k pair (2t, 2t + 1) is the tile's k (t, t + 4) and (2t + 8, 2t + 9) is
+ * (8 + t, 12 + t), exactly the values the TF32 fragments already put in this lane. */
+template <int MATH>
+static __device__ __forceinline__ void tc_mma_tile(float (&acc)[4][4][4], const unsigned char* as, int wm,
+                                                   const float (&bv)[2][4][2]) {
     const int lane = (int)threadIdx.x & 31, a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_kc = lane >> 4;
-    uint32_t ab[4][4], asm_[4][4], bb[4][2], bsm[4][2];
+    if (MATH == CONV_TC_BF16) {
+        uint32_t a[4][4], b[4][2];
 #pragma unroll
-    for (int mi = 0; mi < 4; mi++) {
-        uint32_t raw[4];
-        ldmatrix_x4(raw, as + tc_swz(wm + mi * 16 + a_row, 2 * ks + a_kc));
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            ab[mi][e] = to_tf32(bits_f32(raw[e]));
-            if (PASSES == 3) asm_[mi][e] = to_tf32(bits_f32(raw[e]) - bits_f32(ab[mi][e]));
+        for (int mi = 0; mi < 4; mi++) {
+            uint32_t r0[4], r1[4]; /* f32: [0] A[g][t], [1] A[g+8][t], [2] A[g][t+4], [3] A[g+8][t+4] */
+            ldmatrix_x4(r0, as + tc_swz(wm + mi * 16 + a_row, a_kc));
+            ldmatrix_x4(r1, as + tc_swz(wm + mi * 16 + a_row, 2 + a_kc));
+            a[mi][0] = pack_bf16x2(bits_f32(r0[0]), bits_f32(r0[2]));
+            a[mi][1] = pack_bf16x2(bits_f32(r0[1]), bits_f32(r0[3]));
+            a[mi][2] = pack_bf16x2(bits_f32(r1[0]), bits_f32(r1[2]));
+            a[mi][3] = pack_bf16x2(bits_f32(r1[1]), bits_f32(r1[3]));
         }
-    }
-#pragma unroll
-    for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            bb[ni][h] = to_tf32(bv[ni][h]);
-            if (PASSES == 3) bsm[ni][h] = to_tf32(bv[ni][h] - bits_f32(bb[ni][h]));
-        }
-#pragma unroll
-    for (int mi = 0; mi < 4; mi++)
 #pragma unroll
         for (int ni = 0; ni < 4; ni++) {
-            if (PASSES == 3) {
-                mma_m16n8k8_tf32(acc[mi][ni], asm_[mi], bb[ni], acc[mi][ni]);
-                mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bsm[ni], acc[mi][ni]);
-            }
-            mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bb[ni], acc[mi][ni]);
+            b[ni][0] = pack_bf16x2(bv[0][ni][0], bv[0][ni][1]);
+            b[ni][1] = pack_bf16x2(bv[1][ni][0], bv[1][ni][1]);
         }
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) mma_m16n8k16_bf16(acc[mi][ni], a[mi], b[ni], acc[mi][ni]);
+        return;
+    }
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+        uint32_t ab[4][4], asm_[4][4], bb[4][2], bsm[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++) {
+            uint32_t raw[4];
+            ldmatrix_x4(raw, as + tc_swz(wm + mi * 16 + a_row, 2 * ks + a_kc));
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                ab[mi][e] = to_tf32(bits_f32(raw[e]));
+                if (MATH == CONV_TC_TF32X3) asm_[mi][e] = to_tf32(bits_f32(raw[e]) - bits_f32(ab[mi][e]));
+            }
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                bb[ni][h] = to_tf32(bv[ks][ni][h]);
+                if (MATH == CONV_TC_TF32X3) bsm[ni][h] = to_tf32(bv[ks][ni][h] - bits_f32(bb[ni][h]));
+            }
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                if (MATH == CONV_TC_TF32X3) {
+                    mma_m16n8k8_tf32(acc[mi][ni], asm_[mi], bb[ni], acc[mi][ni]);
+                    mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bsm[ni], acc[mi][ni]);
+                }
+                mma_m16n8k8_tf32(acc[mi][ni], ab[mi], bb[ni], acc[mi][ni]);
+            }
+    }
 }
 
 /* A stage: 128 weight rows × 16 k, row r from wrow(r) (null: zero), in 16-byte chunks where K % 4 == 0 and the
@@ -598,7 +630,7 @@ static __device__ __forceinline__ void tc_zero(float (&acc)[4][4][4]) {
 /* The gather path: B (the im2col terms, [k][pixel]) copied element by element with 4-byte cp.async, zero-filled
  * where the tap falls in the padding or past K, into rows of 128 floats with the pixel index XOR-ed by (k & 3)·8:
  * the gather's 32 consecutive pixels and the fragment reads B[t][g], B[t+4][g] are both conflict-free. 3 stages. */
-template <int PASSES, class G>
+template <int MATH, class G>
 static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, const float* __restrict__ bias,
                                                      const float* residual, float* out, unsigned char* smem) {
     if (blockDim.x != CONV_THREADS || blockDim.y != 1 || blockDim.z != 1) __trap();
@@ -641,15 +673,14 @@ static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, c
         cp_async_commit();
         const unsigned char* as = smem + (kt % TC_STAGES) * TC_STAGE_BYTES;
         const float* bs = reinterpret_cast<const float*>(as + TC_A_BYTES);
+        float bv[2][4][2];
 #pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            float bv[4][2];
+        for (int ks = 0; ks < 2; ks++)
 #pragma unroll
             for (int ni = 0; ni < 4; ni++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) bv[ni][h] = bs[tc_bidx(8 * ks + t + 4 * h, wn + 8 * ni + gq)];
-            tc_mma_step<PASSES>(acc, as, wm, ks, bv);
-        }
+                for (int h = 0; h < 2; h++) bv[ks][ni][h] = bs[tc_bidx(8 * ks + t + 4 * h, wn + 8 * ni + gq)];
+        tc_mma_tile<MATH>(acc, as, wm, bv);
     }
     cp_async_wait<0>();
     auto pixel = [&](int n) { return p0 + n < N ? p0 + n : -1; };
@@ -662,7 +693,7 @@ static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, c
  * both column phases b of row phase a in one block (A rows 0-63: phase (a, 0), 64-127: (a, 1), of channels
  * blockIdx.y·64 ..): warp row b reads its taps shifted by b, and the epilogue interleaves the two phases, so each
  * store instruction writes 32 consecutive floats of an output row instead of every other one. */
-template <int PASSES, bool PHASE, class G, class H>
+template <int MATH, bool PHASE, class G, class H>
 static __device__ __forceinline__ void conv_halo_tc(const G& g, const H& hl, int M, int a, const float* __restrict__ bias,
                                                     const float* residual, float* out, unsigned char* smem) {
     constexpr int KC = HALO_CH * (PHASE ? 4 : 9), TPC = KC / TC_BK;
@@ -696,19 +727,19 @@ static __device__ __forceinline__ void conv_halo_tc(const G& g, const H& hl, int
         cp_async_commit();
         const unsigned char* as = smem + (kt & 1) * TC_A_BYTES;
         const float* buf = hl.buf(kt / TPC);
+        float bv[2][4][2];
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) {
             int off[2], ky3[2];
 #pragma unroll
             for (int h = 0; h < 2; h++)
                 hl.template term<PHASE>((kt % TPC) * TC_BK + 8 * ks + t + 4 * h, a, wb, off[h], ky3[h]);
-            float bv[4][2];
 #pragma unroll
             for (int ni = 0; ni < 4; ni++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) bv[ni][h] = H::at(buf, off[h], ky3[h], px[ni]);
-            tc_mma_step<PASSES>(acc, as, wm, ks, bv);
+                for (int h = 0; h < 2; h++) bv[ks][ni][h] = H::at(buf, off[h], ky3[h], px[ni]);
         }
+        tc_mma_tile<MATH>(acc, as, wm, bv);
     }
     cp_async_wait<0>();
     auto pixel = [&](int n) { return hl.pixel(n); };
@@ -734,7 +765,7 @@ static __device__ __forceinline__ void conv_halo_tc(const G& g, const H& hl, int
     }
 }
 
-template <int KH, int KW, int PASSES>
+template <int KH, int KW, int MATH>
 static __device__ __forceinline__ void conv2d_tc_run(const float* x, const float* w, const float* bias,
                                                      const float* residual, float* out, const Conv2dParams& p,
                                                      unsigned char* smem) {
@@ -743,46 +774,47 @@ static __device__ __forceinline__ void conv2d_tc_run(const float* x, const float
     const float* re = p.has_residual ? residual : nullptr;
     if (KH == 3 && KW == 3 && p.halo_rw > 0) {
         const Halo<Conv2dParams> hl(p, x, reinterpret_cast<float*>(smem + 2 * TC_A_BYTES), TC_BN);
-        conv_halo_tc<PASSES, false>(g, hl, p.c_out, 0, bi, re, out, smem);
+        conv_halo_tc<MATH, false>(g, hl, p.c_out, 0, bi, re, out, smem);
     } else {
-        conv_igemm_tc<PASSES>(g, p.c_out, p.n * p.oh * p.ow, bi, re, out, smem);
+        conv_igemm_tc<MATH>(g, p.c_out, p.n * p.oh * p.ow, bi, re, out, smem);
     }
 }
 
-template <int PASSES>
+template <int MATH>
 static __device__ __forceinline__ void conv2d_tc_entry(const float* x, const float* w, const float* bias,
                                                        const float* residual, float* out, const Conv2dParams& p,
                                                        unsigned char* smem) {
-    if (p.kh == 3 && p.kw == 3) conv2d_tc_run<3, 3, PASSES>(x, w, bias, residual, out, p, smem);
-    else if (p.kh == 1 && p.kw == 1) conv2d_tc_run<1, 1, PASSES>(x, w, bias, residual, out, p, smem);
-    else conv2d_tc_run<0, 0, PASSES>(x, w, bias, residual, out, p, smem);
+    if (p.kh == 3 && p.kw == 3) conv2d_tc_run<3, 3, MATH>(x, w, bias, residual, out, p, smem);
+    else if (p.kh == 1 && p.kw == 1) conv2d_tc_run<1, 1, MATH>(x, w, bias, residual, out, p, smem);
+    else conv2d_tc_run<0, 0, MATH>(x, w, bias, residual, out, p, smem);
 }
 
 /* Gathers: grid z = phase a·2 + b. Halo (p.halo_rw > 0): grid z = row phase a, both column phases per block. */
-template <int PASSES>
+template <int MATH>
 static __device__ __forceinline__ void upsample_tc_entry(const float* x, const float* w, const float* bias, float* out,
                                                          const UpsampleConvParams& p, unsigned char* smem) {
     const float* bi = p.has_bias ? bias : nullptr;
     if (p.halo_rw > 0) {
         const int a = (int)blockIdx.z;
         const Halo<UpsampleConvParams> hl(p, x, reinterpret_cast<float*>(smem + 2 * TC_A_BYTES), TC_BN);
-        conv_halo_tc<PASSES, true>(phase_geo(x, w, p, a, 0), hl, p.c_out, a, bi, nullptr, out, smem);
+        conv_halo_tc<MATH, true>(phase_geo(x, w, p, a, 0), hl, p.c_out, a, bi, nullptr, out, smem);
     } else {
         const int phase = (int)blockIdx.z;
-        conv_igemm_tc<PASSES>(phase_geo(x, w, p, phase >> 1, phase & 1), p.c_out, p.n * p.h * p.w, bi, nullptr, out,
+        conv_igemm_tc<MATH>(phase_geo(x, w, p, phase >> 1, phase & 1), p.c_out, p.n * p.h * p.w, bi, nullptr, out,
                               smem);
     }
 }
 
 /* Dynamic shared memory: TC_STAGES · TC_STAGE_BYTES = 48 KiB (gathers), 2 · TC_A_BYTES + HALO_BYTES = 46 KiB (halo);
- * p.tf32_passes 1 or 3 (anything else traps). */
+ * p.tc_math one of CONV_TC_* (anything else traps). */
 extern "C" __global__ __launch_bounds__(CONV_THREADS) void conv2d_tc_f32(const float* __restrict__ x, const float* __restrict__ w,
                                                                           const float* __restrict__ bias, const float* residual,
                                                                           float* out, Conv2dParams p) {
     DYNAMIC_SHARED(float, smem);
     unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
-    if (p.tf32_passes == 3) conv2d_tc_entry<3>(x, w, bias, residual, out, p, sm);
-    else if (p.tf32_passes == 1) conv2d_tc_entry<1>(x, w, bias, residual, out, p, sm);
+    if (p.tc_math == CONV_TC_TF32X3) conv2d_tc_entry<CONV_TC_TF32X3>(x, w, bias, residual, out, p, sm);
+    else if (p.tc_math == CONV_TC_TF32) conv2d_tc_entry<CONV_TC_TF32>(x, w, bias, residual, out, p, sm);
+    else if (p.tc_math == CONV_TC_BF16) conv2d_tc_entry<CONV_TC_BF16>(x, w, bias, residual, out, p, sm);
     else __trap();
 }
 
@@ -791,7 +823,8 @@ extern "C" __global__ __launch_bounds__(CONV_THREADS) void upsample_conv_tc_f32(
                                                                                  UpsampleConvParams p) {
     DYNAMIC_SHARED(float, smem);
     unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
-    if (p.tf32_passes == 3) upsample_tc_entry<3>(x, w, bias, out, p, sm);
-    else if (p.tf32_passes == 1) upsample_tc_entry<1>(x, w, bias, out, p, sm);
+    if (p.tc_math == CONV_TC_TF32X3) upsample_tc_entry<CONV_TC_TF32X3>(x, w, bias, out, p, sm);
+    else if (p.tc_math == CONV_TC_TF32) upsample_tc_entry<CONV_TC_TF32>(x, w, bias, out, p, sm);
+    else if (p.tc_math == CONV_TC_BF16) upsample_tc_entry<CONV_TC_BF16>(x, w, bias, out, p, sm);
     else __trap();
 }

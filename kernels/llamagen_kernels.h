@@ -154,6 +154,11 @@ typedef struct SoftmaxRowsParams {
     int32_t rows;
     int32_t len;
 } SoftmaxRowsParams;
+/* The arithmetic of the tensor-core convs (conv2d_tc_f32, upsample_conv_tc_f32), f32 in and out, f32 accumulation. */
+#define CONV_TC_TF32 1   /* operands rounded to TF32 (10 mantissa bits), mma m16n8k8 */
+#define CONV_TC_BF16 2   /* operands rounded to bf16 (7 mantissa bits), mma m16n8k16: twice the TF32 rate */
+#define CONV_TC_TF32X3 3 /* each operand split into TF32 big + small, three m16n8k8: f32-level error */
+
 /* conv2d_f32: NCHW cross-correlation (torch Conv2d), weight (c_out, c_in, kh, kw), kh, kw <= 3 (any size works, the
  * 1x1 and 3x3 cases are specialised); output (n, c_out, oh, ow) computed by the launcher from the padding. */
 typedef struct Conv2dParams {
@@ -171,7 +176,7 @@ typedef struct Conv2dParams {
     int32_t ow;
     int32_t has_bias;     /* 0: the bias pointer is not read */
     int32_t has_residual; /* 0: the residual pointer is not read */
-    int32_t tf32_passes;  /* conv2d_tc_f32 only: 1 = TF32, 3 = 3xTF32 (~f32); the SIMT kernels ignore it */
+    int32_t tc_math;      /* conv2d_tc_f32 only: CONV_TC_*; the SIMT kernels ignore it */
     int32_t halo_rw;      /* 0: gather each tap from global memory; else the halo-tile path with tiles of halo_rw
                              columns (3x3 stride 1 pad 1, c_in % 16 == 0, w in {8, 16, 32} or w % 32 == 0:
                              backend::cuda::conv::halo_width) */
@@ -186,7 +191,7 @@ typedef struct UpsampleConvParams {
     int32_t w;
     int32_t c_out;
     int32_t has_bias;
-    int32_t tf32_passes; /* upsample_conv_tc_f32 only, as in Conv2dParams */
+    int32_t tc_math;     /* upsample_conv_tc_f32 only, as in Conv2dParams */
     int32_t halo_rw;     /* as in Conv2dParams (on the low-resolution input) */
 } UpsampleConvParams;
 

@@ -107,7 +107,8 @@ impl Case {
             Kind::Conv { tile, .. } | Kind::Upsample { tile, .. } => match tile {
                 conv::Tile::Tf32 => Math::Tf32Tensor { passes: 1 },
                 conv::Tile::Tf32x3 => Math::Tf32Tensor { passes: 3 },
-                _ => Math::F32Simt,
+                conv::Tile::Bf16 => Math::Bf16Tensor,
+                conv::Tile::T64 | conv::Tile::T128 => Math::F32Simt,
             },
         }
     }
@@ -397,6 +398,14 @@ pub fn cases(quick: bool) -> Vec<Case> {
             },
         },
         Case {
+            kernel: "conv2d_tc_f32 (bf16)",
+            kind: Kind::Conv {
+                tile: C::Bf16,
+                c: 128,
+                hw,
+            },
+        },
+        Case {
             kernel: "upsample_conv_tc_f32 (tf32)",
             kind: Kind::Upsample {
                 tile: C::Tf32,
@@ -433,8 +442,11 @@ impl Case {
             Kind::Decode { d, .. } => (128, attention::decode_shared_bytes(4, d) as u32),
             Kind::Conv { tile, c, hw } => (conv::THREADS, conv::shared_bytes(tile, conv_loader(c, hw))),
             Kind::Upsample { tile, c, hw } => {
-                let tc = matches!(tile, conv::Tile::Tf32 | conv::Tile::Tf32x3);
-                let loader = if tc { conv_loader(c, hw) } else { conv::Loader::Gather };
+                let loader = if tile.tensor_cores() {
+                    conv_loader(c, hw)
+                } else {
+                    conv::Loader::Gather
+                };
                 (conv::THREADS, conv::shared_bytes(tile, loader))
             }
         }

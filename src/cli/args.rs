@@ -70,7 +70,8 @@ pub struct DeviceArgs {
     #[arg(long, value_enum)]
     pub device: Option<Device>,
     /// Arithmetic of the VQ decoder's convolutions on CUDA: f32 (CUDA cores, faithful), tf32x3 (tensor cores,
-    /// split TF32: f32-level error) or tf32 (tensor cores, ~1e-4 relative error: see the README's table).
+    /// split TF32: f32-level error), tf32 (tensor cores, ~1e-4 relative error) or bf16 (tensor cores at twice the
+    /// TF32 rate, ~1e-3): see the README's table.
     #[arg(long, value_enum, default_value = "f32")]
     pub vq_dtype: VqDtypeArg,
 }
@@ -86,6 +87,7 @@ pub enum VqDtypeArg {
     F32,
     Tf32x3,
     Tf32,
+    Bf16,
 }
 
 /// The backend of the VQ tokenizer: f32 activations, and the conv kernels `--vq-dtype` asks for (tensor-core ones
@@ -97,6 +99,7 @@ pub fn vq_backend(d: DeviceArgs) -> Result<Box<dyn Backend>> {
         VqDtypeArg::F32 => None,
         VqDtypeArg::Tf32x3 => Some(Tile::Tf32x3),
         VqDtypeArg::Tf32 => Some(Tile::Tf32),
+        VqDtypeArg::Bf16 => Some(Tile::Bf16),
     };
     if tile.is_some() && device == Device::Cpu {
         bail!(

@@ -11,18 +11,29 @@ use llamagen::backend::cuda::launch::DevPtr;
 use crate::support::devices::*;
 use crate::support::emu_check::*;
 
-/// Every case runs both SIMT kernel variants (bit-identical to each other) and both tensor-core ones.
-const TILES: [Tile; 4] = [Tile::T64, Tile::T128, Tile::Tf32x3, Tile::Tf32];
+/// Every case runs both SIMT kernel variants (bit-identical to each other) and the three tensor-core ones.
+const TILES: [Tile; 5] = [Tile::T64, Tile::T128, Tile::Tf32x3, Tile::Tf32, Tile::Bf16];
 
-/// NMSE bound of a tile's output against the f32 CPU reference. The SIMT tiles: [`F32_NMSE`]. 3xTF32 splits each
+/// NMSE bound of a tile's output against its CPU reference. The SIMT tiles: [`F32_NMSE`]. 3xTF32 splits each
 /// operand into two TF32 halves and drops only small·small (2^-22 relative per product) besides f32 summation
-/// order: the same bound holds (measured worst 7.1e-14 on the emulator, whose mma sums in f64). TF32 rounds each operand to 10 mantissa bits (relative
-/// error ≤ 2^-11): measured worst NMSE 3.5e-7 on
-/// these cases; the bound 2e-6 is ~6× that and ~1000× below one wrong tap (1/K ≈ 2e-3).
+/// order: the same bound holds (measured worst 7.1e-14 on the emulator, whose mma sums in f64). TF32 rounds each
+/// operand to 10 mantissa bits (relative error ≤ 2^-11): measured worst NMSE 3.5e-7 on these cases; the bound 2e-6
+/// is ~6× that and ~1000× below one wrong tap (1/K ≈ 2e-3). bf16 is checked against the CPU conv of the
+/// bf16-rounded input and weights ([`reference_operands`]): bf16 × bf16 products are exact in f32, so only the
+/// summation order differs and the f32 bound holds.
 fn bound(tile: Tile) -> f64 {
     match tile {
         Tile::Tf32 => TF32_NMSE,
         _ => F32_NMSE,
+    }
+}
+
+/// The operands a tile's CPU reference multiplies: the bf16 tile rounds x and the weights to bf16 (nearest even)
+/// before its exact products; the others take them as they are.
+fn reference_operands(tile: Tile, v: &[f32]) -> Vec<f32> {
+    match tile {
+        Tile::Bf16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
     }
 }
 const TF32_NMSE: f64 = 2e-6;
@@ -73,15 +84,20 @@ fn conv_case<D: TestDevice>(dev: &D, rng: &mut Rng, c: ConvCase) -> f64 {
     let b = rand_vec(rng, c_out, 0.5);
     let out_len = n * c_out * oh * ow;
     let r = rand_vec(rng, out_len, 1.0);
-    let mut want = vec![0f32; out_len];
     let bias_cpu = bias.then_some(&b[..]);
-    if residual {
-        cpu::conv::conv2d_add(
-            &x, n, c_in, h, w, &wt, bias_cpu, c_out, kh, kw, stride, pad, &r, &mut want,
-        );
-    } else {
-        cpu::conv::conv2d(&x, n, c_in, h, w, &wt, bias_cpu, c_out, kh, kw, stride, pad, &mut want);
-    }
+    let reference = |tile: Tile| {
+        let (x, wt) = (reference_operands(tile, &x), reference_operands(tile, &wt));
+        let mut want = vec![0f32; out_len];
+        if residual {
+            cpu::conv::conv2d_add(
+                &x, n, c_in, h, w, &wt, bias_cpu, c_out, kh, kw, stride, pad, &r, &mut want,
+            );
+        } else {
+            cpu::conv::conv2d(&x, n, c_in, h, w, &wt, bias_cpu, c_out, kh, kw, stride, pad, &mut want);
+        }
+        want
+    };
+    let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
     let (xb, wb, bb, rb) = (
         dev.upload(&x, "x"),
         dev.upload(&wt, "w"),
@@ -106,7 +122,8 @@ fn conv_case<D: TestDevice>(dev: &D, rng: &mut Rng, c: ConvCase) -> f64 {
             Some(tile),
         )
         .unwrap();
-        let (e, max) = nmse(&ob.to_vec(), &want, &format!("{c:?} {tile:?}"));
+        let want = if tile == Tile::Bf16 { &want_bf16 } else { &want_f32 };
+        let (e, max) = nmse(&ob.to_vec(), want, &format!("{c:?} {tile:?}"));
         let b = bound(tile);
         assert!(
             e <= b,
@@ -332,9 +349,15 @@ fn upsample_case<D: TestDevice>(
         vec![0.0; c_out]
     };
     let out_len = n * c_out * 4 * h * w;
-    let mut want = vec![0f32; out_len];
     let phases = cpu::conv::upsample_phase_weights(&wt, c_out, c_in);
-    cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, &b, c_out, &mut want);
+    // bf16 rounds the folded weights (what the kernel multiplies) and x
+    let reference = |tile: Tile| {
+        let mut want = vec![0f32; out_len];
+        let (x, phases) = (reference_operands(tile, &x), reference_operands(tile, &phases));
+        cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, &b, c_out, &mut want);
+        want
+    };
+    let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
     // ... and the definition: a 3x3 pad-1 conv of the upsampled image (the fold rounds differently: same bound)
     let mut direct = vec![0f32; out_len];
     let u = upsample2(&x, n, c_in, h, w);
@@ -376,9 +399,14 @@ fn upsample_case<D: TestDevice>(
         )
         .unwrap();
         let what = format!("upsample_conv n={n} {c_in}->{c_out} {h}x{w} bias={bias} {tile:?}");
-        let (e, max) = nmse(&ob.to_vec(), &want, &what);
+        let want = if tile == Tile::Bf16 { &want_bf16 } else { &want_f32 };
+        let (e, max) = nmse(&ob.to_vec(), want, &what);
         let b = bound(tile);
         assert!(e <= b, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
+        if tile == Tile::Bf16 {
+            worst = worst.max(e);
+            continue; // the definition's 3x3 weights round differently from their folded sums
+        }
         let (e2, max2) = nmse(&ob.to_vec(), &direct, &what);
         assert!(
             e2 <= b,
@@ -668,12 +696,18 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
         let wt = rand_vec(&mut rng, c_out * c_in * 9, 1.0);
         let b = rand_vec(&mut rng, c_out, 0.5);
         let r = rand_vec(&mut rng, n * c_out * h * w, 1.0);
-        let mut want = vec![0f32; r.len()];
-        if residual {
-            cpu::conv::conv2d_add(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &r, &mut want);
-        } else {
-            cpu::conv::conv2d(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &mut want);
-        }
+        let reference = |tile: Tile| {
+            let (x, wt) = (reference_operands(tile, &x), reference_operands(tile, &wt));
+            let mut want = vec![0f32; r.len()];
+            if residual {
+                cpu::conv::conv2d_add(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &r, &mut want);
+            } else {
+                cpu::conv::conv2d(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &mut want);
+            }
+            want
+        };
+        let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
+        let len = r.len();
         let (xb, wb, bb, rb) = (
             dev.upload(&x, "x"),
             dev.upload(&wt, "w"),
@@ -682,7 +716,7 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
         );
         for tile in TILES {
             let run = |loader| {
-                let mut ob = dev.alloc::<f32>(want.len(), "out");
+                let mut ob = dev.alloc::<f32>(len, "out");
                 conv::conv2d_with(
                     dev,
                     xb.ptr(),
@@ -702,7 +736,8 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
             };
             let (gather, halo) = (run(conv::Loader::Gather), run(conv::Loader::Halo { rw }));
             let what = format!("conv2d n={n} {c_in}->{c_out} {h}x{w} {tile:?} halo {rw}");
-            let (e, max) = nmse(&halo, &want, &what);
+            let want = if tile == Tile::Bf16 { &want_bf16 } else { &want_f32 };
+            let (e, max) = nmse(&halo, want, &what);
             assert!(e <= bound(tile), "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
             let same = gather
                 .iter()
@@ -719,14 +754,20 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
         let x = rand_vec(&mut rng, n * c_in * h * w, 2.0);
         let wt = rand_vec(&mut rng, c_out * c_in * 9, 1.0);
         let b = rand_vec(&mut rng, c_out, 0.5);
-        let mut want = vec![0f32; n * c_out * 4 * h * w];
+        let len = n * c_out * 4 * h * w;
         let phases = cpu::conv::upsample_phase_weights(&wt, c_out, c_in);
-        cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, &b, c_out, &mut want);
+        let reference = |tile: Tile| {
+            let mut want = vec![0f32; len];
+            let (x, phases) = (reference_operands(tile, &x), reference_operands(tile, &phases));
+            cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, &b, c_out, &mut want);
+            want
+        };
+        let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
         let folded = conv::upsample_fold_weights(&wt, c_out, c_in);
         let (xb, wb, bb) = (dev.upload(&x, "x"), dev.upload(&folded, "folded"), dev.upload(&b, "b"));
-        for tile in [Tile::Tf32x3, Tile::Tf32] {
+        for tile in [Tile::Tf32x3, Tile::Tf32, Tile::Bf16] {
             let run = |loader| {
-                let mut ob = dev.alloc::<f32>(want.len(), "out");
+                let mut ob = dev.alloc::<f32>(len, "out");
                 let shape = (n, c_in, h, w);
                 conv::upsample_conv_with(
                     dev,
@@ -744,7 +785,8 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
             };
             let (gather, halo) = (run(conv::Loader::Gather), run(conv::Loader::Halo { rw }));
             let what = format!("upsample_conv n={n} {c_in}->{c_out} {h}x{w} {tile:?} halo {rw}");
-            let (e, max) = nmse(&halo, &want, &what);
+            let want = if tile == Tile::Bf16 { &want_bf16 } else { &want_f32 };
+            let (e, max) = nmse(&halo, want, &what);
             assert!(e <= bound(tile), "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
             let same = gather
                 .iter()

@@ -26,23 +26,32 @@ pub enum Tile {
     Tf32,
     /// The same with 3xTF32 (big + small halves, three mmas): f32-level error at 3× the tensor work.
     Tf32x3,
+    /// 128 × 128 on tensor cores with both operands rounded to bf16 (mma m16n8k16): twice the TF32 rate, ~8× its
+    /// error (`--vq-dtype bf16`).
+    Bf16,
 }
 
 impl Tile {
     pub fn dims(self) -> (usize, usize) {
         match self {
             Tile::T64 => (64, 64),
-            Tile::T128 | Tile::Tf32 | Tile::Tf32x3 => (128, 128),
+            Tile::T128 | Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16 => (128, 128),
         }
     }
 
-    /// The tensor-core kernels' pass count (`tf32_passes`), 0 for the SIMT tiles.
-    fn tf32_passes(self) -> i32 {
-        match self {
-            Tile::Tf32 => 1,
-            Tile::Tf32x3 => 3,
-            _ => 0,
-        }
+    /// Whether the tile runs on tensor cores (`conv2d_tc_f32`, `upsample_conv_tc_f32`).
+    pub fn tensor_cores(self) -> bool {
+        matches!(self, Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16)
+    }
+
+    /// The tensor-core kernels' arithmetic (`tc_math`: `CONV_TC_*`), 0 for the SIMT tiles.
+    fn tc_math(self) -> i32 {
+        (match self {
+            Tile::Tf32 => kernels::CONV_TC_TF32,
+            Tile::Tf32x3 => kernels::CONV_TC_TF32X3,
+            Tile::Bf16 => kernels::CONV_TC_BF16,
+            Tile::T64 | Tile::T128 => 0,
+        }) as i32
     }
 
     /// Dynamic shared memory per block: A tile BK × (BM + 4) floats plus B tile BK × BN floats.
@@ -51,7 +60,7 @@ impl Tile {
             Tile::T64 => (16 * (64 + 4) + 16 * 64) * 4,
             Tile::T128 => (8 * (128 + 4) + 8 * 128) * 4,
             // three stages of A (128 × 16) and B (16 × 128) f32
-            Tile::Tf32 | Tile::Tf32x3 => 3 * (128 * 16 + 16 * 128) * 4,
+            Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16 => 3 * (128 * 16 + 16 * 128) * 4,
         }
     }
 
@@ -113,7 +122,7 @@ pub fn config(tile: Tile, loader: Loader, (rows, w): (usize, usize), c_out: usiz
 pub fn shared_bytes(tile: Tile, loader: Loader) -> u32 {
     match (loader, tile) {
         (Loader::Gather, t) => t.shared_bytes(),
-        (Loader::Halo { .. }, Tile::Tf32 | Tile::Tf32x3) => 2 * 128 * 16 * 4 + HALO_BYTES,
+        (Loader::Halo { .. }, t) if t.tensor_cores() => 2 * 128 * 16 * 4 + HALO_BYTES,
         (Loader::Halo { .. }, t) => t.shared_bytes() + HALO_BYTES,
     }
 }
@@ -287,7 +296,7 @@ pub fn conv2d_with<L: Launcher + ?Sized>(
         ow: to_i32(op, "ow", ow)?,
         has_bias: bias.is_some() as i32,
         has_residual: residual.is_some() as i32,
-        tf32_passes: tile.tf32_passes(),
+        tc_math: tile.tc_math(),
         halo_rw: halo_rw(loader),
     };
     to_i32(op, "n·oh·ow", pixels)?;
@@ -299,7 +308,7 @@ pub fn conv2d_with<L: Launcher + ?Sized>(
     match tile {
         Tile::T64 => kernels::conv2d_f32(l, cfg, x, weight, b, r, out, p),
         Tile::T128 => kernels::conv2d_t128_f32(l, cfg, x, weight, b, r, out, p),
-        Tile::Tf32 | Tile::Tf32x3 => kernels::conv2d_tc_f32(l, cfg, x, weight, b, r, out, p),
+        Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16 => kernels::conv2d_tc_f32(l, cfg, x, weight, b, r, out, p),
     }
 }
 
@@ -373,8 +382,7 @@ pub fn upsample_conv_with<L: Launcher + ?Sized>(
     // the kernel indexes output rows and columns of the 2h × 2w image in int32
     to_i32(op, "n·2h·2w", product(op, "n·2h·2w", &[4, pixels])?)?;
     to_i32(op, "c_in·4", product(op, "c_in·4", &[c_in, 4])?)?;
-    let tc = matches!(tile, Tile::Tf32 | Tile::Tf32x3);
-    let halo = (tc && x.addr() % 16 == 0).then(|| halo_width(c_in, w)).flatten();
+    let halo = (tile.tensor_cores() && x.addr() % 16 == 0).then(|| halo_width(c_in, w)).flatten();
     let halo = halo.filter(|_| c_out.div_ceil(64) <= 65535);
     let loader = pick_loader(op, loader, halo)?;
     let p = UpsampleConvParams {
@@ -384,7 +392,7 @@ pub fn upsample_conv_with<L: Launcher + ?Sized>(
         w: to_i32(op, "w", w)?,
         c_out: to_i32(op, "c_out", c_out)?,
         has_bias: bias.is_some() as i32,
-        tf32_passes: tile.tf32_passes(),
+        tc_math: tile.tc_math(),
         halo_rw: halo_rw(loader),
     };
     let mut cfg = config(tile, loader, (n * h, w), c_out, 4);
@@ -397,7 +405,7 @@ pub fn upsample_conv_with<L: Launcher + ?Sized>(
     match tile {
         Tile::T64 => kernels::upsample_conv_f32(l, cfg, x, folded, b, out, p),
         Tile::T128 => kernels::upsample_conv_t128_f32(l, cfg, x, folded, b, out, p),
-        Tile::Tf32 | Tile::Tf32x3 => kernels::upsample_conv_tc_f32(l, cfg, x, folded, b, out, p),
+        Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16 => kernels::upsample_conv_tc_f32(l, cfg, x, folded, b, out, p),
     }
 }
 
