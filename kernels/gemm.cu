@@ -105,7 +105,8 @@ template <int BM, int BN, int WARPS_M, int WARPS_N> struct TiledGemm {
 
 template <int BM, int BN, int WARPS_M, int WARPS_N>
 static __device__ __forceinline__ void gemm_tiled(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                                  const bf16* __restrict__ r, bf16* __restrict__ y, const GemmParams& p) {
+                                                  const bf16* __restrict__ r, bf16* __restrict__ y,
+                                                  float* __restrict__ part, const GemmParams& p) {
     typedef TiledGemm<BM, BN, WARPS_M, WARPS_N> G;
     DYNAMIC_SHARED(unsigned char, smem);
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -114,25 +115,29 @@ static __device__ __forceinline__ void gemm_tiled(const bf16* __restrict__ x, co
     /* cp.async needs 16-byte aligned sources: rows of k % 8 == 0 elements from aligned bases. Otherwise the same
      * pipeline stages through registers (plain loads, zero-padded), the GPT never takes that path. */
     const bool vec = p.k % 8 == 0 && aligned16(x) && aligned16(w);
-    const int ktiles = ceil_div(p.k, TK);
+    /* split-K: this block's k range [k_lo, k_hi); the stage loads zero-fill past k_hi as past k */
+    const bool split = p.k_splits > 1;
+    const int k_lo = split ? (int)blockIdx.z * p.k_chunk : 0, k_hi = split ? min(p.k, k_lo + p.k_chunk) : p.k;
+    if (split && ((p.k_chunk & (TK - 1)) != 0 || part == nullptr)) __trap();
+    const int ktiles = ceil_div(k_hi - k_lo, TK);
 
     /* Stage s of tile kt: chunk c = tid + THREADS·i is row c / 4 (A rows first, then B rows), k chunk c % 4. */
     auto load_stage = [&](int s, int kt) {
         unsigned char* base = smem + s * G::STAGE_BYTES;
 #pragma unroll
         for (int i = 0; i < (BM + BN) * 4 / G::THREADS; i++) {
-            const int c = tid + G::THREADS * i, row = c >> 2, kc = c & 3, kk = kt * TK + kc * 8;
+            const int c = tid + G::THREADS * i, row = c >> 2, kc = c & 3, kk = k_lo + kt * TK + kc * 8;
             const bool is_a = row < BM;
             const int grow = is_a ? m0 + row : n0 + row - BM, lim = is_a ? p.m : p.n;
             const bf16* src = is_a ? x : w;
             unsigned char* dst = base + (is_a ? 0 : BM * 64) + swz(is_a ? row : row - BM, kc);
-            const bool in = grow < lim && kk < p.k;
+            const bool in = grow < lim && kk < k_hi; /* k_chunk % 8 == 0: a chunk is all in or all out */
             if (vec) {
                 const bf16* g = in ? src + (size_t)grow * (size_t)p.k + kk : src;
                 cp_async16(dst, g, in ? 16 : 0);
             } else {
                 const bf16* rowp = grow < lim ? src + (size_t)grow * (size_t)p.k : nullptr;
-                store16(reinterpret_cast<bf16*>(dst), load_chunk8(rowp, kk, p.k, false));
+                store16(reinterpret_cast<bf16*>(dst), load_chunk8(rowp, kk, k_hi, false));
             }
         }
     };
@@ -182,6 +187,29 @@ static __device__ __forceinline__ void gemm_tiled(const bf16* __restrict__ x, co
         }
     }
     cp_async_wait<0>();
+    if (split) {
+        /* f32 partial tile: each lane's fragment pairs as 8-byte stores, 4 lanes covering one 32-byte sector */
+        float* pz = part + (size_t)blockIdx.z * (size_t)p.m * (size_t)p.n;
+        const int g = lane >> 2, t = lane & 3;
+        const bool pair = (p.n & 1) == 0 && aligned16(part);
+#pragma unroll
+        for (int mi = 0; mi < G::MI; mi++)
+#pragma unroll
+            for (int ni = 0; ni < G::NI; ni++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int row = m0 + wm + mi * 16 + g + 8 * h, col = n0 + wn + ni * 8 + 2 * t;
+                    if (row >= p.m || col >= p.n) continue;
+                    float* o = pz + (size_t)row * (size_t)p.n + col;
+                    if (pair) {
+                        gst(reinterpret_cast<float2*>(o), make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]));
+                    } else {
+                        gst(o, acc[mi][ni][2 * h]);
+                        if (col + 1 < p.n) gst(o + 1, acc[mi][ni][2 * h + 1]);
+                    }
+                }
+        return;
+    }
     __syncthreads(); /* the pipeline's buffers become the output tile */
 
     /* Epilogue through shared memory: the linear output rounded to bf16 into a [BM][CLD] tile, then 16-byte rows
@@ -225,16 +253,52 @@ static __device__ __forceinline__ void gemm_tiled(const bf16* __restrict__ x, co
 /* The three tile shapes (launcher: backend::cuda::gemm::Tile): 8 warps of 64×32 warp tiles, 4 of 64×32, 4 of
  * 32×32. Dynamic shared memory: TiledGemm<..>::SMEM bytes (48 KiB, 36 KiB, 24 KiB). */
 extern "C" __global__ __launch_bounds__(256) void gemm_tiled_128x128_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ r,
-                            bf16* __restrict__ y, GemmParams p) {
-    gemm_tiled<128, 128, 2, 4>(x, w, r, y, p);
+                            bf16* __restrict__ y, float* __restrict__ part, GemmParams p) {
+    gemm_tiled<128, 128, 2, 4>(x, w, r, y, part, p);
 }
 extern "C" __global__ __launch_bounds__(128) void gemm_tiled_128x64_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ r,
-                           bf16* __restrict__ y, GemmParams p) {
-    gemm_tiled<128, 64, 2, 2>(x, w, r, y, p);
+                           bf16* __restrict__ y, float* __restrict__ part, GemmParams p) {
+    gemm_tiled<128, 64, 2, 2>(x, w, r, y, part, p);
 }
 extern "C" __global__ __launch_bounds__(128) void gemm_tiled_64x64_bf16(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ r,
-                          bf16* __restrict__ y, GemmParams p) {
-    gemm_tiled<64, 64, 2, 2>(x, w, r, y, p);
+                          bf16* __restrict__ y, float* __restrict__ part, GemmParams p) {
+    gemm_tiled<64, 64, 2, 2>(x, w, r, y, part, p);
+}
+
+/* ---- gemm_splitk_reduce_bf16 --------------------------------------------------------------------------------- */
+
+/* y = round(r + round(Σ_z part[z])) over the m·n outputs, the splits summed in order z = 0, 1, .. (deterministic; the
+ * f32 sum differs from one pass over k only in its order, as the CPU's blocked sums do). 4 outputs per thread:
+ * float4 partials, 8-byte bf16 residual and output stores. 1-D grid of 256-thread blocks over ceil(m·n / 4). */
+extern "C" __global__ void gemm_splitk_reduce_bf16(const float* __restrict__ part, const bf16* __restrict__ r,
+                                                   bf16* __restrict__ y, GemmParams p) {
+    const size_t mn = (size_t)p.m * (size_t)p.n, i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i >= mn) return;
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const int cnt = mn - i >= 4 ? 4 : (int)(mn - i);
+    const bool v4 = cnt == 4 && (mn & 3) == 0 && aligned16(part);
+    for (int z = 0; z < p.k_splits; z++) {
+        const float* pz = part + (size_t)z * mn + i;
+        if (v4) {
+            const float4 v = gld(reinterpret_cast<const float4*>(pz));
+            s[0] += v.x, s[1] += v.y, s[2] += v.z, s[3] += v.w;
+        } else {
+            for (int j = 0; j < cnt; j++) s[j] += gld(pz + j);
+        }
+    }
+    bf16 out[4], res[4];
+    const bool v8 = cnt == 4 && (reinterpret_cast<uintptr_t>(y + i) & 7) == 0 &&
+                    (!p.has_residual || (reinterpret_cast<uintptr_t>(r + i) & 7) == 0);
+    if (p.has_residual) {
+        if (v8) *reinterpret_cast<uint2*>(res) = gld(reinterpret_cast<const uint2*>(r + i));
+        else for (int j = 0; j < cnt; j++) res[j] = gld(r + i + j);
+    }
+    for (int j = 0; j < cnt; j++) {
+        const float lin = quantize<bf16>(s[j]);
+        out[j] = from_float<bf16>(p.has_residual ? to_float(res[j]) + lin : lin);
+    }
+    if (v8) gst(reinterpret_cast<uint2*>(y + i), *reinterpret_cast<const uint2*>(out));
+    else for (int j = 0; j < cnt; j++) gst(y + i + j, out[j]);
 }
 
 /* ---- gemm_small_bf16 ------------------------------------------------------------------------------------------ */

@@ -125,6 +125,9 @@ typedef struct GemmParams {
     int32_t n;
     int32_t k;
     int32_t has_residual;
+    int32_t k_splits; /* tiled kernels: > 1 = split-K, grid.z = k_splits blocks of k_chunk k each writing f32
+                         partial tiles to `part` ([k_splits][m][n]), summed by gemm_splitk_reduce_bf16; else 1 */
+    int32_t k_chunk;  /* k per split, a multiple of 32 (the pipeline stage) */
 } GemmParams;
 
 /* gemm_strided_f32: for b < batch, c[b](m, n) = alpha · Σ_k a[b](m, k) · b[b](k, n) + bias[m] + r[b](m, n), with
@@ -307,11 +310,13 @@ typedef struct CuemuStats {
     X(sampling_uniform, (const int32_t* __restrict__ image_index, const StepState* __restrict__ step,                  \
                          uint32_t* __restrict__ words, float* __restrict__ u, int32_t n))                              \
     X(gemm_tiled_128x128_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,              \
-                               const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))      \
+        const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, float* __restrict__ part, GemmParams p))   \
     X(gemm_tiled_128x64_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,               \
-                              const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))       \
+        const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, float* __restrict__ part, GemmParams p))   \
     X(gemm_tiled_64x64_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,                \
-                             const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))        \
+        const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, float* __restrict__ part, GemmParams p))   \
+    X(gemm_splitk_reduce_bf16, (const float* __restrict__ part, const __nv_bfloat16* __restrict__ r,                   \
+                                __nv_bfloat16* __restrict__ y, GemmParams p))                                          \
     X(gemm_small_bf16, (const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,                      \
                         const __nv_bfloat16* __restrict__ r, __nv_bfloat16* __restrict__ y, GemmParams p))             \
     X(gemm_small_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ r,          \

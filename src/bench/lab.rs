@@ -56,12 +56,13 @@ pub const A100: Gpu = Gpu {
 /// What a case runs, at which shape.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
-    /// y = x·wᵀ + r in bf16 through `gemm::gemm_with`.
+    /// y = x·wᵀ + r in bf16 through `gemm::gemm_with`, or `gemm::gemm_split_k` when `splits` > 1 (tiled path).
     Gemm {
         path: gemm::GemmPath,
         m: usize,
         n: usize,
         k: usize,
+        splits: u32,
     },
     /// bf16 causal attention of `len` queries at position 0 over a cache of `len` keys (prefill / recompute).
     Prefill {
@@ -92,7 +93,8 @@ pub struct Case {
 impl Case {
     pub fn shape(&self) -> String {
         match self.kind {
-            Kind::Gemm { m, n, k, .. } => format!("m{m} n{n} k{k}"),
+            Kind::Gemm { m, n, k, splits: 1, .. } => format!("m{m} n{n} k{k}"),
+            Kind::Gemm { m, n, k, splits, .. } => format!("m{m} n{n} k{k}, {splits} splits"),
             Kind::Prefill { batch, len, heads, d } => format!("B{batch} L{len} H{heads} d{d}"),
             Kind::Decode { rows, heads, d, pos } => format!("rows{rows} H{heads} d{d} pos{pos}"),
             Kind::Conv { c, hw, .. } => format!("{c}->{c} 3x3 {hw}x{hw}"),
@@ -165,11 +167,19 @@ impl Case {
         };
         let f = |v: Vec<f32>| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
         let datas: Vec<Vec<u8>> = match self.kind {
-            Kind::Gemm { m, n, k, .. } => vec![
+            Kind::Gemm { m, n, k, splits, .. } => vec![
                 bf(rnd(m * k, 1.0)),
                 bf(rnd(n * k, 0.1)),
                 bf(rnd(m * n, 1.0)),
                 vec![0; 2 * m * n],
+                vec![
+                    0;
+                    4 * if splits > 1 {
+                        gemm::split_k_workspace_len(m, n, k, splits)
+                    } else {
+                        1
+                    }
+                ],
             ],
             Kind::Prefill { batch, len, heads, d } => {
                 let spec = kv_spec(batch, len, heads, d);
@@ -224,7 +234,28 @@ impl Case {
             let p = |i: usize, n: usize| DevPtr::<bf16>::from_raw(b[i].addr(), n);
             let pf = |i: usize, n: usize| DevPtr::<f32>::from_raw(b[i].addr(), n);
             match self.kind {
-                Kind::Gemm { path, m, n, k } => gemm::gemm_with(
+                Kind::Gemm { path, m, n, k, splits } if splits > 1 => {
+                    let gemm::GemmPath::Tiled(tile) = path else {
+                        return Err(crate::Error::Invalid(format!(
+                            "{}: split-K runs the tiled path",
+                            self.kernel
+                        )));
+                    };
+                    let part = DevPtrMut::from_raw(b[4].addr(), gemm::split_k_workspace_len(m, n, k, splits));
+                    let y = DevPtrMut::from_raw(b[3].addr(), m * n);
+                    gemm::gemm_split_k(
+                        dev,
+                        p(0, m * k),
+                        p(1, n * k),
+                        Some(p(2, m * n)),
+                        y,
+                        (m, n, k),
+                        tile,
+                        splits,
+                        part,
+                    )
+                }
+                Kind::Gemm { path, m, n, k, .. } => gemm::gemm_with(
                     dev,
                     p(0, m * k),
                     p(1, n * k),
@@ -326,6 +357,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 m,
                 n: 2304,
                 k,
+                splits: 1,
             },
         },
         Case {
@@ -335,6 +367,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 m,
                 n: 768,
                 k,
+                splits: 1,
             },
         },
         Case {
@@ -344,6 +377,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 m,
                 n: 768,
                 k,
+                splits: 1,
             },
         },
         Case {
@@ -353,6 +387,17 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 m: 16,
                 n: 768,
                 k,
+                splits: 1,
+            },
+        },
+        Case {
+            kernel: "gemm_tiled_64x64_bf16 (split-k)",
+            kind: Kind::Gemm {
+                path: GemmPath::Tiled(Some(G::T64x64)),
+                m: 128,
+                n: 768,
+                k,
+                splits: 6,
             },
         },
         Case {

@@ -740,6 +740,8 @@ pub fn reference_cases() -> Vec<OpCase> {
         case!("matmul", "m7_add_bf16", matmul(7, 40, 72, true, true)),
         // Past the small-m kernels' 64 rows: the CUDA backend's tensor-core tiles (bf16) and strided f32 GEMM.
         case!("matmul", "m130_add_bf16_tiled", matmul(130, 96, 80, true, true)),
+        // ... and with k long enough to split (6 blocks of 64×64: 3 splits of 128 through the workspace)
+        case!("matmul", "m130_add_bf16_splitk", matmul(130, 96, 384, true, true)),
         case!("matmul", "m70_f32_tiled", matmul(70, 40, 72, false, false)),
         case!("rope", "b2_pos5_f32", rope(2, 1, 5, false)),
         case!("rope", "b3_prefill4_bf16", rope(3, 4, 0, true)),

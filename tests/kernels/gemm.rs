@@ -37,6 +37,7 @@ fn gemm_case<D: TestDevice>(
     res: bool,
     bf: bool,
     path: GemmPath,
+    split: Option<u32>,
 ) -> f64 {
     // Rows of different magnitude, so a misplaced row shows.
     let mut x: Vec<f32> = (0..m * k)
@@ -73,7 +74,17 @@ fn gemm_case<D: TestDevice>(
         );
         let mut yd = dev.alloc::<bf16>(m * n, "y");
         let rp = res.then(|| rd.ptr());
-        gemm::gemm_with(dev, xd.ptr(), wd.ptr(), rp, yd.ptr_mut(), m, n, k, path).unwrap();
+        match split {
+            None => gemm::gemm_with(dev, xd.ptr(), wd.ptr(), rp, yd.ptr_mut(), m, n, k, path).unwrap(),
+            Some(splits) => {
+                let GemmPath::Tiled(tile) = path else {
+                    panic!("split-K runs the tiled kernels")
+                };
+                let mut part = dev.alloc::<f32>(gemm::split_k_workspace_len(m, n, k, splits), "part");
+                let (x, w, y, part) = (xd.ptr(), wd.ptr(), yd.ptr_mut(), part.ptr_mut());
+                gemm::gemm_split_k(dev, x, w, rp, y, (m, n, k), tile, splits, part).unwrap()
+            }
+        }
         from_bf16(&yd.to_vec())
     } else {
         let (xd, wd, rd) = (dev.upload(&x, "x"), dev.upload(&w, "w"), dev.upload(&r, "r"));
@@ -83,7 +94,7 @@ fn gemm_case<D: TestDevice>(
         yd.to_vec()
     };
     let what = format!(
-        "gemm {} {path:?} m={m} n={n} k={k} residual={res} sched={}",
+        "gemm {} {path:?} split={split:?} m={m} n={n} k={k} residual={res} sched={}",
         if bf { "bf16" } else { "f32" },
         dev.sched_label()
     );
@@ -102,7 +113,7 @@ fn gemm_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(11);
     let (mut worst_f32, mut worst_bf16, mut cases) = (0f64, 0f64, 0usize);
     let mut run = |dev: &D, m, n, k, res, bf, path| {
-        let e = gemm_case(dev, &mut rng, m, n, k, res, bf, path);
+        let e = gemm_case(dev, &mut rng, m, n, k, res, bf, path, None);
         if bf {
             worst_bf16 = worst_bf16.max(e);
         } else {
@@ -168,7 +179,17 @@ fn gemm_tiles_match_cpu_on<D: TestDevice>(dev: &D) {
         ];
         for (j, &(m, n, k)) in shapes.iter().enumerate() {
             let d = dev.with_sched(SCHEDS[(i + j) % 3]);
-            let e = gemm_case(&d, &mut rng, m, n, k, j % 2 == 0, true, GemmPath::Tiled(Some(tile)));
+            let e = gemm_case(
+                &d,
+                &mut rng,
+                m,
+                n,
+                k,
+                j % 2 == 0,
+                true,
+                GemmPath::Tiled(Some(tile)),
+                None,
+            );
             worst = worst.max(e);
         }
         for s in SCHEDS {
@@ -181,11 +202,70 @@ fn gemm_tiles_match_cpu_on<D: TestDevice>(dev: &D) {
                 true,
                 true,
                 GemmPath::Tiled(Some(tile)),
+                None,
             );
             worst = worst.max(e);
         }
     }
     println!("gemm tiles: worst NMSE {worst:.3e}");
+}
+
+/// Split-K: every tile with 2..8 splits, k ranges that end mid-stage (k = 300 in chunks of 160), k % 8 != 0 (the
+/// register-staged loads), odd n (the partial tile's scalar stores, the reduce's scalar tail), residual on and off,
+/// under the three schedules; against the CPU at the tiled path's bound (only the f32 summation order differs).
+#[test]
+fn gemm_split_k_matches_cpu() {
+    gemm_split_k_matches_cpu_on(&EmuDevice::new());
+}
+
+fn gemm_split_k_matches_cpu_on<D: TestDevice>(dev: &D) {
+    let mut rng = Rng(29);
+    let mut worst = 0f64;
+    let shapes = [
+        (70, 100, 300, 2),
+        (33, 257, 768, 6),
+        (128, 72, 136, 2),
+        (5, 8, 1000, 8),
+        (17, 40, 100, 3),
+    ];
+    for (i, tile) in Tile::ALL.into_iter().enumerate() {
+        for (j, &(m, n, k, splits)) in shapes.iter().enumerate() {
+            let d = dev.with_sched(SCHEDS[(i + j) % 3]);
+            let path = GemmPath::Tiled(Some(tile));
+            worst = worst.max(gemm_case(&d, &mut rng, m, n, k, j % 2 == 0, true, path, Some(splits)));
+        }
+    }
+    println!("gemm split-k: worst NMSE {worst:.3e}");
+}
+
+#[test]
+fn gemm_split_k_choice() {
+    // GPT-B at batch 64 with CFG (m = 128): the 64x64 grid leaves SMs idle
+    assert_eq!(gemm::split_k(128, 2304, 768, Tile::T64x64), Some(2));
+    assert_eq!(gemm::split_k(128, 768, 768, Tile::T64x64), Some(6));
+    assert_eq!(gemm::split_k(128, 768, 2048, Tile::T64x64), Some(6));
+    assert_eq!(gemm::split_k(128, 4096, 768, Tile::T64x64), Some(2));
+    // a full grid, or k too short to split
+    assert_eq!(gemm::split_k(1920, 2304, 768, Tile::T128x128), None);
+    assert_eq!(gemm::split_k(128, 768, 128, Tile::T64x64), None);
+    assert_eq!(gemm::split_k_workspace_len(128, 768, 768, 6), 6 * 128 * 768);
+    let dev = EmuDevice::new();
+    let (x, w) = (dev.alloc::<bf16>(64 * 64, "x"), dev.alloc::<bf16>(64 * 64, "w"));
+    let (mut y, mut part) = (dev.alloc::<bf16>(64 * 64, "y"), dev.alloc::<f32>(64 * 64, "part"));
+    let e = gemm::gemm_split_k(
+        &dev,
+        x.ptr(),
+        w.ptr(),
+        None,
+        y.ptr_mut(),
+        (64, 64, 64),
+        None,
+        2,
+        part.ptr_mut(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("part has 4096 elements, needs 8192"), "{e}");
 }
 
 #[test]
@@ -532,6 +612,7 @@ fn gpu_gemm_matches_cpu() {
     let g = GpuTest::new();
     gemm_matches_cpu_on(&g);
     gemm_tiles_match_cpu_on(&g);
+    gemm_split_k_matches_cpu_on(&g);
     gemm_unaligned_fallback_on(&g);
     gemm_strided_matches_reference_on(&g);
 }

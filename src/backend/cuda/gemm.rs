@@ -175,6 +175,8 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
         n: to_i32(op, "n", n)?,
         k: to_i32(op, "k", k)?,
         has_residual: residual.is_some() as i32,
+        k_splits: 1,
+        k_chunk: 0,
     };
     // SAFETY: a null pointer is never dereferenced: has_residual = 0 tells the kernel.
     let r = residual.unwrap_or(unsafe { DevPtr::from_raw(0, 0) });
@@ -196,14 +198,7 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
         }
         GemmPath::Tiled(tile) => {
             let tile = tile.unwrap_or_else(|| pick_tile(m, n));
-            let (bm, bn) = tile.dims();
-            let gy = m.div_ceil(bm);
-            if gy > 65535 {
-                return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
-            }
-            let grid = [n.div_ceil(bn) as u32, gy as u32, 1];
-            let cfg = LaunchConfig::new(grid, [tile.threads(), 1, 1]).with_shared(tile.shared_bytes());
-            (cfg, Some(tile))
+            (tiled_config(op, tile, m, n, 1)?, Some(tile))
         }
         GemmPath::Auto => unreachable!("resolved by auto_path above"),
     };
@@ -212,11 +207,124 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
         let (xb, wb, rb) = (x.cast::<bf16>(), w.cast::<bf16>(), r.cast::<bf16>());
         match (T::DTYPE, tile) {
             (Dtype::Bf16, None) => kernels::gemm_small_bf16(l, cfg, xb, wb, rb, y.cast(), p),
-            (Dtype::Bf16, Some(Tile::T128x128)) => kernels::gemm_tiled_128x128_bf16(l, cfg, xb, wb, rb, y.cast(), p),
-            (Dtype::Bf16, Some(Tile::T128x64)) => kernels::gemm_tiled_128x64_bf16(l, cfg, xb, wb, rb, y.cast(), p),
-            (Dtype::Bf16, Some(Tile::T64x64)) => kernels::gemm_tiled_64x64_bf16(l, cfg, xb, wb, rb, y.cast(), p),
+            (Dtype::Bf16, Some(tile)) => launch_tiled(l, tile, cfg, xb, wb, rb, y.cast(), DevPtrMut::from_raw(0, 0), p),
             (Dtype::F32, _) => kernels::gemm_small_f32(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p),
         }
+    }
+}
+
+/// Grid (n / BN, m / BM, k splits) of a tiled launch with its threads and shared memory.
+fn tiled_config(op: &str, tile: Tile, m: usize, n: usize, splits: u32) -> Result<LaunchConfig> {
+    let (bm, bn) = tile.dims();
+    let gy = m.div_ceil(bm);
+    if gy > 65535 {
+        return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
+    }
+    let grid = [n.div_ceil(bn) as u32, gy as u32, splits];
+    Ok(LaunchConfig::new(grid, [tile.threads(), 1, 1]).with_shared(tile.shared_bytes()))
+}
+
+/// # Safety
+/// The pointers are live device buffers of the sizes `p` implies (`part`: `p.k_splits · m · n` f32 when split).
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_tiled<L: Launcher + ?Sized>(
+    l: &L,
+    tile: Tile,
+    cfg: LaunchConfig,
+    x: DevPtr<'_, bf16>,
+    w: DevPtr<'_, bf16>,
+    r: DevPtr<'_, bf16>,
+    y: DevPtrMut<'_, bf16>,
+    part: DevPtrMut<'_, f32>,
+    p: GemmParams,
+) -> Result<()> {
+    match tile {
+        Tile::T128x128 => kernels::gemm_tiled_128x128_bf16(l, cfg, x, w, r, y, part, p),
+        Tile::T128x64 => kernels::gemm_tiled_128x64_bf16(l, cfg, x, w, r, y, part, p),
+        Tile::T64x64 => kernels::gemm_tiled_64x64_bf16(l, cfg, x, w, r, y, part, p),
+    }
+}
+
+/// k per split for `splits` of k (a multiple of the 32-wide pipeline stage), and the splits that leaves.
+fn split_chunk(k: usize, splits: usize) -> (usize, usize) {
+    let chunk = k.div_ceil(splits).div_ceil(32) * 32;
+    (chunk, k.div_ceil(chunk))
+}
+
+/// Split-K for the tiled bf16 GEMM when its grid leaves SMs idle: splits so that the blocks reach [`TARGET_SMS`],
+/// each split keeping ≥ 4 pipeline stages of k (128), at most 8. `None` where one pass fills the GPU (or k is too
+/// short to split). GPT-B at batch 64 with CFG (m = 128): qkv (n = 2304, 72 blocks of 64×64) 2 splits; wo and w2
+/// (n = 768, 24 blocks) 6; w1|w3 (n = 4096 → 128 blocks) 2. The partial sums cost 2·splits·m·n·4 bytes of traffic.
+pub fn split_k(m: usize, n: usize, k: usize, tile: Tile) -> Option<u32> {
+    let blocks = tile.blocks(m, n);
+    let want = TARGET_SMS.div_ceil(blocks).min(k / 128).min(8);
+    let (_, splits) = split_chunk(k, want.max(1));
+    (splits > 1).then_some(splits as u32)
+}
+
+/// f32 elements of the workspace [`gemm_split_k`] needs.
+pub fn split_k_workspace_len(m: usize, n: usize, k: usize, splits: u32) -> usize {
+    split_chunk(k, splits as usize).1 * m * n
+}
+
+/// The tiled bf16 GEMM with k split `splits` ways (≥ 2): grid.z blocks each sum one k range into an f32 partial
+/// tile in `part` (≥ [`split_k_workspace_len`] elements, scratch), then `gemm_splitk_reduce_bf16` sums the
+/// partials in order and applies the usual epilogue (round, + residual, round). Same results as [`gemm_with`]'s
+/// tiled path up to f32 summation order.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_split_k<L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, bf16>,
+    w: DevPtr<'_, bf16>,
+    residual: Option<DevPtr<'_, bf16>>,
+    y: DevPtrMut<'_, bf16>,
+    (m, n, k): (usize, usize, usize),
+    tile: Option<Tile>,
+    splits: u32,
+    part: DevPtrMut<'_, f32>,
+) -> Result<()> {
+    let op = "gemm split-k";
+    if m == 0 || n == 0 || k == 0 {
+        return Err(invalid(op, format!("empty shape m = {m}, n = {n}, k = {k}")));
+    }
+    if !(2..=64).contains(&splits) {
+        return Err(invalid(op, format!("{splits} splits (2..=64)")));
+    }
+    let mul = |a: usize, b: usize, what: &str| a.checked_mul(b).ok_or_else(|| invalid(op, format!("{what} overflows")));
+    check_len(op, "x", x.len(), mul(m, k, "m·k")?)?;
+    check_len(op, "w", w.len(), mul(n, k, "n·k")?)?;
+    let mn = mul(m, n, "m·n")?;
+    check_len(op, "y", y.len(), mn)?;
+    if let Some(r) = &residual {
+        check_len(op, "residual", r.len(), mn)?;
+    }
+    let (chunk, splits) = split_chunk(k, splits as usize);
+    check_len(op, "part", part.len(), mul(splits, mn, "splits·m·n")?)?;
+    let p = GemmParams {
+        m: to_i32(op, "m", m)?,
+        n: to_i32(op, "n", n)?,
+        k: to_i32(op, "k", k)?,
+        has_residual: residual.is_some() as i32,
+        k_splits: splits as i32,
+        k_chunk: chunk as i32,
+    };
+    to_i32(op, "m·n", mn)?;
+    let tile = tile.unwrap_or_else(|| pick_tile(m, n));
+    let cfg = tiled_config(op, tile, m, n, splits as u32)?;
+    // SAFETY: a null pointer is never dereferenced: has_residual = 0 tells the kernel.
+    let r = residual.unwrap_or(unsafe { DevPtr::from_raw(0, 0) });
+    let (pa, pl, ya, yl, ra, rl) = (part.addr(), part.len(), y.addr(), y.len(), r.addr(), r.len());
+    // SAFETY: the sizes are checked above; the split kernel writes only `part` (not y), the reduce reads `part` and
+    // the residual and writes y: each launch sees each buffer through one pointer.
+    unsafe {
+        launch_tiled(l, tile, cfg, x, w, r, y, part, p)?;
+        let cfg = LaunchConfig::linear(mn.div_ceil(4).div_ceil(256) as u32, 256);
+        let (part, r, y) = (
+            DevPtr::from_raw(pa, pl),
+            DevPtr::from_raw(ra, rl),
+            DevPtrMut::from_raw(ya, yl),
+        );
+        kernels::gemm_splitk_reduce_bf16(l, cfg, part, r, y, p)
     }
 }
 
