@@ -21,6 +21,11 @@
  *     cp.async phases both conflict-free, no padding), A and B fragments by ldmatrix.x4, f32 accumulators; the
  *     epilogue stages the rounded tile through shared memory so that y (and the residual) move as 16-byte rows.
  *     Rows whose k % 8 != 0 or unaligned bases take the same pipeline through registers (no cp.async).
+ *     Split-K (p.k_splits > 1, backend::cuda::gemm::split_k: when even 64×64 tiles leave SMs idle): grid.z blocks
+ *     each run the pipeline over one range of whole 32-wide stages and store their f32 accumulators to `part`
+ *     (8-byte fragment pairs, 4 lanes per 32-byte sector); gemm_splitk_reduce_bf16 then sums the ranges in order
+ *     (deterministic) and applies the same round / + residual / round epilogue. Extra traffic 2·splits·m·n·4 bytes:
+ *     at m = 128, n = 768, 6 splits 4.7 MB against the 1.2 MB weight it spreads over 6× the SMs.
  *   gemm_small_bf16 (decode, m ≤ 64 per block row): weight-streaming. A block owns 8 weight rows (one n8 mma
  *     column group) and up to 64 rows of x (4 m16 tiles), its warps split k in interleaved 32-wide chunks. A lane
  *     (g = lane/4, t = lane%4) loads w[n0 + g][kc + 8t .. +8] with one 16-byte load, which is exactly its B fragment

@@ -46,12 +46,12 @@ impl Tile {
 
     /// The tensor-core kernels' arithmetic (`tc_math`: `CONV_TC_*`), 0 for the SIMT tiles.
     fn tc_math(self) -> i32 {
-        (match self {
+        match self {
             Tile::Tf32 => kernels::CONV_TC_TF32,
             Tile::Tf32x3 => kernels::CONV_TC_TF32X3,
             Tile::Bf16 => kernels::CONV_TC_BF16,
             Tile::T64 | Tile::T128 => 0,
-        }) as i32
+        }
     }
 
     /// Dynamic shared memory per block: A tile BK × (BM + 4) floats plus B tile BK × BN floats.
@@ -92,12 +92,12 @@ pub enum Loader {
 /// (w a larger multiple of 32). The caller checks the conv's geometry (3×3, stride 1, pad 1) and the input's
 /// 16-byte alignment.
 pub fn halo_width(c_in: usize, w: usize) -> Option<u32> {
-    if c_in % 16 != 0 {
+    if !c_in.is_multiple_of(16) {
         return None;
     }
     match w {
         8 | 16 | 32 => Some(w as u32),
-        _ if w % 32 == 0 => Some(32),
+        _ if w.is_multiple_of(32) => Some(32),
         _ => None,
     }
 }
@@ -277,7 +277,7 @@ pub fn conv2d_with<L: Launcher + ?Sized>(
         check_len(op, "residual", r.len(), out_len)?;
     }
     let tile = tile_for(op, tile, pixels, c_out)?;
-    let halo = (kh == 3 && kw == 3 && stride == 1 && pad == [1; 4] && x.addr() % 16 == 0)
+    let halo = (kh == 3 && kw == 3 && stride == 1 && pad == [1; 4] && x.addr().is_multiple_of(16))
         .then(|| halo_width(c_in, w))
         .flatten();
     let loader = pick_loader(op, loader, halo)?;
@@ -382,7 +382,7 @@ pub fn upsample_conv_with<L: Launcher + ?Sized>(
     // the kernel indexes output rows and columns of the 2h × 2w image in int32
     to_i32(op, "n·2h·2w", product(op, "n·2h·2w", &[4, pixels])?)?;
     to_i32(op, "c_in·4", product(op, "c_in·4", &[c_in, 4])?)?;
-    let halo = (tile.tensor_cores() && x.addr() % 16 == 0).then(|| halo_width(c_in, w)).flatten();
+    let halo = (tile.tensor_cores() && x.addr().is_multiple_of(16)).then(|| halo_width(c_in, w)).flatten();
     let halo = halo.filter(|_| c_out.div_ceil(64) <= 65535);
     let loader = pick_loader(op, loader, halo)?;
     let p = UpsampleConvParams {
