@@ -131,9 +131,22 @@ fn a_decode_step_allocates_nothing() {
             seed: 7,
         };
         s.run(prefill, &step).unwrap();
+        // the prefill's results first: the decode graph's inputs share the arena
+        s.copy(prefill, "tokens", decode, "ids").unwrap();
         s.write_f32(decode, "cond_mask", &m2).unwrap();
         s.write_i32(decode, "image_index", &[0, 1, 2]).unwrap();
-        s.copy(prefill, "tokens", decode, "ids").unwrap();
+        if dtype == Dtype::F32 {
+            // ... and after them the prefill's results are refused, not read from what may now be decode inputs
+            let e = s.read_i32(prefill, "tokens").unwrap_err().to_string();
+            assert!(e.contains("`tokens` is stale"), "{e}");
+            let e = s.read_f32(prefill, "cond_mask").unwrap_err().to_string();
+            assert!(e.contains("`cond_mask` is stale"), "{e}");
+            assert_eq!(
+                s.read_f32(decode, "cond_mask").unwrap(),
+                m2,
+                "the decode graph's inputs stay readable"
+            );
+        }
         // The first decode step sizes the sampler's scratch; every later one must allocate nothing.
         step.pos = cfg.cls_token_num;
         step.step = 1;

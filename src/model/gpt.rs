@@ -337,22 +337,24 @@ impl GptRunner {
         }
     }
 
-    /// Runs the prefill, then writes the decode graph's persistent inputs.
-    fn start(
+    /// Runs the prefill, hands `take` its results (the graphs share the arena, so they must be read before the
+    /// decode graph's inputs are written over it), then writes the decode graph's persistent inputs.
+    fn start<R>(
         &mut self,
-        cond: &Condition,
-        idx: &[i32],
-        prefill: GraphId,
-        decode: GraphId,
+        (cond, idx): (&Condition, &[i32]),
+        (prefill, decode): (GraphId, GraphId),
         step: &StepParams,
-    ) -> Result<()> {
+        take: impl FnOnce(&mut Session) -> Result<R>,
+    ) -> Result<R> {
         let mask = self.write_condition(cond, prefill)?;
         self.session.write_i32(prefill, "image_index", idx)?;
         self.session.run(prefill, step)?;
+        let r = take(&mut self.session)?;
         if let Some(m) = mask {
             self.session.write_f32(decode, "cond_mask", &m)?;
         }
-        self.session.write_i32(decode, "image_index", idx)
+        self.session.write_i32(decode, "image_index", idx)?;
+        Ok(r)
     }
 
     /// Runs the whole generation for one batch; returns `g²` tokens per image. `on_token` is called after each step.
@@ -390,8 +392,9 @@ impl GptRunner {
             cfg_active: true,
             seed,
         };
-        self.start(cond, &idx, prefill, decode, &step)?;
-        let toks = self.session.read_i32(prefill, "tokens")?;
+        let toks = self.start((cond, &idx), (prefill, decode), &step, |s| {
+            s.read_i32(prefill, "tokens")
+        })?;
         out.iter_mut().zip(&toks).for_each(|(o, &tk)| o.push(tk as u32));
         on_token(0);
         // The step loop's tensors, looked up once.
@@ -399,7 +402,7 @@ impl GptRunner {
             self.session.tensor(decode, "tokens")?,
             self.session.tensor(decode, "ids")?,
         );
-        self.session.copy(prefill, "tokens", decode, ids)?;
+        self.session.write_i32(decode, ids, &toks)?;
         for i in 0..n.saturating_sub(1) {
             step.pos = t + i;
             step.step = i as u32 + 1;
@@ -472,8 +475,10 @@ impl GptRunner {
             cfg_active: true,
             seed: 0,
         };
-        self.start(cond, &idx, prefill, decode, &step)?;
-        put(0, &self.session.read_f32(prefill, "logits")?);
+        let first = self.start((cond, &idx), (prefill, decode), &step, |s| {
+            s.read_f32(prefill, "logits")
+        })?;
+        put(0, &first);
         for i in 0..n - 1 {
             let mut ids: Vec<i32> = tokens.iter().map(|tk| tk[i] as i32).collect();
             if self.cfg_on() {

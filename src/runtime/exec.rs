@@ -1,6 +1,6 @@
 //! The executor: owns a backend and the planned graphs of one model, and runs them. The arena is sized once for the
 //! largest plan, so running a graph allocates nothing.
-use super::graph::{Graph, Phase, TensorId};
+use super::graph::{Graph, Phase, Role, TensorId};
 use super::plan::Plan;
 use crate::ops::{Args, Backend, KvSpec, Op, RunInfo, Scalar, StepParams, TensorRef, Weight};
 use crate::{Error, Result};
@@ -116,6 +116,11 @@ pub struct Session {
     kv: Option<KvSpec>,
     /// (name, shape) of every weight, for checking the graphs added later.
     weight_shapes: Vec<(String, Vec<usize>)>,
+    /// The graph whose tensors the arena holds intact: the last one written or run (graphs share the arena, so a
+    /// write into one graph's tensors may land on another's). Reading a graph's tensors needs it.
+    owner: Option<GraphId>,
+    /// The graph whose computed tensors are valid: the last one run, while it is still the owner.
+    results_of: Option<GraphId>,
     /// Opt-in per-node timing (`set_profiling`); off, `run` goes straight to `Backend::run`.
     profiling: bool,
     /// Per graph: accumulated (seconds, runs) of whole runs, and (seconds, calls) per node. Sized when a graph is
@@ -229,6 +234,8 @@ impl Session {
             graphs,
             kv,
             weight_shapes,
+            owner: None,
+            results_of: None,
             profiling: false,
             timings,
         })
@@ -287,12 +294,36 @@ impl Session {
 
     pub fn write_f32(&mut self, id: GraphId, t: impl TensorKey, data: &[f32]) -> Result<()> {
         let t = self.slot(id, t, Scalar::F32, Some(data.len()))?;
+        self.wrote(id);
         self.backend.write_f32(t, data)
     }
 
     pub fn write_i32(&mut self, id: GraphId, t: impl TensorKey, data: &[i32]) -> Result<()> {
         let t = self.slot(id, t, Scalar::I32, Some(data.len()))?;
+        self.wrote(id);
         self.backend.write_i32(t, data)
+    }
+
+    /// A write into graph `id`'s tensors: any other graph's tensors may be overwritten.
+    fn wrote(&mut self, id: GraphId) {
+        if self.owner != Some(id) {
+            self.results_of = None;
+        }
+        self.owner = Some(id);
+    }
+
+    /// A graph's tensors can be read while no other graph's were written since; its computed ones also need a run
+    /// since then.
+    fn check_fresh(&self, id: GraphId, t: TensorId) -> Result<()> {
+        let info = self.graphs[id.0].g.info(t);
+        if self.owner == Some(id) && (info.role == Role::Input || self.results_of == Some(id)) {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "tensor `{}` is stale: another graph's tensors were written into the shared arena since (read a \
+             graph's results before writing the next graph's inputs), or its graph has not run",
+            info.name
+        )))
     }
 
     /// Waits for every run issued so far (GPU backends run asynchronously).
@@ -301,12 +332,16 @@ impl Session {
     }
 
     pub fn read_f32(&self, id: GraphId, t: impl TensorKey) -> Result<Vec<f32>> {
-        let t = self.slot(id, t, Scalar::F32, None)?;
+        let key = t.id_in(&self.graphs[id.0].g)?;
+        self.check_fresh(id, key)?;
+        let t = self.slot(id, key, Scalar::F32, None)?;
         self.backend.read_f32(t)
     }
 
     pub fn read_i32(&self, id: GraphId, t: impl TensorKey) -> Result<Vec<i32>> {
-        let t = self.slot(id, t, Scalar::I32, None)?;
+        let key = t.id_in(&self.graphs[id.0].g)?;
+        self.check_fresh(id, key)?;
+        let t = self.slot(id, key, Scalar::I32, None)?;
         self.backend.read_i32(t)
     }
 
@@ -326,9 +361,11 @@ impl Session {
                 d.scalar
             )));
         }
+        self.check_fresh(from, si)?;
         if s == d {
             return Ok(());
         }
+        self.wrote(to);
         self.backend.copy(s, d)
     }
 
@@ -354,6 +391,14 @@ impl Session {
     /// Runs graph `id`: the one executor. Each node's op goes to the backend's implementation of it; a backend may
     /// replay a recorded run instead (`Backend::begin_run`). Profiled, every node is timed and waited for.
     pub fn run(&mut self, id: GraphId, step: &StepParams) -> Result<()> {
+        self.wrote(id);
+        self.results_of = None;
+        self.run_nodes(id, step)?;
+        self.results_of = Some(id);
+        Ok(())
+    }
+
+    fn run_nodes(&mut self, id: GraphId, step: &StepParams) -> Result<()> {
         let p = &self.graphs[id.0];
         self.check_positions(p, step)?;
         let b = &mut *self.backend;
