@@ -38,6 +38,57 @@ fn reference_operands(tile: Tile, v: &[f32]) -> Vec<f32> {
 }
 const TF32_NMSE: f64 = 2e-6;
 
+/// x, the weight, the bias and the residual of a conv case.
+type ConvOperands<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>, Option<&'a [f32]>);
+
+/// The CPU conv2d (+ residual) of `tile`'s reference operands: what the tile's output is held to.
+#[allow(clippy::too_many_arguments)]
+fn conv_reference(
+    tile: Tile,
+    (x, wt, bias, residual): ConvOperands<'_>,
+    (n, c_in, h, w): (usize, usize, usize, usize),
+    (c_out, kh, kw): (usize, usize, usize),
+    stride: usize,
+    pad: [usize; 4],
+    out_len: usize,
+) -> Vec<f32> {
+    let (x, wt) = (reference_operands(tile, x), reference_operands(tile, wt));
+    let mut want = vec![0f32; out_len];
+    match residual {
+        Some(r) => cpu::conv::conv2d_add(&x, n, c_in, h, w, &wt, bias, c_out, kh, kw, stride, pad, r, &mut want),
+        None => cpu::conv::conv2d(&x, n, c_in, h, w, &wt, bias, c_out, kh, kw, stride, pad, &mut want),
+    }
+    want
+}
+
+/// The CPU upsample conv of `tile`'s reference operands (bf16 rounds the folded phase weights the kernel
+/// multiplies, and x).
+fn upsample_reference(
+    tile: Tile,
+    x: &[f32],
+    phases: &[f32],
+    b: &[f32],
+    (n, c_in, h, w): (usize, usize, usize, usize),
+    c_out: usize,
+) -> Vec<f32> {
+    let mut want = vec![0f32; n * c_out * 4 * h * w];
+    let (x, phases) = (reference_operands(tile, x), reference_operands(tile, phases));
+    cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, b, c_out, &mut want);
+    want
+}
+
+/// A halo launch's output: within the tile's bound of its reference, and bit-identical to the gathers'.
+fn check_halo(what: &str, tile: Tile, halo: &[f32], gather: &[f32], want: &[f32]) {
+    let (e, max) = nmse(halo, want, what);
+    assert!(e <= bound(tile), "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
+    let same = gather
+        .iter()
+        .zip(halo)
+        .filter(|(a, b)| a.to_bits() == b.to_bits())
+        .count();
+    assert_eq!(same, halo.len(), "{what}: halo differs from the gathers");
+}
+
 /// NMSE bound for every f32 case. Each output is a sum of K = c_in·kh·kw ≤ 48·9 products, accumulated in f32 by
 /// both sides but in different orders (the kernel: k = (ci, ky, kx) ascending, one fmaf each; the CPU: a blocked
 /// GEMM per tap, taps summed in turn; the transposed-conv reference in f64). The rounding differences are ~√K·u
@@ -84,19 +135,8 @@ fn conv_case<D: TestDevice>(dev: &D, rng: &mut Rng, c: ConvCase) -> f64 {
     let b = rand_vec(rng, c_out, 0.5);
     let out_len = n * c_out * oh * ow;
     let r = rand_vec(rng, out_len, 1.0);
-    let bias_cpu = bias.then_some(&b[..]);
-    let reference = |tile: Tile| {
-        let (x, wt) = (reference_operands(tile, &x), reference_operands(tile, &wt));
-        let mut want = vec![0f32; out_len];
-        if residual {
-            cpu::conv::conv2d_add(
-                &x, n, c_in, h, w, &wt, bias_cpu, c_out, kh, kw, stride, pad, &r, &mut want,
-            );
-        } else {
-            cpu::conv::conv2d(&x, n, c_in, h, w, &wt, bias_cpu, c_out, kh, kw, stride, pad, &mut want);
-        }
-        want
-    };
+    let ops = (&x[..], &wt[..], bias.then_some(&b[..]), residual.then_some(&r[..]));
+    let reference = |tile| conv_reference(tile, ops, (n, c_in, h, w), (c_out, kh, kw), stride, pad, out_len);
     let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
     let (xb, wb, bb, rb) = (
         dev.upload(&x, "x"),
@@ -350,13 +390,7 @@ fn upsample_case<D: TestDevice>(
     };
     let out_len = n * c_out * 4 * h * w;
     let phases = cpu::conv::upsample_phase_weights(&wt, c_out, c_in);
-    // bf16 rounds the folded weights (what the kernel multiplies) and x
-    let reference = |tile: Tile| {
-        let mut want = vec![0f32; out_len];
-        let (x, phases) = (reference_operands(tile, &x), reference_operands(tile, &phases));
-        cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, &b, c_out, &mut want);
-        want
-    };
+    let reference = |tile| upsample_reference(tile, &x, &phases, &b, (n, c_in, h, w), c_out);
     let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
     // ... and the definition: a 3x3 pad-1 conv of the upsampled image (the fold rounds differently: same bound)
     let mut direct = vec![0f32; out_len];
@@ -696,18 +730,10 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
         let wt = rand_vec(&mut rng, c_out * c_in * 9, 1.0);
         let b = rand_vec(&mut rng, c_out, 0.5);
         let r = rand_vec(&mut rng, n * c_out * h * w, 1.0);
-        let reference = |tile: Tile| {
-            let (x, wt) = (reference_operands(tile, &x), reference_operands(tile, &wt));
-            let mut want = vec![0f32; r.len()];
-            if residual {
-                cpu::conv::conv2d_add(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &r, &mut want);
-            } else {
-                cpu::conv::conv2d(&x, n, c_in, h, w, &wt, Some(&b), c_out, 3, 3, 1, [1; 4], &mut want);
-            }
-            want
-        };
-        let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
         let len = r.len();
+        let ops = (&x[..], &wt[..], Some(&b[..]), residual.then_some(&r[..]));
+        let reference = |tile| conv_reference(tile, ops, (n, c_in, h, w), (c_out, 3, 3), 1, [1; 4], len);
+        let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
         let (xb, wb, bb, rb) = (
             dev.upload(&x, "x"),
             dev.upload(&wt, "w"),
@@ -737,14 +763,7 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
             let (gather, halo) = (run(conv::Loader::Gather), run(conv::Loader::Halo { rw }));
             let what = format!("conv2d n={n} {c_in}->{c_out} {h}x{w} {tile:?} halo {rw}");
             let want = if tile == Tile::Bf16 { &want_bf16 } else { &want_f32 };
-            let (e, max) = nmse(&halo, want, &what);
-            assert!(e <= bound(tile), "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
-            let same = gather
-                .iter()
-                .zip(&halo)
-                .filter(|(a, b)| a.to_bits() == b.to_bits())
-                .count();
-            assert_eq!(same, halo.len(), "{what}: halo differs from the gathers");
+            check_halo(&what, tile, &halo, &gather, want);
         }
         cases += 1;
     }
@@ -756,12 +775,7 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
         let b = rand_vec(&mut rng, c_out, 0.5);
         let len = n * c_out * 4 * h * w;
         let phases = cpu::conv::upsample_phase_weights(&wt, c_out, c_in);
-        let reference = |tile: Tile| {
-            let mut want = vec![0f32; len];
-            let (x, phases) = (reference_operands(tile, &x), reference_operands(tile, &phases));
-            cpu::conv::upsample_conv3x3(&x, n, c_in, h, w, &phases, &b, c_out, &mut want);
-            want
-        };
+        let reference = |tile| upsample_reference(tile, &x, &phases, &b, (n, c_in, h, w), c_out);
         let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
         let folded = conv::upsample_fold_weights(&wt, c_out, c_in);
         let (xb, wb, bb) = (dev.upload(&x, "x"), dev.upload(&folded, "folded"), dev.upload(&b, "b"));
@@ -786,14 +800,7 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
             let (gather, halo) = (run(conv::Loader::Gather), run(conv::Loader::Halo { rw }));
             let what = format!("upsample_conv n={n} {c_in}->{c_out} {h}x{w} {tile:?} halo {rw}");
             let want = if tile == Tile::Bf16 { &want_bf16 } else { &want_f32 };
-            let (e, max) = nmse(&halo, want, &what);
-            assert!(e <= bound(tile), "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
-            let same = gather
-                .iter()
-                .zip(&halo)
-                .filter(|(a, b)| a.to_bits() == b.to_bits())
-                .count();
-            assert_eq!(same, halo.len(), "{what}: halo differs from the gathers");
+            check_halo(&what, tile, &halo, &gather, want);
         }
         cases += 1;
     }

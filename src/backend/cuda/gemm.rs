@@ -139,17 +139,12 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
     path: GemmPath,
 ) -> Result<()> {
     let op = "gemm";
-    if m == 0 || n == 0 || k == 0 {
-        return Err(invalid(op, format!("empty shape m = {m}, n = {n}, k = {k}")));
-    }
-    let mul = |a: usize, b: usize, what: &str| a.checked_mul(b).ok_or_else(|| invalid(op, format!("{what} overflows")));
-    check_len(op, "x", x.len(), mul(m, k, "m·k")?)?;
-    check_len(op, "w", w.len(), mul(n, k, "n·k")?)?;
-    let mn = mul(m, n, "m·n")?;
-    check_len(op, "y", y.len(), mn)?;
-    if let Some(r) = &residual {
-        check_len(op, "residual", r.len(), mn)?;
-    }
+    check_shapes(
+        op,
+        (m, n, k),
+        (x.len(), w.len(), y.len()),
+        residual.as_ref().map(DevPtr::len),
+    )?;
     let path = match path {
         GemmPath::Auto => auto_path(T::DTYPE, m),
         p => p,
@@ -211,6 +206,28 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
             (Dtype::F32, _) => kernels::gemm_small_f32(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p),
         }
     }
+}
+
+/// The checks every GEMM launcher makes: a non-empty shape, and x (m·k), w (n·k), y and the residual (m·n) long
+/// enough. Returns m·n.
+fn check_shapes(
+    op: &str,
+    (m, n, k): (usize, usize, usize),
+    (x, w, y): (usize, usize, usize),
+    residual: Option<usize>,
+) -> Result<usize> {
+    if m == 0 || n == 0 || k == 0 {
+        return Err(invalid(op, format!("empty shape m = {m}, n = {n}, k = {k}")));
+    }
+    let mul = |a: usize, b: usize, what: &str| a.checked_mul(b).ok_or_else(|| invalid(op, format!("{what} overflows")));
+    check_len(op, "x", x, mul(m, k, "m·k")?)?;
+    check_len(op, "w", w, mul(n, k, "n·k")?)?;
+    let mn = mul(m, n, "m·n")?;
+    check_len(op, "y", y, mn)?;
+    if let Some(r) = residual {
+        check_len(op, "residual", r, mn)?;
+    }
+    Ok(mn)
 }
 
 /// Grid (n / BN, m / BM, k splits) of a tiled launch with its threads and shared memory.
@@ -284,22 +301,20 @@ pub fn gemm_split_k<L: Launcher + ?Sized>(
     part: DevPtrMut<'_, f32>,
 ) -> Result<()> {
     let op = "gemm split-k";
-    if m == 0 || n == 0 || k == 0 {
-        return Err(invalid(op, format!("empty shape m = {m}, n = {n}, k = {k}")));
-    }
+    let mn = check_shapes(
+        op,
+        (m, n, k),
+        (x.len(), w.len(), y.len()),
+        residual.as_ref().map(DevPtr::len),
+    )?;
     if !(2..=64).contains(&splits) {
         return Err(invalid(op, format!("{splits} splits (2..=64)")));
     }
-    let mul = |a: usize, b: usize, what: &str| a.checked_mul(b).ok_or_else(|| invalid(op, format!("{what} overflows")));
-    check_len(op, "x", x.len(), mul(m, k, "m·k")?)?;
-    check_len(op, "w", w.len(), mul(n, k, "n·k")?)?;
-    let mn = mul(m, n, "m·n")?;
-    check_len(op, "y", y.len(), mn)?;
-    if let Some(r) = &residual {
-        check_len(op, "residual", r.len(), mn)?;
-    }
     let (chunk, splits) = split_chunk(k, splits as usize);
-    check_len(op, "part", part.len(), mul(splits, mn, "splits·m·n")?)?;
+    let need = splits
+        .checked_mul(mn)
+        .ok_or_else(|| invalid(op, "splits·m·n overflows"))?;
+    check_len(op, "part", part.len(), need)?;
     let p = GemmParams {
         m: to_i32(op, "m", m)?,
         n: to_i32(op, "n", n)?,
