@@ -45,6 +45,15 @@ template <typename T> static __device__ __forceinline__ T from_float(float x) { 
 /* x rounded to T's precision, back in f32: the reference's intermediate `.type_as(x)` roundings. */
 template <typename T> static __device__ __forceinline__ float quantize(float x) { return to_float(from_float<T>(x)); }
 
+/* ---- activations ----------------------------------------------------------------------------------------------- */
+
+static __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
+
+/* One SwiGLU output, silu(a)·b, with the reference's roundings in T (bf16: silu(a) rounded, then the product). */
+template <typename T> static __device__ __forceinline__ T swiglu_one(T a, T b) {
+    return from_float<T>(quantize<T>(silu(to_float(a))) * to_float(b));
+}
+
 /* ---- 16-byte vectors ------------------------------------------------------------------------------------------- */
 
 template <typename T> struct __align__(16) Pack16 {

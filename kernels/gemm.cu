@@ -35,6 +35,12 @@
  *     rows of the block through the tensor cores; x (≤ 64 × k bf16) stays in L1/L2. The next two chunks of w are
  *     in flight while the current one is multiplied. Per-warp partial tiles are summed over warps in shared memory in a
  *     fixed order (deterministic), then the epilogue applies the residual and the roundings.
+ *   SwiGLU epilogue (p.swiglu, the FFN's w1|w3 with silu(a)·b; every bf16 kernel above): the GEMM's n = 2f
+ *     columns read W1 and W3 rows interleaved in groups of 4 (swiglu_row), so output 4j + c needs columns 8j + c
+ *     and 8j + c + 4, which always share an n8 mma tile: the small kernel pairs them in its cross-warp sum, the
+ *     tiled epilogue in its shared output tile (8 outputs per 16-byte store), the split-K reduce in one 32-byte
+ *     sector of partials. Each half is rounded as the linear output, then silu, then the product (the unfused
+ *     matmul + swiglu's roundings), and the [m, 2f] product never reaches memory.
  *   gemm_small_f32 (f32 decode): the same weight streaming on SIMT cores, lane (g, t) reads 8 floats of weight row
  *     g per chunk and dots them with each of up to 16 rows of x (one accumulator per row; grid.y covers m in
  *     groups of 16, re-reading w from L2 per group); lanes of a row are summed with shuffles, warps in shared
@@ -85,6 +91,19 @@ static __device__ __forceinline__ void store_out_bf16(const bf16* __restrict__ r
     gst(y + i, from_float<bf16>(p.has_residual ? to_float(gld(r + i)) + lin : lin));
 }
 
+/* SwiGLU (p.swiglu): GEMM column v reads weight row swiglu_row(v), W1 and W3 rows interleaved in groups of 4:
+ * v = 8j + c is W1 row 4j + c for c < 4 and W3 row f + 4j + c - 4 otherwise. Output 4j + c then pairs columns
+ * 8j + c and 8j + c + 4: one n8 mma tile, one small-kernel block, one 32-byte sector of f32 partials. -1 past f. */
+static __device__ __forceinline__ int swiglu_row(int v, int f) {
+    const int o = 4 * (v >> 3) + (v & 3);
+    return o < f ? ((v & 4) ? f + o : o) : -1;
+}
+
+/* The weight row GEMM column v reads (-1: none, a column past n). */
+static __device__ __forceinline__ int weight_row(int v, const GemmParams& p) {
+    return p.swiglu ? swiglu_row(v, p.n / 2) : (v < p.n ? v : -1);
+}
+
 /* ---- gemm_tiled_<BM>x<BN>_bf16 ------------------------------------------------------------------------------- */
 
 #define TK 32     /* k per pipeline stage: one 64-byte row segment = 4 chunks of 16 bytes per tile row */
@@ -133,15 +152,15 @@ static __device__ __forceinline__ void gemm_tiled(const bf16* __restrict__ x, co
         for (int i = 0; i < (BM + BN) * 4 / G::THREADS; i++) {
             const int c = tid + G::THREADS * i, row = c >> 2, kc = c & 3, kk = k_lo + kt * TK + kc * 8;
             const bool is_a = row < BM;
-            const int grow = is_a ? m0 + row : n0 + row - BM, lim = is_a ? p.m : p.n;
+            const int grow = is_a ? (m0 + row < p.m ? m0 + row : -1) : weight_row(n0 + row - BM, p);
             const bf16* src = is_a ? x : w;
             unsigned char* dst = base + (is_a ? 0 : BM * 64) + swz(is_a ? row : row - BM, kc);
-            const bool in = grow < lim && kk < k_hi; /* k_chunk % 8 == 0: a chunk is all in or all out */
+            const bool in = grow >= 0 && kk < k_hi; /* k_chunk % 8 == 0: a chunk is all in or all out */
             if (vec) {
                 const bf16* g = in ? src + (size_t)grow * (size_t)p.k + kk : src;
                 cp_async16(dst, g, in ? 16 : 0);
             } else {
-                const bf16* rowp = grow < lim ? src + (size_t)grow * (size_t)p.k : nullptr;
+                const bf16* rowp = grow >= 0 ? src + (size_t)grow * (size_t)p.k : nullptr;
                 store16(reinterpret_cast<bf16*>(dst), load_chunk8(rowp, kk, k_hi, false));
             }
         }
@@ -232,6 +251,26 @@ static __device__ __forceinline__ void gemm_tiled(const bf16* __restrict__ x, co
                     __floats2bfloat162_rn(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
             }
     __syncthreads();
+    if (p.swiglu) {
+        /* 8 outputs per thread from 16 tile columns: silu(a)·b of columns (c, c + 4) of each group of 8 */
+        const int f = p.n / 2;
+        const bool v16 = f % 8 == 0 && aligned16(y);
+        for (int e = tid; e < BM * BN / 16; e += G::THREADS) {
+            const int row = e / (BN / 16), j = e % (BN / 16), gm = m0 + row, gf = n0 / 2 + 8 * j;
+            if (gm >= p.m || gf >= f) continue;
+            const Pack16<bf16> lo = load16(cs + row * G::CLD + 16 * j), hi = load16(cs + row * G::CLD + 16 * j + 8);
+            Pack16<bf16> out;
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                out.v[c] = swiglu_one<bf16>(lo.v[c], lo.v[c + 4]);
+                out.v[c + 4] = swiglu_one<bf16>(hi.v[c], hi.v[c + 4]);
+            }
+            bf16* o = y + (size_t)gm * (size_t)f + gf;
+            if (v16 && gf + 8 <= f) store16(o, out);
+            else for (int c = 0; c < 8 && gf + c < f; c++) o[c] = out.v[c];
+        }
+        return;
+    }
     const bool vout = p.n % 8 == 0 && aligned16(y) && (!p.has_residual || aligned16(r));
     for (int e = tid; e < BM * BN / 8; e += G::THREADS) {
         const int row = e / (BN / 8), col = (e % (BN / 8)) * 8, gm = m0 + row, gn = n0 + col;
@@ -273,14 +312,14 @@ extern "C" __global__ __launch_bounds__(128) void gemm_tiled_64x64_bf16(const bf
 /* ---- gemm_splitk_reduce_bf16 --------------------------------------------------------------------------------- */
 
 /* y = round(r + round(Σ_z part[z])) over the m·n outputs, the splits summed in order z = 0, 1, .. (deterministic; the
- * f32 sum differs from one pass over k only in its order, as the CPU's blocked sums do). 4 outputs per thread:
- * float4 partials, 8-byte bf16 residual and output stores. 1-D grid of 256-thread blocks over ceil(m·n / 4). */
+ * f32 sum differs from one pass over k only in its order, as the CPU's blocked sums do). 4 partials per thread:
+ * float4 loads, 8-byte bf16 residual and output stores; with p.swiglu, silu(a)·b of the W1 and W3 partials (lane
+ * pairs exchange them), 4-byte stores. 1-D grid of 256-thread blocks over ceil(m·n / 4). */
 extern "C" __global__ void gemm_splitk_reduce_bf16(const float* __restrict__ part, const bf16* __restrict__ r,
                                                    bf16* __restrict__ y, GemmParams p) {
     const size_t mn = (size_t)p.m * (size_t)p.n, i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
-    if (i >= mn) return;
     float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const int cnt = mn - i >= 4 ? 4 : (int)(mn - i);
+    const int cnt = i >= mn ? 0 : mn - i >= 4 ? 4 : (int)(mn - i);
     const bool v4 = cnt == 4 && (mn & 3) == 0 && aligned16(part);
     for (int z = 0; z < p.k_splits; z++) {
         const float* pz = part + (size_t)z * mn + i;
@@ -291,6 +330,28 @@ extern "C" __global__ void gemm_splitk_reduce_bf16(const float* __restrict__ par
             for (int j = 0; j < cnt; j++) s[j] += gld(pz + j);
         }
     }
+    if (p.swiglu) {
+        /* n = 2f, f % 4 == 0 (cnt is 4 or 0, lane pairs stay together): partials i .. i+3 are one W1 group (i % 8
+         * == 0) or the W3 group after it (swiglu_row), held by the two lanes of a pair. Each lane takes the other's
+         * four and forms two of the group's outputs 4·(i / 8) + 0..3: two bf16 per lane, contiguous across lanes. */
+        float o[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) o[j] = __shfl_xor_sync(FULL_MASK, s[j], 1);
+        if (cnt == 0) return;
+        const bool w1 = (i & 4) == 0;
+        const float a0 = w1 ? s[0] : o[2], a1 = w1 ? s[1] : o[3], b0 = w1 ? o[0] : s[2], b1 = w1 ? o[1] : s[3];
+        const size_t at = i / 8 * 4 + (w1 ? 0 : 2);
+        const bf16 lo = swiglu_one<bf16>(from_float<bf16>(a0), from_float<bf16>(b0));
+        const bf16 hi = swiglu_one<bf16>(from_float<bf16>(a1), from_float<bf16>(b1));
+        if ((reinterpret_cast<uintptr_t>(y + at) & 3) == 0) {
+            gst(reinterpret_cast<uint32_t*>(y + at), pack_bf16x2(to_float(lo), to_float(hi)));
+        } else {
+            gst(y + at, lo);
+            gst(y + at + 1, hi);
+        }
+        return;
+    }
+    if (cnt == 0) return;
     bf16 out[4], res[4];
     const bool v8 = cnt == 4 && (reinterpret_cast<uintptr_t>(y + i) & 7) == 0 &&
                     (!p.has_residual || (reinterpret_cast<uintptr_t>(r + i) & 7) == 0);
@@ -321,7 +382,9 @@ extern "C" __global__ void gemm_small_bf16(const bf16* __restrict__ x, const bf1
     const int mtiles = min(SMALL_MTILES, ceil_div(p.m - m0, 16));
     const bool vec = p.k % 8 == 0 && aligned16(x) && aligned16(w);
 
-    const bf16* wrow = n0 + g < p.n ? w + (size_t)(n0 + g) * (size_t)p.k : nullptr;
+    /* swiglu: this block's 8 columns are W1 rows 4b .. 4b+3 and the same rows of W3 */
+    const int wr = weight_row(n0 + g, p);
+    const bf16* wrow = wr >= 0 ? w + (size_t)wr * (size_t)p.k : nullptr;
     const bf16* xrow[SMALL_MTILES][2];
 #pragma unroll
     for (int i = 0; i < SMALL_MTILES; i++)
@@ -368,6 +431,24 @@ extern "C" __global__ void gemm_small_bf16(const bf16* __restrict__ x, const bf1
         for (int j = 0; j < 4; j++) red[((warp * SMALL_MTILES + i) * 32 + lane) * 4 + j] = acc[i][j];
     }
     __syncthreads();
+    /* Sum over warps of tile element (row rr, column cc) of m-tile i: owning lane (rr % 8)·4 + cc / 2, register
+     * (cc & 1) + 2·(rr >= 8) (the C fragment). */
+    auto total = [&](int i, int rr, int cc) {
+        const int l = (rr & 7) * 4 + (cc >> 1), j = (cc & 1) + (rr >= 8 ? 2 : 0);
+        float s = 0.0f;
+        for (int v = 0; v < nwarps; v++) s += red[(v * SMALL_MTILES * 32 + i * 32 + l) * 4 + j];
+        return s;
+    };
+    if (p.swiglu) {
+        /* output column 4b + c from the W1 column c and the W3 column c + 4, each rounded as the linear output */
+        for (int e = tid; e < mtiles * 64; e += (int)blockDim.x) {
+            const int i = e >> 6, rr = (e >> 2) & 15, c = e & 3, row = m0 + 16 * i + rr, col = 4 * (int)blockIdx.x + c;
+            if (row >= p.m || col >= p.n / 2) continue;
+            const bf16 a = from_float<bf16>(total(i, rr, c)), b = from_float<bf16>(total(i, rr, c + 4));
+            gst(y + (size_t)row * (size_t)(p.n / 2) + col, swiglu_one<bf16>(a, b));
+        }
+        return;
+    }
     /* Element e of the block's tile: m-tile e / 128, owning lane (e / 4) % 32, register e % 4 (the C fragment). */
     for (int e = tid; e < mtiles * 128; e += (int)blockDim.x) {
         const int i = e >> 7, l = (e >> 2) & 31, j = e & 3;

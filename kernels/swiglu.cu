@@ -27,11 +27,6 @@
 #include "common.cuh"
 #include "llamagen_kernels.h"
 
-static __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
-
-template <typename T> static __device__ __forceinline__ T swiglu_one(T a, T b) {
-    return from_float<T>(quantize<T>(silu(to_float(a))) * to_float(b));
-}
 
 template <typename T>
 static __device__ __forceinline__ void swiglu_impl(const T* __restrict__ ab, T* __restrict__ out,

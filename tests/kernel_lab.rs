@@ -149,8 +149,8 @@ fn conv_halo_tiles_coalesce() {
 }
 
 /// Every kernel of a real run (`llamagen lab --engine`: the demo model generating two images on cuda-emu) is
-/// coalesced, with two stated exceptions: the 3x3 convolutions' shifted gathers on the demo decoder's small images
-/// and the upsample phases' stride-2 output columns.
+/// coalesced (≥ 0.9 of the ideal sectors), and the run uses the kernels a bf16 decode step should: the FFN's
+/// SwiGLU in the GEMM's epilogue, so no `swiglu_bf16` launch.
 #[test]
 fn every_engine_kernel_is_coalesced() {
     let out = std::env::temp_dir().join(format!("kernel-lab-{}.md", std::process::id()));
@@ -181,7 +181,6 @@ fn every_engine_kernel_is_coalesced() {
         "attention_decode_bf16",
         "rmsnorm_bf16",
         "rope_bf16",
-        "swiglu_bf16",
         "sampling_bf16",
     ] {
         assert!(
@@ -189,6 +188,10 @@ fn every_engine_kernel_is_coalesced() {
             "{k} missing from the engine table: {seen:?}"
         );
     }
+    assert!(
+        !seen.iter().any(|s| s == "swiglu_bf16"),
+        "the decode step launched swiglu_bf16: the fused epilogue was not used ({seen:?})"
+    );
 }
 
 /// The cubins (sm_90) use the tensor cores, ldmatrix and cp.async in every kernel built for them.

@@ -56,13 +56,15 @@ pub const A100: Gpu = Gpu {
 /// What a case runs, at which shape.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
-    /// y = x·wᵀ + r in bf16 through `gemm::gemm_with`, or `gemm::gemm_split_k` when `splits` > 1 (tiled path).
+    /// y = x·wᵀ + r in bf16 through `gemm::gemm_with`, or `gemm::gemm_split_k` when `splits` > 1 (tiled path);
+    /// `swiglu`: y = silu(x·W1ᵀ)·(x·W3ᵀ) `[m, n / 2]` through `gemm::gemm_swiglu` (n = 2f, no residual).
     Gemm {
         path: gemm::GemmPath,
         m: usize,
         n: usize,
         k: usize,
         splits: u32,
+        swiglu: bool,
     },
     /// bf16 causal attention of `len` queries at position 0 over a cache of `len` keys (prefill / recompute).
     Prefill {
@@ -93,8 +95,26 @@ pub struct Case {
 impl Case {
     pub fn shape(&self) -> String {
         match self.kind {
-            Kind::Gemm { m, n, k, splits: 1, .. } => format!("m{m} n{n} k{k}"),
-            Kind::Gemm { m, n, k, splits, .. } => format!("m{m} n{n} k{k}, {splits} splits"),
+            Kind::Gemm {
+                m,
+                n,
+                k,
+                splits,
+                swiglu,
+                ..
+            } => {
+                let f = if swiglu {
+                    format!(" -> swiglu f{}", n / 2)
+                } else {
+                    String::new()
+                };
+                let s = if splits > 1 {
+                    format!(", {splits} splits")
+                } else {
+                    String::new()
+                };
+                format!("m{m} n{n} k{k}{f}{s}")
+            }
             Kind::Prefill { batch, len, heads, d } => format!("B{batch} L{len} H{heads} d{d}"),
             Kind::Decode { rows, heads, d, pos } => format!("rows{rows} H{heads} d{d} pos{pos}"),
             Kind::Conv { c, hw, .. } => format!("{c}->{c} 3x3 {hw}x{hw}"),
@@ -129,6 +149,9 @@ impl Case {
     /// The fewest bytes of DRAM traffic: every operand read once, the output written once.
     pub fn min_bytes(&self) -> f64 {
         (match self.kind {
+            Kind::Gemm {
+                m, n, k, swiglu: true, ..
+            } => 2 * (m * k + n * k + m * n / 2),
             Kind::Gemm { m, n, k, .. } => 2 * (m * k + n * k + 2 * m * n),
             Kind::Prefill { batch, len, heads, d } => 2 * 4 * batch * len * heads * d,
             Kind::Decode { rows, heads, d, pos } => 2 * (2 * rows * heads * d + 2 * rows * heads * d * (pos + 1)),
@@ -234,7 +257,26 @@ impl Case {
             let p = |i: usize, n: usize| DevPtr::<bf16>::from_raw(b[i].addr(), n);
             let pf = |i: usize, n: usize| DevPtr::<f32>::from_raw(b[i].addr(), n);
             match self.kind {
-                Kind::Gemm { path, m, n, k, splits } if splits > 1 => {
+                Kind::Gemm {
+                    path,
+                    m,
+                    n,
+                    k,
+                    splits,
+                    swiglu: true,
+                } => {
+                    let split = (splits > 1).then(|| {
+                        (
+                            splits,
+                            DevPtrMut::from_raw(b[4].addr(), gemm::split_k_workspace_len(m, n, k, splits)),
+                        )
+                    });
+                    let y = DevPtrMut::from_raw(b[3].addr(), m * n / 2);
+                    gemm::gemm_swiglu(dev, p(0, m * k), p(1, n * k), y, (m, k, n / 2), path, split)
+                }
+                Kind::Gemm {
+                    path, m, n, k, splits, ..
+                } if splits > 1 => {
                     let gemm::GemmPath::Tiled(tile) = path else {
                         return Err(crate::Error::Invalid(format!(
                             "{}: split-K runs the tiled path",
@@ -358,6 +400,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 n: 2304,
                 k,
                 splits: 1,
+                swiglu: false,
             },
         },
         Case {
@@ -368,6 +411,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 n: 768,
                 k,
                 splits: 1,
+                swiglu: false,
             },
         },
         Case {
@@ -378,6 +422,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 n: 768,
                 k,
                 splits: 1,
+                swiglu: false,
             },
         },
         Case {
@@ -388,6 +433,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 n: 768,
                 k,
                 splits: 1,
+                swiglu: false,
             },
         },
         Case {
@@ -398,6 +444,42 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 n: 768,
                 k,
                 splits: 6,
+                swiglu: false,
+            },
+        },
+        // w1|w3 with the SwiGLU epilogue: GPT-B's (f = 2048) in a decode step of 8 images with CFG, a prefill-sized
+        // m through the shared epilogue tile, and batch 64 with CFG (split-K)
+        Case {
+            kernel: "gemm_small_bf16 (swiglu)",
+            kind: Kind::Gemm {
+                path: GemmPath::Small(None),
+                m: 16,
+                n: 4096,
+                k,
+                splits: 1,
+                swiglu: true,
+            },
+        },
+        Case {
+            kernel: "gemm_tiled_128x64_bf16 (swiglu)",
+            kind: Kind::Gemm {
+                path: GemmPath::Tiled(Some(G::T128x64)),
+                m,
+                n: 1536,
+                k,
+                splits: 1,
+                swiglu: true,
+            },
+        },
+        Case {
+            kernel: "gemm_tiled_64x64_bf16 (swiglu, split-k)",
+            kind: Kind::Gemm {
+                path: GemmPath::Tiled(Some(G::T64x64)),
+                m: 128,
+                n: if quick { 1024 } else { 4096 },
+                k,
+                splits: 2,
+                swiglu: true,
             },
         },
         Case {

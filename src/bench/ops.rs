@@ -6,8 +6,9 @@ use crate::backend::cpu::CpuBackend;
 use crate::model::rope_table::rope_table;
 use crate::ops::{
     attention::Attention, codebook::Codebook, concat::Concat, conv::Conv, embed::Embed, gelu::Gelu,
-    groupnorm::Groupnorm, matmul::Matmul, quantize::Quantize, rmsnorm::Rmsnorm, rope::Rope, sampling::Sampling,
-    swiglu::Swiglu, take_last::TakeLast, upsample_conv::UpsampleConv, vq_attention::VqAttention, Op,
+    groupnorm::Groupnorm, matmul::Matmul, matmul_swiglu::MatmulSwiglu, quantize::Quantize, rmsnorm::Rmsnorm,
+    rope::Rope, sampling::Sampling, swiglu::Swiglu, take_last::TakeLast, upsample_conv::UpsampleConv,
+    vq_attention::VqAttention, Op,
 };
 use crate::ops::{Backend, Dtype, KvSpec, Layout, Weight};
 use crate::runtime::{Graph, GraphId, Phase, Scalar, Session, StepParams, TensorId, WeightId};
@@ -299,6 +300,13 @@ fn matmul(m: usize, k: usize, n: usize, bf16: bool, add: bool) -> Result<OpSpec>
         &ins,
         &[m, n],
     )
+}
+
+fn matmul_swiglu(m: usize, k: usize, f: usize, bf16: bool) -> Result<OpSpec> {
+    let mut o = One::new(Phase::Decode, storage(bf16));
+    let w = o.big("w13.weight", &[2 * f, k]);
+    let x = o.f32_in("x", &[m, k]);
+    o.node(MatmulSwiglu { w, m, k, f }, &[x], &[m, f])
 }
 
 fn rmsnorm(rows: usize, d: usize, bf16: bool) -> Result<OpSpec> {
@@ -740,6 +748,12 @@ pub fn reference_cases() -> Vec<OpCase> {
         case!("matmul", "m7_add_bf16", matmul(7, 40, 72, true, true)),
         // Past the small-m kernels' 64 rows: the CUDA backend's tensor-core tiles (bf16) and strided f32 GEMM.
         case!("matmul", "m130_add_bf16_tiled", matmul(130, 96, 80, true, true)),
+        // the FFN's w1|w3 product with silu(a)·b: the decode kernel's fused epilogue (bf16, f % 4 == 0), else unfused
+        case!("matmul_swiglu", "m4_bf16", matmul_swiglu(4, 64, 48, true)),
+        case!("matmul_swiglu", "m3_f18_bf16", matmul_swiglu(3, 40, 18, true)),
+        case!("matmul_swiglu", "m70_bf16", matmul_swiglu(70, 48, 24, true)),
+        case!("matmul_swiglu", "m2_f32", matmul_swiglu(2, 32, 20, false)),
+        case!("matmul_swiglu", "m480_f32", matmul_swiglu(960, 64, 256, false)),
         // ... and with k long enough to split (6 blocks of 64×64: 3 splits of 128 through the workspace)
         case!("matmul", "m130_add_bf16_splitk", matmul(130, 96, 384, true, true)),
         case!("matmul", "m70_f32_tiled", matmul(70, 40, 72, false, false)),

@@ -1,8 +1,8 @@
 //! The GPT as runtime graphs: prefill (condition positions) and one decode step. Reads like spec §3.4.
 use super::config::{GptConfig, ModelType};
 use crate::ops::{
-    attention::Attention, concat::Concat, embed::Embed, gelu::Gelu, matmul::Matmul, rmsnorm::Rmsnorm, rope::Rope,
-    sampling::Sampling, swiglu::Swiglu, take_last::TakeLast,
+    attention::Attention, concat::Concat, embed::Embed, gelu::Gelu, matmul::Matmul, matmul_swiglu::MatmulSwiglu,
+    rmsnorm::Rmsnorm, rope::Rope, sampling::Sampling, take_last::TakeLast,
 };
 use crate::runtime::{Graph, Phase, Scalar, TensorId, WeightId};
 use crate::sample::sampler::SamplingParams;
@@ -228,13 +228,12 @@ fn blocks(
             format!("l{i}.ffn_norm"),
             &act,
         )?;
-        let ab = g.push(
-            mm(l.w13, d, 2 * f, false),
+        let s = g.push(
+            MatmulSwiglu { w: l.w13, m, k: d, f },
             &[fnorm],
             format!("l{i}.w13"),
-            &[rows, len, 2 * f],
+            &[rows, len, f],
         )?;
-        let s = g.push(Swiglu { rows: m, f }, &[ab], format!("l{i}.swiglu"), &[rows, len, f])?;
         x = g.push(mm(l.w2, f, d, true), &[s, h], format!("l{i}.out"), &act)?;
     }
     Ok(x)

@@ -183,6 +183,7 @@ macro_rules! op_set {
 op_set! { $;
     Embed: embed::Embed,
     Matmul: matmul::Matmul,
+    MatmulSwiglu: matmul_swiglu::MatmulSwiglu,
     Gelu: gelu::Gelu,
     Rmsnorm: rmsnorm::Rmsnorm,
     Rope: rope::Rope,

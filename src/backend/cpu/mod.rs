@@ -99,6 +99,8 @@ pub struct CpuBackend {
     kv: Option<KvCache>,
     arena: Vec<Line>,
     scores: Vec<f32>,
+    /// The w1|w3 outputs of `matmul_swiglu`, before the product.
+    ffn: Vec<f32>,
     /// The products' x in the layout their kernel reads.
     mm: matmul::Scratch,
     sampling: sampling::SamplingScratch,
@@ -141,6 +143,7 @@ impl CpuBackend {
             kv: None,
             arena: Vec::new(),
             scores: Vec::new(),
+            ffn: Vec::new(),
             mm: Default::default(),
             sampling: Default::default(),
             round: round_bf16,

@@ -144,6 +144,7 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
         (m, n, k),
         (x.len(), w.len(), y.len()),
         residual.as_ref().map(DevPtr::len),
+        n,
     )?;
     let path = match path {
         GemmPath::Auto => auto_path(T::DTYPE, m),
@@ -172,24 +173,14 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
         has_residual: residual.is_some() as i32,
         k_splits: 1,
         k_chunk: 0,
+        swiglu: 0,
     };
     // SAFETY: a null pointer is never dereferenced: has_residual = 0 tells the kernel.
     let r = residual.unwrap_or(unsafe { DevPtr::from_raw(0, 0) });
     let (cfg, tile) = match path {
         GemmPath::Small(warps) => {
-            let warps = warps.unwrap_or_else(|| small_warps(n, k));
-            if !(1..=8).contains(&warps) {
-                return Err(invalid(op, format!("small-m kernel with {warps} warps (1..=8)")));
-            }
             let rows_per_block = if T::DTYPE == Dtype::Bf16 { 64 } else { 16 };
-            let gy = m.div_ceil(rows_per_block);
-            if gy > 65535 {
-                return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
-            }
-            (
-                LaunchConfig::new([n.div_ceil(8) as u32, gy as u32, 1], [32 * warps, 1, 1]),
-                None,
-            )
+            (small_config(op, (m, n, k), warps, rows_per_block)?, None)
         }
         GemmPath::Tiled(tile) => {
             let tile = tile.unwrap_or_else(|| pick_tile(m, n));
@@ -208,13 +199,30 @@ pub fn gemm_with<T: Elem, L: Launcher + ?Sized>(
     }
 }
 
-/// The checks every GEMM launcher makes: a non-empty shape, and x (m·k), w (n·k), y and the residual (m·n) long
-/// enough. Returns m·n.
+/// Grid (n / 8, m / rows per block) of a small-m launch, with `warps` (default [`small_warps`]) splitting k.
+fn small_config(op: &str, (m, n, k): (usize, usize, usize), warps: Option<u32>, rows: usize) -> Result<LaunchConfig> {
+    let warps = warps.unwrap_or_else(|| small_warps(n, k));
+    if !(1..=8).contains(&warps) {
+        return Err(invalid(op, format!("small-m kernel with {warps} warps (1..=8)")));
+    }
+    let gy = m.div_ceil(rows);
+    if gy > 65535 {
+        return Err(invalid(op, format!("m = {m} needs {gy} > 65535 block rows")));
+    }
+    Ok(LaunchConfig::new(
+        [n.div_ceil(8) as u32, gy as u32, 1],
+        [32 * warps, 1, 1],
+    ))
+}
+
+/// The checks every GEMM launcher makes: a non-empty shape, and x (m·k), w (n·k), y (m·`y_cols`: n, or f = n / 2
+/// with SwiGLU) and the residual (m·n) long enough. Returns m·n.
 fn check_shapes(
     op: &str,
     (m, n, k): (usize, usize, usize),
     (x, w, y): (usize, usize, usize),
     residual: Option<usize>,
+    y_cols: usize,
 ) -> Result<usize> {
     if m == 0 || n == 0 || k == 0 {
         return Err(invalid(op, format!("empty shape m = {m}, n = {n}, k = {k}")));
@@ -223,7 +231,7 @@ fn check_shapes(
     check_len(op, "x", x, mul(m, k, "m·k")?)?;
     check_len(op, "w", w, mul(n, k, "n·k")?)?;
     let mn = mul(m, n, "m·n")?;
-    check_len(op, "y", y, mn)?;
+    check_len(op, "y", y, mul(m, y_cols, "m·n")?)?;
     if let Some(r) = residual {
         check_len(op, "residual", r, mn)?;
     }
@@ -306,6 +314,7 @@ pub fn gemm_split_k<L: Launcher + ?Sized>(
         (m, n, k),
         (x.len(), w.len(), y.len()),
         residual.as_ref().map(DevPtr::len),
+        n,
     )?;
     if !(2..=64).contains(&splits) {
         return Err(invalid(op, format!("{splits} splits (2..=64)")));
@@ -322,25 +331,44 @@ pub fn gemm_split_k<L: Launcher + ?Sized>(
         has_residual: residual.is_some() as i32,
         k_splits: splits as i32,
         k_chunk: chunk as i32,
+        swiglu: 0,
     };
     to_i32(op, "m·n", mn)?;
     let tile = tile.unwrap_or_else(|| pick_tile(m, n));
     let cfg = tiled_config(op, tile, m, n, splits as u32)?;
     // SAFETY: a null pointer is never dereferenced: has_residual = 0 tells the kernel.
     let r = residual.unwrap_or(unsafe { DevPtr::from_raw(0, 0) });
+    // SAFETY: the sizes are checked above.
+    unsafe { launch_split_k(l, tile, cfg, x, w, r, y, part, p) }
+}
+
+/// The two launches of split-K: the tiled kernel over grid.z = `p.k_splits` writing only `part` (not y), then
+/// `gemm_splitk_reduce_bf16` (a thread per 4 of the m·n partials) reading `part` and the residual and writing y,
+/// so that each launch sees each buffer through one pointer.
+/// # Safety
+/// The pointers are live device buffers of the sizes `p` implies.
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_split_k<L: Launcher + ?Sized>(
+    l: &L,
+    tile: Tile,
+    cfg: LaunchConfig,
+    x: DevPtr<'_, bf16>,
+    w: DevPtr<'_, bf16>,
+    r: DevPtr<'_, bf16>,
+    y: DevPtrMut<'_, bf16>,
+    part: DevPtrMut<'_, f32>,
+    p: GemmParams,
+) -> Result<()> {
     let (pa, pl, ya, yl, ra, rl) = (part.addr(), part.len(), y.addr(), y.len(), r.addr(), r.len());
-    // SAFETY: the sizes are checked above; the split kernel writes only `part` (not y), the reduce reads `part` and
-    // the residual and writes y: each launch sees each buffer through one pointer.
-    unsafe {
-        launch_tiled(l, tile, cfg, x, w, r, y, part, p)?;
-        let cfg = LaunchConfig::linear(mn.div_ceil(4).div_ceil(256) as u32, 256);
-        let (part, r, y) = (
-            DevPtr::from_raw(pa, pl),
-            DevPtr::from_raw(ra, rl),
-            DevPtrMut::from_raw(ya, yl),
-        );
-        kernels::gemm_splitk_reduce_bf16(l, cfg, part, r, y, p)
-    }
+    launch_tiled(l, tile, cfg, x, w, r, y, part, p)?;
+    let mn = p.m as usize * p.n as usize;
+    let cfg = LaunchConfig::linear(mn.div_ceil(4).div_ceil(256) as u32, 256);
+    let (part, r, y) = (
+        DevPtr::from_raw(pa, pl),
+        DevPtr::from_raw(ra, rl),
+        DevPtrMut::from_raw(ya, yl),
+    );
+    kernels::gemm_splitk_reduce_bf16(l, cfg, part, r, y, p)
 }
 
 /// Shape and element strides of a [`gemm_strided`] call: `a = (s_m, s_k, s_batch)`, `b = (s_k, s_n, s_batch)`,
@@ -452,4 +480,74 @@ fn launch_strided<L: Launcher + ?Sized>(
         c,
         p,
     )
+}
+
+/// y[m, f] = silu(x·W1ᵀ) · (x·W3ᵀ), bf16, w = W1 | W3 stacked `[2f, k]` (the FFN's w1|w3): the bf16 GEMM of
+/// n = 2f with its SwiGLU epilogue, so the `[m, 2f]` product never reaches memory. The kernels read W1 and W3 rows
+/// interleaved in groups of 4 (gemm.cu `swiglu_row`: no weight permutation), so both halves of an output meet in
+/// one block. Same arithmetic as [`gemm`] then `swiglu`: the linear outputs rounded to bf16, silu rounded, the
+/// product rounded. `path` as for [`gemm_with`] (`Auto`: [`auto_path`]); `split`: split-K of the tiled path,
+/// `(splits, part)` with `part` ≥ [`split_k_workspace_len`]`(m, 2f, k, splits)`. f % 4 == 0.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_swiglu<L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, bf16>,
+    w: DevPtr<'_, bf16>,
+    y: DevPtrMut<'_, bf16>,
+    (m, k, f): (usize, usize, usize),
+    path: GemmPath,
+    split: Option<(u32, DevPtrMut<'_, f32>)>,
+) -> Result<()> {
+    let op = "gemm swiglu";
+    if f % 4 != 0 {
+        return Err(invalid(
+            op,
+            format!("f = {f}: needs f % 4 == 0 (a block pairs W1 and W3 in groups of 4)"),
+        ));
+    }
+    let n = f.checked_mul(2).ok_or_else(|| invalid(op, "2f overflows"))?;
+    let mn = check_shapes(op, (m, n, k), (x.len(), w.len(), y.len()), None, f)?;
+    let mut p = GemmParams {
+        m: to_i32(op, "m", m)?,
+        n: to_i32(op, "2f", n)?,
+        k: to_i32(op, "k", k)?,
+        has_residual: 0,
+        k_splits: 1,
+        k_chunk: 0,
+        swiglu: 1,
+    };
+    to_i32(op, "m·2f", mn)?;
+    // SAFETY (all launches): sizes checked above; the residual pointer is null and never read (has_residual = 0).
+    let r = unsafe { DevPtr::from_raw(0, 0) };
+    let path = match path {
+        GemmPath::Auto => auto_path(Dtype::Bf16, m),
+        p => p,
+    };
+    match (path, split) {
+        (GemmPath::Small(warps), None) => {
+            let cfg = small_config(op, (m, n, k), warps, 64)?;
+            kernels::gemm_small_bf16(l, cfg, x, w, r, y, p)
+        }
+        (GemmPath::Tiled(tile), None) => {
+            let tile = tile.unwrap_or_else(|| pick_tile(m, n));
+            let cfg = tiled_config(op, tile, m, n, 1)?;
+            unsafe { launch_tiled(l, tile, cfg, x, w, r, y, DevPtrMut::from_raw(0, 0), p) }
+        }
+        (GemmPath::Tiled(tile), Some((splits, part))) => {
+            if !(2..=64).contains(&splits) {
+                return Err(invalid(op, format!("{splits} splits (2..=64)")));
+            }
+            let (chunk, splits) = split_chunk(k, splits as usize);
+            let need = splits
+                .checked_mul(mn)
+                .ok_or_else(|| invalid(op, "splits·m·2f overflows"))?;
+            check_len(op, "part", part.len(), need)?;
+            (p.k_splits, p.k_chunk) = (splits as i32, chunk as i32);
+            let tile = tile.unwrap_or_else(|| pick_tile(m, n));
+            let cfg = tiled_config(op, tile, m, n, splits as u32)?;
+            unsafe { launch_split_k(l, tile, cfg, x, w, r, y, part, p) }
+        }
+        (path, Some(_)) => Err(invalid(op, format!("split-K runs the tiled kernels, not {path:?}"))),
+        (GemmPath::Auto, None) => unreachable!("resolved by auto_path above"),
+    }
 }
