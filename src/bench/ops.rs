@@ -752,8 +752,10 @@ pub fn reference_cases() -> Vec<OpCase> {
         case!("matmul_swiglu", "m4_bf16", matmul_swiglu(4, 64, 48, true)),
         case!("matmul_swiglu", "m3_f18_bf16", matmul_swiglu(3, 40, 18, true)),
         case!("matmul_swiglu", "m70_bf16", matmul_swiglu(70, 48, 24, true)),
+        // ... split-K on CUDA (6 blocks of 64×64 over n = 2f = 96: 3 splits of 128) through the shared workspace
+        case!("matmul_swiglu", "m130_bf16_splitk", matmul_swiglu(130, 384, 48, true)),
         case!("matmul_swiglu", "m2_f32", matmul_swiglu(2, 32, 20, false)),
-        case!("matmul_swiglu", "m480_f32", matmul_swiglu(960, 64, 256, false)),
+        case!("matmul_swiglu", "m960_f32", matmul_swiglu(960, 64, 256, false)),
         // ... and with k long enough to split (6 blocks of 64×64: 3 splits of 128 through the workspace)
         case!("matmul", "m130_add_bf16_splitk", matmul(130, 96, 384, true, true)),
         case!("matmul", "m70_f32_tiled", matmul(70, 40, 72, false, false)),

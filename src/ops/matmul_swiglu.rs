@@ -1,7 +1,7 @@
 //! `matmul_swiglu`: the FFN's first half, `silu(x·W1ᵀ) · (x·W3ᵀ)`, with W1 | W3 stacked in one weight `[2f, k]`:
 //! `x [m, k]` -> `[m, f]`. Its arithmetic is `matmul` (n = 2f) then `swiglu`, roundings included (bf16: each
-//! linear output rounded, then silu(a), then the product); fusing them lets the CUDA decode kernel form the product
-//! in its epilogue, so the `[m, 2f]` intermediate never reaches memory (kernels/gemm.cu `gemm_small_bf16`).
+//! linear output rounded, then silu(a), then the product); fusing them lets the CUDA bf16 GEMM kernels form the
+//! product in their epilogue, so the `[m, 2f]` intermediate never reaches memory (kernels/gemm.cu, `swiglu_row`).
 use super::cost::{activations, Cost, CostAt};
 use super::reference::dot64;
 use super::{invalid, Io, OpDesc, RefCtx, WeightId, WeightNeed};

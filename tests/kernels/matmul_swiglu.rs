@@ -10,6 +10,7 @@ use llamagen::backend::cpu::matmul::WeightRef;
 use llamagen::backend::cpu::KernelFamily;
 use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::gemm::{self, GemmPath, Tile};
+use llamagen::backend::cuda::launch::DevPtrMut;
 
 use crate::support::devices::*;
 use crate::support::emu_check::*;
@@ -20,14 +21,27 @@ use crate::support::emu_check::*;
 /// half, a wrong column pairing or a row read from the other group gives NMSE ~1.
 const NMSE: f64 = 1e-5;
 
-/// Runs one shape on one path; returns (NMSE, outputs whose bf16 bits differ from the CPU's).
-fn case<D: TestDevice>(
-    dev: &D,
-    rng: &mut Rng,
-    (m, k, f): (usize, usize, usize),
+/// (m, k, f).
+type Shape = (usize, usize, usize);
+
+/// One run: a shape on a path, with y `y_off` bf16 past an aligned address (1: the 16-, 8- and 4-byte stores'
+/// fallbacks).
+#[derive(Clone, Copy)]
+struct Run {
+    shape: Shape,
     path: GemmPath,
     split: Option<u32>,
-) -> (f64, usize) {
+    y_off: usize,
+}
+
+/// Runs one case; returns (NMSE, outputs whose bf16 bits differ from the CPU's).
+fn case<D: TestDevice>(dev: &D, rng: &mut Rng, run: Run) -> (f64, usize) {
+    let Run {
+        shape: (m, k, f),
+        path,
+        split,
+        y_off,
+    } = run;
     let n = 2 * f;
     // Rows of different magnitude, so a misplaced row shows; W3 larger than W1, so a swapped half shows.
     let mut x: Vec<f32> = (0..m * k)
@@ -57,15 +71,17 @@ fn case<D: TestDevice>(
     cpu::swiglu::swiglu(&ab, f, true, p, &mut want);
 
     let what = format!(
-        "gemm_swiglu {path:?} split={split:?} m={m} k={k} f={f} sched={}",
+        "gemm_swiglu {path:?} split={split:?} m={m} k={k} f={f} y_off={y_off} sched={}",
         dev.sched_label()
     );
     let (xd, wd) = (dev.upload(&to_bf16(&x), "x"), dev.upload(&wb, "w"));
-    let mut yd = dev.alloc::<bf16>(m * f, "y");
+    let mut yd = dev.alloc::<bf16>(m * f + y_off, "y");
+    // SAFETY: the buffer holds y_off + m·f elements.
+    let y = unsafe { DevPtrMut::from_raw(yd.addr() + 2 * y_off as u64, m * f) };
     let mut part = dev.alloc::<f32>(split.map_or(1, |s| gemm::split_k_workspace_len(m, n, k, s)), "part");
     let split = split.map(|s| (s, part.ptr_mut()));
-    gemm::gemm_swiglu(dev, xd.ptr(), wd.ptr(), yd.ptr_mut(), (m, k, f), path, split).unwrap();
-    let got = from_bf16(&yd.to_vec());
+    gemm::gemm_swiglu(dev, xd.ptr(), wd.ptr(), y, (m, k, f), path, split).unwrap();
+    let got = from_bf16(&yd.to_vec()[y_off..]);
     for b in [&xd, &wd] {
         b.check_canaries().unwrap();
     }
@@ -89,7 +105,13 @@ fn matmul_swiglu_matches_cpu() {
 
 fn matmul_swiglu_matches_cpu_on<D: TestDevice>(dev: &D) {
     let mut rng = Rng(41);
-    let mut runs: Vec<((usize, usize, usize), GemmPath, Option<u32>)> = Vec::new();
+    let run = |shape, path, split| Run {
+        shape,
+        path,
+        split,
+        y_off: 0,
+    };
+    let mut runs = Vec::new();
     // Small-m kernel, (m, k, f): decode rows 1..64 (one block row) and past it (grid.y = 2, 3), k a multiple of 8
     // (16-byte weight loads) or not (the scalar tail), f from one block (4) to many, and GPT-B's FFN.
     for s in [
@@ -102,27 +124,38 @@ fn matmul_swiglu_matches_cpu_on<D: TestDevice>(dev: &D) {
         (70, 72, 8),
         (2, 768, 2048),
     ] {
-        runs.push((s, GemmPath::Small(None), None));
+        runs.push(run(s, GemmPath::Small(None), None));
     }
-    // Tensor-core tiles: f not a multiple of the tile's 32 or 64 outputs (partial last block, f % 8 == 4: the
-    // scalar tail of the 8-wide stores), m past the tile, k % 8 != 0 (the register pipeline).
+    // Tensor-core tiles: f not a multiple of the tile's 32 or 64 outputs (partial last block with f % 8 == 4, the
+    // scalar tail of the 8-wide stores, or f % 8 == 0), m past the tile, k % 8 != 0 (the register pipeline).
     for tile in Tile::ALL {
-        for s in [(130, 96, 36), (65, 64, 64), (200, 40, 100), (17, 72, 20)] {
-            runs.push((s, GemmPath::Tiled(Some(tile)), None));
+        for s in [(130, 96, 36), (65, 64, 64), (200, 40, 100), (17, 72, 20), (40, 48, 40)] {
+            runs.push(run(s, GemmPath::Tiled(Some(tile)), None));
         }
     }
     // Split-K: the partials in the interleaved order, the reduce pairing them.
     for (i, tile) in Tile::ALL.into_iter().enumerate() {
-        runs.push(((130, 384, 48), GemmPath::Tiled(Some(tile)), Some(3)));
-        runs.push(((70, 300, 12 + 8 * i), GemmPath::Tiled(Some(tile)), Some(2)));
+        runs.push(run((130, 384, 48), GemmPath::Tiled(Some(tile)), Some(3)));
+        runs.push(run((70, 300, 12 + 8 * i), GemmPath::Tiled(Some(tile)), Some(2)));
+    }
+    // y one bf16 off alignment on every path: the scalar / 2-byte store fallbacks.
+    for (path, split) in [
+        (GemmPath::Small(None), None),
+        (GemmPath::Tiled(Some(Tile::T64x64)), None),
+        (GemmPath::Tiled(Some(Tile::T64x64)), Some(2)),
+    ] {
+        runs.push(Run {
+            y_off: 1,
+            ..run((66, 320, 40), path, split)
+        });
     }
     let (mut worst, mut flipped, mut total) = (0f64, 0, 0);
-    for (i, &(shape, path, split)) in runs.iter().enumerate() {
+    for (i, &r) in runs.iter().enumerate() {
         let d = dev.with_sched(SCHEDS[i % 3]);
-        let (e, off) = case(&d, &mut rng, shape, path, split);
+        let (e, off) = case(&d, &mut rng, r);
         worst = worst.max(e);
         flipped += off;
-        total += shape.0 * shape.2;
+        total += r.shape.0 * r.shape.2;
     }
     println!(
         "matmul_swiglu: {} runs, worst NMSE {worst:.3e}, {flipped} of {total} outputs not bit-identical to the CPU",
@@ -164,6 +197,10 @@ fn matmul_swiglu_rejects_bad_shapes() {
     );
     let tiled = GemmPath::Tiled(None);
     assert!(run((4, 16, 8), tiled, Some(1)).unwrap_err().contains("splits"));
+    assert!(
+        run((4, 16, 8), tiled, Some(2)).unwrap_err().contains("cannot split"),
+        "k = 16 is one stage: 2 splits would leave one range and the reduce would read an unwritten workspace"
+    );
     assert!(
         run((4, 96, 8), GemmPath::Tiled(None), Some(3)).is_err(),
         "x too short for k = 96"

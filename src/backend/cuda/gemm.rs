@@ -231,7 +231,7 @@ fn check_shapes(
     check_len(op, "x", x, mul(m, k, "m·k")?)?;
     check_len(op, "w", w, mul(n, k, "n·k")?)?;
     let mn = mul(m, n, "m·n")?;
-    check_len(op, "y", y, mul(m, y_cols, "m·n")?)?;
+    check_len(op, "y", y, mul(m, y_cols, "m·(output columns)")?)?;
     if let Some(r) = residual {
         check_len(op, "residual", r, mn)?;
     }
@@ -276,6 +276,23 @@ fn split_chunk(k: usize, splits: usize) -> (usize, usize) {
     (chunk, k.div_ceil(chunk))
 }
 
+/// The (k per split, splits) of a split-K launch asked for `splits` (2..=64): refused where whole 32-wide stages
+/// leave fewer than 2 ranges (k = 32 in 2 splits), since the tiled kernel would then write y itself and the reduce
+/// would overwrite it with a workspace nobody wrote.
+fn split_plan(op: &str, k: usize, splits: u32) -> Result<(usize, usize)> {
+    if !(2..=64).contains(&splits) {
+        return Err(invalid(op, format!("{splits} splits (2..=64)")));
+    }
+    let (chunk, n) = split_chunk(k, splits as usize);
+    if n < 2 {
+        return Err(invalid(
+            op,
+            format!("k = {k} cannot split {splits} ways in stages of 32"),
+        ));
+    }
+    Ok((chunk, n))
+}
+
 /// Split-K for the tiled bf16 GEMM when its grid leaves SMs idle: splits so that the blocks reach [`TARGET_SMS`],
 /// each split keeping ≥ 4 pipeline stages of k (128), at most 8. `None` where one pass fills the GPU (or k is too
 /// short to split). GPT-B at batch 64 with CFG (m = 128): qkv (n = 2304, 72 blocks of 64×64) 2 splits; wo and w2
@@ -316,10 +333,7 @@ pub fn gemm_split_k<L: Launcher + ?Sized>(
         residual.as_ref().map(DevPtr::len),
         n,
     )?;
-    if !(2..=64).contains(&splits) {
-        return Err(invalid(op, format!("{splits} splits (2..=64)")));
-    }
-    let (chunk, splits) = split_chunk(k, splits as usize);
+    let (chunk, splits) = split_plan(op, k, splits)?;
     let need = splits
         .checked_mul(mn)
         .ok_or_else(|| invalid(op, "splits·m·n overflows"))?;
@@ -534,10 +548,7 @@ pub fn gemm_swiglu<L: Launcher + ?Sized>(
             unsafe { launch_tiled(l, tile, cfg, x, w, r, y, DevPtrMut::from_raw(0, 0), p) }
         }
         (GemmPath::Tiled(tile), Some((splits, part))) => {
-            if !(2..=64).contains(&splits) {
-                return Err(invalid(op, format!("{splits} splits (2..=64)")));
-            }
-            let (chunk, splits) = split_chunk(k, splits as usize);
+            let (chunk, splits) = split_plan(op, k, splits)?;
             let need = splits
                 .checked_mul(mn)
                 .ok_or_else(|| invalid(op, "splits·m·2f overflows"))?;
