@@ -35,7 +35,7 @@
  *     rows of the block through the tensor cores; x (≤ 64 × k bf16) stays in L1/L2. The next two chunks of w are
  *     in flight while the current one is multiplied. Per-warp partial tiles are summed over warps in shared memory in a
  *     fixed order (deterministic), then the epilogue applies the residual and the roundings.
- *   SwiGLU epilogue (p.swiglu, the FFN's w1|w3 with silu(a)·b; every bf16 kernel above): the GEMM's n = 2f
+ *   SwiGLU epilogue (p.swiglu, the FFN's w1|w3 with silu(a)·b; every bf16 kernel above and gemm_small_f32): the GEMM's n = 2f
  *     columns read W1 and W3 rows interleaved in groups of 4 (swiglu_row), so output 4j + c needs columns 8j + c
  *     and 8j + c + 4, which always share an n8 mma tile: the small kernel pairs them in its cross-warp sum, the
  *     tiled epilogue in its shared output tile (8 outputs per 16-byte store), the split-K reduce in one 32-byte
@@ -484,7 +484,8 @@ extern "C" __global__ void gemm_small_f32(const float* __restrict__ x, const flo
     const int n0 = (int)blockIdx.x * 8, m0 = (int)blockIdx.y * SMALL_F32_ROWS;
     const int rows = min(SMALL_F32_ROWS, p.m - m0);
     const bool vec = p.k % 4 == 0 && aligned16(x) && aligned16(w);
-    const float* wrow = n0 + g < p.n ? w + (size_t)(n0 + g) * (size_t)p.k : nullptr;
+    const int wr = weight_row(n0 + g, p); /* swiglu: W1 rows 4b .. 4b+3 and the same rows of W3 */
+    const float* wrow = wr >= 0 ? w + (size_t)wr * (size_t)p.k : nullptr;
 
     float acc[SMALL_F32_ROWS];
 #pragma unroll
@@ -523,6 +524,21 @@ extern "C" __global__ void gemm_small_f32(const float* __restrict__ x, const flo
         if (t == 0) red[(warp * SMALL_F32_ROWS + i) * 8 + g] = v;
     }
     __syncthreads();
+    if (p.swiglu) {
+        /* output column 4b + c: silu of the W1 column c times the W3 column c + 4 (f32: no roundings) */
+        const int f = p.n / 2;
+        for (int e = tid; e < rows * 4; e += (int)blockDim.x) {
+            const int i = e >> 2, c = e & 3, col = 4 * (int)blockIdx.x + c;
+            if (col >= f) continue;
+            float a = 0.0f, b = 0.0f;
+            for (int v = 0; v < nwarps; v++) {
+                const float* rv = red + (v * SMALL_F32_ROWS + i) * 8;
+                a += rv[c], b += rv[c + 4];
+            }
+            gst(y + (size_t)(m0 + i) * (size_t)f + col, swiglu_one<float>(a, b));
+        }
+        return;
+    }
     for (int e = tid; e < rows * 8; e += (int)blockDim.x) {
         const int i = e >> 3, gg = e & 7;
         float s = 0.0f;

@@ -128,7 +128,7 @@ typedef struct GemmParams {
     int32_t k_splits; /* tiled kernels: > 1 = split-K, grid.z = k_splits blocks of k_chunk k each writing f32
                          partial tiles to `part` ([k_splits][m][n]), summed by gemm_splitk_reduce_bf16; else 1 */
     int32_t k_chunk;  /* k per split, a multiple of 32 (the pipeline stage) */
-    int32_t swiglu;   /* bf16 kernels: w = W1 | W3 stacked ([2f, k], n = 2f), y = silu(x·W1ᵀ)·(x·W3ᵀ) [m, f]; the GEMM's
+    int32_t swiglu;   /* bf16 kernels and gemm_small_f32: w = W1 | W3 stacked ([2f, k], n = 2f), y = silu(x·W1ᵀ)·(x·W3ᵀ) [m, f]; the GEMM's
                          columns are W1 and W3 rows interleaved in groups of 4 (gemm.cu swiglu_row), `part` holds
                          them in that order; f % 4 == 0, no residual */
 } GemmParams;

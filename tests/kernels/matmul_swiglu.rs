@@ -163,6 +163,70 @@ fn matmul_swiglu_matches_cpu_on<D: TestDevice>(dev: &D) {
     );
 }
 
+/// f32 (the small-m kernel, `gemm_small_f32`): the CPU's f32 matmul (round = false) then swiglu. The sums differ
+/// only in order and expf against Rust's exp by an ulp: the GEMM's f32 bound (tests/kernels/gemm.rs `F32_NMSE`).
+#[test]
+fn matmul_swiglu_f32_matches_cpu() {
+    matmul_swiglu_f32_matches_cpu_on(&EmuDevice::new());
+}
+
+fn matmul_swiglu_f32_matches_cpu_on<D: TestDevice>(dev: &D) {
+    const F32_NMSE: f64 = 1e-10;
+    let mut rng = Rng(43);
+    let mut worst = 0f64;
+    for (i, &(m, k, f)) in [
+        (1, 64, 4),
+        (2, 768, 64),
+        (7, 42, 12),
+        (16, 100, 20),
+        (17, 96, 36),
+        (40, 256, 8),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = dev.with_sched(SCHEDS[i % 3]);
+        let n = 2 * f;
+        let x: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| rng.uniform(-0.5, 0.5) * if i < f * k { 1.0 } else { 2.5 })
+            .collect();
+        let (mut ab, mut want) = (vec![0f32; m * n], vec![0f32; m * f]);
+        let p = KernelFamily::Portable;
+        cpu::matmul::matmul(
+            p,
+            &x,
+            m,
+            k,
+            WeightRef::F32(&w),
+            n,
+            None,
+            false,
+            &mut Default::default(),
+            &mut ab,
+        );
+        cpu::swiglu::swiglu(&ab, f, false, p, &mut want);
+        let (xd, wd, mut yd) = (d.upload(&x, "x"), d.upload(&w, "w"), d.alloc::<f32>(m * f, "y"));
+        gemm::gemm_swiglu(&d, xd.ptr(), wd.ptr(), yd.ptr_mut(), (m, k, f), GemmPath::Auto, None).unwrap();
+        yd.check_canaries().unwrap();
+        let what = format!("gemm_swiglu f32 m={m} k={k} f={f} sched={}", d.sched_label());
+        let (e, max) = nmse(&yd.to_vec(), &want, &what);
+        assert!(e <= F32_NMSE, "{what}: NMSE {e:.3e} (max abs err {max:.3e})");
+        worst = worst.max(e);
+    }
+    println!("matmul_swiglu f32: worst NMSE {worst:.3e}");
+    let (x, w, mut y) = (
+        dev.alloc::<f32>(70 * 16, "x"),
+        dev.alloc::<f32>(16 * 16, "w"),
+        dev.alloc::<f32>(70 * 8, "y"),
+    );
+    let e = gemm::gemm_swiglu(dev, x.ptr(), w.ptr(), y.ptr_mut(), (70, 16, 8), GemmPath::Auto, None);
+    assert!(
+        e.unwrap_err().to_string().contains("small-m kernel only"),
+        "f32 past 64 rows has no fused tile"
+    );
+}
+
 #[test]
 fn matmul_swiglu_rejects_bad_shapes() {
     let dev = EmuDevice::new();
@@ -213,5 +277,7 @@ fn matmul_swiglu_rejects_bad_shapes() {
 #[test]
 #[ignore = "needs a GPU: scripts/gpu-check.sh"]
 fn gpu_matmul_swiglu_matches_cpu() {
-    matmul_swiglu_matches_cpu_on(&GpuTest::new());
+    let g = GpuTest::new();
+    matmul_swiglu_matches_cpu_on(&g);
+    matmul_swiglu_f32_matches_cpu_on(&g);
 }

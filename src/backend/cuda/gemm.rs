@@ -496,18 +496,19 @@ fn launch_strided<L: Launcher + ?Sized>(
     )
 }
 
-/// y[m, f] = silu(x·W1ᵀ) · (x·W3ᵀ), bf16, w = W1 | W3 stacked `[2f, k]` (the FFN's w1|w3): the bf16 GEMM of
-/// n = 2f with its SwiGLU epilogue, so the `[m, 2f]` product never reaches memory. The kernels read W1 and W3 rows
-/// interleaved in groups of 4 (gemm.cu `swiglu_row`: no weight permutation), so both halves of an output meet in
-/// one block. Same arithmetic as [`gemm`] then `swiglu`: the linear outputs rounded to bf16, silu rounded, the
-/// product rounded. `path` as for [`gemm_with`] (`Auto`: [`auto_path`]); `split`: split-K of the tiled path,
-/// `(splits, part)` with `part` ≥ [`split_k_workspace_len`]`(m, 2f, k, splits)`. f % 4 == 0.
+/// y[m, f] = silu(x·W1ᵀ) · (x·W3ᵀ), w = W1 | W3 stacked `[2f, k]` (the FFN's w1|w3): the GEMM of n = 2f with
+/// its SwiGLU epilogue, so the `[m, 2f]` product never reaches memory. The kernels read W1 and W3 rows interleaved
+/// in groups of 4 (gemm.cu `swiglu_row`: no weight permutation), so both halves of an output meet in one block.
+/// Same arithmetic as [`gemm`] then `swiglu`: in bf16 the linear outputs rounded, silu rounded, the product
+/// rounded. `path` as for [`gemm_with`] (`Auto`: [`auto_path`]); f32 has the small-m kernel only (its tiled GEMM,
+/// `gemm_strided_f32`, has no SwiGLU epilogue). `split`: split-K of the bf16 tiled path, `(splits, part)` with
+/// `part` ≥ [`split_k_workspace_len`]`(m, 2f, k, splits)`. f % 4 == 0.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_swiglu<L: Launcher + ?Sized>(
+pub fn gemm_swiglu<T: Elem, L: Launcher + ?Sized>(
     l: &L,
-    x: DevPtr<'_, bf16>,
-    w: DevPtr<'_, bf16>,
-    y: DevPtrMut<'_, bf16>,
+    x: DevPtr<'_, T>,
+    w: DevPtr<'_, T>,
+    y: DevPtrMut<'_, T>,
     (m, k, f): (usize, usize, usize),
     path: GemmPath,
     split: Option<(u32, DevPtrMut<'_, f32>)>,
@@ -532,11 +533,24 @@ pub fn gemm_swiglu<L: Launcher + ?Sized>(
     };
     to_i32(op, "m·2f", mn)?;
     // SAFETY (all launches): sizes checked above; the residual pointer is null and never read (has_residual = 0).
-    let r = unsafe { DevPtr::from_raw(0, 0) };
+    let r: DevPtr<'_, T> = unsafe { DevPtr::from_raw(0, 0) };
     let path = match path {
-        GemmPath::Auto => auto_path(Dtype::Bf16, m),
+        GemmPath::Auto => auto_path(T::DTYPE, m),
         p => p,
     };
+    if T::DTYPE == Dtype::F32 {
+        let GemmPath::Small(warps) = path else {
+            return Err(invalid(op, format!("f32 runs the small-m kernel only, not {path:?}")));
+        };
+        if split.is_some() {
+            return Err(invalid(op, "split-K runs the bf16 tiled kernels"));
+        }
+        let cfg = small_config(op, (m, n, k), warps, 16)?;
+        // SAFETY: T is f32 here.
+        return unsafe { kernels::gemm_small_f32(l, cfg, x.cast(), w.cast(), r.cast(), y.cast(), p) };
+    }
+    // SAFETY: T is bf16 from here on.
+    let (x, w, r, y) = unsafe { (x.cast::<bf16>(), w.cast::<bf16>(), r.cast::<bf16>(), y.cast::<bf16>()) };
     match (path, split) {
         (GemmPath::Small(warps), None) => {
             let cfg = small_config(op, (m, n, k), warps, 64)?;
