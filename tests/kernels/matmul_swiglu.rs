@@ -75,7 +75,7 @@ fn case<D: TestDevice>(dev: &D, rng: &mut Rng, run: Run) -> (f64, usize) {
         dev.sched_label()
     );
     let (xd, wd) = (dev.upload(&to_bf16(&x), "x"), dev.upload(&wb, "w"));
-    let mut yd = dev.alloc::<bf16>(m * f + y_off, "y");
+    let yd = dev.alloc::<bf16>(m * f + y_off, "y");
     // SAFETY: the buffer holds y_off + m·f elements.
     let y = unsafe { DevPtrMut::from_raw(yd.addr() + 2 * y_off as u64, m * f) };
     let mut part = dev.alloc::<f32>(split.map_or(1, |s| gemm::split_k_workspace_len(m, n, k, s)), "part");
