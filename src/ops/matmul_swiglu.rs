@@ -46,7 +46,8 @@ impl OpDesc for MatmulSwiglu {
         let (x, w) = (r.f32(0)?, &r.w(self.w)?.data);
         let (k, f) = (self.k, self.f);
         let mut y = Vec::with_capacity(self.m * f);
-        for xr in x.chunks(k).take(self.m) {
+        for i in 0..self.m {
+            let xr = &x[i * k..][..k];
             for j in 0..f {
                 let a = r.r(dot64(xr, &w[j * k..][..k])) as f64;
                 let b = r.r(dot64(xr, &w[(f + j) * k..][..k]));

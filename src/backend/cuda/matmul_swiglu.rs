@@ -2,7 +2,7 @@
 //! ([`gemm_swiglu`]; bf16 on every path, small-m decode kernel, tensor-core tiles and split-K through the same
 //! workspace as `matmul`; f32 on the small-m kernel), so the `[m, 2f]` w1|w3 product never reaches memory: at GPT-B
 //! batch 64 with CFG (m = 128, f = 2048) 2 MiB of traffic and one launch less per layer. Otherwise (f32 prefill,
-//! odd f): the product into a workspace through `matmul`'s kernels, then the `swiglu` kernel.
+//! f % 4 != 0): the product into a workspace through `matmul`'s kernels, then the `swiglu` kernel.
 use super::device::Device;
 use super::gemm::{self, gemm_swiglu, GemmPath, SMALL_M_MAX};
 use super::launch::{DevPtr, Dtype};
