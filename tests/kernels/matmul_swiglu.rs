@@ -34,6 +34,15 @@ struct Run {
     y_off: usize,
 }
 
+/// The CPU backend's unfused pair, portable family: w1|w3 matmul (`round`: bf16 outputs), then swiglu.
+fn cpu_reference(x: &[f32], w: WeightRef, (m, k, f): Shape, round: bool) -> Vec<f32> {
+    let (p, n) = (KernelFamily::Portable, 2 * f);
+    let (mut ab, mut want) = (vec![0f32; m * n], vec![0f32; m * f]);
+    cpu::matmul::matmul(p, x, m, k, w, n, None, round, &mut Default::default(), &mut ab);
+    cpu::swiglu::swiglu(&ab, f, round, p, &mut want);
+    want
+}
+
 /// Runs one case; returns (NMSE, outputs whose bf16 bits differ from the CPU's).
 fn case<D: TestDevice>(dev: &D, rng: &mut Rng, run: Run) -> (f64, usize) {
     let Run {
@@ -53,22 +62,7 @@ fn case<D: TestDevice>(dev: &D, rng: &mut Rng, run: Run) -> (f64, usize) {
     round_all(&mut x);
     round_all(&mut w);
     let wb = to_bf16(&w);
-    let mut ab = vec![0f32; m * n];
-    let mut want = vec![0f32; m * f];
-    let p = KernelFamily::Portable;
-    cpu::matmul::matmul(
-        p,
-        &x,
-        m,
-        k,
-        WeightRef::Bf16(&wb),
-        n,
-        None,
-        true,
-        &mut Default::default(),
-        &mut ab,
-    );
-    cpu::swiglu::swiglu(&ab, f, true, p, &mut want);
+    let want = cpu_reference(&x, WeightRef::Bf16(&wb), (m, k, f), true);
 
     let what = format!(
         "gemm_swiglu {path:?} split={split:?} m={m} k={k} f={f} y_off={y_off} sched={}",
@@ -191,21 +185,7 @@ fn matmul_swiglu_f32_matches_cpu_on<D: TestDevice>(dev: &D) {
         let w: Vec<f32> = (0..n * k)
             .map(|i| rng.uniform(-0.5, 0.5) * if i < f * k { 1.0 } else { 2.5 })
             .collect();
-        let (mut ab, mut want) = (vec![0f32; m * n], vec![0f32; m * f]);
-        let p = KernelFamily::Portable;
-        cpu::matmul::matmul(
-            p,
-            &x,
-            m,
-            k,
-            WeightRef::F32(&w),
-            n,
-            None,
-            false,
-            &mut Default::default(),
-            &mut ab,
-        );
-        cpu::swiglu::swiglu(&ab, f, false, p, &mut want);
+        let want = cpu_reference(&x, WeightRef::F32(&w), (m, k, f), false);
         let (xd, wd, mut yd) = (d.upload(&x, "x"), d.upload(&w, "w"), d.alloc::<f32>(m * f, "y"));
         gemm::gemm_swiglu(&d, xd.ptr(), wd.ptr(), yd.ptr_mut(), (m, k, f), GemmPath::Auto, None).unwrap();
         yd.check_canaries().unwrap();

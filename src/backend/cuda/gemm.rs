@@ -333,49 +333,54 @@ pub fn gemm_split_k<L: Launcher + ?Sized>(
         residual.as_ref().map(DevPtr::len),
         n,
     )?;
-    let (chunk, splits) = split_plan(op, k, splits)?;
-    let need = splits
-        .checked_mul(mn)
-        .ok_or_else(|| invalid(op, "splits·m·n overflows"))?;
-    check_len(op, "part", part.len(), need)?;
     let p = GemmParams {
         m: to_i32(op, "m", m)?,
         n: to_i32(op, "n", n)?,
         k: to_i32(op, "k", k)?,
         has_residual: residual.is_some() as i32,
-        k_splits: splits as i32,
-        k_chunk: chunk as i32,
+        k_splits: 1,
+        k_chunk: 0,
         swiglu: 0,
     };
     to_i32(op, "m·n", mn)?;
-    let tile = tile.unwrap_or_else(|| pick_tile(m, n));
-    let cfg = tiled_config(op, tile, m, n, splits as u32)?;
     // SAFETY: a null pointer is never dereferenced: has_residual = 0 tells the kernel.
     let r = residual.unwrap_or(unsafe { DevPtr::from_raw(0, 0) });
-    // SAFETY: the sizes are checked above.
-    unsafe { launch_split_k(l, tile, cfg, x, w, r, y, part, p) }
+    // SAFETY: x, w, y and the residual are checked above.
+    unsafe { launch_split_k(l, op, tile, splits, x, w, r, y, part, p) }
 }
 
-/// The two launches of split-K: the tiled kernel over grid.z = `p.k_splits` writing only `part` (not y), then
-/// `gemm_splitk_reduce_bf16` (a thread per 4 of the m·n partials) reading `part` and the residual and writing y,
-/// so that each launch sees each buffer through one pointer.
+/// Split-K of the tiled bf16 GEMM `p` (of [`gemm_split_k`] or [`gemm_swiglu`]): plans `splits` over k
+/// ([`split_plan`]), checks `part`, then the two launches: the tiled kernel (`tile`, default [`pick_tile`]) over
+/// grid.z = splits writing only `part` (not y), then `gemm_splitk_reduce_bf16` (a thread per 4 of the m·n
+/// partials) reading `part` and the residual and writing y, so that each launch sees each buffer through one
+/// pointer.
 /// # Safety
-/// The pointers are live device buffers of the sizes `p` implies.
+/// x, w, y and r are live device buffers of the sizes `p` implies (checked by the caller); `part` is checked here.
 #[allow(clippy::too_many_arguments)]
 unsafe fn launch_split_k<L: Launcher + ?Sized>(
     l: &L,
-    tile: Tile,
-    cfg: LaunchConfig,
+    op: &str,
+    tile: Option<Tile>,
+    splits: u32,
     x: DevPtr<'_, bf16>,
     w: DevPtr<'_, bf16>,
     r: DevPtr<'_, bf16>,
     y: DevPtrMut<'_, bf16>,
     part: DevPtrMut<'_, f32>,
-    p: GemmParams,
+    mut p: GemmParams,
 ) -> Result<()> {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let mn = m * n;
+    let (chunk, splits) = split_plan(op, k, splits)?;
+    let need = splits
+        .checked_mul(mn)
+        .ok_or_else(|| invalid(op, "splits·m·n overflows"))?;
+    check_len(op, "part", part.len(), need)?;
+    (p.k_splits, p.k_chunk) = (splits as i32, chunk as i32);
+    let tile = tile.unwrap_or_else(|| pick_tile(m, n));
+    let cfg = tiled_config(op, tile, m, n, splits as u32)?;
     let (pa, pl, ya, yl, ra, rl) = (part.addr(), part.len(), y.addr(), y.len(), r.addr(), r.len());
     launch_tiled(l, tile, cfg, x, w, r, y, part, p)?;
-    let mn = p.m as usize * p.n as usize;
     let cfg = LaunchConfig::linear(mn.div_ceil(4).div_ceil(256) as u32, 256);
     let (part, r, y) = (
         DevPtr::from_raw(pa, pl),
@@ -522,7 +527,7 @@ pub fn gemm_swiglu<T: Elem, L: Launcher + ?Sized>(
     }
     let n = f.checked_mul(2).ok_or_else(|| invalid(op, "2f overflows"))?;
     let mn = check_shapes(op, (m, n, k), (x.len(), w.len(), y.len()), None, f)?;
-    let mut p = GemmParams {
+    let p = GemmParams {
         m: to_i32(op, "m", m)?,
         n: to_i32(op, "2f", n)?,
         k: to_i32(op, "k", k)?,
@@ -561,17 +566,9 @@ pub fn gemm_swiglu<T: Elem, L: Launcher + ?Sized>(
             let cfg = tiled_config(op, tile, m, n, 1)?;
             unsafe { launch_tiled(l, tile, cfg, x, w, r, y, DevPtrMut::from_raw(0, 0), p) }
         }
-        (GemmPath::Tiled(tile), Some((splits, part))) => {
-            let (chunk, splits) = split_plan(op, k, splits)?;
-            let need = splits
-                .checked_mul(mn)
-                .ok_or_else(|| invalid(op, "splits·m·2f overflows"))?;
-            check_len(op, "part", part.len(), need)?;
-            (p.k_splits, p.k_chunk) = (splits as i32, chunk as i32);
-            let tile = tile.unwrap_or_else(|| pick_tile(m, n));
-            let cfg = tiled_config(op, tile, m, n, splits as u32)?;
-            unsafe { launch_split_k(l, tile, cfg, x, w, r, y, part, p) }
-        }
+        (GemmPath::Tiled(tile), Some((splits, part))) => unsafe {
+            launch_split_k(l, op, tile, splits, x, w, r, y, part, p)
+        },
         (path, Some(_)) => Err(invalid(op, format!("split-K runs the tiled kernels, not {path:?}"))),
         (GemmPath::Auto, None) => unreachable!("resolved by auto_path above"),
     }
