@@ -49,6 +49,15 @@ template <typename T> static __device__ __forceinline__ float quantize(float x) 
 
 static __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
 
+/* GroupNorm of one value from its (image, channel) statistics: ((x − mean hi) − mean lo)·scale + shift, scale =
+ * rstd·gamma (then swish). groupnorm_f32 and the conv prologue (CONV_NORM_*) both call this one function, so a
+ * fused conv multiplies exactly the values the unfused pair would have stored. */
+static __device__ __forceinline__ float groupnorm_apply(float v, float hi, float lo, float scale, float shift,
+                                                        bool act) {
+    const float y = ((v - hi) - lo) * scale + shift;
+    return act ? silu(y) : y;
+}
+
 /* One SwiGLU output, silu(a)·b, with the reference's roundings in T (bf16: silu(a) rounded, then the product). */
 template <typename T> static __device__ __forceinline__ T swiglu_one(T a, T b) {
     return from_float<T>(quantize<T>(silu(to_float(a))) * to_float(b));

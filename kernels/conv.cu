@@ -170,8 +170,9 @@ template <class P> struct Halo {
         }
     }
     __device__ __forceinline__ const float* buf(int chunk) const { return s + (chunk & 1) * HALO_CH * cs(); }
-    /* Issues the copies of channels 16·chunk .. +16 into buffer chunk & 1 (the caller commits). */
-    __device__ __forceinline__ void load(int chunk, int tid) const {
+    /* Calls f(dst, src, in, rec) for each aligned 16-byte piece of channels 16·chunk .. +16 that this thread copies
+     * into buffer chunk & 1: src its global address when `in` (inside the image), rec its (image, channel) index. */
+    template <class F> __device__ __forceinline__ void pieces(int chunk, int tid, F&& f) const {
         float* b = s + (chunk & 1) * HALO_CH * cs();
         const int q0 = full() ? 1 : 0, nq = full() ? rw() / 4 : rw() / 4 + 2, per_ch = (rh() + 2) * nq;
         const int r0v = r0(), x0v = x0(), rsv = rs(), csv = cs(), rows = p.n * p.h;
@@ -179,10 +180,33 @@ template <class P> struct Halo {
             const int ch = i / per_ch, r = i - ch * per_ch, j = r / nq, q = q0 + (r - j * nq);
             const int row = r0v - 1 + j, col = x0v - 4 + 4 * q;
             const bool in = row >= 0 && row < rows && col >= 0 && col < p.w;
-            const int img = in ? row / p.h : 0, iy = in ? row - img * p.h : 0;
-            const float* src = x + (((size_t)img * p.c_in + HALO_CH * chunk + ch) * p.h + iy) * p.w + col;
-            cp_async16(b + ch * csv + j * rsv + 4 * q, in ? src : x, in ? 16 : 0);
+            const int img = in ? row / p.h : 0, iy = in ? row - img * p.h : 0, c = HALO_CH * chunk + ch;
+            f(b + ch * csv + j * rsv + 4 * q, x + (((size_t)img * p.c_in + c) * p.h + iy) * p.w + col, in,
+              img * p.c_in + c);
         }
+    }
+    /* Issues the copies of channels 16·chunk .. +16 into buffer chunk & 1 (the caller commits); pieces outside the
+     * image are zero-filled. */
+    __device__ __forceinline__ void load(int chunk, int tid) const {
+        pieces(chunk, tid, [&](float* dst, const float* src, bool in, int) {
+            cp_async16(dst, in ? src : x, in ? 16 : 0);
+        });
+    }
+    /* The GroupNorm (+ swish) prologue (Conv2dParams.norm): after this thread's wait for chunk `chunk`, normalises in
+     * place the pieces it copied itself (its own cp.async writes are visible to it after the wait; the barrier that
+     * follows publishes the result), from the records rec[(image, channel)] = (mean hi, mean lo, scale, shift) of
+     * groupnorm_affine_f32. The pieces outside the image stay zero: the conv pads the normalised tensor. */
+    __device__ __forceinline__ void normalize(int chunk, int tid, const float* __restrict__ rec, bool act) const {
+        pieces(chunk, tid, [&](float* dst, const float*, bool in, int ri) {
+            if (!in) return;
+            const float4 r = __ldg(reinterpret_cast<const float4*>(rec) + ri);
+            float4 v = *reinterpret_cast<const float4*>(dst);
+            v.x = groupnorm_apply(v.x, r.x, r.y, r.z, r.w, act);
+            v.y = groupnorm_apply(v.y, r.x, r.y, r.z, r.w, act);
+            v.z = groupnorm_apply(v.z, r.x, r.y, r.z, r.w, act);
+            v.w = groupnorm_apply(v.w, r.x, r.y, r.z, r.w, act);
+            *reinterpret_cast<float4*>(dst) = v;
+        });
     }
     /* A tile pixel's place in a buffer and whether it sits on its image's top (bit 0) or bottom (bit 1) row. */
     struct Pix {
@@ -238,7 +262,9 @@ template <int TILE> struct HaloB {
     static constexpr int KC = HALO_CH * 9;
     Halo<Conv2dParams> hl;
     typename Halo<Conv2dParams>::Pix px;
-    __device__ __forceinline__ HaloB(const Conv2dParams& p, const float* x, float* s) : hl(p, x, s, TILE) {}
+    const float* rec; /* the GroupNorm prologue's records, or null */
+    __device__ __forceinline__ HaloB(const Conv2dParams& p, const float* x, float* s, const float* norm)
+        : hl(p, x, s, TILE), rec(p.norm != CONV_NORM_NONE ? norm : nullptr) {}
     __device__ __forceinline__ int K() const { return hl.p.c_in * 9; }
     __device__ __forceinline__ int pixel(int n) const { return hl.pixel(n); }
     __device__ __forceinline__ void own(int n) { px = hl.pix(n); }
@@ -248,17 +274,24 @@ template <int TILE> struct HaloB {
         hl.template term<false>(k - c * KC, 0, 0, off, ky3);
         return Halo<Conv2dParams>::at(hl.buf(c), off, ky3, px);
     }
+    __device__ __forceinline__ void landed(int chunk, int tid) const {
+        if (rec) hl.normalize(chunk, tid, rec, hl.p.norm == CONV_NORM_GROUPNORM_SILU);
+    }
     __device__ __forceinline__ void prologue(int tid) {
         hl.zero_pads(tid);
         hl.load(0, tid);
         cp_async_commit();
         cp_async_wait<0>();
+        landed(0, tid);
         __syncthreads();
         if (KC < K()) hl.load(1, tid);
         cp_async_commit();
     }
     __device__ __forceinline__ void before_barrier(int k_next) {
-        if (k_next < K() && k_next % KC == 0) cp_async_wait<0>();
+        if (k_next < K() && k_next % KC == 0) {
+            cp_async_wait<0>();
+            landed(k_next / KC, (int)threadIdx.x);
+        }
     }
     __device__ __forceinline__ void after_barrier(int k_next, int tid) {
         if (k_next < K() && k_next % KC == 0 && k_next + KC < K()) {
@@ -400,16 +433,17 @@ static __device__ __forceinline__ ConvGeo<2, 2, true> phase_geo(const float* x, 
 
 template <class Tl, int KH, int KW>
 static __device__ __forceinline__ void conv2d_run(const float* x, const float* w, const float* bias,
-                                                  const float* residual, float* out, const Conv2dParams& p,
-                                                  float* smem) {
+                                                  const float* residual, const float* norm, float* out,
+                                                  const Conv2dParams& p, float* smem) {
     const auto g = conv2d_geo<KH, KW>(x, w, p);
     const float* bi = p.has_bias ? bias : nullptr;
     const float* re = p.has_residual ? residual : nullptr;
     if (KH == 3 && KW == 3 && p.halo_rw > 0) {
-        HaloB<Tl::BN> src(p, x, smem + Tl::SMEM_FLOATS);
+        HaloB<Tl::BN> src(p, x, smem + Tl::SMEM_FLOATS, norm);
         conv_igemm<Tl>(g, src, p.c_out, bi, re, out, smem);
         return;
     }
+    if (p.norm != CONV_NORM_NONE) __trap(); /* the prologue lives in the halo loader (the launcher checks) */
     GatherB<ConvGeo<KH, KW, false>> src;
     src.g = g, src.p0 = (int)blockIdx.x * Tl::BN, src.N = p.n * p.oh * p.ow;
     conv_igemm<Tl>(g, src, p.c_out, bi, re, out, smem);
@@ -417,12 +451,13 @@ static __device__ __forceinline__ void conv2d_run(const float* x, const float* w
 
 template <class Tl>
 static __device__ __forceinline__ void conv2d_entry(const float* x, const float* w, const float* bias,
-                                                    const float* residual, float* out, const Conv2dParams& p) {
+                                                    const float* residual, const float* norm, float* out,
+                                                    const Conv2dParams& p) {
     DYNAMIC_SHARED(float, smem);
     /* uniform branch: the common sizes get constant divisors in the gather */
-    if (p.kh == 3 && p.kw == 3) conv2d_run<Tl, 3, 3>(x, w, bias, residual, out, p, smem);
-    else if (p.kh == 1 && p.kw == 1) conv2d_run<Tl, 1, 1>(x, w, bias, residual, out, p, smem);
-    else conv2d_run<Tl, 0, 0>(x, w, bias, residual, out, p, smem);
+    if (p.kh == 3 && p.kw == 3) conv2d_run<Tl, 3, 3>(x, w, bias, residual, norm, out, p, smem);
+    else if (p.kh == 1 && p.kw == 1) conv2d_run<Tl, 1, 1>(x, w, bias, residual, norm, out, p, smem);
+    else conv2d_run<Tl, 0, 0>(x, w, bias, residual, norm, out, p, smem);
 }
 
 /* blockIdx.z = output phase a·2 + b. Always the gathers: a SIMT phase block stores every other output column, so
@@ -438,13 +473,13 @@ static __device__ __forceinline__ void upsample_conv_entry(const float* x, const
 }
 
 extern "C" __global__ void conv2d_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                      const float* __restrict__ bias, const float* residual, float* out,
-                                      Conv2dParams p) {
-    conv2d_entry<T64>(x, w, bias, residual, out, p);
+                                      const float* __restrict__ bias, const float* residual,
+                                      const float* __restrict__ norm, float* out, Conv2dParams p) {
+    conv2d_entry<T64>(x, w, bias, residual, norm, out, p);
 }
 extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void conv2d_t128_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                    const float* residual, float* out, Conv2dParams p) {
-    conv2d_entry<T128>(x, w, bias, residual, out, p);
+                    const float* residual, const float* __restrict__ norm, float* out, Conv2dParams p) {
+    conv2d_entry<T128>(x, w, bias, residual, norm, out, p);
 }
 extern "C" __global__ void upsample_conv_f32(const float* __restrict__ x, const float* __restrict__ w,
                                              const float* __restrict__ bias, float* __restrict__ out,
@@ -695,7 +730,8 @@ static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, c
  * store instruction writes 32 consecutive floats of an output row instead of every other one. */
 template <int MATH, bool PHASE, class G, class H>
 static __device__ __forceinline__ void conv_halo_tc(const G& g, const H& hl, int M, int a, const float* __restrict__ bias,
-                                                    const float* residual, float* out, unsigned char* smem) {
+                                                    const float* residual, const float* __restrict__ rec, bool act,
+                                                    float* out, unsigned char* smem) {
     constexpr int KC = HALO_CH * (PHASE ? 4 : 9), TPC = KC / TC_BK;
     static_assert(KC % TC_BK == 0, "K tiles within chunks");
     if (blockDim.x != CONV_THREADS || blockDim.y != 1 || blockDim.z != 1) __trap();
@@ -721,6 +757,7 @@ static __device__ __forceinline__ void conv_halo_tc(const G& g, const H& hl, int
     cp_async_commit();
     for (int kt = 0; kt < ktiles; kt++) {
         cp_async_wait<0>();
+        if (rec != nullptr && kt % TPC == 0) hl.normalize(kt / TPC, tid, rec, act); /* chunk kt / TPC, first use */
         __syncthreads();
         if (kt + 1 < ktiles) tc_load_a(smem + ((kt + 1) & 1) * TC_A_BYTES, wrow, (kt + 1) * TC_BK, K, avec, g.w);
         if (kt % TPC == 0 && kt / TPC + 1 < chunks) hl.load(kt / TPC + 1, tid);
@@ -767,26 +804,28 @@ static __device__ __forceinline__ void conv_halo_tc(const G& g, const H& hl, int
 
 template <int KH, int KW, int MATH>
 static __device__ __forceinline__ void conv2d_tc_run(const float* x, const float* w, const float* bias,
-                                                     const float* residual, float* out, const Conv2dParams& p,
-                                                     unsigned char* smem) {
+                                                     const float* residual, const float* norm, float* out,
+                                                     const Conv2dParams& p, unsigned char* smem) {
     const auto g = conv2d_geo<KH, KW>(x, w, p);
     const float* bi = p.has_bias ? bias : nullptr;
     const float* re = p.has_residual ? residual : nullptr;
     if (KH == 3 && KW == 3 && p.halo_rw > 0) {
         const Halo<Conv2dParams> hl(p, x, reinterpret_cast<float*>(smem + 2 * TC_A_BYTES), TC_BN);
-        conv_halo_tc<MATH, false>(g, hl, p.c_out, 0, bi, re, out, smem);
+        const float* rec = p.norm != CONV_NORM_NONE ? norm : nullptr;
+        conv_halo_tc<MATH, false>(g, hl, p.c_out, 0, bi, re, rec, p.norm == CONV_NORM_GROUPNORM_SILU, out, smem);
     } else {
+        if (p.norm != CONV_NORM_NONE) __trap(); /* the prologue lives in the halo loader (the launcher checks) */
         conv_igemm_tc<MATH>(g, p.c_out, p.n * p.oh * p.ow, bi, re, out, smem);
     }
 }
 
 template <int MATH>
 static __device__ __forceinline__ void conv2d_tc_entry(const float* x, const float* w, const float* bias,
-                                                       const float* residual, float* out, const Conv2dParams& p,
-                                                       unsigned char* smem) {
-    if (p.kh == 3 && p.kw == 3) conv2d_tc_run<3, 3, MATH>(x, w, bias, residual, out, p, smem);
-    else if (p.kh == 1 && p.kw == 1) conv2d_tc_run<1, 1, MATH>(x, w, bias, residual, out, p, smem);
-    else conv2d_tc_run<0, 0, MATH>(x, w, bias, residual, out, p, smem);
+                                                       const float* residual, const float* norm, float* out,
+                                                       const Conv2dParams& p, unsigned char* smem) {
+    if (p.kh == 3 && p.kw == 3) conv2d_tc_run<3, 3, MATH>(x, w, bias, residual, norm, out, p, smem);
+    else if (p.kh == 1 && p.kw == 1) conv2d_tc_run<1, 1, MATH>(x, w, bias, residual, norm, out, p, smem);
+    else conv2d_tc_run<0, 0, MATH>(x, w, bias, residual, norm, out, p, smem);
 }
 
 /* Gathers: grid z = phase a·2 + b. Halo (p.halo_rw > 0): grid z = row phase a, both column phases per block. */
@@ -797,7 +836,7 @@ static __device__ __forceinline__ void upsample_tc_entry(const float* x, const f
     if (p.halo_rw > 0) {
         const int a = (int)blockIdx.z;
         const Halo<UpsampleConvParams> hl(p, x, reinterpret_cast<float*>(smem + 2 * TC_A_BYTES), TC_BN);
-        conv_halo_tc<MATH, true>(phase_geo(x, w, p, a, 0), hl, p.c_out, a, bi, nullptr, out, smem);
+        conv_halo_tc<MATH, true>(phase_geo(x, w, p, a, 0), hl, p.c_out, a, bi, nullptr, nullptr, false, out, smem);
     } else {
         const int phase = (int)blockIdx.z;
         conv_igemm_tc<MATH>(phase_geo(x, w, p, phase >> 1, phase & 1), p.c_out, p.n * p.h * p.w, bi, nullptr, out,
@@ -809,12 +848,13 @@ static __device__ __forceinline__ void upsample_tc_entry(const float* x, const f
  * p.tc_math one of CONV_TC_* (anything else traps). */
 extern "C" __global__ __launch_bounds__(CONV_THREADS) void conv2d_tc_f32(const float* __restrict__ x, const float* __restrict__ w,
                                                                           const float* __restrict__ bias, const float* residual,
-                                                                          float* out, Conv2dParams p) {
+                                                                          const float* __restrict__ norm, float* out,
+                                                                          Conv2dParams p) {
     DYNAMIC_SHARED(float, smem);
     unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
-    if (p.tc_math == CONV_TC_TF32X3) conv2d_tc_entry<CONV_TC_TF32X3>(x, w, bias, residual, out, p, sm);
-    else if (p.tc_math == CONV_TC_TF32) conv2d_tc_entry<CONV_TC_TF32>(x, w, bias, residual, out, p, sm);
-    else if (p.tc_math == CONV_TC_BF16) conv2d_tc_entry<CONV_TC_BF16>(x, w, bias, residual, out, p, sm);
+    if (p.tc_math == CONV_TC_TF32X3) conv2d_tc_entry<CONV_TC_TF32X3>(x, w, bias, residual, norm, out, p, sm);
+    else if (p.tc_math == CONV_TC_TF32) conv2d_tc_entry<CONV_TC_TF32>(x, w, bias, residual, norm, out, p, sm);
+    else if (p.tc_math == CONV_TC_BF16) conv2d_tc_entry<CONV_TC_BF16>(x, w, bias, residual, norm, out, p, sm);
     else __trap();
 }
 

@@ -84,9 +84,28 @@ extern "C" __global__ void groupnorm_stats_f32(const float* __restrict__ x, floa
     }
 }
 
-static __device__ __forceinline__ float gn_out(float v, float hi, float lo, float scale, float b, bool silu) {
-    const float y = ((v - hi) - lo) * scale + b;
-    return silu ? y / (1.0f + expf(-y)) : y;
+/* The statistics of group sg from its chunks' partials, merged in f64 (Chan): the mean as f32 hi + lo and rstd =
+ * 1/sqrt(M2/N + eps). groupnorm_f32 and groupnorm_affine_f32 both call it: the same values bit for bit. */
+static __device__ void gn_merge(const float* __restrict__ part, int sg, const GroupnormParams& p, float& hi,
+                                float& lo, float& rstd) {
+    const int glen = (p.c / p.groups) * p.hw;
+    const float* pp = part + (size_t)sg * p.chunks * 3;
+    const double total = (double)glen;
+    double mean = 0.0;
+    for (int i = 0; i < p.chunks; i++) {
+        const double cnt = (double)min(p.chunk, glen - i * p.chunk);
+        mean += cnt * ((double)pp[3 * i] + (double)pp[3 * i + 1]);
+    }
+    mean /= total;
+    double m2 = 0.0;
+    for (int i = 0; i < p.chunks; i++) {
+        const double cnt = (double)min(p.chunk, glen - i * p.chunk);
+        const double dm = (double)pp[3 * i] + (double)pp[3 * i + 1] - mean;
+        m2 += (double)pp[3 * i + 2] + cnt * dm * dm;
+    }
+    hi = (float)mean;
+    lo = (float)(mean - (double)hi);
+    rstd = (float)(1.0 / sqrt(m2 / total + (double)p.eps));
 }
 
 extern "C" __global__ void groupnorm_f32(const float* __restrict__ x, const float* __restrict__ part,
@@ -102,26 +121,7 @@ extern "C" __global__ void groupnorm_f32(const float* __restrict__ x, const floa
     for (int sg = (int)blockIdx.y; sg < ngroups; sg += (int)gridDim.y) {
         const int c0 = (sg % p.groups) * cg; /* first channel of the group */
         for (int ch = (int)blockIdx.x; ch < p.chunks; ch += (int)gridDim.x) {
-            if (tid == 0) {
-                const float* pp = part + (size_t)sg * p.chunks * 3;
-                const double total = (double)glen;
-                double mean = 0.0;
-                for (int i = 0; i < p.chunks; i++) {
-                    const double cnt = (double)min(p.chunk, glen - i * p.chunk);
-                    mean += cnt * ((double)pp[3 * i] + (double)pp[3 * i + 1]);
-                }
-                mean /= total;
-                double m2 = 0.0;
-                for (int i = 0; i < p.chunks; i++) {
-                    const double cnt = (double)min(p.chunk, glen - i * p.chunk);
-                    const double dm = (double)pp[3 * i] + (double)pp[3 * i + 1] - mean;
-                    m2 += (double)pp[3 * i + 2] + cnt * dm * dm;
-                }
-                const float hi = (float)mean;
-                st[0] = hi;
-                st[1] = (float)(mean - (double)hi);
-                st[2] = (float)(1.0 / sqrt(m2 / total + (double)p.eps));
-            }
+            if (tid == 0) gn_merge(part, sg, p, st[0], st[1], st[2]);
             __syncthreads();
             const float hi = st[0], lo = st[1], rstd = st[2];
             const int start = ch * p.chunk;
@@ -132,19 +132,34 @@ extern "C" __global__ void groupnorm_f32(const float* __restrict__ x, const floa
                     const int c = c0 + (start + i) / hw;
                     const float scale = rstd * gamma[c], b = beta[c];
                     float4 v = gld(reinterpret_cast<const float4*>(x + off + i));
-                    v.x = gn_out(v.x, hi, lo, scale, b, silu);
-                    v.y = gn_out(v.y, hi, lo, scale, b, silu);
-                    v.z = gn_out(v.z, hi, lo, scale, b, silu);
-                    v.w = gn_out(v.w, hi, lo, scale, b, silu);
+                    v.x = groupnorm_apply(v.x, hi, lo, scale, b, silu);
+                    v.y = groupnorm_apply(v.y, hi, lo, scale, b, silu);
+                    v.z = groupnorm_apply(v.z, hi, lo, scale, b, silu);
+                    v.w = groupnorm_apply(v.w, hi, lo, scale, b, silu);
                     gst(reinterpret_cast<float4*>(y + off + i), v);
                 }
             } else {
                 for (int i = tid; i < cnt; i += nt) {
                     const int c = c0 + (start + i) / hw;
-                    gst(y + off + i, gn_out(gld(x + off + i), hi, lo, rstd * gamma[c], beta[c], silu));
+                    gst(y + off + i, groupnorm_apply(gld(x + off + i), hi, lo, rstd * gamma[c], beta[c], silu));
                 }
             }
             __syncthreads(); /* st is rewritten for the next chunk */
         }
+    }
+}
+
+/* One thread per (image, channel): its group's statistics (gn_merge, as groupnorm_f32) and the channel's affine,
+ * for a conv that normalises its input as it loads it (Conv2dParams.norm). n·c·4 floats written; the merge repeats
+ * for each of a group's c / groups channels (chunks ≤ 32 partials each at the decoder's largest stage). */
+extern "C" __global__ void groupnorm_affine_f32(const float* __restrict__ part, const float* __restrict__ gamma,
+                                                const float* __restrict__ beta, float* __restrict__ rec,
+                                                GroupnormParams p) {
+    const int cg = p.c / p.groups, total = p.n * p.c;
+    for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < total; i += (int)(gridDim.x * blockDim.x)) {
+        const int img = i / p.c, ch = i - img * p.c;
+        float hi, lo, rstd;
+        gn_merge(part, img * p.groups + ch / cg, p, hi, lo, rstd);
+        gst(reinterpret_cast<float4*>(rec) + i, make_float4(hi, lo, rstd * gamma[ch], beta[ch]));
     }
 }

@@ -75,7 +75,9 @@ typedef struct CodebookParams {
 } CodebookParams;
 
 /* groupnorm_stats_f32 / groupnorm_f32: x [n, c, hw] in `groups` groups of (c/groups)·hw contiguous values, each
- * split into `chunks` chunks of `chunk` values (one block each); silu != 0 fuses x·sigmoid(x). */
+ * split into `chunks` chunks of `chunk` values (one block each); silu != 0 fuses x·sigmoid(x).
+ * groupnorm_affine_f32 (after the stats): the records rec [n, c, 4] = (mean hi, mean lo, rstd·gamma, beta) of each
+ * (image, channel), which a conv's CONV_NORM_* prologue applies; one thread per record. */
 typedef struct GroupnormParams {
     int32_t n;
     int32_t c;
@@ -186,7 +188,13 @@ typedef struct Conv2dParams {
     int32_t halo_rw;      /* 0: gather each tap from global memory; else the halo-tile path with tiles of halo_rw
                              columns (3x3 stride 1 pad 1, c_in % 16 == 0, w in {8, 16, 32} or w % 32 == 0:
                              backend::cuda::conv::halo_width) */
+    int32_t norm;         /* CONV_NORM_*: GroupNorm (then swish) of the input applied as the halo tile lands, from the
+                             `norm` records (hi, lo, scale, shift) per (image, input channel) that groupnorm_affine_f32
+                             writes; the halo path only (the kernels trap otherwise) */
 } Conv2dParams;
+#define CONV_NORM_NONE 0
+#define CONV_NORM_GROUPNORM 1      /* x' = ((x - hi) - lo)·scale + shift, as groupnorm_f32 computes it */
+#define CONV_NORM_GROUPNORM_SILU 2 /* then x'·sigmoid(x') */
 
 /* upsample_conv_f32: nearest x2 then 3x3 pad-1 conv, input (n, c_in, h, w), output (n, c_out, 2h, 2w); weights
  * folded per output phase (backend::cuda::conv::upsample_fold_weights). */
@@ -284,6 +292,8 @@ typedef struct CuemuStats {
     X(groupnorm_stats_f32, (const float* __restrict__ x, float* __restrict__ part, GroupnormParams p))                 \
     X(groupnorm_f32, (const float* __restrict__ x, const float* __restrict__ part, const float* __restrict__ gamma,    \
                       const float* __restrict__ beta, float* __restrict__ y, GroupnormParams p))                       \
+    X(groupnorm_affine_f32, (const float* __restrict__ part, const float* __restrict__ gamma,                          \
+                             const float* __restrict__ beta, float* __restrict__ rec, GroupnormParams p))              \
     X(attention_decode_f32, (const float* __restrict__ q, const float* __restrict__ kv, const float* __restrict__ mask,\
                              const StepState* __restrict__ step, const int32_t* __restrict__ rows,                     \
                              float* __restrict__ out, float* __restrict__ ws, AttentionParams p))                      \
@@ -328,11 +338,11 @@ typedef struct CuemuStats {
                          const float* r, float* c, GemmStridedParams p))                                               \
     X(vq_attention_softmax_f32, (float* __restrict__ s, SoftmaxRowsParams p))                                          \
     X(conv2d_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,           \
-                   const float* residual, float* out, Conv2dParams p))                                                 \
+                   const float* residual, const float* __restrict__ norm, float* out, Conv2dParams p))                 \
     X(conv2d_t128_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,      \
-                        const float* residual, float* out, Conv2dParams p))                                            \
+                        const float* residual, const float* __restrict__ norm, float* out, Conv2dParams p))            \
     X(conv2d_tc_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,        \
-                      const float* residual, float* out, Conv2dParams p))                                              \
+                      const float* residual, const float* __restrict__ norm, float* out, Conv2dParams p))              \
     X(upsample_conv_tc_f32, (const float* __restrict__ x, const float* __restrict__ w,                                 \
                              const float* __restrict__ bias, float* __restrict__ out, UpsampleConvParams p))           \
     X(upsample_conv_f32, (const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,    \

@@ -111,6 +111,7 @@ fn conv_halo_tiles_coalesce() {
                     [1; 4],
                     Some(tile),
                     Some(loader),
+                    None,
                 )
             });
             r.unwrap_or_else(|e| panic!("{tile:?} {loader:?}: {e}"));

@@ -6,9 +6,9 @@ use crate::backend::cpu::CpuBackend;
 use crate::model::rope_table::rope_table;
 use crate::ops::{
     attention::Attention, codebook::Codebook, concat::Concat, conv::Conv, embed::Embed, gelu::Gelu,
-    groupnorm::Groupnorm, matmul::Matmul, matmul_swiglu::MatmulSwiglu, quantize::Quantize, rmsnorm::Rmsnorm,
-    rope::Rope, sampling::Sampling, swiglu::Swiglu, take_last::TakeLast, upsample_conv::UpsampleConv,
-    vq_attention::VqAttention, Op,
+    groupnorm::Groupnorm, groupnorm_conv::GroupnormConv, matmul::Matmul, matmul_swiglu::MatmulSwiglu,
+    quantize::Quantize, rmsnorm::Rmsnorm, rope::Rope, sampling::Sampling, swiglu::Swiglu, take_last::TakeLast,
+    upsample_conv::UpsampleConv, vq_attention::VqAttention, Op,
 };
 use crate::ops::{Backend, Dtype, KvSpec, Layout, Weight};
 use crate::runtime::{Graph, GraphId, Phase, Scalar, Session, StepParams, TensorId, WeightId};
@@ -595,6 +595,46 @@ fn groupnorm(c: usize, hw: usize, silu: bool) -> Result<OpSpec> {
     o.node(op, &[x], &[1, c, hw, hw])
 }
 
+/// 3×3 pad-1 conv `ci` -> `co` of GroupNorm(32 groups)(x) (then swish), `n` images of `hw`×`hw`, optionally with a
+/// residual: the VQ ResnetBlock's norm + conv as one node.
+fn groupnorm_conv(n: usize, ci: usize, co: usize, hw: usize, silu: bool, residual: bool) -> Result<OpSpec> {
+    let mut o = One::new(Phase::VqDecode, Dtype::F32);
+    let gamma = o.small("norm.weight", &[ci]);
+    let beta = o.small("norm.bias", &[ci]);
+    let w = o.weight_as("conv.weight", &[co, ci, 3, 3], Dtype::F32, Layout::Winograd);
+    let b = o.small("conv.bias", &[co]);
+    let (h, w_in, c_in, c_out) = (hw, hw, ci, co);
+    let norm = Groupnorm {
+        gamma,
+        beta,
+        n,
+        c: ci,
+        hw: hw * hw,
+        groups: 32,
+        eps: 1e-6,
+        silu,
+    };
+    let (k, stride, pad) = (3, 1, [1; 4]);
+    let conv = Conv {
+        w,
+        b,
+        n,
+        c_in,
+        h,
+        w_in,
+        c_out,
+        k,
+        stride,
+        pad,
+        residual,
+    };
+    let mut ins = vec![o.f32_in("x", &[n, ci, hw, hw])];
+    if residual {
+        ins.push(o.f32_in("residual", &[n, co, hw, hw]));
+    }
+    o.node(GroupnormConv { norm, conv }, &ins, &[n, co, hw, hw])
+}
+
 fn vq_attention(c: usize, hw: usize) -> Result<OpSpec> {
     let mut o = One::new(Phase::VqDecode, Dtype::F32);
     let mut lin = |n: &str| {
@@ -729,6 +769,12 @@ pub fn cases() -> Vec<OpCase> {
         case!("upsample_conv", "128ch_128to256px", upsample_conv(128, 128), flops),
         case!("groupnorm", "128ch_256px_swish", groupnorm(128, 256, true)),
         case!("groupnorm", "128ch_256px", groupnorm(128, 256, false)),
+        case!(
+            "groupnorm_conv",
+            "3x3_128ch_256px_swish_res",
+            groupnorm_conv(1, 128, 128, 256, true, true),
+            flops
+        ),
         case!("vq_attention", "512ch_16px", vq_attention(512, 16), flops),
     ]
 }
@@ -797,5 +843,22 @@ pub fn reference_cases() -> Vec<OpCase> {
             conv_with(8, 8, 3, 10, 2, [0, 1, 0, 1], false)
         ),
         case!("upsample_conv", "8ch_5px", upsample_conv(8, 5)),
+        // CUDA: the halo loader's GroupNorm prologue, whole-row tiles over two images (their own statistics), and
+        // 32-column row pieces; then a width the halo does not take (groupnorm into a workspace, then the conv)
+        case!(
+            "groupnorm_conv",
+            "b2_32to24_8px_swish_res",
+            groupnorm_conv(2, 32, 24, 8, true, true)
+        ),
+        case!(
+            "groupnorm_conv",
+            "32to16_64px",
+            groupnorm_conv(1, 32, 16, 64, false, false)
+        ),
+        case!(
+            "groupnorm_conv",
+            "32to8_6px_swish",
+            groupnorm_conv(1, 32, 8, 6, true, false)
+        ),
     ]
 }

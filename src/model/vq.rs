@@ -2,8 +2,8 @@
 //! Always f32, as in the reference.
 use super::config::VqConfig;
 use crate::ops::{
-    codebook::Codebook, conv::Conv, groupnorm::Groupnorm, quantize::Quantize, upsample_conv::UpsampleConv,
-    vq_attention::VqAttention,
+    codebook::Codebook, conv::Conv, groupnorm::Groupnorm, groupnorm_conv::GroupnormConv, quantize::Quantize,
+    upsample_conv::UpsampleConv, vq_attention::VqAttention,
 };
 use crate::ops::{Backend, Dtype, Layout, Weight};
 use crate::runtime::{Graph, GraphId, Phase, Scalar, Session, StepParams, TensorId, WeightId};
@@ -78,7 +78,9 @@ impl<'a, 'b> Builder<'a, 'b> {
         [s[0], s[1], s[2], s[3]]
     }
 
-    fn conv(
+    /// The Conv descriptor of `p` on x, and its output shape.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_op(
         &mut self,
         x: TensorId,
         p: &str,
@@ -86,8 +88,8 @@ impl<'a, 'b> Builder<'a, 'b> {
         k: usize,
         stride: usize,
         pad: [usize; 4],
-        residual: Option<TensorId>,
-    ) -> Result<TensorId> {
+        residual: bool,
+    ) -> Result<(Conv, [usize; 4])> {
         let [n, ci, h, w] = self.dims(x);
         // each conv weight feeds exactly this one conv, so its layout can depend on the geometry
         let layout = if k == 3 && stride == 1 && pad == [1; 4] {
@@ -98,30 +100,43 @@ impl<'a, 'b> Builder<'a, 'b> {
         let (wt, bs) = self.b.conv_w(p, co, ci, k, layout)?;
         let oh = (h + pad[0] + pad[1] - k) / stride + 1;
         let ow = (w + pad[2] + pad[3] - k) / stride + 1;
-        let mut ins = vec![x];
-        ins.extend(residual);
-        let (c_in, w_in, residual) = (ci, w, residual.is_some());
         let op = Conv {
             w: wt,
             b: bs,
             n,
-            c_in,
+            c_in: ci,
             h,
-            w_in,
+            w_in: w,
             c_out: co,
             k,
             stride,
             pad,
             residual,
         };
-        self.g.push(op, &ins, p, &[n, co, oh, ow])
+        Ok((op, [n, co, oh, ow]))
     }
 
-    fn norm(&mut self, x: TensorId, p: &str, silu: bool) -> Result<TensorId> {
+    fn conv(
+        &mut self,
+        x: TensorId,
+        p: &str,
+        co: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        residual: Option<TensorId>,
+    ) -> Result<TensorId> {
+        let (op, shape) = self.conv_op(x, p, co, k, stride, pad, residual.is_some())?;
+        let mut ins = vec![x];
+        ins.extend(residual);
+        self.g.push(op, &ins, p, &shape)
+    }
+
+    fn norm_op(&mut self, x: TensorId, p: &str, silu: bool) -> Result<Groupnorm> {
         let [n, c, h, w] = self.dims(x);
         let gamma = self.b.get(&format!("{p}.weight"), &[c], Layout::Plain)?;
         let beta = self.b.get(&format!("{p}.bias"), &[c], Layout::Plain)?;
-        let op = Groupnorm {
+        Ok(Groupnorm {
             gamma,
             beta,
             n,
@@ -130,22 +145,42 @@ impl<'a, 'b> Builder<'a, 'b> {
             groups: GROUPS,
             eps: EPS,
             silu,
-        };
-        self.g.push(op, &[x], p, &[n, c, h, w])
+        })
+    }
+
+    fn norm(&mut self, x: TensorId, p: &str, silu: bool) -> Result<TensorId> {
+        let shape = self.dims(x);
+        let op = self.norm_op(x, p, silu)?;
+        self.g.push(op, &[x], p, &shape)
+    }
+
+    /// conv `cp` (3×3, pad 1) of swish(GroupNorm `np`(x)), one `groupnorm_conv` node: the normalised tensor feeds
+    /// only this conv, so it need not exist (the CUDA kernels normalise x as they load it).
+    fn norm_conv(
+        &mut self,
+        x: TensorId,
+        np: &str,
+        cp: &str,
+        co: usize,
+        residual: Option<TensorId>,
+    ) -> Result<TensorId> {
+        let norm = self.norm_op(x, np, true)?;
+        let (conv, shape) = self.conv_op(x, cp, co, 3, 1, [1; 4], residual.is_some())?;
+        let mut ins = vec![x];
+        ins.extend(residual);
+        self.g.push(GroupnormConv { norm, conv }, &ins, cp, &shape)
     }
 
     /// ResnetBlock: conv2(swish(norm2(conv1(swish(norm1(x)))))) + shortcut(x).
     fn resnet(&mut self, x: TensorId, p: &str, co: usize) -> Result<TensorId> {
         let ci = self.dims(x)[1];
-        let h = self.norm(x, &format!("{p}.norm1"), true)?;
-        let h = self.conv(h, &format!("{p}.conv1"), co, 3, 1, [1; 4], None)?;
-        let h = self.norm(h, &format!("{p}.norm2"), true)?;
+        let h = self.norm_conv(x, &format!("{p}.norm1"), &format!("{p}.conv1"), co, None)?;
         let shortcut = if ci != co {
             self.conv(x, &format!("{p}.nin_shortcut"), co, 1, 1, [0; 4], None)?
         } else {
             x
         };
-        self.conv(h, &format!("{p}.conv2"), co, 3, 1, [1; 4], Some(shortcut))
+        self.norm_conv(h, &format!("{p}.norm2"), &format!("{p}.conv2"), co, Some(shortcut))
     }
 
     /// AttnBlock: x + proj_out(attention(q, k, v of GroupNorm(x))).
@@ -232,8 +267,7 @@ fn decoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, h: usize, w: usize) -
         }
     }
     let _ = c;
-    t = x.norm(t, "decoder.norm_out", true)?;
-    let img = x.conv(t, "decoder.conv_out", 3, 3, 1, [1; 4], None)?;
+    let img = x.norm_conv(t, "decoder.norm_out", "decoder.conv_out", 3, None)?;
     x.g.mark_output(img);
     x.g.tensors[img.0 as usize].name = "image".into();
     Ok(x.g)
@@ -271,8 +305,7 @@ fn encoder_graph(cfg: &VqConfig, b: &mut Binder, n: usize, size_h: usize, size_w
     t = x.resnet(t, "encoder.mid.0", c)?;
     t = x.attn(t, "encoder.mid.1")?;
     t = x.resnet(t, "encoder.mid.2", c)?;
-    t = x.norm(t, "encoder.norm_out", true)?;
-    t = x.conv(t, "encoder.conv_out", cfg.z_channels, 3, 1, [1; 4], None)?;
+    t = x.norm_conv(t, "encoder.norm_out", "encoder.conv_out", cfg.z_channels, None)?;
     let z = x.conv(t, "quant_conv", dim, 1, 1, [0; 4], None)?;
     let [_, _, h, w] = x.dims(z);
     let q = Quantize {

@@ -50,6 +50,13 @@ impl OpDesc for Groupnorm {
 
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let (x, gamma, beta) = (r.f32(0)?, &r.w(self.gamma)?.data, &r.w(self.beta)?.data);
+        r.put_f32(self.apply(x, gamma, beta))
+    }
+}
+
+impl Groupnorm {
+    /// The reference's values: f64 statistics and normalisation, rounded to f32 once.
+    pub fn apply(&self, x: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32> {
         let (c, hw) = (self.c, self.hw);
         let cg = c / self.groups.max(1);
         let mut out = vec![0f32; x.len()];
@@ -67,6 +74,6 @@ impl OpDesc for Groupnorm {
                 }
             }
         }
-        r.put_f32(out)
+        out
     }
 }

@@ -197,6 +197,7 @@ op_set! { $;
     Conv: conv::Conv,
     UpsampleConv: upsample_conv::UpsampleConv,
     Groupnorm: groupnorm::Groupnorm,
+    GroupnormConv: groupnorm_conv::GroupnormConv,
     VqAttention: vq_attention::VqAttention,
 }
 

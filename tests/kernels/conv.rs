@@ -756,6 +756,7 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
                     [1; 4],
                     Some(tile),
                     Some(loader),
+                    None,
                 )
                 .unwrap();
                 ob.to_vec()
@@ -829,6 +830,7 @@ fn halo_refused_where_it_does_not_apply() {
             pad,
             Some(Tile::T64),
             Some(conv::Loader::Halo { rw: 8 }),
+            None,
         )
         .unwrap_err()
         .to_string();

@@ -15,6 +15,7 @@ mod embed;
 mod gelu;
 mod gemm;
 mod groupnorm;
+mod groupnorm_conv;
 mod matmul_swiglu;
 mod rmsnorm;
 mod rope;

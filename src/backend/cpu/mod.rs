@@ -101,6 +101,8 @@ pub struct CpuBackend {
     scores: Vec<f32>,
     /// The w1|w3 outputs of `matmul_swiglu`, before the product.
     ffn: Vec<f32>,
+    /// The normalised input of `groupnorm_conv`.
+    normed: Vec<f32>,
     /// The products' x in the layout their kernel reads.
     mm: matmul::Scratch,
     sampling: sampling::SamplingScratch,
@@ -144,6 +146,7 @@ impl CpuBackend {
             arena: Vec::new(),
             scores: Vec::new(),
             ffn: Vec::new(),
+            normed: Vec::new(),
             mm: Default::default(),
             sampling: Default::default(),
             round: round_bf16,

@@ -102,6 +102,28 @@ pub fn halo_width(c_in: usize, w: usize) -> Option<u32> {
     }
 }
 
+/// The halo tile width of a conv2d launch, where the halo path applies: 3×3, stride 1, pad 1, a 16-byte aligned
+/// input and [`halo_width`]'s channels and widths. The GroupNorm prologue ([`ConvNorm`]) needs it.
+pub fn conv2d_halo(
+    (c_in, w): (usize, usize),
+    (kh, kw, stride): (usize, usize, usize),
+    pad: [usize; 4],
+    x_addr: u64,
+) -> Option<u32> {
+    (kh == 3 && kw == 3 && stride == 1 && pad == [1; 4] && x_addr.is_multiple_of(16))
+        .then(|| halo_width(c_in, w))
+        .flatten()
+}
+
+/// A conv2d's GroupNorm (+ swish) prologue: `rec` holds `groupnorm::groupnorm_affine`'s records of x (4 floats
+/// per (image, input channel)); the kernel normalises each halo chunk in shared memory as it lands, so the conv
+/// reads x once and the normalised tensor never reaches memory. Halo launches only ([`conv2d_halo`]).
+#[derive(Clone, Copy)]
+pub struct ConvNorm<'a> {
+    pub rec: DevPtr<'a, f32>,
+    pub silu: bool,
+}
+
 /// Grid (blocks over the pixels, ceil(c_out / BM), phases) of 256-thread blocks with [`shared_bytes`]. Halo: one
 /// block per BN-pixel rectangle (rows of the flattened n·h grid × `rw` columns). `rows` = n·h.
 pub fn config(tile: Tile, loader: Loader, (rows, w): (usize, usize), c_out: usize, phases: u32) -> LaunchConfig {
@@ -220,11 +242,13 @@ pub fn conv2d<L: Launcher + ?Sized>(
     pad: [usize; 4],
     tile: Option<Tile>,
 ) -> Result<()> {
-    conv2d_with(l, x, weight, bias, residual, out, (n, c_in, h, w), (c_out, kh, kw), stride, pad, tile, None)
+    let shape = (n, c_in, h, w);
+    conv2d_with(l, x, weight, bias, residual, out, shape, (c_out, kh, kw), stride, pad, tile, None, None)
 }
 
 /// [`conv2d`] with the tap loader chosen too (`None`: the halo where [`halo_width`] allows it; forcing
-/// `Loader::Halo` where it does not is an error). Tests compare the two.
+/// `Loader::Halo` where it does not is an error; tests compare the two), and the GroupNorm prologue `norm` (the
+/// halo loader only: an error where the launch would gather).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_with<L: Launcher + ?Sized>(
     l: &L,
@@ -239,6 +263,7 @@ pub fn conv2d_with<L: Launcher + ?Sized>(
     pad: [usize; 4],
     tile: Option<Tile>,
     loader: Option<Loader>,
+    norm: Option<ConvNorm<'_>>,
 ) -> Result<()> {
     let op = "conv2d";
     nonzero(
@@ -277,10 +302,21 @@ pub fn conv2d_with<L: Launcher + ?Sized>(
         check_len(op, "residual", r.len(), out_len)?;
     }
     let tile = tile_for(op, tile, pixels, c_out)?;
-    let halo = (kh == 3 && kw == 3 && stride == 1 && pad == [1; 4] && x.addr().is_multiple_of(16))
-        .then(|| halo_width(c_in, w))
-        .flatten();
+    let halo = conv2d_halo((c_in, w), (kh, kw, stride), pad, x.addr());
     let loader = pick_loader(op, loader, halo)?;
+    if let Some(nm) = &norm {
+        if loader == Loader::Gather {
+            return Err(invalid(
+                op,
+                "the GroupNorm prologue needs the halo loader (3x3, stride 1, pad 1, c_in % 16 == 0, w in {8, 16, \
+                 32} or a multiple of 32, aligned x)",
+            ));
+        }
+        check_len(op, "norm records", nm.rec.len(), 4 * n * c_in)?;
+        if !nm.rec.addr().is_multiple_of(16) {
+            return Err(invalid(op, "the norm records must be 16-byte aligned"));
+        }
+    }
     let p = Conv2dParams {
         n: to_i32(op, "n", n)?,
         c_in: to_i32(op, "c_in", c_in)?,
@@ -298,17 +334,23 @@ pub fn conv2d_with<L: Launcher + ?Sized>(
         has_residual: residual.is_some() as i32,
         tc_math: tile.tc_math(),
         halo_rw: halo_rw(loader),
+        norm: match norm {
+            None => kernels::CONV_NORM_NONE,
+            Some(ConvNorm { silu: false, .. }) => kernels::CONV_NORM_GROUPNORM,
+            Some(ConvNorm { silu: true, .. }) => kernels::CONV_NORM_GROUPNORM_SILU,
+        },
     };
     to_i32(op, "n·oh·ow", pixels)?;
     to_i32(op, "c_in·kh·kw", product(op, "c_in·kh·kw", &[c_in, kh, kw])?)?;
     // the kernel's padded coordinates (oy·stride − top + ky) stay in int32
     to_i32(op, "padded input", (h + pad[0] + pad[1]).max(w + pad[2] + pad[3]) * 2)?;
     let (b, r) = (bias.unwrap_or_else(absent), residual.unwrap_or_else(absent));
+    let nm = norm.map_or_else(absent, |nm| nm.rec);
     let cfg = config(tile, loader, (n * oh, ow), c_out, 1);
     match tile {
-        Tile::T64 => kernels::conv2d_f32(l, cfg, x, weight, b, r, out, p),
-        Tile::T128 => kernels::conv2d_t128_f32(l, cfg, x, weight, b, r, out, p),
-        Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16 => kernels::conv2d_tc_f32(l, cfg, x, weight, b, r, out, p),
+        Tile::T64 => kernels::conv2d_f32(l, cfg, x, weight, b, r, nm, out, p),
+        Tile::T128 => kernels::conv2d_t128_f32(l, cfg, x, weight, b, r, nm, out, p),
+        Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16 => kernels::conv2d_tc_f32(l, cfg, x, weight, b, r, nm, out, p),
     }
 }
 

@@ -25,6 +25,83 @@ pub fn groupnorm_workspace_len(n: usize, c: usize, hw: usize, groups: usize, chu
     3 * n * groups * chunking(glen, chunk).1
 }
 
+/// The checked kernel parameters and the grid (chunks, n·groups) of both passes over `x` `[n, c, hw]`.
+#[allow(clippy::too_many_arguments)]
+fn plan(
+    op: &str,
+    x: usize,
+    (gamma, beta): (usize, usize),
+    work: usize,
+    (n, c, hw): (usize, usize, usize),
+    groups: usize,
+    eps: f32,
+    silu: bool,
+    chunk: Option<usize>,
+    block: Option<u32>,
+) -> Result<(GroupnormParams, LaunchConfig)> {
+    if n == 0 || c == 0 || hw == 0 || groups == 0 {
+        return Err(invalid(
+            op,
+            format!("empty shape n = {n}, c = {c}, hw = {hw}, groups = {groups}"),
+        ));
+    }
+    if !c.is_multiple_of(groups) {
+        return Err(invalid(op, format!("{c} channels do not divide into {groups} groups")));
+    }
+    if let Some(b) = block {
+        if !(1..=1024).contains(&b) {
+            return Err(invalid(op, format!("block size {b} outside 1..=1024")));
+        }
+    }
+    let numel = n
+        .checked_mul(c)
+        .and_then(|v| v.checked_mul(hw))
+        .ok_or_else(|| invalid(op, "n·c·hw overflows"))?;
+    let glen = c / groups * hw;
+    let (ck, chunks) = chunking(glen, chunk);
+    check_len(op, "x", x, numel)?;
+    check_len(op, "gamma", gamma, c)?;
+    check_len(op, "beta", beta, c)?;
+    check_len(op, "work", work, groupnorm_workspace_len(n, c, hw, groups, chunk))?;
+    to_i32(op, "group length", glen)?;
+    let p = GroupnormParams {
+        n: to_i32(op, "n", n)?,
+        c: to_i32(op, "c", c)?,
+        hw: to_i32(op, "hw", hw)?,
+        groups: to_i32(op, "groups", groups)?,
+        chunk: to_i32(op, "chunk", ck)?,
+        chunks: to_i32(op, "chunks", chunks)?,
+        eps,
+        silu: silu as i32,
+    };
+    let cfg = LaunchConfig::new(
+        [chunks.clamp(1, 65535) as u32, (n * groups).clamp(1, 65535) as u32, 1],
+        [block.unwrap_or(BLOCK), 1, 1],
+    );
+    Ok((p, cfg))
+}
+
+/// The statistics pass into `work`, and the same workspace as the next kernel's input.
+fn stats<'a, L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, f32>,
+    work: DevPtrMut<'a, f32>,
+    cfg: LaunchConfig,
+    p: GroupnormParams,
+) -> Result<DevPtr<'a, f32>> {
+    let part = work.len();
+    // SAFETY (of the raw re-borrow): `work` is exclusively borrowed by the caller; the stats kernel writes it and the
+    // next launch reads it, one after the other (stream order on the GPU, synchronous in the emulator).
+    let (w1, w2) = unsafe {
+        (
+            DevPtrMut::<f32>::from_raw(work.addr(), part),
+            DevPtr::<f32>::from_raw(work.addr(), part),
+        )
+    };
+    kernels::groupnorm_stats_f32(l, cfg, x, w1, p)?;
+    Ok(w2)
+}
+
 /// `y = GroupNorm(groups, c, eps)(x)·gamma + beta` over `x` `[n, c, hw]` f32 (then `y·σ(y)` when `silu`), torch's
 /// biased variance. `work` holds at least [`groupnorm_workspace_len`] f32 (contents are scratch). `x` and `y` must
 /// not overlap. Grid (chunks, n·groups) for both kernels, capped at 65535 per axis (the kernels stride).
@@ -47,58 +124,46 @@ pub fn groupnorm<L: Launcher + ?Sized>(
     block: Option<u32>,
 ) -> Result<()> {
     let op = "groupnorm";
-    if n == 0 || c == 0 || hw == 0 || groups == 0 {
-        return Err(invalid(
-            op,
-            format!("empty shape n = {n}, c = {c}, hw = {hw}, groups = {groups}"),
-        ));
+    let sizes = (gamma.len(), beta.len());
+    let (p, cfg) = plan(op, x.len(), sizes, work.len(), (n, c, hw), groups, eps, silu, chunk, block)?;
+    check_len(op, "y", y.len(), n * c * hw)?;
+    let part = stats(l, x, work, cfg, p)?;
+    kernels::groupnorm_f32(l, cfg, x, part, gamma, beta, y, p)
+}
+
+/// f32 elements of [`groupnorm_affine`]'s records: 4 per (image, channel).
+pub fn groupnorm_affine_len(n: usize, c: usize) -> usize {
+    4 * n * c
+}
+
+/// The statistics of [`groupnorm`] as records `rec` `[n, c, 4]` = (mean hi, mean lo, rstd·gamma, beta) per (image,
+/// channel), for a conv that normalises its input as it loads it (`conv::ConvNorm`): the values it computes from
+/// them are bit for bit those `groupnorm` would store. Two launches: the statistics (as `groupnorm`'s), then one
+/// thread per record. `work` as in [`groupnorm`]; `rec` holds [`groupnorm_affine_len`] f32, 16-byte aligned.
+#[allow(clippy::too_many_arguments)]
+pub fn groupnorm_affine<L: Launcher + ?Sized>(
+    l: &L,
+    x: DevPtr<'_, f32>,
+    gamma: DevPtr<'_, f32>,
+    beta: DevPtr<'_, f32>,
+    rec: DevPtrMut<'_, f32>,
+    work: DevPtrMut<'_, f32>,
+    (n, c, hw): (usize, usize, usize),
+    groups: usize,
+    eps: f32,
+    chunk: Option<usize>,
+) -> Result<()> {
+    let op = "groupnorm_affine";
+    let sizes = (gamma.len(), beta.len());
+    let (p, cfg) = plan(op, x.len(), sizes, work.len(), (n, c, hw), groups, eps, false, chunk, None)?;
+    check_len(op, "rec", rec.len(), groupnorm_affine_len(n, c))?;
+    if !rec.addr().is_multiple_of(16) {
+        return Err(invalid(op, "the records must be 16-byte aligned"));
     }
-    if !c.is_multiple_of(groups) {
-        return Err(invalid(op, format!("{c} channels do not divide into {groups} groups")));
-    }
-    if let Some(b) = block {
-        if !(1..=1024).contains(&b) {
-            return Err(invalid(op, format!("block size {b} outside 1..=1024")));
-        }
-    }
-    let numel = n
-        .checked_mul(c)
-        .and_then(|v| v.checked_mul(hw))
-        .ok_or_else(|| invalid(op, "n·c·hw overflows"))?;
-    let glen = c / groups * hw;
-    let (ck, chunks) = chunking(glen, chunk);
-    check_len(op, "x", x.len(), numel)?;
-    check_len(op, "gamma", gamma.len(), c)?;
-    check_len(op, "beta", beta.len(), c)?;
-    check_len(op, "y", y.len(), numel)?;
-    check_len(op, "work", work.len(), groupnorm_workspace_len(n, c, hw, groups, chunk))?;
-    to_i32(op, "group length", glen)?;
-    let p = GroupnormParams {
-        n: to_i32(op, "n", n)?,
-        c: to_i32(op, "c", c)?,
-        hw: to_i32(op, "hw", hw)?,
-        groups: to_i32(op, "groups", groups)?,
-        chunk: to_i32(op, "chunk", ck)?,
-        chunks: to_i32(op, "chunks", chunks)?,
-        eps,
-        silu: silu as i32,
-    };
-    let threads = block.unwrap_or(BLOCK);
-    let cfg = LaunchConfig::new(
-        [chunks.clamp(1, 65535) as u32, (n * groups).clamp(1, 65535) as u32, 1],
-        [threads, 1, 1],
-    );
-    let part = work.len();
-    // SAFETY (of the raw re-borrow): `work` is exclusively borrowed for this call; the two launches use it one after
-    // the other (stream order on the GPU, synchronous in the emulator).
-    let (w1, w2) = unsafe {
-        (
-            DevPtrMut::<f32>::from_raw(work.addr(), part),
-            DevPtr::<f32>::from_raw(work.addr(), part),
-        )
-    };
-    kernels::groupnorm_stats_f32(l, cfg, x, w1, p)?;
-    kernels::groupnorm_f32(l, cfg, x, w2, gamma, beta, y, p)
+    let part = stats(l, x, work, cfg, p)?;
+    let blocks = (n * c).div_ceil(BLOCK as usize).clamp(1, 65535) as u32;
+    let cfg = LaunchConfig::new([blocks, 1, 1], [BLOCK, 1, 1]);
+    kernels::groupnorm_affine_f32(l, cfg, part, gamma, beta, rec, p)
 }
 
 impl<D: super::device::Device> crate::ops::Exec<crate::ops::groupnorm::Groupnorm> for super::CudaBackend<D> {
