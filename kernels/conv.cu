@@ -3,10 +3,13 @@
  *
  * Entry points (kernels/llamagen_kernels.h), each also as <name>_t128 (same parameters, 128 × 128 tile, below):
  *   conv2d_f32          (x [n, c_in, h, w], w [c_out, c_in, kh, kw], bias [c_out] | null, residual | null,
- *                        out [n, c_out, oh, ow], Conv2dParams)
+ *                        norm [n, c_in, 4] | null, out [n, c_out, oh, ow], Conv2dParams)
  *       torch Conv2d (cross-correlation) with stride and asymmetric zero padding (top, left given; bottom and right
  *       only shape oh, ow); out = conv + bias (+ residual, the ResnetBlock shortcut, same shape as out; it may be
- *       the out buffer itself: each element is read and written by the same thread).
+ *       the out buffer itself: each element is read and written by the same thread). With p.norm (CONV_NORM_*,
+ *       halo launches only) the conv is of GroupNorm(x) (then swish): the halo loader normalises each chunk in
+ *       shared memory from norm's per-(image, channel) records (groupnorm.cu's groupnorm_affine_f32), so the
+ *       normalised tensor is never stored (Halo::normalize; op groupnorm_conv).
  *   upsample_conv_f32   (x [n, c_in, h, w], w [4, c_out, c_in, 2, 2], bias | null, out [n, c_out, 2h, 2w],
  *                        UpsampleConvParams)
  *       nearest ×2 upsample then 3×3 pad-1 conv, computed as four output phases (a, b) = (Y % 2, X % 2), each a

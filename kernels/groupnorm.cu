@@ -5,6 +5,10 @@
  * Entry points (kernels/llamagen_kernels.h), launched in this order by backend::cuda::groupnorm:
  *   groupnorm_stats_f32(x f32 [n, c, hw], part f32 [n·groups, chunks, 3], GroupnormParams)
  *   groupnorm_f32      (x, part, gamma f32 [c], beta f32 [c], y f32 [n, c, hw], GroupnormParams)
+ * or, where a conv normalises its input as it loads it (op groupnorm_conv, backend::cuda::groupnorm::groupnorm_affine),
+ *   groupnorm_affine_f32(part, gamma, beta, rec f32 [n, c, 4], GroupnormParams): per (image, channel) the record
+ *       (mean hi, mean lo, rstd·gamma, beta) that conv.cu's prologue applies with groupnorm_apply (common.cuh), the
+ *       function groupnorm_f32 applies too: both paths give the same values bit for bit.
  * The reference is backend::cpu::groupnorm (shifted f64 sums, mean kept as f32 hi + lo, y = ((x − hi) − lo)·s + b
  * with s = rstd·gamma[c]).
  *

@@ -47,8 +47,9 @@ fn expected_mma(c: &Case) -> (u32, u32) {
             tile: ConvTile::Bf16,
             c,
             hw,
+            ..
         } => (tc_gemm(c, hw * hw, 9 * c) / 2, 0),
-        Kind::Conv { tile, c, hw } => (0, passes(tile) * tc_gemm(c, hw * hw, 9 * c)),
+        Kind::Conv { tile, c, hw, .. } => (0, passes(tile) * tc_gemm(c, hw * hw, 9 * c)),
         // four output phases, each a GEMM over the 2x2 folded taps
         Kind::Upsample { tile, c, hw } => (0, passes(tile) * 4 * tc_gemm(c, hw * hw, 4 * c)),
     }
@@ -151,7 +152,8 @@ fn conv_halo_tiles_coalesce() {
 
 /// Every kernel of a real run (`llamagen lab --engine`: the demo model generating two images on cuda-emu) is
 /// coalesced (≥ 0.9 of the ideal sectors), and the run uses the kernels a bf16 decode step should: the FFN's
-/// SwiGLU in the GEMM's epilogue, so no `swiglu_bf16` launch.
+/// SwiGLU in the GEMM's epilogue, so no `swiglu_bf16` launch; and the VQ decoder's norms before convs in the
+/// convs' prologue.
 #[test]
 fn every_engine_kernel_is_coalesced() {
     let out = std::env::temp_dir().join(format!("kernel-lab-{}.md", std::process::id()));
@@ -164,7 +166,7 @@ fn every_engine_kernel_is_coalesced() {
     let table = std::fs::read_to_string(&out).expect("lab output");
     let _ = std::fs::remove_file(&out);
     let engine = table.split("### Every kernel").nth(1).expect("engine table");
-    let mut seen = Vec::new();
+    let (mut seen, mut launches) = (Vec::new(), Vec::new());
     for row in engine
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with("| kernel"))
@@ -172,6 +174,7 @@ fn every_engine_kernel_is_coalesced() {
         let cols: Vec<&str> = row.split('|').map(str::trim).collect();
         let (name, ratio) = (cols[1], cols[4].split(' ').next().unwrap_or("-"));
         seen.push(name.to_string());
+        launches.push((name.to_string(), cols[2].parse::<u64>().expect("launch count")));
         let Ok(r) = ratio.parse::<f64>() else {
             panic!("{name}: no global access counted ({row})");
         };
@@ -192,6 +195,19 @@ fn every_engine_kernel_is_coalesced() {
     assert!(
         !seen.iter().any(|s| s == "swiglu_bf16"),
         "the decode step launched swiglu_bf16: the fused epilogue was not used ({seen:?})"
+    );
+    // every norm's statistics feed either a conv's GroupNorm prologue (groupnorm_affine_f32) or the normalise pass,
+    // which only the attention blocks' norms (no conv after them) still need
+    let count = |k: &str| launches.iter().find(|(n, _)| n == k).map_or(0, |(_, c)| *c);
+    let (stats, affine, normalise) = (
+        count("groupnorm_stats_f32"),
+        count("groupnorm_affine_f32"),
+        count("groupnorm_f32"),
+    );
+    assert_eq!(stats, affine + normalise, "{launches:?}");
+    assert!(
+        affine > normalise,
+        "most norms should feed a conv's prologue: {launches:?}"
     );
 }
 

@@ -183,7 +183,8 @@ fn every_op_has_a_reference_case_and_a_wrong_output_is_caught() {
 }
 
 /// `Exec` is public, so the CPU backend checks what its arena views rely on before handing them out: every tensor
-/// inside the arena at a 4-byte aligned offset, and the output apart from the inputs.
+/// inside the arena at a 4-byte aligned offset, the output apart from the inputs, a scratch apart from both (or
+/// exactly input 0).
 #[test]
 fn the_cpu_backend_refuses_unsound_tensor_slots() {
     use llamagen::ops::{gelu::Gelu, Args, Exec, Scalar, StepParams, TensorRef};
@@ -196,7 +197,27 @@ fn the_cpu_backend_refuses_unsound_tensor_slots() {
     };
     let step = StepParams::default();
     let op = Gelu { n: 16 };
-    let mut run = |ins: &[TensorRef], out| b.exec(&op, &Args { ins, out, step: &step });
+    let mut exec = |ins: &[TensorRef], out, scratch| {
+        let args = Args {
+            ins,
+            out,
+            step: &step,
+            scratch,
+        };
+        b.exec(&op, &args)
+    };
+    // a scratch apart from the output and the inputs, or exactly input 0's bytes (the planner's reuse), nothing else
+    let e = exec(&[t(0, 16)], t(64, 16), Some(t(96, 16))).unwrap_err().to_string();
+    assert!(e.contains("scratch overlaps"), "{e}");
+    let e = exec(&[t(0, 16)], t(64, 16), Some(t(32, 16))).unwrap_err().to_string();
+    assert!(e.contains("scratch overlaps"), "{e}");
+    let e = exec(&[t(0, 16), t(128, 16)], t(64, 16), Some(t(128, 16)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scratch overlaps"), "{e}");
+    exec(&[t(0, 16)], t(64, 16), Some(t(0, 16))).unwrap();
+    exec(&[t(0, 16)], t(64, 16), Some(t(192, 16))).unwrap();
+    let mut run = |ins: &[TensorRef], out| exec(ins, out, None);
     let e = run(&[t(0, 16)], t(32, 16)).unwrap_err().to_string();
     assert!(e.contains("overlaps"), "{e}");
     let e = run(&[t(0, 16)], t(1000, 16)).unwrap_err().to_string();

@@ -80,8 +80,14 @@ pub enum Kind {
         d: usize,
         pos: usize,
     },
-    /// f32 3×3 pad-1 conv of c → c channels at hw × hw, with a residual.
-    Conv { tile: conv::Tile, c: usize, hw: usize },
+    /// f32 3×3 pad-1 conv of c → c channels at hw × hw, with a residual; `norm`: of swish(GroupNorm(x)), the
+    /// normalisation in the halo loader's prologue (`groupnorm_conv`; its records given).
+    Conv {
+        tile: conv::Tile,
+        c: usize,
+        hw: usize,
+        norm: bool,
+    },
     /// Nearest ×2 upsample + 3×3 conv, c → c channels, hw × hw → 2hw × 2hw.
     Upsample { tile: conv::Tile, c: usize, hw: usize },
 }
@@ -117,7 +123,10 @@ impl Case {
             }
             Kind::Prefill { batch, len, heads, d } => format!("B{batch} L{len} H{heads} d{d}"),
             Kind::Decode { rows, heads, d, pos } => format!("rows{rows} H{heads} d{d} pos{pos}"),
-            Kind::Conv { c, hw, .. } => format!("{c}->{c} 3x3 {hw}x{hw}"),
+            Kind::Conv { c, hw, norm, .. } => {
+                let gn = if norm { " of swish(groupnorm)" } else { "" };
+                format!("{c}->{c} 3x3 {hw}x{hw}{gn}")
+            }
             Kind::Upsample { c, hw, .. } => format!("{c}->{c} up {hw}->{}", 2 * hw),
         }
     }
@@ -155,7 +164,7 @@ impl Case {
             Kind::Gemm { m, n, k, .. } => 2 * (m * k + n * k + 2 * m * n),
             Kind::Prefill { batch, len, heads, d } => 2 * 4 * batch * len * heads * d,
             Kind::Decode { rows, heads, d, pos } => 2 * (2 * rows * heads * d + 2 * rows * heads * d * (pos + 1)),
-            Kind::Conv { c, hw, .. } => 4 * (3 * c * hw * hw + 9 * c * c + c),
+            Kind::Conv { c, hw, norm, .. } => 4 * (3 * c * hw * hw + 9 * c * c + c + if norm { 4 * c } else { 0 }),
             Kind::Upsample { c, hw, .. } => 4 * (5 * c * hw * hw + 16 * c * c + c),
         }) as f64
     }
@@ -230,6 +239,10 @@ impl Case {
                 f(rnd(c, 0.1)),
                 f(rnd(c * hw * hw, 1.0)),
                 vec![0; 4 * c * hw * hw],
+                // GroupNorm records (mean hi, mean lo, scale, shift) per channel
+                f((0..c)
+                    .flat_map(|i| [0.01 * i as f32, 0.0, 1.0 + 0.001 * i as f32, 0.1])
+                    .collect()),
             ],
             Kind::Upsample { c, hw, .. } => vec![
                 f(rnd(c * hw * hw, 1.0)),
@@ -337,7 +350,7 @@ impl Case {
                         Default::default(),
                     )
                 }
-                Kind::Conv { tile, c, hw } => conv::conv2d(
+                Kind::Conv { tile, c, hw, norm } => conv::conv2d_with(
                     dev,
                     pf(0, c * hw * hw),
                     pf(1, c * c * 9),
@@ -349,6 +362,11 @@ impl Case {
                     1,
                     [1; 4],
                     Some(tile),
+                    None,
+                    norm.then(|| conv::ConvNorm {
+                        rec: pf(5, 4 * c),
+                        silu: true,
+                    }),
                 ),
                 Kind::Upsample { tile, c, hw } => conv::upsample_conv(
                     dev,
@@ -506,6 +524,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 tile: C::T128,
                 c: 128,
                 hw,
+                norm: false,
             },
         },
         Case {
@@ -514,6 +533,16 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 tile: C::Tf32,
                 c: 128,
                 hw,
+                norm: false,
+            },
+        },
+        Case {
+            kernel: "conv2d_tc_f32 (tf32, groupnorm prologue)",
+            kind: Kind::Conv {
+                tile: C::Tf32,
+                c: 128,
+                hw,
+                norm: true,
             },
         },
         Case {
@@ -522,6 +551,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 tile: C::Tf32x3,
                 c: 128,
                 hw,
+                norm: false,
             },
         },
         Case {
@@ -530,6 +560,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 tile: C::Bf16,
                 c: 128,
                 hw,
+                norm: false,
             },
         },
         Case {
@@ -567,7 +598,7 @@ impl Case {
             }
             Kind::Prefill { d, .. } => (attention::FLASH_THREADS, attention::flash_shared_bytes(d) as u32),
             Kind::Decode { d, .. } => (128, attention::decode_shared_bytes(4, d) as u32),
-            Kind::Conv { tile, c, hw } => (conv::THREADS, conv::shared_bytes(tile, conv_loader(c, hw))),
+            Kind::Conv { tile, c, hw, .. } => (conv::THREADS, conv::shared_bytes(tile, conv_loader(c, hw))),
             Kind::Upsample { tile, c, hw } => {
                 let loader = if tile.tensor_cores() {
                     conv_loader(c, hw)

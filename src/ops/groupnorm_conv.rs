@@ -52,6 +52,18 @@ impl OpDesc for GroupnormConv {
         }
     }
 
+    /// The normalised input, where a backend stores it (the CPU; CUDA where the conv cannot take the prologue): the
+    /// arena slot the unfused pair's intermediate had.
+    fn scratch(&self) -> usize {
+        self.norm.n * self.norm.c * self.norm.hw
+    }
+
+    /// Where x dies here (conv2 of a ResnetBlock, conv_out), the normalised values overwrite it: the CPU normalises
+    /// in place, CUDA keeps x and its records apart.
+    fn scratch_reuses_input(&self) -> bool {
+        true
+    }
+
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
         let x = r.f32(0)?;
         let (gamma, beta) = (&r.w(self.norm.gamma)?.data, &r.w(self.norm.beta)?.data);

@@ -57,12 +57,14 @@ pub struct TensorRef {
     pub scalar: Scalar,
 }
 
-/// The tensors of one node: inputs in the order the op's descriptor documents, the output, the step.
+/// The tensors of one node: inputs in the order the op's descriptor documents, the output, the step, and the
+/// node's scratch tensor when its op asks for one ([`OpDesc::scratch`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Args<'a> {
     pub ins: &'a [TensorRef],
     pub out: TensorRef,
     pub step: &'a StepParams,
+    pub scratch: Option<TensorRef>,
 }
 
 /// Element counts and types of an op's inputs (optional ones only when the descriptor has them) and output.
@@ -98,6 +100,18 @@ pub trait OpDesc: Clone + std::fmt::Debug + PartialEq + Into<Op> {
     }
     /// FLOPs (a multiply-add is 2) and bytes of an implementation that touches each value once.
     fn cost(&self, at: &CostAt) -> Cost;
+    /// Elements (4-byte slots) of a scratch tensor the node may use while it runs: planned in the arena like an
+    /// intermediate that lives only during the node, so it shares bytes with tensors dead by then (a fused op's
+    /// intermediate costs no more memory than the unfused pair's did). 0: none.
+    fn scratch(&self) -> usize {
+        0
+    }
+    /// Whether the scratch may take the bytes of input 0 where no later node reads input 0 (the planner decides; the
+    /// backend sees the two at one offset): the op then finishes reading input 0 before it writes the scratch, or
+    /// works in place.
+    fn scratch_reuses_input(&self) -> bool {
+        false
+    }
     /// The plain reference: reads the node's inputs and weights from `r`, writes its output there.
     fn reference(&self, r: &mut RefCtx<'_>) -> Result<()>;
     /// Small examples of the op alone (descriptor, run in bf16), which `tests/ops.rs` runs on every backend against
@@ -159,6 +173,12 @@ macro_rules! op_set {
             }
             pub fn cost(&self, at: &CostAt) -> Cost {
                 match self { $(Op::$variant(d) => d.cost(at)),+ }
+            }
+            pub fn scratch(&self) -> usize {
+                match self { $(Op::$variant(d) => d.scratch()),+ }
+            }
+            pub fn scratch_reuses_input(&self) -> bool {
+                match self { $(Op::$variant(d) => d.scratch_reuses_input()),+ }
             }
             pub fn reference(&self, r: &mut RefCtx<'_>) -> Result<()> {
                 match self { $(Op::$variant(d) => d.reference(r)),+ }

@@ -10,7 +10,8 @@ use std::time::Instant;
 struct Planned {
     g: Graph,
     plan: Plan,
-    nodes: Vec<(Vec<TensorRef>, TensorRef)>,
+    /// Inputs, output and scratch of every node.
+    nodes: Vec<(Vec<TensorRef>, TensorRef, Option<TensorRef>)>,
     key: u64,
 }
 
@@ -21,7 +22,7 @@ impl Planned {
         let nodes = g
             .nodes
             .iter()
-            .map(|n| (n.inputs.iter().map(|&t| r(t)).collect(), r(n.output)))
+            .map(|n| (n.inputs.iter().map(|&t| r(t)).collect(), r(n.output), n.scratch.map(r)))
             .collect();
         let key = fingerprint(&g, &plan);
         Planned { g, plan, nodes, key }
@@ -51,6 +52,7 @@ fn fingerprint(g: &Graph, plan: &Plan) -> u64 {
         format!("{:?}", n.op).hash(&mut h);
         n.inputs.hash(&mut h);
         n.output.hash(&mut h);
+        n.scratch.hash(&mut h);
     }
     for t in &g.tensors {
         t.shape.hash(&mut h);
@@ -410,8 +412,16 @@ impl Session {
             return Ok(());
         }
         let exec = |b: &mut dyn Backend, i: usize| {
-            let (ins, out) = &p.nodes[i];
-            p.g.nodes[i].op.exec(b, &Args { ins, out: *out, step })
+            let (ins, out, scratch) = &p.nodes[i];
+            p.g.nodes[i].op.exec(
+                b,
+                &Args {
+                    ins,
+                    out: *out,
+                    step,
+                    scratch: *scratch,
+                },
+            )
         };
         if !self.profiling {
             let r = (0..p.nodes.len()).try_for_each(|i| exec(b, i));

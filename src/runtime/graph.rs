@@ -42,6 +42,8 @@ pub struct Node {
     pub op: Op,
     pub inputs: Vec<TensorId>,
     pub output: TensorId,
+    /// The op's scratch tensor (`OpDesc::scratch`), live only while the node runs.
+    pub scratch: Option<TensorId>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,11 +109,16 @@ impl Graph {
                 io.output.0
             ));
         }
-        let out = self.add(name, shape.to_vec(), io.output.1, Role::Intermediate);
+        let out = self.add(name.clone(), shape.to_vec(), io.output.1, Role::Intermediate);
+        let scratch = match op.scratch() {
+            0 => None,
+            n => Some(self.add(format!("{name}.scratch"), vec![n], Scalar::F32, Role::Intermediate)),
+        };
         self.nodes.push(Node {
             op,
             inputs: inputs.to_vec(),
             output: out,
+            scratch,
         });
         Ok(out)
     }

@@ -31,9 +31,11 @@ impl Plan {
             }
         }
         for (n, node) in g.nodes.iter().enumerate() {
-            let o = node.output.0 as usize;
-            first[o] = first[o].min(n);
-            last[o] = last[o].max(n);
+            for o in std::iter::once(node.output).chain(node.scratch) {
+                let o = o.0 as usize;
+                first[o] = first[o].min(n);
+                last[o] = last[o].max(n);
+            }
             for t in &node.inputs {
                 last[t.0 as usize] = last[t.0 as usize].max(n);
             }
@@ -43,8 +45,28 @@ impl Plan {
             .iter()
             .map(|t| (t.numel() * 4).div_ceil(ALIGN) * ALIGN)
             .collect();
+        // A scratch that may reuse input 0 takes its bytes where input 0 is an intermediate read by no later node
+        // (nor twice by this one), so the fused op needs no more memory than the pair it replaces.
+        let mut alias: Vec<(usize, usize)> = Vec::new();
+        for (n, node) in g.nodes.iter().enumerate() {
+            let (Some(s), Some(&i0)) = (node.scratch, node.inputs.first()) else {
+                continue;
+            };
+            let (s, i) = (s.0 as usize, i0.0 as usize);
+            let once = node.inputs.iter().filter(|&&t| t == i0).count() == 1;
+            if node.op.scratch_reuses_input()
+                && once
+                && last[i] == n
+                && g.tensors[i].role == Role::Intermediate
+                && sizes[s] <= sizes[i]
+            {
+                alias.push((s, i));
+            }
+        }
         // Greedy by size (largest first), first fit among the already placed tensors that are live at the same time.
-        let mut order: Vec<usize> = (0..nt).filter(|&i| first[i] != usize::MAX).collect();
+        let mut order: Vec<usize> = (0..nt)
+            .filter(|&i| first[i] != usize::MAX && !alias.iter().any(|&(s, _)| s == i))
+            .collect();
         order.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
         let mut offsets = vec![0usize; nt];
         let mut placed: Vec<usize> = Vec::new();
@@ -67,6 +89,9 @@ impl Plan {
             size = size.max(off + sizes[i]);
             placed.push(i);
         }
+        for (s, i) in alias {
+            offsets[s] = offsets[i];
+        }
         Plan { offsets, size }
     }
 }
@@ -74,7 +99,10 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{concat::Concat, gelu::Gelu, swiglu::Swiglu};
+    use crate::ops::{
+        concat::Concat, conv::Conv, gelu::Gelu, groupnorm::Groupnorm, groupnorm_conv::GroupnormConv, swiglu::Swiglu,
+        WeightId,
+    };
     use crate::runtime::{Phase, Scalar};
 
     /// Checks the invariant directly: at every node, the tensors that must hold a value occupy disjoint bytes.
@@ -82,6 +110,13 @@ mod tests {
         let n = g.nodes.len();
         let live = |t: usize, at: usize| {
             let info = &g.tensors[t];
+            if let Some(k) = g
+                .nodes
+                .iter()
+                .position(|x| x.scratch.is_some_and(|s| s.0 as usize == t))
+            {
+                return k == at; // a scratch holds values only while its node runs
+            }
             let def = g.nodes.iter().position(|x| x.output.0 as usize == t);
             let start = if info.role == Role::Input {
                 0
@@ -101,8 +136,14 @@ mod tests {
         };
         for at in 0..n {
             let ls: Vec<usize> = (0..g.tensors.len()).filter(|&t| live(t, at)).collect();
+            // a scratch may take its node's input 0 bytes (`scratch_reuses_input`): that input is read by no later node
+            let node = &g.nodes[at];
+            let shared = |x: usize, y: usize| {
+                let (s, i0) = (node.scratch.map(|s| s.0 as usize), node.inputs[0].0 as usize);
+                s.is_some() && (s == Some(x) && y == i0 || s == Some(y) && x == i0) && p.offsets[x] == p.offsets[y]
+            };
             for (a, &x) in ls.iter().enumerate() {
-                for &y in &ls[a + 1..] {
+                for &y in ls[a + 1..].iter().filter(|&&y| !shared(x, y)) {
                     let (xs, xe) = (p.offsets[x], p.offsets[x] + g.tensors[x].numel() * 4);
                     let (ys, ye) = (p.offsets[y], p.offsets[y] + g.tensors[y].numel() * 4);
                     assert!(xe <= ys || ye <= xs, "tensors {x} and {y} overlap at node {at}");
@@ -136,5 +177,52 @@ mod tests {
         let total: usize = g.tensors.iter().map(|t| (t.numel() * 4).div_ceil(ALIGN) * ALIGN).sum();
         assert!(p.size <= 4 * 512, "arena {} bytes, sum of tensors {}", p.size, total);
         assert!(p.size < total);
+    }
+
+    /// A fused op's scratch takes the bytes of its input 0 where nothing later reads that input (no more memory than
+    /// the unfused pair), and gets bytes of its own where something does.
+    #[test]
+    fn a_scratch_reuses_a_dying_input_only() {
+        let op = GroupnormConv {
+            norm: Groupnorm {
+                gamma: WeightId(0),
+                beta: WeightId(1),
+                n: 1,
+                c: 32,
+                hw: 64,
+                groups: 32,
+                eps: 1e-6,
+                silu: true,
+            },
+            conv: Conv {
+                w: WeightId(2),
+                b: WeightId(3),
+                n: 1,
+                c_in: 32,
+                h: 8,
+                w_in: 8,
+                c_out: 16,
+                k: 3,
+                stride: 1,
+                pad: [1; 4],
+                residual: false,
+            },
+        };
+        for keep in [false, true] {
+            let mut g = Graph::new(Phase::VqDecode);
+            let x = g.input("x", &[1, 32, 8, 8], Scalar::F32);
+            let h = g.push(Gelu { n: 2048 }, &[x], "h", &[1, 32, 8, 8]).unwrap();
+            let y = g.push(op.clone(), &[h], "y", &[1, 16, 8, 8]).unwrap();
+            g.mark_output(y);
+            if keep {
+                let z = g.push(Gelu { n: 2048 }, &[h], "z", &[1, 32, 8, 8]).unwrap();
+                g.mark_output(z);
+            }
+            let p = Plan::new(&g);
+            assert_disjoint(&g, &p);
+            let s = g.nodes[1].scratch.expect("a scratch tensor").0 as usize;
+            assert_eq!(g.tensors[s].numel(), 2048);
+            assert_eq!(p.offsets[s] == p.offsets[h.0 as usize], !keep, "keep h: {keep}");
+        }
     }
 }

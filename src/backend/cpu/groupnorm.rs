@@ -135,55 +135,94 @@ pub fn groupnorm(
     kernels: KernelFamily,
     out: &mut [f32],
 ) {
+    assert_eq!(out.len(), x.len(), "groupnorm: output length");
+    normalize(Some(x), n, c, hw, groups, eps, gamma, beta, silu, kernels, out);
+}
+
+/// [`groupnorm`] overwriting its input (`groupnorm_conv`'s scratch takes the bytes of an input that dies there): the
+/// same values bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn groupnorm_in_place(
+    x: &mut [f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f32,
+    gamma: &[f32],
+    beta: &[f32],
+    silu: bool,
+    kernels: KernelFamily,
+) {
+    normalize(None, n, c, hw, groups, eps, gamma, beta, silu, kernels, x);
+}
+
+/// GroupNorm of `x`, or of `out` itself when `x` is `None`, into `out`.
+#[allow(clippy::too_many_arguments)]
+fn normalize(
+    x: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f32,
+    gamma: &[f32],
+    beta: &[f32],
+    silu: bool,
+    kernels: KernelFamily,
+    out: &mut [f32],
+) {
     assert!(
         groups > 0 && c.is_multiple_of(groups),
         "groupnorm: {c} channels not divisible into {groups} groups"
     );
-    assert_eq!(x.len(), n * c * hw, "groupnorm: input length");
-    assert_eq!(out.len(), x.len(), "groupnorm: output length");
+    assert_eq!(out.len(), n * c * hw, "groupnorm: input length");
     assert!(
         gamma.len() == c && beta.len() == c,
         "groupnorm: affine parameter length"
     );
-    if x.is_empty() {
+    if out.is_empty() {
         return;
     }
     let _t = super::conv::Trace::new(format!("groupnorm {c} {hw} silu {silu}"));
     let cg = c / groups;
     let avx512 = kernels >= KernelFamily::Avx512;
-    let stats = group_stats(x, cg * hw, eps, avx512);
-    out.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(plane, (o, xs))| {
-            let ch = plane % c;
-            let (hi, lo, rstd) = stats[(plane / c) * groups + ch / cg];
-            let scale = rstd * gamma[ch];
-            let b = beta[ch];
-            // centre first (v - hi is exact near the mean): folding the mean into the shift would
-            // cancel when |mean| >> std
-            if avx512 {
-                // SAFETY: AVX-512F is present; o and xs have the same length.
-                unsafe { normalize_avx512(xs, o, [hi, lo, scale, b], silu) };
-            } else if kernels >= KernelFamily::Avx2 {
-                // SAFETY: the family includes AVX2 + FMA, checked against the CPU by the backend.
-                unsafe { normalize_avx2(xs, o, [hi, lo, scale, b], silu) };
-            } else if silu {
-                o.iter_mut()
-                    .zip(xs)
-                    .for_each(|(o, &v)| *o = swish(((v - hi) - lo) * scale + b));
-            } else {
-                o.iter_mut()
-                    .zip(xs)
-                    .for_each(|(o, &v)| *o = ((v - hi) - lo) * scale + b);
+    let stats = group_stats(x.unwrap_or(out), cg * hw, eps, avx512);
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
+        let xs = x.map(|x| &x[plane * hw..][..o.len()]);
+        let ch = plane % c;
+        let (hi, lo, rstd) = stats[(plane / c) * groups + ch / cg];
+        let scale = rstd * gamma[ch];
+        let b = beta[ch];
+        // centre first (v - hi is exact near the mean): folding the mean into the shift would
+        // cancel when |mean| >> std
+        if avx512 {
+            // SAFETY: AVX-512F is present; xs (if any) has o's length.
+            unsafe { normalize_avx512(xs, o, [hi, lo, scale, b], silu) };
+        } else if kernels >= KernelFamily::Avx2 {
+            // SAFETY: the family includes AVX2 + FMA, checked against the CPU by the backend.
+            unsafe { normalize_avx2(xs, o, [hi, lo, scale, b], silu) };
+        } else {
+            let f = |v: f32| {
+                let y = ((v - hi) - lo) * scale + b;
+                if silu {
+                    swish(y)
+                } else {
+                    y
+                }
+            };
+            match xs {
+                Some(xs) => o.iter_mut().zip(xs).for_each(|(o, &v)| *o = f(v)),
+                None => o.iter_mut().for_each(|o| *o = f(*o)),
             }
-        });
+        }
+    });
 }
 
 /// `o = ((x - hi) - lo) * scale + b`, then swish when `silu` (through `simd::exp8`): the scalar expressions above,
 /// 8 lanes at a time (the same operations; no fused multiply-add, so the affine part rounds as they do).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn normalize_avx2(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 4], silu: bool) {
+unsafe fn normalize_avx2(xs: Option<&[f32]>, o: &mut [f32], [hi, lo, scale, b]: [f32; 4], silu: bool) {
     use std::arch::x86_64::*;
     let (vhi, vlo, vs, vb, one) = (
         _mm256_set1_ps(hi),
@@ -192,12 +231,15 @@ unsafe fn normalize_avx2(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 4]
         _mm256_set1_ps(b),
         _mm256_set1_ps(1.0),
     );
-    let n = xs.len().min(o.len());
+    // reads from xs, or from o itself (in place: every element is read before it is written, by the same lane)
+    let n = xs.map_or(o.len(), |x| x.len().min(o.len()));
+    let po = o.as_mut_ptr();
+    let ps = xs.map_or(po as *const f32, |x| x.as_ptr());
     let body = n - n % 8;
     let mut i = 0;
     while i < body {
         // SAFETY: i + 8 <= n, inside both slices.
-        let v = unsafe { _mm256_loadu_ps(xs.as_ptr().add(i)) };
+        let v = unsafe { _mm256_loadu_ps(ps.add(i)) };
         let y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(v, vhi), vlo), vs), vb);
         let y = if silu {
             let e = super::simd::exp8(_mm256_sub_ps(_mm256_setzero_ps(), y));
@@ -206,19 +248,20 @@ unsafe fn normalize_avx2(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 4]
             y
         };
         // SAFETY: as above.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(i), y) };
+        unsafe { _mm256_storeu_ps(po.add(i), y) };
         i += 8;
     }
-    for (o, &v) in o[body..n].iter_mut().zip(&xs[body..n]) {
-        let y = ((v - hi) - lo) * scale + b;
-        *o = if silu { swish(y) } else { y };
+    for i in body..n {
+        // SAFETY: i < n, inside both slices.
+        let y = ((unsafe { *ps.add(i) } - hi) - lo) * scale + b;
+        unsafe { *po.add(i) = if silu { swish(y) } else { y } };
     }
 }
 
 /// `o = ((x - hi) - lo) * scale + b`, then swish when `silu`: the scalar expressions above, 16 lanes
 /// at a time (same operations, same rounding).
 #[target_feature(enable = "avx512f")]
-unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 4], silu: bool) {
+unsafe fn normalize_avx512(xs: Option<&[f32]>, o: &mut [f32], [hi, lo, scale, b]: [f32; 4], silu: bool) {
     use std::arch::x86_64::*;
     let (vhi, vlo, vs, vb) = (
         _mm512_set1_ps(hi),
@@ -246,7 +289,10 @@ unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 
         let sc = _mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127)));
         _mm512_mul_ps(er, _mm512_castsi512_ps(sc))
     };
-    let n = xs.len().min(o.len());
+    // reads from xs, or from o itself (in place, as in normalize_avx2)
+    let n = xs.map_or(o.len(), |x| x.len().min(o.len()));
+    let po = o.as_mut_ptr();
+    let ps = xs.map_or(po as *const f32, |x| x.as_ptr());
     let mut i = 0;
     while i < n {
         let m: __mmask16 = if n - i >= 16 {
@@ -255,7 +301,7 @@ unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 
             ((1u32 << (n - i)) - 1) as __mmask16
         };
         // SAFETY: the masked lanes are inside both slices.
-        let v = unsafe { _mm512_maskz_loadu_ps(m, xs.as_ptr().add(i)) };
+        let v = unsafe { _mm512_maskz_loadu_ps(m, ps.add(i)) };
         let y = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(v, vhi), vlo), vs), vb);
         let y = if silu {
             let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), y));
@@ -264,7 +310,7 @@ unsafe fn normalize_avx512(xs: &[f32], o: &mut [f32], [hi, lo, scale, b]: [f32; 
             y
         };
         // SAFETY: as above.
-        unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add(i), m, y) };
+        unsafe { _mm512_mask_storeu_ps(po.add(i), m, y) };
         i += 16;
     }
 }
@@ -346,6 +392,13 @@ mod tests {
                     assert!(
                         e < 1e-6,
                         "{family} groupnorm n{n} c{c} hw{hw} g{groups} silu {silu}: rel {e}"
+                    );
+                    // in place: the same values bit for bit
+                    let mut buf = x.clone();
+                    groupnorm_in_place(&mut buf, n, c, hw, groups, 1e-6, &g, &b, silu, family);
+                    assert!(
+                        buf.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{family} in place n{n} c{c} hw{hw} g{groups} silu {silu}"
                     );
                 }
             }

@@ -1,29 +1,35 @@
-//! `groupnorm_conv` on the CPU: `groupnorm` into the backend's `normed` scratch, then `conv` from it. The two
-//! passes are what the unfused pair did (bit-identical results); the Winograd / packed conv reads its input tile
-//! by tile, and the norm's two reads and one write are a small share of a 3×3 conv's time here.
+//! `groupnorm_conv` on the CPU: `groupnorm` into the node's scratch tensor (in place where the planner gave it x's
+//! bytes: x dies here), then `conv` from it. The two passes are what the unfused pair did (bit-identical results, and
+//! no more arena than the pair's);
+//! the Winograd / packed conv reads its input tile by tile, and the norm's two reads and one write are a small share
+//! of a 3×3 conv's time here.
 use super::conv::conv_prepared;
-use super::groupnorm::groupnorm;
+use super::groupnorm::{groupnorm, groupnorm_in_place};
+use crate::Error;
 
 impl crate::ops::Exec<crate::ops::groupnorm_conv::GroupnormConv> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::groupnorm_conv::GroupnormConv, a: &crate::ops::Args<'_>) -> crate::Result<()> {
-        let mut normed = std::mem::take(&mut self.normed);
         let v = self.views(a)?;
         let (nm, cv) = (&op.norm, &op.conv);
+        let scratch = a
+            .scratch
+            .filter(|s| s.numel >= nm.n * nm.c * nm.hw)
+            .ok_or_else(|| Error::Invalid("groupnorm_conv: no scratch tensor for the normalised input".into()))?;
         let (g, b) = (
             self.weight_f32(nm.gamma, "groupnorm_conv")?,
             self.weight_f32(nm.beta, "groupnorm_conv")?,
         );
-        let x = v.f32(a.ins[0]);
-        normed.resize(x.len(), 0.0);
-        groupnorm(x, nm.n, nm.c, nm.hw, nm.groups, nm.eps, g, b, nm.silu, self.kernels, &mut normed);
+        let (fam, normed) = (self.kernels, v.f32_mut(scratch));
+        if scratch == a.ins[0] {
+            groupnorm_in_place(normed, nm.n, nm.c, nm.hw, nm.groups, nm.eps, g, b, nm.silu, fam);
+        } else {
+            groupnorm(v.f32(a.ins[0]), nm.n, nm.c, nm.hw, nm.groups, nm.eps, g, b, nm.silu, fam, normed);
+        }
         let wt = self.w(cv.w);
         let (w, bias) = (self.weight_f32(cv.w, "conv")?, self.weight_f32(cv.b, "conv bias")?);
         let residual = cv.residual.then(|| v.f32(a.ins[1]));
         let geo = (cv.c_out, cv.k, cv.stride, cv.pad);
-        let out = v.f32_mut(a.out);
-        let done = conv_prepared(wt.conv, w, &normed, cv.x_shape(), geo, Some(bias), residual, out)
-            .map_err(|e| crate::Error::tensor(&wt.name, e));
-        self.normed = normed;
-        done
+        conv_prepared(wt.conv, w, normed, cv.x_shape(), geo, Some(bias), residual, v.f32_mut(a.out))
+            .map_err(|e| Error::tensor(&wt.name, e))
     }
 }

@@ -101,8 +101,6 @@ pub struct CpuBackend {
     scores: Vec<f32>,
     /// The w1|w3 outputs of `matmul_swiglu`, before the product.
     ffn: Vec<f32>,
-    /// The normalised input of `groupnorm_conv`.
-    normed: Vec<f32>,
     /// The products' x in the layout their kernel reads.
     mm: matmul::Scratch,
     sampling: sampling::SamplingScratch,
@@ -146,7 +144,6 @@ impl CpuBackend {
             arena: Vec::new(),
             scores: Vec::new(),
             ffn: Vec::new(),
-            normed: Vec::new(),
             mm: Default::default(),
             sampling: Default::default(),
             round: round_bf16,
@@ -159,8 +156,9 @@ impl CpuBackend {
     }
 }
 
-/// Arena views for one node. The planner guarantees that a node's output never shares bytes with a tensor that is
-/// live at the same node (its inputs included), which is what makes handing out `&mut` next to `&` sound; the
+/// Arena views for one node. The planner guarantees that a node's output (and its scratch) never shares bytes with a
+/// tensor that is live at the same node (its inputs included), which is what makes handing out `&mut` next to `&`
+/// sound (`CpuBackend::views` checks it again); the
 /// executor checked each tensor's element type.
 pub(crate) struct Views {
     base: *mut u8,
@@ -209,11 +207,23 @@ impl CpuBackend {
             }
         };
         let out = span(&a.out)?;
+        let overlap = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| {
+            a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
+        };
         for t in a.ins {
-            let r = span(t)?;
-            if r.start < out.end && out.start < r.end && !r.is_empty() && !out.is_empty() {
+            if overlap(&span(t)?, &out) {
                 return Err(Error::Invalid(
                     "cpu backend: a node's output overlaps one of its inputs".into(),
+                ));
+            }
+        }
+        if let Some(st) = &a.scratch {
+            let s = span(st)?;
+            // the planner may give the scratch input 0's exact bytes (`OpDesc::scratch_reuses_input`)
+            let clash = |(k, t): (usize, &TensorRef)| !(k == 0 && t == st) && span(t).is_ok_and(|r| overlap(&s, &r));
+            if overlap(&s, &out) || a.ins.iter().enumerate().any(clash) {
+                return Err(Error::Invalid(
+                    "cpu backend: a node's scratch overlaps its input or output".into(),
                 ));
             }
         }

@@ -1,9 +1,9 @@
 //! `groupnorm_conv` on CUDA. Where the conv takes the halo loader (every 3×3 conv after a norm in the VQ decoder and
-//! encoder): the norm's statistics as per-(image, channel) records ([`groupnorm_affine`]), then the conv with its
-//! GroupNorm (+ swish) prologue ([`ConvNorm`]), which normalises each 16-channel halo chunk in shared memory as it
-//! lands. The normalised tensor is never written: per norm one read and one write of the activation fewer (at the
+//! encoder): the norm's statistics as per-(image, channel) records ([`groupnorm_affine`]), then the conv with its GroupNorm (+ swish) prologue ([`ConvNorm`]), which normalises each 16-channel
+//! halo chunk in shared memory as it lands. The normalised tensor is never written: per norm one read and one write of the activation fewer (at the
 //! VQ-16 decoder's 256×256 stage, 128 channels: 64 MB, ≈ 20 µs of an H100's bandwidth), and the same values bit
-//! for bit (both paths compute them with `groupnorm_apply`). Otherwise: `groupnorm` into a workspace, then the conv.
+//! for bit (both paths compute them with `groupnorm_apply`). Otherwise: `groupnorm` into the node's scratch tensor,
+//! then the conv.
 use super::conv::{conv2d, conv2d_halo, conv2d_with, ConvNorm};
 use super::device::Device;
 use super::groupnorm::{groupnorm, groupnorm_affine, groupnorm_affine_len, groupnorm_workspace_len};
@@ -21,16 +21,20 @@ impl<D: Device> crate::ops::Exec<GroupnormConv> for super::CudaBackend<D> {
         let part = self.ws::<f32>("groupnorm", groupnorm_workspace_len(n, c_in, h * w, nm.groups, None))?;
         let x_addr = self.slot(a.ins[0])?.0;
         let fused = conv2d_halo((c_in, w), (cv.k, cv.k, cv.stride), cv.pad, x_addr).is_some();
-        // the records (fused), or the normalised input (not): this launch's alone, 256-byte aligned
-        let scratch = match fused {
-            true => self.workspace::<f32>("groupnorm_conv records", groupnorm_affine_len(n, c_in))?.0,
-            false => self.workspace::<f32>("groupnorm_conv input", len)?.0,
+        // the records (fused) in a workspace; the normalised input (not) in the node's scratch tensor, the arena slot
+        // the unfused pair's intermediate had, unless the planner gave the scratch x's own bytes (x dies here): then
+        // a workspace too (groupnorm_f32 does not run in place)
+        let scratch = match (fused, a.scratch) {
+            (true, _) => self.workspace::<f32>("groupnorm_conv records", groupnorm_affine_len(n, c_in))?.0,
+            (false, Some(s)) if s.numel >= len && s != a.ins[0] => self.slot(s)?.0,
+            (false, _) => self.workspace::<f32>("groupnorm_conv input", len)?.0,
         };
         let (ga, be) = (self.wptr(nm.gamma, name)?, self.wptr(nm.beta, name)?);
         let (wt, bias) = (self.wptr(cv.w, "conv")?, self.wptr(cv.b, "conv bias")?);
         let (geo, shape, tile) = ((cv.c_out, cv.k, cv.k), cv.x_shape(), self.conv_tile);
         // SAFETY: f32 activations (checked above); the output is disjoint from the input and the residual, the
-        // scratch workspace from all three.
+        // records workspace and the scratch tensor (planned live only at this node, and not x's bytes here) from all
+        // three.
         unsafe {
             let x = self.t::<f32>(a.ins[0])?;
             let r = if cv.residual { Some(self.t(a.ins[1])?) } else { None };
