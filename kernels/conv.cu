@@ -37,8 +37,9 @@
  * residual (the CPU reference's order). Per-thread pixel decoding happens once per block, outside the K loop.
  * The kernels require blockDim = (256, 1, 1) (they trap otherwise); grid = (ceil(N/BN), ceil(c_out/BM), phases).
  * Dynamic shared memory: T64 (16·68 + 16·64)·4 = 8448 B, T128 (8·132 + 8·128)·4 = 8320 B (Tile::shared_bytes).
- * Registers (ptxas, sm_80 | sm_90): T64 ~70-77; T128 capped at 128 by __launch_bounds__(256, 2) for two blocks
- * per SM; upsample_conv_t128 spills 56 B on sm_90 (unverified where; probably the epilogue's index math).
+ * Registers (ptxas 13.0, sm_80 | sm_90): conv2d_f32 93 | 96, upsample_conv_f32 69 | 68; the T128 kernels capped at
+ * 128 by __launch_bounds__(256, 2) for two blocks per SM (conv2d 128 | 128, upsample 124 | 125); no spills in any
+ * conv kernel (build.rs prints the current figures).
  *
  * Napkin math (VQ-16 decoder, 3×3 128→128 at 256×256, n = 1; H100 SXM: 3.35 TB/s, ~67 TFLOP/s f32 FMA,
  * ~495 TFLOP/s TF32 tensor):
