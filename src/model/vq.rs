@@ -98,8 +98,6 @@ impl<'a, 'b> Builder<'a, 'b> {
             Layout::Conv
         };
         let (wt, bs) = self.b.conv_w(p, co, ci, k, layout)?;
-        let oh = (h + pad[0] + pad[1] - k) / stride + 1;
-        let ow = (w + pad[2] + pad[3] - k) / stride + 1;
         let op = Conv {
             w: wt,
             b: bs,
@@ -113,6 +111,7 @@ impl<'a, 'b> Builder<'a, 'b> {
             pad,
             residual,
         };
+        let (oh, ow) = op.out_hw();
         Ok((op, [n, co, oh, ow]))
     }
 

@@ -12,7 +12,7 @@ use crate::support::devices::*;
 use crate::support::emu_check::*;
 
 /// Every case runs both SIMT kernel variants (bit-identical to each other) and the three tensor-core ones.
-const TILES: [Tile; 5] = [Tile::T64, Tile::T128, Tile::Tf32x3, Tile::Tf32, Tile::Bf16];
+pub(crate) const TILES: [Tile; 5] = [Tile::T64, Tile::T128, Tile::Tf32x3, Tile::Tf32, Tile::Bf16];
 
 /// NMSE bound of a tile's output against its CPU reference. The SIMT tiles: [`F32_NMSE`]. 3xTF32 splits each
 /// operand into two TF32 halves and drops only small·small (2^-22 relative per product) besides f32 summation
@@ -21,7 +21,7 @@ const TILES: [Tile; 5] = [Tile::T64, Tile::T128, Tile::Tf32x3, Tile::Tf32, Tile:
 /// is ~6× that and ~1000× below one wrong tap (1/K ≈ 2e-3). bf16 is checked against the CPU conv of the
 /// bf16-rounded input and weights ([`reference_operands`]): bf16 × bf16 products are exact in f32, so only the
 /// summation order differs and the f32 bound holds.
-fn bound(tile: Tile) -> f64 {
+pub(crate) fn bound(tile: Tile) -> f64 {
     match tile {
         Tile::Tf32 => TF32_NMSE,
         _ => F32_NMSE,
@@ -39,11 +39,11 @@ fn reference_operands(tile: Tile, v: &[f32]) -> Vec<f32> {
 const TF32_NMSE: f64 = 2e-6;
 
 /// x, the weight, the bias and the residual of a conv case.
-type ConvOperands<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>, Option<&'a [f32]>);
+pub(crate) type ConvOperands<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>, Option<&'a [f32]>);
 
 /// The CPU conv2d (+ residual) of `tile`'s reference operands: what the tile's output is held to.
 #[allow(clippy::too_many_arguments)]
-fn conv_reference(
+pub(crate) fn conv_reference(
     tile: Tile,
     (x, wt, bias, residual): ConvOperands<'_>,
     (n, c_in, h, w): (usize, usize, usize, usize),

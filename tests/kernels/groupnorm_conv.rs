@@ -12,22 +12,12 @@ use llamagen::backend::cuda::emu::EmuDevice;
 use llamagen::backend::cuda::groupnorm::{groupnorm, groupnorm_affine, groupnorm_affine_len, groupnorm_workspace_len};
 use llamagen::backend::cuda::launch::DevPtr;
 
+use crate::conv::{bound, conv_reference, TILES};
 use crate::support::devices::*;
 use crate::support::emu_check::*;
 
-const TILES: [Tile; 5] = [Tile::T64, Tile::T128, Tile::Tf32x3, Tile::Tf32, Tile::Bf16];
 const GROUPS: usize = 32;
 const EPS: f32 = 1e-6;
-
-/// NMSE bounds against the CPU, as in `conv.rs`: f32 summation order only (SIMT, 3xTF32; bf16 against the CPU conv
-/// of the bf16-rounded operands) 1e-10, TF32 operand rounding 2e-6. The normalised input adds the groupnorm test's
-/// few ulp per value (1e-11 there), far below both.
-fn bound(tile: Tile) -> f64 {
-    match tile {
-        Tile::Tf32 => 2e-6,
-        _ => 1e-10,
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -69,21 +59,10 @@ fn case<D: TestDevice>(dev: &D, rng: &mut Rng, k: Case) -> f64 {
     let mut normed = vec![0f32; len_in];
     let pf = KernelFamily::Portable;
     cpu::groupnorm::groupnorm(&x, n, c_in, h * w, GROUPS, EPS, &gamma, &beta, silu, pf, &mut normed);
-    let reference = |tile: Tile| {
-        let round = |v: &[f32]| -> Vec<f32> {
-            match tile {
-                Tile::Bf16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
-                _ => v.to_vec(),
-            }
-        };
-        let (xr, wr) = (round(&normed), round(&wt));
-        let mut want = vec![0f32; len_out];
-        match residual {
-            true => cpu::conv::conv2d_add(&xr, n, c_in, h, w, &wr, Some(&b), c_out, 3, 3, 1, [1; 4], &r, &mut want),
-            false => cpu::conv::conv2d(&xr, n, c_in, h, w, &wr, Some(&b), c_out, 3, 3, 1, [1; 4], &mut want),
-        }
-        want
-    };
+    // the tiles and NMSE bounds of `conv.rs`: the normalised input adds the groupnorm test's few ulp per value
+    // (NMSE 1e-11 there), far below both bounds
+    let ops = (&normed[..], &wt[..], Some(&b[..]), residual.then_some(&r[..]));
+    let reference = |tile| conv_reference(tile, ops, (n, c_in, h, w), (c_out, 3, 3), 1, [1; 4], len_out);
     let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
 
     let rw = conv::halo_width(c_in, w).expect("a halo shape");

@@ -204,20 +204,25 @@ pub fn upsample_prepared(
 impl crate::ops::Exec<crate::ops::conv::Conv> for super::CpuBackend {
     fn exec(&mut self, op: &crate::ops::conv::Conv, a: &crate::ops::Args<'_>) -> crate::Result<()> {
         let v = self.views(a)?;
+        self.conv_node(op, &v, a, v.f32(a.ins[0]))
+    }
+}
+
+impl super::CpuBackend {
+    /// Node `a`'s conv `op` of `x` (its input 0, or `groupnorm_conv`'s normalised copy of it) into its output, with
+    /// input 1 as the residual when `op` has one.
+    pub(super) fn conv_node(
+        &self,
+        op: &crate::ops::conv::Conv,
+        v: &super::Views,
+        a: &crate::ops::Args<'_>,
+        x: &[f32],
+    ) -> crate::Result<()> {
         let wt = self.w(op.w);
         let (w, b) = (self.weight_f32(op.w, "conv")?, self.weight_f32(op.b, "conv bias")?);
         let residual = op.residual.then(|| v.f32(a.ins[1]));
         let geo = (op.c_out, op.k, op.stride, op.pad);
-        conv_prepared(
-            wt.conv,
-            w,
-            v.f32(a.ins[0]),
-            op.x_shape(),
-            geo,
-            Some(b),
-            residual,
-            v.f32_mut(a.out),
-        )
-        .map_err(|e| crate::Error::tensor(&wt.name, e))
+        conv_prepared(wt.conv, w, x, op.x_shape(), geo, Some(b), residual, v.f32_mut(a.out))
+            .map_err(|e| crate::Error::tensor(&wt.name, e))
     }
 }

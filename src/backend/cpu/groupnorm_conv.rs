@@ -3,7 +3,6 @@
 //! no more arena than the pair's);
 //! the Winograd / packed conv reads its input tile by tile, and the norm's two reads and one write are a small share
 //! of a 3×3 conv's time here.
-use super::conv::conv_prepared;
 use super::groupnorm::{groupnorm, groupnorm_in_place};
 use crate::Error;
 
@@ -25,11 +24,6 @@ impl crate::ops::Exec<crate::ops::groupnorm_conv::GroupnormConv> for super::CpuB
         } else {
             groupnorm(v.f32(a.ins[0]), nm.n, nm.c, nm.hw, nm.groups, nm.eps, g, b, nm.silu, fam, normed);
         }
-        let wt = self.w(cv.w);
-        let (w, bias) = (self.weight_f32(cv.w, "conv")?, self.weight_f32(cv.b, "conv bias")?);
-        let residual = cv.residual.then(|| v.f32(a.ins[1]));
-        let geo = (cv.c_out, cv.k, cv.stride, cv.pad);
-        conv_prepared(wt.conv, w, normed, cv.x_shape(), geo, Some(bias), residual, v.f32_mut(a.out))
-            .map_err(|e| Error::tensor(&wt.name, e))
+        self.conv_node(cv, &v, a, normed)
     }
 }

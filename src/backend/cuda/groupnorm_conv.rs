@@ -4,7 +4,7 @@
 //! VQ-16 decoder's 256×256 stage, 128 channels: 64 MB, ≈ 20 µs of an H100's bandwidth), and the same values bit
 //! for bit (both paths compute them with `groupnorm_apply`). Otherwise: `groupnorm` into the node's scratch tensor,
 //! then the conv.
-use super::conv::{conv2d, conv2d_halo, conv2d_with, ConvNorm};
+use super::conv::{conv2d_halo, conv2d_with, ConvNorm};
 use super::device::Device;
 use super::groupnorm::{groupnorm, groupnorm_affine, groupnorm_affine_len, groupnorm_workspace_len};
 use super::launch::{DevPtr, DevPtrMut};
@@ -31,7 +31,7 @@ impl<D: Device> crate::ops::Exec<GroupnormConv> for super::CudaBackend<D> {
         };
         let (ga, be) = (self.wptr(nm.gamma, name)?, self.wptr(nm.beta, name)?);
         let (wt, bias) = (self.wptr(cv.w, "conv")?, self.wptr(cv.b, "conv bias")?);
-        let (geo, shape, tile) = ((cv.c_out, cv.k, cv.k), cv.x_shape(), self.conv_tile);
+        let (geo, tile) = ((cv.c_out, cv.k, cv.k), self.conv_tile);
         // SAFETY: f32 activations (checked above); the output is disjoint from the input and the residual, the
         // records workspace and the scratch tensor (planned live only at this node, and not x's bytes here) from all
         // three.
@@ -39,20 +39,20 @@ impl<D: Device> crate::ops::Exec<GroupnormConv> for super::CudaBackend<D> {
             let x = self.t::<f32>(a.ins[0])?;
             let r = if cv.residual { Some(self.t(a.ins[1])?) } else { None };
             let o = self.t_mut(a.out)?;
-            if fused {
+            // the conv of x with the prologue, or of the normalised copy without
+            let (src, norm) = if fused {
                 let rl = groupnorm_affine_len(n, c_in);
                 let rec = DevPtrMut::<f32>::from_raw(scratch, rl);
                 groupnorm_affine(&self.dev, x, ga, be, rec, part, (n, c_in, h * w), nm.groups, nm.eps, None)?;
-                let norm = Some(ConvNorm {
-                    rec: DevPtr::from_raw(scratch, rl),
-                    silu: nm.silu,
-                });
-                return conv2d_with(&self.dev, x, wt, Some(bias), r, o, shape, geo, cv.stride, cv.pad, tile, None, norm);
-            }
-            let y = DevPtrMut::<f32>::from_raw(scratch, len);
-            groupnorm(&self.dev, x, ga, be, y, part, n, c_in, h * w, nm.groups, nm.eps, nm.silu, None, None)?;
-            let xn = DevPtr::<f32>::from_raw(scratch, len);
-            conv2d(&self.dev, xn, wt, Some(bias), r, o, shape, geo, cv.stride, cv.pad, tile)
+                let rec = DevPtr::from_raw(scratch, rl);
+                (x, Some(ConvNorm { rec, silu: nm.silu }))
+            } else {
+                let y = DevPtrMut::<f32>::from_raw(scratch, len);
+                groupnorm(&self.dev, x, ga, be, y, part, n, c_in, h * w, nm.groups, nm.eps, nm.silu, None, None)?;
+                (DevPtr::<f32>::from_raw(scratch, len), None)
+            };
+            let shape = (n, c_in, h, w);
+            conv2d_with(&self.dev, src, wt, Some(bias), r, o, shape, geo, cv.stride, cv.pad, tile, None, norm)
         }
     }
 }
