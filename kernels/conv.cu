@@ -37,8 +37,8 @@
  * residual (the CPU reference's order). Per-thread pixel decoding happens once per block, outside the K loop.
  * The kernels require blockDim = (256, 1, 1) (they trap otherwise); grid = (ceil(N/BN), ceil(c_out/BM), phases).
  * Dynamic shared memory: T64 (16·68 + 16·64)·4 = 8448 B, T128 (8·132 + 8·128)·4 = 8320 B (Tile::shared_bytes).
- * Registers (ptxas 13.0, sm_80 | sm_90): conv2d_f32 93 | 96, upsample_conv_f32 69 | 68; the T128 kernels capped at
- * 128 by __launch_bounds__(256, 2) for two blocks per SM (conv2d 128 | 128, upsample 124 | 125); no spills in any
+ * Registers (ptxas 13.0, sm_80 | sm_90): conv2d_f32 93 | 96, upsample_conv_f32 89 | 90; the T128 kernels capped at
+ * 128 by __launch_bounds__(256, 2) for two blocks per SM (conv2d 128 | 128, upsample 127 | 128); no spills in any
  * conv kernel (build.rs prints the current figures).
  *
  * Napkin math (VQ-16 decoder, 3×3 128→128 at 256×256, n = 1; H100 SXM: 3.35 TB/s, ~67 TFLOP/s f32 FMA,
@@ -259,27 +259,44 @@ template <class G> struct GatherB {
     __device__ __forceinline__ void after_barrier(int, int) {}
 };
 
-/* From a halo (3×3 convs; the SIMT upsample gathers): chunk c's buffer is complete (waited before the barrier) when the first load of its terms is about
- * to run, and chunk c + 1 is issued just after that barrier, into the buffer of chunk c − 1, whose last terms every
- * thread loaded in the previous iteration. */
-template <int TILE> struct HaloB {
-    static constexpr int KC = HALO_CH * 9;
-    Halo<Conv2dParams> hl;
-    typename Halo<Conv2dParams>::Pix px;
-    const float* rec; /* the GroupNorm prologue's records, or null */
-    __device__ __forceinline__ HaloB(const Conv2dParams& p, const float* x, float* s, const float* norm)
-        : hl(p, x, s, TILE), rec(p.norm != CONV_NORM_NONE ? norm : nullptr) {}
-    __device__ __forceinline__ int K() const { return hl.p.c_in * 9; }
+/* The B source from a halo (3×3 convs; PHASE: the upsample's 2×2 phase taps, both column phases through value2
+ * for conv_igemm's PAIR): chunk c's buffer is complete (waited before the barrier) when the first load of its terms
+ * is about to run, and chunk c + 1 is issued just after that barrier, into the buffer of chunk c − 1, whose last
+ * terms every thread loaded in the previous iteration (PAIR reads a step's terms before that step's barrier, so the
+ * same holds). */
+template <int TILE, class P = Conv2dParams, bool PHASE = false> struct HaloB {
+    static constexpr int KC = HALO_CH * (PHASE ? 4 : 9);
+    Halo<P> hl;
+    typename Halo<P>::Pix px;
+    const float* rec; /* the GroupNorm prologue's records, or null (always null for the upsample) */
+    bool act;         /* the prologue's swish */
+    __device__ __forceinline__ HaloB(const P& p, const float* x, float* s, const float* rec_, bool act_)
+        : hl(p, x, s, TILE), rec(rec_), act(act_) {}
+    __device__ __forceinline__ int K() const { return hl.p.c_in * (PHASE ? 4 : 9); }
     __device__ __forceinline__ int pixel(int n) const { return hl.pixel(n); }
     __device__ __forceinline__ void own(int n) { px = hl.pix(n); }
     __device__ __forceinline__ float value(int k) const {
         const int c = k / KC;
         int off, ky3;
-        hl.template term<false>(k - c * KC, 0, 0, off, ky3);
-        return Halo<Conv2dParams>::at(hl.buf(c), off, ky3, px);
+        hl.template term<PHASE>(k - c * KC, 0, 0, off, ky3);
+        return Halo<P>::at(hl.buf(c), off, ky3, px);
+    }
+    /* PHASE: term k of row phase a = blockIdx.z (re-read, not held: the 128 × 128 tile is at its register cap) for
+     * both column phases: phase (a, 1) reads the same taps one column right. */
+    __device__ __forceinline__ void value2(int k, float& v0, float& v1) const {
+        const int a = (int)blockIdx.z;
+        if (k >= K()) {
+            v0 = v1 = 0.0f;
+            return;
+        }
+        const int c = k / KC;
+        int off, ky3;
+        hl.template term<true>(k - c * KC, a, 0, off, ky3);
+        v0 = Halo<P>::at(hl.buf(c), off, ky3, px);
+        v1 = Halo<P>::at(hl.buf(c), off + 1, ky3, px);
     }
     __device__ __forceinline__ void landed(int chunk, int tid) const {
-        if (rec) hl.normalize(chunk, tid, rec, hl.p.norm == CONV_NORM_GROUPNORM_SILU);
+        if (rec) hl.normalize(chunk, tid, rec, act);
     }
     __device__ __forceinline__ void prologue(int tid) {
         hl.zero_pads(tid);
@@ -305,19 +322,65 @@ template <int TILE> struct HaloB {
     }
 };
 
+/* PAIR (the SIMT upsample on a halo): both column phases b of row phase a in one block, so that the stores are
+ * contiguous. Tile row r = 4·ty + q + 64·h (as the threads own them) is phase b = ty & 1 of output channel
+ * m0 + q + 4·(ty >> 1) + 32·h: a thread's channels are all of one phase, the two phases of the same channels and
+ * pixels sit in lanes l and l ^ 16 of one warp, and each reads only its phase's B tile (the phase (a, 1) tile holds
+ * the taps one column right). The A loader's rows am + (256 / BK)·j are then one phase, (am >> 2) & 1, and
+ * channels (am & 3) + 4·(am >> 3) + (128 / BK)·j. The B tiles are filled straight from the halo at the top of each
+ * K step (no register prefetch: the source is shared memory, and the 128 × 128 tile is at its register cap). */
+
+/* PAIR's epilogue: lanes l (phase 0) and l ^ 16 (phase 1) hold the same channels and 4 consecutive pixels; each
+ * sends the other the two values it stores, so lane l writes output columns 2x .. 2x + 3 of pixels x, x + 1 and lane
+ * l ^ 16 columns 2x + 4 .. 2x + 7: one 16-byte store each, 32 lanes writing 512 contiguous bytes. The 4 pixels lie
+ * in one row of the halo tile (rw % 4 == 0), so they are all valid or all past the last row. */
+template <int TM, int TN, class G, class S>
+static __device__ __forceinline__ void pair_epilogue(const float (&acc)[TM][TN], const G& g, const S& src, int M,
+                                                     int m0, const float* __restrict__ bias, float* out) {
+    const int tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16, b = ty & 1;
+    const size_t cs = g.cstride();
+    const bool al = aligned16(out) && (g.ow & 1) == 0;
+#pragma unroll
+    for (int jj = 0; jj < TN / 4; jj++) {
+        const int pq = src.pixel(4 * tx + 64 * jj);
+        const size_t b0 = pq >= 0 ? g.out_base(pq) : 0; /* column 2x of phase (a, 0) */
+#pragma unroll
+        for (int i = 0; i < TM; i++) {
+            const int m = m0 + (i & 3) + 4 * (ty >> 1) + 32 * (i >> 2);
+            const float bm = bias && m < M ? bias[m] : 0.0f;
+            const float v[4] = {acc[i][4 * jj] + bm, acc[i][4 * jj + 1] + bm, acc[i][4 * jj + 2] + bm,
+                                acc[i][4 * jj + 3] + bm};
+            /* every lane takes part in the exchange, whatever it then stores */
+            const float r0 = __shfl_xor_sync(FULL_MASK, b ? v[0] : v[2], 16);
+            const float r1 = __shfl_xor_sync(FULL_MASK, b ? v[1] : v[3], 16);
+            if (pq < 0 || m >= M) continue;
+            float* o = out + b0 + (size_t)m * cs;
+            if (al) {
+                gst(reinterpret_cast<float4*>(o + 4 * b),
+                    b ? make_float4(r0, v[2], r1, v[3]) : make_float4(v[0], r0, v[1], r1));
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; q++) gst(o + 2 * q + b, v[q]);
+            }
+        }
+    }
+}
+
 /* The implicit GEMM: out tile (blockIdx.y·BM .. +BM channels) × (the source's 128 or 64 tile pixels). M = c_out;
  * g.K terms per output; g gives the weights and the output addressing, src the input terms. bias / residual may be
- * null. */
-template <class Tl, class G, class S>
+ * null. PAIR (PairRow): BM / 2 channels × both column phases of g's row phase; g is phase (a, 0), src a phase
+ * HaloB (row phase blockIdx.z); the B tiles follow the A tile in smem. */
+template <class Tl, bool PAIR = false, class G, class S>
 static __device__ __forceinline__ void conv_igemm(const G& g, S& src, int M, const float* __restrict__ bias,
                                                   const float* residual, float* out, float* smem) {
     constexpr int BM = Tl::BM, BN = Tl::BN, BK = Tl::BK, AS = Tl::AS;
     constexpr int TM = Tl::TM, TN = Tl::TN, A_PER = Tl::A_PER, B_PER = Tl::B_PER;
     if (blockDim.x != CONV_THREADS || blockDim.y != 1 || blockDim.z != 1) __trap();
     float* As = smem;           /* [BK][AS] */
-    float* Bs = smem + BK * AS; /* [BK][BN] */
+    float* Bs = smem + BK * AS; /* [BK][BN] (PAIR: phase 0's, then phase 1's) */
     const int tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int m0 = (int)blockIdx.y * BM, K = g.K;
+    const int m0 = (int)blockIdx.y * (PAIR ? BM / 2 : BM), K = g.K;
+    const float* Bt = Bs + (PAIR ? (ty & 1) * BK * BN : 0); /* the B tile this thread reads */
 
     /* loader roles: A element (m0 + am + (256/BK)·r, k0 + ak); B element (k0 + bk + (256/BN)·r, tile pixel bp) */
     const int ak = tid % BK, am = tid / BK;
@@ -325,15 +388,23 @@ static __device__ __forceinline__ void conv_igemm(const G& g, S& src, int M, con
     src.own(bp);
     src.prologue(tid);
 
-    float ra[A_PER], rb[B_PER];
+    float ra[A_PER], rb[PAIR ? 1 : B_PER]; /* PAIR: no B prefetch */
     auto load = [&](int k0) {
 #pragma unroll
         for (int r = 0; r < A_PER; r++) {
-            const int m = m0 + am + (CONV_THREADS / BK) * r, ka = k0 + ak;
-            ra[r] = m < M && ka < K ? g.weight(m, ka) : 0.0f;
+            const int ka = k0 + ak;
+            if constexpr (PAIR) {
+                const int m = m0 + (am & 3) + 4 * (am >> 3) + (128 / BK) * r;
+                ra[r] = m < M && ka < K ? __ldg(g.w + ((size_t)((am >> 2) & 1) * M + m) * K + ka) : 0.0f;
+            } else {
+                const int m = m0 + am + (CONV_THREADS / BK) * r;
+                ra[r] = m < M && ka < K ? g.weight(m, ka) : 0.0f;
+            }
         }
+        if constexpr (!PAIR) {
 #pragma unroll
-        for (int r = 0; r < B_PER; r++) rb[r] = src.value(k0 + bk + (CONV_THREADS / BN) * r);
+            for (int r = 0; r < B_PER; r++) rb[r] = src.value(k0 + bk + (CONV_THREADS / BN) * r);
+        }
     };
 
     float acc[TM][TN];
@@ -347,7 +418,17 @@ static __device__ __forceinline__ void conv_igemm(const G& g, S& src, int M, con
 #pragma unroll
         for (int r = 0; r < A_PER; r++) As[ak * AS + am + (CONV_THREADS / BK) * r] = ra[r];
 #pragma unroll
-        for (int r = 0; r < B_PER; r++) Bs[(bk + (CONV_THREADS / BN) * r) * BN + bp] = rb[r];
+        for (int r = 0; r < B_PER; r++) {
+            const int o = (bk + (CONV_THREADS / BN) * r) * BN + bp;
+            if constexpr (PAIR) {
+                /* chunk (k0 / KC) was published by the barrier before this step (or the prologue's) */
+                float v0, v1;
+                src.value2(k0 + bk + (CONV_THREADS / BN) * r, v0, v1);
+                Bs[o] = v0, Bs[BK * BN + o] = v1;
+            } else {
+                Bs[o] = rb[r];
+            }
+        }
         src.before_barrier(k0 + BK);
         __syncthreads();
         src.after_barrier(k0 + BK, tid);
@@ -357,7 +438,7 @@ static __device__ __forceinline__ void conv_igemm(const G& g, S& src, int M, con
             float bv[TN];
 #pragma unroll
             for (int h = 0; h < TN / 4; h++) {
-                const float4 v = *reinterpret_cast<const float4*>(Bs + kk * BN + 4 * tx + 64 * h);
+                const float4 v = *reinterpret_cast<const float4*>(Bt + kk * BN + 4 * tx + 64 * h);
                 bv[4 * h] = v.x, bv[4 * h + 1] = v.y, bv[4 * h + 2] = v.z, bv[4 * h + 3] = v.w;
             }
             /* one float4 of A at a time: 4 fewer live registers in the 8 × 8 tile */
@@ -372,6 +453,10 @@ static __device__ __forceinline__ void conv_igemm(const G& g, S& src, int M, con
             }
         }
         __syncthreads(); /* the next iteration overwrites the tile */
+    }
+    if constexpr (PAIR) {
+        pair_epilogue<TM, TN>(acc, g, src, M, m0, bias, out);
+        return;
     }
 
     /* Epilogue: a thread's 4 consecutive pixels as one float4 where they are 4 consecutive output elements (one
@@ -443,7 +528,8 @@ static __device__ __forceinline__ void conv2d_run(const float* x, const float* w
     const float* bi = p.has_bias ? bias : nullptr;
     const float* re = p.has_residual ? residual : nullptr;
     if (KH == 3 && KW == 3 && p.halo_rw > 0) {
-        HaloB<Tl::BN> src(p, x, smem + Tl::SMEM_FLOATS, norm);
+        HaloB<Tl::BN> src(p, x, smem + Tl::SMEM_FLOATS, p.norm != CONV_NORM_NONE ? norm : nullptr,
+                          p.norm == CONV_NORM_GROUPNORM_SILU);
         conv_igemm<Tl>(g, src, p.c_out, bi, re, out, smem);
         return;
     }
@@ -464,16 +550,24 @@ static __device__ __forceinline__ void conv2d_entry(const float* x, const float*
     else conv2d_run<Tl, 0, 0>(x, w, bias, residual, norm, out, p, smem);
 }
 
-/* blockIdx.z = output phase a·2 + b. Always the gathers: a SIMT phase block stores every other output column, so
- * its stores, not its loads, are what a halo would leave uncoalesced (the tensor-core kernel pairs the phases). */
+/* Gathers: blockIdx.z = output phase a·2 + b. Halo (p.halo_rw > 0): blockIdx.z = row phase a, both column phases
+ * of BM / 2 channels per block (PAIR), so the stores are contiguous; the second B tile and then the halo buffers
+ * follow the tile's shared memory. */
 template <class Tl>
 static __device__ __forceinline__ void upsample_conv_entry(const float* x, const float* w, const float* bias,
                                                            float* out, const UpsampleConvParams& p) {
     DYNAMIC_SHARED(float, smem);
+    const float* bi = p.has_bias ? bias : nullptr;
+    if (p.halo_rw > 0) {
+        const int a = (int)blockIdx.z;
+        HaloB<Tl::BN, UpsampleConvParams, true> src(p, x, smem + Tl::SMEM_FLOATS + Tl::BK * Tl::BN, nullptr, false);
+        conv_igemm<Tl, true>(phase_geo(x, w, p, a, 0), src, p.c_out, bi, nullptr, out, smem);
+        return;
+    }
     const int phase = (int)blockIdx.z;
     GatherB<ConvGeo<2, 2, true>> src;
     src.g = phase_geo(x, w, p, phase >> 1, phase & 1), src.p0 = (int)blockIdx.x * Tl::BN, src.N = p.n * p.h * p.w;
-    conv_igemm<Tl>(src.g, src, p.c_out, p.has_bias ? bias : nullptr, nullptr, out, smem);
+    conv_igemm<Tl>(src.g, src, p.c_out, bi, nullptr, out, smem);
 }
 
 extern "C" __global__ void conv2d_f32(const float* __restrict__ x, const float* __restrict__ w,

@@ -197,6 +197,12 @@ fn child_process() {
                 }
             }
         }
+        "cp_async_past_shared" => {
+            // 32 threads copy 16 bytes each into a launch that gave the block 16 bytes fewer
+            let (a, b) = (dev.upload(&[1f32; 128], "in"), dev.upload(&[2f32; 128], "in2"));
+            let cfg = cfg.with_shared(32 * 16 - 16);
+            kernels::selftest_cp_async(&dev, cfg, a.ptr(), b.ptr(), out.ptr_mut(), 3).unwrap();
+        }
         m => panic!("unknown child mode {m}"),
     }
 }
@@ -208,6 +214,19 @@ fn partial_barrier_aborts_with_message() {
     assert!(
         text.contains("kernel `selftest_partial_barrier`")
             && text.contains("thread 16 (16,0,0) of block (0,0,0) exited while 16 threads wait in __syncthreads"),
+        "{text}"
+    );
+}
+
+/// A cp.async past the launch's dynamic shared memory aborts (a kernel that sizes its tiles from parameters the host
+/// also turns into the launch's shared bytes cannot overrun unnoticed).
+#[test]
+fn cp_async_past_dynamic_shared_aborts() {
+    let (ok, text) = run_child("cp_async_past_shared", &[]);
+    assert!(!ok, "the child should abort:\n{text}");
+    assert!(
+        text.contains("kernel `selftest_cp_async`")
+            && text.contains("cp.async of 16 bytes to dynamic shared offset 496, past the launch's 496 bytes"),
         "{text}"
     );
 }

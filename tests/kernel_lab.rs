@@ -50,8 +50,9 @@ fn expected_mma(c: &Case) -> (u32, u32) {
             ..
         } => (tc_gemm(c, hw * hw, 9 * c) / 2, 0),
         Kind::Conv { tile, c, hw, .. } => (0, passes(tile) * tc_gemm(c, hw * hw, 9 * c)),
-        // four output phases, each a GEMM over the 2x2 folded taps
-        Kind::Upsample { tile, c, hw } => (0, passes(tile) * 4 * tc_gemm(c, hw * hw, 4 * c)),
+        // four output phases, each a GEMM over the 2x2 folded taps; a block's 128 rows are 64 channels of both
+        // column phases of one row phase
+        Kind::Upsample { tile, c, hw } => (0, passes(tile) * 2 * tiles(c, 64) * tc_gemm(128, hw * hw, 4 * c)),
     }
 }
 

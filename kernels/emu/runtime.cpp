@@ -914,6 +914,17 @@ __attribute__((noinline)) void cp_async(void* dst, const void* src, unsigned byt
                  bytes);
         die(std::string(buf) + " in " + block_name(w) + ", " + thread_name(f));
     }
+    {
+        /* a copy past the launch's dynamic shared memory (into the rest of the emulator's 227 KiB buffer, or past
+         * it) would land in memory a GPU does not give the block */
+        const auto d = reinterpret_cast<uintptr_t>(dst), s0 = reinterpret_cast<uintptr_t>(w->block.dyn_smem);
+        if (d >= s0 && d < s0 + kMaxDynSmem && d + bytes > s0 + w->block.dyn_smem_bytes) {
+            char buf[200];
+            snprintf(buf, sizeof buf, "cp.async of %u bytes to dynamic shared offset %zu, past the launch's %zu bytes",
+                     bytes, (size_t)(d - s0), w->block.dyn_smem_bytes);
+            die(std::string(buf) + " in " + block_name(w) + ", " + thread_name(f));
+        }
+    }
     Copy c{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), f->groups, (uint8_t)bytes,
            (uint8_t)src_bytes};
     const int sched = w->launch->sched;

@@ -571,6 +571,40 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 hw: hw / 2,
             },
         },
+        Case {
+            kernel: "upsample_conv_t128_f32",
+            kind: Kind::Upsample {
+                tile: C::T128,
+                c: 128,
+                hw: hw / 2,
+            },
+        },
+        Case {
+            kernel: "conv2d_t128_f32 (wide rows)",
+            kind: Kind::Conv {
+                tile: C::T128,
+                c: 64,
+                hw: 2 * hw,
+                norm: false,
+            },
+        },
+        Case {
+            kernel: "conv2d_tc_f32 (tf32, wide rows)",
+            kind: Kind::Conv {
+                tile: C::Tf32,
+                c: 64,
+                hw: 2 * hw,
+                norm: false,
+            },
+        },
+        Case {
+            kernel: "upsample_conv_tc_f32 (tf32, wide rows)",
+            kind: Kind::Upsample {
+                tile: C::Tf32,
+                c: 64,
+                hw,
+            },
+        },
     ]
 }
 
@@ -599,14 +633,7 @@ impl Case {
             Kind::Prefill { d, .. } => (attention::FLASH_THREADS, attention::flash_shared_bytes(d) as u32),
             Kind::Decode { d, .. } => (128, attention::decode_shared_bytes(4, d) as u32),
             Kind::Conv { tile, c, hw, .. } => (conv::THREADS, conv::shared_bytes(tile, conv_loader(c, hw))),
-            Kind::Upsample { tile, c, hw } => {
-                let loader = if tile.tensor_cores() {
-                    conv_loader(c, hw)
-                } else {
-                    conv::Loader::Gather
-                };
-                (conv::THREADS, conv::shared_bytes(tile, loader))
-            }
+            Kind::Upsample { tile, c, hw } => (conv::THREADS, conv::upsample_shared_bytes(tile, conv_loader(c, hw))),
         }
     }
 }

@@ -708,7 +708,8 @@ fn launchers_reject_bad_shapes() {
 /// Shapes: whole-row tiles of 8, 16 and 32 columns, 32-column pieces of 64- and 96-wide rows, bands of rows that
 /// run past the last image (n·h not a multiple of 128 / w) and bands that hold the boundary between two images
 /// (h = 3 and 5 under bands of 4 and 16 rows), residual and bias on and off; upsample_conv's paired phases
-/// (tensor-core tiles) at the same widths.
+/// (every tile: the SIMT tiles' lane-pair exchange, the tensor cores' interleaved epilogue) at the same widths,
+/// with channel counts that leave a block's phase pair partly empty (70 = 2·32 + 6, 24 < 32).
 #[test]
 fn halo_matches_gather() {
     halo_matches_gather_on(&EmuDevice::new());
@@ -780,7 +781,7 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
         let (want_f32, want_bf16) = (reference(Tile::T64), reference(Tile::Bf16));
         let folded = conv::upsample_fold_weights(&wt, c_out, c_in);
         let (xb, wb, bb) = (dev.upload(&x, "x"), dev.upload(&folded, "folded"), dev.upload(&b, "b"));
-        for tile in [Tile::Tf32x3, Tile::Tf32, Tile::Bf16] {
+        for tile in TILES {
             let run = |loader| {
                 let mut ob = dev.alloc::<f32>(len, "out");
                 let shape = (n, c_in, h, w);
@@ -808,8 +809,7 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
     println!("halo: {cases} shapes, every tile bit-identical to its gathers");
 }
 
-/// The halo applies only where its tiles do: forcing it elsewhere is an error naming the shape, and the SIMT
-/// upsample always gathers.
+/// The halo applies only where its tiles do: forcing it elsewhere is an error naming the shape.
 #[test]
 fn halo_refused_where_it_does_not_apply() {
     let dev = EmuDevice::new();
@@ -840,21 +840,23 @@ fn halo_refused_where_it_does_not_apply() {
     assert_eq!(conv::halo_width(24, 16), None);
     assert_eq!(conv::halo_width(16, 256), Some(32));
     let fw = dev.upload(&[0.5f32; 16 * 8 * 16], "folded");
-    let mut up = dev.alloc::<f32>(8 * 4 * 4 * 8, "up");
-    let e = conv::upsample_conv_with(
-        &dev,
-        x.ptr(),
-        fw.ptr(),
-        None,
-        up.ptr_mut(),
-        (1, 16, 4, 8),
-        8,
-        Some(Tile::T128),
-        Some(conv::Loader::Halo { rw: 8 }),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("do not apply"), "{e}");
+    let mut up = dev.alloc::<f32>(8 * 4 * 6 * 12, "up");
+    for tile in [Tile::T64, Tile::T128, Tile::Tf32] {
+        let e = conv::upsample_conv_with(
+            &dev,
+            x.ptr(),
+            fw.ptr(),
+            None,
+            up.ptr_mut(),
+            (1, 16, 6, 12),
+            8,
+            Some(tile),
+            Some(conv::Loader::Halo { rw: 8 }),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("do not apply"), "{tile:?}: {e}");
+    }
 }
 
 #[test]

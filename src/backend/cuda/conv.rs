@@ -64,6 +64,15 @@ impl Tile {
         }
     }
 
+    /// One B tile (BK × BN f32) of a SIMT tile (0 for the tensor-core tiles, which read B from the halo).
+    pub fn b_tile_bytes(self) -> u32 {
+        match self {
+            Tile::T64 => 16 * 64 * 4,
+            Tile::T128 => 8 * 128 * 4,
+            Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16 => 0,
+        }
+    }
+
     /// The production choice: T128 where it still gives at least one block per SM of an H100 (132) and wastes
     /// little of the channel dimension (c_out ≥ 96), T64 otherwise (the decoder's 16×16 and 32×32 stages,
     /// conv_out's 3 channels, small test shapes). A guess from occupancy arithmetic, not yet measured.
@@ -146,6 +155,15 @@ pub fn shared_bytes(tile: Tile, loader: Loader) -> u32 {
         (Loader::Gather, t) => t.shared_bytes(),
         (Loader::Halo { .. }, t) if t.tensor_cores() => 2 * 128 * 16 * 4 + HALO_BYTES,
         (Loader::Halo { .. }, t) => t.shared_bytes() + HALO_BYTES,
+    }
+}
+
+/// Dynamic shared memory of an upsample_conv launch: [`shared_bytes`], plus the second B tile of a SIMT halo block
+/// (one per column phase).
+pub fn upsample_shared_bytes(tile: Tile, loader: Loader) -> u32 {
+    match loader {
+        Loader::Halo { .. } => shared_bytes(tile, loader) + tile.b_tile_bytes(),
+        Loader::Gather => shared_bytes(tile, loader),
     }
 }
 
@@ -392,8 +410,8 @@ pub fn upsample_conv<L: Launcher + ?Sized>(
     upsample_conv_with(l, x, folded, bias, out, (n, c_in, h, w), c_out, tile, None)
 }
 
-/// [`upsample_conv`] with the tap loader chosen too, as in [`conv2d_with`]. The halo applies to the tensor-core
-/// tiles only (their blocks pair the two column phases, so that stores are contiguous); the SIMT tiles gather.
+/// [`upsample_conv`] with the tap loader chosen too, as in [`conv2d_with`]. Halo blocks (every tile) pair the two
+/// column phases of a row phase, so that their stores are contiguous; gather blocks run one phase each.
 #[allow(clippy::too_many_arguments)]
 pub fn upsample_conv_with<L: Launcher + ?Sized>(
     l: &L,
@@ -424,8 +442,10 @@ pub fn upsample_conv_with<L: Launcher + ?Sized>(
     // the kernel indexes output rows and columns of the 2h × 2w image in int32
     to_i32(op, "n·2h·2w", product(op, "n·2h·2w", &[4, pixels])?)?;
     to_i32(op, "c_in·4", product(op, "c_in·4", &[c_in, 4])?)?;
-    let halo = (tile.tensor_cores() && x.addr().is_multiple_of(16)).then(|| halo_width(c_in, w)).flatten();
-    let halo = halo.filter(|_| c_out.div_ceil(64) <= 65535);
+    // a halo block holds both column phases of one row phase for half its tile's channels
+    let pair_channels = tile.dims().0 / 2;
+    let halo = x.addr().is_multiple_of(16).then(|| halo_width(c_in, w)).flatten();
+    let halo = halo.filter(|_| c_out.div_ceil(pair_channels) <= 65535);
     let loader = pick_loader(op, loader, halo)?;
     let p = UpsampleConvParams {
         n: to_i32(op, "n", n)?,
@@ -439,10 +459,10 @@ pub fn upsample_conv_with<L: Launcher + ?Sized>(
     };
     let mut cfg = config(tile, loader, (n * h, w), c_out, 4);
     if loader != Loader::Gather {
-        // a block: both column phases of one row phase, 64 channels each
-        cfg.grid[1] = c_out.div_ceil(64) as u32;
+        cfg.grid[1] = c_out.div_ceil(pair_channels) as u32;
         cfg.grid[2] = 2;
     }
+    cfg.shared_bytes = upsample_shared_bytes(tile, loader);
     let b = bias.unwrap_or_else(absent);
     match tile {
         Tile::T64 => kernels::upsample_conv_f32(l, cfg, x, folded, b, out, p),
