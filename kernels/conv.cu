@@ -130,13 +130,21 @@ template <int KH, int KW, bool PHASE> struct ConvGeo {
  * Rows of the flattened grid are consecutive image rows, so a tap that would cross into the next or previous image
  * is masked to the zero padding (the top / bottom flags of each pixel). Layout per channel: rh + 2 rows of rs floats,
  * input column x0 + c at float 4 + c of its row. Whole-width tiles (rw = w) need only zero pads, and the 4 floats
- * before row j + 1 serve as row j's right pad: rs = rw + 4, plus 4 after the last row. Partial rows (w > 32) load
+ * before row j + 1 serve as row j's right pad: rs = rw + 4, plus 4 after the last row. Partial rows (w > 64) load
  * the aligned 4-float chunks on both sides (zero-filled outside the image): rs = rw + 8. Two buffers (the next
- * chunk lands while this one is read), at most 16 · 240 floats each. The host picks rw (halo_width): rw = w for
- * w in {8, 16, 32}, 32 for larger multiples of 32; c_in % 16 == 0, so K is whole chunks of 144 (3×3) or 64 (2×2)
- * terms and no K tile straddles two. The terms are summed in the same order as the gathers (k ascending). */
+ * chunk lands while this one is read), at most 16 · 276 floats each (2 rows of 64: 4 · 68 + 4). The host picks rw
+ * (halo_width): rw = w for w in {8, 16, 32, 64}, 32 for larger multiples of 32; c_in % 16 == 0, so K is whole
+ * chunks of 144 (3×3) or 64 (2×2) terms and no K tile straddles two. The terms are summed in the same order as the
+ * gathers (k ascending).
+ * Why whole rows up to 64 and 32-column pieces beyond: a piece's edge columns cost a half-used aligned chunk each
+ * (6 sectors per 32-float row piece for 5 sectors of requested bytes: 0.87 of the ideal), which whole rows avoid,
+ * and per 128 pixels and channel 2 rows of 64 touch 4 · 8 = 32 sectors against 6 · 6 = 36 for 4 × 32 pieces.
+ * Wider rows only move the trade: 1 × 128 reads 3 input rows per output row (48 sectors whole, 54 as pieces), so
+ * 33-50 % more L2 traffic per FLOP for a better ratio: a 16-channel chunk of a 128 × 128 block is 4.7 MFLOP
+ * against 18.4 KB of 4 × 32 halo, so at 80 % of an H100's dense bf16 peak the halo alone reads 3.1 TB/s from L2,
+ * and the 54-sector shape would read 4.6. */
 #define HALO_CH 16
-#define HALO_MAX_CS 240
+#define HALO_MAX_CS 276
 #define HALO_BYTES (2 * HALO_CH * HALO_MAX_CS * 4)
 
 template <class P> struct Halo {
@@ -594,7 +602,7 @@ extern "C" __global__ __launch_bounds__(CONV_THREADS, 2) void upsample_conv_t128
  * step 16. A (weights, f32 [m][k] with k contiguous) is copied in 16-byte chunks (4-byte ones when K % 4 != 0, e.g.
  * conv_in's K = 27) into 64-byte rows swizzled like gemm.cu's, read by ldmatrix.x4, which hands a lane exactly its
  * TF32 A fragment (an 8×8 b16 matrix is an 8×4 f32 one). B: gathered into a staged tile (conv_igemm_tc, 3-stage
- * cp.async pipeline, 48 KiB), or read from a halo (conv_halo_tc, 46 KiB). p.tc_math (tc_mma_tile):
+ * cp.async pipeline, 48 KiB), or read from a halo (conv_halo_tc, 50.5 KiB). p.tc_math (tc_mma_tile):
  *   CONV_TC_TF32: operands rounded to 10 mantissa bits (~1e-3 relative per product, ~1e-4 on a K = 1152 sum);
  *   CONV_TC_TF32X3: a = big + small, D += a_s·b_b + a_b·b_s + a_b·b_b: ~f32 accuracy at 3× the tensor work, still
  *     ~2.5× the f32 FMA peak on an H100;
@@ -820,7 +828,7 @@ static __device__ __forceinline__ void conv_igemm_tc(const G& g, int M, int N, c
     tc_epilogue(acc, g, pixel, M, m0, bias, residual, out, smem, wm, wn);
 }
 
-/* The halo path (see Halo): 2 stages of A (16 KiB) and the two halo buffers (≤ 30 KiB); the B fragments are read
+/* The halo path (see Halo): 2 stages of A (16 KiB) and the two halo buffers (34.5 KiB); the B fragments are read
  * straight from the halo, so no B tile is built. Chunk c + 1 is issued with the first K tile of chunk c (into the
  * buffer chunk c − 1 used, free after that tile's barrier) and waited for a chunk later. PHASE: upsample_conv with
  * both column phases b of row phase a in one block (A rows 0-63: phase (a, 0), 64-127: (a, 1), of channels
@@ -942,7 +950,8 @@ static __device__ __forceinline__ void upsample_tc_entry(const float* x, const f
     }
 }
 
-/* Dynamic shared memory: TC_STAGES · TC_STAGE_BYTES = 48 KiB (gathers), 2 · TC_A_BYTES + HALO_BYTES = 46 KiB (halo);
+/* Dynamic shared memory: TC_STAGES · TC_STAGE_BYTES = 48 KiB (gathers), 2 · TC_A_BYTES + HALO_BYTES = 50.5 KiB (halo:
+ * over the 48 KiB default, the host raises each function's limit at module load);
  * p.tc_math one of CONV_TC_* (anything else traps). */
 extern "C" __global__ __launch_bounds__(CONV_THREADS) void conv2d_tc_f32(const float* __restrict__ x, const float* __restrict__ w,
                                                                           const float* __restrict__ bias, const float* residual,

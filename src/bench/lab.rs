@@ -580,7 +580,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             },
         },
         Case {
-            kernel: "conv2d_t128_f32 (wide rows)",
+            kernel: "conv2d_t128_f32 (64-wide rows)",
             kind: Kind::Conv {
                 tile: C::T128,
                 c: 64,
@@ -589,7 +589,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             },
         },
         Case {
-            kernel: "conv2d_tc_f32 (tf32, wide rows)",
+            kernel: "conv2d_tc_f32 (tf32, 64-wide rows)",
             kind: Kind::Conv {
                 tile: C::Tf32,
                 c: 64,
@@ -598,7 +598,16 @@ pub fn cases(quick: bool) -> Vec<Case> {
             },
         },
         Case {
-            kernel: "upsample_conv_tc_f32 (tf32, wide rows)",
+            kernel: "conv2d_tc_f32 (tf32, 128-wide rows)",
+            kind: Kind::Conv {
+                tile: C::Tf32,
+                c: 32,
+                hw: 4 * hw,
+                norm: false,
+            },
+        },
+        Case {
+            kernel: "upsample_conv_tc_f32 (tf32, 64-wide rows)",
             kind: Kind::Upsample {
                 tile: C::Tf32,
                 c: 64,

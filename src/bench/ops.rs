@@ -852,8 +852,8 @@ pub fn reference_cases() -> Vec<OpCase> {
         ),
         case!(
             "groupnorm_conv",
-            "32to16_64px",
-            groupnorm_conv(1, 32, 16, 64, false, false)
+            "32to16_96px",
+            groupnorm_conv(1, 32, 16, 96, false, false)
         ),
         case!(
             "groupnorm_conv",

@@ -705,7 +705,7 @@ fn launchers_reject_bad_shapes() {
 
 /// The halo path (input rows staged once per 16 channels) against the gathers: the same terms in the same order,
 /// so every tile's output is bit-identical between the two loaders, and within the f32 / TF32 bound of the CPU.
-/// Shapes: whole-row tiles of 8, 16 and 32 columns, 32-column pieces of 64- and 96-wide rows, bands of rows that
+/// Shapes: whole-row tiles of 8, 16, 32 and 64 columns, 32-column pieces of 96- and 128-wide rows, bands of rows that
 /// run past the last image (n·h not a multiple of 128 / w) and bands that hold the boundary between two images
 /// (h = 3 and 5 under bands of 4 and 16 rows), residual and bias on and off; upsample_conv's paired phases
 /// (every tile: the SIMT tiles' lane-pair exchange, the tensor cores' interleaved epilogue) at the same widths,
@@ -724,6 +724,7 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
         (3, 16, 40, 5, 32, true),
         (1, 16, 12, 3, 64, false),
         (2, 16, 130, 2, 96, true),
+        (1, 16, 20, 2, 128, true),
     ] {
         let dev = &dev.with_sched(SCHEDS[cases % 3]);
         let rw = conv::halo_width(c_in, w).expect("a halo shape");
@@ -769,7 +770,12 @@ fn halo_matches_gather_on<D: TestDevice>(dev: &D) {
         }
         cases += 1;
     }
-    for (n, c_in, c_out, h, w) in [(3, 16, 70, 3, 8), (2, 32, 8, 4, 16), (1, 16, 24, 3, 64)] {
+    for (n, c_in, c_out, h, w) in [
+        (3, 16, 70, 3, 8),
+        (2, 32, 8, 4, 16),
+        (1, 16, 24, 3, 64),
+        (1, 16, 8, 2, 96),
+    ] {
         let dev = &dev.with_sched(SCHEDS[cases % 3]);
         let rw = conv::halo_width(c_in, w).expect("a halo shape");
         let x = rand_vec(&mut rng, n * c_in * h * w, 2.0);
@@ -838,6 +844,8 @@ fn halo_refused_where_it_does_not_apply() {
     }
     assert_eq!(conv::halo_width(16, 12), None);
     assert_eq!(conv::halo_width(24, 16), None);
+    assert_eq!(conv::halo_width(16, 64), Some(64));
+    assert_eq!(conv::halo_width(16, 128), Some(32));
     assert_eq!(conv::halo_width(16, 256), Some(32));
     let fw = dev.upload(&[0.5f32; 16 * 8 * 16], "folded");
     let mut up = dev.alloc::<f32>(8 * 4 * 6 * 12, "up");

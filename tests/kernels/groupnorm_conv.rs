@@ -168,13 +168,15 @@ fn groupnorm_conv_matches_cpu_on<D: TestDevice>(dev: &D) {
         residual,
     };
     let cases = [
-        // whole-row tiles: 16 rows of 8 cross from image 0 into image 1 (and 2); 16- and 32-wide rows
+        // whole-row tiles: 16 rows of 8 cross from image 0 into image 1 (and 2); 16-, 32- and 64-wide rows (bands
+        // of 2 rows of 64 straddle the two images)
         c(3, 32, 24, 8, 8, true, true),
         c(2, 64, 40, 5, 16, false, false),
         c(1, 32, 130, 6, 32, true, false),
-        // 32-column row pieces with both side chunks, the image edge on either side, two K chunks per group
         c(2, 32, 16, 5, 64, true, true),
+        // 32-column row pieces with both side chunks, the image edge on either side, two K chunks per group
         c(1, 64, 8, 3, 96, false, true),
+        c(2, 32, 16, 3, 128, true, true),
     ];
     let mut worst = 0f64;
     for (i, k) in cases.into_iter().enumerate() {

@@ -85,8 +85,8 @@ impl Tile {
     }
 }
 
-/// Two halo buffers of 16 channels × at most 240 floats (kernels/conv.cu `HALO_BYTES`).
-pub const HALO_BYTES: u32 = 2 * 16 * 240 * 4;
+/// Two halo buffers of 16 channels × at most 276 floats (kernels/conv.cu `HALO_BYTES`).
+pub const HALO_BYTES: u32 = 2 * 16 * 276 * 4;
 
 /// Where a block's taps come from: gathered one by one from global memory, or staged once per 16 input channels
 /// in a halo tile of `rw` columns (3×3 stride-1 pad-1 convs and the upsample's phases; see the kernel file).
@@ -97,15 +97,15 @@ pub enum Loader {
 }
 
 /// The halo tile width for an input of `c_in` channels and width `w`, when the halo path applies: every 16-channel
-/// chunk whole (c_in % 16 == 0), and the 128-pixel tile whole rows (w in {8, 16, 32}) or 32-column pieces of rows
-/// (w a larger multiple of 32). The caller checks the conv's geometry (3×3, stride 1, pad 1) and the input's
-/// 16-byte alignment.
+/// chunk whole (c_in % 16 == 0), and the 128-pixel (T64: 64-pixel) tile whole rows (w in {8, 16, 32, 64}) or
+/// 32-column pieces of rows (w a larger multiple of 32; kernels/conv.cu says why not wider). The caller checks the
+/// conv's geometry (3×3, stride 1, pad 1) and the input's 16-byte alignment.
 pub fn halo_width(c_in: usize, w: usize) -> Option<u32> {
     if !c_in.is_multiple_of(16) {
         return None;
     }
     match w {
-        8 | 16 | 32 => Some(w as u32),
+        8 | 16 | 32 | 64 => Some(w as u32),
         _ if w.is_multiple_of(32) => Some(32),
         _ => None,
     }

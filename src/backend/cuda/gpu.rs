@@ -45,10 +45,24 @@ pub fn device_name(ordinal: usize) -> Result<String> {
     cu::device::get_name(dev).map_err(|e| err("device name", e))
 }
 
+/// Lets `f` take all the dynamic shared memory the device allows a block (`optin` bytes, less its static shared
+/// memory) instead of the default 48 KiB; returns that limit. The conv kernels' halo tiles need more than 48 KiB.
+fn raise_dynamic_shared(f: sys::CUfunction, optin: i32) -> std::result::Result<u32, cu::DriverError> {
+    use sys::CUfunction_attribute_enum as A;
+    // SAFETY: `f` is a function of a loaded module; the attributes are plain integers.
+    unsafe {
+        let fixed = cu::function::get_function_attribute(f, A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
+        let dynamic = (optin - fixed).max(0);
+        cu::function::set_function_attribute(f, A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic)?;
+        Ok(dynamic as u32)
+    }
+}
+
 pub struct GpuDevice {
     ctx: sys::CUcontext,
     stream: sys::CUstream,
-    functions: HashMap<&'static str, (sys::CUfunction, &'static str)>,
+    /// name → (function, parameter signature, dynamic shared memory limit in bytes)
+    functions: HashMap<&'static str, (sys::CUfunction, &'static str, u32)>,
     modules: Vec<sys::CUmodule>,
     name: String,
     cc: (i32, i32),
@@ -85,7 +99,7 @@ impl GpuDevice {
         let dev = cu::device::get(ordinal as i32).map_err(|e| err("device", e))?;
         let name = cu::device::get_name(dev).map_err(|e| err("device name", e))?;
         // SAFETY: `dev` comes from device::get.
-        let (cc, memory, ctx) = unsafe {
+        let (cc, memory, ctx, optin) = unsafe {
             let major = cu::device::get_attribute(
                 dev,
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
@@ -96,10 +110,15 @@ impl GpuDevice {
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
             )
             .map_err(|e| err("attribute", e))?;
+            let optin = cu::device::get_attribute(
+                dev,
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| err("attribute", e))?;
             let memory = cu::device::total_mem(dev).map_err(|e| err("memory size", e))?;
             let ctx = cu::primary_ctx::retain(dev).map_err(|e| err("context", e))?;
             cu::ctx::set_current(ctx).map_err(|e| err("set context", e))?;
-            ((major, minor), memory, ctx)
+            ((major, minor), memory, ctx, optin)
         };
         let stream = cu::stream::create(cu::stream::StreamKind::NonBlocking).map_err(|e| err("stream", e))?;
         let mut modules = Vec::new();
@@ -123,7 +142,9 @@ impl GpuDevice {
                 // SAFETY: the module is loaded; the name is a kernel of it.
                 let f = unsafe { cu::module::get_function(module, cname) }
                     .map_err(|e| err(&format!("function {}", k.name), e))?;
-                functions.insert(k.name, (f, k.signature));
+                let dynamic =
+                    raise_dynamic_shared(f, optin).map_err(|e| err(&format!("shared memory of {}", k.name), e))?;
+                functions.insert(k.name, (f, k.signature, dynamic));
             }
         }
         Ok(GpuDevice {
@@ -168,10 +189,16 @@ impl Drop for GpuDevice {
 
 impl Launcher for GpuDevice {
     fn launch(&self, name: &str, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> Result<()> {
-        let &(f, want) = self
+        let &(f, want, dynamic) = self
             .functions
             .get(name)
             .ok_or_else(|| Error::Invalid(format!("kernel `{name}` is not in the loaded modules")))?;
+        if cfg.shared_bytes > dynamic {
+            return Err(Error::Invalid(format!(
+                "kernel `{name}`: {} bytes of dynamic shared memory, over this device's {dynamic}",
+                cfg.shared_bytes
+            )));
+        }
         let got = signature(args);
         if want != got {
             return Err(Error::Invalid(format!(
