@@ -47,14 +47,25 @@ pub fn device_name(ordinal: usize) -> Result<String> {
 
 /// Lets `f` take all the dynamic shared memory the device allows a block (`optin` bytes, less its static shared
 /// memory) instead of the default 48 KiB; returns that limit. The conv kernels' halo tiles need more than 48 KiB.
-fn raise_dynamic_shared(f: sys::CUfunction, optin: i32) -> std::result::Result<u32, cu::DriverError> {
+/// Where the driver refuses, the function keeps the default (a launch over it is then refused by name) and the
+/// device still opens: every other kernel runs.
+fn raise_dynamic_shared(name: &str, f: sys::CUfunction, optin: i32) -> u32 {
     use sys::CUfunction_attribute_enum as A;
+    const DEFAULT: i32 = 48 * 1024;
     // SAFETY: `f` is a function of a loaded module; the attributes are plain integers.
-    unsafe {
-        let fixed = cu::function::get_function_attribute(f, A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
-        let dynamic = (optin - fixed).max(0);
-        cu::function::set_function_attribute(f, A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic)?;
-        Ok(dynamic as u32)
+    let fixed = unsafe { cu::function::get_function_attribute(f, A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES) };
+    let fixed = fixed.unwrap_or(0);
+    let want = (optin - fixed).max(0);
+    if want <= DEFAULT - fixed {
+        return (DEFAULT - fixed).max(0) as u32;
+    }
+    // SAFETY: as above; `want` is the device's opt-in limit less the function's static shared memory.
+    match unsafe { cu::function::set_function_attribute(f, A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, want) } {
+        Ok(()) => want as u32,
+        Err(e) => {
+            tracing::warn!("kernel `{name}`: dynamic shared memory stays at the default ({e:?})");
+            (DEFAULT - fixed).max(0) as u32
+        }
     }
 }
 
@@ -142,8 +153,7 @@ impl GpuDevice {
                 // SAFETY: the module is loaded; the name is a kernel of it.
                 let f = unsafe { cu::module::get_function(module, cname) }
                     .map_err(|e| err(&format!("function {}", k.name), e))?;
-                let dynamic =
-                    raise_dynamic_shared(f, optin).map_err(|e| err(&format!("shared memory of {}", k.name), e))?;
+                let dynamic = raise_dynamic_shared(k.name, f, optin);
                 functions.insert(k.name, (f, k.signature, dynamic));
             }
         }
