@@ -330,15 +330,7 @@ template <int TILE, class P = Conv2dParams, bool PHASE = false> struct HaloB {
     }
 };
 
-/* PAIR (the SIMT upsample on a halo): both column phases b of row phase a in one block, so that the stores are
- * contiguous. Tile row r = 4·ty + q + 64·h (as the threads own them) is phase b = ty & 1 of output channel
- * m0 + q + 4·(ty >> 1) + 32·h: a thread's channels are all of one phase, the two phases of the same channels and
- * pixels sit in lanes l and l ^ 16 of one warp, and each reads only its phase's B tile (the phase (a, 1) tile holds
- * the taps one column right). The A loader's rows am + (256 / BK)·j are then one phase, (am >> 2) & 1, and
- * channels (am & 3) + 4·(am >> 3) + (128 / BK)·j. The B tiles are filled straight from the halo at the top of each
- * K step (no register prefetch: the source is shared memory, and the 128 × 128 tile is at its register cap). */
-
-/* PAIR's epilogue: lanes l (phase 0) and l ^ 16 (phase 1) hold the same channels and 4 consecutive pixels; each
+/* conv_igemm's PAIR epilogue: lanes l (phase 0) and l ^ 16 (phase 1) hold the same channels and 4 consecutive pixels; each
  * sends the other the two values it stores, so lane l writes output columns 2x .. 2x + 3 of pixels x, x + 1 and lane
  * l ^ 16 columns 2x + 4 .. 2x + 7: one 16-byte store each, 32 lanes writing 512 contiguous bytes. The 4 pixels lie
  * in one row of the halo tile (rw % 4 == 0), so they are all valid or all past the last row. */
@@ -376,8 +368,16 @@ static __device__ __forceinline__ void pair_epilogue(const float (&acc)[TM][TN],
 
 /* The implicit GEMM: out tile (blockIdx.y·BM .. +BM channels) × (the source's 128 or 64 tile pixels). M = c_out;
  * g.K terms per output; g gives the weights and the output addressing, src the input terms. bias / residual may be
- * null. PAIR (PairRow): BM / 2 channels × both column phases of g's row phase; g is phase (a, 0), src a phase
- * HaloB (row phase blockIdx.z); the B tiles follow the A tile in smem. */
+ * null.
+ * PAIR (the SIMT upsample on a halo): BM / 2 channels × both column phases of row phase a = blockIdx.z in one
+ * block, so that the stores are contiguous; g is phase (a, 0), src a PHASE HaloB, and the two B tiles follow the A
+ * tile in shared memory. Tile row r = 4·ty + q + 64·h (as the threads own them) is phase b = ty & 1 of output
+ * channel m0 + q + 4·(ty >> 1) + 32·h: a thread's channels are all of one phase, the two phases of the same
+ * channels and pixels sit in lanes l and l ^ 16 of one warp (pair_epilogue), and each reads only its phase's B tile
+ * (phase (a, 1)'s holds the taps one column right). The A loader's rows am + (256 / BK)·j are then one phase,
+ * (am >> 2) & 1, and channels (am & 3) + 4·(am >> 3) + (128 / BK)·j. The B tiles are filled straight from the halo
+ * at the top of each K step (no register prefetch: the source is shared memory, and the 128 × 128 tile is at its
+ * register cap). */
 template <class Tl, bool PAIR = false, class G, class S>
 static __device__ __forceinline__ void conv_igemm(const G& g, S& src, int M, const float* __restrict__ bias,
                                                   const float* residual, float* out, float* smem) {
