@@ -290,13 +290,10 @@ template <int TILE, class P = Conv2dParams, bool PHASE = false> struct HaloB {
         return Halo<P>::at(hl.buf(c), off, ky3, px);
     }
     /* PHASE: term k of row phase a = blockIdx.z (re-read, not held: the 128 × 128 tile is at its register cap) for
-     * both column phases: phase (a, 1) reads the same taps one column right. */
+     * both column phases: phase (a, 1) reads the same taps one column right. k < K always, as in value(): K is whole
+     * chunks of 64 terms (c_in % 16 == 0, checked by Halo), so no K step runs past it. */
     __device__ __forceinline__ void value2(int k, float& v0, float& v1) const {
         const int a = (int)blockIdx.z;
-        if (k >= K()) {
-            v0 = v1 = 0.0f;
-            return;
-        }
         const int c = k / KC;
         int off, ky3;
         hl.template term<true>(k - c * KC, a, 0, off, ky3);

@@ -57,8 +57,8 @@ impl Tile {
     /// Dynamic shared memory per block: A tile BK × (BM + 4) floats plus B tile BK × BN floats.
     pub fn shared_bytes(self) -> u32 {
         match self {
-            Tile::T64 => (16 * (64 + 4) + 16 * 64) * 4,
-            Tile::T128 => (8 * (128 + 4) + 8 * 128) * 4,
+            Tile::T64 => 16 * (64 + 4) * 4 + self.b_tile_bytes(),
+            Tile::T128 => 8 * (128 + 4) * 4 + self.b_tile_bytes(),
             // three stages of A (128 × 16) and B (16 × 128) f32
             Tile::Tf32 | Tile::Tf32x3 | Tile::Bf16 => 3 * (128 * 16 + 16 * 128) * 4,
         }

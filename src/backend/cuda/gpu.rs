@@ -55,16 +55,16 @@ fn raise_dynamic_shared(name: &str, f: sys::CUfunction, optin: i32) -> u32 {
     // SAFETY: `f` is a function of a loaded module; the attributes are plain integers.
     let fixed = unsafe { cu::function::get_function_attribute(f, A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES) };
     let fixed = fixed.unwrap_or(0);
-    let want = (optin - fixed).max(0);
-    if want <= DEFAULT - fixed {
-        return (DEFAULT - fixed).max(0) as u32;
+    let (want, default) = ((optin - fixed).max(0), (DEFAULT - fixed).max(0));
+    if want <= default {
+        return default as u32;
     }
     // SAFETY: as above; `want` is the device's opt-in limit less the function's static shared memory.
     match unsafe { cu::function::set_function_attribute(f, A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, want) } {
         Ok(()) => want as u32,
         Err(e) => {
             tracing::warn!("kernel `{name}`: dynamic shared memory stays at the default ({e:?})");
-            (DEFAULT - fixed).max(0) as u32
+            default as u32
         }
     }
 }
